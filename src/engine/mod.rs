@@ -1,0 +1,28 @@
+//! The engine: tensors, a flat reverse-mode tape, and the differentiable ops.
+//!
+//! * [`Tensor`] — a dense, row-major f32 array (activations are NCHW).
+//! * [`Tape`] — nodes in creation order; `backward` walks them in reverse, each op's
+//!   boxed closure reading the values it needs from the tape and accumulating into
+//!   its inputs' gradients in place.
+//! * [`ops`] — one file per op: forward, backward and the op's gradient test.
+//! * [`gemm`] — the safe wrapper over `matrixmultiply` every contraction goes through.
+//! * [`par`] — the fixed work splits that keep results independent of thread count.
+
+pub mod gemm;
+pub mod gradcheck;
+pub mod ops;
+pub mod par;
+pub mod param;
+pub mod tape;
+pub mod tensor;
+
+pub use tape::{Gradients, Tape, Var};
+pub use param::{BufferId, ParamGroup, ParamId, ParamStore};
+pub use tensor::Tensor;
+
+/// Whether a forward pass trains (batch statistics, stochastic ops drawn) or evaluates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Train,
+    Eval,
+}

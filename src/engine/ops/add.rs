@@ -1,0 +1,42 @@
+//! Element-wise sum of two tensors of the same shape (residual connections).
+
+use crate::engine::{Tape, Tensor, Var};
+use rayon::prelude::*;
+
+const CHUNK: usize = 1 << 14;
+
+pub fn add(tape: &mut Tape, a: Var, b: Var) -> Var {
+    let (av, bv) = (tape.value(a), tape.value(b));
+    assert_eq!(av.shape(), bv.shape(), "add: shapes {:?} and {:?} differ", av.shape(), bv.shape());
+    let mut y = vec![0.0f32; av.len()];
+    y.par_chunks_mut(CHUNK).zip(av.data().par_chunks(CHUNK)).zip(bv.data().par_chunks(CHUNK)).for_each(
+        |((y, a), b)| {
+            for ((o, &p), &q) in y.iter_mut().zip(a).zip(b) {
+                *o = p + q;
+            }
+        },
+    );
+    let y = Tensor::new(av.shape(), y);
+    tape.push(y, &[a, b], move |g, _vals, sink| {
+        for v in [a, b] {
+            if sink.wants(v) {
+                sink.get(v).add_assign(g);
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::engine::gradcheck::{check, random};
+
+    #[test]
+    fn gradient() {
+        check(&[random(&[3, 4], 1), random(&[3, 4], 2)], |t, v| super::add(t, v[0], v[1]), 1e-2, 1e-3);
+    }
+
+    #[test]
+    fn same_input_twice_accumulates() {
+        check(&[random(&[5], 3)], |t, v| super::add(t, v[0], v[0]), 1e-2, 1e-3);
+    }
+}

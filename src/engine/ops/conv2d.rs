@@ -1,0 +1,413 @@
+//! 2-D convolution by im2col + GEMM, batched over fixed groups of images.
+//!
+//! Layout: x is NCHW, the weight is (Cout, Cin, kh, kw) as in PyTorch. For a group of
+//! `G` images the patches are laid side by side in a column matrix
+//! `col[K = Cin·kh·kw][G·OH·OW]`, and one GEMM gives `Y[Cout][G·OH·OW]`:
+//!
+//! * forward:          Y  = W · col
+//! * backward, data:   dcol = Wᵀ · dY, then col2im (scatter-add) into dx
+//! * backward, weight: dW += dY · colᵀ (one partial per group, summed in group order)
+//!
+//! `G` grows as the feature map shrinks (see [`par::image_group`]), so the GEMM's
+//! column count stays near [`TARGET_COLUMNS`] for every stage of the network. Groups
+//! run in parallel on rayon; each is computed by one thread start to finish, and the
+//! weight-gradient partials are added in order, so results do not depend on the
+//! thread count. Patches are recomputed in backward rather than saved: an im2col is
+//! memory-bound and cheap beside the GEMMs, and saving it would multiply the memory
+//! of a training step several times.
+
+use crate::engine::gemm::{gemm, MatRef};
+use crate::engine::par;
+use crate::engine::{Tape, Tensor, Var};
+use crate::{Error, Result};
+use rayon::prelude::*;
+
+/// GEMM column count aimed for per image group.
+pub const TARGET_COLUMNS: usize = 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dCfg {
+    pub stride: usize,
+    pub padding: usize,
+}
+
+impl Default for Conv2dCfg {
+    fn default() -> Self {
+        Conv2dCfg { stride: 1, padding: 0 }
+    }
+}
+
+/// The shapes of one convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeom {
+    pub n: usize,
+    pub cin: usize,
+    pub h: usize,
+    pub w: usize,
+    pub cout: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub oh: usize,
+    pub ow: usize,
+}
+
+impl ConvGeom {
+    pub fn new(x: &[usize], w: &[usize], cfg: Conv2dCfg) -> Result<Self> {
+        if x.len() != 4 || w.len() != 4 {
+            return Err(Error::invalid(format!("conv2d needs NCHW input and 4-d weight, got {x:?} and {w:?}")));
+        }
+        if x[1] != w[1] {
+            return Err(Error::invalid(format!("conv2d: input has {} channels, weight expects {}", x[1], w[1])));
+        }
+        if cfg.stride == 0 {
+            return Err(Error::invalid("conv2d: stride must be ≥ 1"));
+        }
+        let (h, wd, kh, kw, p) = (x[2], x[3], w[2], w[3], cfg.padding);
+        if h + 2 * p < kh || wd + 2 * p < kw {
+            return Err(Error::invalid(format!("conv2d: kernel {kh}×{kw} larger than padded input {h}×{wd}")));
+        }
+        Ok(ConvGeom {
+            n: x[0],
+            cin: x[1],
+            h,
+            w: wd,
+            cout: w[0],
+            kh,
+            kw,
+            stride: cfg.stride,
+            pad: p,
+            oh: (h + 2 * p - kh) / cfg.stride + 1,
+            ow: (wd + 2 * p - kw) / cfg.stride + 1,
+        })
+    }
+    /// Reduction length K = Cin·kh·kw.
+    pub fn k(&self) -> usize {
+        self.cin * self.kh * self.kw
+    }
+    pub fn pixels(&self) -> usize {
+        self.oh * self.ow
+    }
+    pub fn in_size(&self) -> usize {
+        self.cin * self.h * self.w
+    }
+    pub fn out_size(&self) -> usize {
+        self.cout * self.pixels()
+    }
+    pub fn group(&self) -> usize {
+        par::image_group(self.n, self.pixels(), TARGET_COLUMNS)
+    }
+    pub fn flops(&self) -> f64 {
+        2.0 * (self.n * self.out_size() * self.k()) as f64
+    }
+    /// For row `kx` of the kernel at stride 1: the output columns whose input column
+    /// lies inside the image, as `lo..hi`, and the input offset `ix = ox + kx - pad`.
+    #[inline]
+    fn valid_cols(&self, kx: usize) -> (usize, usize) {
+        let lo = self.pad.saturating_sub(kx).min(self.ow);
+        let hi = (self.w + self.pad).saturating_sub(kx).min(self.ow).max(lo);
+        (lo, hi)
+    }
+}
+
+/// Writes the patches of one image into `col` (K rows of `pixels` values at row
+/// stride `ld`): row (ci, ky, kx), column (oy, ox) = x[ci, oy·s − p + ky, ox·s − p + kx].
+pub fn im2col(g: &ConvGeom, x: &[f32], col: &mut [f32], ld: usize) {
+    let (ow, pix) = (g.ow, g.pixels());
+    for ci in 0..g.cin {
+        let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let row = (ci * g.kh + ky) * g.kw + kx;
+                let dst = &mut col[row * ld..row * ld + pix];
+                let (lo, hi) = g.valid_cols(kx);
+                for oy in 0..g.oh {
+                    let d = &mut dst[oy * ow..(oy + 1) * ow];
+                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        d.fill(0.0);
+                        continue;
+                    }
+                    let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    if g.stride == 1 {
+                        d[..lo].fill(0.0);
+                        d[lo..hi].copy_from_slice(&src[lo + kx - g.pad..hi + kx - g.pad]);
+                        d[hi..].fill(0.0);
+                    } else {
+                        for (ox, o) in d.iter_mut().enumerate() {
+                            let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+                            *o = if ix >= 0 && (ix as usize) < g.w { src[ix as usize] } else { 0.0 };
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: adds each patch entry back onto its input pixel.
+pub fn col2im(g: &ConvGeom, col: &[f32], ld: usize, dx: &mut [f32]) {
+    let ow = g.ow;
+    for ci in 0..g.cin {
+        let plane = &mut dx[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+        for ky in 0..g.kh {
+            for kx in 0..g.kw {
+                let row = (ci * g.kh + ky) * g.kw + kx;
+                let src = &col[row * ld..row * ld + g.pixels()];
+                let (lo, hi) = g.valid_cols(kx);
+                for oy in 0..g.oh {
+                    let s = &src[oy * ow..(oy + 1) * ow];
+                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                    if iy < 0 || iy >= g.h as isize {
+                        continue;
+                    }
+                    let d = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+                    if g.stride == 1 {
+                        for (dv, sv) in d[lo + kx - g.pad..hi + kx - g.pad].iter_mut().zip(&s[lo..hi]) {
+                            *dv += *sv;
+                        }
+                    } else {
+                        for (ox, sv) in s.iter().enumerate() {
+                            let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+                            if ix >= 0 && (ix as usize) < g.w {
+                                d[ix as usize] += *sv;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Patches of the `gi` images in `xg`, side by side: `col[K][gi·pixels]`.
+pub fn group_columns(g: &ConvGeom, xg: &[f32], gi: usize) -> Vec<f32> {
+    let (pix, cols) = (g.pixels(), gi * g.pixels());
+    let mut col = vec![0.0f32; g.k() * cols];
+    for j in 0..gi {
+        im2col(g, &xg[j * g.in_size()..(j + 1) * g.in_size()], &mut col[j * pix..], cols);
+    }
+    col
+}
+
+/// `[Cout][gi·pixels]` (GEMM order) ← NCHW output block of `gi` images, or back.
+fn gather_group(g: &ConvGeom, nchw: &[f32], gi: usize) -> Vec<f32> {
+    let (pix, cols) = (g.pixels(), gi * g.pixels());
+    let mut out = vec![0.0f32; g.cout * cols];
+    for j in 0..gi {
+        for co in 0..g.cout {
+            let src = &nchw[(j * g.cout + co) * pix..][..pix];
+            out[co * cols + j * pix..][..pix].copy_from_slice(src);
+        }
+    }
+    out
+}
+
+fn scatter_group(g: &ConvGeom, gemm_order: &[f32], gi: usize, nchw: &mut [f32]) {
+    let (pix, cols) = (g.pixels(), gi * g.pixels());
+    for j in 0..gi {
+        for co in 0..g.cout {
+            nchw[(j * g.cout + co) * pix..][..pix].copy_from_slice(&gemm_order[co * cols + j * pix..][..pix]);
+        }
+    }
+}
+
+/// y = conv(x, w) + bias, NCHW.
+pub fn forward(g: &ConvGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    let gs = g.group();
+    let (k, pix) = (g.k(), g.pixels());
+    let mut y = vec![0.0f32; g.n * g.out_size()];
+    y.par_chunks_mut(gs * g.out_size()).zip(x.par_chunks(gs * g.in_size())).for_each(|(yg, xg)| {
+        let gi = xg.len() / g.in_size();
+        let cols = gi * pix;
+        let wm = MatRef::rowmajor(w, g.cout, k);
+        let pointwise = g.kh == 1 && g.kw == 1 && g.stride == 1 && g.pad == 0;
+        if gi == 1 && pointwise {
+            gemm(1.0, wm, MatRef::rowmajor(xg, k, cols), 0.0, yg, cols);
+        } else {
+            let col = group_columns(g, xg, gi);
+            if gi == 1 {
+                gemm(1.0, wm, MatRef::rowmajor(&col, k, cols), 0.0, yg, cols);
+            } else {
+                let mut buf = vec![0.0f32; g.cout * cols];
+                gemm(1.0, wm, MatRef::rowmajor(&col, k, cols), 0.0, &mut buf, cols);
+                scatter_group(g, &buf, gi, yg);
+            }
+        }
+        if let Some(b) = bias {
+            for (co_block, &bv) in yg.chunks_mut(pix).zip(b.iter().cycle()) {
+                co_block.iter_mut().for_each(|v| *v += bv);
+            }
+        }
+    });
+    y
+}
+
+/// Gradients of a convolution: `(dx if wanted, dW, dbias)`.
+pub fn backward(g: &ConvGeom, x: &[f32], w: &[f32], dy: &[f32], want_dx: bool) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
+    let gs = g.group();
+    let (k, pix) = (g.k(), g.pixels());
+    let ngroups = g.n.div_ceil(gs);
+    let mut dx = if want_dx { vec![0.0f32; g.n * g.in_size()] } else { Vec::new() };
+    let dx_chunks: Vec<Option<&mut [f32]>> = if want_dx {
+        dx.chunks_mut(gs * g.in_size()).map(Some).collect()
+    } else {
+        (0..ngroups).map(|_| None).collect()
+    };
+    let partials: Vec<(Vec<f32>, Vec<f32>)> = dx_chunks
+        .into_par_iter()
+        .enumerate()
+        .map(|(gidx, dxg)| {
+            let i0 = gidx * gs;
+            let gi = gs.min(g.n - i0);
+            let cols = gi * pix;
+            let xg = &x[i0 * g.in_size()..(i0 + gi) * g.in_size()];
+            let dyg_nchw = &dy[i0 * g.out_size()..(i0 + gi) * g.out_size()];
+            let gathered;
+            let dyg: &[f32] = if gi == 1 {
+                dyg_nchw
+            } else {
+                gathered = gather_group(g, dyg_nchw, gi);
+                &gathered
+            };
+            let dym = MatRef::rowmajor(dyg, g.cout, cols);
+            // dbias: row sums of dY.
+            let db: Vec<f32> = (0..g.cout).map(|co| dyg[co * cols..(co + 1) * cols].iter().sum()).collect();
+            // dW partial = dY · colᵀ.
+            let col = group_columns(g, xg, gi);
+            let mut dw = vec![0.0f32; g.cout * k];
+            gemm(1.0, dym, MatRef::rowmajor(&col, k, cols).t(), 0.0, &mut dw, k);
+            // dx = col2im(Wᵀ · dY).
+            if let Some(dxg) = dxg {
+                let mut dcol = col; // reuse the buffer: same shape [K][cols]
+                gemm(1.0, MatRef::rowmajor(w, g.cout, k).t(), dym, 0.0, &mut dcol, cols);
+                for j in 0..gi {
+                    col2im(g, &dcol[j * pix..], cols, &mut dxg[j * g.in_size()..(j + 1) * g.in_size()]);
+                }
+            }
+            (dw, db)
+        })
+        .collect();
+    let mut dw = vec![0.0f32; g.cout * k];
+    let mut db = vec![0.0f32; g.cout];
+    for (pw, pb) in &partials {
+        par::sum_in_order(&mut dw, std::slice::from_ref(pw));
+        par::sum_in_order(&mut db, std::slice::from_ref(pb));
+    }
+    (want_dx.then_some(dx), dw, db)
+}
+
+/// Convolution op on the tape. `bias`, when given, has shape (Cout).
+pub fn conv2d(tape: &mut Tape, x: Var, w: Var, bias: Option<Var>, cfg: Conv2dCfg) -> Result<Var> {
+    let g = ConvGeom::new(tape.value(x).shape(), tape.value(w).shape(), cfg)?;
+    if let Some(b) = bias
+        && tape.value(b).shape() != [g.cout]
+    {
+        return Err(Error::invalid(format!("conv2d: bias shape {:?}, expected [{}]", tape.value(b).shape(), g.cout)));
+    }
+    let y = forward(&g, tape.value(x).data(), tape.value(w).data(), bias.map(|b| tape.value(b).data()));
+    let y = Tensor::new(&[g.n, g.cout, g.oh, g.ow], y);
+    let mut inputs = vec![x, w];
+    inputs.extend(bias);
+    Ok(tape.push(y, &inputs, move |gout, vals, sink| {
+        let (dx, dw, db) = backward(&g, vals.get(x).data(), vals.get(w).data(), gout.data(), sink.wants(x));
+        if let Some(dx) = dx {
+            sink.add(x, Tensor::new(vals.get(x).shape(), dx));
+        }
+        if sink.wants(w) {
+            sink.add(w, Tensor::new(vals.get(w).shape(), dw));
+        }
+        if let Some(b) = bias
+            && sink.wants(b)
+        {
+            sink.add(b, Tensor::new(&[g.cout], db));
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::gradcheck::{check, random};
+
+    /// Direct 7-loop convolution in f64: the reference every path is held to.
+    fn reference(x: &Tensor, w: &Tensor, b: Option<&Tensor>, cfg: Conv2dCfg) -> Vec<f64> {
+        let g = ConvGeom::new(x.shape(), w.shape(), cfg).unwrap();
+        let mut y = vec![0.0f64; g.n * g.out_size()];
+        for n in 0..g.n {
+            for co in 0..g.cout {
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        let mut s = b.map_or(0.0, |b| b.data()[co] as f64);
+                        for ci in 0..g.cin {
+                            for ky in 0..g.kh {
+                                for kx in 0..g.kw {
+                                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                                    let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+                                    if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
+                                        s += x.data()[((n * g.cin + ci) * g.h + iy as usize) * g.w + ix as usize]
+                                            as f64
+                                            * w.data()[((co * g.cin + ci) * g.kh + ky) * g.kw + kx] as f64;
+                                    }
+                                }
+                            }
+                        }
+                        y[((n * g.cout + co) * g.oh + oy) * g.ow + ox] = s;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    fn run(xs: &[usize], ws: &[usize], cfg: Conv2dCfg, bias: bool) {
+        let x = random(xs, 1);
+        let w = random(ws, 2);
+        let b = bias.then(|| random(&[ws[0]], 3));
+        let mut t = Tape::new(false);
+        let (xv, wv) = (t.constant(x.clone()), t.constant(w.clone()));
+        let bv = b.clone().map(|b| t.constant(b));
+        let y = conv2d(&mut t, xv, wv, bv, cfg).unwrap();
+        let want = reference(&x, &w, b.as_ref(), cfg);
+        for (a, r) in t.value(y).data().iter().zip(&want) {
+            assert!((*a as f64 - r).abs() < 1e-4, "{a} vs {r}");
+        }
+    }
+
+    #[test]
+    fn matches_direct_convolution() {
+        run(&[2, 3, 7, 6], &[4, 3, 3, 3], Conv2dCfg { stride: 1, padding: 1 }, true);
+        run(&[3, 2, 8, 8], &[5, 2, 3, 3], Conv2dCfg { stride: 2, padding: 1 }, false);
+        run(&[2, 4, 5, 5], &[3, 4, 1, 1], Conv2dCfg { stride: 1, padding: 0 }, true); // 1×1 fast path
+        run(&[40, 4, 4, 4], &[3, 4, 1, 1], Conv2dCfg { stride: 1, padding: 0 }, false); // 1×1 grouped
+        run(&[2, 3, 9, 9], &[2, 3, 1, 1], Conv2dCfg { stride: 2, padding: 0 }, false); // 1×1 strided
+        run(&[70, 2, 4, 4], &[3, 2, 3, 3], Conv2dCfg { stride: 1, padding: 1 }, true); // several groups
+        run(&[1, 1, 3, 3], &[1, 1, 5, 5], Conv2dCfg { stride: 1, padding: 2 }, false); // kernel > image
+    }
+
+    #[test]
+    fn gradient() {
+        for (xs, ws, cfg) in [
+            ([2, 3, 5, 5], [4, 3, 3, 3], Conv2dCfg { stride: 1, padding: 1 }),
+            ([2, 2, 6, 6], [3, 2, 3, 3], Conv2dCfg { stride: 2, padding: 1 }),
+            ([70, 1, 3, 3], [2, 1, 3, 3], Conv2dCfg { stride: 1, padding: 1 }),
+        ] {
+            check(
+                &[random(&xs, 1), random(&ws, 2), random(&[ws[0]], 3)],
+                |t, v| conv2d(t, v[0], v[1], Some(v[2]), cfg).unwrap(),
+                1e-2,
+                2e-3,
+            );
+        }
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let mut t = Tape::new(false);
+        let x = t.constant(Tensor::zeros(&[1, 3, 4, 4]));
+        let w = t.constant(Tensor::zeros(&[2, 2, 3, 3]));
+        let err = conv2d(&mut t, x, w, None, Conv2dCfg::default()).unwrap_err().to_string();
+        assert!(err.contains("3 channels"), "{err}");
+    }
+}

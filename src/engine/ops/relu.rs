@@ -1,0 +1,45 @@
+//! ReLU. Backward reads the op's own output (y > 0 ⇔ x > 0), so nothing is saved.
+
+use crate::engine::{Tape, Tensor, Var};
+use rayon::prelude::*;
+
+const CHUNK: usize = 1 << 14;
+
+pub fn relu(tape: &mut Tape, x: Var) -> Var {
+    let xv = tape.value(x);
+    let mut y = vec![0.0f32; xv.len()];
+    y.par_chunks_mut(CHUNK).zip(xv.data().par_chunks(CHUNK)).for_each(|(y, x)| {
+        for (o, &i) in y.iter_mut().zip(x) {
+            *o = i.max(0.0);
+        }
+    });
+    let y = Tensor::new(xv.shape(), y);
+    tape.push(y, &[x], move |g, vals, sink| {
+        let y = vals.output();
+        let dx = sink.get(x);
+        dx.data_mut()
+            .par_chunks_mut(CHUNK)
+            .zip(g.data().par_chunks(CHUNK))
+            .zip(y.data().par_chunks(CHUNK))
+            .for_each(|((dx, g), y)| {
+                for ((d, &gv), &yv) in dx.iter_mut().zip(g).zip(y) {
+                    if yv > 0.0 {
+                        *d += gv;
+                    }
+                }
+            });
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::engine::gradcheck::{check, random};
+
+    #[test]
+    fn gradient() {
+        // Keep inputs away from the kink at 0, where the derivative is undefined.
+        let mut x = random(&[2, 3, 4, 5], 1);
+        x.data_mut().iter_mut().for_each(|v| *v += if *v >= 0.0 { 0.05 } else { -0.05 });
+        check(&[x], |t, v| super::relu(t, v[0]), 1e-2, 1e-3);
+    }
+}

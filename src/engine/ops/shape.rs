@@ -1,0 +1,69 @@
+//! Shape ops: flatten, and the parameter-free "option A" ResNet shortcut.
+
+use crate::engine::{Tape, Tensor, Var};
+use crate::{Error, Result};
+
+/// (N, ...) → (N, prod(...)).
+pub fn flatten(tape: &mut Tape, x: Var) -> Result<Var> {
+    let xv = tape.value(x);
+    let n = *xv.shape().first().ok_or_else(|| Error::invalid("flatten: scalar input"))?;
+    let rest = if n == 0 { 0 } else { xv.len() / n };
+    let y = xv.clone().reshape(&[n, rest])?;
+    Ok(tape.push(y, &[x], move |g, vals, sink| {
+        let shape = vals.get(x).shape().to_vec();
+        let dx = sink.get(x);
+        for (d, v) in dx.data_mut().iter_mut().zip(g.data()) {
+            *d += *v;
+        }
+        debug_assert_eq!(dx.shape(), &shape[..]);
+    }))
+}
+
+/// The CIFAR ResNet "option A" shortcut (He et al. 2016, §4.2): keep every `stride`-th
+/// pixel and zero-pad the channels evenly on both sides up to `cout`.
+pub fn subsample_pad_channels(tape: &mut Tape, x: Var, stride: usize, cout: usize) -> Result<Var> {
+    let xv = tape.value(x);
+    if xv.shape().len() != 4 || stride == 0 || cout < xv.shape()[1] || (cout - xv.shape()[1]) % 2 != 0 {
+        return Err(Error::invalid(format!("shortcut: cannot map {:?} to {cout} channels at stride {stride}", xv.shape())));
+    }
+    let (n, c, h, w) = xv.nchw();
+    let (oh, ow) = (h.div_ceil(stride), w.div_ceil(stride));
+    let lo = (cout - c) / 2;
+    let mut y = vec![0.0f32; n * cout * oh * ow];
+    for i in 0..n {
+        for ch in 0..c {
+            let src = &xv.data()[(i * c + ch) * h * w..][..h * w];
+            let dst = &mut y[(i * cout + ch + lo) * oh * ow..][..oh * ow];
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    dst[oy * ow + ox] = src[oy * stride * w + ox * stride];
+                }
+            }
+        }
+    }
+    Ok(tape.push(Tensor::new(&[n, cout, oh, ow], y), &[x], move |g, _vals, sink| {
+        let dx = sink.get(x);
+        for i in 0..n {
+            for ch in 0..c {
+                let dst = &mut dx.data_mut()[(i * c + ch) * h * w..][..h * w];
+                let src = &g.data()[(i * cout + ch + lo) * oh * ow..][..oh * ow];
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        dst[oy * stride * w + ox * stride] += src[oy * ow + ox];
+                    }
+                }
+            }
+        }
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::engine::gradcheck::{check, random};
+
+    #[test]
+    fn gradients() {
+        check(&[random(&[2, 3, 2, 2], 1)], |t, v| super::flatten(t, v[0]).unwrap(), 1e-2, 1e-3);
+        check(&[random(&[2, 2, 5, 4], 2)], |t, v| super::subsample_pad_channels(t, v[0], 2, 6).unwrap(), 1e-2, 1e-3);
+    }
+}

@@ -1,0 +1,24 @@
+//! Work splits that do not depend on the number of threads.
+//!
+//! rayon may run the pieces of a split on any thread in any order; results stay
+//! bit-identical because (1) every output element is produced by exactly one piece,
+//! and (2) reductions across pieces (weight gradients, batch statistics) produce one
+//! partial per piece and add the partials in piece order on one thread. The piece
+//! boundaries come from the problem's shape only.
+
+/// Size of the image groups a batched op works on: enough columns (`group * pixels`)
+/// to keep the GEMM efficient, a function of the shape only.
+pub fn image_group(batch: usize, pixels_per_image: usize, target_columns: usize) -> usize {
+    let g = target_columns.div_ceil(pixels_per_image.max(1));
+    g.clamp(1, batch.max(1))
+}
+
+/// Adds `parts` in order into `out` (which it first zeroes when `overwrite`).
+pub fn sum_in_order(out: &mut [f32], parts: &[Vec<f32>]) {
+    for p in parts {
+        debug_assert_eq!(p.len(), out.len());
+        for (o, v) in out.iter_mut().zip(p) {
+            *o += *v;
+        }
+    }
+}

@@ -1,0 +1,170 @@
+//! A flat reverse-mode tape.
+//!
+//! Node id = index in creation order. Each op pushes its output value and, when any
+//! input needs a gradient and the tape records, a boxed backward closure. The closure
+//! gets the gradient of its output, read access to every value on the tape, and a
+//! [`GradSink`] that allocates an input's gradient on first use and accumulates in
+//! place. `backward` walks the nodes in reverse and frees each node's value once its
+//! own backward has run (no later node can need it), which keeps peak memory near one
+//! forward pass.
+
+use super::param::{ParamId, ParamStore};
+use super::Tensor;
+
+/// A handle to a node on a [`Tape`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Var(pub(crate) usize);
+
+/// Backward of one op: (gradient of the output, all values, gradient sink).
+pub type BackwardFn = Box<dyn FnOnce(&Tensor, &Values, &mut GradSink) + Send>;
+
+#[derive(Clone, Copy)]
+struct Meta {
+    needs_grad: bool,
+}
+
+pub struct Tape {
+    values: Vec<Tensor>,
+    meta: Vec<Meta>,
+    backward: Vec<Option<BackwardFn>>,
+    params: Vec<(Var, ParamId)>,
+    recording: bool,
+}
+
+/// Read access to the values on the tape, for backward closures.
+pub struct Values<'a>(&'a [Tensor]);
+
+impl Values<'_> {
+    /// The value of an input of the op.
+    pub fn get(&self, v: Var) -> &Tensor {
+        &self.0[v.0]
+    }
+    /// The op's own output value.
+    pub fn output(&self) -> &Tensor {
+        self.0.last().expect("a backward closure always has its output")
+    }
+}
+
+/// Where a backward closure writes its inputs' gradients.
+pub struct GradSink<'a> {
+    grads: &'a mut [Option<Tensor>],
+    shapes: &'a [Tensor],
+    meta: &'a [Meta],
+}
+
+impl GradSink<'_> {
+    /// Whether `v` needs a gradient at all (inputs and constants do not).
+    pub fn wants(&self, v: Var) -> bool {
+        self.meta[v.0].needs_grad
+    }
+    /// The gradient buffer of `v`, zero-filled on first use. Ops accumulate (`+=`).
+    pub fn get(&mut self, v: Var) -> &mut Tensor {
+        debug_assert!(self.meta[v.0].needs_grad);
+        let shape = self.shapes[v.0].shape();
+        self.grads[v.0].get_or_insert_with(|| Tensor::zeros(shape))
+    }
+    /// Adds a whole gradient tensor to `v` (moved in when `v` has none yet).
+    pub fn add(&mut self, v: Var, g: Tensor) {
+        if !self.wants(v) {
+            return;
+        }
+        assert_eq!(g.shape(), self.shapes[v.0].shape(), "gradient shape mismatch");
+        match &mut self.grads[v.0] {
+            Some(existing) => existing.add_assign(&g),
+            slot @ None => *slot = Some(g),
+        }
+    }
+}
+
+/// The gradients left after `backward`: leaves' gradients by handle, plus the
+/// parameter gradients (already summed per parameter).
+pub struct Gradients {
+    grads: Vec<Option<Tensor>>,
+    params: Vec<(Var, ParamId)>,
+}
+
+impl Gradients {
+    pub fn get(&self, v: Var) -> Option<&Tensor> {
+        self.grads[v.0].as_ref()
+    }
+    /// Accumulates the parameter gradients into the store's `grad` buffers.
+    pub fn accumulate_into(mut self, store: &mut ParamStore) {
+        for &(v, id) in &self.params {
+            if let Some(g) = self.grads[v.0].take() {
+                store.param_mut(id).grad.add_assign(&g);
+            }
+        }
+    }
+}
+
+impl Tape {
+    /// A tape that records backward closures (training) or not (evaluation).
+    pub fn new(recording: bool) -> Self {
+        Tape { values: Vec::new(), meta: Vec::new(), backward: Vec::new(), params: Vec::new(), recording }
+    }
+    pub fn recording(&self) -> bool {
+        self.recording
+    }
+    fn push_node(&mut self, value: Tensor, needs_grad: bool, bw: Option<BackwardFn>) -> Var {
+        self.values.push(value);
+        self.meta.push(Meta { needs_grad });
+        self.backward.push(bw);
+        Var(self.values.len() - 1)
+    }
+    /// A value that needs no gradient (input images, labels-as-data).
+    pub fn constant(&mut self, value: Tensor) -> Var {
+        self.push_node(value, false, None)
+    }
+    /// A leaf whose gradient is wanted (used by gradient tests and custom code).
+    pub fn leaf(&mut self, value: Tensor) -> Var {
+        let rec = self.recording;
+        self.push_node(value, rec, None)
+    }
+    /// Puts a parameter on the tape; its gradient is returned by `backward`.
+    pub fn param(&mut self, store: &ParamStore, id: ParamId) -> Var {
+        let v = self.leaf(store.param(id).value.clone());
+        self.params.push((v, id));
+        v
+    }
+    pub fn value(&self, v: Var) -> &Tensor {
+        &self.values[v.0]
+    }
+    pub fn needs_grad(&self, v: Var) -> bool {
+        self.meta[v.0].needs_grad
+    }
+    /// Records an op's output. The closure is kept only when the tape records and some
+    /// input needs a gradient; otherwise it is dropped unrun (no saved state survives).
+    pub fn push<F>(&mut self, value: Tensor, inputs: &[Var], backward: F) -> Var
+    where
+        F: FnOnce(&Tensor, &Values, &mut GradSink) + Send + 'static,
+    {
+        let needs = self.recording && inputs.iter().any(|v| self.meta[v.0].needs_grad);
+        let bw: Option<BackwardFn> = if needs { Some(Box::new(backward)) } else { None };
+        self.push_node(value, needs, bw)
+    }
+    /// Reverse pass from a scalar `loss` (seeded with gradient 1).
+    pub fn backward(self, loss: Var) -> Gradients {
+        let Tape { mut values, meta, mut backward, params, .. } = self;
+        assert_eq!(values[loss.0].len(), 1, "backward needs a scalar loss");
+        let n = values.len();
+        let mut grads: Vec<Option<Tensor>> = (0..n).map(|_| None).collect();
+        if meta[loss.0].needs_grad {
+            grads[loss.0] = Some(Tensor::full(values[loss.0].shape(), 1.0));
+        }
+        for i in (0..n).rev() {
+            if let Some(bw) = backward[i].take()
+                && let Some(g) = grads[i].take()
+            {
+                // Inputs always precede their output: the closure reads nodes 0..=i
+                // (its own output included) and writes gradients of nodes 0..i.
+                let upto = &values[..=i];
+                let (gbefore, _) = grads.split_at_mut(i);
+                let mut sink = GradSink { grads: gbefore, shapes: &upto[..i], meta: &meta[..i] };
+                bw(&g, &Values(upto), &mut sink);
+            }
+            // No node after i reads it any more, and its own backward has run.
+            values[i] = Tensor::zeros(&[0]);
+        }
+        Gradients { grads, params }
+    }
+}
