@@ -85,6 +85,14 @@ impl ParamStore {
     pub fn buffer_mut(&mut self, id: BufferId) -> &mut Buffer {
         &mut self.buffers[id.0]
     }
+    /// Two distinct buffers, mutably (batchnorm's running mean and variance).
+    pub fn buffer_pair_mut(&mut self, a: BufferId, b: BufferId) -> (&mut Tensor, &mut Tensor) {
+        assert_ne!(a, b, "buffer_pair_mut needs two distinct buffers");
+        let (lo, hi, swap) = if a.0 < b.0 { (a.0, b.0, false) } else { (b.0, a.0, true) };
+        let (left, right) = self.buffers.split_at_mut(hi);
+        let (x, y) = (&mut left[lo].value, &mut right[0].value);
+        if swap { (y, x) } else { (x, y) }
+    }
     pub fn params(&self) -> &[Param] {
         &self.params
     }

@@ -1,1 +1,11 @@
-//! placeholder
+//! Layers and the networks of the paper, in their CIFAR forms.
+//!
+//! A network is a plain struct of layer handles; parameters and buffers live in a
+//! [`ParamStore`](crate::engine::ParamStore) under PyTorch `state_dict` names, so the
+//! same names serve checkpoints and safetensors interchange.
+
+pub mod layers;
+pub mod models;
+
+pub use layers::{BatchNorm2d, Conv2d, Fwd, Linear};
+pub use models::{build, Arch, ModelSpec, Network};

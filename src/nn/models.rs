@@ -1,0 +1,271 @@
+//! The paper's networks in their CIFAR forms.
+//!
+//! | arch     | body                                                                   | shortcut / head |
+//! |----------|------------------------------------------------------------------------|-----------------|
+//! | resnet20 | conv3×3(16)-BN-ReLU, 3 stages × 3 basic blocks (16, 32, 64 ch)          | option A (stride-2 subsample + zero channel padding, parameter-free), global avg pool, linear |
+//! | resnet34 | conv3×3(64)-BN-ReLU, 4 stages of 3, 4, 6, 3 basic blocks (64…512 ch)     | option B (1×1 conv + BN) where the shape changes, global avg pool, linear |
+//! | vgg8     | conv 128,128, pool, 256,256, pool, 512,512, pool (each conv-BN-ReLU)    | fc 8192→1024, ReLU, fc 1024→classes |
+//! | vgg16    | VGG16 cfg 64,64,M,128,128,M,256×3,M,512×3,M,512×3,M (conv-BN-ReLU)      | fc 512→classes |
+//!
+//! Basic block: conv3×3-BN-ReLU-conv3×3-BN, add shortcut, ReLU (He et al. 2016).
+//! Convolutions that feed a BN carry no bias (the BN shift subsumes it). Names follow
+//! the common PyTorch CIFAR implementations (`conv1`, `bn1`, `layer1.0.conv1`,
+//! `layer2.0.shortcut.0`, `linear`; `features.N` / `classifier.N` for VGG), so a
+//! PyTorch `state_dict` of the same architecture maps one to one.
+
+use super::layers::{BatchNorm2d, Conv2d, Fwd, Linear};
+use crate::engine::ops::{self, Conv2dCfg};
+use crate::engine::{ParamStore, Var};
+use crate::rng::stream;
+use crate::{Error, Result};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    ResNet20,
+    ResNet34,
+    Vgg8,
+    Vgg16,
+}
+
+impl Arch {
+    pub const ALL: [Arch; 4] = [Arch::ResNet20, Arch::ResNet34, Arch::Vgg8, Arch::Vgg16];
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::ResNet20 => "resnet20",
+            Arch::ResNet34 => "resnet34",
+            Arch::Vgg8 => "vgg8",
+            Arch::Vgg16 => "vgg16",
+        }
+    }
+    pub fn parse(s: &str) -> Result<Self> {
+        Arch::ALL.into_iter().find(|a| a.name() == s).ok_or_else(|| {
+            Error::invalid(format!("unknown model '{s}' (known: resnet20, resnet34, vgg8, vgg16)"))
+        })
+    }
+}
+
+/// Everything needed to rebuild a network's structure.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModelSpec {
+    pub arch: Arch,
+    pub num_classes: usize,
+}
+
+/// A network: a forward pass from NCHW images to logits.
+pub trait Network: Send + Sync {
+    fn spec(&self) -> ModelSpec;
+    fn forward(&self, cx: &mut Fwd, x: Var) -> Result<Var>;
+}
+
+/// Builds a network and its freshly initialised parameters (weights drawn from `seed`).
+pub fn build(spec: ModelSpec, seed: u64) -> (Box<dyn Network>, ParamStore) {
+    let mut store = ParamStore::new();
+    let net: Box<dyn Network> = match spec.arch {
+        Arch::ResNet20 => Box::new(ResNet::new(&mut store, spec, seed)),
+        Arch::ResNet34 => Box::new(ResNet::new(&mut store, spec, seed)),
+        Arch::Vgg8 | Arch::Vgg16 => Box::new(Vgg::new(&mut store, spec, seed)),
+    };
+    (net, store)
+}
+
+fn same(stride: usize) -> Conv2dCfg {
+    Conv2dCfg { stride, padding: 1 }
+}
+
+enum Shortcut {
+    Identity,
+    /// Option A: parameter-free subsample + channel zero-padding.
+    PadA { stride: usize, cout: usize },
+    /// Option B: 1×1 convolution + BN.
+    Projection(Conv2d, BatchNorm2d),
+}
+
+struct BasicBlock {
+    conv1: Conv2d,
+    bn1: BatchNorm2d,
+    conv2: Conv2d,
+    bn2: BatchNorm2d,
+    shortcut: Shortcut,
+}
+
+impl BasicBlock {
+    fn forward(&self, cx: &mut Fwd, x: Var) -> Result<Var> {
+        let h = self.conv1.forward(cx, x)?;
+        let h = self.bn1.forward(cx, h)?;
+        let h = ops::relu(cx.tape, h);
+        let h = self.conv2.forward(cx, h)?;
+        let h = self.bn2.forward(cx, h)?;
+        let s = match &self.shortcut {
+            Shortcut::Identity => x,
+            Shortcut::PadA { stride, cout } => ops::subsample_pad_channels(cx.tape, x, *stride, *cout)?,
+            Shortcut::Projection(conv, bn) => {
+                let s = conv.forward(cx, x)?;
+                bn.forward(cx, s)?
+            }
+        };
+        let y = ops::add(cx.tape, h, s);
+        Ok(ops::relu(cx.tape, y))
+    }
+}
+
+struct ResNet {
+    spec: ModelSpec,
+    conv1: Conv2d,
+    bn1: BatchNorm2d,
+    blocks: Vec<BasicBlock>,
+    linear: Linear,
+}
+
+impl ResNet {
+    fn new(store: &mut ParamStore, spec: ModelSpec, seed: u64) -> Self {
+        let mut rng = stream(seed);
+        let (widths, depths, option_a): (&[usize], &[usize], bool) = match spec.arch {
+            Arch::ResNet20 => (&[16, 32, 64], &[3, 3, 3], true),
+            Arch::ResNet34 => (&[64, 128, 256, 512], &[3, 4, 6, 3], false),
+            _ => unreachable!("not a ResNet"),
+        };
+        let conv1 = Conv2d::new(store, "conv1", 3, widths[0], 3, same(1), false, &mut rng);
+        let bn1 = BatchNorm2d::new(store, "bn1", widths[0]);
+        let mut blocks = Vec::new();
+        let mut cin = widths[0];
+        for (stage, (&cout, &depth)) in widths.iter().zip(depths).enumerate() {
+            for b in 0..depth {
+                let stride = if stage > 0 && b == 0 { 2 } else { 1 };
+                let name = format!("layer{}.{b}", stage + 1);
+                let conv1 = Conv2d::new(store, &format!("{name}.conv1"), cin, cout, 3, same(stride), false, &mut rng);
+                let bn1 = BatchNorm2d::new(store, &format!("{name}.bn1"), cout);
+                let conv2 = Conv2d::new(store, &format!("{name}.conv2"), cout, cout, 3, same(1), false, &mut rng);
+                let bn2 = BatchNorm2d::new(store, &format!("{name}.bn2"), cout);
+                let shortcut = if stride == 1 && cin == cout {
+                    Shortcut::Identity
+                } else if option_a {
+                    Shortcut::PadA { stride, cout }
+                } else {
+                    let cfg = Conv2dCfg { stride, padding: 0 };
+                    Shortcut::Projection(
+                        Conv2d::new(store, &format!("{name}.shortcut.0"), cin, cout, 1, cfg, false, &mut rng),
+                        BatchNorm2d::new(store, &format!("{name}.shortcut.1"), cout),
+                    )
+                };
+                blocks.push(BasicBlock { conv1, bn1, conv2, bn2, shortcut });
+                cin = cout;
+            }
+        }
+        let linear = Linear::new(store, "linear", cin, spec.num_classes, true, &mut rng);
+        ResNet { spec, conv1, bn1, blocks, linear }
+    }
+}
+
+impl Network for ResNet {
+    fn spec(&self) -> ModelSpec {
+        self.spec
+    }
+    fn forward(&self, cx: &mut Fwd, x: Var) -> Result<Var> {
+        let h = self.conv1.forward(cx, x)?;
+        let h = self.bn1.forward(cx, h)?;
+        let mut h = ops::relu(cx.tape, h);
+        for b in &self.blocks {
+            h = b.forward(cx, h)?;
+        }
+        let h = ops::global_avg_pool(cx.tape, h)?;
+        self.linear.forward(cx, h)
+    }
+}
+
+enum VggLayer {
+    ConvBnRelu(Conv2d, BatchNorm2d),
+    MaxPool,
+}
+
+struct Vgg {
+    spec: ModelSpec,
+    features: Vec<VggLayer>,
+    /// (layer, ReLU after it?)
+    classifier: Vec<(Linear, bool)>,
+}
+
+impl Vgg {
+    fn new(store: &mut ParamStore, spec: ModelSpec, seed: u64) -> Self {
+        const M: usize = 0;
+        let (cfg, hidden): (&[usize], &[usize]) = match spec.arch {
+            Arch::Vgg8 => (&[128, 128, M, 256, 256, M, 512, 512, M], &[1024]),
+            Arch::Vgg16 => (&[64, 64, M, 128, 128, M, 256, 256, 256, M, 512, 512, 512, M, 512, 512, 512, M], &[]),
+            _ => unreachable!("not a VGG"),
+        };
+        let mut rng = stream(seed);
+        let mut features = Vec::new();
+        // PyTorch Sequential indices: conv i, bn i+1, relu i+2; pool takes one index.
+        let (mut idx, mut cin, mut side) = (0, 3, 32);
+        for &c in cfg {
+            if c == M {
+                features.push(VggLayer::MaxPool);
+                idx += 1;
+                side /= 2;
+            } else {
+                let conv = Conv2d::new(store, &format!("features.{idx}"), cin, c, 3, same(1), false, &mut rng);
+                let bn = BatchNorm2d::new(store, &format!("features.{}", idx + 1), c);
+                features.push(VggLayer::ConvBnRelu(conv, bn));
+                idx += 3;
+                cin = c;
+            }
+        }
+        let mut classifier = Vec::new();
+        let mut fin = cin * side * side;
+        let mut cidx = 0;
+        for &h in hidden {
+            classifier.push((Linear::new(store, &format!("classifier.{cidx}"), fin, h, true, &mut rng), true));
+            cidx += 2;
+            fin = h;
+        }
+        classifier.push((Linear::new(store, &format!("classifier.{cidx}"), fin, spec.num_classes, true, &mut rng), false));
+        Vgg { spec, features, classifier }
+    }
+}
+
+impl Network for Vgg {
+    fn spec(&self) -> ModelSpec {
+        self.spec
+    }
+    fn forward(&self, cx: &mut Fwd, x: Var) -> Result<Var> {
+        let mut h = x;
+        for layer in &self.features {
+            h = match layer {
+                VggLayer::ConvBnRelu(conv, bn) => {
+                    let c = conv.forward(cx, h)?;
+                    let b = bn.forward(cx, c)?;
+                    ops::relu(cx.tape, b)
+                }
+                VggLayer::MaxPool => ops::max_pool2d(cx.tape, h, 2, 2)?,
+            };
+        }
+        h = ops::flatten(cx.tape, h)?;
+        for (lin, relu) in &self.classifier {
+            h = lin.forward(cx, h)?;
+            if *relu {
+                h = ops::relu(cx.tape, h);
+            }
+        }
+        Ok(h)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameter_counts_match_the_literature() {
+        let count = |arch, classes| build(ModelSpec { arch, num_classes: classes }, 0).1.num_scalars();
+        // ResNet20 (option A): 269,722 as printed by the reference PyTorch implementation; ResNet34 CIFAR: 21.3 M; VGG16 CIFAR: 14.7 M.
+        assert_eq!(count(Arch::ResNet20, 10), 269_722);
+        let r34 = count(Arch::ResNet34, 100);
+        assert!((21_000_000..21_400_000).contains(&r34), "{r34}");
+        let v16 = count(Arch::Vgg16, 100);
+        assert!((14_700_000..14_800_000).contains(&v16), "{v16}");
+    }
+
+    #[test]
+    fn unknown_model_is_a_clear_error() {
+        assert!(Arch::parse("resnet21").unwrap_err().to_string().contains("unknown model 'resnet21'"));
+    }
+}
