@@ -1,1 +1,50 @@
-fn main() {}
+//! The `dnat` command line. Each subcommand is a thin layer over the library.
+
+use argh::FromArgs;
+use std::process::ExitCode;
+
+mod cli;
+
+#[derive(FromArgs)]
+/// D-NAT: non-ideality aware training for computing-in-memory macros.
+struct Top {
+    #[argh(subcommand)]
+    cmd: Cmd,
+    /// worker threads (default: RAYON_NUM_THREADS, else all cores); results do not depend on it
+    #[argh(option)]
+    threads: Option<usize>,
+}
+
+#[derive(FromArgs)]
+#[argh(subcommand)]
+enum Cmd {
+    Train(cli::train::TrainArgs),
+    Eval(cli::eval::EvalArgs),
+    Bench(cli::bench::BenchArgs),
+    Weights(cli::weights::WeightsArgs),
+}
+
+fn main() -> ExitCode {
+    let top: Top = argh::from_env();
+    if let Some(t) = top.threads {
+        if t == 0 {
+            eprintln!("error: --threads must be at least 1");
+            return ExitCode::from(2);
+        }
+        rayon::ThreadPoolBuilder::new().num_threads(t).build_global().expect("thread pool set up once");
+    }
+    let result = match top.cmd {
+        Cmd::Train(a) => cli::train::run(a),
+        Cmd::Eval(a) => cli::eval::run(a),
+        Cmd::Bench(a) => cli::bench::run(a),
+        Cmd::Weights(a) => cli::weights::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+

@@ -1,1 +1,12 @@
-//! placeholder
+//! Training and evaluation loops, progress reporting, and the `dnat bench` measurement.
+
+pub mod bench;
+pub mod config;
+pub mod eval;
+pub mod json;
+pub mod progress;
+pub mod trainer;
+
+pub use config::TrainConfig;
+pub use eval::{evaluate, EvalResult};
+pub use trainer::{train, RunOptions, TrainOutcome};

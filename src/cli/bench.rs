@@ -1,0 +1,39 @@
+use dnat::nn::Arch;
+use dnat::train::bench;
+use dnat::Result;
+
+#[derive(argh::FromArgs)]
+#[argh(subcommand, name = "bench")]
+/// Measure training-step and evaluation throughput (images/s) and peak memory.
+pub struct BenchArgs {
+    /// resnet20, resnet34, vgg8 or vgg16
+    #[argh(option)]
+    model: String,
+    /// batch size (default 128)
+    #[argh(option, default = "128")]
+    batch: usize,
+    /// timed steps (default 10; the median is reported)
+    #[argh(option, default = "10")]
+    steps: usize,
+    /// untimed warm-up steps (default 2)
+    #[argh(option, default = "2")]
+    warmup: usize,
+    /// classes of the output layer (default 10)
+    #[argh(option, default = "10")]
+    classes: usize,
+    /// print one JSON object as the last line of stdout
+    #[argh(switch)]
+    json: bool,
+}
+
+pub fn run(a: BenchArgs) -> Result<()> {
+    if a.batch == 0 || a.steps == 0 || a.classes < 2 {
+        return Err(dnat::Error::invalid("--batch and --steps must be ≥ 1 and --classes ≥ 2"));
+    }
+    let r = bench::run(Arch::parse(&a.model)?, a.classes, a.batch, a.steps, a.warmup)?;
+    println!("{}", r.table());
+    if a.json {
+        println!("{}", r.json());
+    }
+    Ok(())
+}

@@ -1,0 +1,114 @@
+use dnat::data::DatasetKind;
+use dnat::nn::Arch;
+use dnat::optim::{OptimizerKind, Schedule};
+use dnat::train::json;
+use dnat::train::{train, RunOptions, TrainConfig};
+use dnat::Result;
+use std::path::PathBuf;
+
+#[derive(argh::FromArgs)]
+#[argh(subcommand, name = "train")]
+/// Train a network (FP32) and write a checkpoint after every epoch.
+pub struct TrainArgs {
+    /// resnet20, resnet34, vgg8 or vgg16
+    #[argh(option)]
+    model: String,
+    /// data set archive or folder (default: $DNAT_DATA, ../shared/datasets, datasets/)
+    #[argh(option)]
+    data: Option<PathBuf>,
+    /// cifar10 (default) or cifar100
+    #[argh(option, default = "String::from(\"cifar10\")")]
+    dataset: String,
+    /// number of epochs
+    #[argh(option)]
+    epochs: usize,
+    /// seed of the run (initialisation, order, augmentation)
+    #[argh(option, default = "0")]
+    seed: u64,
+    /// checkpoint file to write (atomically, after every epoch)
+    #[argh(option)]
+    out: PathBuf,
+    /// train on the first N training images only
+    #[argh(option)]
+    train_subset: Option<usize>,
+    /// batch size (default 128)
+    #[argh(option, default = "128")]
+    batch: usize,
+    /// peak learning rate (default 0.1)
+    #[argh(option, default = "0.1")]
+    lr: f32,
+    /// schedule: onecycle (default), cosine[:WARMUP_EPOCHS], step:E1,E2[:GAMMA], constant
+    #[argh(option, default = "String::from(\"onecycle\")")]
+    schedule: String,
+    /// optimizer: sgd (Nesterov momentum 0.9, default) or adam
+    #[argh(option, default = "String::from(\"sgd\")")]
+    optimizer: String,
+    /// L2 weight decay on conv/linear weights (default 5e-4)
+    #[argh(option, default = "5e-4")]
+    weight_decay: f32,
+    /// label smoothing (default 0)
+    #[argh(option, default = "0.0")]
+    label_smoothing: f32,
+    /// disable augmentation (random crop + flip)
+    #[argh(switch)]
+    no_augment: bool,
+    /// continue from --out if it holds a checkpoint of this configuration
+    #[argh(switch)]
+    resume: bool,
+    /// stop after this many epochs in total (resume later with --resume)
+    #[argh(option)]
+    stop_after: Option<usize>,
+    /// print one JSON object as the last line of stdout
+    #[argh(switch)]
+    json: bool,
+    /// no progress output
+    #[argh(switch)]
+    quiet: bool,
+}
+
+pub fn run(a: TrainArgs) -> Result<()> {
+    let kind = DatasetKind::parse(&a.dataset)?;
+    let mut cfg = TrainConfig::new(Arch::parse(&a.model)?, kind, a.epochs, a.seed);
+    cfg.batch = a.batch;
+    cfg.lr = a.lr;
+    cfg.schedule = Schedule::parse(&a.schedule)?;
+    cfg.optimizer = match a.optimizer.as_str() {
+        "sgd" => OptimizerKind::Sgd { momentum: 0.9, nesterov: true },
+        "adam" => OptimizerKind::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8 },
+        o => return Err(dnat::Error::invalid(format!("unknown optimizer '{o}' (sgd or adam)"))),
+    };
+    cfg.groups.weight_decay = a.weight_decay;
+    cfg.label_smoothing = a.label_smoothing;
+    cfg.train_subset = a.train_subset;
+    cfg.augment = !a.no_augment;
+    cfg.validate()?;
+    let data = super::load_data(a.data.as_deref(), kind, a.quiet)?;
+    let opts = RunOptions { resume: a.resume, stop_after: a.stop_after, quiet: a.quiet };
+    let o = train(&cfg, &data, &a.out, &opts)?;
+    println!(
+        "{}: {} epochs, test accuracy {:.2}%, {:.1} train images/s, wall {:.1}s -> {}",
+        cfg.arch.name(),
+        o.checkpoint.epochs_done,
+        o.test_accuracy,
+        o.train_images_per_s,
+        o.wall_s,
+        a.out.display()
+    );
+    if a.json {
+        println!(
+            "{}",
+            json::object(vec![
+                ("model", cfg.arch.name().into()),
+                ("epochs", (o.checkpoint.epochs_done as usize).into()),
+                ("accuracy", o.test_accuracy.into()),
+                ("train_images_per_s", o.train_images_per_s.into()),
+                ("wall_s", o.wall_s.into()),
+                ("seed", cfg.seed.into()),
+                ("data", data.provenance.description.clone().into()),
+                ("data_sha256", data.provenance.sha256.clone().into()),
+                ("checkpoint", a.out.display().to_string().into()),
+            ])
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,347 @@
+//! The dnat checkpoint format (version 1).
+//!
+//! ```text
+//! magic    8 bytes  "DNATCKPT"
+//! version  u32 LE   1
+//! length   u64 LE   length of the compressed payload
+//! crc32    u32 LE   CRC-32 of the uncompressed payload
+//! payload  zlib(…)  the sections below, all little-endian
+//! ```
+//! Payload: model (`arch` string, `num_classes` u32); `meta` key/value strings (the
+//! training configuration, the data set read); progress (`epochs_done` u32,
+//! `steps_done` u64); parameters (name, group u8, shape, f32 data); buffers (name,
+//! shape, data); optimizer (kind string, steps u64, slots per parameter); history
+//! (one row per finished epoch). Strings are u32 length + UTF-8; shapes are u8 rank +
+//! u32 dims. The bytes are a pure function of the run: no timestamps, no paths.
+
+use super::atomic;
+use crate::engine::{ParamGroup, ParamStore, Tensor};
+use crate::nn::{Arch, ModelSpec};
+use crate::{Error, Result};
+use byteorder::{LittleEndian as LE, ReadBytesExt, WriteBytesExt};
+use flate2::read::ZlibDecoder;
+use flate2::write::ZlibEncoder;
+use std::io::{Cursor, Read, Write};
+use std::path::Path;
+
+const MAGIC: &[u8; 8] = b"DNATCKPT";
+const VERSION: u32 = 1;
+/// A sanity bound on any one count or length in the payload.
+const MAX_LEN: u64 = 1 << 32;
+
+/// One finished epoch, for reports and plots.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EpochRecord {
+    pub epoch: u32,
+    pub lr: f32,
+    pub train_loss: f32,
+    pub train_accuracy: f32,
+    pub test_accuracy: f32,
+    pub seconds: f32,
+}
+
+#[derive(Clone, Debug)]
+pub struct Checkpoint {
+    pub spec: ModelSpec,
+    pub meta: Vec<(String, String)>,
+    pub epochs_done: u32,
+    pub steps_done: u64,
+    pub store: ParamStore,
+    pub optimizer: Option<OptimizerState>,
+    pub history: Vec<EpochRecord>,
+}
+
+#[derive(Clone, Debug)]
+pub struct OptimizerState {
+    pub kind: String,
+    pub steps: u64,
+    pub slots: Vec<Vec<Tensor>>,
+}
+
+impl Checkpoint {
+    pub fn meta(&self, key: &str) -> Option<&str> {
+        self.meta.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut p = Vec::new();
+        put_str(&mut p, self.spec.arch.name());
+        p.write_u32::<LE>(self.spec.num_classes as u32).unwrap();
+        p.write_u32::<LE>(self.meta.len() as u32).unwrap();
+        for (k, v) in &self.meta {
+            put_str(&mut p, k);
+            put_str(&mut p, v);
+        }
+        p.write_u32::<LE>(self.epochs_done).unwrap();
+        p.write_u64::<LE>(self.steps_done).unwrap();
+        p.write_u32::<LE>(self.store.params().len() as u32).unwrap();
+        for prm in self.store.params() {
+            put_str(&mut p, &prm.name);
+            p.write_u8(prm.group.code()).unwrap();
+            put_tensor(&mut p, &prm.value);
+        }
+        p.write_u32::<LE>(self.store.buffers().len() as u32).unwrap();
+        for b in self.store.buffers() {
+            put_str(&mut p, &b.name);
+            put_tensor(&mut p, &b.value);
+        }
+        match &self.optimizer {
+            None => put_str(&mut p, ""),
+            Some(o) => {
+                put_str(&mut p, &o.kind);
+                p.write_u64::<LE>(o.steps).unwrap();
+                p.write_u32::<LE>(o.slots.len() as u32).unwrap();
+                for slots in &o.slots {
+                    p.write_u8(slots.len() as u8).unwrap();
+                    for t in slots {
+                        put_tensor(&mut p, t);
+                    }
+                }
+            }
+        }
+        p.write_u32::<LE>(self.history.len() as u32).unwrap();
+        for h in &self.history {
+            p.write_u32::<LE>(h.epoch).unwrap();
+            for v in [h.lr, h.train_loss, h.train_accuracy, h.test_accuracy, h.seconds] {
+                p.write_f32::<LE>(v).unwrap();
+            }
+        }
+        let mut crc = flate2::Crc::new();
+        crc.update(&p);
+        let mut z = ZlibEncoder::new(Vec::new(), flate2::Compression::new(6));
+        z.write_all(&p).unwrap();
+        let z = z.finish().unwrap();
+        let mut out = Vec::with_capacity(z.len() + 24);
+        out.extend_from_slice(MAGIC);
+        out.write_u32::<LE>(VERSION).unwrap();
+        out.write_u64::<LE>(z.len() as u64).unwrap();
+        out.write_u32::<LE>(crc.sum()).unwrap();
+        out.extend_from_slice(&z);
+        out
+    }
+
+    /// Writes atomically (temporary file + rename).
+    pub fn save(&self, path: &Path) -> Result<()> {
+        atomic::write(path, &self.to_bytes())
+    }
+
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        Self::from_bytes(&bytes).map_err(|msg| Error::format(path, msg))
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Self, String> {
+        if bytes.len() < 24 || &bytes[..8] != MAGIC {
+            return Err("not a dnat checkpoint (bad magic bytes)".into());
+        }
+        let mut h = Cursor::new(&bytes[8..24]);
+        let version = h.read_u32::<LE>().unwrap();
+        if version != VERSION {
+            return Err(format!("checkpoint format version {version}, this dnat reads version {VERSION}"));
+        }
+        let len = h.read_u64::<LE>().unwrap();
+        let crc_want = h.read_u32::<LE>().unwrap();
+        if bytes.len() as u64 - 24 != len {
+            return Err(format!("truncated or padded checkpoint: header says {len} payload bytes, file has {}", bytes.len() - 24));
+        }
+        let mut payload = Vec::new();
+        ZlibDecoder::new(&bytes[24..]).read_to_end(&mut payload).map_err(|e| format!("corrupt checkpoint payload: {e}"))?;
+        let mut crc = flate2::Crc::new();
+        crc.update(&payload);
+        if crc.sum() != crc_want {
+            return Err("corrupt checkpoint: CRC-32 mismatch".into());
+        }
+        parse_payload(&payload).map_err(|e| format!("corrupt checkpoint: {e}"))
+    }
+}
+
+fn put_str(p: &mut Vec<u8>, s: &str) {
+    p.write_u32::<LE>(s.len() as u32).unwrap();
+    p.extend_from_slice(s.as_bytes());
+}
+
+fn put_tensor(p: &mut Vec<u8>, t: &Tensor) {
+    p.write_u8(t.shape().len() as u8).unwrap();
+    for &d in t.shape() {
+        p.write_u32::<LE>(d as u32).unwrap();
+    }
+    for &v in t.data() {
+        p.write_f32::<LE>(v).unwrap();
+    }
+}
+
+fn count(c: &mut Cursor<&[u8]>) -> std::result::Result<usize, String> {
+    let n = c.read_u32::<LE>().map_err(|_| "unexpected end of payload")? as u64;
+    let left = c.get_ref().len() as u64 - c.position();
+    if n > MAX_LEN || n > left {
+        return Err(format!("length {n} exceeds the {left} bytes left"));
+    }
+    Ok(n as usize)
+}
+
+fn get_str(c: &mut Cursor<&[u8]>) -> std::result::Result<String, String> {
+    let n = count(c)?;
+    let mut b = vec![0u8; n];
+    c.read_exact(&mut b).map_err(|_| "unexpected end of payload")?;
+    String::from_utf8(b).map_err(|_| "a name is not UTF-8".into())
+}
+
+fn get_tensor(c: &mut Cursor<&[u8]>) -> std::result::Result<Tensor, String> {
+    let rank = c.read_u8().map_err(|_| "unexpected end of payload")? as usize;
+    if rank > 8 {
+        return Err(format!("tensor rank {rank}"));
+    }
+    let mut shape = Vec::with_capacity(rank);
+    for _ in 0..rank {
+        shape.push(c.read_u32::<LE>().map_err(|_| "unexpected end of payload")? as usize);
+    }
+    let n: usize = shape.iter().product();
+    let left = (c.get_ref().len() as u64 - c.position()) as usize;
+    if n.checked_mul(4).is_none_or(|b| b > left) {
+        return Err(format!("tensor of shape {shape:?} runs past the end of the payload"));
+    }
+    let mut data = vec![0.0f32; n];
+    c.read_f32_into::<LE>(&mut data).map_err(|_| "unexpected end of payload")?;
+    Tensor::from_vec(&shape, data).map_err(|e| e.to_string())
+}
+
+fn parse_payload(p: &[u8]) -> std::result::Result<Checkpoint, String> {
+    let c = &mut Cursor::new(p);
+    let eof = |_| "unexpected end of payload".to_string();
+    let arch = Arch::parse(&get_str(c)?).map_err(|e| e.to_string())?;
+    let num_classes = c.read_u32::<LE>().map_err(eof)? as usize;
+    let spec = ModelSpec { arch, num_classes };
+    let mut meta = Vec::new();
+    for _ in 0..count(c)? {
+        meta.push((get_str(c)?, get_str(c)?));
+    }
+    let epochs_done = c.read_u32::<LE>().map_err(eof)?;
+    let steps_done = c.read_u64::<LE>().map_err(eof)?;
+    let mut store = ParamStore::new();
+    for _ in 0..count(c)? {
+        let name = get_str(c)?;
+        let group = ParamGroup::from_code(c.read_u8().map_err(eof)?).ok_or(format!("parameter {name}: unknown group"))?;
+        store.add_param(name, get_tensor(c)?, group);
+    }
+    for _ in 0..count(c)? {
+        let name = get_str(c)?;
+        store.add_buffer(name, get_tensor(c)?);
+    }
+    let kind = get_str(c)?;
+    let optimizer = if kind.is_empty() {
+        None
+    } else {
+        let steps = c.read_u64::<LE>().map_err(eof)?;
+        let mut slots = Vec::new();
+        for _ in 0..count(c)? {
+            let k = c.read_u8().map_err(eof)?;
+            slots.push((0..k).map(|_| get_tensor(c)).collect::<std::result::Result<Vec<_>, _>>()?);
+        }
+        Some(OptimizerState { kind, steps, slots })
+    };
+    let mut history = Vec::new();
+    for _ in 0..count(c)? {
+        let epoch = c.read_u32::<LE>().map_err(eof)?;
+        let mut v = [0f32; 5];
+        c.read_f32_into::<LE>(&mut v).map_err(eof)?;
+        history.push(EpochRecord { epoch, lr: v[0], train_loss: v[1], train_accuracy: v[2], test_accuracy: v[3], seconds: v[4] });
+    }
+    if c.position() as usize != p.len() {
+        return Err("trailing bytes after the last section".into());
+    }
+    Ok(Checkpoint { spec, meta, epochs_done, steps_done, store, optimizer, history })
+}
+
+/// Copies a checkpoint's parameters and buffers into a freshly built model's store,
+/// matching by name and shape; every tensor of the model must be present.
+pub fn restore_into(src: &ParamStore, dst: &mut ParamStore, path: &Path) -> Result<()> {
+    if src.params().len() != dst.params().len() || src.buffers().len() != dst.buffers().len() {
+        return Err(Error::format(
+            path,
+            format!(
+                "holds {} parameters and {} buffers, the model has {} and {}",
+                src.params().len(),
+                src.buffers().len(),
+                dst.params().len(),
+                dst.buffers().len()
+            ),
+        ));
+    }
+    for d in dst.params_mut() {
+        let s = src.params().iter().find(|s| s.name == d.name).ok_or_else(|| Error::format(path, format!("no parameter '{}'", d.name)))?;
+        if s.value.shape() != d.value.shape() {
+            return Err(Error::format(path, format!("parameter '{}' has shape {:?}, the model needs {:?}", d.name, s.value.shape(), d.value.shape())));
+        }
+        d.value = s.value.clone();
+    }
+    for d in dst.buffers_mut() {
+        let s = src.buffers().iter().find(|s| s.name == d.name).ok_or_else(|| Error::format(path, format!("no buffer '{}'", d.name)))?;
+        if s.value.shape() != d.value.shape() {
+            return Err(Error::format(path, format!("buffer '{}' has shape {:?}, the model needs {:?}", d.name, s.value.shape(), d.value.shape())));
+        }
+        d.value = s.value.clone();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::build;
+
+    fn sample() -> Checkpoint {
+        let spec = ModelSpec { arch: Arch::ResNet20, num_classes: 10 };
+        let (_, store) = build(spec, 3);
+        let slots = store.params().iter().map(|p| vec![Tensor::full(p.value.shape(), 0.5)]).collect();
+        Checkpoint {
+            spec,
+            meta: vec![("seed".into(), "3".into())],
+            epochs_done: 2,
+            steps_done: 10,
+            store,
+            optimizer: Some(OptimizerState { kind: "sgd".into(), steps: 10, slots }),
+            history: vec![EpochRecord { epoch: 1, lr: 0.1, train_loss: 2.0, train_accuracy: 10.0, test_accuracy: 11.0, seconds: 1.0 }],
+        }
+    }
+
+    #[test]
+    fn round_trips_and_is_deterministic() {
+        let c = sample();
+        let b = c.to_bytes();
+        assert_eq!(b, sample().to_bytes());
+        let back = Checkpoint::from_bytes(&b).unwrap();
+        assert_eq!(back.to_bytes(), b);
+        assert_eq!(back.meta("seed"), Some("3"));
+        assert_eq!(back.history, c.history);
+    }
+
+    #[test]
+    fn damaged_files_are_clear_errors() {
+        let b = sample().to_bytes();
+        assert!(Checkpoint::from_bytes(&b[..b.len() - 10]).unwrap_err().contains("truncated"));
+        assert!(Checkpoint::from_bytes(b"hello world, this is not it").unwrap_err().contains("magic"));
+        let mut flipped = b.clone();
+        let mid = flipped.len() / 2;
+        flipped[mid] ^= 0x40;
+        let e = Checkpoint::from_bytes(&flipped).unwrap_err();
+        assert!(e.contains("corrupt"), "{e}");
+        let mut v2 = b.clone();
+        v2[8] = 2;
+        assert!(Checkpoint::from_bytes(&v2).unwrap_err().contains("version 2"));
+        // Random bytes behind a valid header never panic.
+        for seed in 0..50u64 {
+            let mut r = crate::rng::KeyedRng::new(&[seed]);
+            let mut junk = b[..24].to_vec();
+            junk.extend((0..(b.len() - 24)).map(|_| r.next_u64() as u8));
+            assert!(Checkpoint::from_bytes(&junk).is_err());
+        }
+    }
+
+    #[test]
+    fn restore_checks_names_and_shapes() {
+        let c = sample();
+        let (_, mut other) = build(ModelSpec { arch: Arch::ResNet20, num_classes: 100 }, 0);
+        let e = restore_into(&c.store, &mut other, Path::new("x.ckpt")).unwrap_err().to_string();
+        assert!(e.contains("x.ckpt") && e.contains("linear.weight"), "{e}");
+    }
+}

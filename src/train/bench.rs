@@ -1,0 +1,97 @@
+//! `dnat bench`: training-step and evaluation throughput of a network on synthetic
+//! data of CIFAR shape, plus the process's peak memory.
+
+use super::json;
+use crate::engine::gradcheck::random;
+use crate::engine::ops::softmax_cross_entropy;
+use crate::engine::{Mode, Tape};
+use crate::nn::{build, Arch, Fwd, ModelSpec};
+use crate::optim::{Groups, Optimizer, OptimizerKind};
+use crate::Result;
+use std::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct BenchResult {
+    pub model: String,
+    pub batch: usize,
+    pub threads: usize,
+    pub train_step_ms: f64,
+    pub train_images_per_s: f64,
+    pub eval_images_per_s: f64,
+    pub peak_rss_mb: f64,
+}
+
+/// Peak resident set size of this process (VmHWM), in MiB; 0 where unknown.
+pub fn peak_rss_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Times `steps` training steps (after `warmup`) and as many eval forwards; the
+/// median step is reported, which is robust to a noisy shared machine.
+pub fn run(arch: Arch, num_classes: usize, batch: usize, steps: usize, warmup: usize) -> Result<BenchResult> {
+    let (net, mut store) = build(ModelSpec { arch, num_classes }, 1);
+    let mut opt = Optimizer::new(OptimizerKind::Sgd { momentum: 0.9, nesterov: true }, Groups::default(), &store);
+    let x = random(&[batch, 3, 32, 32], 5);
+    let labels: Vec<u32> = (0..batch as u32).map(|i| i % num_classes as u32).collect();
+    let mut train_times = Vec::new();
+    for i in 0..warmup + steps {
+        let t = Instant::now();
+        let mut tape = Tape::new(true);
+        let xv = tape.constant(x.clone());
+        let logits = net.forward(&mut Fwd { tape: &mut tape, store: &mut store, mode: Mode::Train }, xv)?;
+        let loss = softmax_cross_entropy(&mut tape, logits, &labels, 0.0)?;
+        store.zero_grads();
+        tape.backward(loss).accumulate_into(&mut store);
+        opt.step(&mut store, 0.01);
+        if i >= warmup {
+            train_times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let mut eval_times = Vec::new();
+    for i in 0..warmup + steps {
+        let t = Instant::now();
+        let mut tape = Tape::new(false);
+        let xv = tape.constant(x.clone());
+        net.forward(&mut Fwd { tape: &mut tape, store: &mut store, mode: Mode::Eval }, xv)?;
+        if i >= warmup {
+            eval_times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let (ts, es) = (median(&mut train_times), median(&mut eval_times));
+    Ok(BenchResult {
+        model: arch.name().into(),
+        batch,
+        threads: rayon::current_num_threads(),
+        train_step_ms: ts * 1e3,
+        train_images_per_s: batch as f64 / ts,
+        eval_images_per_s: batch as f64 / es,
+        peak_rss_mb: peak_rss_mb(),
+    })
+}
+
+impl BenchResult {
+    pub fn table(&self) -> String {
+        format!(
+            "model     batch threads  train step ms  train img/s  eval img/s  peak RSS MiB\n{:<9} {:>5} {:>7} {:>14.1} {:>12.1} {:>11.1} {:>13.0}",
+            self.model, self.batch, self.threads, self.train_step_ms, self.train_images_per_s, self.eval_images_per_s, self.peak_rss_mb
+        )
+    }
+    pub fn json(&self) -> String {
+        json::object(vec![
+            ("model", self.model.clone().into()),
+            ("batch", self.batch.into()),
+            ("threads", self.threads.into()),
+            ("train_step_ms", self.train_step_ms.into()),
+            ("train_images_per_s", self.train_images_per_s.into()),
+            ("eval_images_per_s", self.eval_images_per_s.into()),
+            ("peak_rss_mb", self.peak_rss_mb.into()),
+        ])
+    }
+}

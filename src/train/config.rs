@@ -1,0 +1,95 @@
+//! The training configuration, stored in every checkpoint (as key/value strings) so
+//! that a resumed run can check it continues the same experiment.
+
+use crate::data::DatasetKind;
+use crate::nn::{Arch, ModelSpec};
+use crate::optim::{Groups, OptimizerKind, Schedule};
+use crate::{Error, Result};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct TrainConfig {
+    pub arch: Arch,
+    pub dataset: DatasetKind,
+    pub epochs: usize,
+    pub batch: usize,
+    pub lr: f32,
+    pub optimizer: OptimizerKind,
+    pub groups: Groups,
+    pub schedule: Schedule,
+    pub label_smoothing: f32,
+    pub seed: u64,
+    /// Train on the first N training images only.
+    pub train_subset: Option<usize>,
+    pub augment: bool,
+}
+
+impl TrainConfig {
+    /// The defaults used for the FP32 baselines: SGD + Nesterov momentum 0.9, weight
+    /// decay 5e-4, one-cycle schedule with peak lr 0.1, batch 128, standard augmentation.
+    pub fn new(arch: Arch, dataset: DatasetKind, epochs: usize, seed: u64) -> Self {
+        TrainConfig {
+            arch,
+            dataset,
+            epochs,
+            batch: 128,
+            lr: 0.1,
+            optimizer: OptimizerKind::Sgd { momentum: 0.9, nesterov: true },
+            groups: Groups::default(),
+            schedule: Schedule::OneCycle { pct_start: 0.15, div: 10.0, final_div: 100.0 },
+            label_smoothing: 0.0,
+            seed,
+            train_subset: None,
+            augment: true,
+        }
+    }
+
+    pub fn spec(&self) -> ModelSpec {
+        ModelSpec { arch: self.arch, num_classes: self.dataset.num_classes() }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 {
+            return Err(Error::invalid("--epochs must be at least 1"));
+        }
+        if self.batch == 0 {
+            return Err(Error::invalid("--batch must be at least 1"));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(Error::invalid(format!("--lr must be a positive number, got {}", self.lr)));
+        }
+        if self.train_subset == Some(0) {
+            return Err(Error::invalid("--train-subset must be at least 1"));
+        }
+        if !(0.0..1.0).contains(&self.label_smoothing) {
+            return Err(Error::invalid("--label-smoothing must be in [0, 1)"));
+        }
+        Ok(())
+    }
+
+    /// Key/value form, in a fixed order (stored in checkpoints).
+    pub fn to_meta(&self) -> Vec<(String, String)> {
+        let opt = match self.optimizer {
+            OptimizerKind::Sgd { momentum, nesterov } => format!("sgd momentum={momentum} nesterov={nesterov}"),
+            OptimizerKind::Adam { beta1, beta2, eps } => format!("adam beta1={beta1} beta2={beta2} eps={eps}"),
+        };
+        [
+            ("model", self.arch.name().to_string()),
+            ("dataset", self.dataset.name().to_string()),
+            ("epochs", self.epochs.to_string()),
+            ("batch", self.batch.to_string()),
+            ("lr", self.lr.to_string()),
+            ("optimizer", opt),
+            ("weight_decay", self.groups.weight_decay.to_string()),
+            ("bound_lr_scale", self.groups.bound_lr_scale.to_string()),
+            ("bound_decay", self.groups.bound_decay.to_string()),
+            ("schedule", self.schedule.describe()),
+            ("label_smoothing", self.label_smoothing.to_string()),
+            ("seed", self.seed.to_string()),
+            ("train_subset", self.train_subset.map_or("all".into(), |n| n.to_string())),
+            ("augment", self.augment.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
+    }
+}

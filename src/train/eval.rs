@@ -1,0 +1,48 @@
+//! Evaluation: accuracy and mean loss over a split, batchnorm in eval mode, nothing
+//! recorded for backward.
+
+use crate::data::{Batcher, Normalize, Split};
+use crate::engine::ops::softmax_cross_entropy;
+use crate::engine::{Mode, ParamStore, Tape};
+use crate::nn::{Fwd, Network};
+use crate::Result;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EvalResult {
+    /// Percent correct.
+    pub accuracy: f64,
+    pub loss: f64,
+    pub images: usize,
+}
+
+pub const EVAL_BATCH: usize = 500;
+
+/// Number of correct arg-max predictions in a (B, classes) logits block.
+pub fn count_correct(logits: &[f32], classes: usize, labels: &[u32]) -> usize {
+    logits
+        .chunks(classes)
+        .zip(labels)
+        .filter(|&(row, &l)| {
+            let best = row.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0;
+            best == l as usize
+        })
+        .count()
+}
+
+pub fn evaluate(net: &dyn Network, store: &mut ParamStore, split: &Split, norm: Normalize) -> Result<EvalResult> {
+    let batcher = Batcher::new(split, norm, None, 0);
+    let (mut correct, mut loss_sum) = (0usize, 0.0f64);
+    let idx: Vec<usize> = (0..split.len()).collect();
+    for chunk in idx.chunks(EVAL_BATCH) {
+        let (x, labels) = batcher.batch(chunk, 0);
+        let mut tape = Tape::new(false);
+        let xv = tape.constant(x);
+        let logits = net.forward(&mut Fwd { tape: &mut tape, store, mode: Mode::Eval }, xv)?;
+        let classes = tape.value(logits).shape()[1];
+        correct += count_correct(tape.value(logits).data(), classes, &labels);
+        let l = softmax_cross_entropy(&mut tape, logits, &labels, 0.0)?;
+        loss_sum += tape.value(l).data()[0] as f64 * chunk.len() as f64;
+    }
+    let n = split.len().max(1);
+    Ok(EvalResult { accuracy: 100.0 * correct as f64 / n as f64, loss: loss_sum / n as f64, images: split.len() })
+}

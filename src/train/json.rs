@@ -1,0 +1,76 @@
+//! A tiny JSON object writer for the one-line machine-readable outputs.
+
+pub enum Value {
+    Num(f64),
+    Int(i64),
+    Str(String),
+    Bool(bool),
+}
+
+impl From<f64> for Value {
+    fn from(v: f64) -> Self {
+        Value::Num(v)
+    }
+}
+impl From<f32> for Value {
+    fn from(v: f32) -> Self {
+        Value::Num(v as f64)
+    }
+}
+impl From<usize> for Value {
+    fn from(v: usize) -> Self {
+        Value::Int(v as i64)
+    }
+}
+impl From<u64> for Value {
+    fn from(v: u64) -> Self {
+        Value::Int(v as i64)
+    }
+}
+impl From<&str> for Value {
+    fn from(v: &str) -> Self {
+        Value::Str(v.to_string())
+    }
+}
+impl From<String> for Value {
+    fn from(v: String) -> Self {
+        Value::Str(v)
+    }
+}
+impl From<bool> for Value {
+    fn from(v: bool) -> Self {
+        Value::Bool(v)
+    }
+}
+
+pub fn escape(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 2);
+    for ch in s.chars() {
+        match ch {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            '\n' => o.push_str("\\n"),
+            c if (c as u32) < 0x20 => o.push_str(&format!("\\u{:04x}", c as u32)),
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+/// `{"k": v, ...}` on one line, keys in the given order.
+pub fn object(fields: Vec<(&str, Value)>) -> String {
+    let parts: Vec<String> = fields
+        .into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Value::Num(x) if x.is_finite() => format!("{x}"),
+                Value::Num(_) => "null".to_string(),
+                Value::Int(i) => i.to_string(),
+                Value::Str(s) => format!("\"{}\"", escape(&s)),
+                Value::Bool(b) => b.to_string(),
+            };
+            format!("\"{}\": {v}", escape(k))
+        })
+        .collect();
+    format!("{{{}}}", parts.join(", "))
+}

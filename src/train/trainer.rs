@@ -1,0 +1,180 @@
+//! The training loop: seeded, checkpointed after every epoch, resumable bit for bit.
+//!
+//! Everything an epoch consumes is a function of (seed, epoch): the image order, the
+//! augmentation of each image. The checkpoint written after an epoch holds the
+//! parameters, buffers and optimizer state, so a resumed run continues exactly where
+//! the interrupted one stopped and ends with the same bits.
+
+use super::config::TrainConfig;
+use super::eval::{count_correct, evaluate};
+use super::progress::{fmt_duration, Progress};
+use crate::data::{Augment, Batcher, Dataset, Normalize};
+use crate::engine::ops::softmax_cross_entropy;
+use crate::engine::{Mode, Tape};
+use crate::io::checkpoint::{restore_into, Checkpoint, EpochRecord, OptimizerState};
+use crate::nn::{build, Fwd, Network};
+use crate::optim::Optimizer;
+use crate::{Error, Result};
+use std::path::Path;
+use std::time::Instant;
+
+/// How this invocation runs (not part of the experiment's identity).
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Continue from `out` if it holds a checkpoint of the same configuration.
+    pub resume: bool,
+    /// Stop after this many epochs in total (the checkpoint can be resumed later).
+    pub stop_after: Option<usize>,
+    pub quiet: bool,
+}
+
+pub struct TrainOutcome {
+    pub checkpoint: Checkpoint,
+    pub net: Box<dyn Network>,
+    pub test_accuracy: f64,
+    pub train_images_per_s: f64,
+    pub wall_s: f64,
+}
+
+fn check_resumable(ck: &Checkpoint, cfg: &TrainConfig, out: &Path) -> Result<()> {
+    let want = cfg.to_meta();
+    for (k, v) in &want {
+        match ck.meta(k) {
+            Some(have) if have == v => {}
+            have => {
+                return Err(Error::format(
+                    out,
+                    format!("cannot resume: checkpoint has {k} = {}, this run asks for {v}", have.unwrap_or("(missing)")),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -> Result<TrainOutcome> {
+    cfg.validate()?;
+    if data.kind != cfg.dataset {
+        return Err(Error::invalid("the data set read does not match the configuration"));
+    }
+    let t_start = Instant::now();
+    let (net, mut store) = build(cfg.spec(), cfg.seed);
+    let mut opt = Optimizer::new(cfg.optimizer, cfg.groups, &store);
+    let mut meta = cfg.to_meta();
+    meta.push(("data".into(), data.provenance.description.clone()));
+    meta.push(("data_sha256".into(), data.provenance.sha256.clone()));
+    let mut ck = Checkpoint { spec: cfg.spec(), meta, epochs_done: 0, steps_done: 0, store: store.clone(), optimizer: None, history: vec![] };
+
+    if opts.resume && out.exists() {
+        let prev = Checkpoint::load(out)?;
+        check_resumable(&prev, cfg, out)?;
+        restore_into(&prev.store, &mut store, out)?;
+        let o = prev.optimizer.as_ref().ok_or_else(|| Error::format(out, "cannot resume: no optimizer state saved"))?;
+        opt.set_state(o.slots.clone(), o.steps, &store).map_err(|e| Error::format(out, e.to_string()))?;
+        ck.epochs_done = prev.epochs_done;
+        ck.steps_done = prev.steps_done;
+        ck.history = prev.history;
+        if !opts.quiet {
+            eprintln!("resuming {} from epoch {} of {}", out.display(), ck.epochs_done, cfg.epochs);
+        }
+    }
+
+    let mut train_split = data.train.clone();
+    if let Some(n) = cfg.train_subset {
+        train_split.truncate(n);
+    }
+    let norm = Normalize::for_dataset(cfg.dataset);
+    let batcher = Batcher::new(&train_split, norm, cfg.augment.then(Augment::standard), cfg.seed);
+    let steps_per_epoch = train_split.len().div_ceil(cfg.batch);
+    let total_steps = steps_per_epoch * cfg.epochs;
+    let last_epoch = opts.stop_after.map_or(cfg.epochs, |s| s.min(cfg.epochs));
+    let mut progress = Progress::new(opts.quiet);
+    let (mut images_done, mut train_secs) = (0usize, 0.0f64);
+    let mut test_accuracy = ck.history.last().map_or(0.0, |h| h.test_accuracy as f64);
+
+    for epoch in ck.epochs_done as usize..last_epoch {
+        let t_epoch = Instant::now();
+        let order = batcher.epoch_order(epoch as u64);
+        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+        let mut lr = 0.0;
+        for (bi, idx) in order.chunks(cfg.batch).enumerate() {
+            let step = epoch * steps_per_epoch + bi;
+            lr = cfg.schedule.lr(cfg.lr, step, total_steps, steps_per_epoch);
+            let (x, labels) = batcher.batch(idx, epoch as u64);
+            let mut tape = Tape::new(true);
+            let xv = tape.constant(x);
+            let logits = net.forward(&mut Fwd { tape: &mut tape, store: &mut store, mode: Mode::Train }, xv)?;
+            let classes = tape.value(logits).shape()[1];
+            correct += count_correct(tape.value(logits).data(), classes, &labels);
+            let loss = softmax_cross_entropy(&mut tape, logits, &labels, cfg.label_smoothing)?;
+            let lv = tape.value(loss).data()[0];
+            if !lv.is_finite() {
+                return Err(Error::invalid(format!("training diverged: loss is {lv} at epoch {}, step {bi}; lower --lr", epoch + 1)));
+            }
+            loss_sum += lv as f64 * idx.len() as f64;
+            seen += idx.len();
+            store.zero_grads();
+            tape.backward(loss).accumulate_into(&mut store);
+            opt.step(&mut store, lr);
+            ck.steps_done += 1;
+
+            let el = t_epoch.elapsed().as_secs_f64();
+            let rate = seen as f64 / el.max(1e-9);
+            let remaining = (total_steps.min(last_epoch * steps_per_epoch) - step - 1) as f64 * cfg.batch as f64 / rate;
+            progress.tick(false, || {
+                format!(
+                    "epoch {}/{} step {}/{} loss {:.4} acc {:.2}% lr {:.4} {:.0} img/s ETA {}",
+                    epoch + 1,
+                    cfg.epochs,
+                    bi + 1,
+                    steps_per_epoch,
+                    loss_sum / seen as f64,
+                    100.0 * correct as f64 / seen as f64,
+                    lr,
+                    rate,
+                    fmt_duration(remaining)
+                )
+            });
+        }
+        let epoch_train_secs = t_epoch.elapsed().as_secs_f64();
+        images_done += seen;
+        train_secs += epoch_train_secs;
+        let ev = evaluate(net.as_ref(), &mut store, &data.test, norm)?;
+        test_accuracy = ev.accuracy;
+        let rec = EpochRecord {
+            epoch: epoch as u32 + 1,
+            lr,
+            train_loss: (loss_sum / seen as f64) as f32,
+            train_accuracy: (100.0 * correct as f64 / seen as f64) as f32,
+            test_accuracy: ev.accuracy as f32,
+            seconds: t_epoch.elapsed().as_secs_f64() as f32,
+        };
+        progress.tick(true, || {
+            format!(
+                "epoch {}/{} done: train loss {:.4} acc {:.2}% | test loss {:.4} acc {:.2}% | {:.0} img/s | {}",
+                epoch + 1,
+                cfg.epochs,
+                rec.train_loss,
+                rec.train_accuracy,
+                ev.loss,
+                ev.accuracy,
+                seen as f64 / epoch_train_secs,
+                fmt_duration(rec.seconds as f64)
+            )
+        });
+        ck.history.push(rec);
+        ck.epochs_done = epoch as u32 + 1;
+        ck.store = store.clone();
+        ck.optimizer = Some(OptimizerState { kind: cfg.optimizer.name().into(), steps: opt.steps, slots: opt.state.clone() });
+        ck.save(out)?;
+    }
+    ck.store = store;
+    ck.optimizer = Some(OptimizerState { kind: cfg.optimizer.name().into(), steps: opt.steps, slots: opt.state });
+    Ok(TrainOutcome {
+        checkpoint: ck,
+        net,
+        test_accuracy,
+        train_images_per_s: if train_secs > 0.0 { images_done as f64 / train_secs } else { 0.0 },
+        wall_s: t_start.elapsed().as_secs_f64(),
+    })
+}
