@@ -26,6 +26,7 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let top: Top = argh::from_env();
+    dnat::engine::alloc::tune_allocator();
     if let Some(t) = top.threads {
         if t == 0 {
             eprintln!("error: --threads must be at least 1");

@@ -1,13 +1,83 @@
-use dnat::Result;
+use dnat::io::checkpoint::{restore_into, Checkpoint};
+use dnat::io::{atomic, safetensors};
+use dnat::nn::{build, Arch, ModelSpec};
+use dnat::{Error, Result};
+use std::path::PathBuf;
 
 #[derive(argh::FromArgs)]
 #[argh(subcommand, name = "weights")]
-/// Exchange weights with PyTorch through safetensors (see `weights export|import`).
+/// Exchange weights with PyTorch through safetensors (state_dict names and layouts).
 pub struct WeightsArgs {
-    #[argh(positional)]
-    action: String,
+    #[argh(subcommand)]
+    action: Action,
+}
+
+#[derive(argh::FromArgs)]
+#[argh(subcommand)]
+enum Action {
+    Export(ExportArgs),
+    Import(ImportArgs),
+}
+
+#[derive(argh::FromArgs)]
+#[argh(subcommand, name = "export")]
+/// Write a checkpoint's parameters and buffers as a safetensors file.
+struct ExportArgs {
+    /// checkpoint file (dnat format)
+    #[argh(option)]
+    checkpoint: PathBuf,
+    /// safetensors file to write
+    #[argh(option)]
+    out: PathBuf,
+}
+
+#[derive(argh::FromArgs)]
+#[argh(subcommand, name = "import")]
+/// Build a dnat checkpoint from a safetensors file (e.g. a PyTorch state_dict).
+struct ImportArgs {
+    /// safetensors file to read
+    #[argh(option)]
+    safetensors: PathBuf,
+    /// architecture (needed when the file carries no dnat metadata)
+    #[argh(option)]
+    model: Option<String>,
+    /// number of classes (default 10; with --model)
+    #[argh(option, default = "10")]
+    classes: usize,
+    /// checkpoint file to write
+    #[argh(option)]
+    out: PathBuf,
 }
 
 pub fn run(a: WeightsArgs) -> Result<()> {
-    Err(dnat::Error::invalid(format!("weights {}: not built yet", a.action)))
+    match a.action {
+        Action::Export(e) => {
+            let ck = Checkpoint::load(&e.checkpoint)?;
+            let (_, mut store) = build(ck.spec, 0);
+            restore_into(&ck.store, &mut store, &e.checkpoint)?;
+            atomic::write(&e.out, &safetensors::export(ck.spec, &store)?)?;
+            println!("wrote {} ({} parameters) -> {}", ck.spec.arch.name(), store.num_scalars(), e.out.display());
+        }
+        Action::Import(i) => {
+            let bytes = std::fs::read(&i.safetensors).map_err(|err| Error::io(&i.safetensors, err))?;
+            let spec = match (&i.model, safetensors::spec_from_metadata(&bytes, &i.safetensors)?) {
+                (Some(m), _) => ModelSpec { arch: Arch::parse(m)?, num_classes: i.classes },
+                (None, Some(s)) => s,
+                (None, None) => return Err(Error::format(&i.safetensors, "carries no dnat metadata: pass --model (and --classes)")),
+            };
+            let store = safetensors::import(&bytes, spec, &i.safetensors)?;
+            let ck = Checkpoint {
+                spec,
+                meta: vec![("imported_from".into(), "safetensors".into())],
+                epochs_done: 0,
+                steps_done: 0,
+                store,
+                optimizer: None,
+                history: vec![],
+            };
+            ck.save(&i.out)?;
+            println!("imported {} from {} -> {}", spec.arch.name(), i.safetensors.display(), i.out.display());
+        }
+    }
+    Ok(())
 }

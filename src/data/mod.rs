@@ -11,6 +11,7 @@
 pub mod batch;
 pub mod cifar;
 pub mod source;
+pub mod synthetic;
 pub mod tar;
 
 pub use batch::{Augment, Batcher, Normalize};

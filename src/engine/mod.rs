@@ -8,6 +8,7 @@
 //! * [`gemm`] — the safe wrapper over `matrixmultiply` every contraction goes through.
 //! * [`par`] — the fixed work splits that keep results independent of thread count.
 
+pub mod alloc;
 pub mod gemm;
 pub mod gradcheck;
 pub mod ops;

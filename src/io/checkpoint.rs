@@ -29,7 +29,8 @@ const VERSION: u32 = 1;
 /// A sanity bound on any one count or length in the payload.
 const MAX_LEN: u64 = 1 << 32;
 
-/// One finished epoch, for reports and plots.
+/// One finished epoch, for reports and plots. (No wall time: it would make the bytes
+/// of two identical runs differ.)
 #[derive(Clone, Debug, PartialEq)]
 pub struct EpochRecord {
     pub epoch: u32,
@@ -37,7 +38,6 @@ pub struct EpochRecord {
     pub train_loss: f32,
     pub train_accuracy: f32,
     pub test_accuracy: f32,
-    pub seconds: f32,
 }
 
 #[derive(Clone, Debug)]
@@ -102,7 +102,7 @@ impl Checkpoint {
         p.write_u32::<LE>(self.history.len() as u32).unwrap();
         for h in &self.history {
             p.write_u32::<LE>(h.epoch).unwrap();
-            for v in [h.lr, h.train_loss, h.train_accuracy, h.test_accuracy, h.seconds] {
+            for v in [h.lr, h.train_loss, h.train_accuracy, h.test_accuracy] {
                 p.write_f32::<LE>(v).unwrap();
             }
         }
@@ -242,9 +242,9 @@ fn parse_payload(p: &[u8]) -> std::result::Result<Checkpoint, String> {
     let mut history = Vec::new();
     for _ in 0..count(c)? {
         let epoch = c.read_u32::<LE>().map_err(eof)?;
-        let mut v = [0f32; 5];
+        let mut v = [0f32; 4];
         c.read_f32_into::<LE>(&mut v).map_err(eof)?;
-        history.push(EpochRecord { epoch, lr: v[0], train_loss: v[1], train_accuracy: v[2], test_accuracy: v[3], seconds: v[4] });
+        history.push(EpochRecord { epoch, lr: v[0], train_loss: v[1], train_accuracy: v[2], test_accuracy: v[3] });
     }
     if c.position() as usize != p.len() {
         return Err("trailing bytes after the last section".into());
@@ -300,7 +300,7 @@ mod tests {
             steps_done: 10,
             store,
             optimizer: Some(OptimizerState { kind: "sgd".into(), steps: 10, slots }),
-            history: vec![EpochRecord { epoch: 1, lr: 0.1, train_loss: 2.0, train_accuracy: 10.0, test_accuracy: 11.0, seconds: 1.0 }],
+            history: vec![EpochRecord { epoch: 1, lr: 0.1, train_loss: 2.0, train_accuracy: 10.0, test_accuracy: 11.0 }],
         }
     }
 

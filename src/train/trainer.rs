@@ -147,7 +147,6 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -
             train_loss: (loss_sum / seen as f64) as f32,
             train_accuracy: (100.0 * correct as f64 / seen as f64) as f32,
             test_accuracy: ev.accuracy as f32,
-            seconds: t_epoch.elapsed().as_secs_f64() as f32,
         };
         progress.tick(true, || {
             format!(
@@ -159,7 +158,7 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -
                 ev.loss,
                 ev.accuracy,
                 seen as f64 / epoch_train_secs,
-                fmt_duration(rec.seconds as f64)
+                fmt_duration(t_epoch.elapsed().as_secs_f64())
             )
         });
         ck.history.push(rec);

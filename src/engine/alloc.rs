@@ -1,0 +1,31 @@
+//! Allocator tuning for training workloads.
+//!
+//! A training step frees and reallocates the same few hundred megabytes of
+//! activations and gradients every step. With glibc's defaults, blocks above the
+//! (adaptive) mmap threshold are returned to the kernel on free and page-faulted back
+//! in, zero-filled, on the next step: measured on ResNet20 at batch 128, that is ~7 M
+//! page faults per 40 steps and a third of the step time. Raising the mmap and trim
+//! thresholds keeps freed memory in the process for reuse. The peak resident memory
+//! is unchanged (the same blocks are reused); only the churn goes.
+//!
+//! The `dnat` binary calls [`tune_allocator`] at start-up; programs that link the crate
+//! and train should call it too. It is a no-op off glibc.
+
+/// Keeps freed memory in the process (glibc `mallopt`); returns whether it applied.
+pub fn tune_allocator() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        unsafe extern "C" {
+            fn mallopt(param: i32, value: i32) -> i32;
+        }
+        const M_TRIM_THRESHOLD: i32 = -1;
+        const M_MMAP_THRESHOLD: i32 = -3;
+        // 32 MiB is glibc's largest allowed mmap threshold on 64-bit targets.
+        // SAFETY: mallopt only changes allocator parameters; called before heavy use.
+        unsafe { mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1 && mallopt(M_TRIM_THRESHOLD, i32::MAX) == 1 }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}
