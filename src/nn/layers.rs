@@ -74,10 +74,17 @@ impl BatchNorm2d {
         }
     }
     pub fn forward(&self, cx: &mut Fwd, x: Var) -> Result<Var> {
+        self.run(cx, x, false)
+    }
+    /// Batchnorm followed by ReLU, fused into one op.
+    pub fn forward_relu(&self, cx: &mut Fwd, x: Var) -> Result<Var> {
+        self.run(cx, x, true)
+    }
+    fn run(&self, cx: &mut Fwd, x: Var, relu: bool) -> Result<Var> {
         let g = cx.tape.param(cx.store, self.weight);
         let b = cx.tape.param(cx.store, self.bias);
         let (rm, rv) = cx.store.buffer_pair_mut(self.running_mean, self.running_var);
-        let st = BatchNormState { running_mean: rm, running_var: rv, momentum: self.momentum, eps: self.eps };
+        let st = BatchNormState { running_mean: rm, running_var: rv, momentum: self.momentum, eps: self.eps, relu };
         ops::batch_norm2d(cx.tape, x, g, b, st, cx.mode)
     }
 }

@@ -91,8 +91,7 @@ struct BasicBlock {
 impl BasicBlock {
     fn forward(&self, cx: &mut Fwd, x: Var) -> Result<Var> {
         let h = self.conv1.forward(cx, x)?;
-        let h = self.bn1.forward(cx, h)?;
-        let h = ops::relu(cx.tape, h);
+        let h = self.bn1.forward_relu(cx, h)?;
         let h = self.conv2.forward(cx, h)?;
         let h = self.bn2.forward(cx, h)?;
         let s = match &self.shortcut {
@@ -162,8 +161,7 @@ impl Network for ResNet {
     }
     fn forward(&self, cx: &mut Fwd, x: Var) -> Result<Var> {
         let h = self.conv1.forward(cx, x)?;
-        let h = self.bn1.forward(cx, h)?;
-        let mut h = ops::relu(cx.tape, h);
+        let mut h = self.bn1.forward_relu(cx, h)?;
         for b in &self.blocks {
             h = b.forward(cx, h)?;
         }
@@ -232,8 +230,7 @@ impl Network for Vgg {
             h = match layer {
                 VggLayer::ConvBnRelu(conv, bn) => {
                     let c = conv.forward(cx, h)?;
-                    let b = bn.forward(cx, c)?;
-                    ops::relu(cx.tape, b)
+                    bn.forward_relu(cx, c)?
                 }
                 VggLayer::MaxPool => ops::max_pool2d(cx.tape, h, 2, 2)?,
             };

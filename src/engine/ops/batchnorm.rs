@@ -16,6 +16,8 @@ pub struct BatchNormState<'a> {
     pub running_var: &'a mut Tensor,
     pub momentum: f32,
     pub eps: f32,
+    /// Apply ReLU to the output (fused).
+    pub relu: bool,
 }
 
 /// Per-channel (mean, variance) over N, H, W, in f64.
@@ -86,11 +88,22 @@ pub fn batch_norm2d(tape: &mut Tape, x: Var, gamma: Var, beta: Var, state: Batch
             }
         }
     });
+    if state.relu {
+        y.par_chunks_mut(1 << 14).for_each(|c| c.iter_mut().for_each(|v| *v = v.max(0.0)));
+    }
+    let relu = state.relu;
     let y = Tensor::new(xv.shape(), y);
     Ok(tape.push(y, &[x, gamma, beta], move |gout, vals, sink| {
         let xv = vals.get(x);
         let gamma_v = vals.get(gamma).data().to_vec();
-        let dy = gout.data();
+        // Through the fused ReLU: the gradient passes where the output is positive.
+        let masked: Vec<f32>;
+        let dy = if relu {
+            masked = gout.data().iter().zip(vals.output().data()).map(|(&g, &y)| if y > 0.0 { g } else { 0.0 }).collect();
+            &masked[..]
+        } else {
+            gout.data()
+        };
         // Σ dy and Σ dy·x̂ per channel.
         let sums: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
@@ -153,11 +166,11 @@ mod tests {
     use super::*;
     use crate::engine::gradcheck::{check, random};
 
-    fn bn(mode: Mode) -> impl Fn(&mut Tape, &[Var]) -> Var {
+    fn bn(mode: Mode, relu: bool) -> impl Fn(&mut Tape, &[Var]) -> Var {
         move |t, v| {
             let mut rm = random(&[3], 9);
             let mut rv = Tensor::full(&[3], 1.5);
-            let st = BatchNormState { running_mean: &mut rm, running_var: &mut rv, momentum: 0.1, eps: 1e-5 };
+            let st = BatchNormState { running_mean: &mut rm, running_var: &mut rv, momentum: 0.1, eps: 1e-5, relu };
             batch_norm2d(t, v[0], v[1], v[2], st, mode).unwrap()
         }
     }
@@ -165,8 +178,27 @@ mod tests {
     #[test]
     fn gradient_train_and_eval() {
         let inputs = [random(&[4, 3, 3, 2], 1), random(&[3], 2), random(&[3], 3)];
-        check(&inputs, bn(Mode::Train), 1e-2, 5e-3);
-        check(&inputs, bn(Mode::Eval), 1e-2, 2e-3);
+        check(&inputs, bn(Mode::Train, false), 1e-2, 5e-3);
+        check(&inputs, bn(Mode::Eval, false), 1e-2, 2e-3);
+    }
+
+    #[test]
+    fn fused_relu_matches_separate_ops() {
+        let inputs = [random(&[4, 3, 3, 2], 4), random(&[3], 5), random(&[3], 6)];
+        // Gradient of the fused op (away from the kink: no output lands within eps of 0
+        // for these inputs, checked by the finite differences themselves).
+        check(&inputs, bn(Mode::Train, true), 1e-3, 5e-3);
+        let run = |fused: bool| {
+            let mut t = Tape::new(true);
+            let v: Vec<Var> = inputs.iter().map(|i| t.leaf(i.clone())).collect();
+            let y = bn(Mode::Train, fused)(&mut t, &v);
+            let y = if fused { y } else { crate::engine::ops::relu(&mut t, y) };
+            let out = t.value(y).clone();
+            let l = crate::engine::gradcheck::project(&mut t, y, random(out.shape(), 8));
+            let g = t.backward(l);
+            (out, g.get(v[0]).unwrap().clone(), g.get(v[1]).unwrap().clone())
+        };
+        assert_eq!(run(true), run(false));
     }
 
     #[test]
@@ -177,7 +209,7 @@ mod tests {
         let g = t.constant(Tensor::full(&[2], 1.0));
         let b = t.constant(Tensor::zeros(&[2]));
         let (mut rm, mut rv) = (Tensor::zeros(&[2]), Tensor::full(&[2], 1.0));
-        let st = BatchNormState { running_mean: &mut rm, running_var: &mut rv, momentum: 1.0, eps: 0.0 };
+        let st = BatchNormState { running_mean: &mut rm, running_var: &mut rv, momentum: 1.0, eps: 0.0, relu: false };
         let y = batch_norm2d(&mut t, xv, g, b, st, Mode::Train).unwrap();
         let stats = channel_stats(t.value(y).data(), 5, 2, 16);
         for (m, v) in stats {
