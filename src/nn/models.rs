@@ -255,6 +255,7 @@ mod tests {
         let count = |arch, classes| build(ModelSpec { arch, num_classes: classes }, 0).1.num_scalars();
         // ResNet20 (option A): 269,722 as printed by the reference PyTorch implementation; ResNet34 CIFAR: 21.3 M; VGG16 CIFAR: 14.7 M.
         assert_eq!(count(Arch::ResNet20, 10), 269_722);
+        assert_eq!(count(Arch::Vgg8, 10), 12_978_058);
         let r34 = count(Arch::ResNet34, 100);
         assert!((21_000_000..21_400_000).contains(&r34), "{r34}");
         let v16 = count(Arch::Vgg16, 100);

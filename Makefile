@@ -1,0 +1,57 @@
+# dnat — common tasks. `make help` lists them.
+SHELL := /bin/bash
+DNAT := target/release/dnat
+# Where the data is: DATA=/path/to/cifar-10-binary.tar.gz (or a folder); empty = search
+# ($DNAT_DATA, ../shared/datasets, datasets/).
+DATA ?=
+DATA_FLAG := $(if $(DATA),--data $(DATA),)
+CIFAR10_URL := https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz
+CIFAR10_SHA256 := c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd
+
+.PHONY: help build test test-long bench bench-pytorch data train-resnet20 eval-resnet20 train-vgg8 interop-pytorch
+
+help:
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+
+build: ## Build the dnat binary (release)
+	cargo build --release
+
+test: ## Run the default test suite (what CI runs)
+	cargo test --release
+
+test-long: ## Run the long, ignored tests too
+	cargo test --release -- --include-ignored
+
+bench: build ## Kernel and training-step benchmarks (criterion + table + JSON line)
+	cargo bench --bench kernels
+	$(DNAT) bench --model resnet20 --batch 128 --json
+
+bench-pytorch: build ## dnat vs PyTorch (CPU) ResNet20 training throughput, same run, 2 threads
+	RAYON_NUM_THREADS=2 $(DNAT) bench --model resnet20 --batch 128 --json
+	cd tools/pytorch && python3 bench.py --threads 2 --batch 128
+
+data: datasets/cifar-10-binary.tar.gz ## Download the canonical CIFAR-10 archive (checksum-verified)
+
+datasets/cifar-10-binary.tar.gz:
+	mkdir -p datasets
+	curl -fL --retry 3 -o $@.part $(CIFAR10_URL)
+	echo "$(CIFAR10_SHA256)  $@.part" | sha256sum -c - || { rm -f $@.part; echo "checksum mismatch: download discarded" >&2; exit 1; }
+	mv $@.part $@
+
+# The FP32 ResNet20 in models/ was produced by exactly this command (see models/README.md).
+train-resnet20: build ## Train the FP32 ResNet20 baseline (resumable; ~1.5 h on 2 cores)
+	$(DNAT) train --model resnet20 --epochs 40 --seed 0 $(DATA_FLAG) --out runs/resnet20-fp32-s0.ckpt --resume --json
+
+eval-resnet20: build ## Evaluate the committed FP32 ResNet20 checkpoint
+	$(DNAT) eval --checkpoint models/resnet20-fp32-s0.ckpt $(DATA_FLAG) --json
+
+train-vgg8: build ## Train the FP32 VGG8 baseline (resumable)
+	$(DNAT) train --model vgg8 --epochs 30 --seed 0 --lr 0.05 $(DATA_FLAG) --out runs/vgg8-fp32-s0.ckpt --resume --json
+
+interop-pytorch: build ## Round-trip ResNet20 weights with PyTorch (needs torch, safetensors)
+	$(DNAT) weights export --checkpoint models/resnet20-fp32-s0.ckpt --out runs/resnet20-fp32.safetensors
+	$(DNAT) eval --checkpoint models/resnet20-fp32-s0.ckpt $(DATA_FLAG) --json --quiet | tail -1
+	cd tools/pytorch && python3 interop.py eval --weights ../../runs/resnet20-fp32.safetensors --data $(or $(DATA),../../../shared/datasets/cifar-10-binary-jpeg75.tar.gz)
+	cd tools/pytorch && python3 interop.py train --epochs 1 --out ../../runs/pytorch-resnet20.safetensors --data $(or $(DATA),../../../shared/datasets/cifar-10-binary-jpeg75.tar.gz)
+	$(DNAT) weights import --safetensors runs/pytorch-resnet20.safetensors --model resnet20 --out runs/pytorch-resnet20.ckpt
+	$(DNAT) eval --checkpoint runs/pytorch-resnet20.ckpt $(DATA_FLAG) --json --quiet | tail -1

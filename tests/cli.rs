@@ -1,0 +1,56 @@
+//! The command line: bad input gets a clear error naming the problem (and the file),
+//! and nothing half-written is left behind.
+
+mod common;
+use common::*;
+
+fn fails_with(args: &[&str], needle: &str) {
+    let o = dnat(args);
+    assert!(!o.status.success(), "dnat {args:?} should fail");
+    let e = stderr(&o);
+    assert!(e.contains(needle), "dnat {args:?}: expected '{needle}' in:\n{e}");
+    assert!(!e.contains("panicked"), "dnat {args:?} panicked:\n{e}");
+}
+
+#[test]
+fn impossible_flags_are_named() {
+    let d = tmpdir("flags");
+    let out = d.join("x.ckpt");
+    let out = out.to_str().unwrap();
+    fails_with(&["train", "--model", "resnet99", "--epochs", "1", "--out", out], "unknown model 'resnet99'");
+    fails_with(&["train", "--model", "resnet20", "--epochs", "0", "--out", out], "--epochs must be at least 1");
+    fails_with(&["train", "--model", "resnet20", "--epochs", "1", "--batch", "0", "--out", out], "--batch must be at least 1");
+    fails_with(&["train", "--model", "resnet20", "--epochs", "1", "--lr", "-1", "--out", out], "--lr must be a positive number");
+    fails_with(&["train", "--model", "resnet20", "--epochs", "1", "--schedule", "zigzag", "--out", out], "bad schedule 'zigzag'");
+    fails_with(&["train", "--model", "resnet20", "--epochs", "1", "--dataset", "mnist", "--out", out], "unknown dataset 'mnist'");
+    fails_with(&["train", "--model", "resnet20", "--epochs", "1", "--data", "/no/such/place", "--out", out], "/no/such/place does not exist");
+    fails_with(&["bench", "--model", "resnet20", "--batch", "0"], "--batch and --steps must be");
+    fails_with(&["--threads", "0", "bench", "--model", "resnet20"], "--threads must be at least 1");
+    assert!(!std::path::Path::new(out).exists(), "a failed run left {out} behind");
+}
+
+#[test]
+fn bad_files_are_named() {
+    let d = tmpdir("files");
+    let junk = d.join("junk.ckpt");
+    std::fs::write(&junk, b"definitely not a checkpoint").unwrap();
+    fails_with(&["eval", "--checkpoint", junk.to_str().unwrap()], "junk.ckpt: not a dnat checkpoint");
+    fails_with(&["eval", "--checkpoint", d.join("missing.ckpt").to_str().unwrap()], "missing.ckpt");
+    let bad_data = d.join("bad.tar.gz");
+    std::fs::write(&bad_data, b"\x1f\x8b\x08\x00garbage").unwrap();
+    fails_with(&["train", "--model", "resnet20", "--epochs", "1", "--data", bad_data.to_str().unwrap(), "--out", d.join("o.ckpt").to_str().unwrap()], "bad.tar.gz");
+    let st = d.join("w.safetensors");
+    std::fs::write(&st, b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":1}").unwrap();
+    fails_with(&["weights", "import", "--safetensors", st.to_str().unwrap(), "--out", d.join("i.ckpt").to_str().unwrap()], "w.safetensors");
+    assert!(!d.join("i.ckpt").exists() && !d.join("o.ckpt").exists());
+}
+
+#[test]
+fn bench_prints_a_table_and_a_json_line() {
+    let o = dnat(&["bench", "--model", "resnet20", "--batch", "8", "--steps", "1", "--warmup", "0", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let last = out.lines().last().unwrap();
+    assert!(out.contains("train img/s"));
+    assert!(json_number(last, "train_images_per_s") > 0.0 && json_number(last, "peak_rss_mb") > 0.0, "{last}");
+}

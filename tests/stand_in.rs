@@ -1,0 +1,39 @@
+//! Checks on the CIFAR-10 stand-in (../shared/datasets). Each test says SKIPPED and
+//! passes where the stand-in is absent; CI has it.
+
+mod common;
+use common::*;
+
+/// The committed FP32 ResNet20 evaluates to its golden accuracy, exactly: evaluation
+/// is deterministic, so any change in the engine's numerics shows here.
+#[test]
+fn fp32_resnet20_golden_accuracy() {
+    let Some(data) = stand_in() else { return };
+    let ckpt = concat!(env!("CARGO_MANIFEST_DIR"), "/models/resnet20-fp32-s0.ckpt");
+    let o = dnat(&["eval", "--checkpoint", ckpt, "--data", data.to_str().unwrap(), "--json", "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let acc = json_number(stdout(&o).lines().last().unwrap(), "accuracy");
+    let want: f64 = golden("fp32.txt", "resnet20_fp32_s0_accuracy").parse().unwrap();
+    assert_eq!(acc, want, "accuracy of models/resnet20-fp32-s0.ckpt changed");
+    assert!(acc >= 88.0);
+}
+
+/// The CLI reports which archive it read, and a short run gives the same checkpoint
+/// bytes at 1 and 2 threads.
+#[test]
+fn short_cli_run_is_thread_count_independent() {
+    let Some(data) = stand_in() else { return };
+    let d = tmpdir("threads");
+    let mut outs = Vec::new();
+    for t in ["1", "2"] {
+        let out = d.join(format!("t{t}.ckpt"));
+        let o = dnat_env(
+            &["train", "--model", "resnet20", "--epochs", "1", "--train-subset", "512", "--batch", "64", "--seed", "5", "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap()],
+            &[("RAYON_NUM_THREADS", t)],
+        );
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert!(stderr(&o).contains("CIFAR-10 stand-in"), "the run must say which archive it read:\n{}", stderr(&o));
+        outs.push(std::fs::read(&out).unwrap());
+    }
+    assert_eq!(outs[0], outs[1], "checkpoints differ between RAYON_NUM_THREADS=1 and 2");
+}
