@@ -14,6 +14,7 @@
 //! Every computation is deterministic: the same seed gives the same bits whatever
 //! the number of rayon threads (see `engine::par` for how reductions are split).
 
+pub mod cim;
 pub mod data;
 pub mod engine;
 pub mod error;

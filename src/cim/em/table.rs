@@ -1,0 +1,344 @@
+//! The error-model table, its validation, fill policy, alias sampling and moments.
+
+use crate::{Error, Result};
+
+/// What to do with ideal codes that have no measurements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FillPolicy {
+    /// Copy the PMF of the nearest measured code (the lower one on a tie), shifted by
+    /// the code distance so the error *offsets* are kept; mass shifted past the
+    /// measured range piles up on its edge. The default: errors of a real ADC change
+    /// slowly with the code.
+    Nearest,
+    /// The readout is exact: j = k.
+    Identity,
+    /// Refuse a model with unmeasured codes.
+    Reject,
+}
+
+impl FillPolicy {
+    pub fn name(self) -> &'static str {
+        match self {
+            FillPolicy::Nearest => "nearest",
+            FillPolicy::Identity => "identity",
+            FillPolicy::Reject => "reject",
+        }
+    }
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "nearest" => Ok(FillPolicy::Nearest),
+            "identity" => Ok(FillPolicy::Identity),
+            "reject" => Ok(FillPolicy::Reject),
+            _ => Err(Error::invalid(format!("unknown fill policy '{s}' (nearest, identity, reject)"))),
+        }
+    }
+    pub fn code(self) -> u8 {
+        match self {
+            FillPolicy::Nearest => 0,
+            FillPolicy::Identity => 1,
+            FillPolicy::Reject => 2,
+        }
+    }
+    pub fn from_code(c: u8) -> Option<Self> {
+        [FillPolicy::Nearest, FillPolicy::Identity, FillPolicy::Reject].into_iter().find(|p| p.code() == c)
+    }
+}
+
+/// Descriptive fields carried with a model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelInfo {
+    pub name: String,
+    pub description: String,
+    /// Synthetic models are labelled as such wherever they are reported.
+    pub synthetic: bool,
+}
+
+/// One ideal code's readout distribution over its support `jlo..jlo+len`.
+#[derive(Clone, Debug)]
+struct Row {
+    jlo: i32,
+    prob: Vec<f64>,
+    /// Alias table (Vose): keep column i with probability `keep[i] / 2^32`, else `alias[i]`.
+    keep: Vec<u64>,
+    alias: Vec<u32>,
+    mean: f64,
+    var: f64,
+    measured: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct ErrorModel {
+    pub info: ModelInfo,
+    /// Ideal ADC codes covered: `kmin..=kmax`.
+    pub kmin: i32,
+    pub kmax: i32,
+    /// Measured codes allowed: `jmin..=jmax`.
+    pub jmin: i32,
+    pub jmax: i32,
+    pub fill: FillPolicy,
+    /// The counts as given, sorted by (ideal, measured) (what is saved).
+    counts: Vec<(i32, i32, f64)>,
+    rows: Vec<Row>,
+    /// E[j | k] − k as a slope table: slope[k] = d E[j] / d k (central differences).
+    slope: Vec<f32>,
+    mean_f32: Vec<f32>,
+}
+
+fn alias_table(p: &[f64]) -> (Vec<u64>, Vec<u32>) {
+    let n = p.len();
+    let mut scaled: Vec<f64> = p.iter().map(|&v| v * n as f64).collect();
+    let mut keep = vec![1u64 << 32; n];
+    let mut alias: Vec<u32> = (0..n as u32).collect();
+    let (mut small, mut large): (Vec<usize>, Vec<usize>) = (0..n).partition(|&i| scaled[i] < 1.0);
+    while let (Some(s), Some(&l)) = (small.pop(), large.last()) {
+        keep[s] = (scaled[s] * (1u64 << 32) as f64).round() as u64;
+        alias[s] = l as u32;
+        scaled[l] -= 1.0 - scaled[s];
+        if scaled[l] < 1.0 {
+            large.pop();
+            small.push(l);
+        }
+    }
+    (keep, alias)
+}
+
+impl ErrorModel {
+    /// Builds and validates a model from `(ideal, measured, count)` entries.
+    /// Errors name the offending entry; duplicates are summed.
+    pub fn from_counts(
+        info: ModelInfo,
+        (kmin, kmax): (i32, i32),
+        (jmin, jmax): (i32, i32),
+        fill: FillPolicy,
+        entries: impl IntoIterator<Item = (i32, i32, f64)>,
+    ) -> Result<Self> {
+        if kmin > kmax || jmin > jmax {
+            return Err(Error::invalid(format!("empty code range: ideal {kmin}..={kmax}, measured {jmin}..={jmax}")));
+        }
+        let (nk, nj) = ((kmax - kmin + 1) as usize, (jmax - jmin + 1) as usize);
+        if nk > 1 << 16 || nj > 1 << 16 {
+            return Err(Error::invalid(format!("code ranges of {nk} × {nj} codes are larger than any ADC dnat models (65,536)")));
+        }
+        let mut counts: Vec<(i32, i32, f64)> = Vec::new();
+        for (k, j, c) in entries {
+            if k < kmin || k > kmax {
+                return Err(Error::invalid(format!("unknown ideal code {k} (the model covers {kmin}..={kmax})")));
+            }
+            if j < jmin || j > jmax {
+                return Err(Error::invalid(format!("unknown measured code {j} for ideal code {k} (measured codes are {jmin}..={jmax})")));
+            }
+            if !c.is_finite() || c < 0.0 {
+                return Err(Error::invalid(format!("count {c} for ideal {k}, measured {j}: counts must be finite and ≥ 0")));
+            }
+            if c > 0.0 {
+                counts.push((k, j, c));
+            }
+        }
+        counts.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        counts.dedup_by(|b, a| {
+            if (a.0, a.1) == (b.0, b.1) {
+                a.2 += b.2;
+                true
+            } else {
+                false
+            }
+        });
+        // Dense PMFs of the measured rows.
+        let mut pmf: Vec<Option<Vec<f64>>> = vec![None; nk];
+        for &(k, j, c) in &counts {
+            pmf[(k - kmin) as usize].get_or_insert_with(|| vec![0.0; nj])[(j - jmin) as usize] += c;
+        }
+        let measured: Vec<bool> = pmf.iter().map(|r| r.is_some()).collect();
+        let missing: Vec<i32> = (0..nk).filter(|&i| !measured[i]).map(|i| kmin + i as i32).collect();
+        if missing.len() == nk {
+            return Err(Error::invalid("the model has no counts at all"));
+        }
+        if fill == FillPolicy::Reject && !missing.is_empty() {
+            return Err(Error::invalid(format!(
+                "{} ideal codes were never measured (e.g. {}) and the fill policy is 'reject'",
+                missing.len(),
+                missing.iter().take(5).map(|k| k.to_string()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        let measured_rows: Vec<usize> = (0..nk).filter(|&i| measured[i]).collect();
+        for i in 0..nk {
+            if measured[i] {
+                continue;
+            }
+            let k = kmin + i as i32;
+            let mut row = vec![0.0; nj];
+            match fill {
+                FillPolicy::Identity => row[(k.clamp(jmin, jmax) - jmin) as usize] = 1.0,
+                FillPolicy::Nearest | FillPolicy::Reject => {
+                    let src = *measured_rows.iter().min_by_key(|&&m| ((m as i64 - i as i64).abs(), m)).unwrap();
+                    let shift = i as i64 - src as i64;
+                    let srow = pmf[src].as_ref().unwrap();
+                    for (jj, &p) in srow.iter().enumerate() {
+                        let t = (jj as i64 + shift).clamp(0, nj as i64 - 1) as usize;
+                        row[t] += p;
+                    }
+                }
+            }
+            pmf[i] = Some(row);
+        }
+        let rows: Vec<Row> = pmf
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let r = r.unwrap();
+                let total: f64 = r.iter().sum();
+                let first = r.iter().position(|&v| v > 0.0).unwrap();
+                let last = r.iter().rposition(|&v| v > 0.0).unwrap();
+                let prob: Vec<f64> = r[first..=last].iter().map(|&v| v / total).collect();
+                let jlo = jmin + first as i32;
+                let mean: f64 = prob.iter().enumerate().map(|(o, &p)| p * (jlo + o as i32) as f64).sum();
+                let var: f64 = prob.iter().enumerate().map(|(o, &p)| p * ((jlo + o as i32) as f64 - mean).powi(2)).sum();
+                let (keep, alias) = alias_table(&prob);
+                Row { jlo, prob, keep, alias, mean, var, measured: measured[i] }
+            })
+            .collect();
+        let mean_f32: Vec<f32> = rows.iter().map(|r| r.mean as f32).collect();
+        let slope = (0..nk)
+            .map(|i| {
+                let (a, b) = (i.saturating_sub(1), (i + 1).min(nk - 1));
+                if a == b { 1.0 } else { ((rows[b].mean - rows[a].mean) / (b - a) as f64) as f32 }
+            })
+            .collect();
+        Ok(ErrorModel { info, kmin, kmax, jmin, jmax, fill, counts, rows, slope, mean_f32 })
+    }
+
+    /// The ideal (identity) model over a code range: ADC quantization only.
+    pub fn ideal(kmin: i32, kmax: i32) -> Self {
+        let info = ModelInfo { name: "ideal".into(), description: "identity readout: ADC quantization only".into(), synthetic: false };
+        Self::from_counts(info, (kmin, kmax), (kmin, kmax), FillPolicy::Identity, (kmin..=kmax).map(|k| (k, k, 1.0))).unwrap()
+    }
+
+    #[inline]
+    fn row(&self, k: i32) -> &Row {
+        &self.rows[(k.clamp(self.kmin, self.kmax) - self.kmin) as usize]
+    }
+
+    /// A measured code for ideal code `k`, from 64 random bits (alias method).
+    #[inline]
+    pub fn sample(&self, k: i32, bits: u64) -> i32 {
+        let r = self.row(k);
+        let n = r.prob.len() as u64;
+        let col = (((bits >> 32) * n) >> 32) as usize;
+        let pick = if (bits & 0xFFFF_FFFF) < r.keep[col] { col } else { r.alias[col] as usize };
+        r.jlo + pick as i32
+    }
+
+    /// E[j | k].
+    #[inline]
+    pub fn mean(&self, k: i32) -> f32 {
+        self.mean_f32[(k.clamp(self.kmin, self.kmax) - self.kmin) as usize]
+    }
+
+    /// dE[j]/dk at code k (central differences; one-sided at the range ends).
+    #[inline]
+    pub fn slope(&self, k: i32) -> f32 {
+        self.slope[(k.clamp(self.kmin, self.kmax) - self.kmin) as usize]
+    }
+
+    pub fn std(&self, k: i32) -> f64 {
+        self.row(k).var.sqrt()
+    }
+
+    /// P(j | k).
+    pub fn prob(&self, k: i32, j: i32) -> f64 {
+        let r = self.row(k);
+        let o = j - r.jlo;
+        if o < 0 || o as usize >= r.prob.len() { 0.0 } else { r.prob[o as usize] }
+    }
+
+    pub fn is_measured(&self, k: i32) -> bool {
+        self.row(k).measured
+    }
+
+    /// The counts as given (sorted, duplicates summed).
+    pub fn counts(&self) -> &[(i32, i32, f64)] {
+        &self.counts
+    }
+
+    /// Ideal codes with no measurements (filled by the policy).
+    pub fn unmeasured(&self) -> Vec<i32> {
+        (self.kmin..=self.kmax).filter(|&k| !self.is_measured(k)).collect()
+    }
+
+    /// "name (synthetic)" or "name".
+    pub fn label(&self) -> String {
+        if self.info.synthetic { format!("{} (synthetic)", self.info.name) } else { self.info.name.clone() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::KeyedRng;
+
+    fn info() -> ModelInfo {
+        ModelInfo { name: "t".into(), description: String::new(), synthetic: true }
+    }
+
+    #[test]
+    fn sampled_frequencies_match_the_pmf() {
+        // A skewed, non-Gaussian row: chi-square against the PMF at a fixed seed.
+        let entries = vec![(0, -2, 5.0), (0, -1, 30.0), (0, 0, 50.0), (0, 1, 10.0), (0, 3, 5.0), (1, 1, 1.0)];
+        let m = ErrorModel::from_counts(info(), (0, 1), (-3, 3), FillPolicy::Reject, entries).unwrap();
+        let n = 200_000;
+        let mut hist = [0usize; 7];
+        let mut r = KeyedRng::new(&[42]);
+        for _ in 0..n {
+            hist[(m.sample(0, r.next_u64()) + 3) as usize] += 1;
+        }
+        let mut chi2 = 0.0;
+        for j in -3..=3 {
+            let e = m.prob(0, j) * n as f64;
+            let o = hist[(j + 3) as usize] as f64;
+            if e > 0.0 {
+                chi2 += (o - e).powi(2) / e;
+            } else {
+                assert_eq!(o, 0.0, "drew code {j} of probability 0");
+            }
+        }
+        // 4 degrees of freedom: P(chi2 > 18.5) ≈ 0.001.
+        assert!(chi2 < 18.5, "chi-square {chi2}");
+        let want_mean = (-2.0 * 5.0 - 30.0 + 10.0 + 15.0) / 100.0;
+        assert!((m.mean(0) as f64 - want_mean).abs() < 1e-6);
+        assert_eq!(m.sample(1, 12345), 1);
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let e = |entries: Vec<(i32, i32, f64)>, fill| ErrorModel::from_counts(info(), (0, 3), (0, 3), fill, entries).unwrap_err().to_string();
+        assert!(e(vec![(4, 0, 1.0)], FillPolicy::Nearest).contains("unknown ideal code 4"));
+        assert!(e(vec![(0, 9, 1.0)], FillPolicy::Nearest).contains("unknown measured code 9"));
+        assert!(e(vec![(0, 0, -1.0)], FillPolicy::Nearest).contains("must be finite and ≥ 0"));
+        assert!(e(vec![(0, 0, f64::NAN)], FillPolicy::Nearest).contains("must be finite"));
+        assert!(e(vec![(0, 0, 0.0)], FillPolicy::Nearest).contains("no counts"));
+        assert!(e(vec![(0, 0, 1.0)], FillPolicy::Reject).contains("never measured"));
+    }
+
+    #[test]
+    fn fill_policies() {
+        let entries = vec![(1, 0, 1.0), (1, 1, 3.0)]; // code 1 reads 1 (75%) or 0 (25%)
+        let near = ErrorModel::from_counts(info(), (0, 3), (0, 3), FillPolicy::Nearest, entries.clone()).unwrap();
+        // Code 3 copies code 1's offsets (0 or −1): reads 3 or 2.
+        assert!((near.prob(3, 3) - 0.75).abs() < 1e-12 && (near.prob(3, 2) - 0.25).abs() < 1e-12);
+        // Code 0: shifted left, the −1 offset piles up on the range edge (code 0).
+        assert!((near.prob(0, 0) - 1.0).abs() < 1e-12);
+        assert_eq!(near.unmeasured(), vec![0, 2, 3]);
+        let id = ErrorModel::from_counts(info(), (0, 3), (0, 3), FillPolicy::Identity, entries).unwrap();
+        assert_eq!(id.prob(2, 2), 1.0);
+    }
+
+    #[test]
+    fn ideal_model_is_the_identity() {
+        let m = ErrorModel::ideal(-4, 4);
+        for k in -4..=4 {
+            assert_eq!(m.sample(k, 0xDEAD_BEEF_1234_5678), k);
+            assert_eq!(m.mean(k), k as f32);
+            assert_eq!(m.slope(k), 1.0);
+        }
+    }
+}
