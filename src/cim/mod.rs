@@ -2,9 +2,20 @@
 //!
 //! * [`MacroSpec`] — tile rows, input/weight bits, bits per cycle, the ADC.
 //! * [`em`] — D-MAC-EM, the measured MAC error model (tables, files, presets, fitting).
+//! * [`quant`] — E-PACT / PACT activation quantizers and weight codes.
+//! * [`readout`] — the readout source trait, forward modes, backward estimators, draw keys.
+//! * [`conv`] — the `CimConv2d` / `CimLinear` ops: tiles, partial sums, readouts.
 
+pub mod conv;
+#[cfg(test)]
+mod conv_tests;
 pub mod em;
 pub mod macro_spec;
+pub mod quant;
+pub mod readout;
 
+pub use conv::{cim_conv2d, cim_linear, CimCall};
 pub use em::{ErrorModel, FillPolicy};
 pub use macro_spec::{Adc, MacroSpec};
+pub use quant::{epact, ActGrid};
+pub use readout::{CimRuntime, DrawKey, Estimator, Readout, ReadoutMode};

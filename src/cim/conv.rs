@@ -1,0 +1,334 @@
+//! `CimConv2d` / `CimLinear`: a convolution (or linear layer) computed the way the macro
+//! computes it (DESIGN.md §2).
+//!
+//! Inputs arrive fake-quantized by E-PACT (values on the grid `lo + s_x·q`) and are
+//! turned back into their codes `q`; latent weights are quantized here to codes `w`
+//! with per-output-channel scales `s_w`. For every tile of `rows` along the reduction
+//! axis (and every input-bit cycle), the integer partial sum `P = Σ q·w` — exact in f32,
+//! a GEMM over the tile's rows — becomes an ADC code and is read out (ideal, sampled,
+//! expected). The readouts are shift-added and accumulated digitally, then rescaled:
+//!
+//! `y = s_w · (s_x · Σ_t Σ_c 2^(c·b) · step · j_{t,c} + lo · Σ_{valid k} w_k) + bias`
+//!
+//! where the zero-point sum runs over the non-padding positions of the window
+//! (padding is a row that is not activated: code 0, no zero-point contribution).
+//!
+//! Backward, with `g` the estimator's slope per macro operation (cycles of one tile
+//! averaged with the weight `(2^b − 1)·2^(c·b)/(2^B − 1)` of their bits):
+//! `∂y/∂x̂_k = g·ŵ_k` and `∂y/∂ŵ_k = g·(x̂_k − lo) + lo` over valid positions; the
+//! weight gradient passes straight through to the latent weights; E-PACT takes it from
+//! there to the input and the bounds. With STE (`g = 1`) this is the plain
+//! convolution backward on (x̂, ŵ).
+//!
+//! Draws are keyed by (seed, layer, step) and the operation's global index
+//! `(((image·Cout + channel)·pixels + pixel)·tiles + tile)·cycles + cycle`, so they do not
+//! depend on grouping or threads, and the saved slopes replay nothing at random.
+
+use super::quant::{weight_codes, ActGrid};
+use super::readout::{CimRuntime, DrawKey, Estimator, ReadoutMode};
+use crate::engine::gemm::{gemm, MatRef};
+use crate::engine::ops::conv2d::{self, col2im, group_columns, Conv2dCfg, ConvGeom};
+use crate::engine::{par, Tape, Tensor, Var};
+use crate::{Error, Result};
+use rayon::prelude::*;
+
+/// Column count aimed for per image group (as the FP32 convolution).
+const TARGET_COLUMNS: usize = 1024;
+
+/// One CIM layer's call: the shared runtime and this layer's id (part of the draw key).
+pub struct CimCall<'a> {
+    pub rt: &'a CimRuntime,
+    pub layer: u64,
+}
+
+/// What backward needs beyond the tape values.
+struct Saved {
+    g: ConvGeom,
+    grid: ActGrid,
+    w_hat: Vec<f32>,
+    /// Per group: slopes `[tiles][Cout][cols]` (statistical estimator only).
+    slopes: Option<Vec<Vec<f32>>>,
+    group: usize,
+    tiles: usize,
+    rows: usize,
+}
+
+/// 1 where the window position is inside the image, 0 on padding: `[K][pixels]`.
+fn valid_mask(g: &ConvGeom) -> Vec<f32> {
+    let ones = vec![1.0f32; g.in_size()];
+    let one = ConvGeom { n: 1, ..*g };
+    let mut m = vec![0.0f32; g.k() * g.pixels()];
+    conv2d::im2col(&one, &ones, &mut m, g.pixels());
+    m
+}
+
+/// Forward of one group: returns the readout accumulator `[Cout][cols]` (in partial-sum
+/// units) and, for the statistical estimator, the slopes `[tiles][Cout][cols]`.
+#[allow(clippy::too_many_arguments)]
+fn group_forward(
+    g: &ConvGeom,
+    call: &CimCall,
+    qcol: &[f32],
+    w_codes: &[f32],
+    first_image: usize,
+    gi: usize,
+    want_slopes: bool,
+) -> (Vec<f32>, Option<Vec<f32>>) {
+    let rt = call.rt;
+    let spec = &rt.spec;
+    let adc = spec.adc;
+    let (k, pix, cols, cout) = (g.k(), g.pixels(), gi * g.pixels(), g.cout);
+    let tiles = spec.tiles(k);
+    let cycles = spec.cycles() as usize;
+    let b = spec.input_bits_per_cycle;
+    let key = DrawKey::new(rt.seed, call.layer, rt.step);
+    let mut acc = vec![0.0f32; cout * cols];
+    let mut slopes = want_slopes.then(|| vec![0.0f32; tiles * cout * cols]);
+    let mut psum = vec![0.0f32; cout * cols];
+    let mut slice = if cycles > 1 { vec![0.0f32; spec.rows * cols] } else { Vec::new() };
+    let full = ((1u64 << spec.input_bits) - 1) as f32;
+    for t in 0..tiles {
+        let (r0, r1) = (t * spec.rows, ((t + 1) * spec.rows).min(k));
+        let a = MatRef { data: &w_codes[r0..], rows: cout, cols: r1 - r0, rs: k, cs: 1 };
+        for c in 0..cycles {
+            let bmat = if cycles == 1 {
+                MatRef { data: &qcol[r0 * cols..], rows: r1 - r0, cols, rs: cols, cs: 1 }
+            } else {
+                let (shift, mask) = ((c as u32 * b) as f32, ((1u32 << b) - 1) as f32);
+                let div = 2f32.powf(shift);
+                for (o, &q) in slice.iter_mut().zip(&qcol[r0 * cols..r1 * cols]) {
+                    *o = ((q / div).floor()) % (mask + 1.0);
+                }
+                MatRef { data: &slice, rows: r1 - r0, cols, rs: cols, cs: 1 }
+            };
+            gemm(1.0, a, bmat, 0.0, &mut psum, cols);
+            let weight = 2f32.powi((c as u32 * b) as i32) * adc.step;
+            let share = ((1u64 << b) - 1) as f32 * 2f32.powi((c as u32 * b) as i32) / full;
+            for co in 0..cout {
+                for col in 0..cols {
+                    let e = co * cols + col;
+                    let u = (psum[e] / adc.step).round() as i32;
+                    let kc = u.clamp(adc.kmin, adc.kmax);
+                    let (j, p) = (col / pix, col % pix);
+                    let op = ((((first_image + j) * cout + co) * pix + p) * tiles + t) as u64 * cycles as u64 + c as u64;
+                    let r = match rt.mode {
+                        ReadoutMode::Ideal => kc as f32,
+                        ReadoutMode::Sampled => rt.readout.sample(kc, key.forward(op)) as f32,
+                        ReadoutMode::Expected => rt.readout.mean(kc),
+                    };
+                    acc[e] += weight * r;
+                    if let Some(s) = slopes.as_mut() {
+                        let slope = if u != kc {
+                            0.0
+                        } else {
+                            // Only the statistical estimator saves slopes (STE needs none).
+                            let draws = match rt.estimator {
+                                Estimator::Statistical { draws } => draws,
+                                Estimator::Ste => 0,
+                            };
+                            match (rt.mode, draws) {
+                                (ReadoutMode::Ideal, _) => 1.0,
+                                (_, 0) => rt.readout.slope(kc),
+                                _ => {
+                                    let (ka, kb) = ((kc - 1).max(adc.kmin), (kc + 1).min(adc.kmax));
+                                    if ka == kb {
+                                        1.0
+                                    } else {
+                                        let mut diff = 0i64;
+                                        for s in 0..draws as u64 {
+                                            diff += rt.readout.sample(kb, key.backward(op, 2 * s)) as i64
+                                                - rt.readout.sample(ka, key.backward(op, 2 * s + 1)) as i64;
+                                        }
+                                        diff as f32 / (draws as f32 * (kb - ka) as f32)
+                                    }
+                                }
+                            }
+                        };
+                        s[t * cout * cols + e] += share * slope;
+                    }
+                }
+            }
+        }
+    }
+    (acc, slopes)
+}
+
+/// CIM convolution. `x` must be E-PACT output on `grid`; `w` are latent weights.
+pub fn cim_conv2d(tape: &mut Tape, x: Var, w: Var, bias: Option<Var>, cfg: Conv2dCfg, grid: ActGrid, call: &CimCall) -> Result<Var> {
+    let spec = &call.rt.spec;
+    spec.validate()?;
+    if grid.max_code != spec.input_max() {
+        return Err(Error::invalid(format!("CIM layer: activations have {} levels, the macro takes {}-bit inputs", grid.max_code + 1, spec.input_bits)));
+    }
+    let g = ConvGeom::new(tape.value(x).shape(), tape.value(w).shape(), cfg)?;
+    if let Some(b) = bias
+        && tape.value(b).shape() != [g.cout]
+    {
+        return Err(Error::invalid(format!("CIM conv: bias shape {:?}, expected [{}]", tape.value(b).shape(), g.cout)));
+    }
+    let (w_codes, w_scale) = weight_codes(tape.value(w), spec);
+    let k = g.k();
+    let w_hat: Vec<f32> = w_codes.iter().enumerate().map(|(i, &c)| c * w_scale[i / k]).collect();
+    // Zero-point term per (channel, pixel): Σ of weight codes over valid window positions.
+    let mask = valid_mask(&g);
+    let mut zw = vec![0.0f32; g.cout * g.pixels()];
+    gemm(1.0, MatRef::rowmajor(&w_codes, g.cout, k), MatRef::rowmajor(&mask, k, g.pixels()), 0.0, &mut zw, g.pixels());
+    let qx: Vec<f32> = tape.value(x).data().par_iter().map(|&v| grid.code(v)).collect();
+    let want_slopes = matches!(call.rt.estimator, Estimator::Statistical { .. })
+        && tape.recording()
+        && (tape.needs_grad(x) || tape.needs_grad(w));
+    let bias_v: Option<Vec<f32>> = bias.map(|b| tape.value(b).data().to_vec());
+    let gs = par::image_group(g.n, g.pixels(), TARGET_COLUMNS);
+    let pix = g.pixels();
+    let mut y = vec![0.0f32; g.n * g.out_size()];
+    let slopes: Vec<Option<Vec<f32>>> = y
+        .par_chunks_mut(gs * g.out_size())
+        .zip(qx.par_chunks(gs * g.in_size()))
+        .enumerate()
+        .map(|(gidx, (yg, qg))| {
+            let gi = qg.len() / g.in_size();
+            let qcol = group_columns(&g, qg, gi);
+            let (acc, slopes) = group_forward(&g, call, &qcol, &w_codes, gidx * gs, gi, want_slopes);
+            let cols = gi * pix;
+            for j in 0..gi {
+                for co in 0..g.cout {
+                    let (s_w, b) = (w_scale[co], bias_v.as_ref().map_or(0.0, |b| b[co]));
+                    let out = &mut yg[(j * g.cout + co) * pix..][..pix];
+                    for (p, o) in out.iter_mut().enumerate() {
+                        *o = s_w * (grid.step * acc[co * cols + j * pix + p] + grid.lo * zw[co * pix + p]) + b;
+                    }
+                }
+            }
+            slopes
+        })
+        .collect();
+    let y = Tensor::new(&[g.n, g.cout, g.oh, g.ow], y);
+    let saved = Saved {
+        g,
+        grid,
+        w_hat,
+        slopes: if want_slopes { Some(slopes.into_iter().map(|s| s.unwrap()).collect()) } else { None },
+        group: gs,
+        tiles: spec.tiles(k),
+        rows: spec.rows,
+    };
+    let mut inputs = vec![x, w];
+    inputs.extend(bias);
+    Ok(tape.push(y, &inputs, move |gout, vals, sink| backward(saved, x, w, bias, gout, vals, sink)))
+}
+
+fn backward(s: Saved, x: Var, w: Var, bias: Option<Var>, gout: &Tensor, vals: &crate::engine::tape::Values, sink: &mut crate::engine::tape::GradSink) {
+    let g = s.g;
+    let xv = vals.get(x).data();
+    let dy = gout.data();
+    let (dx, dw, db) = match &s.slopes {
+        // STE: the plain convolution backward on (x̂, ŵ).
+        None => conv2d::backward(&g, xv, &s.w_hat, dy, sink.wants(x)),
+        Some(slopes) => statistical_backward(&s, slopes, xv, dy, sink.wants(x)),
+    };
+    if let Some(dx) = dx {
+        sink.add(x, Tensor::new(vals.get(x).shape(), dx));
+    }
+    if sink.wants(w) {
+        sink.add(w, Tensor::new(vals.get(w).shape(), dw));
+    }
+    if let Some(b) = bias
+        && sink.wants(b)
+    {
+        sink.add(b, Tensor::new(&[g.cout], db));
+    }
+}
+
+fn statistical_backward(s: &Saved, slopes: &[Vec<f32>], x: &[f32], dy: &[f32], want_dx: bool) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
+    let g = &s.g;
+    let (k, pix, cout, gs) = (g.k(), g.pixels(), g.cout, s.group);
+    let mut dx = if want_dx { vec![0.0f32; g.n * g.in_size()] } else { Vec::new() };
+    let ngroups = g.n.div_ceil(gs);
+    let dx_chunks: Vec<Option<&mut [f32]>> =
+        if want_dx { dx.chunks_mut(gs * g.in_size()).map(Some).collect() } else { (0..ngroups).map(|_| None).collect() };
+    // Per group: (dW partial over the (x̂ − lo) part, Σ dY per (channel, pixel), dbias).
+    let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = dx_chunks
+        .into_par_iter()
+        .enumerate()
+        .map(|(gidx, dxg)| {
+            let i0 = gidx * gs;
+            let gi = gs.min(g.n - i0);
+            let cols = gi * pix;
+            let qx: Vec<f32> = x[i0 * g.in_size()..(i0 + gi) * g.in_size()].iter().map(|&v| s.grid.code(v)).collect();
+            let qcol = group_columns(g, &qx, gi);
+            // dY in GEMM order [Cout][cols].
+            let mut d = vec![0.0f32; cout * cols];
+            let mut dsum = vec![0.0f32; cout * pix];
+            for j in 0..gi {
+                for co in 0..cout {
+                    let src = &dy[((i0 + j) * cout + co) * pix..][..pix];
+                    d[co * cols + j * pix..][..pix].copy_from_slice(src);
+                    for (a, b) in dsum[co * pix..(co + 1) * pix].iter_mut().zip(src) {
+                        *a += *b;
+                    }
+                }
+            }
+            let db: Vec<f32> = (0..cout).map(|co| d[co * cols..(co + 1) * cols].iter().sum()).collect();
+            let sl = &slopes[gidx];
+            let mut e = vec![0.0f32; cout * cols];
+            let mut dw = vec![0.0f32; cout * k];
+            let mut dcol = if dxg.is_some() { vec![0.0f32; k * cols] } else { Vec::new() };
+            for t in 0..s.tiles {
+                let (r0, r1) = (t * s.rows, ((t + 1) * s.rows).min(k));
+                for ((ev, &dv), &sv) in e.iter_mut().zip(&d).zip(&sl[t * cout * cols..(t + 1) * cout * cols]) {
+                    *ev = dv * sv;
+                }
+                let em = MatRef::rowmajor(&e, cout, cols);
+                // dW[:, tile] = E · (s_x·q_col[tile])ᵀ
+                let qt = MatRef { data: &qcol[r0 * cols..], rows: r1 - r0, cols, rs: cols, cs: 1 };
+                gemm(s.grid.step, em, qt.t(), 0.0, &mut dw[r0..], k);
+                if dxg.is_some() {
+                    // dcol[tile] = ŵ[:, tile]ᵀ · E
+                    let wt = MatRef { data: &s.w_hat[r0..], rows: cout, cols: r1 - r0, rs: k, cs: 1 };
+                    gemm(1.0, wt.t(), em, 0.0, &mut dcol[r0 * cols..], cols);
+                }
+            }
+            if let Some(dxg) = dxg {
+                for j in 0..gi {
+                    col2im(g, &dcol[j * pix..], cols, &mut dxg[j * g.in_size()..(j + 1) * g.in_size()]);
+                }
+            }
+            (dw, dsum, db)
+        })
+        .collect();
+    let mut dw = vec![0.0f32; cout * k];
+    let mut dsum = vec![0.0f32; cout * pix];
+    let mut db = vec![0.0f32; cout];
+    for (pw, ps, pb) in &parts {
+        par::sum_in_order(&mut dw, std::slice::from_ref(pw));
+        par::sum_in_order(&mut dsum, std::slice::from_ref(ps));
+        par::sum_in_order(&mut db, std::slice::from_ref(pb));
+    }
+    // Zero-point part: dW += lo · (Σ_images dY) · maskᵀ.
+    if s.grid.lo != 0.0 {
+        let mask = valid_mask(g);
+        gemm(s.grid.lo, MatRef::rowmajor(&dsum, cout, pix), MatRef::rowmajor(&mask, k, pix).t(), 1.0, &mut dw, k);
+    }
+    (want_dx.then_some(dx), dw, db)
+}
+
+/// CIM linear layer: a 1×1 convolution over a 1×1 image (`x` is (N, in), `w` (out, in)).
+pub fn cim_linear(tape: &mut Tape, x: Var, w: Var, bias: Option<Var>, grid: ActGrid, call: &CimCall) -> Result<Var> {
+    let (xs, ws) = (tape.value(x).shape().to_vec(), tape.value(w).shape().to_vec());
+    if xs.len() != 2 || ws.len() != 2 || xs[1] != ws[1] {
+        return Err(Error::invalid(format!("CIM linear: input {xs:?} does not fit weight {ws:?}")));
+    }
+    let x4 = reshape(tape, x, &[xs[0], xs[1], 1, 1]);
+    let w4 = reshape(tape, w, &[ws[0], ws[1], 1, 1]);
+    let y = cim_conv2d(tape, x4, w4, bias, Conv2dCfg::default(), grid, call)?;
+    Ok(reshape(tape, y, &[xs[0], ws[0]]))
+}
+
+/// A differentiable reshape (same data, new shape).
+fn reshape(tape: &mut Tape, x: Var, shape: &[usize]) -> Var {
+    let y = tape.value(x).clone().reshape(shape).expect("reshape keeps the element count");
+    tape.push(y, &[x], move |g, vals, sink| {
+        let t = g.clone().reshape(vals.get(x).shape()).expect("same element count");
+        sink.add(x, t);
+    })
+}

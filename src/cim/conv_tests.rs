@@ -1,0 +1,277 @@
+//! Tests of the CIM layers against plain references.
+
+use super::em::presets::Synthetic;
+use super::*;
+use crate::engine::gradcheck::{project, random};
+use crate::engine::ops::conv2d::{self, Conv2dCfg, ConvGeom};
+use crate::engine::{Tape, Tensor, Var};
+use std::sync::Arc;
+
+fn spec(rows: usize, step: f32, kmin: i32, kmax: i32, bpc: u32) -> MacroSpec {
+    MacroSpec { name: "test".into(), rows, input_bits: 8, weight_bits: 4, input_bits_per_cycle: bpc, adc: Adc { kmin, kmax, step } }
+}
+
+fn runtime(spec: MacroSpec, model: ErrorModel, mode: ReadoutMode, estimator: Estimator) -> CimRuntime {
+    CimRuntime { spec, readout: Arc::new(model), mode, estimator, seed: 9, step: 0 }
+}
+
+/// Activations exactly on the E-PACT grid (codes spread over the range).
+fn on_grid(shape: &[usize], grid: ActGrid, seed: u64) -> Tensor {
+    let r = random(shape, seed);
+    let d = r.data().iter().map(|v| grid.value(((v + 1.0) * 0.5 * grid.max_code as f32).round())).collect();
+    Tensor::from_vec(shape, d).unwrap()
+}
+
+/// Direct f64 reference of the macro dataflow in ideal mode.
+fn reference(x: &Tensor, w: &Tensor, b: &Tensor, cfg: Conv2dCfg, grid: ActGrid, spec: &MacroSpec) -> Vec<f64> {
+    let g = ConvGeom::new(x.shape(), w.shape(), cfg).unwrap();
+    let (codes, scales) = quant::weight_codes(w, spec);
+    let k = g.k();
+    let mut y = vec![0.0f64; g.n * g.out_size()];
+    let bits = spec.input_bits_per_cycle;
+    for n in 0..g.n {
+        for co in 0..g.cout {
+            for oy in 0..g.oh {
+                for ox in 0..g.ow {
+                    let mut acc = 0.0f64;
+                    let mut zero_point = 0.0f64;
+                    for t in 0..spec.tiles(k) {
+                        for c in 0..spec.cycles() {
+                            let mut p = 0i64;
+                            for kk in t * spec.rows..((t + 1) * spec.rows).min(k) {
+                                let (ci, ky, kx) = (kk / (g.kh * g.kw), (kk / g.kw) % g.kh, kk % g.kw);
+                                let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+                                let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+                                if iy < 0 || ix < 0 || iy >= g.h as isize || ix >= g.w as isize {
+                                    continue;
+                                }
+                                let xv = x.data()[((n * g.cin + ci) * g.h + iy as usize) * g.w + ix as usize];
+                                let q = grid.code(xv) as i64;
+                                let qc = (q >> (c * bits)) & ((1 << bits) - 1);
+                                let wc = codes[co * k + kk] as i64;
+                                p += qc * wc;
+                                if c == 0 {
+                                    zero_point += wc as f64;
+                                }
+                            }
+                            let u = (p as f64 / spec.adc.step as f64).round() as i64;
+                            let code = u.clamp(spec.adc.kmin as i64, spec.adc.kmax as i64);
+                            acc += (1i64 << (c * bits)) as f64 * code as f64 * spec.adc.step as f64;
+                        }
+                    }
+                    y[((n * g.cout + co) * g.oh + oy) * g.ow + ox] =
+                        scales[co] as f64 * (grid.step as f64 * acc + grid.lo as f64 * zero_point) + b.data()[co] as f64;
+                }
+            }
+        }
+    }
+    y
+}
+
+fn forward(rt: &CimRuntime, x: &Tensor, w: &Tensor, b: &Tensor, cfg: Conv2dCfg, grid: ActGrid) -> Tensor {
+    let mut t = Tape::new(false);
+    let (xv, wv, bv) = (t.constant(x.clone()), t.constant(w.clone()), t.constant(b.clone()));
+    let y = cim_conv2d(&mut t, xv, wv, Some(bv), cfg, grid, &CimCall { rt, layer: 3 }).unwrap();
+    t.value(y).clone()
+}
+
+#[test]
+fn ideal_mode_is_the_macro_dataflow_exactly() {
+    let grid = ActGrid::new(-0.2, 1.5, 8);
+    // Small ADC ranges so that rounding and saturation both happen; one partial tile.
+    for (sp, cfg) in [
+        (spec(16, 8.0, -64, 63, 8), Conv2dCfg { stride: 1, padding: 1 }),
+        (spec(16, 8.0, -64, 63, 8), Conv2dCfg { stride: 2, padding: 1 }),
+        (spec(7, 2.0, -100, 90, 1), Conv2dCfg { stride: 1, padding: 1 }), // bit-serial
+        (spec(10, 4.0, -60, 60, 2), Conv2dCfg { stride: 1, padding: 0 }), // 2 bits a cycle
+    ] {
+        let x = on_grid(&[2, 5, 6, 6], grid, 1);
+        let w = random(&[3, 5, 3, 3], 2);
+        let b = random(&[3], 3);
+        let rt = runtime(sp.clone(), ErrorModel::ideal(sp.adc.kmin, sp.adc.kmax), ReadoutMode::Ideal, Estimator::Ste);
+        let y = forward(&rt, &x, &w, &b, cfg, grid);
+        let want = reference(&x, &w, &b, cfg, grid, &sp);
+        let quantum = grid.step as f64 * sp.adc.step as f64 * 0.01;
+        for (a, r) in y.data().iter().zip(&want) {
+            // One ADC code anywhere would move y by ≥ s_x·step·s_w ≥ this tolerance × 10.
+            assert!((*a as f64 - r).abs() < 1e-5 * (1.0 + r.abs()) && quantum > 1e-5 * (1.0 + r.abs()), "{a} vs {r}");
+        }
+    }
+}
+
+#[test]
+fn fine_adc_equals_the_digital_quantized_conv() {
+    let grid = ActGrid::new(0.0, 2.0, 8);
+    let sp = spec(64, 1.0, -(1 << 20), 1 << 20, 8);
+    let (x, w, b) = (on_grid(&[3, 4, 5, 5], grid, 4), random(&[6, 4, 3, 3], 5), random(&[6], 6));
+    let rt = runtime(sp.clone(), ErrorModel::ideal(-4, 4), ReadoutMode::Ideal, Estimator::Ste);
+    let cfg = Conv2dCfg { stride: 1, padding: 1 };
+    let y = forward(&rt, &x, &w, &b, cfg, grid);
+    let (codes, scales) = quant::weight_codes(&w, &sp);
+    let w_hat: Vec<f32> = codes.iter().enumerate().map(|(i, c)| c * scales[i / 36]).collect();
+    let g = ConvGeom::new(x.shape(), w.shape(), cfg).unwrap();
+    let plain = conv2d::forward(&g, x.data(), &w_hat, Some(b.data()));
+    for (a, r) in y.data().iter().zip(&plain) {
+        assert!((a - r).abs() < 1e-4 * (1.0 + r.abs()), "{a} vs {r}");
+    }
+}
+
+fn smooth_model(kmin: i32, kmax: i32) -> ErrorModel {
+    let p = Synthetic { gain: 0.8, offset: 0.5, inl: 3.0, dnl: 0.0, sigma0: 1.0, sigma1: 0.2, tail: 0.05, tail_mean: 3.0, sat: 0.9 };
+    p.build("smooth", (kmin, kmax)).unwrap()
+}
+
+#[test]
+fn expected_mode_is_the_mean_of_sampled_runs() {
+    let grid = ActGrid::new(0.0, 1.0, 8);
+    let sp = spec(16, 16.0, -128, 127, 8);
+    let model = presets_moderate(&sp);
+    let (x, w, b) = (on_grid(&[2, 4, 4, 4], grid, 7), random(&[3, 4, 3, 3], 8), Tensor::zeros(&[3]));
+    let cfg = Conv2dCfg { stride: 1, padding: 1 };
+    let mut rt = runtime(sp.clone(), model, ReadoutMode::Expected, Estimator::Ste);
+    let expected = forward(&rt, &x, &w, &b, cfg, grid);
+    rt.mode = ReadoutMode::Sampled;
+    let runs = 400;
+    let mut mean = vec![0.0f64; expected.len()];
+    let mut sq = vec![0.0f64; expected.len()];
+    let first = forward(&rt, &x, &w, &b, cfg, grid);
+    for s in 0..runs {
+        rt.step = s;
+        let y = forward(&rt, &x, &w, &b, cfg, grid);
+        for ((m, q), v) in mean.iter_mut().zip(&mut sq).zip(y.data()) {
+            *m += *v as f64 / runs as f64;
+            *q += (*v as f64).powi(2) / runs as f64;
+        }
+    }
+    rt.step = 0;
+    assert_eq!(forward(&rt, &x, &w, &b, cfg, grid), first, "sampling must replay for the same key");
+    let mut differs = 0;
+    for ((m, q), e) in mean.iter().zip(&sq).zip(expected.data()) {
+        let sd = (q - m * m).max(0.0).sqrt();
+        assert!((m - *e as f64).abs() <= 5.0 * sd / (runs as f64).sqrt() + 1e-4, "mean {m} vs expected {e} (sd {sd})");
+        differs += (sd > 0.0) as usize;
+    }
+    assert!(differs > expected.len() / 2, "the model should make most outputs random");
+}
+
+fn presets_moderate(sp: &MacroSpec) -> ErrorModel {
+    em::presets::preset("moderate", (sp.adc.kmin, sp.adc.kmax)).unwrap()
+}
+
+/// Expected-mode loss of a CIM linear layer and its gradients (statistical estimator).
+fn linear_loss(rt: &CimRuntime, x: &Tensor, w: &Tensor, grid: ActGrid, r: &Tensor) -> (f64, Tensor, Tensor) {
+    let mut t = Tape::new(true);
+    let (xv, wv): (Var, Var) = (t.leaf(x.clone()), t.leaf(w.clone()));
+    let y = cim_linear(&mut t, xv, wv, None, grid, &CimCall { rt, layer: 1 }).unwrap();
+    let l = project(&mut t, y, r.clone());
+    let val: f64 = t.value(y).data().iter().zip(r.data()).map(|(a, b)| *a as f64 * *b as f64).sum();
+    let g = t.backward(l);
+    (val, g.get(xv).unwrap().clone(), g.get(wv).unwrap().clone())
+}
+
+#[test]
+fn statistical_gradient_matches_finite_differences_of_the_expected_loss() {
+    let grid = ActGrid::new(-0.5, 2.0, 8);
+    // ADC range wide enough that no partial sum saturates (|P| ≤ 8·255·7 < 8·2047).
+    let sp = spec(8, 8.0, -2048, 2047, 8);
+    let rt = runtime(sp.clone(), smooth_model(-2048, 2047), ReadoutMode::Expected, Estimator::Statistical { draws: 0 });
+    let x = on_grid(&[3, 20], grid, 11);
+    // Latent weights on the code grid, the per-channel maximum (code 7) first and kept.
+    let scale = 0.1f32;
+    let mut w = Tensor::zeros(&[2, 20]);
+    for (i, v) in w.data_mut().iter_mut().enumerate() {
+        *v = scale * if i % 20 == 0 { 7.0 } else { ((i * 5) % 13) as f32 - 6.0 };
+    }
+    let r = random(&[3, 2], 12);
+    let (_, gx, gw) = linear_loss(&rt, &x, &w, grid, &r);
+    let value = |x: &Tensor, w: &Tensor| linear_loss(&rt, x, w, grid, &r).0;
+    // Inputs: move by whole codes (m steps of the grid) so x̂ stays on the grid.
+    let m = 12.0;
+    for idx in [1, 7, 22, 45, 58] {
+        let (mut xp, mut xm) = (x.clone(), x.clone());
+        let base = x.data()[idx];
+        if base - m * grid.step < grid.lo || base + m * grid.step > grid.value(255.0) {
+            continue;
+        }
+        xp.data_mut()[idx] = base + m * grid.step;
+        xm.data_mut()[idx] = base - m * grid.step;
+        let fd = (value(&xp, &w) - value(&xm, &w)) / (2.0 * (m * grid.step) as f64);
+        let a = gx.data()[idx] as f64;
+        assert!((a - fd).abs() < 0.06 * fd.abs().max(a.abs()) + 1e-3, "dx[{idx}]: analytic {a}, finite difference {fd}");
+    }
+    // Weights: move a non-maximal weight by ±2 codes (the scale stays put).
+    for idx in [3, 9, 24, 33] {
+        let (mut wp, mut wm) = (w.clone(), w.clone());
+        wp.data_mut()[idx] += 2.0 * scale;
+        wm.data_mut()[idx] -= 2.0 * scale;
+        let fd = (value(&x, &wp) - value(&x, &wm)) / (4.0 * scale as f64);
+        let a = gw.data()[idx] as f64;
+        assert!((a - fd).abs() < 0.06 * fd.abs().max(a.abs()) + 1e-3, "dw[{idx}]: analytic {a}, finite difference {fd}");
+    }
+}
+
+#[test]
+fn sampled_slopes_are_unbiased_estimates_of_the_exact_slope() {
+    let grid = ActGrid::new(0.0, 1.0, 8);
+    let sp = spec(8, 8.0, -2048, 2047, 8);
+    let x = on_grid(&[4, 24], grid, 13);
+    let w = random(&[3, 24], 14);
+    let r = random(&[4, 3], 15);
+    let exact = runtime(sp.clone(), smooth_model(-2048, 2047), ReadoutMode::Sampled, Estimator::Statistical { draws: 0 });
+    let (_, gx0, gw0) = linear_loss(&exact, &x, &w, grid, &r);
+    // Each S-draw estimate is noisy; averaged over independent steps it converges.
+    let steps = 2000;
+    let mut avg = vec![0.0f64; gx0.len() + gw0.len()];
+    for step in 0..steps {
+        let drawn = CimRuntime { estimator: Estimator::Statistical { draws: 8 }, step, ..exact.clone() };
+        let (_, gx, gw) = linear_loss(&drawn, &x, &w, grid, &r);
+        for (a, v) in avg.iter_mut().zip(gx.data().iter().chain(gw.data())) {
+            *a += *v as f64 / steps as f64;
+        }
+    }
+    for (a, b) in gx0.data().iter().chain(gw0.data()).zip(&avg) {
+        assert!((*a as f64 - b).abs() < 0.05 * (*a as f64).abs() + 0.02, "exact {a} vs mean of estimates {b}");
+    }
+}
+
+#[test]
+fn bit_identical_at_one_and_two_threads() {
+    let grid = ActGrid::new(-0.1, 1.0, 8);
+    let sp = MacroSpec::default();
+    let rt = runtime(sp.clone(), presets_moderate(&sp), ReadoutMode::Sampled, Estimator::Statistical { draws: 2 });
+    let x = on_grid(&[9, 16, 8, 8], grid, 16);
+    let w = random(&[8, 16, 3, 3], 17);
+    let run = || {
+        let mut t = Tape::new(true);
+        let (xv, wv) = (t.leaf(x.clone()), t.leaf(w.clone()));
+        let y = cim_conv2d(&mut t, xv, wv, None, Conv2dCfg { stride: 1, padding: 1 }, grid, &CimCall { rt: &rt, layer: 4 }).unwrap();
+        let out = t.value(y).clone();
+        let l = project(&mut t, y, random(out.shape(), 18));
+        let g = t.backward(l);
+        (out, g.get(xv).unwrap().clone(), g.get(wv).unwrap().clone())
+    };
+    let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(run);
+    let two = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap().install(run);
+    assert!(one == two, "results differ between 1 and 2 threads");
+}
+
+#[test]
+fn ste_backward_is_the_plain_conv_backward() {
+    let grid = ActGrid::new(0.0, 1.0, 8);
+    let sp = MacroSpec::default();
+    let rt = runtime(sp.clone(), presets_moderate(&sp), ReadoutMode::Sampled, Estimator::Ste);
+    let (x, w) = (on_grid(&[2, 3, 5, 5], grid, 19), random(&[4, 3, 3, 3], 20));
+    let cfg = Conv2dCfg { stride: 1, padding: 1 };
+    let mut t = Tape::new(true);
+    let (xv, wv) = (t.leaf(x.clone()), t.leaf(w.clone()));
+    let y = cim_conv2d(&mut t, xv, wv, None, cfg, grid, &CimCall { rt: &rt, layer: 0 }).unwrap();
+    let dy = random(t.value(y).shape(), 21);
+    let l = project(&mut t, y, dy.clone());
+    let g = t.backward(l);
+    let (codes, scales) = quant::weight_codes(&w, &sp);
+    let w_hat: Vec<f32> = codes.iter().enumerate().map(|(i, c)| c * scales[i / 27]).collect();
+    let geom = ConvGeom::new(x.shape(), w.shape(), cfg).unwrap();
+    let (dx, dw, _) = conv2d::backward(&geom, x.data(), &w_hat, dy.data(), true);
+    assert_eq!(g.get(xv).unwrap().data(), &dx.unwrap()[..]);
+    assert_eq!(g.get(wv).unwrap().data(), &dw[..]);
+}

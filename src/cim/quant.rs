@@ -1,0 +1,228 @@
+//! Quantizers: E-PACT (and PACT) for activations, signed low-bit codes for weights.
+//!
+//! **E-PACT** clips activations to `[lo, hi]`, both learned per layer, and rounds to
+//! `2^bits` levels: `x̂ = lo + s·round((clip(x, lo, hi) − lo)/s)`, `s = (hi − lo)/(2^bits − 1)`.
+//! Gradients (straight-through inside, PACT-style at the bounds): `∂x̂/∂x = 1` for
+//! `lo < x < hi`, else 0; `∂x̂/∂hi = 1` where `x ≥ hi`; `∂x̂/∂lo = 1` where `x ≤ lo`.
+//! **PACT** is the same op with `lo` a constant 0 (no gradient), the ablation baseline.
+//! With `bits = None` the op is the clip alone (the surrogate the gradient is exact for;
+//! used by the gradient test). If training pushes `hi` below `lo + MIN_RANGE`, the op
+//! uses `hi = lo + MIN_RANGE`.
+//!
+//! **Weights** are quantized per output channel (each macro column's scale is applied
+//! digitally after readout): `s_w[c] = max|w[c,:]| / wmax`, codes
+//! `clamp(round(w/s_w), wmin, wmax)`; for 1-bit weights, `±1` with `s_w = mean|w[c,:]|`.
+//! Gradient: straight-through (identity); the scale is treated as a constant.
+
+use crate::cim::MacroSpec;
+use crate::engine::{Tape, Tensor, Var};
+use crate::{Error, Result};
+use rayon::prelude::*;
+
+pub const MIN_RANGE: f32 = 1e-3;
+const CHUNK: usize = 1 << 14;
+
+/// The activation grid a CIM layer reads: value of code q is `lo + step·q`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ActGrid {
+    pub lo: f32,
+    pub step: f32,
+    pub max_code: u32,
+}
+
+impl ActGrid {
+    pub fn new(lo: f32, hi: f32, bits: u32) -> Self {
+        let hi = hi.max(lo + MIN_RANGE);
+        let max_code = (1u32 << bits) - 1;
+        ActGrid { lo, step: (hi - lo) / max_code as f32, max_code }
+    }
+    #[inline]
+    pub fn code(&self, x: f32) -> f32 {
+        ((x - self.lo) / self.step).round().clamp(0.0, self.max_code as f32)
+    }
+    #[inline]
+    pub fn value(&self, q: f32) -> f32 {
+        self.lo + self.step * q
+    }
+}
+
+fn scalar(tape: &Tape, v: Var, what: &str) -> Result<f32> {
+    let t = tape.value(v);
+    if t.len() != 1 || !t.data()[0].is_finite() {
+        return Err(Error::invalid(format!("E-PACT: {what} must be one finite number, got {:?}", t.data())));
+    }
+    Ok(t.data()[0])
+}
+
+/// E-PACT (or PACT, with `lo` a constant 0) fake quantization.
+pub fn epact(tape: &mut Tape, x: Var, lo: Var, hi: Var, bits: Option<u32>) -> Result<Var> {
+    let (l, h) = (scalar(tape, lo, "the lower bound")?, scalar(tape, hi, "the upper bound")?);
+    let h = h.max(l + MIN_RANGE);
+    let xv = tape.value(x);
+    let mut y = vec![0.0f32; xv.len()];
+    let grid = bits.map(|b| ActGrid::new(l, h, b));
+    y.par_chunks_mut(CHUNK).zip(xv.data().par_chunks(CHUNK)).for_each(|(y, x)| {
+        for (o, &v) in y.iter_mut().zip(x) {
+            let c = v.clamp(l, h);
+            *o = match grid {
+                Some(g) => g.value(g.code(c)),
+                None => c,
+            };
+        }
+    });
+    let y = Tensor::new(xv.shape(), y);
+    Ok(tape.push(y, &[x, lo, hi], move |g, vals, sink| {
+        let xv = vals.get(x).data();
+        let gd = g.data();
+        // Per-chunk partial sums for the bounds, added in chunk order (deterministic).
+        let parts: Vec<(f64, f64)> = gd
+            .par_chunks(CHUNK)
+            .zip(xv.par_chunks(CHUNK))
+            .map(|(g, x)| {
+                let (mut dl, mut dh) = (0.0f64, 0.0f64);
+                for (&gv, &v) in g.iter().zip(x) {
+                    if v <= l {
+                        dl += gv as f64;
+                    } else if v >= h {
+                        dh += gv as f64;
+                    }
+                }
+                (dl, dh)
+            })
+            .collect();
+        if sink.wants(x) {
+            let dx = sink.get(x);
+            dx.data_mut().par_chunks_mut(CHUNK).zip(gd.par_chunks(CHUNK)).zip(xv.par_chunks(CHUNK)).for_each(|((d, g), x)| {
+                for ((dv, &gv), &v) in d.iter_mut().zip(g).zip(x) {
+                    if v > l && v < h {
+                        *dv += gv;
+                    }
+                }
+            });
+        }
+        let (dl, dh) = parts.iter().fold((0.0, 0.0), |a, p| (a.0 + p.0, a.1 + p.1));
+        if sink.wants(lo) {
+            sink.get(lo).data_mut()[0] += dl as f32;
+        }
+        if sink.wants(hi) {
+            sink.get(hi).data_mut()[0] += dh as f32;
+        }
+    }))
+}
+
+/// Initial E-PACT bounds from activation statistics: the 0.1 % and 99.9 % quantiles of
+/// a calibration batch (robust to outliers; `lo = 0` exactly for ReLU outputs).
+pub fn init_bounds(acts: &[f32]) -> (f32, f32) {
+    let mut v: Vec<f32> = acts.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return (0.0, 1.0);
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let q = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize];
+    let (lo, hi) = (q(0.001), q(0.999));
+    (lo, hi.max(lo + MIN_RANGE))
+}
+
+/// Per-output-channel weight codes and scales for a macro: `(codes, scales)`, codes as
+/// f32 integers in `[wmin, wmax]`, weight shape `(Cout, ...)`.
+pub fn weight_codes(w: &Tensor, spec: &MacroSpec) -> (Vec<f32>, Vec<f32>) {
+    let cout = w.shape()[0];
+    let per = w.len() / cout.max(1);
+    let (wmin, wmax) = (spec.weight_min() as f32, spec.weight_max() as f32);
+    let mut codes = vec![0.0f32; w.len()];
+    let mut scales = vec![0.0f32; cout];
+    for (c, (row, out)) in w.data().chunks(per).zip(codes.chunks_mut(per)).enumerate() {
+        if spec.weight_bits == 1 {
+            let s = (row.iter().map(|v| v.abs() as f64).sum::<f64>() / per as f64) as f32;
+            scales[c] = if s > 0.0 { s } else { 1.0 };
+            for (o, &v) in out.iter_mut().zip(row) {
+                *o = if v >= 0.0 { 1.0 } else { -1.0 };
+            }
+        } else {
+            let m = row.iter().fold(0.0f32, |a, &v| a.max(v.abs()));
+            let s = if m > 0.0 { m / wmax } else { 1.0 };
+            scales[c] = s;
+            for (o, &v) in out.iter_mut().zip(row) {
+                *o = (v / s).round().clamp(wmin, wmax);
+            }
+        }
+    }
+    (codes, scales)
+}
+
+/// Fake-quantized weights ŵ = s_w·code, straight-through gradient.
+pub fn quantize_weights(tape: &mut Tape, w: Var, spec: &MacroSpec) -> Var {
+    let wv = tape.value(w);
+    let (codes, scales) = weight_codes(wv, spec);
+    let per = wv.len() / scales.len().max(1);
+    let data: Vec<f32> = codes.iter().enumerate().map(|(i, &c)| c * scales[i / per]).collect();
+    let y = Tensor::new(wv.shape(), data);
+    tape.push(y, &[w], move |g, _vals, sink| sink.get(w).add_assign(g))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::gradcheck::{check, random};
+
+    #[test]
+    fn epact_gradient_is_exact_for_the_clip_surrogate() {
+        // Inputs away from the bounds (finite differences straddle no kink).
+        let mut x = random(&[4, 30], 1);
+        x.data_mut().iter_mut().for_each(|v| *v *= 2.0);
+        x.data_mut().iter_mut().filter(|v| (v.abs() - 0.5).abs() < 0.03 || (**v - 1.2).abs() < 0.03).for_each(|v| *v += 0.1);
+        let (lo, hi) = (Tensor::full(&[1], -0.5), Tensor::full(&[1], 1.2));
+        check(&[x, lo, hi], |t, v| epact(t, v[0], v[1], v[2], None).unwrap(), 1e-2, 1e-3);
+    }
+
+    #[test]
+    fn epact_rounds_to_the_grid_and_shares_the_surrogate_gradient() {
+        let x = random(&[1000], 2);
+        let run = |bits| {
+            let mut t = Tape::new(true);
+            let (xv, lo, hi) = (t.leaf(x.clone()), t.leaf(Tensor::full(&[1], -0.3)), t.leaf(Tensor::full(&[1], 0.8)));
+            let y = epact(&mut t, xv, lo, hi, bits).unwrap();
+            let out = t.value(y).clone();
+            let l = crate::engine::gradcheck::project(&mut t, y, random(&[1000], 3));
+            let g = t.backward(l);
+            (out, [g.get(xv).unwrap().clone(), g.get(lo).unwrap().clone(), g.get(hi).unwrap().clone()])
+        };
+        let (q, gq) = run(Some(8));
+        let (_, gs) = run(None);
+        assert_eq!(gq, gs);
+        let grid = ActGrid::new(-0.3, 0.8, 8);
+        for (&v, &orig) in q.data().iter().zip(x.data()) {
+            let code = (v - grid.lo) / grid.step;
+            assert!((code - code.round()).abs() < 1e-3 && (-1e-3..=255.001).contains(&code));
+            assert!((v - orig.clamp(-0.3, 0.8)).abs() <= grid.step / 2.0 + 1e-6);
+        }
+    }
+
+    #[test]
+    fn weight_codes_per_channel() {
+        let spec = MacroSpec::default();
+        let w = Tensor::from_vec(&[2, 3], vec![0.7, -0.35, 0.1, -2.0, 1.1, 0.0]).unwrap();
+        let (codes, scales) = weight_codes(&w, &spec);
+        assert_eq!(codes, vec![7.0, -4.0, 1.0, -7.0, 4.0, 0.0]);
+        assert!((scales[0] - 0.1).abs() < 1e-7 && (scales[1] - 2.0 / 7.0).abs() < 1e-7);
+        let (b, s) = weight_codes(&w, &MacroSpec::paper_chip());
+        assert_eq!(b, vec![1.0, -1.0, 1.0, -1.0, 1.0, 1.0]);
+        assert!((s[1] - 3.1 / 3.0).abs() < 1e-6);
+        // Straight-through: the gradient passes unchanged.
+        let mut t = Tape::new(true);
+        let wv = t.leaf(random(&[3, 4], 4));
+        let q = quantize_weights(&mut t, wv, &spec);
+        let r = random(&[3, 4], 5);
+        let l = crate::engine::gradcheck::project(&mut t, q, r.clone());
+        assert_eq!(t.backward(l).get(wv).unwrap(), &r);
+    }
+
+    #[test]
+    fn init_bounds_uses_robust_quantiles() {
+        let mut a: Vec<f32> = (0..10_000).map(|i| (i % 100) as f32 / 100.0).collect();
+        a[0] = 1e6;
+        let (lo, hi) = init_bounds(&a);
+        assert_eq!(lo, 0.0);
+        assert!((0.98..=0.99).contains(&hi));
+    }
+}

@@ -1,0 +1,130 @@
+//! How a CIM layer reads its macro: the [`Readout`] source, the forward mode, the
+//! backward estimator, and the draw keys that make every readout reproducible.
+
+use super::em::ErrorModel;
+use super::MacroSpec;
+use crate::rng::{key, mix64};
+use std::sync::Arc;
+
+/// A source of macro readouts, in ADC codes. The error model is one; a researcher can
+/// plug in another (a replay of recorded readouts, a chip behind an FPGA link) without
+/// touching the layers.
+pub trait Readout: Send + Sync {
+    /// The measured code for ideal code `k`. `draw` is 64 random bits that belong to
+    /// this one macro operation (a pure function of seed, layer, step, tile, element).
+    fn sample(&self, k: i32, draw: u64) -> i32;
+    /// E[measured | ideal = k] (the `expected` forward mode).
+    fn mean(&self, k: i32) -> f32;
+    /// dE[measured]/dk at `k` (the statistical estimator with S = 0).
+    fn slope(&self, k: i32) -> f32;
+    /// How reports name this source (synthetic models say so).
+    fn label(&self) -> String;
+}
+
+impl Readout for ErrorModel {
+    fn sample(&self, k: i32, draw: u64) -> i32 {
+        ErrorModel::sample(self, k, draw)
+    }
+    fn mean(&self, k: i32) -> f32 {
+        ErrorModel::mean(self, k)
+    }
+    fn slope(&self, k: i32) -> f32 {
+        ErrorModel::slope(self, k)
+    }
+    fn label(&self) -> String {
+        ErrorModel::label(self)
+    }
+}
+
+/// The forward mode of a CIM layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadoutMode {
+    /// ADC quantization only: the readout is the ideal code.
+    Ideal,
+    /// One draw from the readout source per macro operation.
+    Sampled,
+    /// E[readout | ideal code] per macro operation.
+    Expected,
+}
+
+impl ReadoutMode {
+    pub fn parse(s: &str) -> crate::Result<Self> {
+        match s {
+            "ideal" => Ok(ReadoutMode::Ideal),
+            "sampled" => Ok(ReadoutMode::Sampled),
+            "expected" => Ok(ReadoutMode::Expected),
+            _ => Err(crate::Error::invalid(format!("unknown readout mode '{s}' (ideal, sampled, expected)"))),
+        }
+    }
+}
+
+/// The backward estimator through the readout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Estimator {
+    /// Straight-through: slope 1 (saturation ignored).
+    Ste,
+    /// Slope of E[readout | ideal] at the tile's ideal code: from `draws` samples at the
+    /// neighbouring codes, or exactly from the table when `draws == 0`. Zero where the
+    /// partial sum lies beyond the ADC range (saturated).
+    Statistical { draws: u32 },
+}
+
+impl Estimator {
+    /// `ste`, `stat` (exact slope), or `stat:S`.
+    pub fn parse(s: &str) -> crate::Result<Self> {
+        match s.split_once(':') {
+            None if s == "ste" => Ok(Estimator::Ste),
+            None if s == "stat" => Ok(Estimator::Statistical { draws: 0 }),
+            Some(("stat", n)) => n
+                .parse()
+                .map(|draws| Estimator::Statistical { draws })
+                .map_err(|_| crate::Error::invalid(format!("bad estimator '{s}': S must be a whole number"))),
+            _ => Err(crate::Error::invalid(format!("unknown estimator '{s}' (ste, stat, stat:S)"))),
+        }
+    }
+    pub fn describe(&self) -> String {
+        match self {
+            Estimator::Ste => "ste".into(),
+            Estimator::Statistical { draws } => format!("stat:{draws}"),
+        }
+    }
+}
+
+/// Everything the CIM layers of one forward pass share.
+#[derive(Clone)]
+pub struct CimRuntime {
+    pub spec: MacroSpec,
+    pub readout: Arc<dyn Readout>,
+    pub mode: ReadoutMode,
+    pub estimator: Estimator,
+    /// Run seed: with `step`, it keys every draw of the pass.
+    pub seed: u64,
+    /// Training step (or Monte-Carlo repetition) of this pass.
+    pub step: u64,
+}
+
+const FORWARD_TAG: u64 = 0xF0;
+const BACKWARD_TAG: u64 = 0xB0;
+
+/// The keys of one layer's draws in one pass.
+#[derive(Clone, Copy, Debug)]
+pub struct DrawKey {
+    forward: u64,
+    backward: u64,
+}
+
+impl DrawKey {
+    pub fn new(seed: u64, layer: u64, step: u64) -> Self {
+        DrawKey { forward: key(&[seed, layer, step, FORWARD_TAG]), backward: key(&[seed, layer, step, BACKWARD_TAG]) }
+    }
+    /// The forward draw of macro operation `op` (its global index in the layer).
+    #[inline]
+    pub fn forward(&self, op: u64) -> u64 {
+        mix64(self.forward ^ mix64(op))
+    }
+    /// Backward draw `s` of macro operation `op` (slope estimation).
+    #[inline]
+    pub fn backward(&self, op: u64, s: u64) -> u64 {
+        mix64(mix64(self.backward ^ mix64(op)) ^ s)
+    }
+}
