@@ -202,6 +202,8 @@ pub fn cim_conv2d(tape: &mut Tape, x: Var, w: Var, bias: Option<Var>, cfg: Conv2
             slopes
         })
         .collect();
+    let ops = (g.n * g.cout * g.pixels() * spec.tiles(k)) as u64 * spec.cycles() as u64;
+    call.rt.readouts.fetch_add(ops, std::sync::atomic::Ordering::Relaxed);
     let y = Tensor::new(&[g.n, g.cout, g.oh, g.ow], y);
     let saved = Saved {
         g,

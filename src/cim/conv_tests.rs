@@ -12,7 +12,7 @@ fn spec(rows: usize, step: f32, kmin: i32, kmax: i32, bpc: u32) -> MacroSpec {
 }
 
 fn runtime(spec: MacroSpec, model: ErrorModel, mode: ReadoutMode, estimator: Estimator) -> CimRuntime {
-    CimRuntime { spec, readout: Arc::new(model), mode, estimator, seed: 9, step: 0 }
+    CimRuntime { seed: 9, ..CimRuntime::new(spec, Arc::new(model), mode, estimator) }
 }
 
 /// Activations exactly on the E-PACT grid (codes spread over the range).

@@ -101,6 +101,26 @@ pub struct CimRuntime {
     pub seed: u64,
     /// Training step (or Monte-Carlo repetition) of this pass.
     pub step: u64,
+    /// E-PACT (learned lower bound) or PACT (lower bound 0).
+    pub act_quant: crate::nn::layers::ActQuantKind,
+    /// Macro operations read out so far (all layers, all passes using this runtime).
+    pub readouts: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl CimRuntime {
+    /// A runtime with E-PACT, seed 0, step 0.
+    pub fn new(spec: MacroSpec, readout: Arc<dyn Readout>, mode: ReadoutMode, estimator: Estimator) -> Self {
+        CimRuntime {
+            spec,
+            readout,
+            mode,
+            estimator,
+            seed: 0,
+            step: 0,
+            act_quant: crate::nn::layers::ActQuantKind::EPact,
+            readouts: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        }
+    }
 }
 
 const FORWARD_TAG: u64 = 0xF0;

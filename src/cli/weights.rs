@@ -61,7 +61,7 @@ pub fn run(a: WeightsArgs) -> Result<()> {
         Action::Import(i) => {
             let bytes = std::fs::read(&i.safetensors).map_err(|err| Error::io(&i.safetensors, err))?;
             let spec = match (&i.model, safetensors::spec_from_metadata(&bytes, &i.safetensors)?) {
-                (Some(m), _) => ModelSpec { arch: Arch::parse(m)?, num_classes: i.classes },
+                (Some(m), _) => ModelSpec::fp32(Arch::parse(m)?, i.classes),
                 (None, Some(s)) => s,
                 (None, None) => return Err(Error::format(&i.safetensors, "carries no dnat metadata: pass --model (and --classes)")),
             };

@@ -2,12 +2,13 @@
 //!
 //! ```text
 //! magic    8 bytes  "DNATCKPT"
-//! version  u32 LE   1
+//! version  u32 LE   2 (version 1, without the CIM plan, is still read)
 //! length   u64 LE   length of the compressed payload
 //! crc32    u32 LE   CRC-32 of the uncompressed payload
 //! payload  zlib(…)  the sections below, all little-endian
 //! ```
-//! Payload: model (`arch` string, `num_classes` u32); `meta` key/value strings (the
+//! Payload: model (`arch` string, `num_classes` u32, CIM plan: u8 0 = none, or 1
+//! followed by `first_digital` u8 and `last_digital` u8 — version 2 only); `meta` key/value strings (the
 //! training configuration, the data set read); progress (`epochs_done` u32,
 //! `steps_done` u64); parameters (name, group u8, shape, f32 data); buffers (name,
 //! shape, data); optimizer (kind string, steps u64, slots per parameter); history
@@ -16,7 +17,7 @@
 
 use super::atomic;
 use crate::engine::{ParamGroup, ParamStore, Tensor};
-use crate::nn::{Arch, ModelSpec};
+use crate::nn::{Arch, CimPlan, ModelSpec};
 use crate::{Error, Result};
 use byteorder::{LittleEndian as LE, ReadBytesExt, WriteBytesExt};
 use flate2::read::ZlibDecoder;
@@ -25,7 +26,7 @@ use std::io::{Cursor, Read, Write};
 use std::path::Path;
 
 const MAGIC: &[u8; 8] = b"DNATCKPT";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 /// A sanity bound on any one count or length in the payload.
 const MAX_LEN: u64 = 1 << 32;
 
@@ -67,6 +68,14 @@ impl Checkpoint {
         let mut p = Vec::new();
         put_str(&mut p, self.spec.arch.name());
         p.write_u32::<LE>(self.spec.num_classes as u32).unwrap();
+        match self.spec.cim {
+            None => p.write_u8(0).unwrap(),
+            Some(plan) => {
+                p.write_u8(1).unwrap();
+                p.write_u8(plan.first_digital as u8).unwrap();
+                p.write_u8(plan.last_digital as u8).unwrap();
+            }
+        }
         p.write_u32::<LE>(self.meta.len() as u32).unwrap();
         for (k, v) in &self.meta {
             put_str(&mut p, k);
@@ -136,8 +145,8 @@ impl Checkpoint {
         }
         let mut h = Cursor::new(&bytes[8..24]);
         let version = h.read_u32::<LE>().unwrap();
-        if version != VERSION {
-            return Err(format!("checkpoint format version {version}, this dnat reads version {VERSION}"));
+        if version == 0 || version > VERSION {
+            return Err(format!("checkpoint format version {version}, this dnat reads versions 1 to {VERSION}"));
         }
         let len = h.read_u64::<LE>().unwrap();
         let crc_want = h.read_u32::<LE>().unwrap();
@@ -151,7 +160,7 @@ impl Checkpoint {
         if crc.sum() != crc_want {
             return Err("corrupt checkpoint: CRC-32 mismatch".into());
         }
-        parse_payload(&payload).map_err(|e| format!("corrupt checkpoint: {e}"))
+        parse_payload(&payload, version).map_err(|e| format!("corrupt checkpoint: {e}"))
     }
 }
 
@@ -205,12 +214,21 @@ fn get_tensor(c: &mut Cursor<&[u8]>) -> std::result::Result<Tensor, String> {
     Tensor::from_vec(&shape, data).map_err(|e| e.to_string())
 }
 
-fn parse_payload(p: &[u8]) -> std::result::Result<Checkpoint, String> {
+fn parse_payload(p: &[u8], version: u32) -> std::result::Result<Checkpoint, String> {
     let c = &mut Cursor::new(p);
     let eof = |_| "unexpected end of payload".to_string();
     let arch = Arch::parse(&get_str(c)?).map_err(|e| e.to_string())?;
     let num_classes = c.read_u32::<LE>().map_err(eof)? as usize;
-    let spec = ModelSpec { arch, num_classes };
+    let cim = if version >= 2 {
+        match c.read_u8().map_err(eof)? {
+            0 => None,
+            1 => Some(CimPlan { first_digital: c.read_u8().map_err(eof)? != 0, last_digital: c.read_u8().map_err(eof)? != 0 }),
+            other => return Err(format!("unknown CIM plan tag {other}")),
+        }
+    } else {
+        None
+    };
+    let spec = ModelSpec { arch, num_classes, cim };
     let mut meta = Vec::new();
     for _ in 0..count(c)? {
         meta.push((get_str(c)?, get_str(c)?));
@@ -290,7 +308,7 @@ mod tests {
     use crate::nn::build;
 
     fn sample() -> Checkpoint {
-        let spec = ModelSpec { arch: Arch::ResNet20, num_classes: 10 };
+        let spec = ModelSpec { arch: Arch::ResNet20, num_classes: 10, cim: Some(CimPlan::default()) };
         let (_, store) = build(spec, 3);
         let slots = store.params().iter().map(|p| vec![Tensor::full(p.value.shape(), 0.5)]).collect();
         Checkpoint {
@@ -325,9 +343,9 @@ mod tests {
         flipped[mid] ^= 0x40;
         let e = Checkpoint::from_bytes(&flipped).unwrap_err();
         assert!(e.contains("corrupt"), "{e}");
-        let mut v2 = b.clone();
-        v2[8] = 2;
-        assert!(Checkpoint::from_bytes(&v2).unwrap_err().contains("version 2"));
+        let mut v9 = b.clone();
+        v9[8] = 9;
+        assert!(Checkpoint::from_bytes(&v9).unwrap_err().contains("version 9"));
         // Random bytes behind a valid header never panic.
         for seed in 0..50u64 {
             let mut r = crate::rng::KeyedRng::new(&[seed]);
@@ -340,7 +358,7 @@ mod tests {
     #[test]
     fn restore_checks_names_and_shapes() {
         let c = sample();
-        let (_, mut other) = build(ModelSpec { arch: Arch::ResNet20, num_classes: 100 }, 0);
+        let (_, mut other) = build(ModelSpec { arch: Arch::ResNet20, num_classes: 100, cim: Some(CimPlan::default()) }, 0);
         let e = restore_into(&c.store, &mut other, Path::new("x.ckpt")).unwrap_err().to_string();
         assert!(e.contains("x.ckpt") && e.contains("linear.weight"), "{e}");
     }

@@ -10,7 +10,7 @@
 //! `dnat_model` and `num_classes`, so an import needs no flags for files dnat wrote.
 
 use crate::engine::{ParamStore, Tensor};
-use crate::nn::{build, Arch, ModelSpec};
+use crate::nn::{build, Arch, CimPlan, ModelSpec};
 use crate::{Error, Result};
 use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
@@ -43,6 +43,10 @@ pub fn export(spec: ModelSpec, store: &ParamStore) -> Result<Vec<u8>> {
         ("format".to_string(), "pt".to_string()),
         ("dnat_model".to_string(), spec.arch.name().to_string()),
         ("num_classes".to_string(), spec.num_classes.to_string()),
+        (
+            "dnat_cim_plan".to_string(),
+            spec.cim.map_or("none".to_string(), |p| format!("first_digital={},last_digital={}", p.first_digital, p.last_digital)),
+        ),
     ]);
     safetensors::serialize(views, Some(meta)).map_err(|e| Error::invalid(format!("safetensors export: {e}")))
 }
@@ -55,10 +59,18 @@ pub fn spec_from_metadata(bytes: &[u8], path: &Path) -> Result<Option<ModelSpec>
         (Some(a), Some(n)) => {
             let arch = Arch::parse(a).map_err(|e| Error::format(path, e.to_string()))?;
             let num_classes = n.parse().map_err(|_| Error::format(path, format!("bad num_classes '{n}' in metadata")))?;
-            Ok(Some(ModelSpec { arch, num_classes }))
+            Ok(Some(ModelSpec { arch, num_classes, cim: cim_plan(m.get("dnat_cim_plan").map(String::as_str)) }))
         }
         _ => Ok(None),
     }
+}
+
+fn cim_plan(s: Option<&str>) -> Option<CimPlan> {
+    let s = s?;
+    if s == "none" {
+        return None;
+    }
+    Some(CimPlan { first_digital: s.contains("first_digital=true"), last_digital: s.contains("last_digital=true") })
 }
 
 fn to_f32(view: &TensorView, name: &str, path: &Path) -> Result<Vec<f32>> {
@@ -112,7 +124,7 @@ mod tests {
 
     #[test]
     fn round_trip_and_errors() {
-        let spec = ModelSpec { arch: Arch::ResNet20, num_classes: 10 };
+        let spec = ModelSpec::fp32(Arch::ResNet20, 10);
         let (_, store) = build(spec, 5);
         let bytes = export(spec, &store).unwrap();
         let p = Path::new("w.safetensors");
@@ -121,9 +133,9 @@ mod tests {
         for (a, b) in store.params().iter().zip(back.params()) {
             assert_eq!(a.value, b.value);
         }
-        let e = import(&bytes, ModelSpec { arch: Arch::ResNet20, num_classes: 100 }, p).unwrap_err().to_string();
+        let e = import(&bytes, ModelSpec::fp32(Arch::ResNet20, 100), p).unwrap_err().to_string();
         assert!(e.contains("linear.weight") && e.contains("shape"), "{e}");
-        let e = import(&bytes, ModelSpec { arch: Arch::Vgg8, num_classes: 10 }, p).unwrap_err().to_string();
+        let e = import(&bytes, ModelSpec::fp32(Arch::Vgg8, 10), p).unwrap_err().to_string();
         assert!(e.contains("not in vgg8"), "{e}");
         let e = import(&bytes[..bytes.len() / 2], spec, p).unwrap_err().to_string();
         assert!(e.contains("w.safetensors"), "{e}");

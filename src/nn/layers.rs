@@ -1,16 +1,78 @@
 //! Conv2d, BatchNorm2d and Linear: parameter handles plus a forward on the tape.
 
+use crate::cim::{self, quant::ActGrid, CimCall, CimRuntime};
 use crate::engine::ops::{self, BatchNormState, Conv2dCfg};
 use crate::engine::{BufferId, Mode, ParamGroup, ParamId, ParamStore, Tape, Tensor, Var};
 use crate::rng::{normal, Xoshiro256PlusPlus};
 use crate::Result;
 
+/// Input activations seen by each quantized layer during a calibration pass:
+/// `(lower-bound id, upper-bound id, values)`.
+pub type Calibration = Vec<(ParamId, ParamId, Vec<f32>)>;
+
 /// What a forward pass needs: the tape, the parameters (batchnorm updates its running
-/// statistics in train mode) and the mode.
+/// statistics in train mode), the mode, and — for CIM layers — the macro runtime.
 pub struct Fwd<'a> {
     pub tape: &'a mut Tape,
     pub store: &'a mut ParamStore,
     pub mode: Mode,
+    /// When set, layers with a [`CimQuant`] run on the macro; otherwise in FP32.
+    pub cim: Option<&'a CimRuntime>,
+    /// When set (and `cim` is not), quantized layers record their FP32 inputs here.
+    pub calibration: Option<&'a mut Calibration>,
+}
+
+impl<'a> Fwd<'a> {
+    /// An FP32 forward pass.
+    pub fn new(tape: &'a mut Tape, store: &'a mut ParamStore, mode: Mode) -> Self {
+        Fwd { tape, store, mode, cim: None, calibration: None }
+    }
+}
+
+/// Which activation quantizer a CIM layer uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ActQuantKind {
+    /// Learned lower and upper bounds (the paper's E-PACT).
+    EPact,
+    /// Learned upper bound, lower bound fixed at 0 (PACT; the ablation baseline).
+    Pact,
+}
+
+/// The quantizer parameters of a layer mapped onto the macro.
+#[derive(Clone, Debug)]
+pub struct CimQuant {
+    pub lo: ParamId,
+    pub hi: ParamId,
+    /// This layer's id in draw keys (its index among the network's CIM layers).
+    pub layer: u64,
+}
+
+impl CimQuant {
+    pub fn new(store: &mut ParamStore, name: &str, layer: u64) -> Self {
+        CimQuant {
+            lo: store.add_param(format!("{name}.act_lo"), Tensor::zeros(&[1]), ParamGroup::QuantBound),
+            hi: store.add_param(format!("{name}.act_hi"), Tensor::full(&[1], 1.0), ParamGroup::QuantBound),
+            layer,
+        }
+    }
+
+    /// E-PACT (or PACT) on the layer input; returns the quantized input and its grid.
+    fn quantize(&self, cx: &mut Fwd, rt: &CimRuntime, x: Var) -> Result<(Var, ActGrid)> {
+        let hi = cx.tape.param(cx.store, self.hi);
+        let lo = match rt.act_quant {
+            ActQuantKind::EPact => cx.tape.param(cx.store, self.lo),
+            ActQuantKind::Pact => cx.tape.constant(Tensor::zeros(&[1])),
+        };
+        let (l, h) = (cx.tape.value(lo).data()[0], cx.tape.value(hi).data()[0]);
+        let grid = ActGrid::new(l, h, rt.spec.input_bits);
+        Ok((cim::epact(cx.tape, x, lo, hi, Some(rt.spec.input_bits))?, grid))
+    }
+
+    fn observe(&self, cx: &mut Fwd, x: Var) {
+        if let Some(c) = cx.calibration.as_mut() {
+            c.push((self.lo, self.hi, cx.tape.value(x).data().to_vec()));
+        }
+    }
 }
 
 /// Kaiming-normal initialisation for a ReLU network: std = √(2 / fan_in).
@@ -25,6 +87,8 @@ pub struct Conv2d {
     pub weight: ParamId,
     pub bias: Option<ParamId>,
     pub cfg: Conv2dCfg,
+    /// Present when the layer maps onto the macro.
+    pub cim: Option<CimQuant>,
 }
 
 impl Conv2d {
@@ -42,9 +106,23 @@ impl Conv2d {
         let shape = [cout, cin, kernel, kernel];
         let weight = store.add_param(format!("{name}.weight"), kaiming(&shape, cin * kernel * kernel, rng), ParamGroup::Weight);
         let bias = bias.then(|| store.add_param(format!("{name}.bias"), Tensor::zeros(&[cout]), ParamGroup::NoDecay));
-        Conv2d { weight, bias, cfg }
+        Conv2d { weight, bias, cfg, cim: None }
+    }
+    /// Maps the layer onto the macro (adds its E-PACT bounds `{name}.act_lo/act_hi`).
+    pub fn on_macro(mut self, store: &mut ParamStore, name: &str, layer: u64) -> Self {
+        self.cim = Some(CimQuant::new(store, name, layer));
+        self
     }
     pub fn forward(&self, cx: &mut Fwd, x: Var) -> Result<Var> {
+        if let (Some(q), Some(rt)) = (&self.cim, cx.cim) {
+            let (xq, grid) = q.quantize(cx, rt, x)?;
+            let w = cx.tape.param(cx.store, self.weight);
+            let b = self.bias.map(|b| cx.tape.param(cx.store, b));
+            return cim::cim_conv2d(cx.tape, xq, w, b, self.cfg, grid, &CimCall { rt, layer: q.layer });
+        }
+        if let Some(q) = &self.cim {
+            q.observe(cx, x);
+        }
         let w = cx.tape.param(cx.store, self.weight);
         let b = self.bias.map(|b| cx.tape.param(cx.store, b));
         ops::conv2d(cx.tape, x, w, b, self.cfg)
@@ -93,15 +171,31 @@ impl BatchNorm2d {
 pub struct Linear {
     pub weight: ParamId,
     pub bias: Option<ParamId>,
+    /// Present when the layer maps onto the macro.
+    pub cim: Option<CimQuant>,
 }
 
 impl Linear {
     pub fn new(store: &mut ParamStore, name: &str, fin: usize, fout: usize, bias: bool, rng: &mut Xoshiro256PlusPlus) -> Self {
         let weight = store.add_param(format!("{name}.weight"), kaiming(&[fout, fin], fin, rng), ParamGroup::Weight);
         let bias = bias.then(|| store.add_param(format!("{name}.bias"), Tensor::zeros(&[fout]), ParamGroup::NoDecay));
-        Linear { weight, bias }
+        Linear { weight, bias, cim: None }
+    }
+    /// Maps the layer onto the macro (adds its E-PACT bounds `{name}.act_lo/act_hi`).
+    pub fn on_macro(mut self, store: &mut ParamStore, name: &str, layer: u64) -> Self {
+        self.cim = Some(CimQuant::new(store, name, layer));
+        self
     }
     pub fn forward(&self, cx: &mut Fwd, x: Var) -> Result<Var> {
+        if let (Some(q), Some(rt)) = (&self.cim, cx.cim) {
+            let (xq, grid) = q.quantize(cx, rt, x)?;
+            let w = cx.tape.param(cx.store, self.weight);
+            let b = self.bias.map(|b| cx.tape.param(cx.store, b));
+            return cim::cim_linear(cx.tape, xq, w, b, grid, &CimCall { rt, layer: q.layer });
+        }
+        if let Some(q) = &self.cim {
+            q.observe(cx, x);
+        }
         let w = cx.tape.param(cx.store, self.weight);
         let b = self.bias.map(|b| cx.tape.param(cx.store, b));
         ops::linear(cx.tape, x, w, b)

@@ -7,5 +7,5 @@
 pub mod layers;
 pub mod models;
 
-pub use layers::{BatchNorm2d, Conv2d, Fwd, Linear};
-pub use models::{build, Arch, ModelSpec, Network};
+pub use layers::{ActQuantKind, BatchNorm2d, Calibration, CimQuant, Conv2d, Fwd, Linear};
+pub use models::{build, Arch, CimPlan, ModelSpec, Network};

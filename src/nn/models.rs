@@ -44,11 +44,63 @@ impl Arch {
     }
 }
 
+/// Which layers of a network map onto the CIM macro: every convolution and linear
+/// layer, except — as is usual in the CIM literature, since they hold few weights and
+/// see raw pixels or produce the logits — the first convolution and the last linear
+/// layer, unless these flags say otherwise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CimPlan {
+    pub first_digital: bool,
+    pub last_digital: bool,
+}
+
+impl Default for CimPlan {
+    fn default() -> Self {
+        CimPlan { first_digital: true, last_digital: true }
+    }
+}
+
 /// Everything needed to rebuild a network's structure.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ModelSpec {
     pub arch: Arch,
     pub num_classes: usize,
+    /// `Some`: the network's layers are mapped onto the macro per the plan (they carry
+    /// E-PACT bounds and run on the macro when a forward pass has a CIM runtime).
+    pub cim: Option<CimPlan>,
+}
+
+impl ModelSpec {
+    pub fn fp32(arch: Arch, num_classes: usize) -> Self {
+        ModelSpec { arch, num_classes, cim: None }
+    }
+}
+
+/// Hands out CIM layer ids in build order and decides which layers are on the macro.
+struct MacroMap {
+    plan: Option<CimPlan>,
+    next: u64,
+}
+
+impl MacroMap {
+    fn conv(&mut self, c: Conv2d, store: &mut ParamStore, name: &str, first: bool) -> Conv2d {
+        match self.plan {
+            Some(p) if !(first && p.first_digital) => {
+                self.next += 1;
+                c.on_macro(store, name, self.next - 1)
+            }
+            _ => c,
+        }
+    }
+    fn linear(&mut self, l: Linear, store: &mut ParamStore, name: &str, last: bool) -> Linear {
+        match self.plan {
+            Some(p) if !(last && p.last_digital) => {
+                self.next += 1;
+                l.on_macro(store, name, self.next - 1)
+            }
+            _ => l,
+        }
+    }
 }
 
 /// A network: a forward pass from NCHW images to logits.
@@ -118,12 +170,14 @@ struct ResNet {
 impl ResNet {
     fn new(store: &mut ParamStore, spec: ModelSpec, seed: u64) -> Self {
         let mut rng = stream(seed);
+        let mut map = MacroMap { plan: spec.cim, next: 0 };
         let (widths, depths, option_a): (&[usize], &[usize], bool) = match spec.arch {
             Arch::ResNet20 => (&[16, 32, 64], &[3, 3, 3], true),
             Arch::ResNet34 => (&[64, 128, 256, 512], &[3, 4, 6, 3], false),
             _ => unreachable!("not a ResNet"),
         };
         let conv1 = Conv2d::new(store, "conv1", 3, widths[0], 3, same(1), false, &mut rng);
+        let conv1 = map.conv(conv1, store, "conv1", true);
         let bn1 = BatchNorm2d::new(store, "bn1", widths[0]);
         let mut blocks = Vec::new();
         let mut cin = widths[0];
@@ -131,9 +185,13 @@ impl ResNet {
             for b in 0..depth {
                 let stride = if stage > 0 && b == 0 { 2 } else { 1 };
                 let name = format!("layer{}.{b}", stage + 1);
-                let conv1 = Conv2d::new(store, &format!("{name}.conv1"), cin, cout, 3, same(stride), false, &mut rng);
+                let n1 = format!("{name}.conv1");
+                let conv1 = Conv2d::new(store, &n1, cin, cout, 3, same(stride), false, &mut rng);
+                let conv1 = map.conv(conv1, store, &n1, false);
                 let bn1 = BatchNorm2d::new(store, &format!("{name}.bn1"), cout);
-                let conv2 = Conv2d::new(store, &format!("{name}.conv2"), cout, cout, 3, same(1), false, &mut rng);
+                let n2 = format!("{name}.conv2");
+                let conv2 = Conv2d::new(store, &n2, cout, cout, 3, same(1), false, &mut rng);
+                let conv2 = map.conv(conv2, store, &n2, false);
                 let bn2 = BatchNorm2d::new(store, &format!("{name}.bn2"), cout);
                 let shortcut = if stride == 1 && cin == cout {
                     Shortcut::Identity
@@ -141,16 +199,16 @@ impl ResNet {
                     Shortcut::PadA { stride, cout }
                 } else {
                     let cfg = Conv2dCfg { stride, padding: 0 };
-                    Shortcut::Projection(
-                        Conv2d::new(store, &format!("{name}.shortcut.0"), cin, cout, 1, cfg, false, &mut rng),
-                        BatchNorm2d::new(store, &format!("{name}.shortcut.1"), cout),
-                    )
+                    let ns = format!("{name}.shortcut.0");
+                    let conv = Conv2d::new(store, &ns, cin, cout, 1, cfg, false, &mut rng);
+                    Shortcut::Projection(map.conv(conv, store, &ns, false), BatchNorm2d::new(store, &format!("{name}.shortcut.1"), cout))
                 };
                 blocks.push(BasicBlock { conv1, bn1, conv2, bn2, shortcut });
                 cin = cout;
             }
         }
         let linear = Linear::new(store, "linear", cin, spec.num_classes, true, &mut rng);
+        let linear = map.linear(linear, store, "linear", true);
         ResNet { spec, conv1, bn1, blocks, linear }
     }
 }
@@ -191,6 +249,7 @@ impl Vgg {
             _ => unreachable!("not a VGG"),
         };
         let mut rng = stream(seed);
+        let mut map = MacroMap { plan: spec.cim, next: 0 };
         let mut features = Vec::new();
         // PyTorch Sequential indices: conv i, bn i+1, relu i+2; pool takes one index.
         let (mut idx, mut cin, mut side) = (0, 3, 32);
@@ -200,7 +259,9 @@ impl Vgg {
                 idx += 1;
                 side /= 2;
             } else {
-                let conv = Conv2d::new(store, &format!("features.{idx}"), cin, c, 3, same(1), false, &mut rng);
+                let name = format!("features.{idx}");
+                let conv = Conv2d::new(store, &name, cin, c, 3, same(1), false, &mut rng);
+                let conv = map.conv(conv, store, &name, idx == 0);
                 let bn = BatchNorm2d::new(store, &format!("features.{}", idx + 1), c);
                 features.push(VggLayer::ConvBnRelu(conv, bn));
                 idx += 3;
@@ -211,11 +272,15 @@ impl Vgg {
         let mut fin = cin * side * side;
         let mut cidx = 0;
         for &h in hidden {
-            classifier.push((Linear::new(store, &format!("classifier.{cidx}"), fin, h, true, &mut rng), true));
+            let name = format!("classifier.{cidx}");
+            let lin = Linear::new(store, &name, fin, h, true, &mut rng);
+            classifier.push((map.linear(lin, store, &name, false), true));
             cidx += 2;
             fin = h;
         }
-        classifier.push((Linear::new(store, &format!("classifier.{cidx}"), fin, spec.num_classes, true, &mut rng), false));
+        let name = format!("classifier.{cidx}");
+        let lin = Linear::new(store, &name, fin, spec.num_classes, true, &mut rng);
+        classifier.push((map.linear(lin, store, &name, true), false));
         Vgg { spec, features, classifier }
     }
 }
@@ -252,7 +317,7 @@ mod tests {
 
     #[test]
     fn parameter_counts_match_the_literature() {
-        let count = |arch, classes| build(ModelSpec { arch, num_classes: classes }, 0).1.num_scalars();
+        let count = |arch, classes| build(ModelSpec::fp32(arch, classes), 0).1.num_scalars();
         // ResNet20 (option A): 269,722 as printed by the reference PyTorch implementation; ResNet34 CIFAR: 21.3 M; VGG16 CIFAR: 14.7 M.
         assert_eq!(count(Arch::ResNet20, 10), 269_722);
         assert_eq!(count(Arch::Vgg8, 10), 12_978_058);
@@ -260,6 +325,26 @@ mod tests {
         assert!((21_000_000..21_400_000).contains(&r34), "{r34}");
         let v16 = count(Arch::Vgg16, 100);
         assert!((14_700_000..14_800_000).contains(&v16), "{v16}");
+    }
+
+    #[test]
+    fn cim_plan_maps_the_documented_layers() {
+        let cim = |arch, plan| {
+            let (_, s) = build(ModelSpec { arch, num_classes: 10, cim: Some(plan) }, 0);
+            s.params().iter().filter(|p| p.name.ends_with(".act_hi")).map(|p| p.name.clone()).collect::<Vec<_>>()
+        };
+        let r20 = cim(Arch::ResNet20, CimPlan::default());
+        assert_eq!(r20.len(), 18, "every block conv, not conv1 nor linear: {r20:?}");
+        assert!(!r20.iter().any(|n| n.starts_with("conv1") || n.starts_with("linear")));
+        assert_eq!(cim(Arch::ResNet20, CimPlan { first_digital: false, last_digital: false }).len(), 20);
+        assert_eq!(cim(Arch::Vgg8, CimPlan::default()).len(), 6, "5 convs + fc 8192→1024");
+        assert_eq!(cim(Arch::ResNet34, CimPlan::default()).len(), 32 + 3, "block convs + 3 projections");
+        // FP32 weights keep their names and initial values when the plan adds bounds.
+        let (_, a) = build(ModelSpec::fp32(Arch::ResNet20, 10), 4);
+        let (_, b) = build(ModelSpec { arch: Arch::ResNet20, num_classes: 10, cim: Some(CimPlan::default()) }, 4);
+        for p in a.params() {
+            assert_eq!(b.params().iter().find(|q| q.name == p.name).unwrap().value, p.value);
+        }
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub fn peak_rss_mb() -> f64 {
 /// Times `steps` training steps (after `warmup`) and as many eval forwards; the
 /// median step is reported, which is robust to a noisy shared machine.
 pub fn run(arch: Arch, num_classes: usize, batch: usize, steps: usize, warmup: usize) -> Result<BenchResult> {
-    let (net, mut store) = build(ModelSpec { arch, num_classes }, 1);
+    let (net, mut store) = build(ModelSpec::fp32(arch, num_classes), 1);
     let mut opt = Optimizer::new(OptimizerKind::Sgd { momentum: 0.9, nesterov: true }, Groups::default(), &store);
     let x = random(&[batch, 3, 32, 32], 5);
     let labels: Vec<u32> = (0..batch as u32).map(|i| i % num_classes as u32).collect();
@@ -41,7 +41,7 @@ pub fn run(arch: Arch, num_classes: usize, batch: usize, steps: usize, warmup: u
         let t = Instant::now();
         let mut tape = Tape::new(true);
         let xv = tape.constant(x.clone());
-        let logits = net.forward(&mut Fwd { tape: &mut tape, store: &mut store, mode: Mode::Train }, xv)?;
+        let logits = net.forward(&mut Fwd::new(&mut tape, &mut store, Mode::Train), xv)?;
         let loss = softmax_cross_entropy(&mut tape, logits, &labels, 0.0)?;
         store.zero_grads();
         tape.backward(loss).accumulate_into(&mut store);
@@ -55,7 +55,7 @@ pub fn run(arch: Arch, num_classes: usize, batch: usize, steps: usize, warmup: u
         let t = Instant::now();
         let mut tape = Tape::new(false);
         let xv = tape.constant(x.clone());
-        net.forward(&mut Fwd { tape: &mut tape, store: &mut store, mode: Mode::Eval }, xv)?;
+        net.forward(&mut Fwd::new(&mut tape, &mut store, Mode::Eval), xv)?;
         if i >= warmup {
             eval_times.push(t.elapsed().as_secs_f64());
         }

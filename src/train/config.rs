@@ -44,7 +44,7 @@ impl TrainConfig {
     }
 
     pub fn spec(&self) -> ModelSpec {
-        ModelSpec { arch: self.arch, num_classes: self.dataset.num_classes() }
+        ModelSpec::fp32(self.arch, self.dataset.num_classes())
     }
 
     pub fn validate(&self) -> Result<()> {

@@ -37,7 +37,7 @@ pub fn evaluate(net: &dyn Network, store: &mut ParamStore, split: &Split, norm: 
         let (x, labels) = batcher.batch(chunk, 0);
         let mut tape = Tape::new(false);
         let xv = tape.constant(x);
-        let logits = net.forward(&mut Fwd { tape: &mut tape, store, mode: Mode::Eval }, xv)?;
+        let logits = net.forward(&mut Fwd::new(&mut tape, store, Mode::Eval), xv)?;
         let classes = tape.value(logits).shape()[1];
         correct += count_correct(tape.value(logits).data(), classes, &labels);
         let l = softmax_cross_entropy(&mut tape, logits, &labels, 0.0)?;

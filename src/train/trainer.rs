@@ -103,7 +103,7 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -
             let (x, labels) = batcher.batch(idx, epoch as u64);
             let mut tape = Tape::new(true);
             let xv = tape.constant(x);
-            let logits = net.forward(&mut Fwd { tape: &mut tape, store: &mut store, mode: Mode::Train }, xv)?;
+            let logits = net.forward(&mut Fwd::new(&mut tape, &mut store, Mode::Train), xv)?;
             let classes = tape.value(logits).shape()[1];
             correct += count_correct(tape.value(logits).data(), classes, &labels);
             let loss = softmax_cross_entropy(&mut tape, logits, &labels, cfg.label_smoothing)?;
