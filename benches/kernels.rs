@@ -78,7 +78,7 @@ fn main() {
         grp.finish();
     }
     c.bench_function("step/resnet20 train+eval b128", |b| {
-        b.iter(|| black_box(step_bench::run(Arch::ResNet20, 10, BATCH, 1, 0).unwrap()))
+        b.iter(|| black_box(step_bench::run(Arch::ResNet20, 10, BATCH, 1, 0, None).unwrap()))
     });
     c.final_summary();
 
@@ -93,7 +93,7 @@ fn main() {
         println!("{:<18} {fwd:>9.1} {bwd:>9.1} {bww:>9.1}", k.name);
         json.push(format!("{{\"shape\": \"{}\", \"forward_gflops\": {fwd:.2}, \"backward_gflops\": {bwd:.2}, \"backward_weight_gflops\": {bww:.2}}}", k.name));
     }
-    let step = step_bench::run(Arch::ResNet20, 10, BATCH, 5, 1).unwrap();
+    let step = step_bench::run(Arch::ResNet20, 10, BATCH, 5, 1, None).unwrap();
     println!("{}", step.table());
     println!("{{\"bench\": \"kernels\", \"threads\": {}, \"convs\": [{}], \"step\": {}}}", rayon::current_num_threads(), json.join(", "), step.json());
 }

@@ -25,7 +25,7 @@
 //! depend on grouping or threads, and the saved slopes replay nothing at random.
 
 use super::quant::{weight_codes, ActGrid};
-use super::readout::{CimRuntime, DrawKey, Estimator, ReadoutMode};
+use super::readout::{CimRuntime, DrawKey, DrawRun, Estimator, ReadoutMode};
 use crate::engine::gemm::{gemm, MatRef};
 use crate::engine::ops::conv2d::{self, col2im, group_columns, Conv2dCfg, ConvGeom};
 use crate::engine::{par, Tape, Tensor, Var};
@@ -64,6 +64,10 @@ fn valid_mask(g: &ConvGeom) -> Vec<f32> {
 
 /// Forward of one group: returns the readout accumulator `[Cout][cols]` (in partial-sum
 /// units) and, for the statistical estimator, the slopes `[tiles][Cout][cols]`.
+///
+/// Per tile and cycle: one GEMM for the partial sums, then per run of one channel's
+/// pixels of one image: ideal codes (vectorisable), readouts (one `sample_run` call),
+/// slopes, and the shift-add into the accumulator.
 #[allow(clippy::too_many_arguments)]
 fn group_forward(
     g: &ConvGeom,
@@ -82,11 +86,17 @@ fn group_forward(
     let cycles = spec.cycles() as usize;
     let b = spec.input_bits_per_cycle;
     let key = DrawKey::new(rt.seed, call.layer, rt.step);
+    let draws = match rt.estimator {
+        Estimator::Statistical { draws } => draws,
+        Estimator::Ste => 0,
+    };
     let mut acc = vec![0.0f32; cout * cols];
     let mut slopes = want_slopes.then(|| vec![0.0f32; tiles * cout * cols]);
     let mut psum = vec![0.0f32; cout * cols];
     let mut slice = if cycles > 1 { vec![0.0f32; spec.rows * cols] } else { Vec::new() };
+    let (mut unclamped, mut codes, mut read) = (vec![0i32; pix], vec![0i32; pix], vec![0.0f32; pix]);
     let full = ((1u64 << spec.input_bits) - 1) as f32;
+    let inv_step = 1.0 / adc.step;
     for t in 0..tiles {
         let (r0, r1) = (t * spec.rows, ((t + 1) * spec.rows).min(k));
         let a = MatRef { data: &w_codes[r0..], rows: cout, cols: r1 - r0, rs: k, cs: 1 };
@@ -94,10 +104,11 @@ fn group_forward(
             let bmat = if cycles == 1 {
                 MatRef { data: &qcol[r0 * cols..], rows: r1 - r0, cols, rs: cols, cs: 1 }
             } else {
-                let (shift, mask) = ((c as u32 * b) as f32, ((1u32 << b) - 1) as f32);
-                let div = 2f32.powf(shift);
+                // Bits [c·b, (c+1)·b) of each input code.
+                let div = 2f32.powi((c as u32 * b) as i32);
+                let levels = (1u32 << b) as f32;
                 for (o, &q) in slice.iter_mut().zip(&qcol[r0 * cols..r1 * cols]) {
-                    *o = ((q / div).floor()) % (mask + 1.0);
+                    *o = (q / div).floor() % levels;
                 }
                 MatRef { data: &slice, rows: r1 - r0, cols, rs: cols, cs: 1 }
             };
@@ -105,52 +116,54 @@ fn group_forward(
             let weight = 2f32.powi((c as u32 * b) as i32) * adc.step;
             let share = ((1u64 << b) - 1) as f32 * 2f32.powi((c as u32 * b) as i32) / full;
             for co in 0..cout {
-                for col in 0..cols {
-                    let e = co * cols + col;
-                    let u = (psum[e] / adc.step).round() as i32;
-                    let kc = u.clamp(adc.kmin, adc.kmax);
-                    let (j, p) = (col / pix, col % pix);
-                    let op = ((((first_image + j) * cout + co) * pix + p) * tiles + t) as u64 * cycles as u64 + c as u64;
-                    let r = match rt.mode {
-                        ReadoutMode::Ideal => kc as f32,
-                        ReadoutMode::Sampled => rt.readout.sample(kc, key.forward(op)) as f32,
-                        ReadoutMode::Expected => rt.readout.mean(kc),
-                    };
-                    acc[e] += weight * r;
+                for j in 0..gi {
+                    let e0 = co * cols + j * pix;
+                    let p = &psum[e0..e0 + pix];
+                    for ((u, kc), &v) in unclamped.iter_mut().zip(codes.iter_mut()).zip(p) {
+                        *u = (v * inv_step).round() as i32;
+                        *kc = (*u).clamp(adc.kmin, adc.kmax);
+                    }
+                    let op0 = ((((first_image + j) * cout + co) * pix * tiles + t) * cycles + c) as u64;
+                    let run = DrawRun { key, op0, stride: (tiles * cycles) as u64 };
+                    match rt.mode {
+                        ReadoutMode::Ideal => read.iter_mut().zip(&codes).for_each(|(r, &kc)| *r = kc as f32),
+                        ReadoutMode::Sampled => rt.readout.sample_run(&codes, run, &mut read),
+                        ReadoutMode::Expected => rt.readout.mean_run(&codes, &mut read),
+                    }
+                    for (a, &r) in acc[e0..e0 + pix].iter_mut().zip(&read) {
+                        *a += weight * r;
+                    }
                     if let Some(s) = slopes.as_mut() {
-                        let slope = if u != kc {
-                            0.0
-                        } else {
-                            // Only the statistical estimator saves slopes (STE needs none).
-                            let draws = match rt.estimator {
-                                Estimator::Statistical { draws } => draws,
-                                Estimator::Ste => 0,
-                            };
-                            match (rt.mode, draws) {
-                                (ReadoutMode::Ideal, _) => 1.0,
-                                (_, 0) => rt.readout.slope(kc),
-                                _ => {
-                                    let (ka, kb) = ((kc - 1).max(adc.kmin), (kc + 1).min(adc.kmax));
-                                    if ka == kb {
-                                        1.0
-                                    } else {
-                                        let mut diff = 0i64;
-                                        for s in 0..draws as u64 {
-                                            diff += rt.readout.sample(kb, key.backward(op, 2 * s)) as i64
-                                                - rt.readout.sample(ka, key.backward(op, 2 * s + 1)) as i64;
-                                        }
-                                        diff as f32 / (draws as f32 * (kb - ka) as f32)
-                                    }
-                                }
-                            }
-                        };
-                        s[t * cout * cols + e] += share * slope;
+                        match (rt.mode, draws) {
+                            (ReadoutMode::Ideal, _) => read.fill(1.0),
+                            (_, 0) => rt.readout.slope_run(&codes, &mut read),
+                            _ => read.iter_mut().zip(&codes).enumerate().for_each(|(i, (r, &kc))| *r = sampled_slope(rt, kc, draws, key, run.op(i))),
+                        }
+                        let out = &mut s[t * cout * cols + e0..][..pix];
+                        for ((o, &slope), (&u, &kc)) in out.iter_mut().zip(&read).zip(unclamped.iter().zip(&codes)) {
+                            // Saturated partial sums (beyond the ADC range) pass no gradient.
+                            *o += if u == kc { share * slope } else { 0.0 };
+                        }
                     }
                 }
             }
         }
     }
     (acc, slopes)
+}
+
+/// The slope of E[readout] at code `kc` from `draws` samples at each neighbouring code.
+fn sampled_slope(rt: &CimRuntime, kc: i32, draws: u32, key: DrawKey, op: u64) -> f32 {
+    let adc = rt.spec.adc;
+    let (ka, kb) = ((kc - 1).max(adc.kmin), (kc + 1).min(adc.kmax));
+    if ka == kb {
+        return 1.0;
+    }
+    let mut diff = 0i64;
+    for s in 0..draws as u64 {
+        diff += rt.readout.sample(kb, key.backward(op, 2 * s)) as i64 - rt.readout.sample(ka, key.backward(op, 2 * s + 1)) as i64;
+    }
+    diff as f32 / (draws as f32 * (kb - ka) as f32)
 }
 
 /// CIM convolution. `x` must be E-PACT output on `grid`; `w` are latent weights.

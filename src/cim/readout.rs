@@ -13,10 +13,26 @@ pub trait Readout: Send + Sync {
     /// The measured code for ideal code `k`. `draw` is 64 random bits that belong to
     /// this one macro operation (a pure function of seed, layer, step, tile, element).
     fn sample(&self, k: i32, draw: u64) -> i32;
+    /// Reads a run of macro operations: `out[i]` for ideal code `codes[i]`, the
+    /// operation numbered `run.op(i)`. The layers call this (one call per run of
+    /// outputs), so an implementation can batch; the default calls [`Readout::sample`].
+    fn sample_run(&self, codes: &[i32], run: DrawRun, out: &mut [f32]) {
+        for (i, (o, &k)) in out.iter_mut().zip(codes).enumerate() {
+            *o = self.sample(k, run.key.forward(run.op(i))) as f32;
+        }
+    }
     /// E[measured | ideal = k] (the `expected` forward mode).
     fn mean(&self, k: i32) -> f32;
     /// dE[measured]/dk at `k` (the statistical estimator with S = 0).
     fn slope(&self, k: i32) -> f32;
+    /// `mean` over a run of codes (one call per run; override to batch).
+    fn mean_run(&self, codes: &[i32], out: &mut [f32]) {
+        out.iter_mut().zip(codes).for_each(|(o, &k)| *o = self.mean(k));
+    }
+    /// `slope` over a run of codes (one call per run; override to batch).
+    fn slope_run(&self, codes: &[i32], out: &mut [f32]) {
+        out.iter_mut().zip(codes).for_each(|(o, &k)| *o = self.slope(k));
+    }
     /// How reports name this source (synthetic models say so).
     fn label(&self) -> String;
 }
@@ -24,6 +40,27 @@ pub trait Readout: Send + Sync {
 impl Readout for ErrorModel {
     fn sample(&self, k: i32, draw: u64) -> i32 {
         ErrorModel::sample(self, k, draw)
+    }
+    fn sample_run(&self, codes: &[i32], run: DrawRun, out: &mut [f32]) {
+        // The same draws as the default: the hashes first (a loop that vectorises),
+        // then the table lookups, in blocks that stay in L1.
+        const BLOCK: usize = 256;
+        let mut bits = [0u64; BLOCK];
+        for (b, (cs, os)) in codes.chunks(BLOCK).zip(out.chunks_mut(BLOCK)).enumerate() {
+            let first = run.op(b * BLOCK);
+            for (i, v) in bits[..cs.len()].iter_mut().enumerate() {
+                *v = run.key.forward(first + i as u64 * run.stride);
+            }
+            for ((o, &k), &r) in os.iter_mut().zip(cs).zip(&bits) {
+                *o = ErrorModel::sample(self, k, r) as f32;
+            }
+        }
+    }
+    fn mean_run(&self, codes: &[i32], out: &mut [f32]) {
+        out.iter_mut().zip(codes).for_each(|(o, &k)| *o = ErrorModel::mean(self, k));
+    }
+    fn slope_run(&self, codes: &[i32], out: &mut [f32]) {
+        out.iter_mut().zip(codes).for_each(|(o, &k)| *o = ErrorModel::slope(self, k));
     }
     fn mean(&self, k: i32) -> f32 {
         ErrorModel::mean(self, k)
@@ -137,14 +174,31 @@ impl DrawKey {
     pub fn new(seed: u64, layer: u64, step: u64) -> Self {
         DrawKey { forward: key(&[seed, layer, step, FORWARD_TAG]), backward: key(&[seed, layer, step, BACKWARD_TAG]) }
     }
-    /// The forward draw of macro operation `op` (its global index in the layer).
+    /// The forward draw of macro operation `op` (its global index in the layer): the
+    /// `op`-th output of a SplitMix64 stream started at the layer's key.
     #[inline]
     pub fn forward(&self, op: u64) -> u64 {
-        mix64(self.forward ^ mix64(op))
+        mix64(self.forward.wrapping_add(op.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
     }
     /// Backward draw `s` of macro operation `op` (slope estimation).
     #[inline]
     pub fn backward(&self, op: u64, s: u64) -> u64 {
         mix64(mix64(self.backward ^ mix64(op)) ^ s)
+    }
+}
+
+/// A run of macro operations numbered `op0, op0 + stride, …` (consecutive output
+/// pixels of one channel and tile), with the layer's draw key.
+#[derive(Clone, Copy, Debug)]
+pub struct DrawRun {
+    pub key: DrawKey,
+    pub op0: u64,
+    pub stride: u64,
+}
+
+impl DrawRun {
+    #[inline]
+    pub fn op(&self, i: usize) -> u64 {
+        self.op0 + i as u64 * self.stride
     }
 }

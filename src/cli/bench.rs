@@ -21,6 +21,21 @@ pub struct BenchArgs {
     /// classes of the output layer (default 10)
     #[argh(option, default = "10")]
     classes: usize,
+    /// run the CIM layers on the macro (sampled readout, statistical estimator unless overridden)
+    #[argh(switch)]
+    cim: bool,
+    #[argh(option, default = "String::from(\"default\")")]
+    /// macro: default, paper-chip or bit-serial
+    r#macro: String,
+    /// error model: a preset (ideal, mild, moderate, severe) or a D-MAC-EM file
+    #[argh(option, default = "String::from(\"moderate\")")]
+    error_model: String,
+    /// forward readout: sampled (default), expected or ideal
+    #[argh(option, default = "String::from(\"sampled\")")]
+    readout: String,
+    /// backward estimator: stat:S (default stat:4), stat (exact slope) or ste
+    #[argh(option, default = "String::from(\"stat:4\")")]
+    estimator: String,
     /// print one JSON object as the last line of stdout
     #[argh(switch)]
     json: bool,
@@ -30,7 +45,8 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if a.batch == 0 || a.steps == 0 || a.classes < 2 {
         return Err(dnat::Error::invalid("--batch and --steps must be ≥ 1 and --classes ≥ 2"));
     }
-    let r = bench::run(Arch::parse(&a.model)?, a.classes, a.batch, a.steps, a.warmup)?;
+    let rt = if a.cim { Some(super::cim_runtime(&a.r#macro, &a.error_model, &a.readout, &a.estimator)?) } else { None };
+    let r = bench::run(Arch::parse(&a.model)?, a.classes, a.batch, a.steps, a.warmup, rt.as_ref())?;
     println!("{}", r.table());
     if a.json {
         println!("{}", r.json());

@@ -5,7 +5,8 @@ use super::json;
 use crate::engine::gradcheck::random;
 use crate::engine::ops::softmax_cross_entropy;
 use crate::engine::{Mode, Tape};
-use crate::nn::{build, Arch, Fwd, ModelSpec};
+use crate::cim::CimRuntime;
+use crate::nn::{build, Arch, CimPlan, Fwd, ModelSpec};
 use crate::optim::{Groups, Optimizer, OptimizerKind};
 use crate::Result;
 use std::time::Instant;
@@ -19,6 +20,8 @@ pub struct BenchResult {
     pub train_images_per_s: f64,
     pub eval_images_per_s: f64,
     pub peak_rss_mb: f64,
+    /// For CIM runs: the macro, readout source, mode and estimator, and readouts drawn per second.
+    pub cim: Option<(String, f64)>,
 }
 
 /// Peak resident set size of this process (VmHWM), in MiB; 0 where unknown.
@@ -30,9 +33,12 @@ pub fn peak_rss_mb() -> f64 {
 }
 
 /// Times `steps` training steps (after `warmup`) and as many eval forwards; the
-/// median step is reported, which is robust to a noisy shared machine.
-pub fn run(arch: Arch, num_classes: usize, batch: usize, steps: usize, warmup: usize) -> Result<BenchResult> {
-    let (net, mut store) = build(ModelSpec::fp32(arch, num_classes), 1);
+/// median step is reported, which is robust to a noisy shared machine. With `cim`, the
+/// network's layers run on the macro (default plan) with that runtime, in training and
+/// in evaluation.
+pub fn run(arch: Arch, num_classes: usize, batch: usize, steps: usize, warmup: usize, cim: Option<&CimRuntime>) -> Result<BenchResult> {
+    let spec = ModelSpec { arch, num_classes, cim: cim.map(|_| CimPlan::default()) };
+    let (net, mut store) = build(spec, 1);
     let mut opt = Optimizer::new(OptimizerKind::Sgd { momentum: 0.9, nesterov: true }, Groups::default(), &store);
     let x = random(&[batch, 3, 32, 32], 5);
     let labels: Vec<u32> = (0..batch as u32).map(|i| i % num_classes as u32).collect();
@@ -41,7 +47,10 @@ pub fn run(arch: Arch, num_classes: usize, batch: usize, steps: usize, warmup: u
         let t = Instant::now();
         let mut tape = Tape::new(true);
         let xv = tape.constant(x.clone());
-        let logits = net.forward(&mut Fwd::new(&mut tape, &mut store, Mode::Train), xv)?;
+        let rt = cim.map(|rt| CimRuntime { step: i as u64, ..rt.clone() });
+        let mut cx = Fwd::new(&mut tape, &mut store, Mode::Train);
+        cx.cim = rt.as_ref();
+        let logits = net.forward(&mut cx, xv)?;
         let loss = softmax_cross_entropy(&mut tape, logits, &labels, 0.0)?;
         store.zero_grads();
         tape.backward(loss).accumulate_into(&mut store);
@@ -50,12 +59,15 @@ pub fn run(arch: Arch, num_classes: usize, batch: usize, steps: usize, warmup: u
             train_times.push(t.elapsed().as_secs_f64());
         }
     }
+    let readouts_before = cim.map_or(0, |rt| rt.readouts.load(std::sync::atomic::Ordering::Relaxed));
     let mut eval_times = Vec::new();
     for i in 0..warmup + steps {
         let t = Instant::now();
         let mut tape = Tape::new(false);
         let xv = tape.constant(x.clone());
-        net.forward(&mut Fwd::new(&mut tape, &mut store, Mode::Eval), xv)?;
+        let mut cx = Fwd::new(&mut tape, &mut store, Mode::Eval);
+        cx.cim = cim;
+        net.forward(&mut cx, xv)?;
         if i >= warmup {
             eval_times.push(t.elapsed().as_secs_f64());
         }
@@ -65,6 +77,18 @@ pub fn run(arch: Arch, num_classes: usize, batch: usize, steps: usize, warmup: u
         v[v.len() / 2]
     };
     let (ts, es) = (median(&mut train_times), median(&mut eval_times));
+    // Readouts of one training step: those counted over the training loop, per step.
+    let cim = cim.map(|rt| {
+        let per_step = readouts_before as f64 / (warmup + steps) as f64;
+        let what = format!(
+            "{} | {} | {:?} readout | {} estimator",
+            rt.spec.describe(),
+            rt.readout.label(),
+            rt.mode,
+            rt.estimator.describe()
+        );
+        (what, per_step / ts)
+    });
     Ok(BenchResult {
         model: arch.name().into(),
         batch,
@@ -73,15 +97,20 @@ pub fn run(arch: Arch, num_classes: usize, batch: usize, steps: usize, warmup: u
         train_images_per_s: batch as f64 / ts,
         eval_images_per_s: batch as f64 / es,
         peak_rss_mb: peak_rss_mb(),
+        cim,
     })
 }
 
 impl BenchResult {
     pub fn table(&self) -> String {
-        format!(
+        let mut t = format!(
             "model     batch threads  train step ms  train img/s  eval img/s  peak RSS MiB\n{:<9} {:>5} {:>7} {:>14.1} {:>12.1} {:>11.1} {:>13.0}",
             self.model, self.batch, self.threads, self.train_step_ms, self.train_images_per_s, self.eval_images_per_s, self.peak_rss_mb
-        )
+        );
+        if let Some((what, rate)) = &self.cim {
+            t.push_str(&format!("\nCIM: {what}\nreadouts drawn: {:.1} M/s (training step)", rate / 1e6));
+        }
+        t
     }
     pub fn json(&self) -> String {
         json::object(vec![
@@ -92,6 +121,9 @@ impl BenchResult {
             ("train_images_per_s", self.train_images_per_s.into()),
             ("eval_images_per_s", self.eval_images_per_s.into()),
             ("peak_rss_mb", self.peak_rss_mb.into()),
+            ("cim", self.cim.is_some().into()),
+            ("cim_setup", self.cim.as_ref().map_or(String::new(), |c| c.0.clone()).into()),
+            ("readouts_per_s", self.cim.as_ref().map_or(0.0, |c| c.1).into()),
         ])
     }
 }

@@ -82,6 +82,11 @@ pub struct ErrorModel {
     /// E[j | k] − k as a slope table: slope[k] = d E[j] / d k (central differences).
     slope: Vec<f32>,
     mean_f32: Vec<f32>,
+    /// All rows' alias tables back to back, for the sampling hot loop:
+    /// row r spans `flat[start[r]..start[r] + width[r]]`, entries (keep, jlo + column).
+    flat: Vec<(u32, i32, i32)>,
+    /// Per row: (start, width) into `flat`.
+    span: Vec<(u32, u32)>,
 }
 
 fn alias_table(p: &[f64]) -> (Vec<u64>, Vec<u32>) {
@@ -198,13 +203,22 @@ impl ErrorModel {
             })
             .collect();
         let mean_f32: Vec<f32> = rows.iter().map(|r| r.mean as f32).collect();
+        let (mut flat, mut span) = (Vec::new(), Vec::new());
+        for r in &rows {
+            span.push((flat.len() as u32, r.prob.len() as u32));
+            for (i, (&keep, &alias)) in r.keep.iter().zip(&r.alias).enumerate() {
+                // keep = 2^32 means "always keep": store as u32::MAX and compare with ≤.
+                let k32 = if keep >= 1u64 << 32 { u32::MAX } else { keep as u32 };
+                flat.push((k32, r.jlo + i as i32, r.jlo + alias as i32));
+            }
+        }
         let slope = (0..nk)
             .map(|i| {
                 let (a, b) = (i.saturating_sub(1), (i + 1).min(nk - 1));
                 if a == b { 1.0 } else { ((rows[b].mean - rows[a].mean) / (b - a) as f64) as f32 }
             })
             .collect();
-        Ok(ErrorModel { info, kmin, kmax, jmin, jmax, fill, counts, rows, slope, mean_f32 })
+        Ok(ErrorModel { info, kmin, kmax, jmin, jmax, fill, counts, rows, slope, mean_f32, flat, span })
     }
 
     /// The ideal (identity) model over a code range: ADC quantization only.
@@ -218,24 +232,25 @@ impl ErrorModel {
         &self.rows[(k.clamp(self.kmin, self.kmax) - self.kmin) as usize]
     }
 
-    /// A measured code for ideal code `k`, from 64 random bits (alias method).
-    #[inline]
+    /// A measured code for ideal code `k`, from 64 random bits (alias method: the
+    /// high 32 bits pick a column, the low 32 bits keep it or take its alias).
+    #[inline(always)]
     pub fn sample(&self, k: i32, bits: u64) -> i32 {
-        let r = self.row(k);
-        let n = r.prob.len() as u64;
-        let col = (((bits >> 32) * n) >> 32) as usize;
-        let pick = if (bits & 0xFFFF_FFFF) < r.keep[col] { col } else { r.alias[col] as usize };
-        r.jlo + pick as i32
+        let (start, width) = self.span[(k.clamp(self.kmin, self.kmax) - self.kmin) as usize];
+        let col = (((bits >> 32) * width as u64) >> 32) as usize;
+        let (keep, own, alias) = self.flat[start as usize + col];
+        // keep == u32::MAX stands for probability 1 (see the table's construction).
+        if (bits as u32) < keep || keep == u32::MAX { own } else { alias }
     }
 
     /// E[j | k].
-    #[inline]
+    #[inline(always)]
     pub fn mean(&self, k: i32) -> f32 {
         self.mean_f32[(k.clamp(self.kmin, self.kmax) - self.kmin) as usize]
     }
 
     /// dE[j]/dk at code k (central differences; one-sided at the range ends).
-    #[inline]
+    #[inline(always)]
     pub fn slope(&self, k: i32) -> f32 {
         self.slope[(k.clamp(self.kmin, self.kmax) - self.kmin) as usize]
     }
