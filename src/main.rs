@@ -21,10 +21,29 @@ enum Cmd {
     Train(cli::train::TrainArgs),
     Eval(cli::eval::EvalArgs),
     Bench(cli::bench::BenchArgs),
+    Em(cli::em::EmArgs),
     Weights(cli::weights::WeightsArgs),
 }
 
+/// Restores the default SIGPIPE action, so `dnat … | head` ends quietly instead of
+/// panicking on a closed stdout (Rust ignores SIGPIPE by default).
+fn default_sigpipe() {
+    #[cfg(unix)]
+    {
+        unsafe extern "C" {
+            fn signal(signum: i32, handler: usize) -> usize;
+        }
+        const SIGPIPE: i32 = 13;
+        const SIG_DFL: usize = 0;
+        // SAFETY: resetting a signal to its default action at start-up, before threads exist.
+        unsafe {
+            signal(SIGPIPE, SIG_DFL);
+        }
+    }
+}
+
 fn main() -> ExitCode {
+    default_sigpipe();
     let top: Top = argh::from_env();
     dnat::engine::alloc::tune_allocator();
     if let Some(t) = top.threads {
@@ -38,6 +57,7 @@ fn main() -> ExitCode {
         Cmd::Train(a) => cli::train::run(a),
         Cmd::Eval(a) => cli::eval::run(a),
         Cmd::Bench(a) => cli::bench::run(a),
+        Cmd::Em(a) => cli::em::run(a),
         Cmd::Weights(a) => cli::weights::run(a),
     };
     match result {

@@ -1,6 +1,7 @@
 //! Subcommands of the `dnat` binary.
 
 pub mod bench;
+pub mod em;
 pub mod eval;
 pub mod train;
 pub mod weights;

@@ -90,7 +90,7 @@ pub fn report(m: &ErrorModel) -> String {
         }
     }
     if per_code.len() > 40 {
-        writeln!(s, "(every {stride}th measured code shown)").unwrap();
+        writeln!(s, "(one measured code in {stride} shown)").unwrap();
     }
     let un = m.unmeasured();
     if un.is_empty() {

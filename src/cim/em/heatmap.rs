@@ -13,7 +13,7 @@ pub fn svg(m: &ErrorModel, k0: i32, k1: i32) -> String {
     let size = cells * px;
     let (left, top) = (70, 40);
     let mut s = String::new();
-    writeln!(s, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" font-family="sans-serif" font-size="12">"#, size + left + 90, size + top + 60).unwrap();
+    writeln!(s, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" font-family="sans-serif" font-size="12">"#, size + left + 200, size + top + 60).unwrap();
     writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#).unwrap();
     writeln!(s, r#"<text x="{left}" y="20" font-size="14">D-MAC-EM {}: P(measured code | ideal code)</text>"#, escape(&m.label())).unwrap();
     for cx in 0..cells {
@@ -37,7 +37,13 @@ pub fn svg(m: &ErrorModel, k0: i32, k1: i32) -> String {
     }
     writeln!(s, r#"<line x1="{left}" y1="{}" x2="{}" y2="{top}" stroke="gray" stroke-dasharray="4 3" stroke-width="1"/>"#, top + size, left + size).unwrap();
     writeln!(s, r#"<rect x="{left}" y="{top}" width="{size}" height="{size}" fill="none" stroke="black"/>"#).unwrap();
-    writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle">ideal ADC code ({k0} … {k1})</text>"#, left + size / 2, top + size + 40).unwrap();
+    writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle">ideal ADC code</text>"#, left + size / 2, top + size + 40).unwrap();
+    // Tick labels at both ends and at code 0.
+    let pos = |k: i32| ((k - k0) / bin) * px + px / 2;
+    for k in [k0, 0, k1].into_iter().filter(|k| (k0..=k1).contains(k)) {
+        writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle">{k}</text>"#, left + pos(k), top + size + 16).unwrap();
+        writeln!(s, r#"<text x="{}" y="{}" text-anchor="end">{k}</text>"#, left - 6, top + size - pos(k) + 4).unwrap();
+    }
     writeln!(s, r#"<text x="20" y="{}" transform="rotate(-90 20 {})" text-anchor="middle">measured ADC code</text>"#, top + size / 2, top + size / 2).unwrap();
     for (i, label) in ["1", "1e-2", "1e-4", "1e-6"].iter().enumerate() {
         let t = 1.0 - i as f64 / 3.0;
