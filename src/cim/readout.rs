@@ -46,13 +46,20 @@ impl Readout for ErrorModel {
         // then the table lookups, in blocks that stay in L1.
         const BLOCK: usize = 256;
         let mut bits = [0u64; BLOCK];
+        let mut slot = [0u32; BLOCK];
         for (b, (cs, os)) in codes.chunks(BLOCK).zip(out.chunks_mut(BLOCK)).enumerate() {
             let first = run.op(b * BLOCK);
-            for (i, v) in bits[..cs.len()].iter_mut().enumerate() {
+            let n = cs.len();
+            for (i, v) in bits[..n].iter_mut().enumerate() {
                 *v = run.key.forward(first + i as u64 * run.stride);
             }
-            for ((o, &k), &r) in os.iter_mut().zip(cs).zip(&bits) {
-                *o = ErrorModel::sample(self, k, r) as f32;
+            // Phase 1: which table entry each draw lands on; phase 2: keep or alias.
+            // Two simple loops overlap their loads better than one long chain.
+            for ((s, &k), &r) in slot[..n].iter_mut().zip(cs).zip(&bits) {
+                *s = self.alias_slot(k, r);
+            }
+            for ((o, &s), &r) in os.iter_mut().zip(&slot[..n]).zip(&bits) {
+                *o = self.alias_pick(s, r) as f32;
             }
         }
     }
