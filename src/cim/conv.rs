@@ -120,7 +120,7 @@ fn group_forward(
                     let e0 = co * cols + j * pix;
                     let p = &psum[e0..e0 + pix];
                     for ((u, kc), &v) in unclamped.iter_mut().zip(codes.iter_mut()).zip(p) {
-                        *u = (v * inv_step).round() as i32;
+                        *u = (v * inv_step).round_ties_even() as i32;
                         *kc = (*u).clamp(adc.kmin, adc.kmax);
                     }
                     let op0 = ((((first_image + j) * cout + co) * pix * tiles + t) * cycles + c) as u64;

@@ -54,7 +54,7 @@ fn reference(x: &Tensor, w: &Tensor, b: &Tensor, cfg: Conv2dCfg, grid: ActGrid, 
                                     zero_point += wc as f64;
                                 }
                             }
-                            let u = (p as f64 / spec.adc.step as f64).round() as i64;
+                            let u = (p as f64 / spec.adc.step as f64).round_ties_even() as i64;
                             let code = u.clamp(spec.adc.kmin as i64, spec.adc.kmax as i64);
                             acc += (1i64 << (c * bits)) as f64 * code as f64 * spec.adc.step as f64;
                         }

@@ -5,7 +5,7 @@
 //! macro's activated rows). Input codes are unsigned `input_bits`-bit integers, weight
 //! codes signed `weight_bits`-bit integers (`weight_bits = 1` means ±1). Each tile's
 //! integer partial sum goes through the **ADC**: the ideal code is
-//! `k = clamp(round(P / step), kmin, kmax)` and the readout is `j · step` for the
+//! `k = clamp(round(P / step), kmin, kmax)` (ties to even) and the readout is `j · step` for the
 //! measured code `j` (see [`super::ErrorModel`]).
 //!
 //! Inputs can be applied a few bits at a time: with `input_bits_per_cycle = b`, a tile
@@ -25,10 +25,11 @@ pub struct Adc {
 }
 
 impl Adc {
-    /// The ideal ADC code of a partial sum.
+    /// The ideal ADC code of a partial sum (half-way values round to the even code,
+    /// as IEEE rounding does; one instruction, so the layers' code loops vectorise).
     #[inline]
     pub fn code(&self, psum: f32) -> i32 {
-        ((psum / self.step).round() as i32).clamp(self.kmin, self.kmax)
+        ((psum * (1.0 / self.step)).round_ties_even() as i32).clamp(self.kmin, self.kmax)
     }
     pub fn levels(&self) -> usize {
         (self.kmax - self.kmin + 1) as usize

@@ -38,7 +38,7 @@ impl ActGrid {
     }
     #[inline]
     pub fn code(&self, x: f32) -> f32 {
-        ((x - self.lo) / self.step).round().clamp(0.0, self.max_code as f32)
+        ((x - self.lo) / self.step).round_ties_even().clamp(0.0, self.max_code as f32)
     }
     #[inline]
     pub fn value(&self, q: f32) -> f32 {
