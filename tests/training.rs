@@ -2,10 +2,11 @@
 //! results are bit-identical at 1 and 2 threads, and an interrupted + resumed run ends
 //! with the same bytes as an uninterrupted one.
 
+use dnat::cim::{Estimator, ReadoutMode};
 use dnat::data::{synthetic, DatasetKind};
 use dnat::io::Checkpoint;
-use dnat::nn::Arch;
-use dnat::train::{train, RunOptions, TrainConfig};
+use dnat::nn::{ActQuantKind, Arch, CimPlan};
+use dnat::train::{train, CimTraining, RunOptions, TrainConfig};
 use std::path::PathBuf;
 
 fn tmp(name: &str) -> PathBuf {
@@ -59,4 +60,52 @@ fn resumed_run_ends_with_the_same_bytes() {
     other.lr = 0.2;
     let e = train(&other, &data, &parts, &RunOptions { resume: true, ..quiet() }).err().unwrap().to_string();
     assert!(e.contains("cannot resume") && e.contains("lr"), "{e}");
+}
+
+fn cim(readout: ReadoutMode, estimator: Estimator, error_model: &str) -> CimTraining {
+    CimTraining {
+        macro_name: "default".into(),
+        error_model: error_model.into(),
+        readout,
+        estimator,
+        act_quant: ActQuantKind::EPact,
+        plan: CimPlan::default(),
+    }
+}
+
+/// The D-NAT chain on synthetic data: FP32 → QAT on the ideal macro (from the FP32
+/// weights, bounds calibrated) → D-NAT fine-tuning with sampled readouts and the
+/// statistical estimator; each step learns, and the D-NAT step is bit-identical at 1
+/// and 2 threads and across an interruption.
+#[test]
+fn fp32_then_qat_then_dnat() {
+    let data = synthetic::dataset(512, 200, 6);
+    let fp32 = tmp("chain-fp32.ckpt");
+    let o = train(&config(2), &data, &fp32, &quiet()).unwrap();
+    assert!(o.test_accuracy > 40.0, "FP32: {}", o.test_accuracy);
+
+    let mut qat = config(1);
+    qat.init = Some(fp32.to_str().unwrap().into());
+    qat.lr = 0.02;
+    qat.cim = Some(cim(ReadoutMode::Ideal, Estimator::Ste, "ideal"));
+    let qat_out = tmp("chain-qat.ckpt");
+    let q = train(&qat, &data, &qat_out, &quiet()).unwrap();
+    assert!(q.test_accuracy > 40.0, "QAT on the ideal macro: {}", q.test_accuracy);
+    let ck = Checkpoint::load(&qat_out).unwrap();
+    assert!(ck.spec.cim.is_some());
+    let bound = ck.store.params().iter().find(|p| p.name == "layer1.0.conv2.act_hi").unwrap().value.data()[0];
+    assert!(bound > 0.0 && bound != 1.0, "bounds were calibrated and trained: {bound}");
+
+    let mut dnat_cfg = config(2);
+    dnat_cfg.init = Some(qat_out.to_str().unwrap().into());
+    dnat_cfg.lr = 0.01;
+    dnat_cfg.cim = Some(cim(ReadoutMode::Sampled, Estimator::Statistical { draws: 0 }, "moderate"));
+    let (a, b, c) = (tmp("dnat-1.ckpt"), tmp("dnat-2.ckpt"), tmp("dnat-resumed.ckpt"));
+    in_pool(1, || train(&dnat_cfg, &data, &a, &quiet()).unwrap());
+    in_pool(2, || train(&dnat_cfg, &data, &b, &quiet()).unwrap());
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "D-NAT differs between 1 and 2 threads");
+    train(&dnat_cfg, &data, &c, &RunOptions { stop_after: Some(1), ..quiet() }).unwrap();
+    let d = train(&dnat_cfg, &data, &c, &RunOptions { resume: true, ..quiet() }).unwrap();
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&c).unwrap(), "resumed D-NAT differs");
+    assert!(d.test_accuracy > 30.0, "D-NAT on the moderate model: {}", d.test_accuracy);
 }

@@ -1,7 +1,7 @@
 use dnat::data::{DatasetKind, Normalize};
 use dnat::io::checkpoint::{restore_into, Checkpoint};
 use dnat::nn::build;
-use dnat::train::{evaluate, json};
+use dnat::train::{evaluate, evaluate_mc, json};
 use dnat::Result;
 use std::path::PathBuf;
 
@@ -15,6 +15,24 @@ pub struct EvalArgs {
     /// data set archive or folder (default: $DNAT_DATA, ../shared/datasets, datasets/)
     #[argh(option)]
     data: Option<PathBuf>,
+    /// run the CIM layers on the macro (the checkpoint must come from --cim training)
+    #[argh(switch)]
+    cim: bool,
+    /// macro: default, paper-chip or bit-serial (with --cim)
+    #[argh(option, default = "String::from(\"default\")")]
+    r#macro: String,
+    /// error model: ideal, mild, moderate, severe, or a D-MAC-EM file (with --cim)
+    #[argh(option, default = "String::from(\"moderate\")")]
+    error_model: String,
+    /// readout: sampled (default), expected or ideal (with --cim)
+    #[argh(option, default = "String::from(\"sampled\")")]
+    readout: String,
+    /// error seeds to average over, Monte-Carlo (with --cim; default 1)
+    #[argh(option, default = "1")]
+    seeds: u64,
+    /// first error seed (default 1000)
+    #[argh(option, default = "1000")]
+    seed: u64,
     /// print one JSON object as the last line of stdout
     #[argh(switch)]
     json: bool,
@@ -32,8 +50,42 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let (net, mut store) = build(ck.spec, 0);
     restore_into(&ck.store, &mut store, &a.checkpoint)?;
     let data = super::load_data(a.data.as_deref(), kind, a.quiet)?;
+    if a.cim {
+        if ck.spec.cim.is_none() {
+            return Err(dnat::Error::format(&a.checkpoint, "has no CIM layers (an FP32 model): train it with --cim first"));
+        }
+        if a.seeds == 0 {
+            return Err(dnat::Error::invalid("--seeds must be at least 1"));
+        }
+        let mut rt = super::cim_runtime(&a.r#macro, &a.error_model, &a.readout, "ste")?;
+        rt.seed = a.seed;
+        let t = std::time::Instant::now();
+        let (mean, std, accs) = evaluate_mc(net.as_ref(), &mut store, &data.test, Normalize::for_dataset(kind), &rt, a.seeds)?;
+        let what = format!("{} | {} | {:?} readout", rt.spec.name, rt.readout.label(), rt.mode);
+        println!(
+            "{} on the macro ({what}): test accuracy {mean:.2}% ± {std:.2} over {} error seeds ({:.0} s)",
+            ck.spec.arch.name(),
+            a.seeds,
+            t.elapsed().as_secs_f64()
+        );
+        if a.json {
+            println!(
+                "{}",
+                json::object(vec![
+                    ("model", ck.spec.arch.name().into()),
+                    ("accuracy", mean.into()),
+                    ("accuracy_std", std.into()),
+                    ("seeds", a.seeds.into()),
+                    ("per_seed", accs.iter().map(|a| format!("{a:.2}")).collect::<Vec<_>>().join(" ").into()),
+                    ("cim", what.into()),
+                    ("data", data.provenance.description.clone().into()),
+                ])
+            );
+        }
+        return Ok(());
+    }
     let t = std::time::Instant::now();
-    let r = evaluate(net.as_ref(), &mut store, &data.test, Normalize::for_dataset(kind))?;
+    let r = evaluate(net.as_ref(), &mut store, &data.test, Normalize::for_dataset(kind), None)?;
     let secs = t.elapsed().as_secs_f64();
     println!("{}: test accuracy {:.2}% ({} images, loss {:.4}, {:.0} images/s)", ck.spec.arch.name(), r.accuracy, r.images, r.loss, r.images as f64 / secs);
     if a.json {

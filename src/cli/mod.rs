@@ -6,40 +6,17 @@ pub mod eval;
 pub mod train;
 pub mod weights;
 
-use dnat::cim::em::{format as em_format, presets};
 use dnat::cim::{CimRuntime, Estimator, MacroSpec, ReadoutMode};
 use dnat::data::{resolve_data_path, Dataset, DatasetKind};
 use dnat::Result;
 use std::path::Path;
 use std::sync::Arc;
 
-/// An error model by preset name or file path, over the macro's ADC codes.
-pub fn error_model(name_or_path: &str, spec: &MacroSpec) -> Result<dnat::cim::ErrorModel> {
-    if presets::PRESETS.contains(&name_or_path) {
-        return presets::preset(name_or_path, (spec.adc.kmin, spec.adc.kmax));
-    }
-    let path = Path::new(name_or_path);
-    if !path.exists() {
-        return Err(dnat::Error::invalid(format!(
-            "error model '{name_or_path}' is neither a preset ({}) nor an existing file",
-            presets::PRESETS.join(", ")
-        )));
-    }
-    let m = em_format::load(path)?;
-    if m.kmin > spec.adc.kmin || m.kmax < spec.adc.kmax {
-        return Err(dnat::Error::format(
-            path,
-            format!("covers ideal codes {}..={}, the macro's ADC produces {}..={}", m.kmin, m.kmax, spec.adc.kmin, spec.adc.kmax),
-        ));
-    }
-    Ok(m)
-}
-
 /// A CIM runtime from command-line words.
 pub fn cim_runtime(macro_name: &str, model: &str, readout: &str, estimator: &str) -> Result<CimRuntime> {
     let spec = MacroSpec::preset(macro_name)?;
     spec.validate()?;
-    let em = error_model(model, &spec)?;
+    let em = dnat::cim::em::resolve(model, &spec)?;
     Ok(CimRuntime::new(spec, Arc::new(em), ReadoutMode::parse(readout)?, Estimator::parse(estimator)?))
 }
 

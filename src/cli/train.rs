@@ -1,5 +1,7 @@
+use dnat::cim::{Estimator, ReadoutMode};
 use dnat::data::DatasetKind;
-use dnat::nn::Arch;
+use dnat::nn::{ActQuantKind, Arch, CimPlan};
+use dnat::train::CimTraining;
 use dnat::optim::{OptimizerKind, Schedule};
 use dnat::train::json;
 use dnat::train::{train, RunOptions, TrainConfig};
@@ -52,6 +54,33 @@ pub struct TrainArgs {
     /// disable augmentation (random crop + flip)
     #[argh(switch)]
     no_augment: bool,
+    /// start from this checkpoint's weights (e.g. the FP32 model, for QAT / D-NAT)
+    #[argh(option)]
+    init: Option<String>,
+    /// put the CIM layers on the macro (QAT with --readout ideal; D-NAT with sampled)
+    #[argh(switch)]
+    cim: bool,
+    /// macro: default, paper-chip or bit-serial (with --cim)
+    #[argh(option, default = "String::from(\"default\")")]
+    r#macro: String,
+    /// error model: ideal, mild, moderate, severe, or a D-MAC-EM file (with --cim)
+    #[argh(option, default = "String::from(\"moderate\")")]
+    error_model: String,
+    /// forward readout: sampled (default), expected or ideal (with --cim)
+    #[argh(option, default = "String::from(\"sampled\")")]
+    readout: String,
+    /// backward estimator: stat (exact slope, default), stat:S (S draws) or ste
+    #[argh(option, default = "String::from(\"stat\")")]
+    estimator: String,
+    /// activation quantizer: epact (learned lower and upper bounds, default) or pact
+    #[argh(option, default = "String::from(\"epact\")")]
+    act_quant: String,
+    /// keep the first conv and last linear on the macro too (default: digital)
+    #[argh(switch)]
+    all_layers_on_macro: bool,
+    /// learning-rate multiplier of the quantizer bounds (default 1)
+    #[argh(option, default = "1.0")]
+    bound_lr_scale: f32,
     /// continue from --out if it holds a checkpoint of this configuration
     #[argh(switch)]
     resume: bool,
@@ -81,6 +110,22 @@ pub fn run(a: TrainArgs) -> Result<()> {
     cfg.label_smoothing = a.label_smoothing;
     cfg.train_subset = a.train_subset;
     cfg.augment = !a.no_augment;
+    cfg.init = a.init.clone();
+    cfg.groups.bound_lr_scale = a.bound_lr_scale;
+    if a.cim {
+        cfg.cim = Some(CimTraining {
+            macro_name: a.r#macro.clone(),
+            error_model: a.error_model.clone(),
+            readout: ReadoutMode::parse(&a.readout)?,
+            estimator: Estimator::parse(&a.estimator)?,
+            act_quant: match a.act_quant.as_str() {
+                "epact" => ActQuantKind::EPact,
+                "pact" => ActQuantKind::Pact,
+                o => return Err(dnat::Error::invalid(format!("unknown activation quantizer '{o}' (epact or pact)"))),
+            },
+            plan: if a.all_layers_on_macro { CimPlan { first_digital: false, last_digital: false } } else { CimPlan::default() },
+        });
+    }
     cfg.validate()?;
     let data = super::load_data(a.data.as_deref(), kind, a.quiet)?;
     let opts = RunOptions { resume: a.resume, stop_after: a.stop_after, quiet: a.quiet };

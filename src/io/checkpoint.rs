@@ -302,6 +302,32 @@ pub fn restore_into(src: &ParamStore, dst: &mut ParamStore, path: &Path) -> Resu
     Ok(())
 }
 
+/// Like [`restore_into`], for starting a CIM model from another checkpoint (usually
+/// FP32): every weight and buffer of `dst` must be in `src`, except quantizer bounds
+/// (`*.act_lo`, `*.act_hi`), which are left as they are; returns whether all bounds
+/// were found. Extra tensors in `src` are ignored.
+pub fn restore_weights(src: &ParamStore, dst: &mut ParamStore, path: &Path) -> Result<bool> {
+    let mut all_bounds = true;
+    for d in dst.params_mut() {
+        match src.params().iter().find(|s| s.name == d.name) {
+            Some(s) if s.value.shape() == d.value.shape() => d.value = s.value.clone(),
+            Some(s) => {
+                return Err(Error::format(path, format!("parameter '{}' has shape {:?}, the model needs {:?}", d.name, s.value.shape(), d.value.shape())));
+            }
+            None if d.name.ends_with(".act_lo") || d.name.ends_with(".act_hi") => all_bounds = false,
+            None => return Err(Error::format(path, format!("no parameter '{}'", d.name))),
+        }
+    }
+    for d in dst.buffers_mut() {
+        let s = src.buffers().iter().find(|s| s.name == d.name).ok_or_else(|| Error::format(path, format!("no buffer '{}'", d.name)))?;
+        if s.value.shape() != d.value.shape() {
+            return Err(Error::format(path, format!("buffer '{}' has shape {:?}, the model needs {:?}", d.name, s.value.shape(), d.value.shape())));
+        }
+        d.value = s.value.clone();
+    }
+    Ok(all_bounds)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

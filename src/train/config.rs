@@ -1,10 +1,40 @@
 //! The training configuration, stored in every checkpoint (as key/value strings) so
 //! that a resumed run can check it continues the same experiment.
 
+use crate::cim::{em, CimRuntime, Estimator, MacroSpec, ReadoutMode};
 use crate::data::DatasetKind;
-use crate::nn::{Arch, ModelSpec};
+use crate::nn::{ActQuantKind, Arch, CimPlan, ModelSpec};
 use crate::optim::{Groups, OptimizerKind, Schedule};
 use crate::{Error, Result};
+use std::sync::Arc;
+
+/// Training with the network's layers on the macro: quantization-aware training on an
+/// ideal macro (`readout = Ideal`), or D-NAT with the error model in the loop
+/// (`readout = Sampled`, statistical estimator).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CimTraining {
+    /// A macro preset name (see [`MacroSpec::preset`]).
+    pub macro_name: String,
+    /// An error-model preset name or file path (see [`em::resolve`]).
+    pub error_model: String,
+    pub readout: ReadoutMode,
+    pub estimator: Estimator,
+    pub act_quant: ActQuantKind,
+    pub plan: CimPlan,
+}
+
+impl CimTraining {
+    /// The runtime of this configuration (seed and step are set per pass).
+    pub fn runtime(&self, seed: u64) -> Result<CimRuntime> {
+        let spec = MacroSpec::preset(&self.macro_name)?;
+        spec.validate()?;
+        let model = em::resolve(&self.error_model, &spec)?;
+        let mut rt = CimRuntime::new(spec, Arc::new(model), self.readout, self.estimator);
+        rt.seed = seed;
+        rt.act_quant = self.act_quant;
+        Ok(rt)
+    }
+}
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainConfig {
@@ -21,6 +51,10 @@ pub struct TrainConfig {
     /// Train on the first N training images only.
     pub train_subset: Option<usize>,
     pub augment: bool,
+    /// Layers on the macro (None: FP32 training).
+    pub cim: Option<CimTraining>,
+    /// Start from this checkpoint's weights (e.g. the FP32 model before QAT).
+    pub init: Option<String>,
 }
 
 impl TrainConfig {
@@ -40,11 +74,13 @@ impl TrainConfig {
             seed,
             train_subset: None,
             augment: true,
+            cim: None,
+            init: None,
         }
     }
 
     pub fn spec(&self) -> ModelSpec {
-        ModelSpec::fp32(self.arch, self.dataset.num_classes())
+        ModelSpec { arch: self.arch, num_classes: self.dataset.num_classes(), cim: self.cim.as_ref().map(|c| c.plan) }
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -87,6 +123,22 @@ impl TrainConfig {
             ("seed", self.seed.to_string()),
             ("train_subset", self.train_subset.map_or("all".into(), |n| n.to_string())),
             ("augment", self.augment.to_string()),
+            ("init", self.init.clone().unwrap_or_else(|| "none".into())),
+            (
+                "cim",
+                self.cim.as_ref().map_or("none".into(), |c| {
+                    format!(
+                        "macro={} error_model={} readout={:?} estimator={} act_quant={:?} first_digital={} last_digital={}",
+                        c.macro_name,
+                        c.error_model,
+                        c.readout,
+                        c.estimator.describe(),
+                        c.act_quant,
+                        c.plan.first_digital,
+                        c.plan.last_digital
+                    )
+                }),
+            ),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))

@@ -1,6 +1,7 @@
 //! Evaluation: accuracy and mean loss over a split, batchnorm in eval mode, nothing
 //! recorded for backward.
 
+use crate::cim::CimRuntime;
 use crate::data::{Batcher, Normalize, Split};
 use crate::engine::ops::softmax_cross_entropy;
 use crate::engine::{Mode, ParamStore, Tape};
@@ -29,15 +30,20 @@ pub fn count_correct(logits: &[f32], classes: usize, labels: &[u32]) -> usize {
         .count()
 }
 
-pub fn evaluate(net: &dyn Network, store: &mut ParamStore, split: &Split, norm: Normalize) -> Result<EvalResult> {
+/// Accuracy over a split; with `cim`, the network's CIM layers run on the macro (batch
+/// `b` of the evaluation is pass `step = b` of the runtime's seed).
+pub fn evaluate(net: &dyn Network, store: &mut ParamStore, split: &Split, norm: Normalize, cim: Option<&CimRuntime>) -> Result<EvalResult> {
     let batcher = Batcher::new(split, norm, None, 0);
     let (mut correct, mut loss_sum) = (0usize, 0.0f64);
     let idx: Vec<usize> = (0..split.len()).collect();
-    for chunk in idx.chunks(EVAL_BATCH) {
+    for (b, chunk) in idx.chunks(EVAL_BATCH).enumerate() {
         let (x, labels) = batcher.batch(chunk, 0);
         let mut tape = Tape::new(false);
         let xv = tape.constant(x);
-        let logits = net.forward(&mut Fwd::new(&mut tape, store, Mode::Eval), xv)?;
+        let rt = cim.map(|rt| CimRuntime { step: b as u64, ..rt.clone() });
+        let mut cx = Fwd::new(&mut tape, store, Mode::Eval);
+        cx.cim = rt.as_ref();
+        let logits = net.forward(&mut cx, xv)?;
         let classes = tape.value(logits).shape()[1];
         correct += count_correct(tape.value(logits).data(), classes, &labels);
         let l = softmax_cross_entropy(&mut tape, logits, &labels, 0.0)?;
@@ -45,4 +51,18 @@ pub fn evaluate(net: &dyn Network, store: &mut ParamStore, split: &Split, norm: 
     }
     let n = split.len().max(1);
     Ok(EvalResult { accuracy: 100.0 * correct as f64 / n as f64, loss: loss_sum / n as f64, images: split.len() })
+}
+
+/// Monte-Carlo evaluation on a non-ideal macro: one evaluation per seed
+/// `seed0..seed0 + seeds`; returns (mean, sample std, per-seed accuracies).
+pub fn evaluate_mc(net: &dyn Network, store: &mut ParamStore, split: &Split, norm: Normalize, rt: &CimRuntime, seeds: u64) -> Result<(f64, f64, Vec<f64>)> {
+    let mut accs = Vec::new();
+    for s in 0..seeds {
+        let r = CimRuntime { seed: rt.seed + s, ..rt.clone() };
+        accs.push(evaluate(net, store, split, norm, Some(&r))?.accuracy);
+    }
+    let n = accs.len() as f64;
+    let mean = accs.iter().sum::<f64>() / n;
+    let std = if accs.len() > 1 { (accs.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt() } else { 0.0 };
+    Ok((mean, std, accs))
 }

@@ -8,5 +8,6 @@ pub mod progress;
 pub mod trainer;
 
 pub use config::TrainConfig;
-pub use eval::{evaluate, EvalResult};
+pub use config::CimTraining;
+pub use eval::{evaluate, evaluate_mc, EvalResult};
 pub use trainer::{train, RunOptions, TrainOutcome};

@@ -11,8 +11,10 @@ use super::progress::{fmt_duration, Progress};
 use crate::data::{Augment, Batcher, Dataset, Normalize};
 use crate::engine::ops::softmax_cross_entropy;
 use crate::engine::{Mode, Tape};
-use crate::io::checkpoint::{restore_into, Checkpoint, EpochRecord, OptimizerState};
-use crate::nn::{build, Fwd, Network};
+use crate::cim::{quant, CimRuntime};
+use crate::io::checkpoint::{restore_into, restore_weights, Checkpoint, EpochRecord, OptimizerState};
+use crate::nn::{build, ActQuantKind, Calibration, Fwd, Network};
+use crate::rng;
 use crate::optim::Optimizer;
 use crate::{Error, Result};
 use std::path::Path;
@@ -59,6 +61,15 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -
     }
     let t_start = Instant::now();
     let (net, mut store) = build(cfg.spec(), cfg.seed);
+    // Start from another checkpoint's weights (the FP32 model before QAT, say).
+    let mut bounds_known = cfg.cim.is_none();
+    if let Some(init) = &cfg.init {
+        let p = Path::new(init);
+        bounds_known |= restore_weights(&Checkpoint::load(p)?.store, &mut store, p)?;
+    }
+    let rt_base: Option<CimRuntime> = cfg.cim.as_ref().map(|c| c.runtime(cfg.seed)).transpose()?;
+    // Evaluations during training read the macro with draws of their own, fixed seed.
+    let rt_eval = rt_base.as_ref().map(|rt| CimRuntime { seed: rng::key(&[cfg.seed, 0xE7A1]), ..rt.clone() });
     let mut opt = Optimizer::new(cfg.optimizer, cfg.groups, &store);
     let mut meta = cfg.to_meta();
     meta.push(("data".into(), data.provenance.description.clone()));
@@ -74,6 +85,7 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -
         ck.epochs_done = prev.epochs_done;
         ck.steps_done = prev.steps_done;
         ck.history = prev.history;
+        bounds_known = true;
         if !opts.quiet {
             eprintln!("resuming {} from epoch {} of {}", out.display(), ck.epochs_done, cfg.epochs);
         }
@@ -85,6 +97,9 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -
     }
     let norm = Normalize::for_dataset(cfg.dataset);
     let batcher = Batcher::new(&train_split, norm, cfg.augment.then(Augment::standard), cfg.seed);
+    if !bounds_known {
+        calibrate(net.as_ref(), &mut store, &batcher, cfg, opts.quiet)?;
+    }
     let steps_per_epoch = train_split.len().div_ceil(cfg.batch);
     let total_steps = steps_per_epoch * cfg.epochs;
     let last_epoch = opts.stop_after.map_or(cfg.epochs, |s| s.min(cfg.epochs));
@@ -103,7 +118,10 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -
             let (x, labels) = batcher.batch(idx, epoch as u64);
             let mut tape = Tape::new(true);
             let xv = tape.constant(x);
-            let logits = net.forward(&mut Fwd::new(&mut tape, &mut store, Mode::Train), xv)?;
+            let rt = rt_base.as_ref().map(|rt| CimRuntime { step: step as u64, ..rt.clone() });
+            let mut cx = Fwd::new(&mut tape, &mut store, Mode::Train);
+            cx.cim = rt.as_ref();
+            let logits = net.forward(&mut cx, xv)?;
             let classes = tape.value(logits).shape()[1];
             correct += count_correct(tape.value(logits).data(), classes, &labels);
             let loss = softmax_cross_entropy(&mut tape, logits, &labels, cfg.label_smoothing)?;
@@ -139,7 +157,7 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -
         let epoch_train_secs = t_epoch.elapsed().as_secs_f64();
         images_done += seen;
         train_secs += epoch_train_secs;
-        let ev = evaluate(net.as_ref(), &mut store, &data.test, norm)?;
+        let ev = evaluate(net.as_ref(), &mut store, &data.test, norm, rt_eval.as_ref())?;
         test_accuracy = ev.accuracy;
         let rec = EpochRecord {
             epoch: epoch as u32 + 1,
@@ -176,4 +194,31 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -
         train_images_per_s: if train_secs > 0.0 { images_done as f64 / train_secs } else { 0.0 },
         wall_s: t_start.elapsed().as_secs_f64(),
     })
+}
+
+/// Initial quantizer bounds from activation statistics: one FP32 forward (eval mode,
+/// so batchnorm statistics are untouched) over the first batch of epoch 0, each CIM
+/// layer's bounds set to the 0.1 % / 99.9 % quantiles of its inputs (PACT: lower 0).
+fn calibrate(net: &dyn Network, store: &mut crate::engine::ParamStore, batcher: &Batcher, cfg: &TrainConfig, quiet: bool) -> Result<()> {
+    let order = batcher.epoch_order(0);
+    let (x, _) = batcher.batch(&order[..cfg.batch.min(order.len())], 0);
+    let mut seen: Calibration = Vec::new();
+    {
+        let mut tape = Tape::new(false);
+        let xv = tape.constant(x);
+        let mut cx = Fwd::new(&mut tape, store, Mode::Eval);
+        cx.calibration = Some(&mut seen);
+        net.forward(&mut cx, xv)?;
+    }
+    let pact = cfg.cim.as_ref().is_some_and(|c| c.act_quant == ActQuantKind::Pact);
+    for (lo, hi, values) in &seen {
+        let (l, h) = quant::init_bounds(values);
+        let l = if pact { 0.0 } else { l };
+        store.param_mut(*lo).value.data_mut()[0] = l;
+        store.param_mut(*hi).value.data_mut()[0] = h.max(l + quant::MIN_RANGE);
+    }
+    if !quiet {
+        eprintln!("calibrated the quantizer bounds of {} CIM layers on {} images", seen.len(), cfg.batch.min(order.len()));
+    }
+    Ok(())
 }

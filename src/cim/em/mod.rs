@@ -18,3 +18,28 @@ pub mod presets;
 mod table;
 
 pub use table::{ErrorModel, FillPolicy, ModelInfo};
+
+/// An error model by preset name (`ideal`, `mild`, `moderate`, `severe`) or file path,
+/// checked to cover the macro's ADC codes.
+pub fn resolve(name_or_path: &str, spec: &crate::cim::MacroSpec) -> crate::Result<ErrorModel> {
+    use crate::Error;
+    use std::path::Path;
+    if presets::PRESETS.contains(&name_or_path) {
+        return presets::preset(name_or_path, (spec.adc.kmin, spec.adc.kmax));
+    }
+    let path = Path::new(name_or_path);
+    if !path.exists() {
+        return Err(Error::invalid(format!(
+            "error model '{name_or_path}' is neither a preset ({}) nor an existing file",
+            presets::PRESETS.join(", ")
+        )));
+    }
+    let m = format::load(path)?;
+    if m.kmin > spec.adc.kmin || m.kmax < spec.adc.kmax {
+        return Err(Error::format(
+            path,
+            format!("covers ideal codes {}..={}, the macro's ADC produces {}..={}", m.kmin, m.kmax, spec.adc.kmin, spec.adc.kmax),
+        ));
+    }
+    Ok(m)
+}
