@@ -11,8 +11,56 @@
 //! * [`io`] — checkpoints and PyTorch (`safetensors`) weight interchange.
 //! * [`train`] — the training / evaluation loops, progress reporting and benchmarks.
 //!
+//! * [`cim`] — the CIM physics: the macro description, the D-MAC-EM error model, the
+//!   E-PACT quantizer and the `CimConv2d` / `CimLinear` ops.
+//!
 //! Every computation is deterministic: the same seed gives the same bits whatever
 //! the number of rayon threads (see `engine::par` for how reductions are split).
+//!
+//! # A CIM layer with your own chip's error model, in your own training loop
+//!
+//! ```
+//! use dnat::cim::{cim_conv2d, epact, ActGrid, CimCall, CimRuntime, Estimator, MacroSpec, ReadoutMode};
+//! use dnat::cim::em::{ErrorModel, FillPolicy, ModelInfo};
+//! use dnat::engine::ops::{conv2d::Conv2dCfg, softmax_cross_entropy, global_avg_pool};
+//! use dnat::engine::{gradcheck::random, ParamGroup, ParamStore, Tape, Tensor};
+//! use std::sync::Arc;
+//!
+//! // Your measurements: (ideal ADC code, measured code, count). Codes never measured
+//! // take the `Nearest` policy: the error offsets of the closest measured code.
+//! let spec = MacroSpec::default();
+//! let counts = (-40..=40).flat_map(|k| [(k, k, 80.0), (k, k - 1, 15.0), (k, k + 2, 5.0)]);
+//! let info = ModelInfo { name: "my-chip".into(), description: "die 3".into(), synthetic: false };
+//! let model = ErrorModel::from_counts(info, (spec.adc.kmin, spec.adc.kmax), (spec.adc.kmin - 2, spec.adc.kmax + 2),
+//!                                     FillPolicy::Nearest, counts)?;
+//! let mut rt = CimRuntime::new(spec, Arc::new(model), ReadoutMode::Sampled, Estimator::Statistical { draws: 0 });
+//!
+//! // One conv layer (8 → 4 channels) with learned E-PACT bounds, trained by plain SGD.
+//! let mut store = ParamStore::new();
+//! let w = store.add_param("conv.weight", random(&[4, 8, 3, 3], 1), ParamGroup::Weight);
+//! let lo = store.add_param("conv.act_lo", Tensor::full(&[1], -1.0), ParamGroup::QuantBound);
+//! let hi = store.add_param("conv.act_hi", Tensor::full(&[1], 0.5), ParamGroup::QuantBound);
+//! let (x, labels) = (random(&[2, 8, 6, 6], 2), [1u32, 3]);
+//! for step in 0..3 {
+//!     rt.step = step; // every macro operation's draw is keyed by (seed, layer, step, tile, element)
+//!     let mut tape = Tape::new(true);
+//!     let (xv, wv) = (tape.constant(x.clone()), tape.param(&store, w));
+//!     let (lov, hiv) = (tape.param(&store, lo), tape.param(&store, hi));
+//!     let grid = ActGrid::new(tape.value(lov).data()[0], tape.value(hiv).data()[0], rt.spec.input_bits);
+//!     let xq = epact(&mut tape, xv, lov, hiv, Some(rt.spec.input_bits))?;
+//!     let y = cim_conv2d(&mut tape, xq, wv, None, Conv2dCfg { stride: 1, padding: 1 }, grid, &CimCall { rt: &rt, layer: 0 })?;
+//!     let logits = global_avg_pool(&mut tape, y)?;
+//!     let loss = softmax_cross_entropy(&mut tape, logits, &labels, 0.0)?;
+//!     store.zero_grads();
+//!     tape.backward(loss).accumulate_into(&mut store);
+//!     for p in store.params_mut() {
+//!         let g = p.grad.clone();
+//!         p.value.data_mut().iter_mut().zip(g.data()).for_each(|(v, g)| *v -= 0.05 * g);
+//!     }
+//! }
+//! assert!(store.param(hi).value.data()[0] != 0.5, "the upper bound learned");
+//! # Ok::<(), dnat::Error>(())
+//! ```
 
 pub mod cim;
 pub mod data;
