@@ -236,22 +236,12 @@ fn backward(s: Saved, x: Var, w: Var, bias: Option<Var>, gout: &Tensor, vals: &c
     let g = s.g;
     let xv = vals.get(x).data();
     let dy = gout.data();
-    let (dx, dw, db) = match &s.slopes {
+    let grads = match &s.slopes {
         // STE: the plain convolution backward on (x̂, ŵ).
         None => conv2d::backward(&g, xv, &s.w_hat, dy, sink.wants(x)),
         Some(slopes) => statistical_backward(&s, slopes, xv, dy, sink.wants(x)),
     };
-    if let Some(dx) = dx {
-        sink.add(x, Tensor::new(vals.get(x).shape(), dx));
-    }
-    if sink.wants(w) {
-        sink.add(w, Tensor::new(vals.get(w).shape(), dw));
-    }
-    if let Some(b) = bias
-        && sink.wants(b)
-    {
-        sink.add(b, Tensor::new(&[g.cout], db));
-    }
+    conv2d::add_grads(sink, vals, (x, w, bias), grads);
 }
 
 fn statistical_backward(s: &Saved, slopes: &[Vec<f32>], x: &[f32], dy: &[f32], want_dx: bool) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {

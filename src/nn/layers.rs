@@ -75,6 +75,32 @@ impl CimQuant {
     }
 }
 
+/// The two ways a weight layer runs: `on_macro` (E-PACT input, macro op) when it has
+/// quantizer bounds and the pass has a CIM runtime, else `digital` (recording its input
+/// for calibration when asked).
+type MacroOp<'o> = &'o dyn Fn(&mut Tape, Var, Var, Option<Var>, ActGrid, &CimCall) -> Result<Var>;
+type DigitalOp<'o> = &'o dyn Fn(&mut Tape, Var, Var, Option<Var>) -> Result<Var>;
+
+fn run_layer(cx: &mut Fwd, x: Var, weight: ParamId, bias: Option<ParamId>, cim: Option<&CimQuant>, on_macro: MacroOp, digital: DigitalOp) -> Result<Var> {
+    let rt = cx.cim;
+    match (cim, rt) {
+        (Some(q), Some(rt)) => {
+            let (xq, grid) = q.quantize(cx, rt, x)?;
+            let w = cx.tape.param(cx.store, weight);
+            let b = bias.map(|b| cx.tape.param(cx.store, b));
+            on_macro(cx.tape, xq, w, b, grid, &CimCall { rt, layer: q.layer })
+        }
+        _ => {
+            if let Some(q) = cim {
+                q.observe(cx, x);
+            }
+            let w = cx.tape.param(cx.store, weight);
+            let b = bias.map(|b| cx.tape.param(cx.store, b));
+            digital(cx.tape, x, w, b)
+        }
+    }
+}
+
 /// Kaiming-normal initialisation for a ReLU network: std = √(2 / fan_in).
 fn kaiming(shape: &[usize], fan_in: usize, rng: &mut Xoshiro256PlusPlus) -> Tensor {
     let std = (2.0 / fan_in as f64).sqrt();
@@ -114,18 +140,16 @@ impl Conv2d {
         self
     }
     pub fn forward(&self, cx: &mut Fwd, x: Var) -> Result<Var> {
-        if let (Some(q), Some(rt)) = (&self.cim, cx.cim) {
-            let (xq, grid) = q.quantize(cx, rt, x)?;
-            let w = cx.tape.param(cx.store, self.weight);
-            let b = self.bias.map(|b| cx.tape.param(cx.store, b));
-            return cim::cim_conv2d(cx.tape, xq, w, b, self.cfg, grid, &CimCall { rt, layer: q.layer });
-        }
-        if let Some(q) = &self.cim {
-            q.observe(cx, x);
-        }
-        let w = cx.tape.param(cx.store, self.weight);
-        let b = self.bias.map(|b| cx.tape.param(cx.store, b));
-        ops::conv2d(cx.tape, x, w, b, self.cfg)
+        let cfg = self.cfg;
+        run_layer(
+            cx,
+            x,
+            self.weight,
+            self.bias,
+            self.cim.as_ref(),
+            &|t, xq, w, b, grid, call| cim::cim_conv2d(t, xq, w, b, cfg, grid, call),
+            &|t, x, w, b| ops::conv2d(t, x, w, b, cfg),
+        )
     }
 }
 
@@ -187,17 +211,6 @@ impl Linear {
         self
     }
     pub fn forward(&self, cx: &mut Fwd, x: Var) -> Result<Var> {
-        if let (Some(q), Some(rt)) = (&self.cim, cx.cim) {
-            let (xq, grid) = q.quantize(cx, rt, x)?;
-            let w = cx.tape.param(cx.store, self.weight);
-            let b = self.bias.map(|b| cx.tape.param(cx.store, b));
-            return cim::cim_linear(cx.tape, xq, w, b, grid, &CimCall { rt, layer: q.layer });
-        }
-        if let Some(q) = &self.cim {
-            q.observe(cx, x);
-        }
-        let w = cx.tape.param(cx.store, self.weight);
-        let b = self.bias.map(|b| cx.tape.param(cx.store, b));
-        ops::linear(cx.tape, x, w, b)
+        run_layer(cx, x, self.weight, self.bias, self.cim.as_ref(), &cim::cim_linear, &ops::linear)
     }
 }

@@ -18,6 +18,7 @@
 
 use crate::engine::gemm::{gemm, MatRef};
 use crate::engine::par;
+use crate::engine::tape::{GradSink, Values};
 use crate::engine::{Tape, Tensor, Var};
 use crate::{Error, Result};
 use rayon::prelude::*;
@@ -311,19 +312,25 @@ pub fn conv2d(tape: &mut Tape, x: Var, w: Var, bias: Option<Var>, cfg: Conv2dCfg
     let mut inputs = vec![x, w];
     inputs.extend(bias);
     Ok(tape.push(y, &inputs, move |gout, vals, sink| {
-        let (dx, dw, db) = backward(&g, vals.get(x).data(), vals.get(w).data(), gout.data(), sink.wants(x));
-        if let Some(dx) = dx {
-            sink.add(x, Tensor::new(vals.get(x).shape(), dx));
-        }
-        if sink.wants(w) {
-            sink.add(w, Tensor::new(vals.get(w).shape(), dw));
-        }
-        if let Some(b) = bias
-            && sink.wants(b)
-        {
-            sink.add(b, Tensor::new(&[g.cout], db));
-        }
+        let grads = backward(&g, vals.get(x).data(), vals.get(w).data(), gout.data(), sink.wants(x));
+        add_grads(sink, vals, (x, w, bias), grads);
     }))
+}
+
+/// Hands a convolution's `(dx, dW, dbias)` to the sink, for the inputs that want them.
+pub fn add_grads(sink: &mut GradSink, vals: &Values, (x, w, bias): (Var, Var, Option<Var>), (dx, dw, db): (Option<Vec<f32>>, Vec<f32>, Vec<f32>)) {
+    if let Some(dx) = dx {
+        sink.add(x, Tensor::new(vals.get(x).shape(), dx));
+    }
+    if sink.wants(w) {
+        sink.add(w, Tensor::new(vals.get(w).shape(), dw));
+    }
+    if let Some(b) = bias
+        && sink.wants(b)
+    {
+        let n = db.len();
+        sink.add(b, Tensor::new(&[n], db));
+    }
 }
 
 #[cfg(test)]
