@@ -52,6 +52,6 @@ interop-pytorch: build ## Round-trip ResNet20 weights with PyTorch (needs torch,
 	$(DNAT) weights export --checkpoint models/resnet20-fp32-s0.ckpt --out runs/resnet20-fp32.safetensors
 	$(DNAT) eval --checkpoint models/resnet20-fp32-s0.ckpt $(DATA_FLAG) --json --quiet | tail -1
 	cd tools/pytorch && python3 interop.py eval --weights ../../runs/resnet20-fp32.safetensors --data $(or $(DATA),../../../shared/datasets/cifar-10-binary-jpeg75.tar.gz)
-	cd tools/pytorch && python3 interop.py train --epochs 1 --out ../../runs/pytorch-resnet20.safetensors --data $(or $(DATA),../../../shared/datasets/cifar-10-binary-jpeg75.tar.gz)
+	cd tools/pytorch && python3 interop.py train --epochs 1 --subset 10000 --out ../../runs/pytorch-resnet20.safetensors --data $(or $(DATA),../../../shared/datasets/cifar-10-binary-jpeg75.tar.gz)
 	$(DNAT) weights import --safetensors runs/pytorch-resnet20.safetensors --model resnet20 --out runs/pytorch-resnet20.ckpt
 	$(DNAT) eval --checkpoint runs/pytorch-resnet20.ckpt $(DATA_FLAG) --json --quiet | tail -1

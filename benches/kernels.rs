@@ -77,6 +77,26 @@ fn main() {
         }
         grp.finish();
     }
+    {
+        // Readout sampling from a D-MAC-EM: hashes + alias tables, per macro operation.
+        use dnat::cim::em::presets;
+        use dnat::cim::{DrawKey, DrawRun, Readout};
+        let m = presets::preset("moderate", (-256, 255)).unwrap();
+        let codes: Vec<i32> = (0..1024).map(|i| (i * 37) % 121 - 60).collect();
+        let mut out = vec![0.0f32; codes.len()];
+        let key = DrawKey::new(1, 2, 3);
+        let mut grp = c.benchmark_group("readout");
+        grp.throughput(Throughput::Elements(codes.len() as u64));
+        let mut op0 = 0u64;
+        grp.bench_function("sample_run moderate 1024 codes", |b| {
+            b.iter(|| {
+                op0 += 1024;
+                m.sample_run(&codes, DrawRun { key, op0, stride: 1 }, &mut out);
+                black_box(&out);
+            })
+        });
+        grp.finish();
+    }
     c.bench_function("step/resnet20 train+eval b128", |b| {
         b.iter(|| black_box(step_bench::run(Arch::ResNet20, 10, BATCH, 1, 0, None).unwrap()))
     });

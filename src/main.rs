@@ -17,6 +17,7 @@ struct Top {
 
 #[derive(FromArgs)]
 #[argh(subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per run
 enum Cmd {
     Train(cli::train::TrainArgs),
     Eval(cli::eval::EvalArgs),

@@ -110,7 +110,7 @@ impl MacroSpec {
         if !(1..=16).contains(&self.input_bits) || !(1..=8).contains(&self.weight_bits) {
             return bad(format!("input bits {} / weight bits {} out of range (1..=16 / 1..=8)", self.input_bits, self.weight_bits));
         }
-        if self.input_bits_per_cycle == 0 || self.input_bits % self.input_bits_per_cycle != 0 {
+        if self.input_bits_per_cycle == 0 || !self.input_bits.is_multiple_of(self.input_bits_per_cycle) {
             return bad(format!("input bits per cycle {} must divide input bits {}", self.input_bits_per_cycle, self.input_bits));
         }
         if self.adc.kmin > self.adc.kmax || !(self.adc.step.is_finite() && self.adc.step > 0.0) {

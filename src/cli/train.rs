@@ -81,6 +81,9 @@ pub struct TrainArgs {
     /// learning-rate multiplier of the quantizer bounds (default 1)
     #[argh(option, default = "1.0")]
     bound_lr_scale: f32,
+    /// L2 decay on the quantizer bounds (default 0)
+    #[argh(option, default = "0.0")]
+    bound_decay: f32,
     /// continue from --out if it holds a checkpoint of this configuration
     #[argh(switch)]
     resume: bool,
@@ -112,6 +115,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     cfg.augment = !a.no_augment;
     cfg.init = a.init.clone();
     cfg.groups.bound_lr_scale = a.bound_lr_scale;
+    cfg.groups.bound_decay = a.bound_decay;
     if a.cim {
         cfg.cim = Some(CimTraining {
             macro_name: a.r#macro.clone(),

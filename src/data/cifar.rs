@@ -24,6 +24,9 @@ pub const KNOWN_ARCHIVES: [(&str, &str); 3] = [
     ("58a81ae192c23a4be8b1804d68e518ed807d710a4eb253b1f2a199162a40d8ec", "canonical CIFAR-100 (cifar-100-binary.tar.gz)"),
 ];
 
+/// (file name, records it must hold) of one split.
+type RecordFiles = Vec<(&'static str, usize)>;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DatasetKind {
     Cifar10,
@@ -65,8 +68,8 @@ impl DatasetKind {
             DatasetKind::Cifar100 => "cifar-100-binary",
         }
     }
-    /// The record files of each split, with the record count each must hold.
-    fn files(self) -> (Vec<(&'static str, usize)>, Vec<(&'static str, usize)>) {
+    /// The record files of each split (train, test), with the record count each must hold.
+    fn files(self) -> (RecordFiles, RecordFiles) {
         match self {
             DatasetKind::Cifar10 => (
                 vec![
@@ -166,7 +169,7 @@ fn describe(sha: &str, fallback: &str) -> String {
 /// Parses one record file's bytes into `split`, validating size, count and labels.
 fn parse_records(bytes: &[u8], kind: DatasetKind, expect: usize, file: &Path, split: &mut Split) -> Result<()> {
     let rb = kind.record_bytes();
-    if bytes.len() % rb != 0 {
+    if !bytes.len().is_multiple_of(rb) {
         return Err(Error::format(
             file,
             format!("{} bytes is not a whole number of {rb}-byte {} records (truncated or wrong dataset?)", bytes.len(), kind.name()),

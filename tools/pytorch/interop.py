@@ -25,9 +25,12 @@ ap.add_argument("--out")
 ap.add_argument("--data", required=True)
 ap.add_argument("--epochs", type=int, default=1)
 ap.add_argument("--threads", type=int, default=2)
+ap.add_argument("--subset", type=int, default=0, help="train on the first N images only")
 a = ap.parse_args()
 torch.set_num_threads(a.threads)
 tx, ty, vx, vy = load_cifar10(a.data)
+if a.subset:
+    tx, ty = tx[: a.subset], ty[: a.subset]
 
 if a.action == "eval":
     model = ResNet20()

@@ -140,7 +140,7 @@ impl ErrorModel {
                 counts.push((k, j, c));
             }
         }
-        counts.sort_by(|a, b| (a.0, a.1).cmp(&(b.0, b.1)));
+        counts.sort_by_key(|a| (a.0, a.1));
         counts.dedup_by(|b, a| {
             if (a.0, a.1) == (b.0, b.1) {
                 a.2 += b.2;
@@ -372,31 +372,3 @@ mod tests {
     }
 }
 
-#[cfg(test)]
-mod timing {
-    #[test]
-    #[ignore]
-    fn sample_speed() {
-        use crate::cim::readout::{DrawKey, DrawRun, Readout};
-        let m = crate::cim::em::presets::preset("moderate", (-256, 255)).unwrap();
-        let codes: Vec<i32> = (0..1024).map(|i| ((i * 37) % 121) as i32 - 60).collect();
-        let mut out = vec![0.0f32; 1024];
-        let key = DrawKey::new(1, 2, 3);
-        let t = std::time::Instant::now();
-        let reps = 20_000;
-        for r in 0..reps {
-            m.sample_run(&codes, DrawRun { key, op0: r * 1024, stride: 1 }, &mut out);
-        }
-        let ns = t.elapsed().as_secs_f64() * 1e9 / (reps as f64 * 1024.0);
-        let mut bits = vec![0u64; 1024];
-        let t = std::time::Instant::now();
-        for r in 0..reps {
-            for (i, b) in bits.iter_mut().enumerate() {
-                *b = key.forward(r * 1024 + i as u64);
-            }
-            std::hint::black_box(&bits);
-        }
-        let hash_ns = t.elapsed().as_secs_f64() * 1e9 / (reps as f64 * 1024.0);
-        println!("sample_run: {ns:.2} ns/sample, hash alone {hash_ns:.2} ns, out[0] {}", out[0]);
-    }
-}

@@ -7,7 +7,7 @@ use crate::{Error, Result};
 pub fn flatten(tape: &mut Tape, x: Var) -> Result<Var> {
     let xv = tape.value(x);
     let n = *xv.shape().first().ok_or_else(|| Error::invalid("flatten: scalar input"))?;
-    let rest = if n == 0 { 0 } else { xv.len() / n };
+    let rest = xv.len().checked_div(n).unwrap_or(0);
     let y = xv.clone().reshape(&[n, rest])?;
     Ok(tape.push(y, &[x], move |g, vals, sink| {
         let shape = vals.get(x).shape().to_vec();
@@ -23,7 +23,7 @@ pub fn flatten(tape: &mut Tape, x: Var) -> Result<Var> {
 /// pixel and zero-pad the channels evenly on both sides up to `cout`.
 pub fn subsample_pad_channels(tape: &mut Tape, x: Var, stride: usize, cout: usize) -> Result<Var> {
     let xv = tape.value(x);
-    if xv.shape().len() != 4 || stride == 0 || cout < xv.shape()[1] || (cout - xv.shape()[1]) % 2 != 0 {
+    if xv.shape().len() != 4 || stride == 0 || cout < xv.shape()[1] || !(cout - xv.shape()[1]).is_multiple_of(2) {
         return Err(Error::invalid(format!("shortcut: cannot map {:?} to {cout} channels at stride {stride}", xv.shape())));
     }
     let (n, c, h, w) = xv.nchw();
