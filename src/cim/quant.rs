@@ -28,17 +28,20 @@ pub struct ActGrid {
     pub lo: f32,
     pub step: f32,
     pub max_code: u32,
+    /// 1 / step (codes are computed by multiplication: it vectorises, a division does not).
+    inv_step: f32,
 }
 
 impl ActGrid {
     pub fn new(lo: f32, hi: f32, bits: u32) -> Self {
         let hi = hi.max(lo + MIN_RANGE);
         let max_code = (1u32 << bits) - 1;
-        ActGrid { lo, step: (hi - lo) / max_code as f32, max_code }
+        let step = (hi - lo) / max_code as f32;
+        ActGrid { lo, step, max_code, inv_step: 1.0 / step }
     }
     #[inline]
     pub fn code(&self, x: f32) -> f32 {
-        ((x - self.lo) / self.step).round_ties_even().clamp(0.0, self.max_code as f32)
+        ((x - self.lo) * self.inv_step).round_ties_even().clamp(0.0, self.max_code as f32)
     }
     #[inline]
     pub fn value(&self, q: f32) -> f32 {
@@ -61,14 +64,9 @@ pub fn epact(tape: &mut Tape, x: Var, lo: Var, hi: Var, bits: Option<u32>) -> Re
     let xv = tape.value(x);
     let mut y = vec![0.0f32; xv.len()];
     let grid = bits.map(|b| ActGrid::new(l, h, b));
-    y.par_chunks_mut(CHUNK).zip(xv.data().par_chunks(CHUNK)).for_each(|(y, x)| {
-        for (o, &v) in y.iter_mut().zip(x) {
-            let c = v.clamp(l, h);
-            *o = match grid {
-                Some(g) => g.value(g.code(c)),
-                None => c,
-            };
-        }
+    y.par_chunks_mut(CHUNK).zip(xv.data().par_chunks(CHUNK)).for_each(|(y, x)| match grid {
+        Some(g) => y.iter_mut().zip(x).for_each(|(o, &v)| *o = g.value(g.code(v.clamp(l, h)))),
+        None => y.iter_mut().zip(x).for_each(|(o, &v)| *o = v.clamp(l, h)),
     });
     let y = Tensor::new(xv.shape(), y);
     Ok(tape.push(y, &[x, lo, hi], move |g, vals, sink| {
@@ -79,24 +77,23 @@ pub fn epact(tape: &mut Tape, x: Var, lo: Var, hi: Var, bits: Option<u32>) -> Re
             .par_chunks(CHUNK)
             .zip(xv.par_chunks(CHUNK))
             .map(|(g, x)| {
-                let (mut dl, mut dh) = (0.0f64, 0.0f64);
-                for (&gv, &v) in g.iter().zip(x) {
-                    if v <= l {
-                        dl += gv as f64;
-                    } else if v >= h {
-                        dh += gv as f64;
+                // Eight independent f32 lanes per bound (a fixed order, so deterministic),
+                // added in f64 at the end of the chunk.
+                let (mut dl, mut dh) = ([0.0f32; 8], [0.0f32; 8]);
+                for (gs, xs) in g.chunks(8).zip(x.chunks(8)) {
+                    for (i, (&gv, &v)) in gs.iter().zip(xs).enumerate() {
+                        dl[i] += if v <= l { gv } else { 0.0 };
+                        dh[i] += if v >= h && v > l { gv } else { 0.0 };
                     }
                 }
-                (dl, dh)
+                (dl.iter().map(|&v| v as f64).sum::<f64>(), dh.iter().map(|&v| v as f64).sum::<f64>())
             })
             .collect();
         if sink.wants(x) {
             let dx = sink.get(x);
             dx.data_mut().par_chunks_mut(CHUNK).zip(gd.par_chunks(CHUNK)).zip(xv.par_chunks(CHUNK)).for_each(|((d, g), x)| {
                 for ((dv, &gv), &v) in d.iter_mut().zip(g).zip(x) {
-                    if v > l && v < h {
-                        *dv += gv;
-                    }
+                    *dv += if v > l && v < h { gv } else { 0.0 };
                 }
             });
         }
