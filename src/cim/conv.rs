@@ -21,8 +21,9 @@
 //! convolution backward on (x̂, ŵ).
 //!
 //! Draws are keyed by (seed, layer, step) and the operation's global index
-//! `(((image·Cout + channel)·pixels + pixel)·tiles + tile)·cycles + cycle`, so they do not
-//! depend on grouping or threads, and the saved slopes replay nothing at random.
+//! `(((tile·cycles + cycle)·Cout + channel)·N + image)·pixels + pixel`, so they do not
+//! depend on grouping or threads (and one channel's row of an image group is one run
+//! of consecutive operations); the saved slopes replay nothing at random.
 
 use super::quant::{weight_codes, ActGrid};
 use super::readout::{CimRuntime, DrawKey, DrawRun, Estimator, ReadoutMode};
@@ -65,9 +66,9 @@ fn valid_mask(g: &ConvGeom) -> Vec<f32> {
 /// Forward of one group: returns the readout accumulator `[Cout][cols]` (in partial-sum
 /// units) and, for the statistical estimator, the slopes `[tiles][Cout][cols]`.
 ///
-/// Per tile and cycle: one GEMM for the partial sums, then per run of one channel's
-/// pixels of one image: ideal codes (vectorisable), readouts (one `sample_run` call),
-/// slopes, and the shift-add into the accumulator.
+/// Per tile and cycle: one GEMM for the partial sums, then per output channel's row of
+/// the group: ideal codes (vectorised), readouts (one `sample_run` call), slopes, and
+/// the shift-add into the accumulator.
 #[allow(clippy::too_many_arguments)]
 fn group_forward(
     g: &ConvGeom,
@@ -94,7 +95,7 @@ fn group_forward(
     let mut slopes = want_slopes.then(|| vec![0.0f32; tiles * cout * cols]);
     let mut psum = vec![0.0f32; cout * cols];
     let mut slice = if cycles > 1 { vec![0.0f32; spec.rows * cols] } else { Vec::new() };
-    let (mut unclamped, mut codes, mut read) = (vec![0i32; pix], vec![0i32; pix], vec![0.0f32; pix]);
+    let (mut unclamped, mut codes, mut read) = (vec![0i32; cols], vec![0i32; cols], vec![0.0f32; cols]);
     let full = ((1u64 << spec.input_bits) - 1) as f32;
     let inv_step = 1.0 / adc.step;
     for t in 0..tiles {
@@ -116,34 +117,33 @@ fn group_forward(
             let weight = 2f32.powi((c as u32 * b) as i32) * adc.step;
             let share = ((1u64 << b) - 1) as f32 * 2f32.powi((c as u32 * b) as i32) / full;
             for co in 0..cout {
-                for j in 0..gi {
-                    let e0 = co * cols + j * pix;
-                    let p = &psum[e0..e0 + pix];
-                    for ((u, kc), &v) in unclamped.iter_mut().zip(codes.iter_mut()).zip(p) {
-                        *u = (v * inv_step).round_ties_even() as i32;
-                        *kc = (*u).clamp(adc.kmin, adc.kmax);
+                let e0 = co * cols;
+                for ((u, kc), &v) in unclamped.iter_mut().zip(codes.iter_mut()).zip(&psum[e0..e0 + cols]) {
+                    *u = (v * inv_step).round_ties_even() as i32;
+                    *kc = (*u).clamp(adc.kmin, adc.kmax);
+                }
+                // This group's images are consecutive in the numbering, so one channel's
+                // row of the group is one run of consecutive operations.
+                let op0 = (((t * cycles + c) * cout + co) * g.n + first_image) as u64 * pix as u64;
+                let run = DrawRun { key, op0, stride: 1 };
+                match rt.mode {
+                    ReadoutMode::Ideal => read.iter_mut().zip(&codes).for_each(|(r, &kc)| *r = kc as f32),
+                    ReadoutMode::Sampled => rt.readout.sample_run(&codes, run, &mut read),
+                    ReadoutMode::Expected => rt.readout.mean_run(&codes, &mut read),
+                }
+                for (a, &r) in acc[e0..e0 + cols].iter_mut().zip(&read) {
+                    *a += weight * r;
+                }
+                if let Some(s) = slopes.as_mut() {
+                    match (rt.mode, draws) {
+                        (ReadoutMode::Ideal, _) => read.fill(1.0),
+                        (_, 0) => rt.readout.slope_run(&codes, &mut read),
+                        _ => read.iter_mut().zip(&codes).enumerate().for_each(|(i, (r, &kc))| *r = sampled_slope(rt, kc, draws, key, run.op(i))),
                     }
-                    let op0 = ((((first_image + j) * cout + co) * pix * tiles + t) * cycles + c) as u64;
-                    let run = DrawRun { key, op0, stride: (tiles * cycles) as u64 };
-                    match rt.mode {
-                        ReadoutMode::Ideal => read.iter_mut().zip(&codes).for_each(|(r, &kc)| *r = kc as f32),
-                        ReadoutMode::Sampled => rt.readout.sample_run(&codes, run, &mut read),
-                        ReadoutMode::Expected => rt.readout.mean_run(&codes, &mut read),
-                    }
-                    for (a, &r) in acc[e0..e0 + pix].iter_mut().zip(&read) {
-                        *a += weight * r;
-                    }
-                    if let Some(s) = slopes.as_mut() {
-                        match (rt.mode, draws) {
-                            (ReadoutMode::Ideal, _) => read.fill(1.0),
-                            (_, 0) => rt.readout.slope_run(&codes, &mut read),
-                            _ => read.iter_mut().zip(&codes).enumerate().for_each(|(i, (r, &kc))| *r = sampled_slope(rt, kc, draws, key, run.op(i))),
-                        }
-                        let out = &mut s[t * cout * cols + e0..][..pix];
-                        for ((o, &slope), (&u, &kc)) in out.iter_mut().zip(&read).zip(unclamped.iter().zip(&codes)) {
-                            // Saturated partial sums (beyond the ADC range) pass no gradient.
-                            *o += if u == kc { share * slope } else { 0.0 };
-                        }
+                    let out = &mut s[t * cout * cols + e0..][..cols];
+                    for ((o, &slope), (&u, &kc)) in out.iter_mut().zip(&read).zip(unclamped.iter().zip(&codes)) {
+                        // Saturated partial sums (beyond the ADC range) pass no gradient.
+                        *o += if u == kc { share * slope } else { 0.0 };
                     }
                 }
             }
