@@ -108,4 +108,34 @@ fn fp32_then_qat_then_dnat() {
     let d = train(&dnat_cfg, &data, &c, &RunOptions { resume: true, ..quiet() }).unwrap();
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&c).unwrap(), "resumed D-NAT differs");
     assert!(d.test_accuracy > 30.0, "D-NAT on the moderate model: {}", d.test_accuracy);
+
+    // Golden values: the whole chain is deterministic, so its results are pinned to the
+    // bit. Re-bless (after an intended numeric change) with
+    //   DNAT_BLESS=1 cargo test --release --test training fp32_then_qat_then_dnat
+    let last = Checkpoint::load(&a).unwrap().history.last().cloned().unwrap();
+    let got = [
+        ("fp32_test_accuracy", format!("{}", o.test_accuracy)),
+        ("qat_ideal_test_accuracy", format!("{}", q.test_accuracy)),
+        ("dnat_test_accuracy", format!("{}", d.test_accuracy)),
+        ("dnat_last_train_loss_bits", format!("{:#010x}", last.train_loss.to_bits())),
+    ];
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/dnat-synthetic.txt");
+    if std::env::var_os("DNAT_BLESS").is_some() {
+        let mut text = String::from(
+            "# Golden values of tests/training.rs::fp32_then_qat_then_dnat (synthetic data, seed 11).\n\
+             # Produced by: DNAT_BLESS=1 cargo test --release --test training fp32_then_qat_then_dnat\n\
+             # Bit-exact on the machine kind CI runs on (matrixmultiply picks its kernel per CPU).\n",
+        );
+        for (k, v) in &got {
+            text.push_str(&format!("{k} = {v}\n"));
+        }
+        std::fs::write(&file, text).unwrap();
+        eprintln!("blessed {}", file.display());
+    } else {
+        let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e} (bless it first)", file.display()));
+        for (k, v) in &got {
+            let want = text.lines().find_map(|l| l.strip_prefix(&format!("{k} = "))).unwrap_or_else(|| panic!("{}: no {k}", file.display()));
+            assert_eq!(v, want, "golden value {k} changed");
+        }
+    }
 }
