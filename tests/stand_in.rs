@@ -15,7 +15,6 @@ fn fp32_resnet20_golden_accuracy() {
     let acc = json_number(stdout(&o).lines().last().unwrap(), "accuracy");
     let want: f64 = golden("fp32.txt", "resnet20_fp32_s0_accuracy").parse().unwrap();
     assert_eq!(acc, want, "accuracy of models/resnet20-fp32-s0.ckpt changed");
-    assert!(acc >= 88.0);
 }
 
 /// The CLI reports which archive it read, and a short run gives the same checkpoint
