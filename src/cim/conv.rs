@@ -248,9 +248,7 @@ fn statistical_backward(s: &Saved, slopes: &[Vec<f32>], x: &[f32], dy: &[f32], w
     let g = &s.g;
     let (k, pix, cout, gs) = (g.k(), g.pixels(), g.cout, s.group);
     let mut dx = if want_dx { vec![0.0f32; g.n * g.in_size()] } else { Vec::new() };
-    let ngroups = g.n.div_ceil(gs);
-    let dx_chunks: Vec<Option<&mut [f32]>> =
-        if want_dx { dx.chunks_mut(gs * g.in_size()).map(Some).collect() } else { (0..ngroups).map(|_| None).collect() };
+    let dx_chunks = par::optional_chunks(&mut dx, gs * g.in_size(), g.n.div_ceil(gs), want_dx);
     // Per group: (dW partial over the (x̂ − lo) part, Σ dY per (channel, pixel), dbias).
     let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = dx_chunks
         .into_par_iter()

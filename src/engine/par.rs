@@ -22,3 +22,9 @@ pub fn sum_in_order(out: &mut [f32], parts: &[Vec<f32>]) {
         }
     }
 }
+
+/// Output slots for `groups` parallel pieces: disjoint `chunk`-sized pieces of `buf`
+/// when the output is wanted, `None`s otherwise (so one parallel loop serves both).
+pub fn optional_chunks(buf: &mut [f32], chunk: usize, groups: usize, wanted: bool) -> Vec<Option<&mut [f32]>> {
+    if wanted { buf.chunks_mut(chunk).map(Some).collect() } else { (0..groups).map(|_| None).collect() }
+}

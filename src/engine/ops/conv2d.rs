@@ -251,11 +251,7 @@ pub fn backward(g: &ConvGeom, x: &[f32], w: &[f32], dy: &[f32], want_dx: bool) -
     let (k, pix) = (g.k(), g.pixels());
     let ngroups = g.n.div_ceil(gs);
     let mut dx = if want_dx { vec![0.0f32; g.n * g.in_size()] } else { Vec::new() };
-    let dx_chunks: Vec<Option<&mut [f32]>> = if want_dx {
-        dx.chunks_mut(gs * g.in_size()).map(Some).collect()
-    } else {
-        (0..ngroups).map(|_| None).collect()
-    };
+    let dx_chunks = par::optional_chunks(&mut dx, gs * g.in_size(), ngroups, want_dx);
     let partials: Vec<(Vec<f32>, Vec<f32>)> = dx_chunks
         .into_par_iter()
         .enumerate()
