@@ -33,8 +33,8 @@ pub struct BenchArgs {
     /// forward readout: sampled (default), expected or ideal
     #[argh(option, default = "String::from(\"sampled\")")]
     readout: String,
-    /// backward estimator: stat:S (default stat:4), stat (exact slope) or ste
-    #[argh(option, default = "String::from(\"stat:4\")")]
+    /// backward estimator: stat (exact slope, the default, as for train), stat:S (S draws) or ste
+    #[argh(option, default = "String::from(\"stat\")")]
     estimator: String,
     /// print one JSON object as the last line of stdout
     #[argh(switch)]
