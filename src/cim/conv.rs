@@ -33,8 +33,6 @@ use crate::engine::{par, Tape, Tensor, Var};
 use crate::{Error, Result};
 use rayon::prelude::*;
 
-/// Column count aimed for per image group (as the FP32 convolution).
-const TARGET_COLUMNS: usize = 1024;
 
 /// One CIM layer's call: the shared runtime and this layer's id (part of the draw key).
 pub struct CimCall<'a> {
@@ -47,6 +45,8 @@ struct Saved {
     g: ConvGeom,
     grid: ActGrid,
     w_hat: Vec<f32>,
+    /// The valid-position mask `[K][pixels]` (the zero-point term needs it both ways).
+    mask: Vec<f32>,
     /// Per group: slopes `[tiles][Cout][cols]` (statistical estimator only).
     slopes: Option<Vec<Vec<f32>>>,
     group: usize,
@@ -191,7 +191,7 @@ pub fn cim_conv2d(tape: &mut Tape, x: Var, w: Var, bias: Option<Var>, cfg: Conv2
         && tape.recording()
         && (tape.needs_grad(x) || tape.needs_grad(w));
     let bias_v: Option<Vec<f32>> = bias.map(|b| tape.value(b).data().to_vec());
-    let gs = par::image_group(g.n, g.pixels(), TARGET_COLUMNS);
+    let gs = par::image_group(g.n, g.pixels(), conv2d::TARGET_COLUMNS);
     let pix = g.pixels();
     let mut y = vec![0.0f32; g.n * g.out_size()];
     let slopes: Vec<Option<Vec<f32>>> = y
@@ -222,6 +222,7 @@ pub fn cim_conv2d(tape: &mut Tape, x: Var, w: Var, bias: Option<Var>, cfg: Conv2
         g,
         grid,
         w_hat,
+        mask,
         slopes: if want_slopes { Some(slopes.into_iter().map(|s| s.unwrap()).collect()) } else { None },
         group: gs,
         tiles: spec.tiles(k),
@@ -309,8 +310,7 @@ fn statistical_backward(s: &Saved, slopes: &[Vec<f32>], x: &[f32], dy: &[f32], w
     }
     // Zero-point part: dW += lo · (Σ_images dY) · maskᵀ.
     if s.grid.lo != 0.0 {
-        let mask = valid_mask(g);
-        gemm(s.grid.lo, MatRef::rowmajor(&dsum, cout, pix), MatRef::rowmajor(&mask, k, pix).t(), 1.0, &mut dw, k);
+        gemm(s.grid.lo, MatRef::rowmajor(&dsum, cout, pix), MatRef::rowmajor(&s.mask, k, pix).t(), 1.0, &mut dw, k);
     }
     (want_dx.then_some(dx), dw, db)
 }
