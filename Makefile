@@ -8,7 +8,7 @@ DATA_FLAG := $(if $(DATA),--data $(DATA),)
 CIFAR10_URL := https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz
 CIFAR10_SHA256 := c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd
 
-.PHONY: help build test test-long bench bench-pytorch data train-resnet20 eval-resnet20 train-vgg8 interop-pytorch
+.PHONY: help build test test-long bench bench-pytorch data repro-resnet20 repro-vgg8 train-resnet20 eval-resnet20 train-vgg8 interop-pytorch
 
 help:
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -37,6 +37,14 @@ datasets/cifar-10-binary.tar.gz:
 	curl -fL --retry 3 -o $@.part $(CIFAR10_URL)
 	echo "$(CIFAR10_SHA256)  $@.part" | sha256sum -c - || { rm -f $@.part; echo "checksum mismatch: download discarded" >&2; exit 1; }
 	mv $@.part $@
+
+# The paper's experiment, end to end and resumable (run it again to continue). Stages,
+# config keys and outputs: README.md "The D-NAT pipeline".
+repro-resnet20: build ## FP32 → QAT → naive vs D-NAT on the non-ideal macro, report in results/repro-resnet20 (~45 min)
+	$(DNAT) pipeline --config configs/repro-resnet20.conf $(DATA_FLAG)
+
+repro-vgg8: build ## The same for VGG8 (trains its FP32 model first when models/ has none; hours)
+	$(DNAT) pipeline --config configs/repro-vgg8.conf $(DATA_FLAG)
 
 # The FP32 ResNet20 in models/ was produced by exactly this command (see models/README.md).
 train-resnet20: build ## Train the FP32 ResNet20 baseline (resumable; ~1.5 h on 2 cores)

@@ -70,6 +70,7 @@ pub mod io;
 pub mod nn;
 pub mod optim;
 pub mod rng;
+pub mod pipeline;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -24,6 +24,7 @@ enum Cmd {
     Bench(cli::bench::BenchArgs),
     Em(cli::em::EmArgs),
     Weights(cli::weights::WeightsArgs),
+    Pipeline(cli::pipeline::PipelineArgs),
 }
 
 /// Restores the default SIGPIPE action, so `dnat … | head` ends quietly instead of
@@ -60,6 +61,7 @@ fn main() -> ExitCode {
         Cmd::Bench(a) => cli::bench::run(a),
         Cmd::Em(a) => cli::em::run(a),
         Cmd::Weights(a) => cli::weights::run(a),
+        Cmd::Pipeline(a) => cli::pipeline::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

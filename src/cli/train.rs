@@ -122,11 +122,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
             error_model: a.error_model.clone(),
             readout: ReadoutMode::parse(&a.readout)?,
             estimator: Estimator::parse(&a.estimator)?,
-            act_quant: match a.act_quant.as_str() {
-                "epact" => ActQuantKind::EPact,
-                "pact" => ActQuantKind::Pact,
-                o => return Err(dnat::Error::invalid(format!("unknown activation quantizer '{o}' (epact or pact)"))),
-            },
+            act_quant: ActQuantKind::parse(&a.act_quant)?,
             plan: if a.all_layers_on_macro { CimPlan { first_digital: false, last_digital: false } } else { CimPlan::default() },
         });
     }

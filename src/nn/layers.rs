@@ -38,6 +38,22 @@ pub enum ActQuantKind {
     Pact,
 }
 
+impl ActQuantKind {
+    pub fn parse(s: &str) -> crate::Result<Self> {
+        match s {
+            "epact" => Ok(ActQuantKind::EPact),
+            "pact" => Ok(ActQuantKind::Pact),
+            o => Err(crate::Error::invalid(format!("unknown activation quantizer '{o}' (epact or pact)"))),
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            ActQuantKind::EPact => "epact",
+            ActQuantKind::Pact => "pact",
+        }
+    }
+}
+
 /// The quantizer parameters of a layer mapped onto the macro.
 #[derive(Clone, Debug)]
 pub struct CimQuant {

@@ -5,6 +5,8 @@ pub enum Value {
     Int(i64),
     Str(String),
     Bool(bool),
+    /// Already-serialised JSON (a nested array or object).
+    Raw(String),
 }
 
 impl From<f64> for Value {
@@ -59,7 +61,16 @@ pub fn escape(s: &str) -> String {
 
 /// `{"k": v, ...}` on one line, keys in the given order.
 pub fn object(fields: Vec<(&str, Value)>) -> String {
-    let parts: Vec<String> = fields
+    format!("{{{}}}", members(fields).join(", "))
+}
+
+/// The same object with one key per line (for files people read).
+pub fn object_pretty(fields: Vec<(&str, Value)>) -> String {
+    format!("{{\n  {}\n}}\n", members(fields).join(",\n  "))
+}
+
+fn members(fields: Vec<(&str, Value)>) -> Vec<String> {
+    fields
         .into_iter()
         .map(|(k, v)| {
             let v = match v {
@@ -68,9 +79,9 @@ pub fn object(fields: Vec<(&str, Value)>) -> String {
                 Value::Int(i) => i.to_string(),
                 Value::Str(s) => format!("\"{}\"", escape(&s)),
                 Value::Bool(b) => b.to_string(),
+                Value::Raw(r) => r,
             };
             format!("\"{}\": {v}", escape(k))
         })
-        .collect();
-    format!("{{{}}}", parts.join(", "))
+        .collect()
 }

@@ -19,12 +19,13 @@ mod table;
 
 pub use table::{ErrorModel, FillPolicy, ModelInfo};
 
-/// An error model by preset name (`ideal`, `mild`, `moderate`, `severe`) or file path,
-/// checked to cover the macro's ADC codes.
+/// An error model by preset name (`ideal`, `mild`, `moderate`, `severe`, optionally with
+/// overrides such as `moderate:offset=6`) or file path, checked to cover the macro's
+/// ADC codes.
 pub fn resolve(name_or_path: &str, spec: &crate::cim::MacroSpec) -> crate::Result<ErrorModel> {
     use crate::Error;
     use std::path::Path;
-    if presets::PRESETS.contains(&name_or_path) {
+    if presets::is_preset(name_or_path) {
         return presets::preset(name_or_path, (spec.adc.kmin, spec.adc.kmax));
     }
     let path = Path::new(name_or_path);

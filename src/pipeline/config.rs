@@ -1,0 +1,246 @@
+//! The pipeline's configuration file: one `key = value` per line, `#` starts a comment,
+//! unknown keys and malformed values are errors that name the file and line. Every key
+//! has a default (below), so a config lists only what differs.
+//!
+//! ```text
+//! # configs/repro-resnet20.conf
+//! model = resnet20
+//! error_model = moderate      # preset, preset with overrides, or a D-MAC-EM file
+//! qat_epochs = 3
+//! dnat_epochs = 3
+//! ```
+
+use crate::cim::{em, Estimator, MacroSpec};
+use crate::data::DatasetKind;
+use crate::nn::{ActQuantKind, Arch};
+use crate::{Error, Result};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct PipelineConfig {
+    /// Names the experiment in the report.
+    pub name: String,
+    pub arch: Arch,
+    pub dataset: DatasetKind,
+    /// Seed of every training stage (initialisation, order, augmentation, draws).
+    pub seed: u64,
+    /// Stage (a): an FP32 checkpoint to start from; trained with `fp32_epochs` when the
+    /// file does not exist.
+    pub fp32_checkpoint: PathBuf,
+    pub fp32_epochs: usize,
+    pub macro_name: String,
+    /// The non-ideal macro of stages (d)–(f): a preset, a preset with overrides
+    /// (`moderate:offset=6`) or a D-MAC-EM file.
+    pub error_model: String,
+    pub act_quant: ActQuantKind,
+    /// Stage (b): W4A8 quantization-aware training on the ideal macro.
+    pub qat_epochs: usize,
+    pub qat_lr: f32,
+    /// Stage (e): D-NAT fine-tuning with the error model in the loop.
+    pub dnat_epochs: usize,
+    pub dnat_lr: f32,
+    pub estimator: Estimator,
+    /// Learning-rate multiplier of the quantizer bounds in (b) and (e).
+    pub bound_lr_scale: f32,
+    /// Monte-Carlo error seeds R of every non-ideal evaluation.
+    pub mc_seeds: u64,
+    /// Error models of the severity sweep (naive and D-NAT on each); empty: no sweep.
+    pub sweep: Vec<String>,
+    /// Epochs of each sweep D-NAT run (the main error model reuses stage (e)).
+    pub sweep_dnat_epochs: usize,
+    /// Train / test on the first N images only (short schedules, tests).
+    pub train_subset: Option<usize>,
+    pub test_subset: Option<usize>,
+    pub batch: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            name: "dnat-pipeline".into(),
+            arch: Arch::ResNet20,
+            dataset: DatasetKind::Cifar10,
+            seed: 0,
+            fp32_checkpoint: PathBuf::from("models/resnet20-fp32-s0.ckpt"),
+            fp32_epochs: 40,
+            macro_name: "default".into(),
+            error_model: "moderate".into(),
+            act_quant: ActQuantKind::EPact,
+            qat_epochs: 3,
+            qat_lr: 0.01,
+            dnat_epochs: 3,
+            dnat_lr: 0.01,
+            estimator: Estimator::Statistical { draws: 0 },
+            bound_lr_scale: 1.0,
+            mc_seeds: 5,
+            sweep: ["ideal", "mild", "moderate", "severe"].map(String::from).to_vec(),
+            sweep_dnat_epochs: 1,
+            train_subset: None,
+            test_subset: None,
+            batch: 128,
+        }
+    }
+}
+
+impl PipelineConfig {
+    /// Reads a config file; relative paths in it are taken relative to the current
+    /// directory (the repository root for the make targets).
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(&text).map_err(|(line, msg)| Error::format(path, format!("line {line}: {msg}")))
+    }
+
+    /// Parses the text of a config file; errors carry the 1-based line number.
+    pub fn parse(text: &str) -> std::result::Result<Self, (usize, String)> {
+        let mut c = PipelineConfig::default();
+        let mut seen = std::collections::HashSet::new();
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.split('#').next().unwrap_or("").trim();
+            if line.is_empty() {
+                continue;
+            }
+            let err = |m: String| (i + 1, m);
+            let (k, v) = line.split_once('=').ok_or_else(|| err(format!("expected `key = value`, got '{line}'")))?;
+            let (k, v) = (k.trim(), v.trim());
+            if !seen.insert(k.to_string()) {
+                return Err(err(format!("'{k}' is set twice")));
+            }
+            c.set(k, v).map_err(err)?;
+        }
+        c.validate().map_err(|m| (0, m))?;
+        Ok(c)
+    }
+
+    fn set(&mut self, k: &str, v: &str) -> std::result::Result<(), String> {
+        fn num<T: std::str::FromStr>(k: &str, v: &str) -> std::result::Result<T, String> {
+            v.parse().map_err(|_| format!("{k} = '{v}' is not a valid number"))
+        }
+        fn subset(k: &str, v: &str) -> std::result::Result<Option<usize>, String> {
+            if v == "all" { Ok(None) } else { num(k, v).map(Some) }
+        }
+        fn e<T>(r: Result<T>) -> std::result::Result<T, String> {
+            r.map_err(|e| e.to_string())
+        }
+        match k {
+            "name" => self.name = v.to_string(),
+            "model" => self.arch = e(Arch::parse(v))?,
+            "dataset" => self.dataset = e(DatasetKind::parse(v))?,
+            "seed" => self.seed = num(k, v)?,
+            "fp32_checkpoint" => self.fp32_checkpoint = PathBuf::from(v),
+            "fp32_epochs" => self.fp32_epochs = num(k, v)?,
+            "macro" => self.macro_name = v.to_string(),
+            "error_model" => self.error_model = v.to_string(),
+            "act_quant" => self.act_quant = e(ActQuantKind::parse(v))?,
+            "qat_epochs" => self.qat_epochs = num(k, v)?,
+            "qat_lr" => self.qat_lr = num(k, v)?,
+            "dnat_epochs" => self.dnat_epochs = num(k, v)?,
+            "dnat_lr" => self.dnat_lr = num(k, v)?,
+            "estimator" => self.estimator = e(Estimator::parse(v))?,
+            "bound_lr_scale" => self.bound_lr_scale = num(k, v)?,
+            "mc_seeds" => self.mc_seeds = num(k, v)?,
+            "sweep" => self.sweep = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+            "sweep_dnat_epochs" => self.sweep_dnat_epochs = num(k, v)?,
+            "train_subset" => self.train_subset = subset(k, v)?,
+            "test_subset" => self.test_subset = subset(k, v)?,
+            "batch" => self.batch = num(k, v)?,
+            _ => return Err(format!("unknown key '{k}' (see src/pipeline/config.rs for the keys)")),
+        }
+        Ok(())
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        let positive = [("qat_epochs", self.qat_epochs), ("dnat_epochs", self.dnat_epochs), ("fp32_epochs", self.fp32_epochs), ("batch", self.batch)];
+        if let Some((k, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("{k} must be at least 1"));
+        }
+        if self.mc_seeds == 0 {
+            return Err("mc_seeds must be at least 1".into());
+        }
+        if !self.sweep.is_empty() && self.sweep_dnat_epochs == 0 {
+            return Err("sweep_dnat_epochs must be at least 1".into());
+        }
+        for (k, lr) in [("qat_lr", self.qat_lr), ("dnat_lr", self.dnat_lr), ("bound_lr_scale", self.bound_lr_scale)] {
+            if !(lr.is_finite() && lr > 0.0) {
+                return Err(format!("{k} must be a positive number"));
+            }
+        }
+        if self.train_subset == Some(0) || self.test_subset == Some(0) {
+            return Err("train_subset / test_subset must be at least 1 (or `all`)".into());
+        }
+        // Resolve the macro and every error model now, so a typo fails before hours of training.
+        let spec = MacroSpec::preset(&self.macro_name).map_err(|e| e.to_string())?;
+        spec.validate().map_err(|e| e.to_string())?;
+        for m in std::iter::once(&self.error_model).chain(&self.sweep) {
+            em::resolve(m, &spec).map_err(|e| format!("error model: {e}"))?;
+        }
+        Ok(())
+    }
+
+    /// Key/value form in a fixed order (written beside the results).
+    pub fn describe(&self) -> Vec<(&'static str, String)> {
+        let opt = |o: Option<usize>| o.map_or("all".to_string(), |n| n.to_string());
+        vec![
+            ("name", self.name.clone()),
+            ("model", self.arch.name().into()),
+            ("dataset", self.dataset.name().into()),
+            ("seed", self.seed.to_string()),
+            ("fp32_checkpoint", self.fp32_checkpoint.display().to_string()),
+            ("fp32_epochs", self.fp32_epochs.to_string()),
+            ("macro", self.macro_name.clone()),
+            ("error_model", self.error_model.clone()),
+            ("act_quant", self.act_quant.name().into()),
+            ("qat_epochs", self.qat_epochs.to_string()),
+            ("qat_lr", self.qat_lr.to_string()),
+            ("dnat_epochs", self.dnat_epochs.to_string()),
+            ("dnat_lr", self.dnat_lr.to_string()),
+            ("estimator", self.estimator.describe()),
+            ("bound_lr_scale", self.bound_lr_scale.to_string()),
+            ("mc_seeds", self.mc_seeds.to_string()),
+            ("sweep", self.sweep.join(", ")),
+            ("sweep_dnat_epochs", self.sweep_dnat_epochs.to_string()),
+            ("train_subset", opt(self.train_subset)),
+            ("test_subset", opt(self.test_subset)),
+            ("batch", self.batch.to_string()),
+        ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_keys_comments_and_defaults() {
+        let c = PipelineConfig::parse("# a comment\nmodel = vgg8  # trailing\nerror_model = severe:offset=3\nsweep = mild, severe\ntest_subset = 500\n").unwrap();
+        assert_eq!(c.arch, Arch::Vgg8);
+        assert_eq!(c.error_model, "severe:offset=3");
+        assert_eq!(c.sweep, vec!["mild", "severe"]);
+        assert_eq!(c.test_subset, Some(500));
+        assert_eq!(c.qat_epochs, PipelineConfig::default().qat_epochs);
+        // describe() round-trips through the parser.
+        let text: String = c.describe().iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+        assert_eq!(PipelineConfig::parse(&text).unwrap(), c);
+    }
+
+    #[test]
+    fn bad_lines_name_the_line_and_the_problem() {
+        for (text, line, msg) in [
+            ("model = resnet20\nqat_epochs three", 2, "expected `key = value`"),
+            ("colour = red", 1, "unknown key 'colour'"),
+            ("qat_lr = fast", 1, "not a valid number"),
+            ("seed = 1\nseed = 2", 2, "set twice"),
+            ("dnat_epochs = 0", 0, "dnat_epochs must be at least 1"),
+            ("error_model = no/such/file.dmem", 0, "error model"),
+            ("model = lenet", 1, "lenet"),
+        ] {
+            let (l, m) = PipelineConfig::parse(text).unwrap_err();
+            assert!(l == line && m.contains(msg), "{text:?}: line {l}: {m}");
+        }
+        let dir = std::env::temp_dir().join(format!("dnat-pcfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("bad.conf");
+        std::fs::write(&p, "mc_seeds = -1\n").unwrap();
+        let e = PipelineConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("bad.conf") && e.contains("line 1"), "{e}");
+    }
+}

@@ -1,0 +1,349 @@
+//! The D-NAT pipeline: the paper's experiment as resumable stages, driven by a
+//! [`PipelineConfig`].
+//!
+//! | stage | what | kept in `OUT/work/` |
+//! |---|---|---|
+//! | a | FP32 model: `fp32_checkpoint`, or trained when that file does not exist | `fp32.ckpt` (when trained), `fp32.rec` |
+//! | b | W4A8 quantization-aware training with E-PACT on the ideal macro | `qat.ckpt` |
+//! | c | evaluation of (b) on the ideal macro | `quant_ideal.rec` |
+//! | d | evaluation of (b) on the non-ideal macro, R error seeds | `naive-<model>.rec` |
+//! | e | D-NAT: fine-tuning (b) with the error model in the loop | `dnat.ckpt` |
+//! | f | evaluation of (e) on the non-ideal macro, R error seeds | `dnat-<model>.rec` |
+//! | sweep | (d) and (e)+(f) for each error model of the severity sweep | `naive-*.rec`, `dnat-*.ckpt`, `dnat-*.rec` |
+//!
+//! Training stages checkpoint every epoch and resume; evaluation stages record each
+//! error seed as it finishes. A finished stage is not run again, so an interrupted
+//! pipeline, started again with the same command, loses at most one epoch or one
+//! evaluation. `work/inputs.rec` pins the configuration (and the FP32 checkpoint's
+//! sha256) the work belongs to; a different configuration is refused rather than mixed.
+//!
+//! The error seeds of evaluations are `EVAL_SEED0 + r` (r < R), the same for every
+//! model, so naive and D-NAT meet the same draws.
+
+pub mod config;
+pub mod plot;
+pub mod record;
+pub mod report;
+
+pub use config::PipelineConfig;
+
+use crate::cim::{em, CimRuntime, Estimator, ReadoutMode};
+use crate::data::{Dataset, Normalize, Split};
+use crate::io::checkpoint::{restore_into, Checkpoint, EpochRecord};
+use crate::nn::{build, CimPlan};
+use crate::train::{evaluate, train, CimTraining, RunOptions, TrainConfig};
+use crate::optim::Schedule;
+use crate::{Error, Result};
+use record::Record;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// First error seed of every Monte-Carlo evaluation (as `dnat eval --cim`).
+pub const EVAL_SEED0: u64 = 1000;
+
+/// Mean ± sample standard deviation over error seeds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct McAccuracy {
+    pub mean: f64,
+    pub std: f64,
+    pub per_seed: Vec<f64>,
+}
+
+impl McAccuracy {
+    pub fn of(per_seed: Vec<f64>) -> Self {
+        let n = per_seed.len() as f64;
+        let mean = per_seed.iter().sum::<f64>() / n;
+        let std = if per_seed.len() > 1 { (per_seed.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt() } else { 0.0 };
+        McAccuracy { mean, std, per_seed }
+    }
+}
+
+/// One error model of the severity sweep.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SweepPoint {
+    pub error_model: String,
+    pub naive: McAccuracy,
+    pub dnat: McAccuracy,
+    /// D-NAT epochs behind `dnat` (0: the QAT model itself, for the ideal macro).
+    pub dnat_epochs: usize,
+}
+
+/// Everything the pipeline measured.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    pub config: PipelineConfig,
+    pub fp32: f64,
+    pub quant_ideal: f64,
+    pub naive: McAccuracy,
+    pub dnat: McAccuracy,
+    pub sweep: Vec<SweepPoint>,
+    /// Per-epoch test accuracy of the stages that trained: FP32 (as stored in its
+    /// checkpoint), QAT (ideal macro), D-NAT (non-ideal macro, one fixed error seed).
+    pub history: Vec<(&'static str, Vec<EpochRecord>)>,
+    /// Compute time summed over all invocations that did the work.
+    pub wall_s: f64,
+    pub data: String,
+    pub data_sha256: String,
+    /// The error model's label and description, the macro's description.
+    pub error_model_label: String,
+    pub error_model_description: String,
+    pub macro_description: String,
+    pub test_images: usize,
+}
+
+impl Summary {
+    /// Points recovered by D-NAT on the default error model (D-NAT − naive, means).
+    pub fn recovery(&self) -> f64 {
+        self.dnat.mean - self.naive.mean
+    }
+}
+
+struct Run<'a> {
+    cfg: &'a PipelineConfig,
+    data: &'a Dataset,
+    test: Split,
+    work: PathBuf,
+    quiet: bool,
+}
+
+/// Runs (or resumes) the pipeline, writing its work under `out/work/`; the report is
+/// written by [`report::write`].
+pub fn run(cfg: &PipelineConfig, data: &Dataset, out: &Path, quiet: bool) -> Result<Summary> {
+    if data.kind != cfg.dataset {
+        return Err(Error::invalid(format!("the pipeline is configured for {} but the data set read is {}", cfg.dataset.name(), data.kind.name())));
+    }
+    let work = out.join("work");
+    std::fs::create_dir_all(&work).map_err(|e| Error::io(&work, e))?;
+    let mut test = data.test.clone();
+    if let Some(n) = cfg.test_subset {
+        test.truncate(n);
+    }
+    let r = Run { cfg, data, test, work, quiet };
+    r.pin_inputs()?;
+    r.say(format_args!("pipeline '{}' → {}", cfg.name, out.display()));
+
+    // (a) FP32.
+    let fp32_ckpt = r.fp32_checkpoint()?;
+    let fp32 = r.scalar_stage("fp32", || r.eval_digital(&fp32_ckpt))?;
+    r.say(format_args!("(a) FP32: {fp32:.2}%"));
+    // (b) QAT on the ideal macro, (c) its ideal accuracy.
+    let qat = r.train_stage("qat", "(b) W4A8 QAT, ideal macro", r.qat_config(&fp32_ckpt))?;
+    let quant_ideal = r.scalar_stage("quant_ideal", || r.eval_seed(&qat, "ideal", ReadoutMode::Ideal, EVAL_SEED0))?;
+    r.say(format_args!("(c) quantized, ideal macro: {quant_ideal:.2}%"));
+    // (d) naive on the non-ideal macro; (e) D-NAT; (f) D-NAT on the non-ideal macro.
+    let naive = r.mc_stage(&format!("naive-{}", slug(&cfg.error_model)), &qat, &cfg.error_model)?;
+    r.say(format_args!("(d) without NAT, {}: {:.2} ± {:.2}%", cfg.error_model, naive.mean, naive.std));
+    let dnat_ckpt = r.train_stage("dnat", "(e) D-NAT", r.dnat_config(&qat, &cfg.error_model, cfg.dnat_epochs))?;
+    let dnat = r.mc_stage(&format!("dnat-{}", slug(&cfg.error_model)), &dnat_ckpt, &cfg.error_model)?;
+    r.say(format_args!("(f) D-NAT, {}: {:.2} ± {:.2}%", cfg.error_model, dnat.mean, dnat.std));
+
+    // Severity sweep.
+    let mut sweep = Vec::new();
+    for m in &cfg.sweep {
+        let point = if m == "ideal" {
+            // On the ideal macro D-NAT is QAT: the QAT model is both columns.
+            let a = McAccuracy::of(vec![quant_ideal]);
+            SweepPoint { error_model: m.clone(), naive: a.clone(), dnat: a, dnat_epochs: 0 }
+        } else if *m == cfg.error_model {
+            SweepPoint { error_model: m.clone(), naive: naive.clone(), dnat: dnat.clone(), dnat_epochs: cfg.dnat_epochs }
+        } else {
+            let naive_m = r.mc_stage(&format!("naive-{}", slug(m)), &qat, m)?;
+            let ck = r.train_stage(&format!("dnat-{}", slug(m)), &format!("sweep: D-NAT on {m}"), r.dnat_config(&qat, m, cfg.sweep_dnat_epochs))?;
+            let dnat_m = r.mc_stage(&format!("dnat-{}", slug(m)), &ck, m)?;
+            SweepPoint { error_model: m.clone(), naive: naive_m, dnat: dnat_m, dnat_epochs: cfg.sweep_dnat_epochs }
+        };
+        r.say(format_args!("sweep {}: naive {:.2} ± {:.2}%, D-NAT {:.2} ± {:.2}%", m, point.naive.mean, point.naive.std, point.dnat.mean, point.dnat.std));
+        sweep.push(point);
+    }
+
+    let mut history = Vec::new();
+    for (name, path) in [("FP32", &fp32_ckpt), ("QAT (ideal macro)", &qat), ("D-NAT (non-ideal macro)", &dnat_ckpt)] {
+        history.push((name, Checkpoint::load(path)?.history));
+    }
+    let spec = crate::cim::MacroSpec::preset(&cfg.macro_name)?;
+    let model = em::resolve(&cfg.error_model, &spec)?;
+    Ok(Summary {
+        config: cfg.clone(),
+        fp32,
+        quant_ideal,
+        naive,
+        dnat,
+        sweep,
+        history,
+        wall_s: r.wall_s()?,
+        data: data.provenance.description.clone(),
+        data_sha256: data.provenance.sha256.clone(),
+        error_model_label: model.label(),
+        error_model_description: model.info.description.clone(),
+        macro_description: spec.describe(),
+        test_images: r.test.len(),
+    })
+}
+
+/// A file-name-safe form of an error-model spec or path.
+pub fn slug(s: &str) -> String {
+    let name = Path::new(s).file_name().map_or(s.to_string(), |n| n.to_string_lossy().into_owned());
+    let name = if em::presets::is_preset(s) { s.to_string() } else { name };
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Run<'_> {
+    fn say(&self, msg: std::fmt::Arguments) {
+        if !self.quiet {
+            eprintln!("{msg}");
+        }
+    }
+
+    /// Refuses to mix the work of different configurations in one directory.
+    fn pin_inputs(&self) -> Result<()> {
+        let mut want = Record::default();
+        for (k, v) in self.cfg.describe() {
+            want.set(k, v);
+        }
+        want.set("data_sha256", self.data.provenance.sha256.clone());
+        if self.cfg.fp32_checkpoint.exists() {
+            let bytes = std::fs::read(&self.cfg.fp32_checkpoint).map_err(|e| Error::io(&self.cfg.fp32_checkpoint, e))?;
+            want.set("fp32_sha256", sha256_hex(&bytes));
+        }
+        let path = self.work.join("inputs.rec");
+        if let Some(have) = Record::load(&path)? {
+            if let Some((k, a, b)) = have.first_difference(&want) {
+                return Err(Error::format(
+                    &path,
+                    format!("this work directory belongs to another configuration ({k} = {a}, now {b}); delete {} or choose another --out", self.work.display()),
+                ));
+            }
+            return Ok(());
+        }
+        want.save(&path)
+    }
+
+    fn add_time(&self, secs: f64) -> Result<()> {
+        let path = self.work.join("time.rec");
+        let mut r = Record::load(&path)?.unwrap_or_default();
+        let total = r.get_f64("compute_s").unwrap_or(0.0) + secs;
+        r.set("compute_s", format!("{total:.1}"));
+        r.save(&path)
+    }
+
+    fn wall_s(&self) -> Result<f64> {
+        Ok(Record::load(&self.work.join("time.rec"))?.and_then(|r| r.get_f64("compute_s")).unwrap_or(0.0))
+    }
+
+    fn fp32_checkpoint(&self) -> Result<PathBuf> {
+        if self.cfg.fp32_checkpoint.exists() {
+            return Ok(self.cfg.fp32_checkpoint.clone());
+        }
+        self.say(format_args!("(a) {} not found: training the FP32 model ({} epochs)", self.cfg.fp32_checkpoint.display(), self.cfg.fp32_epochs));
+        let mut tc = TrainConfig::new(self.cfg.arch, self.cfg.dataset, self.cfg.fp32_epochs, self.cfg.seed);
+        tc.batch = self.cfg.batch;
+        tc.train_subset = self.cfg.train_subset;
+        self.train_stage("fp32", "(a) FP32", tc)
+    }
+
+    fn qat_config(&self, fp32: &Path) -> TrainConfig {
+        self.cim_config(fp32, "ideal", ReadoutMode::Ideal, Estimator::Ste, self.cfg.qat_epochs, self.cfg.qat_lr)
+    }
+
+    fn dnat_config(&self, qat: &Path, error_model: &str, epochs: usize) -> TrainConfig {
+        self.cim_config(qat, error_model, ReadoutMode::Sampled, self.cfg.estimator, epochs, self.cfg.dnat_lr)
+    }
+
+    /// Fine-tuning on the macro from `init`: SGD + Nesterov, cosine decay from `lr`.
+    fn cim_config(&self, init: &Path, error_model: &str, readout: ReadoutMode, estimator: Estimator, epochs: usize, lr: f32) -> TrainConfig {
+        let mut tc = TrainConfig::new(self.cfg.arch, self.cfg.dataset, epochs, self.cfg.seed);
+        tc.batch = self.cfg.batch;
+        tc.lr = lr;
+        tc.schedule = Schedule::Cosine { warmup_epochs: 0.0 };
+        tc.train_subset = self.cfg.train_subset;
+        tc.groups.bound_lr_scale = self.cfg.bound_lr_scale;
+        tc.init = Some(init.display().to_string());
+        tc.cim = Some(CimTraining {
+            macro_name: self.cfg.macro_name.clone(),
+            error_model: error_model.to_string(),
+            readout,
+            estimator,
+            act_quant: self.cfg.act_quant,
+            plan: CimPlan::default(),
+        });
+        tc
+    }
+
+    /// A training stage: resumes `work/<name>.ckpt`; a finished one returns at once.
+    fn train_stage(&self, name: &str, what: &str, tc: TrainConfig) -> Result<PathBuf> {
+        let out = self.work.join(format!("{name}.ckpt"));
+        if out.exists() && Checkpoint::load(&out)?.epochs_done as usize >= tc.epochs {
+            return Ok(out);
+        }
+        self.say(format_args!("{what}: {} epochs → {}", tc.epochs, out.display()));
+        let t = Instant::now();
+        let o = train(&tc, self.data, &out, &RunOptions { resume: true, stop_after: None, quiet: self.quiet })?;
+        self.add_time(t.elapsed().as_secs_f64())?;
+        self.say(format_args!("{what}: done, test accuracy {:.2}%", o.test_accuracy));
+        Ok(out)
+    }
+
+    /// A single-number stage, recorded in `work/<name>.rec`.
+    fn scalar_stage(&self, name: &str, f: impl FnOnce() -> Result<f64>) -> Result<f64> {
+        let path = self.work.join(format!("{name}.rec"));
+        if let Some(v) = Record::load(&path)?.and_then(|r| r.get_f64("accuracy")) {
+            return Ok(v);
+        }
+        let t = Instant::now();
+        let v = f()?;
+        self.add_time(t.elapsed().as_secs_f64())?;
+        let mut r = Record::default();
+        r.set("accuracy", format!("{v}"));
+        r.save(&path)?;
+        Ok(v)
+    }
+
+    /// Monte-Carlo evaluation over R error seeds, each seed recorded as it finishes.
+    fn mc_stage(&self, name: &str, ckpt: &Path, error_model: &str) -> Result<McAccuracy> {
+        let path = self.work.join(format!("{name}.rec"));
+        let mut rec = Record::load(&path)?.unwrap_or_default();
+        let mut accs = Vec::new();
+        for r in 0..self.cfg.mc_seeds {
+            let seed = EVAL_SEED0 + r;
+            let key = format!("seed{seed}");
+            if let Some(a) = rec.get_f64(&key) {
+                accs.push(a);
+                continue;
+            }
+            let t = Instant::now();
+            let a = self.eval_seed(ckpt, error_model, ReadoutMode::Sampled, seed)?;
+            self.add_time(t.elapsed().as_secs_f64())?;
+            self.say(format_args!("  {name}: error seed {}/{}: {a:.2}% ({:.0} s)", r + 1, self.cfg.mc_seeds, t.elapsed().as_secs_f64()));
+            rec.set(&key, format!("{a}"));
+            rec.save(&path)?;
+            accs.push(a);
+        }
+        Ok(McAccuracy::of(accs))
+    }
+
+    fn eval_seed(&self, ckpt: &Path, error_model: &str, readout: ReadoutMode, seed: u64) -> Result<f64> {
+        let ck = Checkpoint::load(ckpt)?;
+        let plan = ck.spec.cim.ok_or_else(|| Error::format(ckpt, "has no CIM layers"))?;
+        let (net, mut store) = build(ck.spec, 0);
+        restore_into(&ck.store, &mut store, ckpt)?;
+        let act_quant = self.cfg.act_quant;
+        let ct = CimTraining { macro_name: self.cfg.macro_name.clone(), error_model: error_model.to_string(), readout, estimator: Estimator::Ste, act_quant, plan };
+        let rt: CimRuntime = ct.runtime(seed)?;
+        Ok(evaluate(net.as_ref(), &mut store, &self.test, Normalize::for_dataset(self.cfg.dataset), Some(&rt))?.accuracy)
+    }
+
+    fn eval_digital(&self, ckpt: &Path) -> Result<f64> {
+        let ck = Checkpoint::load(ckpt)?;
+        if ck.spec.arch != self.cfg.arch || ck.spec.num_classes != self.cfg.dataset.num_classes() || ck.spec.cim.is_some() {
+            return Err(Error::format(ckpt, format!("is not an FP32 {} for {}", self.cfg.arch.name(), self.cfg.dataset.name())));
+        }
+        let (net, mut store) = build(ck.spec, 0);
+        restore_into(&ck.store, &mut store, ckpt)?;
+        Ok(evaluate(net.as_ref(), &mut store, &self.test, Normalize::for_dataset(self.cfg.dataset), None)?.accuracy)
+    }
+}
