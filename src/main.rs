@@ -25,6 +25,7 @@ enum Cmd {
     Em(cli::em::EmArgs),
     Weights(cli::weights::WeightsArgs),
     Pipeline(cli::pipeline::PipelineArgs),
+    Export(cli::export::ExportArgs),
 }
 
 /// Restores the default SIGPIPE action, so `dnat … | head` ends quietly instead of
@@ -62,6 +63,7 @@ fn main() -> ExitCode {
         Cmd::Em(a) => cli::em::run(a),
         Cmd::Weights(a) => cli::weights::run(a),
         Cmd::Pipeline(a) => cli::pipeline::run(a),
+        Cmd::Export(a) => cli::export::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod em;
 pub mod eval;
+pub mod export;
 pub mod pipeline;
 pub mod train;
 pub mod weights;

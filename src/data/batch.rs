@@ -14,7 +14,7 @@ const ORDER_TAG: u64 = 0x0DE5;
 const AUGMENT_TAG: u64 = 0xA116;
 
 /// Per-channel normalisation: (pixel/255 − mean) / std.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Normalize {
     pub mean: [f32; 3],
     pub std: [f32; 3],

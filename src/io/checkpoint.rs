@@ -1,12 +1,5 @@
-//! The dnat checkpoint format (version 1).
-//!
-//! ```text
-//! magic    8 bytes  "DNATCKPT"
-//! version  u32 LE   2 (version 1, without the CIM plan, is still read)
-//! length   u64 LE   length of the compressed payload
-//! crc32    u32 LE   CRC-32 of the uncompressed payload
-//! payload  zlib(…)  the sections below, all little-endian
-//! ```
+//! The dnat checkpoint format: magic `DNATCKPT`, version 2 (version 1, without the CIM
+//! plan, is still read), in the frame of [`super::framed`] (length, CRC-32, zlib).
 //! Payload: model (`arch` string, `num_classes` u32, CIM plan: u8 0 = none, or 1
 //! followed by `first_digital` u8 and `last_digital` u8 — version 2 only); `meta` key/value strings (the
 //! training configuration, the data set read); progress (`epochs_done` u32,
@@ -15,14 +8,12 @@
 //! (one row per finished epoch). Strings are u32 length + UTF-8; shapes are u8 rank +
 //! u32 dims. The bytes are a pure function of the run: no timestamps, no paths.
 
-use super::atomic;
+use super::{atomic, framed};
 use crate::engine::{ParamGroup, ParamStore, Tensor};
 use crate::nn::{Arch, CimPlan, ModelSpec};
 use crate::{Error, Result};
 use byteorder::{LittleEndian as LE, ReadBytesExt, WriteBytesExt};
-use flate2::read::ZlibDecoder;
-use flate2::write::ZlibEncoder;
-use std::io::{Cursor, Read, Write};
+use std::io::{Cursor, Read};
 use std::path::Path;
 
 const MAGIC: &[u8; 8] = b"DNATCKPT";
@@ -115,18 +106,7 @@ impl Checkpoint {
                 p.write_f32::<LE>(v).unwrap();
             }
         }
-        let mut crc = flate2::Crc::new();
-        crc.update(&p);
-        let mut z = ZlibEncoder::new(Vec::new(), flate2::Compression::new(6));
-        z.write_all(&p).unwrap();
-        let z = z.finish().unwrap();
-        let mut out = Vec::with_capacity(z.len() + 24);
-        out.extend_from_slice(MAGIC);
-        out.write_u32::<LE>(VERSION).unwrap();
-        out.write_u64::<LE>(z.len() as u64).unwrap();
-        out.write_u32::<LE>(crc.sum()).unwrap();
-        out.extend_from_slice(&z);
-        out
+        framed::encode(MAGIC, VERSION, &p)
     }
 
     /// Writes atomically (temporary file + rename).
@@ -140,31 +120,12 @@ impl Checkpoint {
     }
 
     pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Self, String> {
-        if bytes.len() < 24 || &bytes[..8] != MAGIC {
-            return Err("not a dnat checkpoint (bad magic bytes)".into());
-        }
-        let mut h = Cursor::new(&bytes[8..24]);
-        let version = h.read_u32::<LE>().unwrap();
-        if version == 0 || version > VERSION {
-            return Err(format!("checkpoint format version {version}, this dnat reads versions 1 to {VERSION}"));
-        }
-        let len = h.read_u64::<LE>().unwrap();
-        let crc_want = h.read_u32::<LE>().unwrap();
-        if bytes.len() as u64 - 24 != len {
-            return Err(format!("truncated or padded checkpoint: header says {len} payload bytes, file has {}", bytes.len() - 24));
-        }
-        let mut payload = Vec::new();
-        ZlibDecoder::new(&bytes[24..]).read_to_end(&mut payload).map_err(|e| format!("corrupt checkpoint payload: {e}"))?;
-        let mut crc = flate2::Crc::new();
-        crc.update(&payload);
-        if crc.sum() != crc_want {
-            return Err("corrupt checkpoint: CRC-32 mismatch".into());
-        }
+        let (version, payload) = framed::decode(bytes, MAGIC, "checkpoint", VERSION)?;
         parse_payload(&payload, version).map_err(|e| format!("corrupt checkpoint: {e}"))
     }
 }
 
-fn put_str(p: &mut Vec<u8>, s: &str) {
+pub(crate) fn put_str(p: &mut Vec<u8>, s: &str) {
     p.write_u32::<LE>(s.len() as u32).unwrap();
     p.extend_from_slice(s.as_bytes());
 }
@@ -179,7 +140,7 @@ fn put_tensor(p: &mut Vec<u8>, t: &Tensor) {
     }
 }
 
-fn count(c: &mut Cursor<&[u8]>) -> std::result::Result<usize, String> {
+pub(crate) fn count(c: &mut Cursor<&[u8]>) -> std::result::Result<usize, String> {
     let n = c.read_u32::<LE>().map_err(|_| "unexpected end of payload")? as u64;
     let left = c.get_ref().len() as u64 - c.position();
     if n > MAX_LEN || n > left {
@@ -188,7 +149,7 @@ fn count(c: &mut Cursor<&[u8]>) -> std::result::Result<usize, String> {
     Ok(n as usize)
 }
 
-fn get_str(c: &mut Cursor<&[u8]>) -> std::result::Result<String, String> {
+pub(crate) fn get_str(c: &mut Cursor<&[u8]>) -> std::result::Result<String, String> {
     let n = count(c)?;
     let mut b = vec![0u8; n];
     c.read_exact(&mut b).map_err(|_| "unexpected end of payload")?;

@@ -169,6 +169,41 @@ impl Conv2d {
     }
 }
 
+/// A conv / linear layer as a deployment sees it (see [`super::Network::compute_layers`]).
+pub struct ComputeLayer<'a> {
+    pub op: LayerOp<'a>,
+    /// The batchnorm that directly follows (folded into the layer on deployment).
+    pub bn: Option<&'a BatchNorm2d>,
+    pub after: After,
+}
+
+pub enum LayerOp<'a> {
+    Conv(&'a Conv2d),
+    Linear(&'a Linear),
+}
+
+/// What follows the layer (and its batchnorm).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum After {
+    Nothing,
+    Relu,
+    /// The residual addition of a block, then ReLU.
+    AddRelu,
+}
+
+impl After {
+    pub fn code(self) -> u8 {
+        match self {
+            After::Nothing => 0,
+            After::Relu => 1,
+            After::AddRelu => 2,
+        }
+    }
+    pub fn from_code(c: u8) -> Option<Self> {
+        [After::Nothing, After::Relu, After::AddRelu].into_iter().find(|a| a.code() == c)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct BatchNorm2d {
     pub weight: ParamId,

@@ -7,5 +7,5 @@
 pub mod layers;
 pub mod models;
 
-pub use layers::{ActQuantKind, BatchNorm2d, Calibration, CimQuant, Conv2d, Fwd, Linear};
+pub use layers::{ActQuantKind, After, BatchNorm2d, Calibration, CimQuant, ComputeLayer, Conv2d, Fwd, LayerOp, Linear};
 pub use models::{build, Arch, CimPlan, ModelSpec, Network};

@@ -13,7 +13,7 @@
 //! `layer2.0.shortcut.0`, `linear`; `features.N` / `classifier.N` for VGG), so a
 //! PyTorch `state_dict` of the same architecture maps one to one.
 
-use super::layers::{BatchNorm2d, Conv2d, Fwd, Linear};
+use super::layers::{After, BatchNorm2d, ComputeLayer, Conv2d, Fwd, LayerOp, Linear};
 use crate::engine::ops::{self, Conv2dCfg};
 use crate::engine::{ParamStore, Var};
 use crate::rng::stream;
@@ -107,6 +107,10 @@ impl MacroMap {
 pub trait Network: Send + Sync {
     fn spec(&self) -> ModelSpec;
     fn forward(&self, cx: &mut Fwd, x: Var) -> Result<Var>;
+    /// The conv / linear layers in forward order, each with the batchnorm that follows
+    /// it and what comes after (for export; pooling and shortcuts are the
+    /// architecture's, documented above).
+    fn compute_layers(&self) -> Vec<ComputeLayer<'_>>;
 }
 
 /// Builds a network and its freshly initialised parameters (weights drawn from `seed`).
@@ -226,6 +230,22 @@ impl Network for ResNet {
         let h = ops::global_avg_pool(cx.tape, h)?;
         self.linear.forward(cx, h)
     }
+    fn compute_layers(&self) -> Vec<ComputeLayer<'_>> {
+        let conv = |c, bn, after| ComputeLayer { op: LayerOp::Conv(c), bn: Some(bn), after };
+        let mut v = vec![conv(&self.conv1, &self.bn1, After::Relu)];
+        for b in &self.blocks {
+            v.push(conv(&b.conv1, &b.bn1, After::Relu));
+            // The projection shortcut is computed before the addition that ends the block.
+            if let Shortcut::Projection(c, bn) = &b.shortcut {
+                v.push(conv(&b.conv2, &b.bn2, After::Nothing));
+                v.push(conv(c, bn, After::AddRelu));
+            } else {
+                v.push(conv(&b.conv2, &b.bn2, After::AddRelu));
+            }
+        }
+        v.push(ComputeLayer { op: LayerOp::Linear(&self.linear), bn: None, after: After::Nothing });
+        v
+    }
 }
 
 enum VggLayer {
@@ -308,6 +328,14 @@ impl Network for Vgg {
             }
         }
         Ok(h)
+    }
+    fn compute_layers(&self) -> Vec<ComputeLayer<'_>> {
+        let convs = self.features.iter().filter_map(|l| match l {
+            VggLayer::ConvBnRelu(c, bn) => Some(ComputeLayer { op: LayerOp::Conv(c), bn: Some(bn), after: After::Relu }),
+            VggLayer::MaxPool => None,
+        });
+        let linears = self.classifier.iter().map(|(l, relu)| ComputeLayer { op: LayerOp::Linear(l), bn: None, after: if *relu { After::Relu } else { After::Nothing } });
+        convs.chain(linears).collect()
     }
 }
 

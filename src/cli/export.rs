@@ -1,0 +1,51 @@
+use dnat::cim::MacroSpec;
+use dnat::data::{DatasetKind, Normalize};
+use dnat::io::checkpoint::{restore_into, Checkpoint};
+use dnat::io::deploy::{Body, DeployModel};
+use dnat::nn::build;
+use dnat::{Error, Result};
+use std::path::PathBuf;
+
+#[derive(argh::FromArgs)]
+#[argh(subcommand, name = "export")]
+/// Write the deployable integer model of a CIM checkpoint: 4-bit weight codes per macro
+/// tile, E-PACT bounds, scales, folded batchnorm (format: src/io/deploy.rs).
+pub struct ExportArgs {
+    /// checkpoint of a QAT or D-NAT run (trained with --cim)
+    #[argh(option)]
+    checkpoint: PathBuf,
+    /// output file (written atomically)
+    #[argh(option)]
+    out: PathBuf,
+    /// macro preset (default: the one the checkpoint was trained for)
+    #[argh(option)]
+    r#macro: Option<String>,
+}
+
+pub fn run(a: ExportArgs) -> Result<()> {
+    let ck = Checkpoint::load(&a.checkpoint)?;
+    if ck.spec.cim.is_none() {
+        return Err(Error::format(&a.checkpoint, "has no CIM layers (an FP32 model): train it with --cim first"));
+    }
+    // The training configuration names its macro: `cim = macro=NAME error_model=…`.
+    let trained_for = ck.meta("cim").and_then(|c| c.split_whitespace().find_map(|kv| kv.strip_prefix("macro="))).map(String::from);
+    let name = a.r#macro.or(trained_for).unwrap_or_else(|| "default".into());
+    let spec = MacroSpec::preset(&name)?;
+    let kind = if ck.spec.num_classes == 100 { DatasetKind::Cifar100 } else { DatasetKind::Cifar10 };
+    let (net, mut store) = build(ck.spec, 0);
+    restore_into(&ck.store, &mut store, &a.checkpoint)?;
+    let m = DeployModel::from_network(net.as_ref(), &store, &spec, Normalize::for_dataset(kind))?;
+    m.save(&a.out)?;
+    let on_macro: Vec<_> = m.layers.iter().filter_map(|l| if let Body::Macro { tiles, .. } = l.body { Some(tiles as usize * l.cout as usize) } else { None }).collect();
+    println!(
+        "{}: {} layers ({} on the macro, {} macro tile columns), macro {} -> {} ({} bytes)",
+        m.arch,
+        m.layers.len(),
+        on_macro.len(),
+        on_macro.iter().sum::<usize>(),
+        spec.describe(),
+        a.out.display(),
+        std::fs::metadata(&a.out).map(|md| md.len()).unwrap_or(0)
+    );
+    Ok(())
+}
