@@ -9,6 +9,9 @@ use dnat::nn::{ActQuantKind, Arch, CimPlan};
 use dnat::train::{train, CimTraining, RunOptions, TrainConfig};
 use std::path::PathBuf;
 
+mod common;
+use common::check_golden;
+
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("dnat-test-{}", std::process::id()));
     std::fs::create_dir_all(&d).unwrap();
@@ -119,23 +122,10 @@ fn fp32_then_qat_then_dnat() {
         ("dnat_test_accuracy", format!("{}", d.test_accuracy)),
         ("dnat_last_train_loss_bits", format!("{:#010x}", last.train_loss.to_bits())),
     ];
-    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/dnat-synthetic.txt");
-    if std::env::var_os("DNAT_BLESS").is_some() {
-        let mut text = String::from(
-            "# Golden values of tests/training.rs::fp32_then_qat_then_dnat (synthetic data, seed 11).\n\
-             # Produced by: DNAT_BLESS=1 cargo test --release --test training fp32_then_qat_then_dnat\n\
-             # Bit-exact on the machine kind CI runs on (matrixmultiply picks its kernel per CPU).\n",
-        );
-        for (k, v) in &got {
-            text.push_str(&format!("{k} = {v}\n"));
-        }
-        std::fs::write(&file, text).unwrap();
-        eprintln!("blessed {}", file.display());
-    } else {
-        let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e} (bless it first)", file.display()));
-        for (k, v) in &got {
-            let want = text.lines().find_map(|l| l.strip_prefix(&format!("{k} = "))).unwrap_or_else(|| panic!("{}: no {k}", file.display()));
-            assert_eq!(v, want, "golden value {k} changed");
-        }
-    }
+    check_golden(
+        "dnat-synthetic.txt",
+        "tests/training.rs::fp32_then_qat_then_dnat (synthetic data, seed 11)",
+        "cargo test --release --test training fp32_then_qat_then_dnat",
+        &got,
+    );
 }

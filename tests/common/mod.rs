@@ -61,3 +61,24 @@ pub fn json_number(line: &str, key: &str) -> f64 {
     let end = rest.find([',', '}']).unwrap();
     rest[..end].trim().parse().unwrap()
 }
+
+/// Compares `got` with the golden file `tests/golden/<file>`, or (re)writes that file
+/// when `DNAT_BLESS` is set. `produced_by` is the command that blesses it; it heads the
+/// file so the values always travel with the command that made them.
+pub fn check_golden(file: &str, about: &str, produced_by: &str, got: &[(&str, String)]) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden").join(file);
+    if std::env::var_os("DNAT_BLESS").is_some() {
+        let mut text = format!(
+            "# Golden values of {about}.\n# Produced by: DNAT_BLESS=1 {produced_by}\n# Bit-exact on the machine kind CI runs on (matrixmultiply picks its kernel per CPU).\n"
+        );
+        for (k, v) in got {
+            text.push_str(&format!("{k} = {v}\n"));
+        }
+        std::fs::write(&path, text).unwrap();
+        eprintln!("blessed {}", path.display());
+        return;
+    }
+    for (k, v) in got {
+        assert_eq!(v, &golden(file, k), "golden value {k} of {} changed (re-bless with: DNAT_BLESS=1 {produced_by})", path.display());
+    }
+}
