@@ -8,7 +8,7 @@ DATA_FLAG := $(if $(DATA),--data $(DATA),)
 CIFAR10_URL := https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz
 CIFAR10_SHA256 := c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd
 
-.PHONY: help build test test-long bench bench-pytorch data repro-resnet20 repro-vgg8 train-resnet20 eval-resnet20 train-vgg8 interop-pytorch
+.PHONY: help build test test-long bench bench-pytorch data repro-resnet20 repro-vgg8 ablations-resnet20 train-resnet20 eval-resnet20 train-vgg8 interop-pytorch
 
 help:
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -45,6 +45,16 @@ repro-resnet20: build ## FP32 → QAT → naive vs D-NAT on the non-ideal macro,
 
 repro-vgg8: build ## The same for VGG8 (trains its FP32 model first when models/ has none; hours)
 	$(DNAT) pipeline --config configs/repro-vgg8.conf $(DATA_FLAG)
+
+# Ablations: one setting changed at a time on a short D-NAT schedule (1 QAT + 1 D-NAT
+# epoch on 10,000 training images, full test set, R = 3). Results: README "Ablations".
+ABLATE := $(DNAT) pipeline --config configs/repro-resnet20.conf $(DATA_FLAG) --set train_subset=10000 --set qat_epochs=1 --set dnat_epochs=1 --set mc_seeds=3 --set sweep=
+ablations-resnet20: build ## STE vs statistical estimator, draws S, PACT vs E-PACT (~30 min)
+	$(ABLATE) --set name=ablation-stat --out results/ablations/stat
+	$(ABLATE) --set name=ablation-ste --set estimator=ste --out results/ablations/ste
+	$(ABLATE) --set name=ablation-stat1 --set estimator=stat:1 --out results/ablations/stat1
+	$(ABLATE) --set name=ablation-stat4 --set estimator=stat:4 --out results/ablations/stat4
+	$(ABLATE) --set name=ablation-pact --set act_quant=pact --out results/ablations/pact
 
 # The FP32 ResNet20 in models/ was produced by exactly this command (see models/README.md).
 train-resnet20: build ## Train the FP32 ResNet20 baseline (resumable; ~1.5 h on 2 cores)

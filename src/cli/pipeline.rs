@@ -13,6 +13,9 @@ pub struct PipelineArgs {
     /// output directory (default results/<name from the config>); work is kept in OUT/work
     #[argh(option)]
     out: Option<PathBuf>,
+    /// override a config key, e.g. --set estimator=ste (repeatable; for ablations)
+    #[argh(option)]
+    set: Vec<String>,
     /// data set archive or folder (default: $DNAT_DATA, ../shared/datasets, datasets/)
     #[argh(option)]
     data: Option<PathBuf>,
@@ -25,7 +28,7 @@ pub struct PipelineArgs {
 }
 
 pub fn run(a: PipelineArgs) -> Result<()> {
-    let cfg = PipelineConfig::load(&a.config)?;
+    let cfg = PipelineConfig::load_with(&a.config, &a.set)?;
     let out = a.out.unwrap_or_else(|| PathBuf::from("results").join(&cfg.name));
     let data = super::load_data(a.data.as_deref(), cfg.dataset, a.quiet)?;
     let s = pipeline::run(&cfg, &data, &out, a.quiet)?;

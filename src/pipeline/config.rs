@@ -28,6 +28,8 @@ pub struct PipelineConfig {
     /// file does not exist.
     pub fp32_checkpoint: PathBuf,
     pub fp32_epochs: usize,
+    /// Peak learning rate of that FP32 training (one-cycle).
+    pub fp32_lr: f32,
     pub macro_name: String,
     /// The non-ideal macro of stages (d)–(f): a preset, a preset with overrides
     /// (`moderate:offset=6`) or a D-MAC-EM file.
@@ -63,6 +65,7 @@ impl Default for PipelineConfig {
             seed: 0,
             fp32_checkpoint: PathBuf::from("models/resnet20-fp32-s0.ckpt"),
             fp32_epochs: 40,
+            fp32_lr: 0.1,
             macro_name: "default".into(),
             error_model: "moderate".into(),
             act_quant: ActQuantKind::EPact,
@@ -86,12 +89,31 @@ impl PipelineConfig {
     /// Reads a config file; relative paths in it are taken relative to the current
     /// directory (the repository root for the make targets).
     pub fn load(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::parse(&text).map_err(|(line, msg)| Error::format(path, format!("line {line}: {msg}")))
+        Self::load_with(path, &[])
     }
 
-    /// Parses the text of a config file; errors carry the 1-based line number.
+    /// Reads a config file, then applies `key=value` overrides (the command line's
+    /// `--set`, for ablations of one setting).
+    pub fn load_with(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let mut c = Self::parse_lines(&text).map_err(|(line, msg)| Error::format(path, format!("line {line}: {msg}")))?;
+        for o in overrides {
+            let (k, v) = o.split_once('=').ok_or_else(|| Error::invalid(format!("--set '{o}': expected key=value")))?;
+            c.set(k.trim(), v.trim()).map_err(|m| Error::invalid(format!("--set '{o}': {m}")))?;
+        }
+        c.validate().map_err(|m| Error::format(path, m))?;
+        Ok(c)
+    }
+
+    /// Parses the text of a config file; errors carry the 1-based line number (0 for a
+    /// problem of the whole configuration).
     pub fn parse(text: &str) -> std::result::Result<Self, (usize, String)> {
+        let c = Self::parse_lines(text)?;
+        c.validate().map_err(|m| (0, m))?;
+        Ok(c)
+    }
+
+    fn parse_lines(text: &str) -> std::result::Result<Self, (usize, String)> {
         let mut c = PipelineConfig::default();
         let mut seen = std::collections::HashSet::new();
         for (i, raw) in text.lines().enumerate() {
@@ -107,7 +129,6 @@ impl PipelineConfig {
             }
             c.set(k, v).map_err(err)?;
         }
-        c.validate().map_err(|m| (0, m))?;
         Ok(c)
     }
 
@@ -128,6 +149,7 @@ impl PipelineConfig {
             "seed" => self.seed = num(k, v)?,
             "fp32_checkpoint" => self.fp32_checkpoint = PathBuf::from(v),
             "fp32_epochs" => self.fp32_epochs = num(k, v)?,
+            "fp32_lr" => self.fp32_lr = num(k, v)?,
             "macro" => self.macro_name = v.to_string(),
             "error_model" => self.error_model = v.to_string(),
             "act_quant" => self.act_quant = e(ActQuantKind::parse(v))?,
@@ -159,7 +181,7 @@ impl PipelineConfig {
         if !self.sweep.is_empty() && self.sweep_dnat_epochs == 0 {
             return Err("sweep_dnat_epochs must be at least 1".into());
         }
-        for (k, lr) in [("qat_lr", self.qat_lr), ("dnat_lr", self.dnat_lr), ("bound_lr_scale", self.bound_lr_scale)] {
+        for (k, lr) in [("fp32_lr", self.fp32_lr), ("qat_lr", self.qat_lr), ("dnat_lr", self.dnat_lr), ("bound_lr_scale", self.bound_lr_scale)] {
             if !(lr.is_finite() && lr > 0.0) {
                 return Err(format!("{k} must be a positive number"));
             }
@@ -186,6 +208,7 @@ impl PipelineConfig {
             ("seed", self.seed.to_string()),
             ("fp32_checkpoint", self.fp32_checkpoint.display().to_string()),
             ("fp32_epochs", self.fp32_epochs.to_string()),
+            ("fp32_lr", self.fp32_lr.to_string()),
             ("macro", self.macro_name.clone()),
             ("error_model", self.error_model.clone()),
             ("act_quant", self.act_quant.name().into()),
@@ -242,5 +265,12 @@ mod tests {
         std::fs::write(&p, "mc_seeds = -1\n").unwrap();
         let e = PipelineConfig::load(&p).unwrap_err().to_string();
         assert!(e.contains("bad.conf") && e.contains("line 1"), "{e}");
+        std::fs::write(&p, "mc_seeds = 3\n").unwrap();
+        let c = PipelineConfig::load_with(&p, &["estimator=ste".into(), "mc_seeds = 2".into()]).unwrap();
+        assert_eq!((c.estimator, c.mc_seeds), (Estimator::Ste, 2));
+        for (o, msg) in [("estimator", "expected key=value"), ("colour=red", "unknown key"), ("qat_epochs=0", "at least 1")] {
+            let e = PipelineConfig::load_with(&p, &[o.into()]).unwrap_err().to_string();
+            assert!(e.contains(msg), "{o}: {e}");
+        }
     }
 }

@@ -242,6 +242,7 @@ impl Run<'_> {
         self.say(format_args!("(a) {} not found: training the FP32 model ({} epochs)", self.cfg.fp32_checkpoint.display(), self.cfg.fp32_epochs));
         let mut tc = TrainConfig::new(self.cfg.arch, self.cfg.dataset, self.cfg.fp32_epochs, self.cfg.seed);
         tc.batch = self.cfg.batch;
+        tc.lr = self.cfg.fp32_lr;
         tc.train_subset = self.cfg.train_subset;
         self.train_stage("fp32", "(a) FP32", tc)
     }
