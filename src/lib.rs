@@ -8,8 +8,11 @@
 //!   ResNet34, VGG16 in their CIFAR forms).
 //! * [`optim`] — SGD / Adam, parameter groups and learning-rate schedules.
 //! * [`data`] — CIFAR-10 / CIFAR-100 binary readers and per-image augmentation.
-//! * [`io`] — checkpoints and PyTorch (`safetensors`) weight interchange.
+//! * [`io`] — checkpoints, the deployable integer model, PyTorch (`safetensors`)
+//!   weight interchange.
 //! * [`train`] — the training / evaluation loops, progress reporting and benchmarks.
+//! * [`pipeline`] — the paper's experiment (FP32 → QAT → naive vs D-NAT on the
+//!   non-ideal macro) as resumable stages driven by a config file, and its report.
 //!
 //! * [`cim`] — the CIM physics: the macro description, the D-MAC-EM error model, the
 //!   E-PACT quantizer and the `CimConv2d` / `CimLinear` ops.
