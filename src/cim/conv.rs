@@ -47,11 +47,60 @@ struct Saved {
     w_hat: Vec<f32>,
     /// The valid-position mask `[K][pixels]` (the zero-point term needs it both ways).
     mask: Vec<f32>,
-    /// Per group: slopes `[tiles][Cout][cols]` (statistical estimator only).
-    slopes: Option<Vec<Vec<f32>>>,
+    /// Per group: every macro operation's ideal code, `[tiles·cycles][Cout][cols]`
+    /// (statistical estimator only; see [`SlopeSource`]).
+    codes: Option<Vec<Vec<u16>>>,
+    /// Where backward takes the slope of each saved code from.
+    slopes: Option<SlopeSource>,
     group: usize,
     tiles: usize,
     rows: usize,
+}
+
+/// The statistical estimator's slope per macro operation, derived in backward from the
+/// operation's saved ideal code. Codes are saved as `k − kmin`, or `levels` for a
+/// saturated partial sum (beyond the ADC range), whose slope is 0; two bytes per
+/// operation instead of a four-byte slope, and no slope work in forward.
+struct SlopeSource {
+    rt: CimRuntime,
+    key: DrawKey,
+    /// Slope per saved code, `levels + 1` entries (the last, saturated, is 0). For
+    /// `stat:S` the slope is estimated per operation instead (`draws > 0`).
+    table: Vec<f32>,
+    draws: u32,
+}
+
+impl SlopeSource {
+    fn new(rt: &CimRuntime, layer: u64) -> Self {
+        let adc = rt.spec.adc;
+        let codes: Vec<i32> = (adc.kmin..=adc.kmax).collect();
+        let mut table = vec![1.0f32; codes.len() + 1];
+        if rt.mode != ReadoutMode::Ideal {
+            rt.readout.slope_run(&codes, &mut table[..codes.len()]);
+        }
+        table[codes.len()] = 0.0;
+        let draws = match (rt.mode, rt.estimator) {
+            (ReadoutMode::Ideal, _) | (_, Estimator::Ste) => 0,
+            (_, Estimator::Statistical { draws }) => draws,
+        };
+        SlopeSource { rt: rt.clone(), key: DrawKey::new(rt.seed, layer, rt.step), table, draws }
+    }
+
+    /// `out += share · slope(code)` over one run of operations starting at `op0`.
+    fn accumulate(&self, out: &mut [f32], codes: &[u16], share: f32, op0: u64) {
+        if self.draws == 0 {
+            for (o, &c) in out.iter_mut().zip(codes) {
+                *o += share * self.table[c as usize];
+            }
+        } else {
+            let (levels, kmin) = (self.table.len() - 1, self.rt.spec.adc.kmin);
+            for (i, (o, &c)) in out.iter_mut().zip(codes).enumerate() {
+                if (c as usize) < levels {
+                    *o += share * sampled_slope(&self.rt, c as i32 + kmin, self.draws, self.key, op0 + i as u64);
+                }
+            }
+        }
+    }
 }
 
 /// 1 where the window position is inside the image, 0 on padding: `[K][pixels]`.
@@ -64,11 +113,11 @@ fn valid_mask(g: &ConvGeom) -> Vec<f32> {
 }
 
 /// Forward of one group: returns the readout accumulator `[Cout][cols]` (in partial-sum
-/// units) and, for the statistical estimator, the slopes `[tiles][Cout][cols]`.
+/// units) and, for the statistical estimator, the saved codes `[tiles·cycles][Cout][cols]`.
 ///
 /// Per tile and cycle: one GEMM for the partial sums, then per output channel's row of
-/// the group: ideal codes (vectorised), readouts (one `sample_run` call), slopes, and
-/// the shift-add into the accumulator.
+/// the group: ideal codes (vectorised), readouts (one `sample_run` call), and the
+/// shift-add into the accumulator.
 #[allow(clippy::too_many_arguments)]
 fn group_forward(
     g: &ConvGeom,
@@ -77,8 +126,8 @@ fn group_forward(
     w_codes: &[f32],
     first_image: usize,
     gi: usize,
-    want_slopes: bool,
-) -> (Vec<f32>, Option<Vec<f32>>) {
+    want_codes: bool,
+) -> (Vec<f32>, Option<Vec<u16>>) {
     let rt = call.rt;
     let spec = &rt.spec;
     let adc = spec.adc;
@@ -87,16 +136,12 @@ fn group_forward(
     let cycles = spec.cycles() as usize;
     let b = spec.input_bits_per_cycle;
     let key = DrawKey::new(rt.seed, call.layer, rt.step);
-    let draws = match rt.estimator {
-        Estimator::Statistical { draws } => draws,
-        Estimator::Ste => 0,
-    };
     let mut acc = vec![0.0f32; cout * cols];
-    let mut slopes = want_slopes.then(|| vec![0.0f32; tiles * cout * cols]);
+    let mut saved = want_codes.then(|| vec![0u16; tiles * cycles * cout * cols]);
+    let saturated = adc.levels() as u16;
     let mut psum = vec![0.0f32; cout * cols];
     let mut slice = if cycles > 1 { vec![0.0f32; spec.rows * cols] } else { Vec::new() };
     let (mut unclamped, mut codes, mut read) = (vec![0i32; cols], vec![0i32; cols], vec![0.0f32; cols]);
-    let full = ((1u64 << spec.input_bits) - 1) as f32;
     let inv_step = 1.0 / adc.step;
     for t in 0..tiles {
         let (r0, r1) = (t * spec.rows, ((t + 1) * spec.rows).min(k));
@@ -115,7 +160,6 @@ fn group_forward(
             };
             gemm(1.0, a, bmat, 0.0, &mut psum, cols);
             let weight = 2f32.powi((c as u32 * b) as i32) * adc.step;
-            let share = ((1u64 << b) - 1) as f32 * 2f32.powi((c as u32 * b) as i32) / full;
             for co in 0..cout {
                 let e0 = co * cols;
                 for ((u, kc), &v) in unclamped.iter_mut().zip(codes.iter_mut()).zip(&psum[e0..e0 + cols]) {
@@ -134,22 +178,16 @@ fn group_forward(
                 for (a, &r) in acc[e0..e0 + cols].iter_mut().zip(&read) {
                     *a += weight * r;
                 }
-                if let Some(s) = slopes.as_mut() {
-                    match (rt.mode, draws) {
-                        (ReadoutMode::Ideal, _) => read.fill(1.0),
-                        (_, 0) => rt.readout.slope_run(&codes, &mut read),
-                        _ => read.iter_mut().zip(&codes).enumerate().for_each(|(i, (r, &kc))| *r = sampled_slope(rt, kc, draws, key, run.op(i))),
-                    }
-                    let out = &mut s[t * cout * cols + e0..][..cols];
-                    for ((o, &slope), (&u, &kc)) in out.iter_mut().zip(&read).zip(unclamped.iter().zip(&codes)) {
-                        // Saturated partial sums (beyond the ADC range) pass no gradient.
-                        *o += if u == kc { share * slope } else { 0.0 };
+                if let Some(s) = saved.as_mut() {
+                    let out = &mut s[((t * cycles + c) * cout + co) * cols..][..cols];
+                    for (o, (&u, &kc)) in out.iter_mut().zip(unclamped.iter().zip(&codes)) {
+                        *o = if u == kc { (kc - adc.kmin) as u16 } else { saturated };
                     }
                 }
             }
         }
     }
-    (acc, slopes)
+    (acc, saved)
 }
 
 /// The slope of E[readout] at code `kc` from `draws` samples at each neighbouring code.
@@ -187,21 +225,24 @@ pub fn cim_conv2d(tape: &mut Tape, x: Var, w: Var, bias: Option<Var>, cfg: Conv2
     let mut zw = vec![0.0f32; g.cout * g.pixels()];
     gemm(1.0, MatRef::rowmajor(&w_codes, g.cout, k), MatRef::rowmajor(&mask, k, g.pixels()), 0.0, &mut zw, g.pixels());
     let qx: Vec<f32> = tape.value(x).data().par_iter().map(|&v| grid.code(v)).collect();
-    let want_slopes = matches!(call.rt.estimator, Estimator::Statistical { .. })
+    let want_codes = matches!(call.rt.estimator, Estimator::Statistical { .. })
         && tape.recording()
         && (tape.needs_grad(x) || tape.needs_grad(w));
+    if want_codes && spec.adc.levels() >= u16::MAX as usize {
+        return Err(Error::invalid(format!("the statistical estimator saves codes in two bytes: an ADC of {} levels is too fine (at most 65,534)", spec.adc.levels())));
+    }
     let bias_v: Option<Vec<f32>> = bias.map(|b| tape.value(b).data().to_vec());
     let gs = par::image_group(g.n, g.pixels(), conv2d::TARGET_COLUMNS);
     let pix = g.pixels();
     let mut y = vec![0.0f32; g.n * g.out_size()];
-    let slopes: Vec<Option<Vec<f32>>> = y
+    let codes: Vec<Option<Vec<u16>>> = y
         .par_chunks_mut(gs * g.out_size())
         .zip(qx.par_chunks(gs * g.in_size()))
         .enumerate()
         .map(|(gidx, (yg, qg))| {
             let gi = qg.len() / g.in_size();
             let qcol = group_columns(&g, qg, gi);
-            let (acc, slopes) = group_forward(&g, call, &qcol, &w_codes, gidx * gs, gi, want_slopes);
+            let (acc, codes) = group_forward(&g, call, &qcol, &w_codes, gidx * gs, gi, want_codes);
             let cols = gi * pix;
             for j in 0..gi {
                 for co in 0..g.cout {
@@ -212,7 +253,7 @@ pub fn cim_conv2d(tape: &mut Tape, x: Var, w: Var, bias: Option<Var>, cfg: Conv2
                     }
                 }
             }
-            slopes
+            codes
         })
         .collect();
     let ops = (g.n * g.cout * g.pixels() * spec.tiles(k)) as u64 * spec.cycles() as u64;
@@ -223,7 +264,8 @@ pub fn cim_conv2d(tape: &mut Tape, x: Var, w: Var, bias: Option<Var>, cfg: Conv2
         grid,
         w_hat,
         mask,
-        slopes: if want_slopes { Some(slopes.into_iter().map(|s| s.unwrap()).collect()) } else { None },
+        codes: if want_codes { Some(codes.into_iter().map(|s| s.unwrap()).collect()) } else { None },
+        slopes: want_codes.then(|| SlopeSource::new(call.rt, call.layer)),
         group: gs,
         tiles: spec.tiles(k),
         rows: spec.rows,
@@ -237,16 +279,21 @@ fn backward(s: Saved, x: Var, w: Var, bias: Option<Var>, gout: &Tensor, vals: &c
     let g = s.g;
     let xv = vals.get(x).data();
     let dy = gout.data();
-    let grads = match &s.slopes {
+    let grads = match (&s.codes, &s.slopes) {
+        (Some(codes), Some(slopes)) => statistical_backward(&s, codes, slopes, xv, dy, sink.wants(x)),
         // STE: the plain convolution backward on (x̂, ŵ).
-        None => conv2d::backward(&g, xv, &s.w_hat, dy, sink.wants(x)),
-        Some(slopes) => statistical_backward(&s, slopes, xv, dy, sink.wants(x)),
+        _ => conv2d::backward(&g, xv, &s.w_hat, dy, sink.wants(x)),
     };
     conv2d::add_grads(sink, vals, (x, w, bias), grads);
 }
 
-fn statistical_backward(s: &Saved, slopes: &[Vec<f32>], x: &[f32], dy: &[f32], want_dx: bool) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
+fn statistical_backward(s: &Saved, codes: &[Vec<u16>], slopes: &SlopeSource, x: &[f32], dy: &[f32], want_dx: bool) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
     let g = &s.g;
+    let spec = &slopes.rt.spec;
+    let (cycles, b) = (spec.cycles() as usize, spec.input_bits_per_cycle);
+    let full = ((1u64 << spec.input_bits) - 1) as f32;
+    // Cycle c's share of a tile's slope: the weight of its bits in the input code.
+    let share: Vec<f32> = (0..cycles).map(|c| ((1u64 << b) - 1) as f32 * 2f32.powi((c as u32 * b) as i32) / full).collect();
     let (k, pix, cout, gs) = (g.k(), g.pixels(), g.cout, s.group);
     let mut dx = if want_dx { vec![0.0f32; g.n * g.in_size()] } else { Vec::new() };
     let dx_chunks = par::optional_chunks(&mut dx, gs * g.in_size(), g.n.div_ceil(gs), want_dx);
@@ -273,14 +320,24 @@ fn statistical_backward(s: &Saved, slopes: &[Vec<f32>], x: &[f32], dy: &[f32], w
                 }
             }
             let db: Vec<f32> = (0..cout).map(|co| d[co * cols..(co + 1) * cols].iter().sum()).collect();
-            let sl = &slopes[gidx];
+            let sc = &codes[gidx];
             let mut e = vec![0.0f32; cout * cols];
+            let mut srow = vec![0.0f32; cols];
             let mut dw = vec![0.0f32; cout * k];
             let mut dcol = if dxg.is_some() { vec![0.0f32; k * cols] } else { Vec::new() };
             for t in 0..s.tiles {
                 let (r0, r1) = (t * s.rows, ((t + 1) * s.rows).min(k));
-                for ((ev, &dv), &sv) in e.iter_mut().zip(&d).zip(&sl[t * cout * cols..(t + 1) * cout * cols]) {
-                    *ev = dv * sv;
+                // E = dY ∘ slope, each operation's slope from its saved code (the
+                // tile's cycles summed with their shares).
+                for co in 0..cout {
+                    srow.fill(0.0);
+                    for (c, &sh) in share.iter().enumerate() {
+                        let row = (t * cycles + c) * cout + co;
+                        slopes.accumulate(&mut srow, &sc[row * cols..][..cols], sh, (row * g.n + i0) as u64 * pix as u64);
+                    }
+                    for ((ev, &dv), &sv) in e[co * cols..][..cols].iter_mut().zip(&d[co * cols..][..cols]).zip(&srow) {
+                        *ev = dv * sv;
+                    }
                 }
                 let em = MatRef::rowmajor(&e, cout, cols);
                 // dW[:, tile] = E · (s_x·q_col[tile])ᵀ
