@@ -59,7 +59,7 @@ pub fn svg(c: &Chart) -> String {
         let mut v = Vec::new();
         let mut x = (x0 / step).ceil() * step;
         while x <= x1 {
-            v.push((x, format!("{x}")));
+            v.push((x, format!("{}", x + 0.0))); // (+ 0.0 turns −0 into 0)
             x += step;
         }
         v

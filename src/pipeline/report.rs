@@ -146,27 +146,31 @@ fn round2(v: &[f64]) -> Vec<f64> {
 }
 
 fn epochs_chart(s: &Summary) -> String {
+    // Each stage's line starts from where the model stood before it: QAT from the FP32
+    // accuracy, D-NAT from the naive model's non-ideal accuracy.
     let mut series = Vec::new();
     let mut marks = Vec::new();
     let mut x = 0.0;
     for (name, h) in s.history.iter().filter(|(n, _)| !n.starts_with("FP32")) {
-        marks.push((x + 0.5, name.split(' ').next().unwrap_or(name).to_string()));
-        let color = if name.starts_with("QAT") { "#2a9d4b" } else { "#2f6fd0" };
-        let points = h.iter().enumerate().map(|(i, e)| (x + 1.0 + i as f64, e.test_accuracy as f64, 0.0)).collect();
+        let qat = name.starts_with("QAT");
+        marks.push((x, name.split(' ').next().unwrap_or(name).to_string()));
+        let start = if qat { s.fp32 } else { s.naive.mean };
+        let mut points = vec![(x, start, 0.0)];
+        points.extend(h.iter().enumerate().map(|(i, e)| (x + 1.0 + i as f64, e.test_accuracy as f64, 0.0)));
         x += h.len() as f64;
-        series.push(Series { name: (*name).to_string(), points, color, dashed: false });
+        series.push(Series { name: (*name).to_string(), points, color: if qat { "#2a9d4b" } else { "#2f6fd0" }, dashed: false });
     }
-    let flat = |name: &str, y: f64, color| Series { name: name.into(), points: vec![(1.0, y, 0.0), (x.max(2.0), y, 0.0)], color, dashed: true };
+    let flat = |name: &str, y: f64, color| Series { name: name.into(), points: vec![(0.0, y, 0.0), (x.max(1.0), y, 0.0)], color, dashed: true };
     series.push(flat("FP32", s.fp32, "#555555"));
+    series.push(flat("quantized, ideal", s.quant_ideal, "#8fcf9f"));
     series.push(flat("without NAT (mean)", s.naive.mean, "#d04030"));
-    let lo = s.naive.mean.min(s.history.iter().flat_map(|(_, h)| h.iter().map(|e| e.test_accuracy as f64)).fold(f64::INFINITY, f64::min));
     plot::svg(&Chart {
-        title: format!("{} / {}: test accuracy per fine-tuning epoch", s.config.arch.name(), s.config.dataset.name()),
-        x_label: "epoch (QAT, then D-NAT)".into(),
+        title: format!("{} / {}: test accuracy through QAT and D-NAT", s.config.arch.name(), s.config.dataset.name()),
+        x_label: "epoch (QAT on the ideal macro, then D-NAT on the non-ideal one)".into(),
         y_label: "test accuracy (%)".into(),
         x_ticks: vec![],
         x_marks: marks,
-        y_range: (((lo - 5.0) / 10.0).floor().max(0.0) * 10.0, 100.0),
+        y_range: (0.0, 100.0),
         series,
     })
 }
