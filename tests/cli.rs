@@ -43,6 +43,16 @@ fn bad_files_are_named() {
     std::fs::write(&st, b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":1}").unwrap();
     fails_with(&["weights", "import", "--safetensors", st.to_str().unwrap(), "--out", d.join("i.ckpt").to_str().unwrap()], "w.safetensors");
     assert!(!d.join("i.ckpt").exists() && !d.join("o.ckpt").exists());
+    // The pipeline: its config file, its overrides, and exports of the wrong model.
+    let conf = d.join("p.conf");
+    std::fs::write(&conf, "model = resnet20\nqat_epochs = many\n").unwrap();
+    fails_with(&["pipeline", "--config", conf.to_str().unwrap()], "p.conf: line 2: qat_epochs = 'many' is not a valid number");
+    std::fs::write(&conf, "model = resnet20\n").unwrap();
+    fails_with(&["pipeline", "--config", conf.to_str().unwrap(), "--set", "error_model=chip.txt"], "error model 'chip.txt' is neither a preset");
+    fails_with(&["pipeline", "--config", conf.to_str().unwrap(), "--set", "estimator"], "--set 'estimator': expected key=value");
+    let fp32 = concat!(env!("CARGO_MANIFEST_DIR"), "/models/resnet20-fp32-s0.ckpt");
+    fails_with(&["export", "--checkpoint", fp32, "--out", d.join("m.dnatdepl").to_str().unwrap()], "has no CIM layers");
+    assert!(!d.join("m.dnatdepl").exists());
 }
 
 #[test]

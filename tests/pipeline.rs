@@ -47,6 +47,13 @@ fn synthetic_pipeline_resumes_and_matches_golden() {
     let e = pipeline::run(&other, &data, &out, true).unwrap_err().to_string();
     assert!(e.contains("mc_seeds") && e.contains("another configuration"), "{e}");
 
+    // The D-NAT model exports as a deployable integer model that reads back.
+    let dep = out.join("resnet20.dnatdepl");
+    let o = dnat(&["export", "--checkpoint", out.join("work/dnat.ckpt").to_str().unwrap(), "--out", dep.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m = dnat::io::deploy::DeployModel::load(&dep).unwrap();
+    assert_eq!((m.arch.as_str(), m.layers.len(), m.macro_spec.rows), ("resnet20", 20, 64));
+
     check_golden(
         "pipeline-synthetic.txt",
         "tests/pipeline.rs::synthetic_pipeline_resumes_and_matches_golden (synthetic data, seed 11)",
