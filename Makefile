@@ -8,7 +8,7 @@ DATA_FLAG := $(if $(DATA),--data $(DATA),)
 CIFAR10_URL := https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz
 CIFAR10_SHA256 := c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd
 
-.PHONY: help build test test-long bench bench-pytorch data repro-resnet20 repro-vgg8 ablations-resnet20 train-resnet20 eval-resnet20 train-vgg8 interop-pytorch
+.PHONY: help build test ensure-data test-long bench bench-pytorch data repro-resnet20 repro-vgg8 ablations-resnet20 train-resnet20 eval-resnet20 train-vgg8 interop-pytorch
 
 help:
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -32,6 +32,12 @@ bench-pytorch: build ## dnat vs PyTorch (CPU) ResNet20 training throughput, same
 
 data: datasets/cifar-10-binary.tar.gz ## Download the canonical CIFAR-10 archive (checksum-verified)
 
+# Downloads the canonical archive only when no data set can be found (DATA, $DNAT_DATA,
+# ../shared/datasets, datasets/ — the order dnat searches).
+ensure-data:
+	@if [ -z "$(DATA)" ] && [ -z "$$DNAT_DATA" ] && [ ! -d ../shared/datasets ] && [ ! -e datasets/cifar-10-binary.tar.gz ] && [ ! -d datasets/cifar-10-batches-bin ]; then \
+		echo "no CIFAR-10 found: downloading the canonical archive into datasets/"; $(MAKE) data; fi
+
 datasets/cifar-10-binary.tar.gz:
 	mkdir -p datasets
 	curl -fL --retry 3 -o $@.part $(CIFAR10_URL)
@@ -40,16 +46,16 @@ datasets/cifar-10-binary.tar.gz:
 
 # The paper's experiment, end to end and resumable (run it again to continue). Stages,
 # config keys and outputs: README.md "The D-NAT pipeline".
-repro-resnet20: build ## FP32 → QAT → naive vs D-NAT on the non-ideal macro, report in results/repro-resnet20 (~45 min)
+repro-resnet20: build ensure-data ## FP32 → QAT → naive vs D-NAT on the non-ideal macro, report in results/repro-resnet20 (45–70 min on 2 cores)
 	$(DNAT) pipeline --config configs/repro-resnet20.conf $(DATA_FLAG)
 
-repro-vgg8: build ## The same for VGG8 (trains its FP32 model first when models/ has none; hours)
+repro-vgg8: build ensure-data ## The same for VGG8 (trains its FP32 model first when models/ has none; hours)
 	$(DNAT) pipeline --config configs/repro-vgg8.conf $(DATA_FLAG)
 
 # Ablations: one setting changed at a time on a short D-NAT schedule (1 QAT + 1 D-NAT
 # epoch on 10,000 training images, full test set, R = 3). Results: README "Ablations".
 ABLATE := $(DNAT) pipeline --config configs/repro-resnet20.conf $(DATA_FLAG) --set train_subset=10000 --set qat_epochs=1 --set dnat_epochs=1 --set mc_seeds=3 --set sweep=
-ablations-resnet20: build ## STE vs statistical estimator, draws S, PACT vs E-PACT (~30 min)
+ablations-resnet20: build ensure-data ## STE vs statistical estimator, draws S, PACT vs E-PACT (~30 min)
 	$(ABLATE) --set name=ablation-stat --out results/ablations/stat
 	$(ABLATE) --set name=ablation-ste --set estimator=ste --out results/ablations/ste
 	$(ABLATE) --set name=ablation-stat1 --set estimator=stat:1 --out results/ablations/stat1
@@ -57,7 +63,7 @@ ablations-resnet20: build ## STE vs statistical estimator, draws S, PACT vs E-PA
 	$(ABLATE) --set name=ablation-pact --set act_quant=pact --out results/ablations/pact
 
 # The FP32 ResNet20 in models/ was produced by exactly this command (see models/README.md).
-train-resnet20: build ## Train the FP32 ResNet20 baseline (resumable; ~1.5 h on 2 cores)
+train-resnet20: build ensure-data ## Train the FP32 ResNet20 baseline (resumable; ~1.5 h on 2 cores)
 	$(DNAT) train --model resnet20 --epochs 40 --seed 0 $(DATA_FLAG) --out runs/resnet20-fp32-s0.ckpt --resume --json
 
 eval-resnet20: build ## Evaluate the committed FP32 ResNet20 checkpoint
