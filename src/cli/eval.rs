@@ -60,7 +60,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
         let mut rt = super::cim_runtime(&a.r#macro, &a.error_model, &a.readout, "ste")?;
         rt.seed = a.seed;
         let t = std::time::Instant::now();
-        let (mean, std, accs) = evaluate_mc(net.as_ref(), &mut store, &data.test, Normalize::for_dataset(kind), &rt, a.seeds)?;
+        let mc = evaluate_mc(net.as_ref(), &mut store, &data.test, Normalize::for_dataset(kind), &rt, a.seeds)?;
+        let (mean, std, accs) = (mc.mean, mc.std, mc.per_seed);
         let what = format!("{} | {} | {:?} readout", rt.spec.name, rt.readout.label(), rt.mode);
         println!(
             "{} on the macro ({what}): test accuracy {mean:.2}% ± {std:.2} over {} error seeds ({:.0} s)",

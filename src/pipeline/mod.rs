@@ -31,7 +31,7 @@ use crate::cim::{em, CimRuntime, Estimator, ReadoutMode};
 use crate::data::{Dataset, Normalize, Split};
 use crate::io::checkpoint::{restore_into, Checkpoint, EpochRecord};
 use crate::nn::{build, CimPlan};
-use crate::train::{evaluate, train, CimTraining, RunOptions, TrainConfig};
+use crate::train::{evaluate, train, CimTraining, McAccuracy, RunOptions, TrainConfig};
 use crate::optim::Schedule;
 use crate::{Error, Result};
 use record::Record;
@@ -40,23 +40,6 @@ use std::time::Instant;
 
 /// First error seed of every Monte-Carlo evaluation (as `dnat eval --cim`).
 pub const EVAL_SEED0: u64 = 1000;
-
-/// Mean ± sample standard deviation over error seeds.
-#[derive(Clone, Debug, PartialEq)]
-pub struct McAccuracy {
-    pub mean: f64,
-    pub std: f64,
-    pub per_seed: Vec<f64>,
-}
-
-impl McAccuracy {
-    pub fn of(per_seed: Vec<f64>) -> Self {
-        let n = per_seed.len() as f64;
-        let mean = per_seed.iter().sum::<f64>() / n;
-        let std = if per_seed.len() > 1 { (per_seed.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt() } else { 0.0 };
-        McAccuracy { mean, std, per_seed }
-    }
-}
 
 /// One error model of the severity sweep.
 #[derive(Clone, Debug, PartialEq)]
@@ -77,8 +60,8 @@ pub struct Summary {
     pub naive: McAccuracy,
     pub dnat: McAccuracy,
     pub sweep: Vec<SweepPoint>,
-    /// Per-epoch test accuracy of the stages that trained: FP32 (as stored in its
-    /// checkpoint), QAT (ideal macro), D-NAT (non-ideal macro, one fixed error seed).
+    /// Per-epoch test accuracy of the fine-tuning stages: QAT (ideal macro), D-NAT
+    /// (non-ideal macro, one fixed error seed).
     pub history: Vec<(&'static str, Vec<EpochRecord>)>,
     /// Compute time summed over all invocations that did the work.
     pub wall_s: f64,
@@ -157,7 +140,7 @@ pub fn run(cfg: &PipelineConfig, data: &Dataset, out: &Path, quiet: bool) -> Res
     }
 
     let mut history = Vec::new();
-    for (name, path) in [("FP32", &fp32_ckpt), ("QAT (ideal macro)", &qat), ("D-NAT (non-ideal macro)", &dnat_ckpt)] {
+    for (name, path) in [("QAT (ideal macro)", &qat), ("D-NAT (non-ideal macro)", &dnat_ckpt)] {
         history.push((name, Checkpoint::load(path)?.history));
     }
     let spec = crate::cim::MacroSpec::preset(&cfg.macro_name)?;

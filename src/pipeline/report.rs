@@ -3,7 +3,8 @@
 //! severity, the error model's heat-map).
 
 use super::plot::{self, Chart, Series};
-use super::{McAccuracy, Summary};
+use super::Summary;
+use crate::train::McAccuracy;
 use crate::cim::{em, MacroSpec};
 use crate::io::atomic;
 use crate::nn::Arch;
@@ -127,7 +128,7 @@ fn markdown(s: &Summary) -> String {
     }
     let _ = writeln!(m, "## Training\n\n![accuracy per epoch](accuracy-per-epoch.svg)\n");
     let _ = writeln!(m, "| stage | epoch | lr | train loss | train acc. | test acc. |\n|---|---|---|---|---|---|");
-    for (name, h) in s.history.iter().filter(|(n, _)| !n.starts_with("FP32")) {
+    for (name, h) in &s.history {
         for e in h {
             let _ = writeln!(m, "| {name} | {} | {:.5} | {:.4} | {:.2} | {:.2} |", e.epoch, e.lr, e.train_loss, e.train_accuracy, e.test_accuracy);
         }
@@ -151,7 +152,7 @@ fn epochs_chart(s: &Summary) -> String {
     let mut series = Vec::new();
     let mut marks = Vec::new();
     let mut x = 0.0;
-    for (name, h) in s.history.iter().filter(|(n, _)| !n.starts_with("FP32")) {
+    for (name, h) in &s.history {
         let qat = name.starts_with("QAT");
         marks.push((x, name.split(' ').next().unwrap_or(name).to_string()));
         let start = if qat { s.fp32 } else { s.naive.mean };

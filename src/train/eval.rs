@@ -53,16 +53,30 @@ pub fn evaluate(net: &dyn Network, store: &mut ParamStore, split: &Split, norm: 
     Ok(EvalResult { accuracy: 100.0 * correct as f64 / n as f64, loss: loss_sum / n as f64, images: split.len() })
 }
 
+/// Accuracy over error seeds: mean ± sample standard deviation, and each seed's value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct McAccuracy {
+    pub mean: f64,
+    pub std: f64,
+    pub per_seed: Vec<f64>,
+}
+
+impl McAccuracy {
+    pub fn of(per_seed: Vec<f64>) -> Self {
+        let n = per_seed.len() as f64;
+        let mean = per_seed.iter().sum::<f64>() / n;
+        let std = if per_seed.len() > 1 { (per_seed.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt() } else { 0.0 };
+        McAccuracy { mean, std, per_seed }
+    }
+}
+
 /// Monte-Carlo evaluation on a non-ideal macro: one evaluation per seed
-/// `seed0..seed0 + seeds`; returns (mean, sample std, per-seed accuracies).
-pub fn evaluate_mc(net: &dyn Network, store: &mut ParamStore, split: &Split, norm: Normalize, rt: &CimRuntime, seeds: u64) -> Result<(f64, f64, Vec<f64>)> {
+/// `rt.seed..rt.seed + seeds`.
+pub fn evaluate_mc(net: &dyn Network, store: &mut ParamStore, split: &Split, norm: Normalize, rt: &CimRuntime, seeds: u64) -> Result<McAccuracy> {
     let mut accs = Vec::new();
     for s in 0..seeds {
         let r = CimRuntime { seed: rt.seed + s, ..rt.clone() };
         accs.push(evaluate(net, store, split, norm, Some(&r))?.accuracy);
     }
-    let n = accs.len() as f64;
-    let mean = accs.iter().sum::<f64>() / n;
-    let std = if accs.len() > 1 { (accs.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt() } else { 0.0 };
-    Ok((mean, std, accs))
+    Ok(McAccuracy::of(accs))
 }

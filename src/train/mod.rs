@@ -9,5 +9,5 @@ pub mod trainer;
 
 pub use config::TrainConfig;
 pub use config::CimTraining;
-pub use eval::{evaluate, evaluate_mc, EvalResult};
+pub use eval::{evaluate, evaluate_mc, EvalResult, McAccuracy};
 pub use trainer::{train, RunOptions, TrainOutcome};
