@@ -46,7 +46,7 @@ datasets/cifar-10-binary.tar.gz:
 
 # The paper's experiment, end to end and resumable (run it again to continue). Stages,
 # config keys and outputs: README.md "The D-NAT pipeline".
-repro-resnet20: build ensure-data ## FP32 → QAT → naive vs D-NAT on the non-ideal macro, report in results/repro-resnet20 (45–70 min on 2 cores)
+repro-resnet20: build ensure-data ## FP32 → QAT → naive vs D-NAT on the non-ideal macro, report in results/repro-resnet20 (about 30 min on 2 cores)
 	$(DNAT) pipeline --config configs/repro-resnet20.conf $(DATA_FLAG)
 
 repro-vgg8: build ensure-data ## The same for VGG8 (trains its FP32 model first when models/ has none; hours)

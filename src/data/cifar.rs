@@ -162,6 +162,11 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The sha256 of some bytes, in lowercase hex (how every file is identified here).
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
 fn describe(sha: &str, fallback: &str) -> String {
     KNOWN_ARCHIVES.iter().find(|(h, _)| *h == sha).map(|(_, d)| d.to_string()).unwrap_or_else(|| fallback.to_string())
 }

@@ -170,11 +170,6 @@ pub fn slug(s: &str) -> String {
     name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect()
 }
 
-fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
-
 impl Run<'_> {
     fn say(&self, msg: std::fmt::Arguments) {
         if !self.quiet {
@@ -191,7 +186,7 @@ impl Run<'_> {
         want.set("data_sha256", self.data.provenance.sha256.clone());
         if self.cfg.fp32_checkpoint.exists() {
             let bytes = std::fs::read(&self.cfg.fp32_checkpoint).map_err(|e| Error::io(&self.cfg.fp32_checkpoint, e))?;
-            want.set("fp32_sha256", sha256_hex(&bytes));
+            want.set("fp32_sha256", crate::data::cifar::sha256_hex(&bytes));
         }
         let path = self.work.join("inputs.rec");
         if let Some(have) = Record::load(&path)? {
