@@ -49,7 +49,7 @@ datasets/cifar-10-binary.tar.gz:
 repro-resnet20: build ensure-data ## FP32 → QAT → naive vs D-NAT on the non-ideal macro, report in results/repro-resnet20 (about 30 min on 2 cores)
 	$(DNAT) pipeline --config configs/repro-resnet20.conf $(DATA_FLAG)
 
-repro-vgg8: build ensure-data ## The same for VGG8 (trains its FP32 model first when models/ has none; hours)
+repro-vgg8: build ensure-data ## The same for VGG8 (trains its FP32 model first: ~12 h on 2 cores)
 	$(DNAT) pipeline --config configs/repro-vgg8.conf $(DATA_FLAG)
 
 # Ablations: one setting changed at a time on a short D-NAT schedule (1 QAT + 1 D-NAT
