@@ -15,7 +15,8 @@
 //! error seed as it finishes. A finished stage is not run again, so an interrupted
 //! pipeline, started again with the same command, loses at most one epoch or one
 //! evaluation. `work/inputs.rec` pins the configuration (and the FP32 checkpoint's
-//! sha256) the work belongs to; a different configuration is refused rather than mixed.
+//! sha256) the work belongs to; a different configuration is refused rather than mixed
+//! (a key added to the config format since the work was pinned counts as its default).
 //!
 //! The error seeds of evaluations are `EVAL_SEED0 + r` (r < R), the same for every
 //! model, so naive and D-NAT meet the same draws.
@@ -189,7 +190,13 @@ impl Run<'_> {
             want.set("fp32_sha256", crate::data::cifar::sha256_hex(&bytes));
         }
         let path = self.work.join("inputs.rec");
-        if let Some(have) = Record::load(&path)? {
+        if let Some(mut have) = Record::load(&path)? {
+            // Work pinned before a config key existed ran with that key's default.
+            for (k, v) in PipelineConfig::default().describe() {
+                if have.get(k).is_none() {
+                    have.set(k, v);
+                }
+            }
             if let Some((k, a, b)) = have.first_difference(&want) {
                 return Err(Error::format(
                     &path,
