@@ -102,18 +102,80 @@ fn main() {
     });
     c.final_summary();
 
-    // Summary: GFLOP/s per shape (medians of 5), then one JSON line.
-    println!("\n{:<18} {:>9} {:>9} {:>9}   (GFLOP/s; bwd = data + weight, counted as 2x the forward FLOPs)", "conv (batch 128)", "fwd", "bwd", "bwd-w");
-    let mut json = Vec::new();
-    for k in &cases {
-        let f = k.g.flops() / 1e9;
-        let fwd = f / median_secs(|| drop(black_box(conv2d::forward(&k.g, &k.x, &k.w, None))), 5);
-        let bwd = 2.0 * f / median_secs(|| drop(black_box(conv2d::backward(&k.g, &k.x, &k.w, &k.dy, true))), 5);
-        let bww = f / median_secs(|| drop(black_box(conv2d::backward(&k.g, &k.x, &k.w, &k.dy, false))), 5);
-        println!("{:<18} {fwd:>9.1} {bwd:>9.1} {bww:>9.1}", k.name);
-        json.push(format!("{{\"shape\": \"{}\", \"forward_gflops\": {fwd:.2}, \"backward_gflops\": {bwd:.2}, \"backward_weight_gflops\": {bww:.2}}}", k.name));
+    // Summary tables, each when the bench filter (if any) names it: `cargo bench --
+    // gemm` prints only the GEMM table, `-- conv` the conv table, `-- step` the step.
+    let filter = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let wants = |name: &str| filter.as_deref().is_none_or(|f| f.starts_with(name));
+    let mut parts = vec![format!("\"threads\": {}", rayon::current_num_threads())];
+    if wants("gemm") {
+        parts.push(format!("\"gemm\": [{}]", gemm_table(&cases).join(", ")));
     }
-    let step = step_bench::run(Arch::ResNet20, 10, BATCH, 5, 1, None).unwrap();
-    println!("{}", step.table());
-    println!("{{\"bench\": \"kernels\", \"threads\": {}, \"convs\": [{}], \"step\": {}}}", rayon::current_num_threads(), json.join(", "), step.json());
+    if wants("conv") {
+        // GFLOP/s per shape (medians of 5).
+        println!("\n{:<18} {:>9} {:>9} {:>9}   (GFLOP/s; bwd = data + weight, counted as 2x the forward FLOPs)", "conv (batch 128)", "fwd", "bwd", "bwd-w");
+        let mut json = Vec::new();
+        for k in &cases {
+            let f = k.g.flops() / 1e9;
+            let fwd = f / median_secs(|| drop(black_box(conv2d::forward(&k.g, &k.x, &k.w, None))), 5);
+            let bwd = 2.0 * f / median_secs(|| drop(black_box(conv2d::backward(&k.g, &k.x, &k.w, &k.dy, true))), 5);
+            let bww = f / median_secs(|| drop(black_box(conv2d::backward(&k.g, &k.x, &k.w, &k.dy, false))), 5);
+            println!("{:<18} {fwd:>9.1} {bwd:>9.1} {bww:>9.1}", k.name);
+            json.push(format!("{{\"shape\": \"{}\", \"forward_gflops\": {fwd:.2}, \"backward_gflops\": {bwd:.2}, \"backward_weight_gflops\": {bww:.2}}}", k.name));
+        }
+        parts.push(format!("\"convs\": [{}]", json.join(", ")));
+    }
+    if wants("step") {
+        let step = step_bench::run(Arch::ResNet20, 10, BATCH, 5, 1, None).unwrap();
+        println!("{}", step.table());
+        parts.push(format!("\"step\": {}", step.json()));
+    }
+    println!("{{\"bench\": \"kernels\", \"gemm_kernel\": \"{}\", {}}}", dnat::engine::gemm::kernel().name(), parts.join(", "));
+}
+
+/// The three products of each conv (one image group of 1024 columns) through each
+/// micro-kernel this CPU runs, beside `matrixmultiply::sgemm` as a yardstick; GFLOP/s,
+/// one thread. Returns the JSON objects of the rows.
+fn gemm_table(cases: &[Case]) -> Vec<String> {
+    use dnat::engine::gemm::{gemm_with, Kernel, MatRef};
+    let kernels: Vec<Kernel> = Kernel::ALL.into_iter().filter(|k| k.supported()).collect();
+    print!("\n{:<30}", "gemm (m×k×n, one thread)");
+    kernels.iter().for_each(|k| print!(" {:>9}", k.name()));
+    println!(" {:>9}   (GFLOP/s)", "mm-crate");
+    let mut json = Vec::new();
+    for case in cases {
+        let (kk, cols, cout) = (case.g.k(), 1024, case.g.cout);
+        let w = &case.w;
+        let col = random(&[kk * cols], 4).into_data();
+        let dy = random(&[cout * cols], 5).into_data();
+        // (label, A, B, m, n): forward W·col, data Wᵀ·dY, weight dY·colᵀ.
+        let products: [(&str, MatRef, MatRef); 3] = [
+            ("fwd", MatRef::rowmajor(w, cout, kk), MatRef::rowmajor(&col, kk, cols)),
+            ("data", MatRef::rowmajor(w, cout, kk).t(), MatRef::rowmajor(&dy, cout, cols)),
+            ("weight", MatRef::rowmajor(&dy, cout, cols), MatRef::rowmajor(&col, kk, cols).t()),
+        ];
+        for (label, a, b) in products {
+            let (m, k, n) = (a.rows, a.cols, b.cols);
+            let gflop = 2.0 * (m * k * n) as f64 / 1e9;
+            let mut c = vec![0.0f32; m * n];
+            let name = format!("{} {label} {m}×{k}×{n}", &case.name[..case.name.find(' ').unwrap_or(case.name.len())]);
+            print!("{name:<30}");
+            let mut fields = vec![format!("\"product\": \"{name}\"")];
+            for &kern in &kernels {
+                let r = gflop / median_secs(|| gemm_with(kern, 1.0, a, b, 0.0, &mut c, n), 21);
+                print!(" {r:>9.1}");
+                fields.push(format!("\"{}_gflops\": {r:.2}", kern.name()));
+            }
+            let r = gflop
+                / median_secs(
+                    || unsafe {
+                        matrixmultiply::sgemm(m, k, n, 1.0, a.data.as_ptr(), a.rs as isize, a.cs as isize, b.data.as_ptr(), b.rs as isize, b.cs as isize, 0.0, c.as_mut_ptr(), n as isize, 1)
+                    },
+                    21,
+                );
+            println!(" {r:>9.1}");
+            fields.push(format!("\"matrixmultiply_gflops\": {r:.2}"));
+            json.push(format!("{{{}}}", fields.join(", ")));
+        }
+    }
+    json
 }

@@ -16,7 +16,11 @@
 //! memory-bound and cheap beside the GEMMs, and saving it would multiply the memory
 //! of a training step several times.
 
-use crate::engine::gemm::{gemm, MatRef};
+mod im2col;
+
+pub use im2col::{col2im, group_columns, im2col, ImageRows, Patches};
+
+use crate::engine::gemm::{matmul, MatRef, OutView, Rows};
 use crate::engine::par;
 use crate::engine::tape::{GradSink, Values};
 use crate::engine::{Tape, Tensor, Var};
@@ -105,112 +109,10 @@ impl ConvGeom {
     /// For row `kx` of the kernel at stride 1: the output columns whose input column
     /// lies inside the image, as `lo..hi`, and the input offset `ix = ox + kx - pad`.
     #[inline]
-    fn valid_cols(&self, kx: usize) -> (usize, usize) {
+    pub(crate) fn valid_cols(&self, kx: usize) -> (usize, usize) {
         let lo = self.pad.saturating_sub(kx).min(self.ow);
         let hi = (self.w + self.pad).saturating_sub(kx).min(self.ow).max(lo);
         (lo, hi)
-    }
-}
-
-/// Writes the patches of one image into `col` (K rows of `pixels` values at row
-/// stride `ld`): row (ci, ky, kx), column (oy, ox) = x[ci, oy·s − p + ky, ox·s − p + kx].
-pub fn im2col(g: &ConvGeom, x: &[f32], col: &mut [f32], ld: usize) {
-    let (ow, pix) = (g.ow, g.pixels());
-    for ci in 0..g.cin {
-        let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
-        for ky in 0..g.kh {
-            for kx in 0..g.kw {
-                let row = (ci * g.kh + ky) * g.kw + kx;
-                let dst = &mut col[row * ld..row * ld + pix];
-                let (lo, hi) = g.valid_cols(kx);
-                for oy in 0..g.oh {
-                    let d = &mut dst[oy * ow..(oy + 1) * ow];
-                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
-                    if iy < 0 || iy >= g.h as isize {
-                        d.fill(0.0);
-                        continue;
-                    }
-                    let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
-                    if g.stride == 1 {
-                        d[..lo].fill(0.0);
-                        d[lo..hi].copy_from_slice(&src[lo + kx - g.pad..hi + kx - g.pad]);
-                        d[hi..].fill(0.0);
-                    } else {
-                        for (ox, o) in d.iter_mut().enumerate() {
-                            let ix = (ox * g.stride + kx) as isize - g.pad as isize;
-                            *o = if ix >= 0 && (ix as usize) < g.w { src[ix as usize] } else { 0.0 };
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The adjoint of [`im2col`]: adds each patch entry back onto its input pixel.
-pub fn col2im(g: &ConvGeom, col: &[f32], ld: usize, dx: &mut [f32]) {
-    let ow = g.ow;
-    for ci in 0..g.cin {
-        let plane = &mut dx[ci * g.h * g.w..(ci + 1) * g.h * g.w];
-        for ky in 0..g.kh {
-            for kx in 0..g.kw {
-                let row = (ci * g.kh + ky) * g.kw + kx;
-                let src = &col[row * ld..row * ld + g.pixels()];
-                let (lo, hi) = g.valid_cols(kx);
-                for oy in 0..g.oh {
-                    let s = &src[oy * ow..(oy + 1) * ow];
-                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
-                    if iy < 0 || iy >= g.h as isize {
-                        continue;
-                    }
-                    let d = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
-                    if g.stride == 1 {
-                        for (dv, sv) in d[lo + kx - g.pad..hi + kx - g.pad].iter_mut().zip(&s[lo..hi]) {
-                            *dv += *sv;
-                        }
-                    } else {
-                        for (ox, sv) in s.iter().enumerate() {
-                            let ix = (ox * g.stride + kx) as isize - g.pad as isize;
-                            if ix >= 0 && (ix as usize) < g.w {
-                                d[ix as usize] += *sv;
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Patches of the `gi` images in `xg`, side by side: `col[K][gi·pixels]`.
-pub fn group_columns(g: &ConvGeom, xg: &[f32], gi: usize) -> Vec<f32> {
-    let (pix, cols) = (g.pixels(), gi * g.pixels());
-    let mut col = vec![0.0f32; g.k() * cols];
-    for j in 0..gi {
-        im2col(g, &xg[j * g.in_size()..(j + 1) * g.in_size()], &mut col[j * pix..], cols);
-    }
-    col
-}
-
-/// `[Cout][gi·pixels]` (GEMM order) ← NCHW output block of `gi` images, or back.
-fn gather_group(g: &ConvGeom, nchw: &[f32], gi: usize) -> Vec<f32> {
-    let (pix, cols) = (g.pixels(), gi * g.pixels());
-    let mut out = vec![0.0f32; g.cout * cols];
-    for j in 0..gi {
-        for co in 0..g.cout {
-            let src = &nchw[(j * g.cout + co) * pix..][..pix];
-            out[co * cols + j * pix..][..pix].copy_from_slice(src);
-        }
-    }
-    out
-}
-
-fn scatter_group(g: &ConvGeom, gemm_order: &[f32], gi: usize, nchw: &mut [f32]) {
-    let (pix, cols) = (g.pixels(), gi * g.pixels());
-    for j in 0..gi {
-        for co in 0..g.cout {
-            nchw[(j * g.cout + co) * pix..][..pix].copy_from_slice(&gemm_order[co * cols + j * pix..][..pix]);
-        }
     }
 }
 
@@ -218,23 +120,16 @@ fn scatter_group(g: &ConvGeom, gemm_order: &[f32], gi: usize, nchw: &mut [f32]) 
 pub fn forward(g: &ConvGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     let gs = g.group();
     let (k, pix) = (g.k(), g.pixels());
+    let pointwise = g.kh == 1 && g.kw == 1 && g.stride == 1 && g.pad == 0;
     let mut y = vec![0.0f32; g.n * g.out_size()];
     y.par_chunks_mut(gs * g.out_size()).zip(x.par_chunks(gs * g.in_size())).for_each(|(yg, xg)| {
         let gi = xg.len() / g.in_size();
-        let cols = gi * pix;
         let wm = MatRef::rowmajor(w, g.cout, k);
-        let pointwise = g.kh == 1 && g.kw == 1 && g.stride == 1 && g.pad == 0;
-        if gi == 1 && pointwise {
-            gemm(1.0, wm, MatRef::rowmajor(xg, k, cols), 0.0, yg, cols);
+        let mut out = OutView::images(yg, gi, g.cout, pix);
+        if pointwise {
+            matmul(&wm, &Rows(ImageRows { data: xg, images: gi, channels: g.cin, pixels: pix }), &mut out);
         } else {
-            let col = group_columns(g, xg, gi);
-            if gi == 1 {
-                gemm(1.0, wm, MatRef::rowmajor(&col, k, cols), 0.0, yg, cols);
-            } else {
-                let mut buf = vec![0.0f32; g.cout * cols];
-                gemm(1.0, wm, MatRef::rowmajor(&col, k, cols), 0.0, &mut buf, cols);
-                scatter_group(g, &buf, gi, yg);
-            }
+            matmul(&wm, &Rows(Patches { g, x: xg, images: gi }), &mut out);
         }
         if let Some(b) = bias {
             for (co_block, &bv) in yg.chunks_mut(pix).zip(b.iter().cycle()) {
@@ -260,25 +155,21 @@ pub fn backward(g: &ConvGeom, x: &[f32], w: &[f32], dy: &[f32], want_dx: bool) -
             let gi = gs.min(g.n - i0);
             let cols = gi * pix;
             let xg = &x[i0 * g.in_size()..(i0 + gi) * g.in_size()];
-            let dyg_nchw = &dy[i0 * g.out_size()..(i0 + gi) * g.out_size()];
-            let gathered;
-            let dyg: &[f32] = if gi == 1 {
-                dyg_nchw
-            } else {
-                gathered = gather_group(g, dyg_nchw, gi);
-                &gathered
-            };
-            let dym = MatRef::rowmajor(dyg, g.cout, cols);
-            // dbias: row sums of dY.
-            let db: Vec<f32> = (0..g.cout).map(|co| dyg[co * cols..(co + 1) * cols].iter().sum()).collect();
-            // dW partial = dY · colᵀ.
+            let dyg = &dy[i0 * g.out_size()..(i0 + gi) * g.out_size()];
+            let dym = Rows(ImageRows { data: dyg, images: gi, channels: g.cout, pixels: pix });
+            // dbias: sums of dY per output channel, image by image.
+            let db: Vec<f32> = (0..g.cout)
+                .map(|co| (0..gi).fold(0.0f32, |s, j| dyg[(j * g.cout + co) * pix..][..pix].iter().fold(s, |s, &v| s + v)))
+                .collect();
+            // dW partial = dY · colᵀ. The patches are written out whole here: packing
+            // colᵀ is a transpose, fastest from a stored matrix (16 × 16 in registers).
             let col = group_columns(g, xg, gi);
             let mut dw = vec![0.0f32; g.cout * k];
-            gemm(1.0, dym, MatRef::rowmajor(&col, k, cols).t(), 0.0, &mut dw, k);
+            matmul(&dym, &MatRef::rowmajor(&col, k, cols).t(), &mut OutView::rowmajor(&mut dw, g.cout, k, k));
             // dx = col2im(Wᵀ · dY).
             if let Some(dxg) = dxg {
-                let mut dcol = col; // reuse the buffer: same shape [K][cols]
-                gemm(1.0, MatRef::rowmajor(w, g.cout, k).t(), dym, 0.0, &mut dcol, cols);
+                let mut dcol = vec![0.0f32; k * cols];
+                matmul(&MatRef::rowmajor(w, g.cout, k).t(), &dym, &mut OutView::rowmajor(&mut dcol, k, cols, cols));
                 for j in 0..gi {
                     col2im(g, &dcol[j * pix..], cols, &mut dxg[j * g.in_size()..(j + 1) * g.in_size()]);
                 }

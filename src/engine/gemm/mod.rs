@@ -1,0 +1,392 @@
+//! Matrix products, `C = alpha·A·B + beta·C`, on strided views: the one door every
+//! contraction of the engine and the CIM layers goes through.
+//!
+//! A view is (rows, cols, row stride, col stride), so `Aᵀ` is the same buffer with the
+//! strides swapped, free. The product is computed the way BLIS does it: blocks of `B`
+//! and `A` are packed into panels ([`pack`]) and a register-blocked micro-kernel
+//! ([`kernel`]) computes one `MR × NR` tile of `C` at a time.
+//!
+//! **What the result is, exactly.** Each `C[i][j]` is one chain of fused
+//! multiply-adds over the reduction in order, `acc = fma(A[i][p], B[p][j], acc)` for
+//! p = 0 … k−1 from acc = 0 (partial sums between reduction blocks are stored in f32
+//! and reloaded, which is exact), then `alpha·acc`, then `+ beta·C` as one more fused
+//! multiply-add when `beta ≠ 0`. Block sizes and kernel choice do not enter, so the
+//! bits are the same on every machine and with every kernel (AVX-512, AVX2, portable);
+//! only the speed differs. The product is single-threaded by design: parallelism
+//! lives one level up (over image groups), never nested.
+
+mod kernel;
+mod pack;
+
+pub use kernel::Kernel;
+use kernel::{MR, NR};
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
+/// Reduction steps per packed block: an `MR × KC` panel of A (8 KiB) and a `KC × NR`
+/// panel of B (32 KiB) fit in L1 together.
+const KC: usize = 256;
+/// Rows of A packed at once.
+const MC: usize = 192;
+/// Columns of B packed at once (a multiple of NR).
+const NC: usize = 64 * NR;
+
+/// A read-only strided matrix view.
+#[derive(Clone, Copy)]
+pub struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// A row-major (rows × cols) matrix.
+    pub fn rowmajor(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        MatRef { data, rows, cols, rs: cols, cs: 1 }
+    }
+    /// A row-major matrix with a leading dimension `ld` ≥ cols.
+    pub fn strided(data: &'a [f32], rows: usize, cols: usize, ld: usize) -> Self {
+        MatRef { data, rows, cols, rs: ld, cs: 1 }
+    }
+    /// The transpose (no copy).
+    pub fn t(self) -> Self {
+        MatRef { data: self.data, rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs }
+    }
+    fn check(&self) {
+        if self.rows > 0 && self.cols > 0 {
+            let last = (self.rows - 1) * self.rs + (self.cols - 1) * self.cs;
+            assert!(last < self.data.len(), "matrix view out of bounds");
+        }
+    }
+}
+
+static KERNEL: OnceLock<Kernel> = OnceLock::new();
+
+/// The micro-kernel in use: [`Kernel::best`] for this CPU unless [`set_kernel`] chose
+/// another first.
+pub fn kernel() -> Kernel {
+    *KERNEL.get_or_init(Kernel::best)
+}
+
+/// Chooses the micro-kernel (for benchmarks and tests; results do not depend on it).
+/// Must be called before the first product; refused when this CPU cannot run the
+/// kernel or another one is already in use.
+pub fn set_kernel(k: Kernel) -> Result<(), String> {
+    if !k.supported() {
+        return Err(format!("GEMM kernel `{}` is not supported by this CPU (best here: `{}`)", k.name(), Kernel::best().name()));
+    }
+    let now = *KERNEL.get_or_init(|| k);
+    if now != k {
+        return Err(format!("GEMM kernel `{}` is already in use; choose the kernel before the first product", now.name()));
+    }
+    Ok(())
+}
+
+thread_local! {
+    /// Packing buffers, reused across calls on the same thread.
+    static PACKED: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// A 64-byte-aligned window of `len` floats inside `buf` (grown as needed), so the
+/// kernels' vector loads never straddle cache lines.
+fn aligned(buf: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    const ALIGN: usize = 16; // floats per 64 bytes
+    if buf.len() < len + ALIGN {
+        buf.resize(len + ALIGN, 0.0);
+    }
+    let off = buf.as_ptr().align_offset(64).min(ALIGN);
+    &mut buf[off..off + len]
+}
+
+/// `C = alpha * A·B + beta * C` with C row-major (m × n, leading dimension `ldc`).
+/// With `beta == 0`, C's previous contents are ignored (NaNs included).
+pub fn gemm(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: &mut [f32], ldc: usize) {
+    gemm_with(kernel(), alpha, a, b, beta, c, ldc)
+}
+
+/// [`gemm`] with a given micro-kernel (benchmarks compare them; the bits are the same).
+/// Panics when this CPU cannot run `kern`.
+pub fn gemm_with(kern: Kernel, alpha: f32, a: MatRef, b: MatRef, beta: f32, c: &mut [f32], ldc: usize) {
+    assert!(kern.supported(), "GEMM kernel `{}` is not supported by this CPU", kern.name());
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(k, b.rows, "gemm inner dimensions differ: {k} vs {}", b.rows);
+    a.check();
+    b.check();
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(ldc >= n && (m - 1) * ldc + n <= c.len(), "gemm output out of bounds");
+    if alpha == 1.0 && beta == 0.0 {
+        product(kern, &a, &b, &mut OutView::rowmajor(c, m, n, ldc));
+        return;
+    }
+    let mut p = vec![0.0f32; m * n];
+    product(kern, &a, &b, &mut OutView::rowmajor(&mut p, m, n, n));
+    for (r, pr) in p.chunks_exact(n).enumerate() {
+        for (cv, &pv) in c[r * ldc..r * ldc + n].iter_mut().zip(pr) {
+            *cv = if beta == 0.0 { alpha * pv } else { beta.mul_add(*cv, alpha * pv) };
+        }
+    }
+}
+
+/// `C = A·B` into `out`, for operands that pack themselves (see [`Operand`]): the
+/// convolutions pack their im2col patches straight from the images and write their
+/// output straight into NCHW, with no patch matrix and no reordering copies.
+pub fn matmul(a: &impl Operand, b: &impl Operand, out: &mut OutView) {
+    assert_eq!(a.cols(), b.rows(), "matmul inner dimensions differ: {} vs {}", a.cols(), b.rows());
+    assert!(a.rows() == out.rows && b.cols() == out.cols, "matmul output is {}×{}, product is {}×{}", out.rows, out.cols, a.rows(), b.cols());
+    if out.rows > 0 && out.cols > 0 {
+        product(kernel(), a, b, out);
+    }
+}
+
+/// A matrix the product can pack into the kernels' panels (module [`pack`]).
+pub trait Operand {
+    fn rows(&self) -> usize;
+    fn cols(&self) -> usize;
+    /// Rows `i0..i0+mc`, columns `p0..p0+kc` as MR-row panels (see [`pack::pack_a`]).
+    fn pack_a(&self, i0: usize, mc: usize, p0: usize, kc: usize, dst: &mut [f32]);
+    /// Rows `p0..p0+kc`, columns `j0..j0+nc` as NR-column panels (see [`pack::pack_b`]).
+    fn pack_b(&self, p0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]);
+}
+
+impl Operand for MatRef<'_> {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn cols(&self) -> usize {
+        self.cols
+    }
+    fn pack_a(&self, i0: usize, mc: usize, p0: usize, kc: usize, dst: &mut [f32]) {
+        pack::pack_a(self, i0, mc, p0, kc, dst)
+    }
+    fn pack_b(&self, p0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
+        pack::pack_b(self, p0, kc, j0, nc, dst)
+    }
+}
+
+pub use pack::{RowSource, Rows};
+
+impl RowSource for MatRef<'_> {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn cols(&self) -> usize {
+        self.cols
+    }
+    fn read_row(&self, r: usize, c0: usize, len: usize, dst: &mut [f32], stride: usize) {
+        for t in 0..len {
+            dst[t * stride] = self.data[r * self.rs + (c0 + t) * self.cs];
+        }
+    }
+}
+
+/// Where a product's `rows × cols` result goes: element (i, j) at
+/// `(j / block)·block_stride + i·ld + j % block`. A row-major matrix is one block; a
+/// group of NCHW images seen as `[C][images·pixels]` has one block per image.
+pub struct OutView<'a> {
+    data: &'a mut [f32],
+    rows: usize,
+    cols: usize,
+    ld: usize,
+    block: usize,
+    block_stride: usize,
+}
+
+impl<'a> OutView<'a> {
+    /// A row-major `rows × cols` matrix with leading dimension `ld`.
+    pub fn rowmajor(data: &'a mut [f32], rows: usize, cols: usize, ld: usize) -> Self {
+        Self::new(data, rows, cols, ld, cols.max(1), 0)
+    }
+    /// `images` NCHW images of `channels × pixels`, as the `[channels][images·pixels]`
+    /// matrix a convolution's product makes.
+    pub fn images(data: &'a mut [f32], images: usize, channels: usize, pixels: usize) -> Self {
+        Self::new(data, channels, images * pixels, pixels, pixels.max(1), channels * pixels)
+    }
+    fn new(data: &'a mut [f32], rows: usize, cols: usize, ld: usize, block: usize, block_stride: usize) -> Self {
+        let v = OutView { data, rows, cols, ld, block, block_stride };
+        if rows > 0 && cols > 0 {
+            assert!(ld >= block.min(cols), "output view: rows overlap");
+            let last = v.offset(rows - 1, cols - 1).max(v.offset(rows - 1, block.min(cols) - 1));
+            assert!(last < v.data.len(), "output view out of bounds");
+        }
+        v
+    }
+    #[inline]
+    fn offset(&self, i: usize, j: usize) -> usize {
+        (j / self.block) * self.block_stride + i * self.ld + j % self.block
+    }
+}
+
+/// `C = A·B` (shapes already checked, non-empty), with the given micro-kernel.
+fn product(kern: Kernel, a: &impl Operand, b: &impl Operand, c: &mut OutView) {
+    let (m, k, n) = (a.rows(), a.cols(), b.cols());
+    if k == 0 {
+        for i in 0..m {
+            for j in 0..n {
+                let o = c.offset(i, j);
+                c.data[o] = 0.0;
+            }
+        }
+        return;
+    }
+    let run = kern.function();
+    PACKED.with_borrow_mut(|(abuf, bbuf)| {
+        for j0 in (0..n).step_by(NC) {
+            let nc = NC.min(n - j0);
+            for p0 in (0..k).step_by(KC) {
+                let kc = KC.min(k - p0);
+                let load = p0 > 0; // continue the chains stored by the previous block
+                let bp = aligned(bbuf, nc.div_ceil(NR) * kc * NR);
+                b.pack_b(p0, kc, j0, nc, bp);
+                for i0 in (0..m).step_by(MC) {
+                    let mc = MC.min(m - i0);
+                    let ap = aligned(abuf, mc.div_ceil(MR) * kc * MR);
+                    a.pack_a(i0, mc, p0, kc, ap);
+                    for (jq, bpanel) in bp.chunks_exact(kc * NR).enumerate() {
+                        let (cj, cols) = (j0 + jq * NR, NR.min(nc - jq * NR));
+                        let in_one_block = cj % c.block + NR <= c.block;
+                        for (iq, apanel) in ap.chunks_exact(kc * MR).enumerate() {
+                            let (ci, rows) = (i0 + iq * MR, MR.min(mc - iq * MR));
+                            if rows == MR && cols == NR && in_one_block {
+                                let at = c.offset(ci, cj);
+                                // SAFETY: the tile's MR rows of NR values, `ld` apart,
+                                // lie in one block of the view, inside `data` (checked
+                                // when the view was made); panels hold kc steps; `kern`
+                                // is supported (checked when it was chosen).
+                                unsafe { run(kc, apanel.as_ptr(), bpanel.as_ptr(), c.data[at..].as_mut_ptr(), c.ld, load) };
+                            } else {
+                                // Edge tile, or one that crosses a block: through a
+                                // full-size scratch tile, element by element.
+                                let mut tile = [0.0f32; MR * NR];
+                                if load {
+                                    for r in 0..rows {
+                                        for q in 0..cols {
+                                            tile[r * NR + q] = c.data[c.offset(ci + r, cj + q)];
+                                        }
+                                    }
+                                }
+                                // SAFETY: as above, with the tile as C (stride NR).
+                                unsafe { run(kc, apanel.as_ptr(), bpanel.as_ptr(), tile.as_mut_ptr(), NR, load) };
+                                for r in 0..rows {
+                                    for q in 0..cols {
+                                        let o = c.offset(ci + r, cj + q);
+                                        c.data[o] = tile[r * NR + q];
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_naive_with_transposes() {
+        let (m, k, n) = (5, 7, 3);
+        let a: Vec<f32> = (0..m * k).map(|i| (i as f32 * 0.37).sin()).collect();
+        let b: Vec<f32> = (0..n * k).map(|i| (i as f32 * 0.11).cos()).collect();
+        // B stored as n × k, used transposed.
+        let mut c = vec![1.0f32; m * n];
+        gemm(2.0, MatRef::rowmajor(&a, m, k), MatRef::rowmajor(&b, n, k).t(), 0.5, &mut c, n);
+        for i in 0..m {
+            for j in 0..n {
+                let mut s = 0.0f64;
+                for p in 0..k {
+                    s += a[i * k + p] as f64 * b[j * k + p] as f64;
+                }
+                let want = 2.0 * s + 0.5;
+                assert!((c[i * n + j] as f64 - want).abs() < 1e-5);
+            }
+        }
+    }
+
+    /// The definition in the module docs, written out: one f32 FMA chain per element.
+    fn fma_chains(a: &MatRef, b: &MatRef) -> Vec<f32> {
+        let mut c = vec![0.0f32; a.rows * b.cols];
+        for i in 0..a.rows {
+            for j in 0..b.cols {
+                let mut acc = 0.0f32;
+                for p in 0..a.cols {
+                    acc = a.data[i * a.rs + p * a.cs].mul_add(b.data[p * b.rs + j * b.cs], acc);
+                }
+                c[i * b.cols + j] = acc;
+            }
+        }
+        c
+    }
+
+    /// Every kernel this CPU runs gives exactly the FMA chains, bit for bit, on shapes
+    /// with edge tiles, several reduction blocks, several row and column blocks, and
+    /// transposed views of either operand.
+    #[test]
+    fn every_kernel_computes_the_defined_chains_exactly() {
+        let shapes = [(1, 1, 1), (5, 7, 3), (8, 256, 48), (17, 300, 50), (16, 1024, 144), (200, 20, 2400), (64, 576, 1024)];
+        for kern in Kernel::ALL.into_iter().filter(|k| k.supported()) {
+            for &(m, k, n) in &shapes {
+                for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
+                    let av: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1000) as f32 / 250.0 - 2.0) * 1.3e-1).collect();
+                    let bv: Vec<f32> = (0..k * n).map(|i| ((i * 104729 % 997) as f32 / 300.0 - 1.6).sin()).collect();
+                    let a = if ta { MatRef::rowmajor(&av, k, m).t() } else { MatRef::rowmajor(&av, m, k) };
+                    let b = if tb { MatRef::rowmajor(&bv, n, k).t() } else { MatRef::rowmajor(&bv, k, n) };
+                    let want = fma_chains(&a, &b);
+                    let mut got = vec![f32::NAN; m * n];
+                    product(kern, &a, &b, &mut OutView::rowmajor(&mut got, m, n, n));
+                    let same = got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits());
+                    assert!(same, "kernel {} differs from the FMA chains at {m}×{k}×{n} (ta {ta}, tb {tb})", kern.name());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn leading_dimension_and_beta_keep_the_rest_of_c() {
+        let (m, k, n, ldc) = (9, 5, 50, 53);
+        let a: Vec<f32> = (0..m * k).map(|i| i as f32 * 0.5).collect();
+        let b: Vec<f32> = (0..k * n).map(|i| 1.0 - i as f32 * 0.01).collect();
+        let mut c = vec![7.0f32; m * ldc];
+        gemm(1.0, MatRef::rowmajor(&a, m, k), MatRef::rowmajor(&b, k, n), 0.0, &mut c, ldc);
+        let want = fma_chains(&MatRef::rowmajor(&a, m, k), &MatRef::rowmajor(&b, k, n));
+        for i in 0..m {
+            assert_eq!(&c[i * ldc..i * ldc + n], &want[i * n..(i + 1) * n]);
+            assert!(c[i * ldc + n..(i + 1) * ldc].iter().all(|&v| v == 7.0), "padding columns touched");
+        }
+    }
+
+    /// Row sources ([`Rows`], over plain and transposed views) into a
+    /// row-major output or one block per image ([`OutView::images`]), give the same
+    /// bits as the strided views.
+    #[test]
+    fn row_sources_and_image_blocked_output_match_strided_views() {
+        let (m, k, n) = (19, 300, 70);
+        let av: Vec<f32> = (0..m * k).map(|i| ((i * 31 % 113) as f32 - 56.0) * 0.01).collect();
+        let bv: Vec<f32> = (0..k * n).map(|i| ((i * 17 % 101) as f32 - 50.0) * 0.02).collect();
+        let (a, b) = (MatRef::rowmajor(&av, m, k), MatRef::rowmajor(&bv, k, n));
+        // The same matrices stored transposed, read through transposed views.
+        let avt: Vec<f32> = (0..k * m).map(|i| av[(i % m) * k + i / m]).collect();
+        let bvt: Vec<f32> = (0..n * k).map(|i| bv[(i % k) * n + i / k]).collect();
+        let (at, bt) = (MatRef::rowmajor(&avt, k, m).t(), MatRef::rowmajor(&bvt, n, k).t());
+        let want = fma_chains(&a, &b);
+        let mut got = vec![0.0f32; m * n];
+        matmul(&Rows(a), &Rows(b), &mut OutView::rowmajor(&mut got, m, n, n));
+        assert_eq!(got, want);
+        matmul(&Rows(at), &Rows(bt), &mut OutView::rowmajor(&mut got, m, n, n));
+        assert_eq!(got, want);
+        // n = 5 images of 14 pixels: C[i][img·14 + px] lands at (img·m + i)·14 + px.
+        let mut nchw = vec![f32::NAN; m * n];
+        matmul(&a, &Rows(b), &mut OutView::images(&mut nchw, 5, m, 14));
+        for i in 0..m {
+            for j in 0..n {
+                assert_eq!(nchw[((j / 14) * m + i) * 14 + j % 14].to_bits(), want[i * n + j].to_bits());
+            }
+        }
+    }
+}
