@@ -5,7 +5,8 @@
 //!   boxed closure reading the values it needs from the tape and accumulating into
 //!   its inputs' gradients in place.
 //! * [`ops`] — one file per op: forward, backward and the op's gradient test.
-//! * [`gemm`] — the safe wrapper over `matrixmultiply` every contraction goes through.
+//! * [`gemm`] — the matrix product every contraction goes through: packed panels and
+//!   SIMD micro-kernels that all compute the same, defined FMA chains.
 //! * [`par`] — the fixed work splits that keep results independent of thread count.
 
 pub mod alloc;

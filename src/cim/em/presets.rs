@@ -137,7 +137,7 @@ impl Synthetic {
             *slot = v;
         }
         let ok = p.gain.is_finite() && p.offset.is_finite() && p.inl.is_finite() && p.dnl.is_finite();
-        if !ok || !(p.sigma0 > 0.0 && p.sigma1 >= 0.0 && (0.0..1.0).contains(&p.tail) && p.tail_mean > 0.0 && p.sat > 0.0) {
+        if !(ok && p.sigma0 > 0.0 && p.sigma1 >= 0.0 && (0.0..1.0).contains(&p.tail) && p.tail_mean > 0.0 && p.sat > 0.0) {
             return Some(Err(Error::invalid(format!(
                 "error model '{spec}': needs finite gain/offset/inl/dnl, sigma0 > 0, sigma1 ≥ 0, 0 ≤ tail < 1, tail_mean > 0, sat > 0"
             ))));

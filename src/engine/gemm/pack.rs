@@ -88,7 +88,7 @@ pub(super) fn interleave(src: &[f32], ld: usize, rows: usize, kc: usize, panel: 
     assert!(rows == 0 || kc == 0 || (rows - 1) * ld + kc <= src.len());
     let mut done = 0; // steps already laid out for every row
     #[cfg(target_arch = "x86_64")]
-    if rows == width && width % 16 == 0 && kc >= 16 && is_x86_feature_detected!("avx512f") {
+    if rows == width && width.is_multiple_of(16) && kc >= 16 && is_x86_feature_detected!("avx512f") {
         done = kc - kc % 16;
         // SAFETY: rows·ld and kc·width bounds asserted above; AVX-512F detected.
         unsafe { interleave_avx512(src, ld, width, done, panel) };
