@@ -27,7 +27,7 @@ fn synthetic_pipeline_resumes_and_matches_golden() {
         assert!(out.join(f).is_file(), "{f} not written");
     }
     let json = std::fs::read_to_string(out.join("summary.json")).unwrap();
-    for key in ["fp32", "quant_ideal", "naive_nonideal_mean", "naive_nonideal_std", "dnat_nonideal_mean", "dnat_nonideal_std", "wall_s", "data", "error_model"] {
+    for key in ["fp32", "quant_ideal", "naive_nonideal_mean", "naive_nonideal_std", "dnat_nonideal_mean", "dnat_nonideal_std", "dnat_on_ideal_macro", "wall_s", "data", "error_model"] {
         assert!(json.contains(&format!("\"{key}\": ")), "summary.json lacks {key}");
     }
     assert_eq!(s.sweep.len(), 3);
@@ -41,7 +41,7 @@ fn synthetic_pipeline_resumes_and_matches_golden() {
     std::fs::remove_file(out.join("work/dnat.ckpt")).unwrap();
     std::fs::remove_file(out.join("work/dnat-moderate.rec")).unwrap();
     let redone = pipeline::run(&cfg, &data, &out, true).unwrap();
-    assert_eq!(redone.dnat, s.dnat);
+    assert_eq!((redone.dnat.clone(), redone.dnat_on_ideal), (s.dnat.clone(), s.dnat_on_ideal));
     // Work pinned before a config key existed counts as run with that key's default.
     let pin = out.join("work/inputs.rec");
     let pinned = std::fs::read_to_string(&pin).unwrap();
@@ -68,6 +68,7 @@ fn synthetic_pipeline_resumes_and_matches_golden() {
             ("quant_ideal", format!("{}", s.quant_ideal)),
             ("naive_moderate_per_seed", format!("{:?}", s.naive.per_seed)),
             ("dnat_moderate_per_seed", format!("{:?}", s.dnat.per_seed)),
+            ("dnat_on_ideal_macro", format!("{}", s.dnat_on_ideal)),
             ("naive_mild_per_seed", format!("{:?}", s.sweep[1].naive.per_seed)),
             ("dnat_mild_per_seed", format!("{:?}", s.sweep[1].dnat.per_seed)),
             ("dnat_last_train_loss_bits", format!("{:#010x}", s.history[1].1[0].train_loss.to_bits())),

@@ -4,17 +4,19 @@
 mod common;
 use common::*;
 
-/// The committed FP32 ResNet20 evaluates to its golden accuracy, exactly: evaluation
-/// is deterministic, so any change in the engine's numerics shows here.
+/// The committed FP32 ResNet20s evaluate to their golden accuracies, exactly:
+/// evaluation is deterministic, so any change in the engine's numerics shows here.
 #[test]
 fn fp32_resnet20_golden_accuracy() {
     let Some(data) = stand_in() else { return };
-    let ckpt = concat!(env!("CARGO_MANIFEST_DIR"), "/models/resnet20-fp32-s0.ckpt");
-    let o = dnat(&["eval", "--checkpoint", ckpt, "--data", data.to_str().unwrap(), "--json", "--quiet"]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let acc = json_number(stdout(&o).lines().last().unwrap(), "accuracy");
-    let want: f64 = golden("fp32.txt", "resnet20_fp32_s0_accuracy").parse().unwrap();
-    assert_eq!(acc, want, "accuracy of models/resnet20-fp32-s0.ckpt changed");
+    for (file, key) in [("resnet20-fp32-s0.ckpt", "resnet20_fp32_s0_accuracy"), ("resnet20-fp32-e60-s0.ckpt", "resnet20_fp32_e60_s0_accuracy")] {
+        let ckpt = format!("{}/models/{file}", env!("CARGO_MANIFEST_DIR"));
+        let o = dnat(&["eval", "--checkpoint", &ckpt, "--data", data.to_str().unwrap(), "--json", "--quiet"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        let acc = json_number(stdout(&o).lines().last().unwrap(), "accuracy");
+        let want: f64 = golden("fp32.txt", key).parse().unwrap();
+        assert_eq!(acc, want, "accuracy of models/{file} changed");
+    }
 }
 
 /// The CLI reports which archive it read, and a short run gives the same checkpoint

@@ -9,6 +9,7 @@
 //! | d | evaluation of (b) on the non-ideal macro, R error seeds | `naive-<model>.rec` |
 //! | e | D-NAT: fine-tuning (b) with the error model in the loop | `dnat.ckpt` |
 //! | f | evaluation of (e) on the non-ideal macro, R error seeds | `dnat-<model>.rec` |
+//! | g | evaluation of (e) on the ideal macro: how chip-specific the D-NAT model is | `dnat_on_ideal.rec` |
 //! | sweep | (d) and (e)+(f) for each error model of the severity sweep | `naive-*.rec`, `dnat-*.ckpt`, `dnat-*.rec` |
 //!
 //! Training stages checkpoint every epoch and resume; evaluation stages record each
@@ -60,6 +61,10 @@ pub struct Summary {
     pub quant_ideal: f64,
     pub naive: McAccuracy,
     pub dnat: McAccuracy,
+    /// The D-NAT model read on the ideal macro (stage g). Its batchnorm statistics
+    /// and E-PACT bounds were learned through the chip's errors, so this is typically
+    /// far below `quant_ideal`: a D-NAT model belongs to its chip.
+    pub dnat_on_ideal: f64,
     pub sweep: Vec<SweepPoint>,
     /// Per-epoch test accuracy of the fine-tuning stages: QAT (ideal macro), D-NAT
     /// (non-ideal macro, one fixed error seed).
@@ -120,6 +125,8 @@ pub fn run(cfg: &PipelineConfig, data: &Dataset, out: &Path, quiet: bool) -> Res
     let dnat_ckpt = r.train_stage("dnat", "(e) D-NAT", r.dnat_config(&qat, &cfg.error_model, cfg.dnat_epochs))?;
     let dnat = r.mc_stage(&format!("dnat-{}", slug(&cfg.error_model)), &dnat_ckpt, &cfg.error_model)?;
     r.say(format_args!("(f) D-NAT, {}: {:.2} ± {:.2}%", cfg.error_model, dnat.mean, dnat.std));
+    let dnat_on_ideal = r.scalar_stage("dnat_on_ideal", || r.eval_seed(&dnat_ckpt, "ideal", ReadoutMode::Ideal, EVAL_SEED0))?;
+    r.say(format_args!("(g) D-NAT model on the ideal macro: {dnat_on_ideal:.2}%"));
 
     // Severity sweep.
     let mut sweep = Vec::new();
@@ -152,6 +159,7 @@ pub fn run(cfg: &PipelineConfig, data: &Dataset, out: &Path, quiet: bool) -> Res
         quant_ideal,
         naive,
         dnat,
+        dnat_on_ideal,
         sweep,
         history,
         wall_s: r.wall_s()?,

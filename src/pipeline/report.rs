@@ -74,6 +74,7 @@ pub fn summary_json(s: &Summary) -> String {
         ("naive_nonideal_std", s.naive.std.into()),
         ("dnat_nonideal_mean", s.dnat.mean.into()),
         ("dnat_nonideal_std", s.dnat.std.into()),
+        ("dnat_on_ideal_macro", s.dnat_on_ideal.into()),
         ("recovery", s.recovery().into()),
         ("paper_recovery", paper_recovery(s.config.arch).map_or(f64::NAN, |p| p).into()),
         ("naive_nonideal_per_seed", seeds(&s.naive)),
@@ -118,6 +119,11 @@ fn markdown(s: &Summary) -> String {
     let _ = writeln!(m, "- Non-ideal accuracies are the mean ± sample std over R = {} error seeds ({}…{}), the same seeds for every model.", c.mc_seeds, super::EVAL_SEED0, super::EVAL_SEED0 + c.mc_seeds - 1);
     let _ = writeln!(m, "- Compute time: {:.0} s ({:.1} min), summed over the invocations that did the work.\n", s.wall_s, s.wall_s / 60.0);
     let _ = writeln!(m, "Per seed: without NAT {:?}; D-NAT {:?}.\n", round2(&s.naive.per_seed), round2(&s.dnat.per_seed));
+    let _ = writeln!(
+        m,
+        "A D-NAT model belongs to its chip: read on the ideal macro it scores {:.2} % (against {:.2} % for the QAT model), because its batchnorm statistics and E-PACT bounds were learned through `{}`'s errors.\n",
+        s.dnat_on_ideal, s.quant_ideal, c.error_model
+    );
     if !s.sweep.is_empty() {
         let _ = writeln!(m, "## Severity sweep\n");
         let _ = writeln!(m, "| error model | without NAT | D-NAT | D-NAT epochs |\n|---|---|---|---|");

@@ -64,24 +64,10 @@ impl<'a> MatRef<'a> {
 
 static KERNEL: OnceLock<Kernel> = OnceLock::new();
 
-/// The micro-kernel in use: [`Kernel::best`] for this CPU unless [`set_kernel`] chose
-/// another first.
+/// The micro-kernel [`gemm`] and [`matmul`] use: [`Kernel::best`] for this CPU (the
+/// bits do not depend on it; [`gemm_with`] runs any other, for comparison).
 pub fn kernel() -> Kernel {
     *KERNEL.get_or_init(Kernel::best)
-}
-
-/// Chooses the micro-kernel (for benchmarks and tests; results do not depend on it).
-/// Must be called before the first product; refused when this CPU cannot run the
-/// kernel or another one is already in use.
-pub fn set_kernel(k: Kernel) -> Result<(), String> {
-    if !k.supported() {
-        return Err(format!("GEMM kernel `{}` is not supported by this CPU (best here: `{}`)", k.name(), Kernel::best().name()));
-    }
-    let now = *KERNEL.get_or_init(|| k);
-    if now != k {
-        return Err(format!("GEMM kernel `{}` is already in use; choose the kernel before the first product", now.name()));
-    }
-    Ok(())
 }
 
 thread_local! {
