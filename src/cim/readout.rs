@@ -23,7 +23,7 @@ pub trait Readout: Send + Sync {
     }
     /// E[measured | ideal = k] (the `expected` forward mode).
     fn mean(&self, k: i32) -> f32;
-    /// dE[measured]/dk at `k` (the statistical estimator with S = 0).
+    /// dE\[measured\]/dk at `k` (the statistical estimator with S = 0).
     fn slope(&self, k: i32) -> f32;
     /// `mean` over a run of codes (one call per run; override to batch).
     fn mean_run(&self, codes: &[i32], out: &mut [f32]) {

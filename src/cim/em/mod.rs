@@ -3,7 +3,7 @@
 //! For every ideal ADC code `k` of a macro, the empirical probability mass function of
 //! the code `j` the chip actually reads out. The model is **data**: built from counts
 //! (`ideal, measured, count`), saved in a human-readable counts table or a compact
-//! binary form ([`format`]), fitted from raw measurement logs ([`fit`]), or generated
+//! binary form ([`format`](mod@format)), fitted from raw measurement logs ([`fit`]), or generated
 //! as a labelled synthetic preset ([`presets`]).
 //!
 //! Rows (ideal codes) that were never measured are filled by an explicit policy

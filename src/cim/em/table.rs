@@ -263,7 +263,7 @@ impl ErrorModel {
         self.mean_f32[(k.clamp(self.kmin, self.kmax) - self.kmin) as usize]
     }
 
-    /// dE[j]/dk at code k (central differences; one-sided at the range ends).
+    /// dE\[j\]/dk at code k (central differences; one-sided at the range ends).
     #[inline(always)]
     pub fn slope(&self, k: i32) -> f32 {
         self.slope[(k.clamp(self.kmin, self.kmax) - self.kmin) as usize]

@@ -3,8 +3,8 @@
 //!
 //! A view is (rows, cols, row stride, col stride), so `Aᵀ` is the same buffer with the
 //! strides swapped, free. The product is computed the way BLIS does it: blocks of `B`
-//! and `A` are packed into panels ([`pack`]) and a register-blocked micro-kernel
-//! ([`kernel`]) computes one `MR × NR` tile of `C` at a time.
+//! and `A` are packed into panels (module `pack`) and a register-blocked micro-kernel
+//! (module `kernel`) computes one `MR × NR` tile of `C` at a time.
 //!
 //! **What the result is, exactly.** Each `C[i][j]` is one chain of fused
 //! multiply-adds over the reduction in order, `acc = fma(A[i][p], B[p][j], acc)` for
@@ -128,13 +128,13 @@ pub fn matmul(a: &impl Operand, b: &impl Operand, out: &mut OutView) {
     }
 }
 
-/// A matrix the product can pack into the kernels' panels (module [`pack`]).
+/// A matrix the product can pack into the kernels' panels (module `pack`).
 pub trait Operand {
     fn rows(&self) -> usize;
     fn cols(&self) -> usize;
-    /// Rows `i0..i0+mc`, columns `p0..p0+kc` as MR-row panels (see [`pack::pack_a`]).
+    /// Rows `i0..i0+mc`, columns `p0..p0+kc` as MR-row panels: panel q holds `dst[q·kc·MR + p·MR + i] = A[i0 + q·MR + i][p0 + p]`.
     fn pack_a(&self, i0: usize, mc: usize, p0: usize, kc: usize, dst: &mut [f32]);
-    /// Rows `p0..p0+kc`, columns `j0..j0+nc` as NR-column panels (see [`pack::pack_b`]).
+    /// Rows `p0..p0+kc`, columns `j0..j0+nc` as NR-column panels: panel q holds `dst[q·kc·NR + p·NR + j] = B[p0 + p][j0 + q·NR + j]`.
     fn pack_b(&self, p0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]);
 }
 
