@@ -296,6 +296,38 @@ mod tests {
         }
     }
 
+    /// Packing the patches straight from the images (and writing NCHW directly) is a
+    /// layout change only: the bits equal the stored-patch-matrix product, on shapes
+    /// whose image groups do not line up with the kernel's 32-column panels.
+    #[test]
+    fn packed_patches_give_the_bits_of_the_stored_patch_matrix() {
+        use crate::engine::gemm::gemm;
+        for (xs, ws, cfg) in [
+            ([5usize, 3, 7, 6], [4usize, 3, 3, 3], Conv2dCfg { stride: 1, padding: 1 }),
+            ([9, 2, 9, 9], [5, 2, 3, 3], Conv2dCfg { stride: 2, padding: 1 }),
+            ([300, 3, 5, 5], [8, 3, 3, 3], Conv2dCfg { stride: 1, padding: 1 }),
+        ] {
+            let (x, w) = (random(&xs, 4), random(&ws, 5));
+            let g = ConvGeom::new(&xs, &ws, cfg).unwrap();
+            let y = forward(&g, x.data(), w.data(), None);
+            let (gs, pix) = (g.group(), g.pixels());
+            for i0 in (0..g.n).step_by(gs) {
+                let gi = gs.min(g.n - i0);
+                let col = group_columns(&g, &x.data()[i0 * g.in_size()..(i0 + gi) * g.in_size()], gi);
+                let mut c = vec![0.0f32; g.cout * gi * pix];
+                gemm(1.0, MatRef::rowmajor(w.data(), g.cout, g.k()), MatRef::rowmajor(&col, g.k(), gi * pix), 0.0, &mut c, gi * pix);
+                for j in 0..gi {
+                    for co in 0..g.cout {
+                        for p in 0..pix {
+                            let got = y[((i0 + j) * g.cout + co) * pix + p];
+                            assert_eq!(got.to_bits(), c[co * gi * pix + j * pix + p].to_bits(), "{xs:?} image {} channel {co} pixel {p}", i0 + j);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
     #[test]
     fn bad_shapes_are_errors() {
         let mut t = Tape::new(false);
