@@ -162,9 +162,9 @@ impl RowSource for MatRef<'_> {
     fn cols(&self) -> usize {
         self.cols
     }
-    fn read_row(&self, r: usize, c0: usize, len: usize, dst: &mut [f32], stride: usize) {
-        for t in 0..len {
-            dst[t * stride] = self.data[r * self.rs + (c0 + t) * self.cs];
+    fn read_row(&self, r: usize, c0: usize, dst: &mut [f32]) {
+        for (t, d) in dst.iter_mut().enumerate() {
+            *d = self.data[r * self.rs + (c0 + t) * self.cs];
         }
     }
 }

@@ -72,8 +72,8 @@ pub fn pack_b(b: &MatRef, p0: usize, kc: usize, j0: usize, nc: usize, dst: &mut 
 pub trait RowSource {
     fn rows(&self) -> usize;
     fn cols(&self) -> usize;
-    /// `dst[t·stride] = self[r][c0 + t]` for `t < len`.
-    fn read_row(&self, r: usize, c0: usize, len: usize, dst: &mut [f32], stride: usize);
+    /// `dst[t] = self[r][c0 + t]` for every `t < dst.len()`.
+    fn read_row(&self, r: usize, c0: usize, dst: &mut [f32]);
 }
 
 /// A [`RowSource`] as an operand, as it is.
@@ -180,7 +180,7 @@ impl<S: RowSource> Operand for Rows<S> {
             for (q, panel) in dst[..mc.div_ceil(MR) * kc * MR].chunks_exact_mut(kc * MR).enumerate() {
                 let rows = MR.min(mc - q * MR);
                 for i in 0..rows {
-                    self.0.read_row(i0 + q * MR + i, p0, kc, &mut rows_buf[i * kc..], 1);
+                    self.0.read_row(i0 + q * MR + i, p0, &mut rows_buf[i * kc..(i + 1) * kc]);
                 }
                 interleave(rows_buf, kc, rows, kc, panel, MR);
             }
@@ -188,10 +188,9 @@ impl<S: RowSource> Operand for Rows<S> {
     }
     fn pack_b(&self, p0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
         // Each source row once, whole, then cut into the panels.
-        let panels = nc.div_ceil(NR);
         with_staging(nc, |row| {
             for p in 0..kc {
-                self.0.read_row(p0 + p, j0, nc, row, 1);
+                self.0.read_row(p0 + p, j0, row);
                 for (q, seg) in row.chunks(NR).enumerate() {
                     let step = &mut dst[q * kc * NR + p * NR..][..NR];
                     step[..seg.len()].copy_from_slice(seg);
@@ -199,7 +198,6 @@ impl<S: RowSource> Operand for Rows<S> {
                 }
             }
         });
-        debug_assert!(panels * kc * NR <= dst.len());
     }
 }
 

@@ -103,8 +103,9 @@ impl RowSource for Patches<'_> {
     fn cols(&self) -> usize {
         self.images * self.g.pixels()
     }
-    fn read_row(&self, r: usize, c0: usize, len: usize, dst: &mut [f32], stride: usize) {
+    fn read_row(&self, r: usize, c0: usize, dst: &mut [f32]) {
         let g = self.g;
+        let len = dst.len();
         let (ci, ky, kx) = (r / (g.kh * g.kw), (r / g.kw) % g.kh, r % g.kw);
         let pix = g.pixels();
         let (lo, hi) = g.valid_cols(kx); // inside the image for ox in lo..hi (stride 1)
@@ -115,22 +116,27 @@ impl RowSource for Patches<'_> {
         let mut d = 0;
         while d < len {
             let run = (g.ow - ox0).min(len - d);
-            let out = &mut dst[d * stride..];
+            let out = &mut dst[d..d + run];
             let iy = (oy * g.stride + ky) as isize - g.pad as isize;
             if iy < 0 || iy >= g.h as isize {
-                put_zeros(out, 0, run, stride);
+                out.fill(0.0);
             } else {
                 let src = &self.x[img * g.in_size() + (ci * g.h + iy as usize) * g.w..][..g.w];
                 if g.stride == 1 {
-                    let a = lo.clamp(ox0, ox0 + run);
-                    let b = hi.clamp(a, ox0 + run);
-                    put_zeros(out, 0, a - ox0, stride);
-                    put_slice(out, a - ox0, &src[a + kx - g.pad..b + kx - g.pad], stride);
-                    put_zeros(out, b - ox0, ox0 + run - b, stride);
+                    // Inside the image for ox in lo..hi: copy that part of the run
+                    // (input column ox + kx − pad), pad the rest with zeros.
+                    let (a, b) = (lo.clamp(ox0, ox0 + run), hi.clamp(ox0, ox0 + run));
+                    if a < b {
+                        out[..a - ox0].fill(0.0);
+                        out[a - ox0..b - ox0].copy_from_slice(&src[a + kx - g.pad..b + kx - g.pad]);
+                        out[b - ox0..].fill(0.0);
+                    } else {
+                        out.fill(0.0);
+                    }
                 } else {
-                    for q in 0..run {
+                    for (q, o) in out.iter_mut().enumerate() {
                         let ix = ((ox0 + q) * g.stride + kx) as isize - g.pad as isize;
-                        out[q * stride] = if ix >= 0 && (ix as usize) < g.w { src[ix as usize] } else { 0.0 };
+                        *o = if ix >= 0 && (ix as usize) < g.w { src[ix as usize] } else { 0.0 };
                     }
                 }
             }
@@ -161,34 +167,45 @@ impl RowSource for ImageRows<'_> {
     fn cols(&self) -> usize {
         self.images * self.pixels
     }
-    fn read_row(&self, r: usize, c0: usize, len: usize, dst: &mut [f32], stride: usize) {
-        let (mut c, end, mut d) = (c0, c0 + len, 0);
-        while c < end {
+    fn read_row(&self, r: usize, c0: usize, dst: &mut [f32]) {
+        let (mut c, mut d) = (c0, 0);
+        while d < dst.len() {
             let (img, px) = (c / self.pixels, c % self.pixels);
-            let run = (self.pixels - px).min(end - c);
-            put_slice(&mut dst[d * stride..], 0, &self.data[(img * self.channels + r) * self.pixels + px..][..run], stride);
+            let run = (self.pixels - px).min(dst.len() - d);
+            dst[d..d + run].copy_from_slice(&self.data[(img * self.channels + r) * self.pixels + px..][..run]);
             c += run;
             d += run;
         }
     }
 }
 
-#[inline]
-fn put_zeros(dst: &mut [f32], at: usize, n: usize, stride: usize) {
-    if stride == 1 {
-        dst[at..at + n].fill(0.0);
-    } else {
-        (at..at + n).for_each(|t| dst[t * stride] = 0.0);
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::gradcheck::random;
+    use crate::engine::ops::conv2d::Conv2dCfg;
 
-#[inline]
-fn put_slice(dst: &mut [f32], at: usize, src: &[f32], stride: usize) {
-    if stride == 1 {
-        dst[at..at + src.len()].copy_from_slice(src);
-    } else {
-        for (t, &v) in src.iter().enumerate() {
-            dst[(at + t) * stride] = v;
+    /// Every segment of every patch row, read on demand, equals the stored patch
+    /// matrix: segments starting and ending mid-row, crossing images, lying wholly in
+    /// the padding (kernel 5, padding 2), at strides 1 and 2.
+    #[test]
+    fn patch_segments_match_the_stored_patch_matrix() {
+        for stride in [1, 2] {
+            let (n, xs, ws) = (3, [3usize, 2, 5, 4], [1usize, 2, 5, 5]);
+            let g = ConvGeom::new(&xs, &ws, Conv2dCfg { stride, padding: 2 }).unwrap();
+            let x = random(&xs, 9);
+            let col = group_columns(&g, x.data(), n);
+            let patches = Patches { g: &g, x: x.data(), images: n };
+            let cols = n * g.pixels();
+            let mut buf = vec![f32::NAN; 16];
+            for r in 0..g.k() {
+                for c0 in 0..cols {
+                    for len in 1..=(cols - c0).min(16) {
+                        patches.read_row(r, c0, &mut buf[..len]);
+                        assert_eq!(&buf[..len], &col[r * cols + c0..][..len], "stride {stride} row {r} columns {c0}+{len}");
+                    }
+                }
+            }
         }
     }
 }
