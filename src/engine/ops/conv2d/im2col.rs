@@ -197,7 +197,7 @@ mod tests {
             let col = group_columns(&g, x.data(), n);
             let patches = Patches { g: &g, x: x.data(), images: n };
             let cols = n * g.pixels();
-            let mut buf = vec![f32::NAN; 16];
+            let mut buf = [f32::NAN; 16];
             for r in 0..g.k() {
                 for c0 in 0..cols {
                     for len in 1..=(cols - c0).min(16) {
