@@ -366,6 +366,12 @@ mod tests {
         assert_eq!(got, want);
         matmul(&Rows(at), &Rows(bt), &mut OutView::rowmajor(&mut got, m, n, n));
         assert_eq!(got, want);
+        // Views strided both ways (every other element of a buffer twice the size).
+        let (a2, b2): (Vec<f32>, Vec<f32>) = (av.iter().flat_map(|&v| [v, f32::NAN]).collect(), bv.iter().flat_map(|&v| [v, f32::NAN]).collect());
+        let a2v = MatRef { data: &a2, rows: m, cols: k, rs: 2 * k, cs: 2 };
+        let b2v = MatRef { data: &b2, rows: k, cols: n, rs: 2 * n, cs: 2 };
+        gemm(1.0, a2v, b2v, 0.0, &mut got, n);
+        assert_eq!(got, want);
         // n = 5 images of 14 pixels: C[i][img·14 + px] lands at (img·m + i)·14 + px.
         let mut nchw = vec![f32::NAN; m * n];
         matmul(&a, &Rows(b), &mut OutView::images(&mut nchw, 5, m, 14));

@@ -6,61 +6,36 @@ use super::kernel::{MR, NR};
 use super::{MatRef, Operand};
 
 /// `A[i0 .. i0+mc][p0 .. p0+kc]` as panels of MR rows: panel q holds
-/// `dst[q·kc·MR + p·MR + i] = A[i0 + q·MR + i][p0 + p]`.
+/// `dst[q·kc·MR + p·MR + i] = A[i0 + q·MR + i][p0 + p]` — the B layout of `Aᵀ`.
 pub fn pack_a(a: &MatRef, i0: usize, mc: usize, p0: usize, kc: usize, dst: &mut [f32]) {
-    for (q, panel) in dst[..mc.div_ceil(MR) * kc * MR].chunks_exact_mut(kc * MR).enumerate() {
-        let rows = MR.min(mc - q * MR);
-        let r0 = i0 + q * MR;
-        if a.rs == 1 {
-            // Column-contiguous (a transposed row-major matrix): MR adjacent values per step.
-            for (p, step) in panel.chunks_exact_mut(MR).enumerate() {
-                let src = &a.data[r0 + (p0 + p) * a.cs..][..rows];
-                step[..rows].copy_from_slice(src);
-                step[rows..].fill(0.0);
-            }
-        } else if a.cs == 1 {
-            // Row-major: a transpose.
-            interleave(&a.data[r0 * a.rs + p0..], a.rs, rows, kc, panel, MR);
-        } else {
-            for i in 0..MR {
-                if i < rows {
-                    let base = (r0 + i) * a.rs + p0 * a.cs;
-                    for p in 0..kc {
-                        panel[p * MR + i] = a.data[base + p * a.cs];
-                    }
-                } else {
-                    (0..kc).for_each(|p| panel[p * MR + i] = 0.0);
-                }
-            }
-        }
-    }
+    panels(&a.t(), p0, kc, i0, mc, dst, MR)
 }
 
 /// `B[p0 .. p0+kc][j0 .. j0+nc]` as panels of NR columns: panel q holds
 /// `dst[q·kc·NR + p·NR + j] = B[p0 + p][j0 + q·NR + j]`.
 pub fn pack_b(b: &MatRef, p0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
-    for (q, panel) in dst[..nc.div_ceil(NR) * kc * NR].chunks_exact_mut(kc * NR).enumerate() {
-        let cols = NR.min(nc - q * NR);
-        let c0 = j0 + q * NR;
+    panels(b, p0, kc, j0, nc, dst, NR)
+}
+
+/// Panels `width` columns wide: `dst[q·kc·width + p·width + j] = B[p0 + p][j0 + q·width + j]`,
+/// zero beyond column `j0 + nc`.
+fn panels(b: &MatRef, p0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32], width: usize) {
+    for (q, panel) in dst[..nc.div_ceil(width) * kc * width].chunks_exact_mut(kc * width).enumerate() {
+        let cols = width.min(nc - q * width);
+        let c0 = j0 + q * width;
         if b.cs == 1 {
-            // Row-contiguous: NR adjacent values per step.
-            for (p, step) in panel.chunks_exact_mut(NR).enumerate() {
-                let src = &b.data[(p0 + p) * b.rs + c0..][..cols];
-                step[..cols].copy_from_slice(src);
+            // Row-contiguous: `width` adjacent values per step.
+            for (p, step) in panel.chunks_exact_mut(width).enumerate() {
+                step[..cols].copy_from_slice(&b.data[(p0 + p) * b.rs + c0..][..cols]);
                 step[cols..].fill(0.0);
             }
         } else if b.rs == 1 {
             // Column-contiguous (a transposed row-major matrix): a transpose.
-            interleave(&b.data[c0 * b.cs + p0..], b.cs, cols, kc, panel, NR);
+            interleave(&b.data[c0 * b.cs + p0..], b.cs, cols, kc, panel, width);
         } else {
-            for j in 0..NR {
-                if j < cols {
-                    let base = p0 * b.rs + (c0 + j) * b.cs;
-                    for p in 0..kc {
-                        panel[p * NR + j] = b.data[base + p * b.rs];
-                    }
-                } else {
-                    (0..kc).for_each(|p| panel[p * NR + j] = 0.0);
+            for (p, step) in panel.chunks_exact_mut(width).enumerate() {
+                for (j, v) in step.iter_mut().enumerate() {
+                    *v = if j < cols { b.data[(p0 + p) * b.rs + (c0 + j) * b.cs] } else { 0.0 };
                 }
             }
         }
@@ -81,7 +56,8 @@ pub struct Rows<S>(pub S);
 
 /// Panel layout from `rows` source rows of `kc` values, `ld` apart:
 /// `panel[p·width + j] = src[j·ld + p]`, zero for `j ≥ rows`. A transpose: done 16 × 16
-/// in registers where AVX-512 is available, else in 8 × 8 blocks that stay in L1.
+/// in registers where AVX-512 is available, else 8 steps at a time, so the rows'
+/// reads and the panel's writes stay within a few cache lines.
 /// Pure data movement, so the result is the same either way.
 pub(super) fn interleave(src: &[f32], ld: usize, rows: usize, kc: usize, panel: &mut [f32], width: usize) {
     assert!(rows <= width && panel.len() >= kc * width);
@@ -96,15 +72,13 @@ pub(super) fn interleave(src: &[f32], ld: usize, rows: usize, kc: usize, panel: 
     const B: usize = 8;
     for p0 in (done..kc).step_by(B) {
         let pe = (p0 + B).min(kc);
-        for j0 in (0..width).step_by(B) {
-            for j in j0..(j0 + B).min(width) {
-                if j < rows {
-                    for (p, &v) in (p0..pe).zip(&src[j * ld + p0..j * ld + pe]) {
-                        panel[p * width + j] = v;
-                    }
-                } else {
-                    (p0..pe).for_each(|p| panel[p * width + j] = 0.0);
+        for j in 0..width {
+            if j < rows {
+                for (p, &v) in (p0..pe).zip(&src[j * ld + p0..j * ld + pe]) {
+                    panel[p * width + j] = v;
                 }
+            } else {
+                (p0..pe).for_each(|p| panel[p * width + j] = 0.0);
             }
         }
     }
