@@ -21,6 +21,7 @@ struct Top {
 enum Cmd {
     Train(cli::train::TrainArgs),
     Eval(cli::eval::EvalArgs),
+    Calibrate(cli::calibrate::CalibrateArgs),
     Bench(cli::bench::BenchArgs),
     Em(cli::em::EmArgs),
     Weights(cli::weights::WeightsArgs),
@@ -59,6 +60,7 @@ fn main() -> ExitCode {
     let result = match top.cmd {
         Cmd::Train(a) => cli::train::run(a),
         Cmd::Eval(a) => cli::eval::run(a),
+        Cmd::Calibrate(a) => cli::calibrate::run(a),
         Cmd::Bench(a) => cli::bench::run(a),
         Cmd::Em(a) => cli::em::run(a),
         Cmd::Weights(a) => cli::weights::run(a),

@@ -20,6 +20,10 @@
 //! there to the input and the bounds. With STE (`g = 1`) this is the plain
 //! convolution backward on (x̂, ŵ).
 //!
+//! On a chip with fixed-pattern variation ([`super::chip`]), the ADC column reading
+//! tile `t` of channel `co` turns the partial sum into `round(g·P/step + o)` before the
+//! readout is drawn; the statistical estimator's slope carries that column's `g`.
+//!
 //! Draws are keyed by (seed, layer, step) and the operation's global index
 //! `(((tile·cycles + cycle)·Cout + channel)·N + image)·pixels + pixel`, so they do not
 //! depend on grouping or threads (and one channel's row of an image group is one run
@@ -162,8 +166,11 @@ fn group_forward(
             let weight = 2f32.powi((c as u32 * b) as i32) * adc.step;
             for co in 0..cout {
                 let e0 = co * cols;
+                // The ADC column's fixed pattern acts on the analog sum, before rounding.
+                let (gain, offset) = rt.column(t, co);
+                let scale = inv_step * gain;
                 for ((u, kc), &v) in unclamped.iter_mut().zip(codes.iter_mut()).zip(&psum[e0..e0 + cols]) {
-                    *u = (v * inv_step).round_ties_even() as i32;
+                    *u = (v * scale + offset).round_ties_even() as i32;
                     *kc = (*u).clamp(adc.kmin, adc.kmax);
                 }
                 // This group's images are consecutive in the numbering, so one channel's
@@ -331,9 +338,11 @@ fn statistical_backward(s: &Saved, codes: &[Vec<u16>], slopes: &SlopeSource, x: 
                 // tile's cycles summed with their shares).
                 for co in 0..cout {
                     srow.fill(0.0);
+                    // d code / d P carries the ADC column's gain.
+                    let gain = slopes.rt.column(t, co).0;
                     for (c, &sh) in share.iter().enumerate() {
                         let row = (t * cycles + c) * cout + co;
-                        slopes.accumulate(&mut srow, &sc[row * cols..][..cols], sh, (row * g.n + i0) as u64 * pix as u64);
+                        slopes.accumulate(&mut srow, &sc[row * cols..][..cols], sh * gain, (row * g.n + i0) as u64 * pix as u64);
                     }
                     for ((ev, &dv), &sv) in e[co * cols..][..cols].iter_mut().zip(&d[co * cols..][..cols]).zip(&srow) {
                         *ev = dv * sv;

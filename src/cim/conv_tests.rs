@@ -1,6 +1,6 @@
 //! Tests of the CIM layers against plain references.
 
-use super::em::presets::Synthetic;
+use super::em::presets::{self, Synthetic};
 use super::*;
 use crate::engine::gradcheck::{project, random};
 use crate::engine::ops::conv2d::{self, Conv2dCfg, ConvGeom};
@@ -8,7 +8,7 @@ use crate::engine::{Tape, Tensor, Var};
 use std::sync::Arc;
 
 fn spec(rows: usize, step: f32, kmin: i32, kmax: i32, bpc: u32) -> MacroSpec {
-    MacroSpec { name: "test".into(), rows, input_bits: 8, weight_bits: 4, input_bits_per_cycle: bpc, adc: Adc { kmin, kmax, step } }
+    MacroSpec { name: "test".into(), rows, input_bits: 8, weight_bits: 4, input_bits_per_cycle: bpc, adc: Adc { kmin, kmax, step }, arrays: 4, columns: 64 }
 }
 
 fn runtime(spec: MacroSpec, model: ErrorModel, mode: ReadoutMode, estimator: Estimator) -> CimRuntime {
@@ -117,7 +117,7 @@ fn fine_adc_equals_the_digital_quantized_conv() {
 }
 
 fn smooth_model(kmin: i32, kmax: i32) -> ErrorModel {
-    let p = Synthetic { gain: 0.8, offset: 0.5, inl: 3.0, dnl: 0.0, sigma0: 1.0, sigma1: 0.2, tail: 0.05, tail_mean: 3.0, sat: 0.9 };
+    let p = Synthetic { gain: 0.8, offset: 0.5, inl: 3.0, dnl: 0.0, sigma0: 1.0, sigma1: 0.2, tail: 0.05, tail_mean: 3.0, sat: 0.9, ..presets::AFFINE };
     p.build("smooth", (kmin, kmax)).unwrap()
 }
 

@@ -13,6 +13,15 @@
 //! input code, is read out on its own, and the readouts are shift-added
 //! (`Σ_c 2^(c·b) · R_c`). `b = input_bits` is one readout per tile (the default);
 //! `b = 1` is a bit-serial macro.
+//!
+//! **Array organisation.** The macro has `arrays` arrays of `rows` rows, each with
+//! `columns` ADC columns. A layer's weight matrix (K × Cout) is laid on them the way a
+//! weight-stationary macro holds it: tile `t` (rows `[t·rows, (t+1)·rows)`) of output
+//! channel `co` sits in array `t mod arrays`, column `co mod columns`, so its readouts
+//! go through ADC [`MacroSpec::adc_of`]` = (t mod arrays)·columns + (co mod columns)`.
+//! The tiles of one output channel land on different arrays (different ADCs, each with
+//! its own fixed pattern, see [`super::chip`]) until there are more tiles than arrays;
+//! every layer is loaded onto the same macro in turn, so layers share the ADCs.
 
 use crate::{Error, Result};
 
@@ -48,6 +57,10 @@ pub struct MacroSpec {
     /// Input bits applied per cycle (= `input_bits`: one readout per tile).
     pub input_bits_per_cycle: u32,
     pub adc: Adc,
+    /// Arrays of `rows` rows (tiles of one output channel go to different arrays).
+    pub arrays: usize,
+    /// ADC columns per array (output channels share columns modulo this).
+    pub columns: usize,
 }
 
 impl Default for MacroSpec {
@@ -63,6 +76,8 @@ impl Default for MacroSpec {
             weight_bits: 4,
             input_bits_per_cycle: 8,
             adc: Adc { kmin: -256, kmax: 255, step: 32.0 },
+            arrays: 4,
+            columns: 64,
         }
     }
 }
@@ -79,6 +94,8 @@ impl MacroSpec {
             weight_bits: 1,
             input_bits_per_cycle: 7,
             adc: Adc { kmin: -64, kmax: 63, step: 128.0 },
+            arrays: 4,
+            columns: 64,
         }
     }
 
@@ -113,6 +130,9 @@ impl MacroSpec {
         if self.input_bits_per_cycle == 0 || !self.input_bits.is_multiple_of(self.input_bits_per_cycle) {
             return bad(format!("input bits per cycle {} must divide input bits {}", self.input_bits_per_cycle, self.input_bits));
         }
+        if self.arrays == 0 || self.columns == 0 || self.arrays * self.columns > 1 << 20 {
+            return bad(format!("{} arrays of {} columns: need 1..=2^20 ADC columns in all", self.arrays, self.columns));
+        }
         if self.adc.kmin > self.adc.kmax || !(self.adc.step.is_finite() && self.adc.step > 0.0) {
             return bad(format!("ADC codes {}..={} with step {} are not a range", self.adc.kmin, self.adc.kmax, self.adc.step));
         }
@@ -145,13 +165,22 @@ impl MacroSpec {
     fn weight_max_abs(&self) -> i32 {
         self.weight_max().max(-self.weight_min())
     }
+    /// ADC columns in all (`arrays · columns`).
+    pub fn adcs(&self) -> usize {
+        self.arrays * self.columns
+    }
+    /// The ADC column that reads tile `tile` of output channel `channel` (module docs).
+    #[inline]
+    pub fn adc_of(&self, tile: usize, channel: usize) -> usize {
+        (tile % self.arrays) * self.columns + channel % self.columns
+    }
     pub fn tiles(&self, k: usize) -> usize {
         k.div_ceil(self.rows)
     }
     pub fn describe(&self) -> String {
         format!(
-            "{}: {} rows, {}-bit inputs ({} per cycle), {}-bit weights, ADC codes {}..={} step {}",
-            self.name, self.rows, self.input_bits, self.input_bits_per_cycle, self.weight_bits, self.adc.kmin, self.adc.kmax, self.adc.step
+            "{}: {} rows, {}-bit inputs ({} per cycle), {}-bit weights, ADC codes {}..={} step {}, {} arrays × {} ADC columns",
+            self.name, self.rows, self.input_bits, self.input_bits_per_cycle, self.weight_bits, self.adc.kmin, self.adc.kmax, self.adc.step, self.arrays, self.columns
         )
     }
 }
@@ -175,5 +204,8 @@ mod tests {
         let mut bad = d.clone();
         bad.input_bits_per_cycle = 3;
         assert!(bad.validate().unwrap_err().to_string().contains("must divide"));
+        // Tiles of one channel on different arrays; channels on columns modulo 64.
+        assert_eq!((d.adc_of(0, 5), d.adc_of(1, 5), d.adc_of(4, 5), d.adc_of(2, 69)), (5, 69, 5, 133));
+        assert_eq!(d.adcs(), 256);
     }
 }

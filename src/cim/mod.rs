@@ -1,11 +1,13 @@
 //! The CIM physics: how a macro computes and reads out, and how it errs.
 //!
 //! * [`MacroSpec`] — tile rows, input/weight bits, bits per cycle, the ADC.
+//! * [`chip`] — fixed-pattern variation: chip instances, per-column gain and offset.
 //! * [`em`] — D-MAC-EM, the measured MAC error model (tables, files, presets, fitting).
 //! * [`quant`] — E-PACT / PACT activation quantizers and weight codes.
 //! * [`readout`] — the readout source trait, forward modes, backward estimators, draw keys.
 //! * [`conv`] — the `CimConv2d` / `CimLinear` ops: tiles, partial sums, readouts.
 
+pub mod chip;
 pub mod conv;
 #[cfg(test)]
 mod conv_tests;
@@ -14,6 +16,7 @@ pub mod macro_spec;
 pub mod quant;
 pub mod readout;
 
+pub use chip::{Chip, FixedPattern};
 pub use conv::{cim_conv2d, cim_linear, CimCall};
 pub use em::{ErrorModel, FillPolicy};
 pub use macro_spec::{Adc, MacroSpec};

@@ -1,6 +1,7 @@
 //! How a CIM layer reads its macro: the [`Readout`] source, the forward mode, the
 //! backward estimator, and the draw keys that make every readout reproducible.
 
+use super::chip::{Chip, FixedPattern};
 use super::em::ErrorModel;
 use super::MacroSpec;
 use crate::rng::{key, mix64};
@@ -35,6 +36,11 @@ pub trait Readout: Send + Sync {
     }
     /// How reports name this source (synthetic models say so).
     fn label(&self) -> String;
+    /// The spread of fixed-pattern variation between chips and columns this source
+    /// describes (none by default); see [`super::chip`].
+    fn fixed_pattern(&self) -> FixedPattern {
+        FixedPattern::default()
+    }
 }
 
 impl Readout for ErrorModel {
@@ -77,6 +83,9 @@ impl Readout for ErrorModel {
     }
     fn label(&self) -> String {
         ErrorModel::label(self)
+    }
+    fn fixed_pattern(&self) -> FixedPattern {
+        self.fixed_pattern
     }
 }
 
@@ -149,6 +158,9 @@ pub struct CimRuntime {
     pub act_quant: crate::nn::layers::ActQuantKind,
     /// Macro operations read out so far (all layers, all passes using this runtime).
     pub readouts: Arc<std::sync::atomic::AtomicU64>,
+    /// The chip instance whose columns the readouts go through (`None`: the nominal
+    /// chip, every column gain 1 and offset 0). Not applied in the `ideal` mode.
+    pub chip: Option<Arc<Chip>>,
 }
 
 impl CimRuntime {
@@ -163,6 +175,25 @@ impl CimRuntime {
             step: 0,
             act_quant: crate::nn::layers::ActQuantKind::EPact,
             readouts: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            chip: None,
+        }
+    }
+
+    /// The same runtime on chip `seed` of the readout source's fixed pattern (the
+    /// nominal chip when the source has none).
+    pub fn on_chip(&self, seed: u64) -> Self {
+        let p = self.readout.fixed_pattern();
+        let chip = (!p.is_zero()).then(|| Arc::new(Chip::draw(&p, self.spec.adcs(), seed)));
+        CimRuntime { chip, ..self.clone() }
+    }
+
+    /// Gain and offset of the ADC column that reads tile `tile` of channel `channel`
+    /// (`(1, 0)` on the nominal chip and in the `ideal` mode).
+    #[inline]
+    pub fn column(&self, tile: usize, channel: usize) -> (f32, f32) {
+        match (&self.chip, self.mode) {
+            (Some(c), ReadoutMode::Sampled | ReadoutMode::Expected) => c.column(self.spec.adc_of(tile, channel)),
+            _ => (1.0, 0.0),
         }
     }
 }

@@ -27,12 +27,18 @@ pub struct EvalArgs {
     /// readout: sampled (default), expected or ideal (with --cim)
     #[argh(option, default = "String::from(\"sampled\")")]
     readout: String,
-    /// error seeds to average over, Monte-Carlo (with --cim; default 1)
+    /// reads (noise seeds) per chip, Monte-Carlo (with --cim; default 1)
     #[argh(option, default = "1")]
     seeds: u64,
-    /// first error seed (default 1000)
+    /// first noise seed (default 1000)
     #[argh(option, default = "1000")]
     seed: u64,
+    /// chip instances to evaluate on (with --cim; default 1): chips --chip-seed, +1, …
+    #[argh(option, default = "1")]
+    chips: u64,
+    /// first chip seed (default 0): which fabricated chip of the error model's fixed pattern
+    #[argh(option, default = "0")]
+    chip_seed: u64,
     /// print one JSON object as the last line of stdout
     #[argh(switch)]
     json: bool,
@@ -54,19 +60,22 @@ pub fn run(a: EvalArgs) -> Result<()> {
         if ck.spec.cim.is_none() {
             return Err(dnat::Error::format(&a.checkpoint, "has no CIM layers (an FP32 model): train it with --cim first"));
         }
-        if a.seeds == 0 {
-            return Err(dnat::Error::invalid("--seeds must be at least 1"));
+        if a.seeds == 0 || a.chips == 0 {
+            return Err(dnat::Error::invalid("--seeds and --chips must be at least 1"));
         }
         let mut rt = super::cim_runtime(&a.r#macro, &a.error_model, &a.readout, "ste")?;
         rt.seed = a.seed;
         let t = std::time::Instant::now();
-        let mc = evaluate_mc(net.as_ref(), &mut store, &data.test, Normalize::for_dataset(kind), &rt, a.seeds)?;
-        let (mean, std, accs) = (mc.mean, mc.std, mc.per_seed);
+        let mc = evaluate_mc(net.as_ref(), &mut store, &data.test, Normalize::for_dataset(kind), &rt, a.chip_seed, a.chips, a.seeds)?;
+        let (mean, std, accs) = (mc.mean, mc.std, mc.all());
         let what = format!("{} | {} | {:?} readout", rt.spec.name, rt.readout.label(), rt.mode);
         println!(
-            "{} on the macro ({what}): test accuracy {mean:.2}% ± {std:.2} over {} error seeds ({:.0} s)",
+            "{} on the macro ({what}): test accuracy {mean:.2}% ± {std:.2} over {} chip(s) × {} read(s): chip-to-chip σ {:.2}, read-to-read σ {:.2} ({:.0} s)",
             ck.spec.arch.name(),
+            a.chips,
             a.seeds,
+            mc.chip_std,
+            mc.read_std,
             t.elapsed().as_secs_f64()
         );
         if a.json {
@@ -77,6 +86,9 @@ pub fn run(a: EvalArgs) -> Result<()> {
                     ("accuracy", mean.into()),
                     ("accuracy_std", std.into()),
                     ("seeds", a.seeds.into()),
+                    ("chips", a.chips.into()),
+                    ("chip_std", mc.chip_std.into()),
+                    ("read_std", mc.read_std.into()),
                     ("per_seed", accs.iter().map(|a| format!("{a:.2}")).collect::<Vec<_>>().join(" ").into()),
                     ("cim", what.into()),
                     ("data", data.provenance.description.clone().into()),

@@ -1,6 +1,7 @@
 //! Subcommands of the `dnat` binary.
 
 pub mod bench;
+pub mod calibrate;
 pub mod em;
 pub mod eval;
 pub mod export;

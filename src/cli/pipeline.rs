@@ -34,6 +34,7 @@ pub fn run(a: PipelineArgs) -> Result<()> {
     let s = pipeline::run(&cfg, &data, &out, a.quiet)?;
     report::write(&s, &out)?;
     println!("\n{}", report::table(&s));
+    println!("{}\n", report::verdict(&s.main, s.quant_ideal));
     println!("compute time {:.0} s; report, summary.json and pictures in {}", s.wall_s, out.display());
     if a.json {
         println!("{}", report::summary_json(&s).replace('\n', ""));

@@ -1,7 +1,7 @@
 use dnat::cim::{Estimator, ReadoutMode};
 use dnat::data::DatasetKind;
 use dnat::nn::{ActQuantKind, Arch, CimPlan};
-use dnat::train::CimTraining;
+use dnat::train::{ChipChoice, CimTraining};
 use dnat::optim::{OptimizerKind, Schedule};
 use dnat::train::json;
 use dnat::train::{train, RunOptions, TrainConfig};
@@ -75,6 +75,10 @@ pub struct TrainArgs {
     /// activation quantizer: epact (learned lower and upper bounds, default) or pact
     #[argh(option, default = "String::from(\"epact\")")]
     act_quant: String,
+    /// the chip the macro readouts go through (with --cim): a chip seed (default 0) or
+    /// 'population' (a new chip instance of the error model's fixed pattern every step)
+    #[argh(option, default = "String::from(\"0\")")]
+    chip: String,
     /// keep the first conv and last linear on the macro too (default: digital)
     #[argh(switch)]
     all_layers_on_macro: bool,
@@ -124,6 +128,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
             estimator: Estimator::parse(&a.estimator)?,
             act_quant: ActQuantKind::parse(&a.act_quant)?,
             plan: if a.all_layers_on_macro { CimPlan { first_digital: false, last_digital: false } } else { CimPlan::default() },
+            chip: ChipChoice::parse(&a.chip)?,
         });
     }
     cfg.validate()?;

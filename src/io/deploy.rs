@@ -220,7 +220,10 @@ fn parse(p: &[u8]) -> std::result::Result<DeployModel, String> {
     let mut u = [0u32; 4];
     c.read_u32_into::<LE>(&mut u).map_err(|_| END)?;
     let adc = Adc { kmin: c.read_i32::<LE>().map_err(|_| END)?, kmax: c.read_i32::<LE>().map_err(|_| END)?, step: c.read_f32::<LE>().map_err(|_| END)? };
-    let macro_spec = MacroSpec { name, rows: u[0] as usize, input_bits: u[1], weight_bits: u[2], input_bits_per_cycle: u[3], adc };
+    // The array organisation (which ADC reads which tile) is not part of a deployable
+    // model: the integer arithmetic does not depend on it. The default's stands in.
+    let d = MacroSpec::default();
+    let macro_spec = MacroSpec { name, rows: u[0] as usize, input_bits: u[1], weight_bits: u[2], input_bits_per_cycle: u[3], adc, arrays: d.arrays, columns: d.columns };
     macro_spec.validate().map_err(|e| e.to_string())?;
     let n = count(&mut c)?;
     let mut layers = Vec::with_capacity(n);

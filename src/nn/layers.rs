@@ -20,12 +20,15 @@ pub struct Fwd<'a> {
     pub cim: Option<&'a CimRuntime>,
     /// When set (and `cim` is not), quantized layers record their FP32 inputs here.
     pub calibration: Option<&'a mut Calibration>,
+    /// When set, every batchnorm adds the statistics of its input to this
+    /// accumulator (batchnorm recalibration, [`crate::train::recalibrate_bn`]).
+    pub bn_stats: Option<&'a mut BnStats>,
 }
 
 impl<'a> Fwd<'a> {
     /// An FP32 forward pass.
     pub fn new(tape: &'a mut Tape, store: &'a mut ParamStore, mode: Mode) -> Self {
-        Fwd { tape, store, mode, cim: None, calibration: None }
+        Fwd { tape, store, mode, cim: None, calibration: None, bn_stats: None }
     }
 }
 
@@ -204,6 +207,54 @@ impl After {
     }
 }
 
+/// Exact per-channel statistics of every batchnorm's input over many batches: for each
+/// layer (named by its running-mean buffer) the count, mean and sum of squared
+/// deviations, merged batch by batch in f64 (Chan et al.'s pairwise update), in the
+/// order the batches arrive, so the result does not depend on thread count.
+#[derive(Default)]
+pub struct BnStats {
+    /// `(running_mean, running_var, count, mean per channel, M2 per channel)`.
+    pub layers: Vec<(BufferId, BufferId, f64, Vec<f64>, Vec<f64>)>,
+}
+
+impl BnStats {
+    fn add(&mut self, mean_id: BufferId, var_id: BufferId, x: &Tensor) -> Result<()> {
+        if x.shape().len() != 4 {
+            return Err(crate::Error::invalid(format!("batchnorm2d needs NCHW input, got {:?}", x.shape())));
+        }
+        let (n, c, h, w) = x.nchw();
+        let stats = ops::batchnorm::channel_stats(x.data(), n, c, h * w);
+        let nb = (n * h * w) as f64;
+        let slot = match self.layers.iter().position(|l| l.0 == mean_id) {
+            Some(i) => &mut self.layers[i],
+            None => {
+                self.layers.push((mean_id, var_id, 0.0, vec![0.0; c], vec![0.0; c]));
+                self.layers.last_mut().unwrap()
+            }
+        };
+        let na = slot.2;
+        for (ch, &(mb, vb)) in stats.iter().enumerate() {
+            let delta = mb - slot.3[ch];
+            slot.3[ch] += delta * nb / (na + nb);
+            slot.4[ch] += vb * nb + delta * delta * na * nb / (na + nb);
+        }
+        slot.2 = na + nb;
+        Ok(())
+    }
+
+    /// Writes the accumulated statistics into the running buffers: the mean, and the
+    /// unbiased variance (PyTorch's convention for running statistics).
+    pub fn write(&self, store: &mut ParamStore) {
+        for (mean_id, var_id, count, mean, m2) in &self.layers {
+            let (rm, rv) = store.buffer_pair_mut(*mean_id, *var_id);
+            for (ch, (&m, &q)) in mean.iter().zip(m2).enumerate() {
+                rm.data_mut()[ch] = m as f32;
+                rv.data_mut()[ch] = (q / (count - 1.0).max(1.0)) as f32;
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct BatchNorm2d {
     pub weight: ParamId,
@@ -234,6 +285,9 @@ impl BatchNorm2d {
         self.run(cx, x, true)
     }
     fn run(&self, cx: &mut Fwd, x: Var, relu: bool) -> Result<Var> {
+        if let Some(acc) = cx.bn_stats.as_mut() {
+            acc.add(self.running_mean, self.running_var, cx.tape.value(x))?;
+        }
         let g = cx.tape.param(cx.store, self.weight);
         let b = cx.tape.param(cx.store, self.bias);
         let (rm, rv) = cx.store.buffer_pair_mut(self.running_mean, self.running_var);

@@ -13,6 +13,7 @@
 use crate::cim::{em, Estimator, MacroSpec};
 use crate::data::DatasetKind;
 use crate::nn::{ActQuantKind, Arch};
+use crate::train::ChipChoice;
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -44,8 +45,18 @@ pub struct PipelineConfig {
     pub estimator: Estimator,
     /// Learning-rate multiplier of the quantizer bounds in (b) and (e).
     pub bound_lr_scale: f32,
-    /// Monte-Carlo error seeds R of every non-ideal evaluation.
+    /// Monte-Carlo reads (noise seeds) R per chip of every non-ideal evaluation.
     pub mc_seeds: u64,
+    /// Chip instances C of every non-ideal evaluation (chip seeds 0..C).
+    pub mc_chips: u64,
+    /// Training images read through the macro to re-estimate batchnorm statistics (the
+    /// BN-recalibration baseline, and D-NAT + BN recalibration).
+    pub bnrecal_images: usize,
+    /// Train the NAT-with-STE baseline (same epochs and chip as D-NAT).
+    pub natste: bool,
+    /// The chip D-NAT and NAT-STE train on: a chip seed (one chip, the paper's
+    /// setting) or `population` (a new chip every step).
+    pub dnat_chip: ChipChoice,
     /// Error models of the severity sweep (naive and D-NAT on each); empty: no sweep.
     pub sweep: Vec<String>,
     /// Epochs of each sweep D-NAT run (the main error model reuses stage (e)).
@@ -67,7 +78,7 @@ impl Default for PipelineConfig {
             fp32_epochs: 60,
             fp32_lr: 0.1,
             macro_name: "default".into(),
-            error_model: "moderate".into(),
+            error_model: "current-domain".into(),
             act_quant: ActQuantKind::EPact,
             qat_epochs: 3,
             qat_lr: 0.01,
@@ -75,8 +86,12 @@ impl Default for PipelineConfig {
             dnat_lr: 0.01,
             estimator: Estimator::Statistical { draws: 0 },
             bound_lr_scale: 1.0,
-            mc_seeds: 5,
-            sweep: ["ideal", "mild", "moderate", "severe"].map(String::from).to_vec(),
+            mc_seeds: 2,
+            mc_chips: 3,
+            bnrecal_images: 4096,
+            natste: true,
+            dnat_chip: ChipChoice::One(0),
+            sweep: ["ideal", "charge-domain", "current-domain"].map(String::from).to_vec(),
             sweep_dnat_epochs: 1,
             train_subset: None,
             test_subset: None,
@@ -160,6 +175,10 @@ impl PipelineConfig {
             "estimator" => self.estimator = e(Estimator::parse(v))?,
             "bound_lr_scale" => self.bound_lr_scale = num(k, v)?,
             "mc_seeds" => self.mc_seeds = num(k, v)?,
+            "mc_chips" => self.mc_chips = num(k, v)?,
+            "bnrecal_images" => self.bnrecal_images = num(k, v)?,
+            "natste" => self.natste = v.parse().map_err(|_| format!("natste = '{v}': expected true or false"))?,
+            "dnat_chip" => self.dnat_chip = e(ChipChoice::parse(v))?,
             "sweep" => self.sweep = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
             "sweep_dnat_epochs" => self.sweep_dnat_epochs = num(k, v)?,
             "train_subset" => self.train_subset = subset(k, v)?,
@@ -175,8 +194,11 @@ impl PipelineConfig {
         if let Some((k, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err(format!("{k} must be at least 1"));
         }
-        if self.mc_seeds == 0 {
-            return Err("mc_seeds must be at least 1".into());
+        if self.mc_seeds == 0 || self.mc_chips == 0 {
+            return Err("mc_seeds and mc_chips must be at least 1".into());
+        }
+        if self.bnrecal_images < 2 {
+            return Err("bnrecal_images must be at least 2".into());
         }
         if !self.sweep.is_empty() && self.sweep_dnat_epochs == 0 {
             return Err("sweep_dnat_epochs must be at least 1".into());
@@ -219,6 +241,10 @@ impl PipelineConfig {
             ("estimator", self.estimator.describe()),
             ("bound_lr_scale", self.bound_lr_scale.to_string()),
             ("mc_seeds", self.mc_seeds.to_string()),
+            ("mc_chips", self.mc_chips.to_string()),
+            ("bnrecal_images", self.bnrecal_images.to_string()),
+            ("natste", self.natste.to_string()),
+            ("dnat_chip", self.dnat_chip.describe()),
             ("sweep", self.sweep.join(", ")),
             ("sweep_dnat_epochs", self.sweep_dnat_epochs.to_string()),
             ("train_subset", opt(self.train_subset)),

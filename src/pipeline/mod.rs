@@ -6,21 +6,24 @@
 //! | a | FP32 model: `fp32_checkpoint`, or trained when that file does not exist | `fp32.ckpt` (when trained), `fp32.rec` |
 //! | b | W4A8 quantization-aware training with E-PACT on the ideal macro | `qat.ckpt` |
 //! | c | evaluation of (b) on the ideal macro | `quant_ideal.rec` |
-//! | d | evaluation of (b) on the non-ideal macro, R error seeds | `naive-<model>.rec` |
-//! | e | D-NAT: fine-tuning (b) with the error model in the loop | `dnat.ckpt` |
-//! | f | evaluation of (e) on the non-ideal macro, R error seeds | `dnat-<model>.rec` |
-//! | g | evaluation of (e) on the ideal macro: how chip-specific the D-NAT model is | `dnat_on_ideal.rec` |
-//! | sweep | (d) and (e)+(f) for each error model of the severity sweep | `naive-*.rec`, `dnat-*.ckpt`, `dnat-*.rec` |
+//! | d | (b) on the non-ideal macro, C chips × R reads: **naive** | `naive-<model>.rec` |
+//! | d′ | (b) with its batchnorm statistics re-estimated on each chip: **BN recalibration** | `bnrecal-<model>-chip<c>.ckpt`, `bnrecal-<model>.rec` |
+//! | e | NAT with the straight-through estimator on `dnat_chip` (the paper's comparison point; `natste = false` skips it) | `natste-<model>.ckpt`, `natste-<model>.rec` |
+//! | f | **D-NAT**: fine-tuning (b) with the error model in the loop, statistical estimator | `dnat.ckpt` (sweep: `dnat-<model>.ckpt`), `dnat-<model>.rec` |
+//! | f′ | (f) with batchnorm recalibrated on each chip (transfer to unseen chips) | `dnat-bnrecal-<model>-chip<c>.ckpt`, `dnat-bnrecal-<model>.rec` |
+//! | g | (f) on the ideal macro: how chip-specific the D-NAT model is | `dnat_on_ideal.rec` |
+//! | sweep | (d)–(f′) for each error model of the severity sweep | as above |
 //!
 //! Training stages checkpoint every epoch and resume; evaluation stages record each
-//! error seed as it finishes. A finished stage is not run again, so an interrupted
+//! (chip, read) as it finishes. A finished stage is not run again, so an interrupted
 //! pipeline, started again with the same command, loses at most one epoch or one
 //! evaluation. `work/inputs.rec` pins the configuration (and the FP32 checkpoint's
 //! sha256) the work belongs to; a different configuration is refused rather than mixed
 //! (a key added to the config format since the work was pinned counts as its default).
 //!
-//! The error seeds of evaluations are `EVAL_SEED0 + r` (r < R), the same for every
-//! model, so naive and D-NAT meet the same draws.
+//! Every non-ideal evaluation reads chips `0..C` (chip seeds) `R` times each, with
+//! noise seeds [`noise_seed`]`(EVAL_SEED0, c, r, R)`: the same chips and draws for every
+//! model, so the columns of a table differ only by the model.
 
 pub mod config;
 pub mod plot;
@@ -33,24 +36,45 @@ use crate::cim::{em, CimRuntime, Estimator, ReadoutMode};
 use crate::data::{Dataset, Normalize, Split};
 use crate::io::checkpoint::{restore_into, Checkpoint, EpochRecord};
 use crate::nn::{build, CimPlan};
-use crate::train::{evaluate, train, CimTraining, McAccuracy, RunOptions, TrainConfig};
+use crate::train::{evaluate, noise_seed, recalibrate_bn, train, CimTraining, McAccuracy, RunOptions, TrainConfig};
 use crate::optim::Schedule;
 use crate::{Error, Result};
 use record::Record;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-/// First error seed of every Monte-Carlo evaluation (as `dnat eval --cim`).
+/// First noise seed of every Monte-Carlo evaluation (as `dnat eval --cim`).
 pub const EVAL_SEED0: u64 = 1000;
+/// Key of the noise seeds of batchnorm recalibration passes (never an evaluation's).
+const RECAL_TAG: u64 = 0xBA7C;
 
-/// One error model of the severity sweep.
+/// Everything measured on one error model: the model without NAT, the cheap fix, the
+/// paper's comparison point and D-NAT, on the same chips and reads.
 #[derive(Clone, Debug, PartialEq)]
-pub struct SweepPoint {
+pub struct Comparison {
     pub error_model: String,
     pub naive: McAccuracy,
+    /// The naive model with batchnorm statistics re-estimated on each chip.
+    pub bnrecal: McAccuracy,
+    /// NAT with the straight-through estimator (when configured).
+    pub natste: Option<McAccuracy>,
     pub dnat: McAccuracy,
-    /// D-NAT epochs behind `dnat` (0: the QAT model itself, for the ideal macro).
+    /// The D-NAT model with batchnorm statistics re-estimated on each chip.
+    pub dnat_bnrecal: McAccuracy,
+    /// D-NAT (and NAT-STE) epochs (0: the QAT model itself, for the ideal macro).
     pub dnat_epochs: usize,
+}
+
+impl Comparison {
+    /// What D-NAT adds over the cheap fix (means, points).
+    pub fn dnat_minus_bnrecal(&self) -> f64 {
+        self.dnat.mean - self.bnrecal.mean
+    }
+    /// The spread a difference of two means must clear to be more than noise: twice
+    /// the larger standard deviation over evaluations.
+    pub fn resolution(&self) -> f64 {
+        2.0 * self.dnat.std.max(self.bnrecal.std)
+    }
 }
 
 /// Everything the pipeline measured.
@@ -59,15 +83,15 @@ pub struct Summary {
     pub config: PipelineConfig,
     pub fp32: f64,
     pub quant_ideal: f64,
-    pub naive: McAccuracy,
-    pub dnat: McAccuracy,
+    /// The main error model's comparison.
+    pub main: Comparison,
     /// The D-NAT model read on the ideal macro (stage g). Its batchnorm statistics
     /// and E-PACT bounds were learned through the chip's errors, so this is typically
     /// far below `quant_ideal`: a D-NAT model belongs to its chip.
     pub dnat_on_ideal: f64,
-    pub sweep: Vec<SweepPoint>,
+    pub sweep: Vec<Comparison>,
     /// Per-epoch test accuracy of the fine-tuning stages: QAT (ideal macro), D-NAT
-    /// (non-ideal macro, one fixed error seed).
+    /// (non-ideal macro, one fixed noise seed).
     pub history: Vec<(&'static str, Vec<EpochRecord>)>,
     /// Compute time summed over all invocations that did the work.
     pub wall_s: f64,
@@ -81,9 +105,9 @@ pub struct Summary {
 }
 
 impl Summary {
-    /// Points recovered by D-NAT on the default error model (D-NAT − naive, means).
+    /// Points recovered by D-NAT on the main error model (D-NAT − naive, means).
     pub fn recovery(&self) -> f64 {
-        self.dnat.mean - self.naive.mean
+        self.main.dnat.mean - self.main.naive.mean
     }
 }
 
@@ -117,33 +141,26 @@ pub fn run(cfg: &PipelineConfig, data: &Dataset, out: &Path, quiet: bool) -> Res
     r.say(format_args!("(a) FP32: {fp32:.2}%"));
     // (b) QAT on the ideal macro, (c) its ideal accuracy.
     let qat = r.train_stage("qat", "(b) W4A8 QAT, ideal macro", r.qat_config(&fp32_ckpt))?;
-    let quant_ideal = r.scalar_stage("quant_ideal", || r.eval_seed(&qat, "ideal", ReadoutMode::Ideal, EVAL_SEED0))?;
+    let quant_ideal = r.scalar_stage("quant_ideal", || r.eval_seed(&qat, "ideal", ReadoutMode::Ideal, None, EVAL_SEED0))?;
     r.say(format_args!("(c) quantized, ideal macro: {quant_ideal:.2}%"));
-    // (d) naive on the non-ideal macro; (e) D-NAT; (f) D-NAT on the non-ideal macro.
-    let naive = r.mc_stage(&format!("naive-{}", slug(&cfg.error_model)), &qat, &cfg.error_model)?;
-    r.say(format_args!("(d) without NAT, {}: {:.2} ± {:.2}%", cfg.error_model, naive.mean, naive.std));
-    let dnat_ckpt = r.train_stage("dnat", "(e) D-NAT", r.dnat_config(&qat, &cfg.error_model, cfg.dnat_epochs))?;
-    let dnat = r.mc_stage(&format!("dnat-{}", slug(&cfg.error_model)), &dnat_ckpt, &cfg.error_model)?;
-    r.say(format_args!("(f) D-NAT, {}: {:.2} ± {:.2}%", cfg.error_model, dnat.mean, dnat.std));
-    let dnat_on_ideal = r.scalar_stage("dnat_on_ideal", || r.eval_seed(&dnat_ckpt, "ideal", ReadoutMode::Ideal, EVAL_SEED0))?;
+    // (d)–(f′) on the main error model.
+    let main = r.compare(&cfg.error_model, &qat, "dnat", cfg.dnat_epochs)?;
+    let dnat_ckpt = r.work.join("dnat.ckpt");
+    let dnat_on_ideal = r.scalar_stage("dnat_on_ideal", || r.eval_seed(&dnat_ckpt, "ideal", ReadoutMode::Ideal, None, EVAL_SEED0))?;
     r.say(format_args!("(g) D-NAT model on the ideal macro: {dnat_on_ideal:.2}%"));
 
     // Severity sweep.
     let mut sweep = Vec::new();
     for m in &cfg.sweep {
         let point = if m == "ideal" {
-            // On the ideal macro D-NAT is QAT: the QAT model is both columns.
-            let a = McAccuracy::of(vec![quant_ideal]);
-            SweepPoint { error_model: m.clone(), naive: a.clone(), dnat: a, dnat_epochs: 0 }
+            // On the ideal macro every method is the QAT model.
+            let a = McAccuracy::of_reads(vec![quant_ideal]);
+            Comparison { error_model: m.clone(), naive: a.clone(), bnrecal: a.clone(), natste: cfg.natste.then(|| a.clone()), dnat: a.clone(), dnat_bnrecal: a, dnat_epochs: 0 }
         } else if *m == cfg.error_model {
-            SweepPoint { error_model: m.clone(), naive: naive.clone(), dnat: dnat.clone(), dnat_epochs: cfg.dnat_epochs }
+            main.clone()
         } else {
-            let naive_m = r.mc_stage(&format!("naive-{}", slug(m)), &qat, m)?;
-            let ck = r.train_stage(&format!("dnat-{}", slug(m)), &format!("sweep: D-NAT on {m}"), r.dnat_config(&qat, m, cfg.sweep_dnat_epochs))?;
-            let dnat_m = r.mc_stage(&format!("dnat-{}", slug(m)), &ck, m)?;
-            SweepPoint { error_model: m.clone(), naive: naive_m, dnat: dnat_m, dnat_epochs: cfg.sweep_dnat_epochs }
+            r.compare(m, &qat, &format!("dnat-{}", slug(m)), cfg.sweep_dnat_epochs)?
         };
-        r.say(format_args!("sweep {}: naive {:.2} ± {:.2}%, D-NAT {:.2} ± {:.2}%", m, point.naive.mean, point.naive.std, point.dnat.mean, point.dnat.std));
         sweep.push(point);
     }
 
@@ -157,8 +174,7 @@ pub fn run(cfg: &PipelineConfig, data: &Dataset, out: &Path, quiet: bool) -> Res
         config: cfg.clone(),
         fp32,
         quant_ideal,
-        naive,
-        dnat,
+        main,
         dnat_on_ideal,
         sweep,
         history,
@@ -166,10 +182,15 @@ pub fn run(cfg: &PipelineConfig, data: &Dataset, out: &Path, quiet: bool) -> Res
         data: data.provenance.description.clone(),
         data_sha256: data.provenance.sha256.clone(),
         error_model_label: model.label(),
-        error_model_description: model.info.description.clone(),
+        error_model_description: format!("{}; {}", model.info.description, model.fixed_pattern.describe()),
         macro_description: spec.describe(),
         test_images: r.test.len(),
     })
+}
+
+/// `mean ± std (chip σ, read σ)` for progress lines.
+pub fn pm(a: &McAccuracy) -> String {
+    if a.all().len() > 1 { format!("{:.2} ± {:.2} (chip σ {:.2}, read σ {:.2})", a.mean, a.std, a.chip_std, a.read_std) } else { format!("{:.2}", a.mean) }
 }
 
 /// A file-name-safe form of an error-model spec or path.
@@ -244,8 +265,71 @@ impl Run<'_> {
         self.cim_config(fp32, "ideal", ReadoutMode::Ideal, Estimator::Ste, self.cfg.qat_epochs, self.cfg.qat_lr)
     }
 
-    fn dnat_config(&self, qat: &Path, error_model: &str, epochs: usize) -> TrainConfig {
-        self.cim_config(qat, error_model, ReadoutMode::Sampled, self.cfg.estimator, epochs, self.cfg.dnat_lr)
+    fn nat_config(&self, qat: &Path, error_model: &str, estimator: Estimator, epochs: usize) -> TrainConfig {
+        self.cim_config(qat, error_model, ReadoutMode::Sampled, estimator, epochs, self.cfg.dnat_lr)
+    }
+
+    /// Naive, BN recalibration, NAT-STE and D-NAT (and D-NAT + BN recalibration) on
+    /// error model `m`, D-NAT's checkpoint in `work/<dnat_name>.ckpt`.
+    fn compare(&self, m: &str, qat: &Path, dnat_name: &str, epochs: usize) -> Result<Comparison> {
+        let sm = slug(m);
+        let naive = self.mc_stage(&format!("naive-{sm}"), m, &|_| Ok(qat.to_path_buf()))?;
+        self.say(format_args!("(d) without NAT, {m}: {}", pm(&naive)));
+        let bnrecal = self.mc_stage(&format!("bnrecal-{sm}"), m, &|c| self.bnrecal_stage(qat, &format!("bnrecal-{sm}"), m, c))?;
+        self.say(format_args!("(d′) BN recalibration, {m}: {}", pm(&bnrecal)));
+        let natste = if self.cfg.natste {
+            let ck = self.train_stage(&format!("natste-{sm}"), &format!("(e) NAT-STE on {m}"), self.nat_config(qat, m, Estimator::Ste, epochs))?;
+            let a = self.mc_stage(&format!("natste-{sm}"), m, &|_| Ok(ck.clone()))?;
+            self.say(format_args!("(e) NAT-STE, {m}: {}", pm(&a)));
+            Some(a)
+        } else {
+            None
+        };
+        let ck = self.train_stage(dnat_name, &format!("(f) D-NAT on {m}"), self.nat_config(qat, m, self.cfg.estimator, epochs))?;
+        let dnat = self.mc_stage(&format!("dnat-{sm}"), m, &|_| Ok(ck.clone()))?;
+        self.say(format_args!("(f) D-NAT, {m}: {}", pm(&dnat)));
+        let dnat_bnrecal = self.mc_stage(&format!("dnat-bnrecal-{sm}"), m, &|c| self.bnrecal_stage(&ck, &format!("dnat-bnrecal-{sm}"), m, c))?;
+        self.say(format_args!("(f′) D-NAT + BN recalibration, {m}: {}", pm(&dnat_bnrecal)));
+        Ok(Comparison { error_model: m.to_string(), naive, bnrecal, natste, dnat, dnat_bnrecal, dnat_epochs: epochs })
+    }
+
+    /// `src` with its batchnorm statistics re-estimated on chip `chip` of `m`:
+    /// `work/<name>-chip<c>.ckpt`.
+    fn bnrecal_stage(&self, src: &Path, name: &str, m: &str, chip: u64) -> Result<PathBuf> {
+        let out = self.work.join(format!("{name}-chip{chip}.ckpt"));
+        if out.exists() {
+            return Ok(out);
+        }
+        let t = Instant::now();
+        let mut ck = Checkpoint::load(src)?;
+        let plan = ck.spec.cim.ok_or_else(|| Error::format(src, "has no CIM layers"))?;
+        let (net, mut store) = build(ck.spec, 0);
+        restore_into(&ck.store, &mut store, src)?;
+        let rt = self.cim_training(m, ReadoutMode::Sampled, plan).runtime(crate::rng::key(&[RECAL_TAG, chip]))?.on_chip(chip);
+        let mut train = self.data.train.clone();
+        if let Some(n) = self.cfg.train_subset {
+            train.truncate(n);
+        }
+        let images = self.cfg.bnrecal_images.min(train.len());
+        recalibrate_bn(net.as_ref(), &mut store, &train, Normalize::for_dataset(self.cfg.dataset), Some(&rt), images, self.cfg.seed)?;
+        ck.store = store;
+        ck.optimizer = None;
+        ck.meta.push(("bn_recalibrated".into(), format!("error_model={m} chip={chip} images={images}")));
+        ck.save(&out)?;
+        self.add_time(t.elapsed().as_secs_f64())?;
+        Ok(out)
+    }
+
+    fn cim_training(&self, error_model: &str, readout: ReadoutMode, plan: CimPlan) -> CimTraining {
+        CimTraining {
+            macro_name: self.cfg.macro_name.clone(),
+            error_model: error_model.to_string(),
+            readout,
+            estimator: Estimator::Ste,
+            act_quant: self.cfg.act_quant,
+            plan,
+            chip: self.cfg.dnat_chip,
+        }
     }
 
     /// Fine-tuning on the macro from `init`: SGD + Nesterov, cosine decay from `lr`.
@@ -257,14 +341,7 @@ impl Run<'_> {
         tc.train_subset = self.cfg.train_subset;
         tc.groups.bound_lr_scale = self.cfg.bound_lr_scale;
         tc.init = Some(init.display().to_string());
-        tc.cim = Some(CimTraining {
-            macro_name: self.cfg.macro_name.clone(),
-            error_model: error_model.to_string(),
-            readout,
-            estimator,
-            act_quant: self.cfg.act_quant,
-            plan: CimPlan::default(),
-        });
+        tc.cim = Some(CimTraining { estimator, ..self.cim_training(error_model, readout, CimPlan::default()) });
         tc
     }
 
@@ -297,37 +374,46 @@ impl Run<'_> {
         Ok(v)
     }
 
-    /// Monte-Carlo evaluation over R error seeds, each seed recorded as it finishes.
-    fn mc_stage(&self, name: &str, ckpt: &Path, error_model: &str) -> Result<McAccuracy> {
+    /// Monte-Carlo evaluation over C chips × R reads, each recorded as it finishes;
+    /// `ckpt(c)` is the model read on chip `c`.
+    fn mc_stage(&self, name: &str, error_model: &str, ckpt: &dyn Fn(u64) -> Result<PathBuf>) -> Result<McAccuracy> {
         let path = self.work.join(format!("{name}.rec"));
         let mut rec = Record::load(&path)?.unwrap_or_default();
-        let mut accs = Vec::new();
-        for r in 0..self.cfg.mc_seeds {
-            let seed = EVAL_SEED0 + r;
-            let key = format!("seed{seed}");
-            if let Some(a) = rec.get_f64(&key) {
+        let (chips, reads) = (self.cfg.mc_chips, self.cfg.mc_seeds);
+        let mut per_chip = Vec::new();
+        for c in 0..chips {
+            let mut accs = Vec::new();
+            for r in 0..reads {
+                let key = format!("chip{c}-read{r}");
+                if let Some(a) = rec.get_f64(&key) {
+                    accs.push(a);
+                    continue;
+                }
+                let model = ckpt(c)?;
+                let t = Instant::now();
+                let a = self.eval_seed(&model, error_model, ReadoutMode::Sampled, Some(c), noise_seed(EVAL_SEED0, c, r, reads))?;
+                self.add_time(t.elapsed().as_secs_f64())?;
+                self.say(format_args!("  {name}: chip {c}, read {}/{reads}: {a:.2}% ({:.0} s)", r + 1, t.elapsed().as_secs_f64()));
+                rec.set(&key, format!("{a}"));
+                rec.save(&path)?;
                 accs.push(a);
-                continue;
             }
-            let t = Instant::now();
-            let a = self.eval_seed(ckpt, error_model, ReadoutMode::Sampled, seed)?;
-            self.add_time(t.elapsed().as_secs_f64())?;
-            self.say(format_args!("  {name}: error seed {}/{}: {a:.2}% ({:.0} s)", r + 1, self.cfg.mc_seeds, t.elapsed().as_secs_f64()));
-            rec.set(&key, format!("{a}"));
-            rec.save(&path)?;
-            accs.push(a);
+            per_chip.push(accs);
         }
-        Ok(McAccuracy::of(accs))
+        Ok(McAccuracy::of(per_chip))
     }
 
-    fn eval_seed(&self, ckpt: &Path, error_model: &str, readout: ReadoutMode, seed: u64) -> Result<f64> {
+    /// One evaluation of `ckpt` on chip `chip` (`None`: the nominal chip) with noise seed `seed`.
+    fn eval_seed(&self, ckpt: &Path, error_model: &str, readout: ReadoutMode, chip: Option<u64>, seed: u64) -> Result<f64> {
         let ck = Checkpoint::load(ckpt)?;
         let plan = ck.spec.cim.ok_or_else(|| Error::format(ckpt, "has no CIM layers"))?;
         let (net, mut store) = build(ck.spec, 0);
         restore_into(&ck.store, &mut store, ckpt)?;
-        let act_quant = self.cfg.act_quant;
-        let ct = CimTraining { macro_name: self.cfg.macro_name.clone(), error_model: error_model.to_string(), readout, estimator: Estimator::Ste, act_quant, plan };
-        let rt: CimRuntime = ct.runtime(seed)?;
+        let base = self.cim_training(error_model, readout, plan).runtime(seed)?;
+        let rt = match chip {
+            Some(c) => base.on_chip(c),
+            None => CimRuntime { chip: None, ..base },
+        };
         Ok(evaluate(net.as_ref(), &mut store, &self.test, Normalize::for_dataset(self.cfg.dataset), Some(&rt))?.accuracy)
     }
 

@@ -21,10 +21,41 @@ pub struct CimTraining {
     pub estimator: Estimator,
     pub act_quant: ActQuantKind,
     pub plan: CimPlan,
+    /// Which chip instance(s) of the error model's fixed pattern the readouts go through.
+    pub chip: ChipChoice,
 }
 
+/// Train for one chip, or for the population of chips.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChipChoice {
+    /// Chip `seed` throughout (the paper's setting: that chip's measured model).
+    One(u64),
+    /// A new chip instance every step (its seed keyed by run seed and step): a model
+    /// for any chip of the population.
+    Population,
+}
+
+impl ChipChoice {
+    /// A chip seed, or `population`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "population" => Ok(ChipChoice::Population),
+            n => n.parse().map(ChipChoice::One).map_err(|_| Error::invalid(format!("chip '{s}': expected a chip seed (a whole number) or 'population'"))),
+        }
+    }
+    pub fn describe(&self) -> String {
+        match self {
+            ChipChoice::One(s) => s.to_string(),
+            ChipChoice::Population => "population".into(),
+        }
+    }
+}
+
+const POPULATION_TAG: u64 = 0x909;
+
 impl CimTraining {
-    /// The runtime of this configuration (seed and step are set per pass).
+    /// The runtime of this configuration on its chip (seed and step are set per pass;
+    /// for [`ChipChoice::Population`] the chip of each step by [`Self::runtime_at`]).
     pub fn runtime(&self, seed: u64) -> Result<CimRuntime> {
         let spec = MacroSpec::preset(&self.macro_name)?;
         spec.validate()?;
@@ -32,7 +63,18 @@ impl CimTraining {
         let mut rt = CimRuntime::new(spec, Arc::new(model), self.readout, self.estimator);
         rt.seed = seed;
         rt.act_quant = self.act_quant;
-        Ok(rt)
+        Ok(match self.chip {
+            ChipChoice::One(c) => rt.on_chip(c),
+            ChipChoice::Population => rt,
+        })
+    }
+    /// The runtime of training step `step`, from [`Self::runtime`]'s result.
+    pub fn runtime_at(&self, rt: &CimRuntime, step: u64) -> CimRuntime {
+        let rt = CimRuntime { step, ..rt.clone() };
+        match self.chip {
+            ChipChoice::One(_) => rt,
+            ChipChoice::Population => rt.on_chip(crate::rng::key(&[rt.seed, POPULATION_TAG, step])),
+        }
     }
 }
 
@@ -128,14 +170,15 @@ impl TrainConfig {
                 "cim",
                 self.cim.as_ref().map_or("none".into(), |c| {
                     format!(
-                        "macro={} error_model={} readout={:?} estimator={} act_quant={:?} first_digital={} last_digital={}",
+                        "macro={} error_model={} readout={:?} estimator={} act_quant={:?} first_digital={} last_digital={} chip={}",
                         c.macro_name,
                         c.error_model,
                         c.readout,
                         c.estimator.describe(),
                         c.act_quant,
                         c.plan.first_digital,
-                        c.plan.last_digital
+                        c.plan.last_digital,
+                        c.chip.describe()
                     )
                 }),
             ),

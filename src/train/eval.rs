@@ -53,30 +53,73 @@ pub fn evaluate(net: &dyn Network, store: &mut ParamStore, split: &Split, norm: 
     Ok(EvalResult { accuracy: 100.0 * correct as f64 / n as f64, loss: loss_sum / n as f64, images: split.len() })
 }
 
-/// Accuracy over error seeds: mean ± sample standard deviation, and each seed's value.
+/// Accuracy over chip instances and reads: `per_chip[c][r]` is chip `c` read with
+/// noise seed `r`. `chip_std` is the spread between chips (sample std of the per-chip
+/// means), `read_std` the spread between reads of one chip (pooled within-chip sample
+/// std); `std` is the sample std over all evaluations.
 #[derive(Clone, Debug, PartialEq)]
 pub struct McAccuracy {
     pub mean: f64,
     pub std: f64,
-    pub per_seed: Vec<f64>,
+    pub chip_std: f64,
+    pub read_std: f64,
+    pub per_chip: Vec<Vec<f64>>,
+}
+
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let mean = v.iter().sum::<f64>() / n;
+    let std = if v.len() > 1 { (v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt() } else { 0.0 };
+    (mean, std)
 }
 
 impl McAccuracy {
-    pub fn of(per_seed: Vec<f64>) -> Self {
-        let n = per_seed.len() as f64;
-        let mean = per_seed.iter().sum::<f64>() / n;
-        let std = if per_seed.len() > 1 { (per_seed.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt() } else { 0.0 };
-        McAccuracy { mean, std, per_seed }
+    /// From `per_chip[c][r]` (every chip read the same number of times).
+    pub fn of(per_chip: Vec<Vec<f64>>) -> Self {
+        let all: Vec<f64> = per_chip.iter().flatten().copied().collect();
+        let (mean, std) = mean_std(&all);
+        let means: Vec<f64> = per_chip.iter().map(|r| mean_std(r).0).collect();
+        let chip_std = mean_std(&means).1;
+        let (mut ss, mut dof) = (0.0, 0usize);
+        for (r, m) in per_chip.iter().zip(&means) {
+            ss += r.iter().map(|a| (a - m).powi(2)).sum::<f64>();
+            dof += r.len().saturating_sub(1);
+        }
+        let read_std = if dof > 0 { (ss / dof as f64).sqrt() } else { 0.0 };
+        McAccuracy { mean, std, chip_std, read_std, per_chip }
+    }
+    /// Reads of one chip.
+    pub fn of_reads(reads: Vec<f64>) -> Self {
+        Self::of(vec![reads])
+    }
+    /// Every evaluation, chip by chip.
+    pub fn all(&self) -> Vec<f64> {
+        self.per_chip.iter().flatten().copied().collect()
+    }
+    pub fn chips(&self) -> usize {
+        self.per_chip.len()
     }
 }
 
-/// Monte-Carlo evaluation on a non-ideal macro: one evaluation per seed
-/// `rt.seed..rt.seed + seeds`.
-pub fn evaluate_mc(net: &dyn Network, store: &mut ParamStore, split: &Split, norm: Normalize, rt: &CimRuntime, seeds: u64) -> Result<McAccuracy> {
-    let mut accs = Vec::new();
-    for s in 0..seeds {
-        let r = CimRuntime { seed: rt.seed + s, ..rt.clone() };
-        accs.push(evaluate(net, store, split, norm, Some(&r))?.accuracy);
+/// The noise seed of read `r` of chip `c` (of `reads` per chip) in a Monte-Carlo
+/// evaluation starting at noise seed `seed0`: every evaluation gets its own.
+pub fn noise_seed(seed0: u64, chip: u64, read: u64, reads: u64) -> u64 {
+    seed0 + chip * reads + read
+}
+
+/// Monte-Carlo evaluation on a non-ideal macro: chips `chip0..chip0 + chips`, each
+/// read `reads` times with noise seeds [`noise_seed`]`(rt.seed, c, r, reads)`.
+#[allow(clippy::too_many_arguments)]
+pub fn evaluate_mc(net: &dyn Network, store: &mut ParamStore, split: &Split, norm: Normalize, rt: &CimRuntime, chip0: u64, chips: u64, reads: u64) -> Result<McAccuracy> {
+    let mut per_chip = Vec::new();
+    for c in 0..chips {
+        let on_chip = rt.on_chip(chip0 + c);
+        let mut accs = Vec::new();
+        for r in 0..reads {
+            let run = CimRuntime { seed: noise_seed(rt.seed, c, r, reads), ..on_chip.clone() };
+            accs.push(evaluate(net, store, split, norm, Some(&run))?.accuracy);
+        }
+        per_chip.push(accs);
     }
-    Ok(McAccuracy::of(accs))
+    Ok(McAccuracy::of(per_chip))
 }

@@ -60,16 +60,16 @@ pub fn escape(s: &str) -> String {
 }
 
 /// `{"k": v, ...}` on one line, keys in the given order.
-pub fn object(fields: Vec<(&str, Value)>) -> String {
+pub fn object<K: AsRef<str>>(fields: Vec<(K, Value)>) -> String {
     format!("{{{}}}", members(fields).join(", "))
 }
 
 /// The same object with one key per line (for files people read).
-pub fn object_pretty(fields: Vec<(&str, Value)>) -> String {
+pub fn object_pretty<K: AsRef<str>>(fields: Vec<(K, Value)>) -> String {
     format!("{{\n  {}\n}}\n", members(fields).join(",\n  "))
 }
 
-fn members(fields: Vec<(&str, Value)>) -> Vec<String> {
+fn members<K: AsRef<str>>(fields: Vec<(K, Value)>) -> Vec<String> {
     fields
         .into_iter()
         .map(|(k, v)| {
@@ -81,7 +81,7 @@ fn members(fields: Vec<(&str, Value)>) -> Vec<String> {
                 Value::Bool(b) => b.to_string(),
                 Value::Raw(r) => r,
             };
-            format!("\"{}\": {v}", escape(k))
+            format!("\"{}\": {v}", escape(k.as_ref()))
         })
         .collect()
 }

@@ -5,9 +5,11 @@ pub mod config;
 pub mod eval;
 pub mod json;
 pub mod progress;
+pub mod recalibrate;
 pub mod trainer;
 
 pub use config::TrainConfig;
-pub use config::CimTraining;
-pub use eval::{evaluate, evaluate_mc, EvalResult, McAccuracy};
+pub use config::{ChipChoice, CimTraining};
+pub use eval::{evaluate, evaluate_mc, noise_seed, EvalResult, McAccuracy};
+pub use recalibrate::{recalibrate_bn, Recalibration};
 pub use trainer::{train, RunOptions, TrainOutcome};

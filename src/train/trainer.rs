@@ -69,7 +69,11 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -
     }
     let rt_base: Option<CimRuntime> = cfg.cim.as_ref().map(|c| c.runtime(cfg.seed)).transpose()?;
     // Evaluations during training read the macro with draws of their own, fixed seed.
-    let rt_eval = rt_base.as_ref().map(|rt| CimRuntime { seed: rng::key(&[cfg.seed, 0xE7A1]), ..rt.clone() });
+    // (A population run is evaluated on chip 0.)
+    let rt_eval = rt_base.as_ref().map(|rt| {
+        let rt = if rt.chip.is_none() { rt.on_chip(0) } else { rt.clone() };
+        CimRuntime { seed: rng::key(&[cfg.seed, 0xE7A1]), ..rt }
+    });
     let mut opt = Optimizer::new(cfg.optimizer, cfg.groups, &store);
     let mut meta = cfg.to_meta();
     meta.push(("data".into(), data.provenance.description.clone()));
@@ -118,7 +122,7 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -
             let (x, labels) = batcher.batch(idx, epoch as u64);
             let mut tape = Tape::new(true);
             let xv = tape.constant(x);
-            let rt = rt_base.as_ref().map(|rt| CimRuntime { step: step as u64, ..rt.clone() });
+            let rt = rt_base.as_ref().zip(cfg.cim.as_ref()).map(|(rt, c)| c.runtime_at(rt, step as u64));
             let mut cx = Fwd::new(&mut tape, &mut store, Mode::Train);
             cx.cim = rt.as_ref();
             let logits = net.forward(&mut cx, xv)?;

@@ -10,6 +10,7 @@
 //! ideal_codes: -256 255
 //! measured_codes: -256 255
 //! fill: nearest
+//! fixed_pattern: column_gain=0.02 column_offset=0.5 chip_gain=0.01 chip_offset=0.2
 //! ideal measured count
 //! -3 -3 1510
 //! -3 -2 212
@@ -18,11 +19,14 @@
 //! empty); after the `ideal measured count` line, one entry per line, three fields
 //! separated by spaces, tabs or commas. Counts are non-negative numbers (not
 //! necessarily integers). Rows of an ideal code that has no entry are unmeasured and
-//! get the `fill` policy (`nearest`, `identity` or `reject`).
+//! get the `fill` policy (`nearest`, `identity` or `reject`). `fixed_pattern` is
+//! optional (absent: none): the spread of per-column and per-chip gain (relative) and
+//! offset (codes) around the table, see [`crate::cim::chip`].
 //!
 //! **Binary** (compact, exact): magic `DNATDMEM`, u32 version 1, u64 payload length,
 //! u32 CRC-32 of the payload, then the zlib-compressed payload: name, description
 //! (u32 length + UTF-8 each), synthetic u8, kmin, kmax, jmin, jmax (i32), fill u8,
+//! (version 2 only: column gain, column offset, chip gain, chip offset spreads, f64),
 //! entry count u32, and per entry ideal i32, measured i32, count f64; little-endian.
 //!
 //! [`load`] tells the two apart by the magic bytes.
@@ -50,6 +54,10 @@ pub fn to_text(m: &ErrorModel) -> String {
     writeln!(s, "ideal_codes: {} {}", m.kmin, m.kmax).unwrap();
     writeln!(s, "measured_codes: {} {}", m.jmin, m.jmax).unwrap();
     writeln!(s, "fill: {}", m.fill.name()).unwrap();
+    let p = m.fixed_pattern;
+    if !p.is_zero() {
+        writeln!(s, "fixed_pattern: column_gain={} column_offset={} chip_gain={} chip_offset={}", p.column_gain, p.column_offset, p.chip_gain, p.chip_offset).unwrap();
+    }
     writeln!(s, "ideal measured count").unwrap();
     for &(k, j, c) in m.counts() {
         writeln!(s, "{k} {j} {c}").unwrap();
@@ -115,7 +123,29 @@ pub fn from_text(text: &str, path: &Path) -> Result<ErrorModel> {
         let c: f64 = f[2].parse().map_err(|_| err(n, format!("count '{}' is not a number", f[2])))?;
         entries.push((k, j, c));
     }
-    ErrorModel::from_counts(info, kr, jr, fill, entries).map_err(|e| Error::format(path, e.to_string()))
+    let mut m = ErrorModel::from_counts(info, kr, jr, fill, entries).map_err(|e| Error::format(path, e.to_string()))?;
+    if let Some((_, v)) = header.iter().find(|(k, _)| k == "fixed_pattern") {
+        m.fixed_pattern = parse_fixed_pattern(v).map_err(|e| Error::format(path, format!("fixed_pattern: {e}")))?;
+    }
+    Ok(m)
+}
+
+/// `column_gain=G column_offset=O chip_gain=G chip_offset=O` (any subset, any order).
+fn parse_fixed_pattern(v: &str) -> std::result::Result<crate::cim::FixedPattern, String> {
+    let mut p = crate::cim::FixedPattern::default();
+    for kv in v.split_whitespace() {
+        let (k, x) = kv.split_once('=').ok_or_else(|| format!("'{kv}' is not key=value"))?;
+        let x: f64 = x.parse().map_err(|_| format!("'{x}' is not a number"))?;
+        *match k {
+            "column_gain" => &mut p.column_gain,
+            "column_offset" => &mut p.column_offset,
+            "chip_gain" => &mut p.chip_gain,
+            "chip_offset" => &mut p.chip_offset,
+            o => return Err(format!("unknown key '{o}' (column_gain, column_offset, chip_gain, chip_offset)")),
+        } = x;
+    }
+    p.validate()?;
+    Ok(p)
 }
 
 pub fn to_binary(m: &ErrorModel) -> Vec<u8> {
@@ -129,6 +159,10 @@ pub fn to_binary(m: &ErrorModel) -> Vec<u8> {
         p.write_i32::<LE>(v).unwrap();
     }
     p.write_u8(m.fill.code()).unwrap();
+    let f = m.fixed_pattern;
+    for v in [f.column_gain, f.column_offset, f.chip_gain, f.chip_offset] {
+        p.write_f64::<LE>(v).unwrap();
+    }
     p.write_u32::<LE>(m.counts().len() as u32).unwrap();
     for &(k, j, c) in m.counts() {
         p.write_i32::<LE>(k).unwrap();
@@ -141,7 +175,7 @@ pub fn to_binary(m: &ErrorModel) -> Vec<u8> {
     z.write_all(&p).unwrap();
     let z = z.finish().unwrap();
     let mut out = MAGIC.to_vec();
-    out.write_u32::<LE>(1).unwrap();
+    out.write_u32::<LE>(2).unwrap();
     out.write_u64::<LE>(z.len() as u64).unwrap();
     out.write_u32::<LE>(crc.sum()).unwrap();
     out.extend_from_slice(&z);
@@ -155,8 +189,8 @@ pub fn from_binary(bytes: &[u8], path: &Path) -> Result<ErrorModel> {
     }
     let mut h = Cursor::new(&bytes[8..24]);
     let version = h.read_u32::<LE>().unwrap();
-    if version != 1 {
-        return Err(Error::format(path, format!("D-MAC-EM binary version {version}; this dnat reads version 1")));
+    if version != 1 && version != 2 {
+        return Err(Error::format(path, format!("D-MAC-EM binary version {version}; this dnat reads versions 1 and 2")));
     }
     let len = h.read_u64::<LE>().unwrap();
     let crc_want = h.read_u32::<LE>().unwrap();
@@ -188,6 +222,13 @@ pub fn from_binary(bytes: &[u8], path: &Path) -> Result<ErrorModel> {
         *v = c.read_i32::<LE>().map_err(eof)?;
     }
     let fill = FillPolicy::from_code(c.read_u8().map_err(eof)?).ok_or_else(|| bad("unknown fill policy code"))?;
+    let mut fp = crate::cim::FixedPattern::default();
+    if version >= 2 {
+        for v in [&mut fp.column_gain, &mut fp.column_offset, &mut fp.chip_gain, &mut fp.chip_offset] {
+            *v = c.read_f64::<LE>().map_err(eof)?;
+        }
+        fp.validate().map_err(|e| bad(&format!("fixed pattern: {e}")))?;
+    }
     let n = c.read_u32::<LE>().map_err(eof)? as usize;
     if n * 16 != p.len() - c.position() as usize {
         return Err(bad("entry count does not match the payload size"));
@@ -197,7 +238,9 @@ pub fn from_binary(bytes: &[u8], path: &Path) -> Result<ErrorModel> {
         entries.push((c.read_i32::<LE>().map_err(eof)?, c.read_i32::<LE>().map_err(eof)?, c.read_f64::<LE>().map_err(eof)?));
     }
     let info = ModelInfo { name: strings[0].clone(), description: strings[1].clone(), synthetic };
-    ErrorModel::from_counts(info, (r[0], r[1]), (r[2], r[3]), fill, entries).map_err(|e| Error::format(path, e.to_string()))
+    let mut m = ErrorModel::from_counts(info, (r[0], r[1]), (r[2], r[3]), fill, entries).map_err(|e| Error::format(path, e.to_string()))?;
+    m.fixed_pattern = fp;
+    Ok(m)
 }
 
 /// Loads either form (binary by its magic bytes, else the counts table).

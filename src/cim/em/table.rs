@@ -76,6 +76,9 @@ pub struct ErrorModel {
     pub jmin: i32,
     pub jmax: i32,
     pub fill: FillPolicy,
+    /// Chip-to-chip and column-to-column spread around this table (zero: every chip
+    /// reads like the table). See [`crate::cim::chip`].
+    pub fixed_pattern: crate::cim::FixedPattern,
     /// The counts as given, sorted by (ideal, measured) (what is saved).
     counts: Vec<(i32, i32, f64)>,
     rows: Vec<Row>,
@@ -220,7 +223,7 @@ impl ErrorModel {
                 if a == b { 1.0 } else { ((rows[b].mean - rows[a].mean) / (b - a) as f64) as f32 }
             })
             .collect();
-        Ok(ErrorModel { info, kmin, kmax, jmin, jmax, fill, counts, rows, slope, mean_f32, flat, span })
+        Ok(ErrorModel { info, kmin, kmax, jmin, jmax, fill, fixed_pattern: Default::default(), counts, rows, slope, mean_f32, flat, span })
     }
 
     /// The ideal (identity) model over a code range: ADC quantization only.

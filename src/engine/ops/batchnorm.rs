@@ -20,8 +20,8 @@ pub struct BatchNormState<'a> {
     pub relu: bool,
 }
 
-/// Per-channel (mean, variance) over N, H, W, in f64.
-fn channel_stats(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<(f64, f64)> {
+/// Per-channel (mean, biased variance) over N, H, W, in f64.
+pub fn channel_stats(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<(f64, f64)> {
     (0..c)
         .into_par_iter()
         .map(|ch| {
