@@ -169,7 +169,7 @@ fn bn_recalibration_undoes_a_per_channel_gain() {
     // Statistics estimated on the ideal macro, read on the gain macro: far off.
     let mut ideal_rt = rt.clone();
     ideal_rt.mode = ReadoutMode::Ideal;
-    recalibrate_bn(&net, &mut store, &data.train, norm, Some(&ideal_rt), n, 0).unwrap();
+    recalibrate_bn(&net, &mut store, &data.train, norm, None, Some(&ideal_rt), n, 0).unwrap();
     let (d_ideal, bound) = worst(&forward(&net, &mut store, &data.train, norm, &ideal_rt));
     assert!(
         d_ideal < 1e-4,
@@ -183,7 +183,7 @@ fn bn_recalibration_undoes_a_per_channel_gain() {
 
     // Recalibrated through the gain macro: the reference again, to rounding.
     let weights_before = store.param_mut(net.conv.weight).value.data().to_vec();
-    let r = recalibrate_bn(&net, &mut store, &data.train, norm, Some(&rt), n, 0).unwrap();
+    let r = recalibrate_bn(&net, &mut store, &data.train, norm, None, Some(&rt), n, 0).unwrap();
     assert_eq!((r.images, r.layers), (n, 1));
     let (d, bound) = worst(&forward(&net, &mut store, &data.train, norm, &rt));
     assert!(
@@ -209,10 +209,10 @@ fn bn_recalibration_undoes_a_per_channel_gain() {
             .collect::<Vec<_>>()
     };
     let a = snapshot(&store);
-    recalibrate_bn(&net, &mut store, &data.train, norm, Some(&rt), n, 0).unwrap();
+    recalibrate_bn(&net, &mut store, &data.train, norm, None, Some(&rt), n, 0).unwrap();
     assert_eq!(snapshot(&store), a);
     assert!(
-        recalibrate_bn(&net, &mut store, &data.train, norm, Some(&rt), n + 1, 0)
+        recalibrate_bn(&net, &mut store, &data.train, norm, None, Some(&rt), n + 1, 0)
             .unwrap_err()
             .to_string()
             .contains("2..=96")

@@ -41,6 +41,12 @@ pub trait Readout: Send + Sync {
     fn fixed_pattern(&self) -> FixedPattern {
         FixedPattern::default()
     }
+    /// Chip `seed` of a macro with `adcs` ADC columns (`None`: the nominal chip). By
+    /// default a draw of [`Readout::fixed_pattern`].
+    fn chip(&self, adcs: usize, seed: u64) -> Option<Chip> {
+        let p = self.fixed_pattern();
+        (!p.is_zero()).then(|| Chip::draw(&p, adcs, seed))
+    }
 }
 
 impl Readout for ErrorModel {
@@ -86,6 +92,15 @@ impl Readout for ErrorModel {
     }
     fn fixed_pattern(&self) -> FixedPattern {
         self.fixed_pattern
+    }
+    /// A measured chip is chip 0; other chips are drawn from the fixed pattern.
+    fn chip(&self, adcs: usize, seed: u64) -> Option<Chip> {
+        if seed == 0 && self.columns.len() == adcs {
+            let (g, o) = self.columns.iter().copied().unzip();
+            return Some(Chip::from_columns(0, g, o));
+        }
+        let p = self.fixed_pattern;
+        (!p.is_zero()).then(|| Chip::draw(&p, adcs, seed))
     }
 }
 
@@ -179,11 +194,10 @@ impl CimRuntime {
         }
     }
 
-    /// The same runtime on chip `seed` of the readout source's fixed pattern (the
-    /// nominal chip when the source has none).
+    /// The same runtime on chip `seed` of the readout source (see [`Readout::chip`]; the
+    /// nominal chip when the source has no fixed pattern).
     pub fn on_chip(&self, seed: u64) -> Self {
-        let p = self.readout.fixed_pattern();
-        let chip = (!p.is_zero()).then(|| Arc::new(Chip::draw(&p, self.spec.adcs(), seed)));
+        let chip = self.readout.chip(self.spec.adcs(), seed).map(Arc::new);
         CimRuntime { chip, ..self.clone() }
     }
 

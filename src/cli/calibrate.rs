@@ -1,5 +1,5 @@
 use dnat::Result;
-use dnat::data::{DatasetKind, Normalize};
+use dnat::data::{Augment, DatasetKind, Normalize};
 use dnat::io::checkpoint::{Checkpoint, restore_into};
 use dnat::nn::build;
 use dnat::train::{json, recalibrate_bn};
@@ -34,6 +34,9 @@ pub struct CalibrateArgs {
     /// noise seed of the calibration reads (default 0; evaluations start at 1000)
     #[argh(option, default = "0")]
     seed: u64,
+    /// read the images without the training augmentation (crop, flip)
+    #[argh(switch)]
+    no_augment: bool,
     /// training images to read (default 4096)
     #[argh(option, default = "4096")]
     images: usize,
@@ -74,6 +77,7 @@ pub fn run(a: CalibrateArgs) -> Result<()> {
         &mut store,
         &data.train,
         Normalize::for_dataset(kind),
+        (!a.no_augment).then(Augment::standard),
         rt.as_ref(),
         a.images,
         a.seed,

@@ -21,7 +21,8 @@ enum Action {
 
 #[derive(argh::FromArgs)]
 #[argh(subcommand, name = "fit")]
-/// Build an error model from a measurement log (lines of "ideal measured" ADC codes).
+/// Build an error model from a measurement log (lines of "ideal measured" ADC codes, or
+/// "ideal measured column" for a per-column model).
 struct FitArgs {
     /// the measurement log
     #[argh(positional)]
@@ -78,13 +79,16 @@ pub fn run(a: EmArgs) -> Result<()> {
         Action::Fit(f) => {
             let spec = MacroSpec::preset(&f.r#macro)?;
             let text = std::fs::read_to_string(&f.log).map_err(|e| Error::io(&f.log, e))?;
-            let pairs = fit::parse_log(&text, &f.log, f.values_step)?;
+            let log = fit::parse_log(&text, &f.log, f.values_step)?;
             let name = f.name.unwrap_or_else(|| f.log.file_stem().map_or("measured".into(), |s| s.to_string_lossy().into_owned()));
             let info = ModelInfo { name, description: f.description, synthetic: f.synthetic };
-            let model = fit::fit(&pairs, (spec.adc.kmin, spec.adc.kmax), FillPolicy::parse(&f.fill)?, info)
+            let model = fit::fit(&log, (spec.adc.kmin, spec.adc.kmax), FillPolicy::parse(&f.fill)?, info, spec.adcs())
                 .map_err(|e| Error::format(&f.log, e.to_string()))?;
             print!("{}", fit::report(&model));
-            println!("{} readouts fitted -> {}", pairs.len(), f.out.display());
+            if !model.columns.is_empty() {
+                println!("per-column fit over {} ADC columns: {}", model.columns.len(), model.fixed_pattern.describe());
+            }
+            println!("{} readouts fitted -> {}", log.pairs.len(), f.out.display());
             format::save(&model, &f.out)
         }
         Action::Show(s) => {

@@ -33,7 +33,7 @@ pub mod report;
 pub use config::PipelineConfig;
 
 use crate::cim::{em, CimRuntime, Estimator, ReadoutMode};
-use crate::data::{Dataset, Normalize, Split};
+use crate::data::{Augment, Dataset, Normalize, Split};
 use crate::io::checkpoint::{restore_into, Checkpoint, EpochRecord};
 use crate::nn::{build, CimPlan};
 use crate::train::{evaluate, noise_seed, recalibrate_bn, train, CimTraining, McAccuracy, RunOptions, TrainConfig};
@@ -311,7 +311,7 @@ impl Run<'_> {
             train.truncate(n);
         }
         let images = self.cfg.bnrecal_images.min(train.len());
-        recalibrate_bn(net.as_ref(), &mut store, &train, Normalize::for_dataset(self.cfg.dataset), Some(&rt), images, self.cfg.seed)?;
+        recalibrate_bn(net.as_ref(), &mut store, &train, Normalize::for_dataset(self.cfg.dataset), Some(Augment::standard()), Some(&rt), images, self.cfg.seed)?;
         ck.store = store;
         ck.optimizer = None;
         ck.meta.push(("bn_recalibrated".into(), format!("error_model={m} chip={chip} images={images}")));

@@ -13,10 +13,18 @@
 //! momentum average. As in training (and PyTorch's `update_bn`), each batch is
 //! normalised with its own statistics on the way through, so a layer's statistics are
 //! taken on inputs that the recalibrated layers before it would produce.
+//!
+//! The images go through the training augmentation (random crop with zero padding,
+//! flip): a network's later layers were trained on activations normalised with the
+//! statistics of its *training* distribution, borders included, and that is what the
+//! recalibrated statistics must reproduce. Measured on the committed FP32 ResNet20
+//! (88.11 %): recalibrating on 4,096 un-augmented training images drops it to 83.86 %
+//! (`dnat calibrate --no-augment`): without the padded borders the first layer's
+//! statistics differ from the trained ones (channel 1's mean 0.39 → 0.01).
 
 use super::eval::EVAL_BATCH;
 use crate::cim::CimRuntime;
-use crate::data::{Batcher, Normalize, Split};
+use crate::data::{Augment, Batcher, Normalize, Split};
 use crate::engine::{Mode, ParamStore, Tape};
 use crate::nn::{Fwd, Network, layers::BnStats};
 use crate::{Error, Result};
@@ -30,7 +38,7 @@ pub struct Recalibration {
 }
 
 /// Re-estimates the running statistics of every batchnorm of `net` from `images`
-/// images of `split` (a seeded permutation's first `images`, without augmentation),
+/// images of `split` (a seeded permutation's first `images`, through `augment`),
 /// the CIM layers reading the macro `cim` (batch `b` is pass `step = b` of its seeds;
 /// `None`: a digital forward). Parameters are not touched; only the running mean and
 /// variance buffers change.
@@ -39,6 +47,7 @@ pub fn recalibrate_bn(
     store: &mut ParamStore,
     split: &Split,
     norm: Normalize,
+    augment: Option<Augment>,
     cim: Option<&CimRuntime>,
     images: usize,
     seed: u64,
@@ -49,7 +58,7 @@ pub fn recalibrate_bn(
             split.len()
         )));
     }
-    let batcher = Batcher::new(split, norm, None, seed);
+    let batcher = Batcher::new(split, norm, augment, seed);
     let order = batcher.epoch_order(0);
     let mut acc = BnStats::default();
     // Batches of equal size (none of one image, which has no variance to normalise with).

@@ -21,12 +21,15 @@
 //! necessarily integers). Rows of an ideal code that has no entry are unmeasured and
 //! get the `fill` policy (`nearest`, `identity` or `reject`). `fixed_pattern` is
 //! optional (absent: none): the spread of per-column and per-chip gain (relative) and
-//! offset (codes) around the table, see [`crate::cim::chip`].
+//! offset (codes) around the table, see [`crate::cim::chip`]. A per-column model
+//! (`dnat em fit` of a log with a column field) adds one `column: INDEX GAIN OFFSET`
+//! line per ADC column, in order from 0: the measured chip.
 //!
 //! **Binary** (compact, exact): magic `DNATDMEM`, u32 version 1, u64 payload length,
 //! u32 CRC-32 of the payload, then the zlib-compressed payload: name, description
 //! (u32 length + UTF-8 each), synthetic u8, kmin, kmax, jmin, jmax (i32), fill u8,
-//! (version 2 only: column gain, column offset, chip gain, chip offset spreads, f64),
+//! (version 2 only: column gain, column offset, chip gain, chip offset spreads, f64;
+//! measured column count u32, then per column gain and offset f32),
 //! entry count u32, and per entry ideal i32, measured i32, count f64; little-endian.
 //!
 //! [`load`] tells the two apart by the magic bytes.
@@ -57,6 +60,9 @@ pub fn to_text(m: &ErrorModel) -> String {
     let p = m.fixed_pattern;
     if !p.is_zero() {
         writeln!(s, "fixed_pattern: column_gain={} column_offset={} chip_gain={} chip_offset={}", p.column_gain, p.column_offset, p.chip_gain, p.chip_offset).unwrap();
+    }
+    for (c, (g, o)) in m.columns.iter().enumerate() {
+        writeln!(s, "column: {c} {g} {o}").unwrap();
     }
     writeln!(s, "ideal measured count").unwrap();
     for &(k, j, c) in m.counts() {
@@ -127,6 +133,26 @@ pub fn from_text(text: &str, path: &Path) -> Result<ErrorModel> {
     if let Some((_, v)) = header.iter().find(|(k, _)| k == "fixed_pattern") {
         m.fixed_pattern = parse_fixed_pattern(v).map_err(|e| Error::format(path, format!("fixed_pattern: {e}")))?;
     }
+    // `column: INDEX GAIN OFFSET`, one per ADC column, in order from 0.
+    let mut columns = Vec::new();
+    for (_, v) in header.iter().filter(|(k, _)| k == "column") {
+        let f: Vec<&str> = v.split_whitespace().collect();
+        let bad = || Error::format(path, format!("column: '{v}' is not 'INDEX GAIN OFFSET' with INDEX {} next", columns.len()));
+        let [i, g, o] = f[..] else { return Err(bad()) };
+        let (i, g, o): (usize, f32, f32) = (i.parse().map_err(|_| bad())?, g.parse().map_err(|_| bad())?, o.parse().map_err(|_| bad())?);
+        if i != columns.len() || !(g.is_finite() && g > 0.0 && o.is_finite()) {
+            return Err(bad());
+        }
+        columns.push((g, o));
+    }
+    if !columns.is_empty() {
+        let p = m.fixed_pattern;
+        m.set_columns(columns);
+        // A file's own spreads (chip-to-chip ones in particular) win over the derived.
+        if !p.is_zero() {
+            m.fixed_pattern = p;
+        }
+    }
     Ok(m)
 }
 
@@ -162,6 +188,11 @@ pub fn to_binary(m: &ErrorModel) -> Vec<u8> {
     let f = m.fixed_pattern;
     for v in [f.column_gain, f.column_offset, f.chip_gain, f.chip_offset] {
         p.write_f64::<LE>(v).unwrap();
+    }
+    p.write_u32::<LE>(m.columns.len() as u32).unwrap();
+    for &(g, o) in &m.columns {
+        p.write_f32::<LE>(g).unwrap();
+        p.write_f32::<LE>(o).unwrap();
     }
     p.write_u32::<LE>(m.counts().len() as u32).unwrap();
     for &(k, j, c) in m.counts() {
@@ -229,6 +260,20 @@ pub fn from_binary(bytes: &[u8], path: &Path) -> Result<ErrorModel> {
         }
         fp.validate().map_err(|e| bad(&format!("fixed pattern: {e}")))?;
     }
+    let mut columns = Vec::new();
+    if version >= 2 {
+        let nc = c.read_u32::<LE>().map_err(eof)? as usize;
+        if nc * 8 > p.len() {
+            return Err(bad("corrupt column count"));
+        }
+        for _ in 0..nc {
+            let (g, o) = (c.read_f32::<LE>().map_err(eof)?, c.read_f32::<LE>().map_err(eof)?);
+            if !(g.is_finite() && g > 0.0 && o.is_finite()) {
+                return Err(bad("a column's gain or offset is not a finite number (gain > 0)"));
+            }
+            columns.push((g, o));
+        }
+    }
     let n = c.read_u32::<LE>().map_err(eof)? as usize;
     if n * 16 != p.len() - c.position() as usize {
         return Err(bad("entry count does not match the payload size"));
@@ -240,6 +285,7 @@ pub fn from_binary(bytes: &[u8], path: &Path) -> Result<ErrorModel> {
     let info = ModelInfo { name: strings[0].clone(), description: strings[1].clone(), synthetic };
     let mut m = ErrorModel::from_counts(info, (r[0], r[1]), (r[2], r[3]), fill, entries).map_err(|e| Error::format(path, e.to_string()))?;
     m.fixed_pattern = fp;
+    m.columns = columns;
     Ok(m)
 }
 

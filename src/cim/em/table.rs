@@ -79,6 +79,9 @@ pub struct ErrorModel {
     /// Chip-to-chip and column-to-column spread around this table (zero: every chip
     /// reads like the table). See [`crate::cim::chip`].
     pub fixed_pattern: crate::cim::FixedPattern,
+    /// A measured chip's per-ADC-column (gain, offset) (empty: none measured); that chip
+    /// is chip 0 of the model (see [`crate::cim::em::fit`]).
+    pub columns: Vec<(f32, f32)>,
     /// The counts as given, sorted by (ideal, measured) (what is saved).
     counts: Vec<(i32, i32, f64)>,
     rows: Vec<Row>,
@@ -223,7 +226,7 @@ impl ErrorModel {
                 if a == b { 1.0 } else { ((rows[b].mean - rows[a].mean) / (b - a) as f64) as f32 }
             })
             .collect();
-        Ok(ErrorModel { info, kmin, kmax, jmin, jmax, fill, fixed_pattern: Default::default(), counts, rows, slope, mean_f32, flat, span })
+        Ok(ErrorModel { info, kmin, kmax, jmin, jmax, fill, fixed_pattern: Default::default(), columns: Vec::new(), counts, rows, slope, mean_f32, flat, span })
     }
 
     /// The ideal (identity) model over a code range: ADC quantization only.
@@ -298,6 +301,20 @@ impl ErrorModel {
     }
 
     /// "name (synthetic)" or "name".
+    /// Sets a measured chip's columns, and the column spread of the fixed pattern to
+    /// theirs (sample std over the columns that differ from nominal).
+    pub fn set_columns(&mut self, columns: Vec<(f32, f32)>) {
+        let fitted: Vec<(f64, f64)> = columns.iter().filter(|&&c| c != (1.0, 0.0)).map(|&(g, o)| (g as f64, o as f64)).collect();
+        let sd = |v: Vec<f64>| {
+            let n = v.len() as f64;
+            let m = v.iter().sum::<f64>() / n;
+            if v.len() > 1 { (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt() } else { 0.0 }
+        };
+        self.fixed_pattern.column_gain = sd(fitted.iter().map(|c| c.0).collect());
+        self.fixed_pattern.column_offset = sd(fitted.iter().map(|c| c.1).collect());
+        self.columns = columns;
+    }
+
     pub fn label(&self) -> String {
         if self.info.synthetic { format!("{} (synthetic)", self.info.name) } else { self.info.name.clone() }
     }
