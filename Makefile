@@ -8,7 +8,7 @@ DATA_FLAG := $(if $(DATA),--data $(DATA),)
 CIFAR10_URL := https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz
 CIFAR10_SHA256 := c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd
 
-.PHONY: help build test ensure-data test-long bench bench-pytorch data repro-resnet20 repro-vgg8 ablations-resnet20 train-resnet20 eval-resnet20 train-vgg8 interop-pytorch
+.PHONY: help build test ensure-data test-long bench bench-pytorch data repro-resnet20 repro-affine repro-vgg8 ablations-resnet20 train-resnet20 eval-resnet20 train-vgg8 interop-pytorch
 
 help:
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -46,15 +46,18 @@ datasets/cifar-10-binary.tar.gz:
 
 # The paper's experiment, end to end and resumable (run it again to continue). Stages,
 # config keys and outputs: README.md "The D-NAT pipeline".
-repro-resnet20: build ensure-data ## FP32 → QAT → naive vs D-NAT on the non-ideal macro, report in results/repro-resnet20 (about 30 min on 2 cores)
+repro-resnet20: build ensure-data ## FP32 → QAT → naive, BN recalibration, NAT-STE, D-NAT on chips of the current-domain macro, report in results/repro-resnet20
 	$(DNAT) pipeline --config configs/repro-resnet20.conf $(DATA_FLAG)
+
+repro-affine: build ensure-data ## The earlier headline on the affine presets (mild, moderate, severe) with the BN-recalibration column (~40 min)
+	$(DNAT) pipeline --config configs/repro-affine.conf $(DATA_FLAG)
 
 repro-vgg8: build ensure-data ## The same for VGG8 (trains its FP32 model first: ~12 h on 2 cores)
 	$(DNAT) pipeline --config configs/repro-vgg8.conf $(DATA_FLAG)
 
 # Ablations: one setting changed at a time on a short D-NAT schedule (1 QAT + 1 D-NAT
 # epoch on 10,000 training images, full test set, R = 3). Results: README "Ablations".
-ABLATE := $(DNAT) pipeline --config configs/repro-resnet20.conf $(DATA_FLAG) --set train_subset=10000 --set qat_epochs=1 --set dnat_epochs=1 --set mc_seeds=3 --set sweep= --set fp32_checkpoint=models/resnet20-fp32-s0.ckpt
+ABLATE := $(DNAT) pipeline --config configs/repro-resnet20.conf $(DATA_FLAG) --set train_subset=10000 --set qat_epochs=1 --set dnat_epochs=1 --set mc_seeds=3 --set mc_chips=1 --set natste=false --set error_model=moderate --set sweep= --set fp32_checkpoint=models/resnet20-fp32-s0.ckpt
 ablations-resnet20: build ensure-data ## STE vs statistical estimator, draws S, PACT vs E-PACT (~30 min)
 	$(ABLATE) --set name=ablation-stat --out results/ablations/stat
 	$(ABLATE) --set name=ablation-ste --set estimator=ste --out results/ablations/ste

@@ -22,8 +22,10 @@ fn on_grid(shape: &[usize], grid: ActGrid, seed: u64) -> Tensor {
     Tensor::from_vec(shape, d).unwrap()
 }
 
-/// Direct f64 reference of the macro dataflow in ideal mode.
-fn reference(x: &Tensor, w: &Tensor, b: &Tensor, cfg: Conv2dCfg, grid: ActGrid, spec: &MacroSpec) -> Vec<f64> {
+/// Direct f64 reference of the macro dataflow in ideal mode; with `chip`, the ADC
+/// column reading tile `t` of channel `co` — `(t mod arrays)·columns + co mod columns` —
+/// applies its gain and offset to `P/step` before rounding.
+fn reference(x: &Tensor, w: &Tensor, b: &Tensor, cfg: Conv2dCfg, grid: ActGrid, spec: &MacroSpec, chip: Option<&Chip>) -> Vec<f64> {
     let g = ConvGeom::new(x.shape(), w.shape(), cfg).unwrap();
     let (codes, scales) = quant::weight_codes(w, spec);
     let k = g.k();
@@ -54,7 +56,8 @@ fn reference(x: &Tensor, w: &Tensor, b: &Tensor, cfg: Conv2dCfg, grid: ActGrid, 
                                     zero_point += wc as f64;
                                 }
                             }
-                            let u = (p as f64 / spec.adc.step as f64).round_ties_even() as i64;
+                            let (gain, offset) = chip.map_or((1.0, 0.0), |ch| ch.column((t % spec.arrays) * spec.columns + co % spec.columns));
+                            let u = (gain as f64 * p as f64 / spec.adc.step as f64 + offset as f64).round_ties_even() as i64;
                             let code = u.clamp(spec.adc.kmin as i64, spec.adc.kmax as i64);
                             acc += (1i64 << (c * bits)) as f64 * code as f64 * spec.adc.step as f64;
                         }
@@ -90,12 +93,40 @@ fn ideal_mode_is_the_macro_dataflow_exactly() {
         let b = random(&[3], 3);
         let rt = runtime(sp.clone(), ErrorModel::ideal(sp.adc.kmin, sp.adc.kmax), ReadoutMode::Ideal, Estimator::Ste);
         let y = forward(&rt, &x, &w, &b, cfg, grid);
-        let want = reference(&x, &w, &b, cfg, grid, &sp);
+        let want = reference(&x, &w, &b, cfg, grid, &sp, None);
         let quantum = grid.step as f64 * sp.adc.step as f64 * 0.01;
         for (a, r) in y.data().iter().zip(&want) {
             // One ADC code anywhere would move y by ≥ s_x·step·s_w ≥ this tolerance × 10.
             assert!((*a as f64 - r).abs() < 1e-5 * (1.0 + r.abs()) && quantum > 1e-5 * (1.0 + r.abs()), "{a} vs {r}");
         }
+    }
+}
+
+/// A chip's ADC columns (drawn with large spreads, few columns so that the modulo
+/// mapping wraps) act on each tile's partial sum before the ADC, exactly as the plain
+/// reference spells it out; the `ideal` mode ignores the chip.
+#[test]
+fn chip_columns_act_before_the_adc_exactly() {
+    let grid = ActGrid::new(-0.2, 1.5, 8);
+    let p = FixedPattern { column_gain: 0.2, column_offset: 1.5, chip_gain: 0.05, chip_offset: 0.5 };
+    for (bpc, cfg) in [(8, Conv2dCfg { stride: 1, padding: 1 }), (2, Conv2dCfg { stride: 2, padding: 0 })] {
+        let sp = MacroSpec { arrays: 3, columns: 2, ..spec(16, 8.0, -64, 63, bpc) };
+        let chip = Chip::draw(&p, sp.adcs(), 4);
+        let x = on_grid(&[2, 5, 6, 6], grid, 1);
+        let w = random(&[3, 5, 3, 3], 2);
+        let b = random(&[3], 3);
+        let rt = CimRuntime { chip: Some(Arc::new(chip.clone())), ..runtime(sp.clone(), ErrorModel::ideal(sp.adc.kmin, sp.adc.kmax), ReadoutMode::Expected, Estimator::Ste) };
+        let y = forward(&rt, &x, &w, &b, cfg, grid);
+        let want = reference(&x, &w, &b, cfg, grid, &sp, Some(&chip));
+        let nominal = reference(&x, &w, &b, cfg, grid, &sp, None);
+        let mut moved = 0;
+        for ((a, r), n) in y.data().iter().zip(&want).zip(&nominal) {
+            assert!((*a as f64 - r).abs() < 1e-5 * (1.0 + r.abs()), "{a} vs {r}");
+            moved += ((r - n).abs() > 1e-5 * (1.0 + r.abs())) as usize;
+        }
+        assert!(moved > y.len() / 2, "the chip must change most outputs ({moved} of {})", y.len());
+        let ideal = forward(&CimRuntime { mode: ReadoutMode::Ideal, ..rt.clone() }, &x, &w, &b, cfg, grid);
+        assert!(ideal.data().iter().zip(&nominal).all(|(a, r)| (*a as f64 - r).abs() < 1e-5 * (1.0 + r.abs())));
     }
 }
 
@@ -174,39 +205,43 @@ fn statistical_gradient_matches_finite_differences_of_the_expected_loss() {
     let grid = ActGrid::new(-0.5, 2.0, 8);
     // ADC range wide enough that no partial sum saturates (|P| ≤ 8·255·7 < 8·2047).
     let sp = spec(8, 8.0, -2048, 2047, 8);
-    let rt = runtime(sp.clone(), smooth_model(-2048, 2047), ReadoutMode::Expected, Estimator::Statistical { draws: 0 });
-    let x = on_grid(&[3, 20], grid, 11);
-    // Latent weights on the code grid, the per-channel maximum (code 7) first and kept.
-    let scale = 0.1f32;
-    let mut w = Tensor::zeros(&[2, 20]);
-    for (i, v) in w.data_mut().iter_mut().enumerate() {
-        *v = scale * if i % 20 == 0 { 7.0 } else { ((i * 5) % 13) as f32 - 6.0 };
-    }
-    let r = random(&[3, 2], 12);
-    let (_, gx, gw) = linear_loss(&rt, &x, &w, grid, &r);
-    let value = |x: &Tensor, w: &Tensor| linear_loss(&rt, x, w, grid, &r).0;
-    // Inputs: move by whole codes (m steps of the grid) so x̂ stays on the grid.
-    let m = 12.0;
-    for idx in [1, 7, 22, 45, 58] {
-        let (mut xp, mut xm) = (x.clone(), x.clone());
-        let base = x.data()[idx];
-        if base - m * grid.step < grid.lo || base + m * grid.step > grid.value(255.0) {
-            continue;
+    // On the nominal chip, and on one whose column gains differ (the slope carries them).
+    let spread = FixedPattern { column_gain: 0.15, ..FixedPattern::default() };
+    for chip in [None, Some(Arc::new(Chip::draw(&spread, sp.adcs(), 2)))] {
+        let rt = CimRuntime { chip, ..runtime(sp.clone(), smooth_model(-2048, 2047), ReadoutMode::Expected, Estimator::Statistical { draws: 0 }) };
+        let x = on_grid(&[3, 20], grid, 11);
+        // Latent weights on the code grid, the per-channel maximum (code 7) first and kept.
+        let scale = 0.1f32;
+        let mut w = Tensor::zeros(&[2, 20]);
+        for (i, v) in w.data_mut().iter_mut().enumerate() {
+            *v = scale * if i % 20 == 0 { 7.0 } else { ((i * 5) % 13) as f32 - 6.0 };
         }
-        xp.data_mut()[idx] = base + m * grid.step;
-        xm.data_mut()[idx] = base - m * grid.step;
-        let fd = (value(&xp, &w) - value(&xm, &w)) / (2.0 * (m * grid.step) as f64);
-        let a = gx.data()[idx] as f64;
-        assert!((a - fd).abs() < 0.06 * fd.abs().max(a.abs()) + 1e-3, "dx[{idx}]: analytic {a}, finite difference {fd}");
-    }
-    // Weights: move a non-maximal weight by ±2 codes (the scale stays put).
-    for idx in [3, 9, 24, 33] {
-        let (mut wp, mut wm) = (w.clone(), w.clone());
-        wp.data_mut()[idx] += 2.0 * scale;
-        wm.data_mut()[idx] -= 2.0 * scale;
-        let fd = (value(&x, &wp) - value(&x, &wm)) / (4.0 * scale as f64);
-        let a = gw.data()[idx] as f64;
-        assert!((a - fd).abs() < 0.06 * fd.abs().max(a.abs()) + 1e-3, "dw[{idx}]: analytic {a}, finite difference {fd}");
+        let r = random(&[3, 2], 12);
+        let (_, gx, gw) = linear_loss(&rt, &x, &w, grid, &r);
+        let value = |x: &Tensor, w: &Tensor| linear_loss(&rt, x, w, grid, &r).0;
+        // Inputs: move by whole codes (m steps of the grid) so x̂ stays on the grid.
+        let m = 12.0;
+        for idx in [1, 7, 22, 45, 58] {
+            let (mut xp, mut xm) = (x.clone(), x.clone());
+            let base = x.data()[idx];
+            if base - m * grid.step < grid.lo || base + m * grid.step > grid.value(255.0) {
+                continue;
+            }
+            xp.data_mut()[idx] = base + m * grid.step;
+            xm.data_mut()[idx] = base - m * grid.step;
+            let fd = (value(&xp, &w) - value(&xm, &w)) / (2.0 * (m * grid.step) as f64);
+            let a = gx.data()[idx] as f64;
+            assert!((a - fd).abs() < 0.06 * fd.abs().max(a.abs()) + 1e-3, "dx[{idx}]: analytic {a}, finite difference {fd}");
+        }
+        // Weights: move a non-maximal weight by ±2 codes (the scale stays put).
+        for idx in [3, 9, 24, 33] {
+            let (mut wp, mut wm) = (w.clone(), w.clone());
+            wp.data_mut()[idx] += 2.0 * scale;
+            wm.data_mut()[idx] -= 2.0 * scale;
+            let fd = (value(&x, &wp) - value(&x, &wm)) / (4.0 * scale as f64);
+            let a = gw.data()[idx] as f64;
+            assert!((a - fd).abs() < 0.06 * fd.abs().max(a.abs()) + 1e-3, "dw[{idx}]: analytic {a}, finite difference {fd}");
+        }
     }
 }
 
@@ -243,7 +278,10 @@ fn sampled_slopes_are_unbiased_estimates_of_the_exact_slope() {
 fn bit_identical_at_one_and_two_threads() {
     let grid = ActGrid::new(-0.1, 1.0, 8);
     let sp = MacroSpec::default();
-    let rt = runtime(sp.clone(), presets_moderate(&sp), ReadoutMode::Sampled, Estimator::Statistical { draws: 2 });
+    // A chip of the current-domain model: fixed pattern, heavy tails, outliers.
+    let model = em::presets::preset("current-domain", (sp.adc.kmin, sp.adc.kmax)).unwrap();
+    let rt = runtime(sp.clone(), model, ReadoutMode::Sampled, Estimator::Statistical { draws: 2 }).on_chip(5);
+    assert!(rt.chip.is_some());
     let x = on_grid(&[9, 16, 8, 8], grid, 16);
     let w = random(&[8, 16, 3, 3], 17);
     let run = || {

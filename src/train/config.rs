@@ -188,3 +188,31 @@ impl TrainConfig {
         .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_chip_keeps_its_chip_the_population_draws_one_per_step() {
+        let mut c = CimTraining {
+            macro_name: "default".into(),
+            error_model: "current-domain".into(),
+            readout: ReadoutMode::Sampled,
+            estimator: Estimator::Statistical { draws: 0 },
+            act_quant: ActQuantKind::EPact,
+            plan: CimPlan::default(),
+            chip: ChipChoice::One(7),
+        };
+        let rt = c.runtime(3).unwrap();
+        assert_eq!(rt.chip.as_ref().unwrap().seed, 7);
+        assert_eq!(c.runtime_at(&rt, 5).chip, rt.chip);
+        c.chip = ChipChoice::Population;
+        let rt = c.runtime(3).unwrap();
+        let (a, b) = (c.runtime_at(&rt, 5).chip, c.runtime_at(&rt, 6).chip);
+        assert!(a.is_some() && a != b && a == c.runtime_at(&rt, 5).chip);
+        assert_eq!(ChipChoice::parse("population").unwrap(), ChipChoice::Population);
+        assert_eq!(ChipChoice::parse("12").unwrap(), ChipChoice::One(12));
+        assert!(ChipChoice::parse("chip-a").unwrap_err().to_string().contains("'chip-a'"));
+    }
+}
