@@ -9,7 +9,7 @@ use dnat::engine::ops::Conv2dCfg;
 use dnat::engine::{Mode, ParamStore, Tape, Var};
 use dnat::nn::{ActQuantKind, Arch, BatchNorm2d, ComputeLayer, Conv2d, Fwd, ModelSpec, Network};
 use dnat::rng::stream;
-use dnat::train::recalibrate_bn;
+use dnat::train::{recalibrate_bn, RecalImages};
 use std::sync::Arc;
 
 /// A 1×1 CIM convolution (3 → 4 channels) followed by batchnorm.
@@ -96,6 +96,8 @@ fn bn_recalibration_undoes_a_per_channel_gain() {
     let q = conv.cim.clone().unwrap();
     store.param_mut(q.hi).value.data_mut()[0] = 1.0;
     let net = ConvBn { conv, bn };
+    // Every training image, un-augmented (the reference reads the raw pixels).
+    let all = RecalImages { split: &data.train, norm, augment: None, count: data.train.len(), seed: 0 };
 
     // An ADC of step 1 reads the ideal partial sums exactly; each channel has its own column.
     let spec = MacroSpec {
@@ -169,7 +171,7 @@ fn bn_recalibration_undoes_a_per_channel_gain() {
     // Statistics estimated on the ideal macro, read on the gain macro: far off.
     let mut ideal_rt = rt.clone();
     ideal_rt.mode = ReadoutMode::Ideal;
-    recalibrate_bn(&net, &mut store, &data.train, norm, None, Some(&ideal_rt), n, 0).unwrap();
+    recalibrate_bn(&net, &mut store, &all, Some(&ideal_rt)).unwrap();
     let (d_ideal, bound) = worst(&forward(&net, &mut store, &data.train, norm, &ideal_rt));
     assert!(
         d_ideal < 1e-4,
@@ -183,7 +185,7 @@ fn bn_recalibration_undoes_a_per_channel_gain() {
 
     // Recalibrated through the gain macro: the reference again, to rounding.
     let weights_before = store.param_mut(net.conv.weight).value.data().to_vec();
-    let r = recalibrate_bn(&net, &mut store, &data.train, norm, None, Some(&rt), n, 0).unwrap();
+    let r = recalibrate_bn(&net, &mut store, &all, Some(&rt)).unwrap();
     assert_eq!((r.images, r.layers), (n, 1));
     let (d, bound) = worst(&forward(&net, &mut store, &data.train, norm, &rt));
     assert!(
@@ -209,10 +211,10 @@ fn bn_recalibration_undoes_a_per_channel_gain() {
             .collect::<Vec<_>>()
     };
     let a = snapshot(&store);
-    recalibrate_bn(&net, &mut store, &data.train, norm, None, Some(&rt), n, 0).unwrap();
+    recalibrate_bn(&net, &mut store, &all, Some(&rt)).unwrap();
     assert_eq!(snapshot(&store), a);
     assert!(
-        recalibrate_bn(&net, &mut store, &data.train, norm, None, Some(&rt), n + 1, 0)
+        recalibrate_bn(&net, &mut store, &RecalImages { count: n + 1, ..all }, Some(&rt))
             .unwrap_err()
             .to_string()
             .contains("2..=96")

@@ -2,7 +2,7 @@ use dnat::Result;
 use dnat::data::{Augment, DatasetKind, Normalize};
 use dnat::io::checkpoint::{Checkpoint, restore_into};
 use dnat::nn::build;
-use dnat::train::{json, recalibrate_bn};
+use dnat::train::{json, recalibrate_bn, RecalImages};
 use std::path::PathBuf;
 
 #[derive(argh::FromArgs)]
@@ -72,16 +72,8 @@ pub fn run(a: CalibrateArgs) -> Result<()> {
         None
     };
     let t = std::time::Instant::now();
-    let r = recalibrate_bn(
-        net.as_ref(),
-        &mut store,
-        &data.train,
-        Normalize::for_dataset(kind),
-        (!a.no_augment).then(Augment::standard),
-        rt.as_ref(),
-        a.images,
-        a.seed,
-    )?;
+    let set = RecalImages { split: &data.train, norm: Normalize::for_dataset(kind), augment: (!a.no_augment).then(Augment::standard), count: a.images, seed: a.seed };
+    let r = recalibrate_bn(net.as_ref(), &mut store, &set, rt.as_ref())?;
     let secs = t.elapsed().as_secs_f64();
     let on = rt.as_ref().map_or("digital forward".to_string(), |rt| {
         format!(

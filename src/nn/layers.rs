@@ -213,8 +213,18 @@ impl After {
 /// order the batches arrive, so the result does not depend on thread count.
 #[derive(Default)]
 pub struct BnStats {
-    /// `(running_mean, running_var, count, mean per channel, M2 per channel)`.
-    pub layers: Vec<(BufferId, BufferId, f64, Vec<f64>, Vec<f64>)>,
+    pub layers: Vec<LayerStats>,
+}
+
+/// One batchnorm's accumulated input statistics.
+pub struct LayerStats {
+    pub running_mean: BufferId,
+    pub running_var: BufferId,
+    /// Values seen per channel (images · H · W).
+    pub count: f64,
+    pub mean: Vec<f64>,
+    /// Sum of squared deviations from the mean, per channel.
+    pub m2: Vec<f64>,
 }
 
 impl BnStats {
@@ -225,31 +235,31 @@ impl BnStats {
         let (n, c, h, w) = x.nchw();
         let stats = ops::batchnorm::channel_stats(x.data(), n, c, h * w);
         let nb = (n * h * w) as f64;
-        let slot = match self.layers.iter().position(|l| l.0 == mean_id) {
+        let slot = match self.layers.iter().position(|l| l.running_mean == mean_id) {
             Some(i) => &mut self.layers[i],
             None => {
-                self.layers.push((mean_id, var_id, 0.0, vec![0.0; c], vec![0.0; c]));
+                self.layers.push(LayerStats { running_mean: mean_id, running_var: var_id, count: 0.0, mean: vec![0.0; c], m2: vec![0.0; c] });
                 self.layers.last_mut().unwrap()
             }
         };
-        let na = slot.2;
+        let na = slot.count;
         for (ch, &(mb, vb)) in stats.iter().enumerate() {
-            let delta = mb - slot.3[ch];
-            slot.3[ch] += delta * nb / (na + nb);
-            slot.4[ch] += vb * nb + delta * delta * na * nb / (na + nb);
+            let delta = mb - slot.mean[ch];
+            slot.mean[ch] += delta * nb / (na + nb);
+            slot.m2[ch] += vb * nb + delta * delta * na * nb / (na + nb);
         }
-        slot.2 = na + nb;
+        slot.count = na + nb;
         Ok(())
     }
 
     /// Writes the accumulated statistics into the running buffers: the mean, and the
     /// unbiased variance (PyTorch's convention for running statistics).
     pub fn write(&self, store: &mut ParamStore) {
-        for (mean_id, var_id, count, mean, m2) in &self.layers {
-            let (rm, rv) = store.buffer_pair_mut(*mean_id, *var_id);
-            for (ch, (&m, &q)) in mean.iter().zip(m2).enumerate() {
+        for l in &self.layers {
+            let (rm, rv) = store.buffer_pair_mut(l.running_mean, l.running_var);
+            for (ch, (&m, &q)) in l.mean.iter().zip(&l.m2).enumerate() {
                 rm.data_mut()[ch] = m as f32;
-                rv.data_mut()[ch] = (q / (count - 1.0).max(1.0)) as f32;
+                rv.data_mut()[ch] = (q / (l.count - 1.0).max(1.0)) as f32;
             }
         }
     }

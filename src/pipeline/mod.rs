@@ -36,7 +36,7 @@ use crate::cim::{em, CimRuntime, Estimator, ReadoutMode};
 use crate::data::{Augment, Dataset, Normalize, Split};
 use crate::io::checkpoint::{restore_into, Checkpoint, EpochRecord};
 use crate::nn::{build, CimPlan};
-use crate::train::{evaluate, noise_seed, recalibrate_bn, train, CimTraining, McAccuracy, RunOptions, TrainConfig};
+use crate::train::{evaluate, noise_seed, recalibrate_bn, train, RecalImages, CimTraining, McAccuracy, RunOptions, TrainConfig};
 use crate::optim::Schedule;
 use crate::{Error, Result};
 use record::Record;
@@ -311,7 +311,8 @@ impl Run<'_> {
             train.truncate(n);
         }
         let images = self.cfg.bnrecal_images.min(train.len());
-        recalibrate_bn(net.as_ref(), &mut store, &train, Normalize::for_dataset(self.cfg.dataset), Some(Augment::standard()), Some(&rt), images, self.cfg.seed)?;
+        let set = RecalImages { split: &train, norm: Normalize::for_dataset(self.cfg.dataset), augment: Some(Augment::standard()), count: images, seed: self.cfg.seed };
+        recalibrate_bn(net.as_ref(), &mut store, &set, Some(&rt))?;
         ck.store = store;
         ck.optimizer = None;
         ck.meta.push(("bn_recalibrated".into(), format!("error_model={m} chip={chip} images={images}")));

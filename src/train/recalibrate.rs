@@ -37,21 +37,24 @@ pub struct Recalibration {
     pub layers: usize,
 }
 
-/// Re-estimates the running statistics of every batchnorm of `net` from `images`
-/// images of `split` (a seeded permutation's first `images`, through `augment`),
-/// the CIM layers reading the macro `cim` (batch `b` is pass `step = b` of its seeds;
+/// The images a recalibration reads: the first `count` of a permutation of `split`
+/// keyed by `seed`, normalised, through `augment` (the training augmentation; see the
+/// module docs for why).
+#[derive(Clone, Copy)]
+pub struct RecalImages<'a> {
+    pub split: &'a Split,
+    pub norm: Normalize,
+    pub augment: Option<Augment>,
+    pub count: usize,
+    pub seed: u64,
+}
+
+/// Re-estimates the running statistics of every batchnorm of `net` from `images`, the
+/// CIM layers reading the macro `cim` (batch `b` is pass `step = b` of its seeds;
 /// `None`: a digital forward). Parameters are not touched; only the running mean and
 /// variance buffers change.
-pub fn recalibrate_bn(
-    net: &dyn Network,
-    store: &mut ParamStore,
-    split: &Split,
-    norm: Normalize,
-    augment: Option<Augment>,
-    cim: Option<&CimRuntime>,
-    images: usize,
-    seed: u64,
-) -> Result<Recalibration> {
+pub fn recalibrate_bn(net: &dyn Network, store: &mut ParamStore, images: &RecalImages, cim: Option<&CimRuntime>) -> Result<Recalibration> {
+    let RecalImages { split, norm, augment, count: images, seed } = *images;
     if images < 2 || images > split.len() {
         return Err(Error::invalid(format!(
             "batchnorm recalibration needs 2..={} images, asked for {images}",
