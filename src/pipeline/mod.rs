@@ -100,6 +100,8 @@ pub struct Summary {
     /// The error model's label and description, the macro's description.
     pub error_model_label: String,
     pub error_model_description: String,
+    /// The error model's chip-to-chip and column-to-column spread, in words.
+    pub fixed_pattern: String,
     pub macro_description: String,
     pub test_images: usize,
 }
@@ -182,7 +184,12 @@ pub fn run(cfg: &PipelineConfig, data: &Dataset, out: &Path, quiet: bool) -> Res
         data: data.provenance.description.clone(),
         data_sha256: data.provenance.sha256.clone(),
         error_model_label: model.label(),
-        error_model_description: format!("{}; {}", model.info.description, model.fixed_pattern.describe()),
+        error_model_description: model.info.description.clone(),
+        fixed_pattern: if model.columns.is_empty() {
+            model.fixed_pattern.describe()
+        } else {
+            format!("{} (fitted over the {} columns of the measured chip, which is chip 0)", model.fixed_pattern.describe(), model.columns.len())
+        },
         macro_description: spec.describe(),
         test_images: r.test.len(),
     })

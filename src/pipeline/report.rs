@@ -138,6 +138,7 @@ pub fn summary_json(s: &Summary) -> String {
         ("error_model".into(), s.config.error_model.clone().into()),
         ("error_model_label".into(), s.error_model_label.clone().into()),
         ("error_model_description".into(), s.error_model_description.clone().into()),
+        ("fixed_pattern".into(), s.fixed_pattern.clone().into()),
         ("macro".into(), s.macro_description.clone().into()),
         ("verdict".into(), verdict(&s.main, s.quant_ideal).into()),
         ("sweep".into(), json::Value::Raw(format!("[{}]", sweep.join(", ")))),
@@ -175,6 +176,7 @@ fn markdown(s: &Summary) -> String {
     let _ = writeln!(m, "- Data: {} (sha256 `{}`).", s.data, s.data_sha256);
     let _ = writeln!(m, "- Macro: {}.", s.macro_description);
     let _ = writeln!(m, "- Error model `{}`: {} — {}.", c.error_model, s.error_model_label, s.error_model_description);
+    let _ = writeln!(m, "- Chips: {}.", s.fixed_pattern);
     let _ = writeln!(
         m,
         "- Non-ideal accuracies are the mean ± sample std over C = {} chip instances (chip seeds 0…{}) × R = {} reads each (own noise seeds from {}), the same chips and reads for every column. BN recalibration re-estimates every batchnorm's statistics from {} training images read through each chip (no training). NAT-STE and D-NAT train {} epochs on chip `{}`.",
