@@ -26,7 +26,13 @@ fn impossible_flags_are_named() {
     fails_with(&["train", "--model", "resnet20", "--epochs", "1", "--data", "/no/such/place", "--out", out], "/no/such/place does not exist");
     fails_with(&["bench", "--model", "resnet20", "--batch", "0"], "--batch and --steps must be");
     fails_with(&["--threads", "0", "bench", "--model", "resnet20"], "--threads must be at least 1");
+    fails_with(&["train", "--model", "resnet20", "--epochs", "1", "--cim", "--chip", "chip-a", "--out", out], "chip 'chip-a'");
+    fails_with(&["train", "--model", "resnet20", "--epochs", "1", "--cim", "--error-model", "current-domain:col_gain=0.9", "--out", out], "fixed-pattern spreads");
     assert!(!std::path::Path::new(out).exists(), "a failed run left {out} behind");
+    // Recalibration: an FP32 model has nothing on the macro; the output is not written.
+    let fp32 = concat!(env!("CARGO_MANIFEST_DIR"), "/models/resnet20-fp32-s0.ckpt");
+    fails_with(&["calibrate", "--checkpoint", fp32, "--cim", "--out", out], "has no CIM layers");
+    assert!(!std::path::Path::new(out).exists(), "a failed calibration left {out} behind");
 }
 
 #[test]
