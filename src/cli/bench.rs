@@ -27,7 +27,7 @@ pub struct BenchArgs {
     #[argh(option, default = "String::from(\"default\")")]
     /// macro: default, paper-chip or bit-serial
     r#macro: String,
-    /// error model: a preset (ideal, mild, moderate, severe) or a D-MAC-EM file
+    /// error model: a preset (ideal, current-domain, charge-domain, mild, moderate, severe) or a D-MAC-EM file
     #[argh(option, default = "String::from(\"moderate\")")]
     error_model: String,
     /// forward readout: sampled (default), expected or ideal

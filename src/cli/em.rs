@@ -57,7 +57,7 @@ struct ShowArgs {
     /// model file (counts table or binary)
     #[argh(positional)]
     file: Option<PathBuf>,
-    /// a preset instead of a file: ideal, mild, moderate, severe
+    /// a preset instead of a file: ideal, current-domain, charge-domain, mild, moderate, severe
     #[argh(option)]
     preset: Option<String>,
     /// macro whose ADC codes a preset covers (default: default)

@@ -21,8 +21,8 @@ pub struct EvalArgs {
     /// macro: default, paper-chip or bit-serial (with --cim)
     #[argh(option, default = "String::from(\"default\")")]
     r#macro: String,
-    /// error model: ideal, mild, moderate, severe, or a D-MAC-EM file (with --cim)
-    #[argh(option, default = "String::from(\"moderate\")")]
+    /// error model: a preset (ideal, current-domain, charge-domain, mild, moderate, severe; KEY=VALUE overrides after a colon) or a D-MAC-EM file (with --cim)
+    #[argh(option, default = "String::from(\"current-domain\")")]
     error_model: String,
     /// readout: sampled (default), expected or ideal (with --cim)
     #[argh(option, default = "String::from(\"sampled\")")]
