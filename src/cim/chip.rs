@@ -95,6 +95,10 @@ impl Chip {
             .unzip();
         Chip { seed, gain, offset }
     }
+    /// Chip `seed` of spread `p`, or `None` (the nominal chip) when `p` is zero.
+    pub fn of_pattern(p: &FixedPattern, adcs: usize, seed: u64) -> Option<Chip> {
+        (!p.is_zero()).then(|| Chip::draw(p, adcs, seed))
+    }
     /// A chip given column by column (a measured chip's fitted gains and offsets).
     pub fn from_columns(seed: u64, gain: Vec<f32>, offset: Vec<f32>) -> Chip {
         assert_eq!(

@@ -44,8 +44,7 @@ pub trait Readout: Send + Sync {
     /// Chip `seed` of a macro with `adcs` ADC columns (`None`: the nominal chip). By
     /// default a draw of [`Readout::fixed_pattern`].
     fn chip(&self, adcs: usize, seed: u64) -> Option<Chip> {
-        let p = self.fixed_pattern();
-        (!p.is_zero()).then(|| Chip::draw(&p, adcs, seed))
+        Chip::of_pattern(&self.fixed_pattern(), adcs, seed)
     }
 }
 
@@ -99,8 +98,7 @@ impl Readout for ErrorModel {
             let (g, o) = self.columns.iter().copied().unzip();
             return Some(Chip::from_columns(0, g, o));
         }
-        let p = self.fixed_pattern;
-        (!p.is_zero()).then(|| Chip::draw(&p, adcs, seed))
+        Chip::of_pattern(&self.fixed_pattern, adcs, seed)
     }
 }
 

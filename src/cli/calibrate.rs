@@ -50,10 +50,7 @@ pub struct CalibrateArgs {
 
 pub fn run(a: CalibrateArgs) -> Result<()> {
     let mut ck = Checkpoint::load(&a.checkpoint)?;
-    let kind = match ck.spec.num_classes {
-        100 => DatasetKind::Cifar100,
-        _ => DatasetKind::Cifar10,
-    };
+    let kind = DatasetKind::for_classes(ck.spec.num_classes);
     if a.cim && ck.spec.cim.is_none() {
         return Err(dnat::Error::format(
             &a.checkpoint,

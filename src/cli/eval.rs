@@ -49,10 +49,7 @@ pub struct EvalArgs {
 
 pub fn run(a: EvalArgs) -> Result<()> {
     let ck = Checkpoint::load(&a.checkpoint)?;
-    let kind = match ck.spec.num_classes {
-        100 => DatasetKind::Cifar100,
-        _ => DatasetKind::Cifar10,
-    };
+    let kind = DatasetKind::for_classes(ck.spec.num_classes);
     let (net, mut store) = build(ck.spec, 0);
     restore_into(&ck.store, &mut store, &a.checkpoint)?;
     let data = super::load_data(a.data.as_deref(), kind, a.quiet)?;

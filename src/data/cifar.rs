@@ -53,6 +53,10 @@ impl DatasetKind {
             DatasetKind::Cifar100 => 100,
         }
     }
+    /// The data set of a network with `classes` outputs (CIFAR-100 for 100, else CIFAR-10).
+    pub fn for_classes(classes: usize) -> Self {
+        if classes == 100 { DatasetKind::Cifar100 } else { DatasetKind::Cifar10 }
+    }
     fn label_bytes(self) -> usize {
         match self {
             DatasetKind::Cifar10 => 1,

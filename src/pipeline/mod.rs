@@ -195,8 +195,8 @@ pub fn run(cfg: &PipelineConfig, data: &Dataset, out: &Path, quiet: bool) -> Res
     })
 }
 
-/// `mean ± std (chip σ, read σ)` for progress lines.
-pub fn pm(a: &McAccuracy) -> String {
+/// `mean ± std (chip σ, read σ)` for progress lines (the report's tables print `mean ± std`).
+pub fn pm_spread(a: &McAccuracy) -> String {
     if a.all().len() > 1 { format!("{:.2} ± {:.2} (chip σ {:.2}, read σ {:.2})", a.mean, a.std, a.chip_std, a.read_std) } else { format!("{:.2}", a.mean) }
 }
 
@@ -281,22 +281,22 @@ impl Run<'_> {
     fn compare(&self, m: &str, qat: &Path, dnat_name: &str, epochs: usize) -> Result<Comparison> {
         let sm = slug(m);
         let naive = self.mc_stage(&format!("naive-{sm}"), m, &|_| Ok(qat.to_path_buf()))?;
-        self.say(format_args!("(d) without NAT, {m}: {}", pm(&naive)));
+        self.say(format_args!("(d) without NAT, {m}: {}", pm_spread(&naive)));
         let bnrecal = self.mc_stage(&format!("bnrecal-{sm}"), m, &|c| self.bnrecal_stage(qat, &format!("bnrecal-{sm}"), m, c))?;
-        self.say(format_args!("(d′) BN recalibration, {m}: {}", pm(&bnrecal)));
+        self.say(format_args!("(d′) BN recalibration, {m}: {}", pm_spread(&bnrecal)));
         let natste = if self.cfg.natste {
             let ck = self.train_stage(&format!("natste-{sm}"), &format!("(e) NAT-STE on {m}"), self.nat_config(qat, m, Estimator::Ste, epochs))?;
             let a = self.mc_stage(&format!("natste-{sm}"), m, &|_| Ok(ck.clone()))?;
-            self.say(format_args!("(e) NAT-STE, {m}: {}", pm(&a)));
+            self.say(format_args!("(e) NAT-STE, {m}: {}", pm_spread(&a)));
             Some(a)
         } else {
             None
         };
         let ck = self.train_stage(dnat_name, &format!("(f) D-NAT on {m}"), self.nat_config(qat, m, self.cfg.estimator, epochs))?;
         let dnat = self.mc_stage(&format!("dnat-{sm}"), m, &|_| Ok(ck.clone()))?;
-        self.say(format_args!("(f) D-NAT, {m}: {}", pm(&dnat)));
+        self.say(format_args!("(f) D-NAT, {m}: {}", pm_spread(&dnat)));
         let dnat_bnrecal = self.mc_stage(&format!("dnat-bnrecal-{sm}"), m, &|c| self.bnrecal_stage(&ck, &format!("dnat-bnrecal-{sm}"), m, c))?;
-        self.say(format_args!("(f′) D-NAT + BN recalibration, {m}: {}", pm(&dnat_bnrecal)));
+        self.say(format_args!("(f′) D-NAT + BN recalibration, {m}: {}", pm_spread(&dnat_bnrecal)));
         Ok(Comparison { error_model: m.to_string(), naive, bnrecal, natste, dnat, dnat_bnrecal, dnat_epochs: epochs })
     }
 
