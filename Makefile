@@ -1,6 +1,7 @@
 # dnat — common tasks. `make help` lists them.
 SHELL := /bin/bash
-DNAT := target/release/dnat
+# The binary cargo builds (also where CARGO_TARGET_DIR points).
+DNAT := $(or $(CARGO_TARGET_DIR),target)/release/dnat
 # Where the data is: DATA=/path/to/cifar-10-binary.tar.gz (or a folder); empty = search
 # ($DNAT_DATA, ../shared/datasets, datasets/).
 DATA ?=
