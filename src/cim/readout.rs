@@ -53,26 +53,8 @@ impl Readout for ErrorModel {
         ErrorModel::sample(self, k, draw)
     }
     fn sample_run(&self, codes: &[i32], run: DrawRun, out: &mut [f32]) {
-        // The same draws as the default: the hashes first (a loop that vectorises),
-        // then the table lookups, in blocks that stay in L1.
-        const BLOCK: usize = 256;
-        let mut bits = [0u64; BLOCK];
-        let mut slot = [0u32; BLOCK];
-        for (b, (cs, os)) in codes.chunks(BLOCK).zip(out.chunks_mut(BLOCK)).enumerate() {
-            let first = run.op(b * BLOCK);
-            let n = cs.len();
-            for (i, v) in bits[..n].iter_mut().enumerate() {
-                *v = run.key.forward(first + i as u64 * run.stride);
-            }
-            // Phase 1: which table entry each draw lands on; phase 2: keep or alias.
-            // Two simple loops overlap their loads better than one long chain.
-            for ((s, &k), &r) in slot[..n].iter_mut().zip(cs).zip(&bits) {
-                *s = self.alias_slot(k, r);
-            }
-            for ((o, &s), &r) in os.iter_mut().zip(&slot[..n]).zip(&bits) {
-                *o = self.alias_pick(s, r) as f32;
-            }
-        }
+        // The same draws as the default, vectorised where the CPU allows (see em::draw).
+        self.sample_stream(codes, run.key.forward_key(), run.op0, run.stride, out)
     }
     fn mean_run(&self, codes: &[i32], out: &mut [f32]) {
         out.iter_mut().zip(codes).for_each(|(o, &k)| *o = ErrorModel::mean(self, k));
@@ -229,6 +211,10 @@ impl DrawKey {
     #[inline]
     pub fn forward(&self, op: u64) -> u64 {
         mix64(self.forward.wrapping_add(op.wrapping_mul(0x9E37_79B9_7F4A_7C15)))
+    }
+    /// The key the forward stream starts at (`forward(op) = mix64(key + op·φ)`).
+    pub(crate) fn forward_key(&self) -> u64 {
+        self.forward
     }
     /// Backward draw `s` of macro operation `op` (slope estimation).
     #[inline]

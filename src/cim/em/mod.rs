@@ -11,6 +11,7 @@
 //! expectation `E[j | k]` and its slope are tabulated for the `expected` forward mode
 //! and the statistical gradient estimator.
 
+mod draw;
 pub mod fit;
 pub mod format;
 pub mod heatmap;

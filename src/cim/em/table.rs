@@ -89,11 +89,32 @@ pub struct ErrorModel {
     slope: Vec<f32>,
     mean_f32: Vec<f32>,
     /// All rows' alias tables back to back, for the sampling hot loop: row r's column
-    /// c is `flat[start + c]` = (keep threshold, alias code, own code `jlo + c`). One
-    /// array of triples: a sample touches one cache line, not three (measured faster).
-    flat: Vec<(u32, i32, i32)>,
-    /// Per row: (start into `flat`, width).
-    span: Vec<(u32, u32)>,
+    /// c is `flat[start + c]`. One array of entries: a sample touches one cache line,
+    /// not three (measured faster).
+    pub(super) flat: Vec<AliasEntry>,
+    /// Per row (ideal code `kmin + r`): where its entries start in `flat`, and how many.
+    pub(super) span: Vec<RowSpan>,
+}
+
+/// One column of a row's alias table, 8 bytes. `repr(C)`: the vectorised sampler
+/// ([`super::draw`]) gathers whole entries as 64-bit words. Codes are stored as
+/// offsets from `jmin` (the measured range spans at most 65,536 codes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(super) struct AliasEntry {
+    /// Keep this column when the draw's low 32 bits are below `keep`.
+    pub keep: u32,
+    /// This column's own measured code (`jlo + c`), minus `jmin`.
+    pub own: u16,
+    /// The measured code otherwise, minus `jmin`.
+    pub alias: u16,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(super) struct RowSpan {
+    pub start: u32,
+    pub width: u32,
 }
 
 fn alias_table(p: &[f64]) -> (Vec<u64>, Vec<u32>) {
@@ -212,12 +233,16 @@ impl ErrorModel {
         let mean_f32: Vec<f32> = rows.iter().map(|r| r.mean as f32).collect();
         let (mut flat, mut span) = (Vec::new(), Vec::new());
         for r in &rows {
-            span.push((flat.len() as u32, r.prob.len() as u32));
+            span.push(RowSpan { start: flat.len() as u32, width: r.prob.len() as u32 });
             for (c, (&keep, &alias)) in r.keep.iter().zip(&r.alias).enumerate() {
                 // A column kept with probability 1 (keep = 2^32) is stored as u32::MAX:
                 // it then yields its alias only for the one draw of 2^32 equal to MAX,
                 // where the alias is itself (Vose leaves full columns self-aliased).
-                flat.push((keep.min(u32::MAX as u64) as u32, r.jlo + alias as i32, r.jlo + c as i32));
+                flat.push(AliasEntry {
+                    keep: keep.min(u32::MAX as u64) as u32,
+                    own: (r.jlo + c as i32 - jmin) as u16,
+                    alias: (r.jlo + alias as i32 - jmin) as u16,
+                });
             }
         }
         let slope = (0..nk)
@@ -251,16 +276,16 @@ impl ErrorModel {
     /// The alias-table entry a draw lands on (first half of [`ErrorModel::sample`]).
     #[inline(always)]
     pub(crate) fn alias_slot(&self, k: i32, bits: u64) -> u32 {
-        let (start, width) = self.span[(k.clamp(self.kmin, self.kmax) - self.kmin) as usize];
+        let RowSpan { start, width } = self.span[(k.clamp(self.kmin, self.kmax) - self.kmin) as usize];
         start + (((bits >> 32) * width as u64) >> 32) as u32
     }
 
     /// The measured code at entry `slot` for the draw (second half of `sample`).
     #[inline(always)]
     pub(crate) fn alias_pick(&self, slot: u32, bits: u64) -> i32 {
-        let (keep, alias, own) = self.flat[slot as usize];
+        let AliasEntry { keep, own, alias } = self.flat[slot as usize];
         let take_alias = ((bits as u32) >= keep) as i32;
-        own + take_alias * (alias - own)
+        self.jmin + own as i32 + take_alias * (alias as i32 - own as i32)
     }
 
     /// E[j | k].
