@@ -80,6 +80,20 @@ fn synthetic_pipeline_resumes_and_matches_golden() {
     let e = pipeline::run(&other, &data, &out, true).unwrap_err().to_string();
     assert!(e.contains("mc_seeds") && e.contains("another configuration"), "{e}");
 
+    // A committed QAT model is used only when stage (b) of this configuration made it.
+    let (fp32, qat) = (out.join("work/fp32.ckpt"), out.join("work/qat.ckpt"));
+    let committed = text
+        .replace(&format!("fp32_checkpoint = {}", d.join("no-such-fp32.ckpt").display()), &format!("fp32_checkpoint = {}", fp32.display()))
+        .replace("sweep = ideal, mild, moderate, current-domain", "sweep =")
+        .replace("mc_seeds = 2\nmc_chips = 2", "mc_seeds = 1\nmc_chips = 1")
+        + &format!("qat_checkpoint = {}\nnatste = false\n", qat.display());
+    let wrong = PipelineConfig::parse(&committed.replace("qat_lr = 0.02", "qat_lr = 0.03")).unwrap();
+    let e = pipeline::run(&wrong, &data, &d.join("wrong"), true).unwrap_err().to_string();
+    assert!(e.contains("qat.ckpt") && e.contains("lr = 0.02") && e.contains("0.03"), "{e}");
+    let reused = pipeline::run(&PipelineConfig::parse(&committed).unwrap(), &data, &d.join("reused"), true).unwrap();
+    assert_eq!((reused.quant_ideal, reused.history[0].1.clone()), (s.quant_ideal, s.history[0].1.clone()));
+    assert!(!d.join("reused/work/qat.ckpt").exists(), "QAT was retrained");
+
     // The D-NAT model exports as a deployable integer model that reads back.
     let dep = out.join("resnet20.dnatdepl");
     let o = dnat(&["export", "--checkpoint", out.join("work/dnat.ckpt").to_str().unwrap(), "--out", dep.to_str().unwrap()]);

@@ -36,6 +36,11 @@ pub struct PipelineConfig {
     /// (`moderate:offset=6`) or a D-MAC-EM file.
     pub error_model: String,
     pub act_quant: ActQuantKind,
+    /// Stage (b): a committed QAT checkpoint to start from (`none`: always train). It is
+    /// used only when it exists and its recorded training configuration is the one
+    /// stage (b) would run (same FP32 checkpoint, epochs, learning rate, seed, data);
+    /// otherwise the run stops and says which setting differs.
+    pub qat_checkpoint: Option<PathBuf>,
     /// Stage (b): W4A8 quantization-aware training on the ideal macro.
     pub qat_epochs: usize,
     pub qat_lr: f32,
@@ -80,6 +85,7 @@ impl Default for PipelineConfig {
             macro_name: "default".into(),
             error_model: "current-domain".into(),
             act_quant: ActQuantKind::EPact,
+            qat_checkpoint: None,
             qat_epochs: 3,
             qat_lr: 0.01,
             dnat_epochs: 3,
@@ -168,6 +174,7 @@ impl PipelineConfig {
             "macro" => self.macro_name = v.to_string(),
             "error_model" => self.error_model = v.to_string(),
             "act_quant" => self.act_quant = e(ActQuantKind::parse(v))?,
+            "qat_checkpoint" => self.qat_checkpoint = (!v.is_empty() && v != "none").then(|| PathBuf::from(v)),
             "qat_epochs" => self.qat_epochs = num(k, v)?,
             "qat_lr" => self.qat_lr = num(k, v)?,
             "dnat_epochs" => self.dnat_epochs = num(k, v)?,
@@ -234,6 +241,7 @@ impl PipelineConfig {
             ("macro", self.macro_name.clone()),
             ("error_model", self.error_model.clone()),
             ("act_quant", self.act_quant.name().into()),
+            ("qat_checkpoint", self.qat_checkpoint.as_ref().map_or("none".into(), |p| p.display().to_string())),
             ("qat_epochs", self.qat_epochs.to_string()),
             ("qat_lr", self.qat_lr.to_string()),
             ("dnat_epochs", self.dnat_epochs.to_string()),

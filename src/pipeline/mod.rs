@@ -142,7 +142,7 @@ pub fn run(cfg: &PipelineConfig, data: &Dataset, out: &Path, quiet: bool) -> Res
     let fp32 = r.scalar_stage("fp32", || r.eval_digital(&fp32_ckpt))?;
     r.say(format_args!("(a) FP32: {fp32:.2}%"));
     // (b) QAT on the ideal macro, (c) its ideal accuracy.
-    let qat = r.train_stage("qat", "(b) W4A8 QAT, ideal macro", r.qat_config(&fp32_ckpt))?;
+    let qat = r.qat_checkpoint(&fp32_ckpt)?;
     let quant_ideal = r.scalar_stage("quant_ideal", || r.eval_seed(&qat, "ideal", ReadoutMode::Ideal, None, EVAL_SEED0))?;
     r.say(format_args!("(c) quantized, ideal macro: {quant_ideal:.2}%"));
     // (d)–(f′) on the main error model.
@@ -225,6 +225,10 @@ impl Run<'_> {
             let bytes = std::fs::read(&self.cfg.fp32_checkpoint).map_err(|e| Error::io(&self.cfg.fp32_checkpoint, e))?;
             want.set("fp32_sha256", crate::data::cifar::sha256_hex(&bytes));
         }
+        if let Some(p) = self.cfg.qat_checkpoint.as_ref().filter(|p| p.exists()) {
+            let bytes = std::fs::read(p).map_err(|e| Error::io(p, e))?;
+            want.set("qat_sha256", crate::data::cifar::sha256_hex(&bytes));
+        }
         let path = self.work.join("inputs.rec");
         if let Some(mut have) = Record::load(&path)? {
             // Work pinned before a config key existed ran with that key's default.
@@ -266,6 +270,30 @@ impl Run<'_> {
         tc.lr = self.cfg.fp32_lr;
         tc.train_subset = self.cfg.train_subset;
         self.train_stage("fp32", "(a) FP32", tc)
+    }
+
+    /// Stage (b): the committed QAT checkpoint when the config names one that this
+    /// configuration's QAT stage produced, else QAT trained into the work directory.
+    fn qat_checkpoint(&self, fp32: &Path) -> Result<PathBuf> {
+        let tc = self.qat_config(fp32);
+        let Some(p) = self.cfg.qat_checkpoint.as_ref().filter(|p| p.exists()) else {
+            return self.train_stage("qat", "(b) W4A8 QAT, ideal macro", tc);
+        };
+        let ck = Checkpoint::load(p)?;
+        let difference = crate::train::trainer::first_config_difference(&ck, &tc)
+            .or_else(|| (ck.epochs_done as usize != tc.epochs).then(|| ("epochs done".into(), ck.epochs_done.to_string(), tc.epochs.to_string())))
+            .or_else(|| {
+                let (have, want) = (ck.meta("data_sha256").unwrap_or("(missing)"), &self.data.provenance.sha256);
+                (have != want).then(|| ("data_sha256".into(), have.to_string(), want.clone()))
+            });
+        if let Some((k, have, want)) = difference {
+            return Err(Error::format(
+                p,
+                format!("is not this configuration's QAT model: it was trained with {k} = {have}, stage (b) would use {want} (set qat_checkpoint = none to train it)"),
+            ));
+        }
+        self.say(format_args!("(b) W4A8 QAT, ideal macro: {} (committed; trained by this configuration's stage (b))", p.display()));
+        Ok(p.clone())
     }
 
     fn qat_config(&self, fp32: &Path) -> TrainConfig {

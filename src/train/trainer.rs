@@ -38,20 +38,20 @@ pub struct TrainOutcome {
     pub wall_s: f64,
 }
 
+/// The first setting in which `ck`'s recorded training configuration differs from
+/// `cfg`: (key, recorded value or `(missing)`, `cfg`'s value).
+pub fn first_config_difference(ck: &Checkpoint, cfg: &TrainConfig) -> Option<(String, String, String)> {
+    cfg.to_meta().into_iter().find_map(|(k, v)| match ck.meta(&k) {
+        Some(have) if have == v => None,
+        have => Some((k.clone(), have.unwrap_or("(missing)").to_string(), v)),
+    })
+}
+
 fn check_resumable(ck: &Checkpoint, cfg: &TrainConfig, out: &Path) -> Result<()> {
-    let want = cfg.to_meta();
-    for (k, v) in &want {
-        match ck.meta(k) {
-            Some(have) if have == v => {}
-            have => {
-                return Err(Error::format(
-                    out,
-                    format!("cannot resume: checkpoint has {k} = {}, this run asks for {v}", have.unwrap_or("(missing)")),
-                ));
-            }
-        }
+    match first_config_difference(ck, cfg) {
+        None => Ok(()),
+        Some((k, have, want)) => Err(Error::format(out, format!("cannot resume: checkpoint has {k} = {have}, this run asks for {want}"))),
     }
-    Ok(())
 }
 
 pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -> Result<TrainOutcome> {
