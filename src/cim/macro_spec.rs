@@ -41,7 +41,7 @@ impl Adc {
         ((psum * (1.0 / self.step)).round_ties_even() as i32).clamp(self.kmin, self.kmax)
     }
     pub fn levels(&self) -> usize {
-        (self.kmax - self.kmin + 1) as usize
+        (self.kmax as i64 - self.kmin as i64 + 1).max(0) as usize
     }
 }
 
@@ -133,6 +133,8 @@ impl MacroSpec {
         if self.arrays == 0 || self.columns == 0 || self.arrays * self.columns > 1 << 20 {
             return bad(format!("{} arrays of {} columns: need 1..=2^20 ADC columns in all", self.arrays, self.columns));
         }
+        // No 16-bit cap here (an ideal readout needs no table; error models and the saved
+        // codes of the statistical estimator check their own limits); widths are i64.
         if self.adc.kmin > self.adc.kmax || !(self.adc.step.is_finite() && self.adc.step > 0.0) {
             return bad(format!("ADC codes {}..={} with step {} are not a range", self.adc.kmin, self.adc.kmax, self.adc.step));
         }

@@ -1,6 +1,7 @@
 //! The CIM physics: how a macro computes and reads out, and how it errs.
 //!
 //! * [`MacroSpec`] — tile rows, input/weight bits, bits per cycle, the ADC.
+//! * [`codes`] — validated code ranges (ADC and measured codes).
 //! * [`chip`] — fixed-pattern variation: chip instances, per-column gain and offset.
 //! * [`em`] — D-MAC-EM, the measured MAC error model (tables, files, presets, fitting).
 //! * [`quant`] — E-PACT / PACT activation quantizers and weight codes.
@@ -8,6 +9,7 @@
 //! * [`conv`] — the `CimConv2d` / `CimLinear` ops: tiles, partial sums, readouts.
 
 pub mod chip;
+pub mod codes;
 pub mod conv;
 #[cfg(test)]
 mod conv_tests;
@@ -17,6 +19,7 @@ pub mod quant;
 pub mod readout;
 
 pub use chip::{Chip, FixedPattern};
+pub use codes::CodeRange;
 pub use conv::{cim_conv2d, cim_linear, CimCall};
 pub use em::{ErrorModel, FillPolicy};
 pub use macro_spec::{Adc, MacroSpec};

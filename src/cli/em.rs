@@ -106,7 +106,7 @@ pub fn run(a: EmArgs) -> Result<()> {
                 Some(z) => return Err(Error::invalid(format!("--zoom must be ≥ 1, got {z}"))),
                 None => (model.kmin, model.kmax),
             };
-            let svg = s.svg.unwrap_or_else(|| PathBuf::from(format!("em-{}.svg", model.info.name)));
+            let svg = s.svg.unwrap_or_else(|| PathBuf::from(format!("em-{}.svg", model.info.file_stem())));
             atomic::write(&svg, heatmap::svg(&model, k0, k1).as_bytes())?;
             println!("heat-map -> {}", svg.display());
             if let Some(p) = s.save {

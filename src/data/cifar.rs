@@ -207,9 +207,10 @@ fn load_archive(path: &Path, kind: DatasetKind) -> Result<Dataset> {
     let (train_files, test_files) = kind.files();
     let mut found: Vec<Option<Vec<u8>>> = vec![None; train_files.len() + test_files.len()];
     let names: Vec<&str> = train_files.iter().chain(&test_files).map(|(n, _)| *n).collect();
+    let sizes: Vec<usize> = train_files.iter().chain(&test_files).map(|(_, n)| n * kind.record_bytes()).collect();
     {
-        let gz = GzDecoder::new(&mut hashing);
-        tar::for_each_file(gz, |entry, r| {
+        let mut gz = GzDecoder::new(&mut hashing);
+        tar::for_each_file(&mut gz, |entry, r| {
             let (dir, base) = match entry.path.rsplit_once('/') {
                 Some((d, b)) => (d, b),
                 None => ("", entry.path.as_str()),
@@ -217,13 +218,22 @@ fn load_archive(path: &Path, kind: DatasetKind) -> Result<Dataset> {
             if dir.ends_with(kind.folder())
                 && let Some(i) = names.iter().position(|n| *n == base)
             {
-                let mut buf = Vec::with_capacity(entry.size as usize);
+                // The layout fixes every record file's size: a header claiming more is
+                // refused before anything is allocated for it.
+                if entry.size != sizes[i] as u64 {
+                    return Err(std::io::Error::other(format!("{} claims {} bytes, the {} layout has {}", entry.path, entry.size, kind.name(), sizes[i])));
+                }
+                let mut buf = Vec::with_capacity(sizes[i]);
                 r.read_to_end(&mut buf)?;
                 found[i] = Some(buf);
             }
             Ok(())
         })
         .map_err(|msg| Error::format(path, format!("not a readable {} archive: {msg}", kind.name())))?;
+        // Read the gzip stream to its end: only there does the decoder check the CRC-32
+        // and length of everything it inflated (a flipped byte, a cut-off file).
+        std::io::copy(&mut gz, &mut std::io::sink())
+            .map_err(|e| Error::format(path, format!("damaged gzip stream (checksum, length or truncation): {e}")))?;
     }
     // Hash the rest of the file (gzip trailer / padding) so the checksum is the file's.
     std::io::copy(&mut hashing, &mut std::io::sink()).map_err(|e| Error::io(path, e))?;
@@ -331,7 +341,31 @@ mod tests {
         let p = dir.join("short.tar.gz");
         std::fs::write(&p, archive(&files)).unwrap();
         let e = Dataset::load(&p, DatasetKind::Cifar10).unwrap_err().to_string();
-        assert!(e.contains("data_batch_2.bin") && e.contains("not a whole number"), "{e}");
+        assert!(e.contains("data_batch_2.bin") && e.contains("claims 30735 bytes"), "{e}");
+        // A member whose header claims 68 GB: refused by its size, nothing allocated.
+        let mut tar = tar::tests::build(&[("cifar-10-batches-bin/data_batch_1.bin", &[0u8; 16])]);
+        tar[124..136].copy_from_slice(format!("{:012o}", 68_000_000_000u64).as_bytes());
+        tar[148..156].copy_from_slice(b"        ");
+        let sum: u64 = tar[..512].iter().map(|&b| b as u64).sum();
+        tar[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(&tar).unwrap();
+        let p = dir.join("huge.tar.gz");
+        std::fs::write(&p, gz.finish().unwrap()).unwrap();
+        let e = Dataset::load(&p, DatasetKind::Cifar10).unwrap_err().to_string();
+        assert!(e.contains("huge.tar.gz") && e.contains("claims 68000000000 bytes"), "{e}");
+        // A flipped byte in the gzip trailer (CRC-32), or the archive cut by 1–8 bytes:
+        // the tar inside reads fine, only the gzip checks can tell.
+        let bytes = archive(&full_files());
+        let mut flipped = bytes.clone();
+        let n = flipped.len();
+        flipped[n - 6] ^= 0x40;
+        for (name, b) in [("flipped.tar.gz", &flipped[..]), ("cut1.tar.gz", &bytes[..n - 1]), ("cut8.tar.gz", &bytes[..n - 8])] {
+            let p = dir.join(name);
+            std::fs::write(&p, b).unwrap();
+            let e = Dataset::load(&p, DatasetKind::Cifar10).unwrap_err().to_string();
+            assert!(e.contains(name) && e.contains("damaged gzip stream"), "{e}");
+        }
         // A truncated archive.
         let bytes = archive(&full_files());
         let p = dir.join("cut.tar.gz");

@@ -117,26 +117,35 @@ impl PipelineConfig {
     /// `--set`, for ablations of one setting).
     pub fn load_with(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let mut c = Self::parse_lines(&text).map_err(|(line, msg)| Error::format(path, format!("line {line}: {msg}")))?;
+        let (mut c, mut lines) = Self::parse_lines(&text).map_err(|(line, msg)| Error::format(path, format!("line {line}: {msg}")))?;
+        let mut set_by_flag = std::collections::HashMap::new();
         for o in overrides {
             let (k, v) = o.split_once('=').ok_or_else(|| Error::invalid(format!("--set '{o}': expected key=value")))?;
             c.set(k.trim(), v.trim()).map_err(|m| Error::invalid(format!("--set '{o}': {m}")))?;
+            lines.remove(k.trim());
+            set_by_flag.insert(k.trim().to_string(), o.clone());
         }
-        c.validate().map_err(|m| Error::format(path, m))?;
+        // A value that is wrong only with the others is reported where it was set.
+        c.validate().map_err(|(k, m)| match (lines.get(k), set_by_flag.get(k)) {
+            (Some(line), _) => Error::format(path, format!("line {line}: {m}")),
+            (None, Some(o)) => Error::invalid(format!("--set '{o}': {m}")),
+            (None, None) => Error::format(path, m),
+        })?;
         Ok(c)
     }
 
     /// Parses the text of a config file; errors carry the 1-based line number (0 for a
-    /// problem of the whole configuration).
+    /// problem of a key the text does not set).
     pub fn parse(text: &str) -> std::result::Result<Self, (usize, String)> {
-        let c = Self::parse_lines(text)?;
-        c.validate().map_err(|m| (0, m))?;
+        let (c, lines) = Self::parse_lines(text)?;
+        c.validate().map_err(|(k, m)| (lines.get(k).copied().unwrap_or(0), m))?;
         Ok(c)
     }
 
-    fn parse_lines(text: &str) -> std::result::Result<Self, (usize, String)> {
+    /// The configuration and the line that set each key.
+    fn parse_lines(text: &str) -> std::result::Result<(Self, std::collections::HashMap<String, usize>), (usize, String)> {
         let mut c = PipelineConfig::default();
-        let mut seen = std::collections::HashSet::new();
+        let mut lines = std::collections::HashMap::new();
         for (i, raw) in text.lines().enumerate() {
             let line = raw.split('#').next().unwrap_or("").trim();
             if line.is_empty() {
@@ -145,12 +154,12 @@ impl PipelineConfig {
             let err = |m: String| (i + 1, m);
             let (k, v) = line.split_once('=').ok_or_else(|| err(format!("expected `key = value`, got '{line}'")))?;
             let (k, v) = (k.trim(), v.trim());
-            if !seen.insert(k.to_string()) {
+            if lines.insert(k.to_string(), i + 1).is_some() {
                 return Err(err(format!("'{k}' is set twice")));
             }
             c.set(k, v).map_err(err)?;
         }
-        Ok(c)
+        Ok((c, lines))
     }
 
     fn set(&mut self, k: &str, v: &str) -> std::result::Result<(), String> {
@@ -163,8 +172,19 @@ impl PipelineConfig {
         fn e<T>(r: Result<T>) -> std::result::Result<T, String> {
             r.map_err(|e| e.to_string())
         }
+        // Values are written into one-line records and reports (a newline would corrupt
+        // them) and the name becomes a directory (`results/<name>`).
+        if v.chars().any(char::is_control) {
+            return Err(format!("{k} = '{}' contains a control character", v.escape_debug()));
+        }
         match k {
-            "name" => self.name = v.to_string(),
+            "name" => {
+                let ok = !v.is_empty() && !v.starts_with('.') && v.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+                if !ok {
+                    return Err(format!("name = '{v}': use letters, digits, '.', '-', '_' (not starting with '.'); it names the results directory"));
+                }
+                self.name = v.to_string()
+            }
             "model" => self.arch = e(Arch::parse(v))?,
             "dataset" => self.dataset = e(DatasetKind::parse(v))?,
             "seed" => self.seed = num(k, v)?,
@@ -196,33 +216,39 @@ impl PipelineConfig {
         Ok(())
     }
 
-    fn validate(&self) -> std::result::Result<(), String> {
+    /// Checks the values together; an error names the key it is about.
+    fn validate(&self) -> std::result::Result<(), (&'static str, String)> {
         let positive = [("qat_epochs", self.qat_epochs), ("dnat_epochs", self.dnat_epochs), ("fp32_epochs", self.fp32_epochs), ("batch", self.batch)];
         if let Some((k, _)) = positive.iter().find(|(_, v)| *v == 0) {
-            return Err(format!("{k} must be at least 1"));
+            return Err((k, format!("{k} must be at least 1")));
         }
-        if self.mc_seeds == 0 || self.mc_chips == 0 {
-            return Err("mc_seeds and mc_chips must be at least 1".into());
+        for (k, v) in [("mc_seeds", self.mc_seeds), ("mc_chips", self.mc_chips)] {
+            if v == 0 {
+                return Err((k, format!("{k} must be at least 1")));
+            }
         }
         if self.bnrecal_images < 2 {
-            return Err("bnrecal_images must be at least 2".into());
+            return Err(("bnrecal_images", "bnrecal_images must be at least 2".into()));
         }
         if !self.sweep.is_empty() && self.sweep_dnat_epochs == 0 {
-            return Err("sweep_dnat_epochs must be at least 1".into());
+            return Err(("sweep_dnat_epochs", "sweep_dnat_epochs must be at least 1".into()));
         }
         for (k, lr) in [("fp32_lr", self.fp32_lr), ("qat_lr", self.qat_lr), ("dnat_lr", self.dnat_lr), ("bound_lr_scale", self.bound_lr_scale)] {
             if !(lr.is_finite() && lr > 0.0) {
-                return Err(format!("{k} must be a positive number"));
+                return Err((k, format!("{k} must be a positive number")));
             }
         }
-        if self.train_subset == Some(0) || self.test_subset == Some(0) {
-            return Err("train_subset / test_subset must be at least 1 (or `all`)".into());
+        for (k, v) in [("train_subset", self.train_subset), ("test_subset", self.test_subset)] {
+            if v == Some(0) {
+                return Err((k, format!("{k} must be at least 1 (or `all`)")));
+            }
         }
         // Resolve the macro and every error model now, so a typo fails before hours of training.
-        let spec = MacroSpec::preset(&self.macro_name).map_err(|e| e.to_string())?;
-        spec.validate().map_err(|e| e.to_string())?;
-        for m in std::iter::once(&self.error_model).chain(&self.sweep) {
-            em::resolve(m, &spec).map_err(|e| format!("error model: {e}"))?;
+        let spec = MacroSpec::preset(&self.macro_name).map_err(|e| ("macro", e.to_string()))?;
+        spec.validate().map_err(|e| ("macro", e.to_string()))?;
+        em::resolve(&self.error_model, &spec).map_err(|e| ("error_model", format!("error model: {e}")))?;
+        for m in &self.sweep {
+            em::resolve(m, &spec).map_err(|e| ("sweep", format!("error model: {e}")))?;
         }
         Ok(())
     }
@@ -286,8 +312,11 @@ mod tests {
             ("colour = red", 1, "unknown key 'colour'"),
             ("qat_lr = fast", 1, "not a valid number"),
             ("seed = 1\nseed = 2", 2, "set twice"),
-            ("dnat_epochs = 0", 0, "dnat_epochs must be at least 1"),
-            ("error_model = no/such/file.dmem", 0, "error model"),
+            ("seed = 3\ndnat_epochs = 0", 2, "dnat_epochs must be at least 1"),
+            ("name = x\nerror_model = no/such/file.dmem", 2, "error model"),
+            ("sweep = mild, hot", 1, "error model 'hot' is neither a preset"),
+            ("name = ../../escaped", 1, "results directory"),
+            ("name = a/b", 1, "results directory"),
             ("model = lenet", 1, "lenet"),
         ] {
             let (l, m) = PipelineConfig::parse(text).unwrap_err();
@@ -302,7 +331,17 @@ mod tests {
         std::fs::write(&p, "mc_seeds = 3\n").unwrap();
         let c = PipelineConfig::load_with(&p, &["estimator=ste".into(), "mc_seeds = 2".into()]).unwrap();
         assert_eq!((c.estimator, c.mc_seeds), (Estimator::Ste, 2));
-        for (o, msg) in [("estimator", "expected key=value"), ("colour=red", "unknown key"), ("qat_epochs=0", "at least 1")] {
+        std::fs::write(&p, "seed = 1\nqat_lr = -1\n").unwrap();
+        let e = PipelineConfig::load(&p).unwrap_err().to_string();
+        assert!(e.contains("bad.conf") && e.contains("line 2") && e.contains("qat_lr must be a positive number"), "{e}");
+        std::fs::write(&p, "mc_seeds = 3\n").unwrap();
+        for (o, msg) in [
+            ("estimator", "expected key=value"),
+            ("colour=red", "unknown key"),
+            ("qat_epochs=0", "--set 'qat_epochs=0': qat_epochs must be at least 1"),
+            ("mc_seeds=0", "--set 'mc_seeds=0': mc_seeds must be at least 1"),
+            ("name=a\nb", "control character"),
+        ] {
             let e = PipelineConfig::load_with(&p, &[o.into()]).unwrap_err().to_string();
             assert!(e.contains(msg), "{o}: {e}");
         }

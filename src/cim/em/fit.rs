@@ -37,6 +37,11 @@ pub const MIN_COLUMN_READS: usize = 20;
 /// Parses a measurement log: lines of `ideal measured` or, all of them,
 /// `ideal measured column`.
 pub fn parse_log(text: &str, path: &Path, values_step: Option<f64>) -> Result<Log> {
+    if let Some(step) = values_step
+        && !(step.is_finite() && step > 0.0)
+    {
+        return Err(Error::invalid(format!("--values-step {step}: the ADC step must be a positive number")));
+    }
     let mut pairs = Vec::new();
     let mut columns: Vec<u32> = Vec::new();
     let mut width = None;
@@ -66,7 +71,11 @@ pub fn parse_log(text: &str, path: &Path, values_step: Option<f64>) -> Result<Lo
                     if !v.is_finite() {
                         return Err(err(format!("readout value '{s}' is not finite")));
                     }
-                    Ok((v / step).round() as i32)
+                    let k = (v / step).round();
+                    if k.abs() > i32::MAX as f64 {
+                        return Err(err(format!("readout value '{s}' is {k:e} ADC codes at step {step}: beyond any ADC")));
+                    }
+                    Ok(k as i32)
                 }
             }
         };

@@ -49,6 +49,7 @@
 //! the random part alone (noise and tail of `moderate`) cost 0.5 points.
 
 use super::table::{ErrorModel, FillPolicy, ModelInfo};
+use crate::cim::CodeRange;
 use crate::cim::FixedPattern;
 use crate::{Error, Result};
 
@@ -168,6 +169,40 @@ impl Synthetic {
             _ => return None,
         })
     }
+    /// Every parameter finite and within its range (named when it is not): bounded as
+    /// well as signed, so a transfer or noise far beyond any ADC is refused here rather
+    /// than tabulated (see also `build`'s work cap).
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        const BIG: f64 = 65_536.0;
+        // (name, value, lower bound, lower bound allowed, upper bound)
+        let ranges = [
+            ("gain", self.gain, 0.0, false, 16.0),
+            ("offset", self.offset, -BIG, true, BIG),
+            ("inl", self.inl, -BIG, true, BIG),
+            ("dnl", self.dnl, -BIG, true, BIG),
+            ("sigma0", self.sigma0, 0.0, false, BIG),
+            ("sigma1", self.sigma1, 0.0, true, BIG),
+            ("tail", self.tail, 0.0, true, 0.999_999),
+            ("tail_mean", self.tail_mean, 0.0, false, BIG),
+            ("sat", self.sat, 0.0, false, 16.0),
+            ("compress", self.compress, 0.0, true, 10.0),
+            ("knee", self.knee, 0.0, false, BIG),
+            ("heavy", self.heavy, 0.0, true, 0.999_999),
+            ("heavy_scale", self.heavy_scale, 1.0, true, 100.0),
+            ("outlier", self.outlier, 0.0, true, 0.999_999),
+            ("outlier_size", self.outlier_size, 1.0, true, 64.0),
+            ("stuck", self.stuck, 0.0, true, 0.999_999),
+        ];
+        for (k, v, lo, lo_ok, hi) in ranges {
+            if !(v.is_finite() && (v > lo || (lo_ok && v == lo)) && v <= hi) {
+                return Err(format!("{k} = {v} is outside {lo} {} {k} ≤ {hi}", if lo_ok { "≤" } else { "<" }));
+            }
+        }
+        if self.outlier + self.stuck >= 1.0 {
+            return Err(format!("outlier + stuck = {} must stay below 1", self.outlier + self.stuck));
+        }
+        self.fixed_pattern().validate().map_err(|e| e.to_string())
+    }
     pub fn fixed_pattern(&self) -> FixedPattern {
         FixedPattern { column_gain: self.col_gain, column_offset: self.col_offset, chip_gain: self.chip_gain, chip_offset: self.chip_offset }
     }
@@ -199,6 +234,19 @@ impl Synthetic {
         let fs = kmin.unsigned_abs().max(kmax.unsigned_abs()).max(1) as f64;
         let (jlo, jhi) = ((-self.sat * fs).floor() as i32, (self.sat * fs).ceil() as i32);
         let (jmin, jmax) = (kmin.min(jlo), kmax.max(jhi));
+        // Sized by these ranges below: refuse them before any row is built.
+        CodeRange::new(kmin, kmax, "ideal codes")?;
+        CodeRange::new(jmin, jmax, &format!("error model '{name}': measured codes (saturation {}·full scale)", self.sat))?;
+        // Each row is integrated over ±span codes around its mean: bound the whole table's
+        // work (a few seconds at most) before starting it.
+        let sigma_max = self.sigma0 + self.sigma1 * fs.sqrt();
+        let span_max = 6.0 * sigma_max * self.heavy_scale.max(1.0) + 10.0 * self.tail_mean + 2.0;
+        let (nk, nj) = ((kmax as f64 - kmin as f64 + 1.0), (jmax as f64 - jmin as f64 + 1.0));
+        if nk * (2.0 * span_max + 1.0).min(nj + 2.0 * span_max) > (1u64 << 28) as f64 {
+            return Err(Error::invalid(format!(
+                "error model '{name}': rows of ±{span_max:.0} codes (sigma0, sigma1, heavy_scale, tail_mean) over {nk} ideal codes are too wide to tabulate"
+            )));
+        }
         let mut entries = Vec::new();
         for k in kmin..=kmax {
             let kf = k as f64;
@@ -305,24 +353,7 @@ impl Synthetic {
             };
             *slot = v;
         }
-        let ok = p.gain.is_finite() && p.offset.is_finite() && p.inl.is_finite() && p.dnl.is_finite();
-        if !(ok && p.sigma0 > 0.0 && p.sigma1 >= 0.0 && (0.0..1.0).contains(&p.tail) && p.tail_mean > 0.0 && p.sat > 0.0) {
-            return Some(Err(Error::invalid(format!(
-                "error model '{spec}': needs finite gain/offset/inl/dnl, sigma0 > 0, sigma1 ≥ 0, 0 ≤ tail < 1, tail_mean > 0, sat > 0"
-            ))));
-        }
-        let rare_ok = (0.0..1.0).contains(&p.heavy)
-            && (p.heavy == 0.0 || (1.0..=100.0).contains(&p.heavy_scale))
-            && p.outlier >= 0.0
-            && p.stuck >= 0.0
-            && p.outlier + p.stuck < 1.0
-            && (1.0..=64.0).contains(&p.outlier_size);
-        if !(rare_ok && (0.0..=10.0).contains(&p.compress) && p.knee > 0.0 && p.knee.is_finite()) {
-            return Some(Err(Error::invalid(format!(
-                "error model '{spec}': needs 0 ≤ heavy < 1 with 1 ≤ heavy_scale ≤ 100, outlier, stuck ≥ 0 with outlier + stuck < 1, 1 ≤ outlier_size ≤ 64, 0 ≤ compress ≤ 10, knee > 0"
-            ))));
-        }
-        if let Err(e) = p.fixed_pattern().validate() {
+        if let Err(e) = p.validate() {
             return Some(Err(Error::invalid(format!("error model '{spec}': {e}"))));
         }
         Some(Ok(p))
@@ -376,10 +407,14 @@ mod tests {
         let p = Synthetic::parse("moderate:offset=6, sigma1=0.5").unwrap().unwrap();
         assert_eq!((p.offset, p.sigma1, p.gain), (6.0, 0.5, Synthetic::named("moderate").unwrap().gain));
         assert!(Synthetic::parse("warm:offset=1").is_none());
-        for (spec, msg) in [("mild:offset", "not key=value"), ("mild:offset=x", "not a number"), ("mild:heat=1", "unknown parameter 'heat'"), ("mild:sigma0=0", "sigma0 > 0")] {
+        for (spec, msg) in [("mild:offset", "not key=value"), ("mild:offset=x", "not a number"), ("mild:heat=1", "unknown parameter 'heat'"), ("mild:sigma0=0", "sigma0 = 0 is outside 0 < sigma0"), ("mild:sat=1e6", "sat = 1000000")] {
             let e = Synthetic::parse(spec).unwrap().unwrap_err().to_string();
             assert!(e.contains(msg), "{spec}: {e}");
         }
+        // Noise so wide the table would take minutes to build is refused before building it.
+        let started = std::time::Instant::now();
+        let e = preset("mild:sigma0=60000", (-256, 255)).unwrap_err().to_string();
+        assert!(e.contains("too wide to tabulate") && started.elapsed().as_secs() < 2, "{e}");
         assert!(is_preset("severe:gain=0.5") && is_preset("ideal") && !is_preset("models/chip.dmem"));
         let m = preset("mild:offset=4", (-256, 255)).unwrap();
         let shift = m.mean(0) - preset("mild", (-256, 255)).unwrap().mean(0);

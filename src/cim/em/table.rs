@@ -1,5 +1,6 @@
 //! The error-model table, its validation, fill policy, alias sampling and moments.
 
+use crate::cim::CodeRange;
 use crate::{Error, Result};
 
 /// What to do with ideal codes that have no measurements.
@@ -51,6 +52,30 @@ pub struct ModelInfo {
     pub description: String,
     /// Synthetic models are labelled as such wherever they are reported.
     pub synthetic: bool,
+}
+
+impl ModelInfo {
+    /// Names and descriptions are written into one-line headers of the text format and
+    /// shown in reports: no control characters (a newline would inject a header line),
+    /// and a name of at most 200 characters.
+    pub fn validate(&self) -> Result<()> {
+        if self.name.is_empty() || self.name.chars().count() > 200 {
+            return Err(Error::invalid(format!("error-model name '{}': needs 1 to 200 characters", self.name.escape_debug())));
+        }
+        for (what, s) in [("name", &self.name), ("description", &self.description)] {
+            if s.chars().any(char::is_control) {
+                return Err(Error::invalid(format!("error-model {what} '{}' contains a control character (a newline, tab, …)", s.escape_debug())));
+            }
+        }
+        Ok(())
+    }
+
+    /// The name as a file-name stem: letters, digits, `.`, `-`, `_` kept, anything else
+    /// (a path separator, say) replaced by `_`, never starting with a dot.
+    pub fn file_stem(&self) -> String {
+        let s: String = self.name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' { c } else { '_' }).collect();
+        if s.starts_with('.') { format!("_{s}") } else { s }
+    }
 }
 
 /// One ideal code's readout distribution over its support `jlo..jlo+len`.
@@ -145,13 +170,8 @@ impl ErrorModel {
         fill: FillPolicy,
         entries: impl IntoIterator<Item = (i32, i32, f64)>,
     ) -> Result<Self> {
-        if kmin > kmax || jmin > jmax {
-            return Err(Error::invalid(format!("empty code range: ideal {kmin}..={kmax}, measured {jmin}..={jmax}")));
-        }
-        let (nk, nj) = ((kmax - kmin + 1) as usize, (jmax - jmin + 1) as usize);
-        if nk > 1 << 16 || nj > 1 << 16 {
-            return Err(Error::invalid(format!("code ranges of {nk} × {nj} codes are larger than any ADC dnat models (65,536)")));
-        }
+        info.validate()?;
+        let (nk, nj) = (CodeRange::new(kmin, kmax, "ideal codes")?.len(), CodeRange::new(jmin, jmax, "measured codes")?.len());
         let mut counts: Vec<(i32, i32, f64)> = Vec::new();
         for (k, j, c) in entries {
             if k < kmin || k > kmax {
@@ -180,6 +200,14 @@ impl ErrorModel {
         let mut pmf: Vec<Option<Vec<f64>>> = vec![None; nk];
         for &(k, j, c) in &counts {
             pmf[(k - kmin) as usize].get_or_insert_with(|| vec![0.0; nj])[(j - jmin) as usize] += c;
+        }
+        // Counts are finite one by one; their sums must be too (two counts of 1e308 are not).
+        for (i, r) in pmf.iter().enumerate() {
+            if let Some(r) = r
+                && !r.iter().sum::<f64>().is_finite()
+            {
+                return Err(Error::invalid(format!("the counts of ideal code {} sum to infinity: scale them down", kmin + i as i32)));
+            }
         }
         let measured: Vec<bool> = pmf.iter().map(|r| r.is_some()).collect();
         let missing: Vec<i32> = (0..nk).filter(|&i| !measured[i]).map(|i| kmin + i as i32).collect();
@@ -391,6 +419,14 @@ mod tests {
         assert!(e(vec![(0, 0, f64::NAN)], FillPolicy::Nearest).contains("must be finite"));
         assert!(e(vec![(0, 0, 0.0)], FillPolicy::Nearest).contains("no counts"));
         assert!(e(vec![(0, 0, 1.0)], FillPolicy::Reject).contains("never measured"));
+        // Finite counts whose sum is not (hostile-input issue: a NaN PMF read as 10 %).
+        assert!(e(vec![(2, 0, 1e308), (2, 1, 1e308)], FillPolicy::Nearest).contains("ideal code 2 sum to infinity"));
+        assert!(e(vec![(2, 0, 1e308), (2, 0, 1e308)], FillPolicy::Nearest).contains("sum to infinity"));
+        // Code ranges wider than 16 bits, whose width wraps in i32 arithmetic.
+        let wide = ErrorModel::from_counts(info(), (i32::MIN, i32::MAX), (0, 3), FillPolicy::Nearest, vec![(0, 0, 1.0)]).unwrap_err().to_string();
+        assert!(wide.contains("ideal codes -2147483648..=2147483647") && wide.contains("4294967296 codes"), "{wide}");
+        let wide = ErrorModel::from_counts(info(), (0, 3), (i32::MIN, i32::MAX), FillPolicy::Nearest, vec![(0, 0, 1.0)]).unwrap_err().to_string();
+        assert!(wide.contains("measured codes"), "{wide}");
     }
 
     #[test]
