@@ -29,25 +29,31 @@ enum Cmd {
     Export(cli::export::ExportArgs),
 }
 
-/// Restores the default SIGPIPE action, so `dnat … | head` ends quietly instead of
-/// panicking on a closed stdout (Rust ignores SIGPIPE by default).
-fn default_sigpipe() {
-    #[cfg(unix)]
+/// Signal set-up at start-up: restores the default SIGPIPE action, so `dnat … | head`
+/// ends quietly instead of panicking on a closed stdout (Rust ignores SIGPIPE by
+/// default); ignores SIGXFSZ, so a write past a file-size limit (`ulimit -f`) is an
+/// error the atomic writer handles — its temporary file removed, the file named —
+/// instead of killing the process mid-write.
+fn signals() {
+    #[cfg(target_os = "linux")]
     {
         unsafe extern "C" {
             fn signal(signum: i32, handler: usize) -> usize;
         }
         const SIGPIPE: i32 = 13;
+        const SIGXFSZ: i32 = 25;
         const SIG_DFL: usize = 0;
-        // SAFETY: resetting a signal to its default action at start-up, before threads exist.
+        const SIG_IGN: usize = 1;
+        // SAFETY: setting two signals' actions at start-up, before threads exist.
         unsafe {
             signal(SIGPIPE, SIG_DFL);
+            signal(SIGXFSZ, SIG_IGN);
         }
     }
 }
 
 fn main() -> ExitCode {
-    default_sigpipe();
+    signals();
     let top: Top = argh::from_env();
     dnat::engine::alloc::tune_allocator();
     if let Some(t) = top.threads {

@@ -19,12 +19,12 @@ fn impossible_flags_are_named() {
     let out = out.to_str().unwrap();
     fails_with(&["train", "--model", "resnet99", "--epochs", "1", "--out", out], "unknown model 'resnet99'");
     fails_with(&["train", "--model", "resnet20", "--epochs", "0", "--out", out], "--epochs must be at least 1");
-    fails_with(&["train", "--model", "resnet20", "--epochs", "1", "--batch", "0", "--out", out], "--batch must be at least 1");
+    fails_with(&["train", "--model", "resnet20", "--epochs", "1", "--batch", "0", "--out", out], "--batch 0: must be 1 to 65536");
     fails_with(&["train", "--model", "resnet20", "--epochs", "1", "--lr", "-1", "--out", out], "--lr must be a positive number");
     fails_with(&["train", "--model", "resnet20", "--epochs", "1", "--schedule", "zigzag", "--out", out], "bad schedule 'zigzag'");
     fails_with(&["train", "--model", "resnet20", "--epochs", "1", "--dataset", "mnist", "--out", out], "unknown dataset 'mnist'");
     fails_with(&["train", "--model", "resnet20", "--epochs", "1", "--data", "/no/such/place", "--out", out], "/no/such/place does not exist");
-    fails_with(&["bench", "--model", "resnet20", "--batch", "0"], "--batch and --steps must be");
+    fails_with(&["bench", "--model", "resnet20", "--batch", "0"], "--batch must be 1 to 65536");
     fails_with(&["--threads", "0", "bench", "--model", "resnet20"], "--threads must be at least 1");
     fails_with(&["train", "--model", "resnet20", "--epochs", "1", "--cim", "--chip", "chip-a", "--out", out], "chip 'chip-a'");
     fails_with(&["train", "--model", "resnet20", "--epochs", "1", "--cim", "--error-model", "current-domain:col_gain=0.9", "--out", out], "fixed-pattern spreads");
@@ -69,4 +69,76 @@ fn bench_prints_a_table_and_a_json_line() {
     let last = out.lines().last().unwrap();
     assert!(out.contains("train img/s"));
     assert!(json_number(last, "train_images_per_s") > 0.0 && json_number(last, "peak_rss_mb") > 0.0, "{last}");
+}
+
+/// The hostile-input cases, one per failure class: each is refused by name, before any
+/// work, with nothing written; names cannot inject lines or escape the directory.
+#[test]
+fn hostile_input_is_refused_by_name() {
+    let d = tmpdir("hostile");
+    let out = d.join("x.ckpt");
+    let o = out.to_str().unwrap();
+    let train = |extra: &[&str], needle: &str| {
+        let mut args = vec!["train", "--model", "resnet20", "--epochs", "1", "--out", o];
+        args.extend_from_slice(extra);
+        fails_with(&args, needle);
+    };
+    // Numeric flags: finite, signed and bounded, each named (checked before the data is read).
+    train(&["--stop-after", "0"], "--stop-after must be at least 1");
+    train(&["--weight-decay", "-1"], "--weight-decay must be a number ≥ 0");
+    train(&["--weight-decay", "NaN"], "--weight-decay must be a number ≥ 0");
+    train(&["--bound-lr-scale", "-0.5"], "--bound-lr-scale must be a number ≥ 0");
+    train(&["--schedule", "cosine:nan"], "schedule 'cosine:nan': warm-up NaN");
+    train(&["--schedule", "step:5,2"], "milestones must be ascending");
+    train(&["--batch", "4000000000"], "--batch 4000000000: must be 1 to 65536");
+    train(&["--cim", "--error-model", "mild:sat=1e6"], "sat = 1000000 is outside");
+    assert!(!out.exists());
+    // An output that cannot be written fails before the data is read or an epoch is run.
+    fails_with(&["train", "--model", "resnet20", "--epochs", "1", "--out", "/proc/dnat-nowhere/x.ckpt"], "/proc/dnat-nowhere");
+    fails_with(&["bench", "--model", "resnet20", "--classes", "4000000000"], "--classes: 4000000000 classes");
+    fails_with(&["bench", "--model", "resnet20", "--batch", "4000000000"], "--batch must be 1 to 65536");
+
+    // Safetensors metadata claiming 4·10⁹ classes (or none): refused, naming the file.
+    let fp32 = concat!(env!("CARGO_MANIFEST_DIR"), "/models/resnet20-fp32-s0.ckpt");
+    let st = d.join("w.safetensors");
+    let o_ = dnat(&["weights", "export", "--checkpoint", fp32, "--out", st.to_str().unwrap()]);
+    assert!(o_.status.success(), "{}", stderr(&o_));
+    let bytes = std::fs::read(&st).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = std::str::from_utf8(&bytes[8..8 + n]).unwrap();
+    assert!(header.contains("\"num_classes\":\"10\""), "{header}");
+    for classes in ["4000000000", "0"] {
+        let h = header.replace("\"num_classes\":\"10\"", &format!("\"num_classes\":\"{classes}\""));
+        let mut crafted = (h.len() as u64).to_le_bytes().to_vec();
+        crafted.extend_from_slice(h.as_bytes());
+        crafted.extend_from_slice(&bytes[8 + n..]);
+        let p = d.join(format!("classes-{classes}.safetensors"));
+        std::fs::write(&p, crafted).unwrap();
+        fails_with(&["weights", "import", "--safetensors", p.to_str().unwrap(), "--out", o], &format!("classes-{classes}.safetensors: metadata num_classes: {classes} classes"));
+    }
+    fails_with(&["weights", "import", "--safetensors", st.to_str().unwrap(), "--model", "resnet20", "--classes", "1", "--out", o], "--classes 1: 1 classes");
+    assert!(!out.exists());
+
+    // Fit logs: the ADC step must be a positive number; a model name cannot carry a
+    // newline into the text format; a name that is a path stays a file name.
+    let log = d.join("chip.log");
+    std::fs::write(&log, "0 0\n1 1\n2 1\n-1 -1\n").unwrap();
+    let model = d.join("m.txt");
+    let m = model.to_str().unwrap();
+    for step in ["nan", "inf", "-32", "0"] {
+        fails_with(&["em", "fit", log.to_str().unwrap(), "--out", m, "--values-step", step], "--values-step");
+    }
+    fails_with(&["em", "fit", log.to_str().unwrap(), "--out", m, "--name", "evil\nideal_codes: -10 10"], "contains a control character");
+    assert!(!model.exists());
+    let o_ = dnat(&["em", "fit", log.to_str().unwrap(), "--out", m, "--name", "x/../../escaped"]);
+    assert!(o_.status.success(), "{}", stderr(&o_));
+    let show = std::process::Command::new(env!("CARGO_BIN_EXE_dnat")).args(["em", "show", m]).current_dir(&d).output().unwrap();
+    assert!(show.status.success(), "{}", stderr(&show));
+    assert!(d.join("em-x_.._.._escaped.svg").is_file() && !d.join("../../escaped.svg").exists(), "{}", stdout(&show));
+
+    // A pipeline name is a directory name; a value cannot carry a newline into a record.
+    let conf = d.join("p.conf");
+    std::fs::write(&conf, "model = resnet20\n").unwrap();
+    fails_with(&["pipeline", "--config", conf.to_str().unwrap(), "--set", "name=a\nb"], "control character");
+    fails_with(&["pipeline", "--config", conf.to_str().unwrap(), "--set", "name=../../x"], "results directory");
 }

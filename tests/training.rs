@@ -63,6 +63,10 @@ fn resumed_run_ends_with_the_same_bytes() {
     other.lr = 0.2;
     let e = train(&other, &data, &parts, &RunOptions { resume: true, ..quiet() }).err().unwrap().to_string();
     assert!(e.contains("cannot resume") && e.contains("lr"), "{e}");
+    // Other data (another sha256) refuses too, naming both.
+    let other_data = synthetic::dataset(320, 100, 5);
+    let e = train(&cfg, &other_data, &parts, &RunOptions { resume: true, ..quiet() }).err().unwrap().to_string();
+    assert!(e.contains("cannot resume") && e.contains("synthetic-seed-4") && e.contains("synthetic-seed-5"), "{e}");
 }
 
 fn cim(readout: ReadoutMode, estimator: Estimator, error_model: &str) -> CimTraining {

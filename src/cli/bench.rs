@@ -42,9 +42,11 @@ pub struct BenchArgs {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    if a.batch == 0 || a.steps == 0 || a.classes < 2 {
-        return Err(dnat::Error::invalid("--batch and --steps must be ≥ 1 and --classes ≥ 2"));
+    use dnat::train::config::MAX_BATCH;
+    if !(1..=MAX_BATCH).contains(&a.batch) || a.steps == 0 || a.steps > 100_000 {
+        return Err(dnat::Error::invalid(format!("--batch must be 1 to {MAX_BATCH} and --steps 1 to 100000")));
     }
+    dnat::nn::ModelSpec::fp32(Arch::parse(&a.model)?, a.classes).validate().map_err(|e| dnat::Error::invalid(format!("--classes: {e}")))?;
     let rt = if a.cim { Some(super::cim_runtime(&a.r#macro, &a.error_model, &a.readout, &a.estimator)?) } else { None };
     let r = bench::run(Arch::parse(&a.model)?, a.classes, a.batch, a.steps, a.warmup, rt.as_ref())?;
     println!("{}", r.table());

@@ -50,7 +50,7 @@ pub struct CalibrateArgs {
 
 pub fn run(a: CalibrateArgs) -> Result<()> {
     let mut ck = Checkpoint::load(&a.checkpoint)?;
-    let kind = DatasetKind::for_classes(ck.spec.num_classes);
+    let kind = DatasetKind::of_checkpoint(ck.spec.num_classes, &a.checkpoint)?;
     if a.cim && ck.spec.cim.is_none() {
         return Err(dnat::Error::format(
             &a.checkpoint,

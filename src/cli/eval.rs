@@ -49,7 +49,7 @@ pub struct EvalArgs {
 
 pub fn run(a: EvalArgs) -> Result<()> {
     let ck = Checkpoint::load(&a.checkpoint)?;
-    let kind = DatasetKind::for_classes(ck.spec.num_classes);
+    let kind = DatasetKind::of_checkpoint(ck.spec.num_classes, &a.checkpoint)?;
     let (net, mut store) = build(ck.spec, 0);
     restore_into(&ck.store, &mut store, &a.checkpoint)?;
     let data = super::load_data(a.data.as_deref(), kind, a.quiet)?;

@@ -31,7 +31,7 @@ pub fn run(a: ExportArgs) -> Result<()> {
     let trained_for = ck.meta("cim").and_then(|c| c.split_whitespace().find_map(|kv| kv.strip_prefix("macro="))).map(String::from);
     let name = a.r#macro.or(trained_for).unwrap_or_else(|| "default".into());
     let spec = MacroSpec::preset(&name)?;
-    let kind = if ck.spec.num_classes == 100 { DatasetKind::Cifar100 } else { DatasetKind::Cifar10 };
+    let kind = DatasetKind::of_checkpoint(ck.spec.num_classes, &a.checkpoint)?;
     let (net, mut store) = build(ck.spec, 0);
     restore_into(&ck.store, &mut store, &a.checkpoint)?;
     let m = DeployModel::from_network(net.as_ref(), &store, &spec, Normalize::for_dataset(kind))?;

@@ -131,9 +131,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
             chip: ChipChoice::parse(&a.chip)?,
         });
     }
-    cfg.validate()?;
-    let data = super::load_data(a.data.as_deref(), kind, a.quiet)?;
     let opts = RunOptions { resume: a.resume, stop_after: a.stop_after, quiet: a.quiet };
+    dnat::train::trainer::check_run(&cfg, &a.out, &opts)?;
+    let data = super::load_data(a.data.as_deref(), kind, a.quiet)?;
     let o = train(&cfg, &data, &a.out, &opts)?;
     println!(
         "{}: {} epochs, test accuracy {:.2}%, {:.1} train images/s, wall {:.1}s -> {}",

@@ -61,7 +61,11 @@ pub fn run(a: WeightsArgs) -> Result<()> {
         Action::Import(i) => {
             let bytes = std::fs::read(&i.safetensors).map_err(|err| Error::io(&i.safetensors, err))?;
             let spec = match (&i.model, safetensors::spec_from_metadata(&bytes, &i.safetensors)?) {
-                (Some(m), _) => ModelSpec::fp32(Arch::parse(m)?, i.classes),
+                (Some(m), _) => {
+                    let spec = ModelSpec::fp32(Arch::parse(m)?, i.classes);
+                    spec.validate().map_err(|e| Error::invalid(format!("--classes {}: {e}", i.classes)))?;
+                    spec
+                }
                 (None, Some(s)) => s,
                 (None, None) => return Err(Error::format(&i.safetensors, "carries no dnat metadata: pass --model (and --classes)")),
             };

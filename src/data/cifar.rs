@@ -54,8 +54,17 @@ impl DatasetKind {
         }
     }
     /// The data set of a network with `classes` outputs (CIFAR-100 for 100, else CIFAR-10).
-    pub fn for_classes(classes: usize) -> Self {
-        if classes == 100 { DatasetKind::Cifar100 } else { DatasetKind::Cifar10 }
+    /// The data set a model with `classes` outputs is evaluated on (`None`: no data set
+    /// dnat reads has that many classes).
+    pub fn for_classes(classes: usize) -> Option<Self> {
+        [DatasetKind::Cifar10, DatasetKind::Cifar100].into_iter().find(|k| k.num_classes() == classes)
+    }
+
+    /// [`DatasetKind::for_classes`] for the model in `checkpoint`, as an error naming it.
+    pub fn of_checkpoint(classes: usize, checkpoint: &std::path::Path) -> crate::Result<Self> {
+        Self::for_classes(classes).ok_or_else(|| {
+            crate::Error::format(checkpoint, format!("has {classes} output classes; the data sets dnat evaluates on have 10 (CIFAR-10) or 100 (CIFAR-100)"))
+        })
     }
     fn label_bytes(self) -> usize {
         match self {

@@ -6,11 +6,46 @@ use crate::{Error, Result};
 use std::io::Write;
 use std::path::Path;
 
-pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+fn split(path: &Path) -> Result<(&Path, String)> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let name = path.file_name().ok_or_else(|| Error::invalid(format!("{} is not a file path", path.display())))?;
-    let tmp = dir.join(format!(".{}.tmp.{}", name.to_string_lossy(), std::process::id()));
+    Ok((dir, name.to_string_lossy().into_owned()))
+}
+
+/// Removes the temporary files of writes to `dir/name` whose process is gone (killed
+/// mid-write, say by a file-size limit): `.NAME.tmp.PID` with no live PID.
+fn remove_stale(dir: &Path, name: &str) {
+    let prefix = format!(".{name}.tmp.");
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = file.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if pid != std::process::id() && !process_alive(pid) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+fn process_alive(pid: u32) -> bool {
+    // Where there is no /proc to ask, assume alive (leave the file).
+    !Path::new("/proc/self").exists() || Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// Fails now, naming `path`, if a file cannot be written there later (an unwritable or
+/// missing directory): long runs check their outputs before they start working.
+pub fn check_writable(path: &Path) -> Result<()> {
+    let (dir, name) = split(path)?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let probe = dir.join(format!(".{name}.probe.{}", std::process::id()));
+    std::fs::File::create(&probe).map_err(|e| Error::io(path, e))?;
+    std::fs::remove_file(&probe).map_err(|e| Error::io(&probe, e))
+}
+
+pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let (dir, name) = split(path)?;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    remove_stale(dir, &name);
+    let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;

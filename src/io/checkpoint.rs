@@ -190,6 +190,7 @@ fn parse_payload(p: &[u8], version: u32) -> std::result::Result<Checkpoint, Stri
         None
     };
     let spec = ModelSpec { arch, num_classes, cim };
+    spec.validate()?;
     let mut meta = Vec::new();
     for _ in 0..count(c)? {
         meta.push((get_str(c)?, get_str(c)?));

@@ -59,7 +59,9 @@ pub fn spec_from_metadata(bytes: &[u8], path: &Path) -> Result<Option<ModelSpec>
         (Some(a), Some(n)) => {
             let arch = Arch::parse(a).map_err(|e| Error::format(path, e.to_string()))?;
             let num_classes = n.parse().map_err(|_| Error::format(path, format!("bad num_classes '{n}' in metadata")))?;
-            Ok(Some(ModelSpec { arch, num_classes, cim: cim_plan(m.get("dnat_cim_plan").map(String::as_str)) }))
+            let spec = ModelSpec { arch, num_classes, cim: cim_plan(m.get("dnat_cim_plan").map(String::as_str)) };
+            spec.validate().map_err(|e| Error::format(path, format!("metadata num_classes: {e}")))?;
+            Ok(Some(spec))
         }
         _ => Ok(None),
     }

@@ -70,7 +70,18 @@ pub struct ModelSpec {
     pub cim: Option<CimPlan>,
 }
 
+/// The most classes an output layer may have (sizes are checked before anything is
+/// allocated for them).
+pub const MAX_CLASSES: usize = 1 << 16;
+
 impl ModelSpec {
+    /// At least 2 and at most [`MAX_CLASSES`] classes.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if !(2..=MAX_CLASSES).contains(&self.num_classes) {
+            return Err(format!("{} classes: a classifier needs 2 to {MAX_CLASSES}", self.num_classes));
+        }
+        Ok(())
+    }
     pub fn fp32(arch: Arch, num_classes: usize) -> Self {
         ModelSpec { arch, num_classes, cim: None }
     }

@@ -31,6 +31,26 @@ impl Schedule {
             }
             _ => return Err(bad()),
         })
+        .and_then(|sch| sch.validate().map(|_| sch).map_err(|m| Error::invalid(format!("schedule '{s}': {m}"))))
+    }
+
+    /// Parameters finite and in range: warm-up ≥ 0 epochs, 0 < gamma ≤ 1e6, milestones
+    /// ascending.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        match self {
+            Schedule::Constant => Ok(()),
+            Schedule::Cosine { warmup_epochs } if !(warmup_epochs.is_finite() && *warmup_epochs >= 0.0) => {
+                Err(format!("warm-up {warmup_epochs} must be a number of epochs ≥ 0"))
+            }
+            Schedule::Step { gamma, .. } if !(gamma.is_finite() && *gamma > 0.0 && *gamma <= 1e6) => Err(format!("gamma {gamma} must be in (0, 1e6]")),
+            Schedule::Step { milestones, .. } if milestones.windows(2).any(|w| w[0] >= w[1]) => Err("milestones must be ascending".into()),
+            Schedule::OneCycle { pct_start, div, final_div }
+                if !((0.0..1.0).contains(pct_start) && div.is_finite() && *div >= 1.0 && final_div.is_finite() && *final_div >= 1.0) =>
+            {
+                Err("one-cycle needs 0 ≤ pct_start < 1, div ≥ 1, final_div ≥ 1".into())
+            }
+            _ => Ok(()),
+        }
     }
 
     pub fn describe(&self) -> String {

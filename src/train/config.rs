@@ -78,6 +78,10 @@ impl CimTraining {
     }
 }
 
+
+/// Largest batch and epoch count a run accepts (sizes are checked before allocating).
+pub const MAX_BATCH: usize = 1 << 16;
+pub const MAX_EPOCHS: usize = 100_000;
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainConfig {
     pub arch: Arch,
@@ -125,13 +129,27 @@ impl TrainConfig {
         ModelSpec { arch: self.arch, num_classes: self.dataset.num_classes(), cim: self.cim.as_ref().map(|c| c.plan) }
     }
 
+    /// Every numeric setting finite and in range, each error naming its flag.
     pub fn validate(&self) -> Result<()> {
         if self.epochs == 0 {
             return Err(Error::invalid("--epochs must be at least 1"));
         }
-        if self.batch == 0 {
-            return Err(Error::invalid("--batch must be at least 1"));
+        if !(1..=MAX_BATCH).contains(&self.batch) {
+            return Err(Error::invalid(format!("--batch {}: must be 1 to {MAX_BATCH}", self.batch)));
         }
+        if self.epochs > MAX_EPOCHS {
+            return Err(Error::invalid(format!("--epochs {}: at most {MAX_EPOCHS}", self.epochs)));
+        }
+        // Every other number the optimizer reads: finite and of the right sign.
+        for (flag, v) in [("--weight-decay", self.groups.weight_decay), ("--bound-decay", self.groups.bound_decay)] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(Error::invalid(format!("{flag} must be a number ≥ 0, got {v}")));
+            }
+        }
+        if !(self.groups.bound_lr_scale.is_finite() && self.groups.bound_lr_scale >= 0.0) {
+            return Err(Error::invalid(format!("--bound-lr-scale must be a number ≥ 0 (0 freezes the bounds), got {}", self.groups.bound_lr_scale)));
+        }
+        self.schedule.validate().map_err(|m| Error::invalid(format!("--schedule {}: {m}", self.schedule.describe())))?;
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return Err(Error::invalid(format!("--lr must be a positive number, got {}", self.lr)));
         }

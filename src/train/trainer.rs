@@ -54,8 +54,21 @@ fn check_resumable(ck: &Checkpoint, cfg: &TrainConfig, out: &Path) -> Result<()>
     }
 }
 
-pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -> Result<TrainOutcome> {
+/// Everything about a run that can be checked before any work (and before the data is
+/// read): the configuration, the options, and that the checkpoint can be written.
+pub fn check_run(cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<()> {
     cfg.validate()?;
+    if opts.stop_after == Some(0) {
+        return Err(Error::invalid("--stop-after must be at least 1 (epochs to run before stopping)"));
+    }
+    if let Some(c) = &cfg.cim {
+        c.runtime(cfg.seed)?; // the macro and the error model resolve (milliseconds)
+    }
+    crate::io::atomic::check_writable(out)
+}
+
+pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -> Result<TrainOutcome> {
+    check_run(cfg, out, opts)?;
     if data.kind != cfg.dataset {
         return Err(Error::invalid("the data set read does not match the configuration"));
     }
@@ -83,6 +96,10 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -
     if opts.resume && out.exists() {
         let prev = Checkpoint::load(out)?;
         check_resumable(&prev, cfg, out)?;
+        let (have, want) = (prev.meta("data_sha256").unwrap_or("(missing)"), &data.provenance.sha256);
+        if have != want {
+            return Err(Error::format(out, format!("cannot resume: trained on data with sha256 {have}, this run reads {want}")));
+        }
         restore_into(&prev.store, &mut store, out)?;
         let o = prev.optimizer.as_ref().ok_or_else(|| Error::format(out, "cannot resume: no optimizer state saved"))?;
         opt.set_state(o.slots.clone(), o.steps, &store).map_err(|e| Error::format(out, e.to_string()))?;
