@@ -141,4 +141,10 @@ fn hostile_input_is_refused_by_name() {
     std::fs::write(&conf, "model = resnet20\n").unwrap();
     fails_with(&["pipeline", "--config", conf.to_str().unwrap(), "--set", "name=a\nb"], "control character");
     fails_with(&["pipeline", "--config", conf.to_str().unwrap(), "--set", "name=../../x"], "results directory");
+
+    // Exporting a W4A8 model to a macro of other bit widths would re-quantize it.
+    let qat = concat!(env!("CARGO_MANIFEST_DIR"), "/models/resnet20-w4a8-qat-e2-s0.ckpt");
+    let dep = d.join("m.dnatdepl");
+    fails_with(&["export", "--checkpoint", qat, "--macro", "paper-chip", "--out", dep.to_str().unwrap()], "would re-quantize it");
+    assert!(!dep.exists());
 }

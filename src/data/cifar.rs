@@ -17,6 +17,9 @@ use std::path::{Path, PathBuf};
 
 pub const IMAGE_BYTES: usize = 3 * 32 * 32;
 
+/// The most an archive may inflate to (the CIFAR tars are ~180 MB).
+const MAX_INFLATED: u64 = 1 << 30;
+
 /// sha256 of the archives dnat recognises by name.
 pub const KNOWN_ARCHIVES: [(&str, &str); 3] = [
     ("8592eb9ae28b6de5db44075f0c52fe69002a8bfb878f87b44cea959451558491", "CIFAR-10 stand-in (cifar-10-binary-jpeg75.tar.gz: JPEG q75 pixels)"),
@@ -218,7 +221,8 @@ fn load_archive(path: &Path, kind: DatasetKind) -> Result<Dataset> {
     let names: Vec<&str> = train_files.iter().chain(&test_files).map(|(n, _)| *n).collect();
     let sizes: Vec<usize> = train_files.iter().chain(&test_files).map(|(_, n)| n * kind.record_bytes()).collect();
     {
-        let mut gz = GzDecoder::new(&mut hashing);
+        // Bounded: an archive that inflates past MAX_INFLATED (a gzip bomb) is refused.
+        let mut gz = GzDecoder::new(&mut hashing).take(MAX_INFLATED);
         tar::for_each_file(&mut gz, |entry, r| {
             let (dir, base) = match entry.path.rsplit_once('/') {
                 Some((d, b)) => (d, b),
@@ -243,6 +247,9 @@ fn load_archive(path: &Path, kind: DatasetKind) -> Result<Dataset> {
         // and length of everything it inflated (a flipped byte, a cut-off file).
         std::io::copy(&mut gz, &mut std::io::sink())
             .map_err(|e| Error::format(path, format!("damaged gzip stream (checksum, length or truncation): {e}")))?;
+        if gz.limit() == 0 {
+            return Err(Error::format(path, format!("inflates past {} GiB: not a CIFAR archive (a gzip bomb?)", MAX_INFLATED >> 30)));
+        }
     }
     // Hash the rest of the file (gzip trailer / padding) so the checksum is the file's.
     std::io::copy(&mut hashing, &mut std::io::sink()).map_err(|e| Error::io(path, e))?;

@@ -16,6 +16,9 @@ use std::io::{Read, Write};
 
 const HEADER: usize = 24;
 
+/// The largest payload a dnat file may inflate to (VGG16 with optimizer state is ~0.5 GiB).
+pub const MAX_PAYLOAD: u64 = 4 << 30;
+
 pub fn encode(magic: &[u8; 8], version: u32, payload: &[u8]) -> Vec<u8> {
     let mut crc = flate2::Crc::new();
     crc.update(payload);
@@ -34,6 +37,11 @@ pub fn encode(magic: &[u8; 8], version: u32, payload: &[u8]) -> Vec<u8> {
 /// Checks the frame and returns (version, payload). `what` names the kind of file in
 /// messages ("checkpoint"); versions `1..=max_version` are accepted.
 pub fn decode(bytes: &[u8], magic: &[u8; 8], what: &str, max_version: u32) -> Result<(u32, Vec<u8>), String> {
+    decode_at_most(bytes, magic, what, max_version, MAX_PAYLOAD)
+}
+
+/// [`decode`] with the inflated payload bounded by `max_payload` bytes.
+pub fn decode_at_most(bytes: &[u8], magic: &[u8; 8], what: &str, max_version: u32, max_payload: u64) -> Result<(u32, Vec<u8>), String> {
     if bytes.len() < HEADER || &bytes[..8] != magic {
         return Err(format!("not a dnat {what} (bad magic bytes)"));
     }
@@ -47,8 +55,16 @@ pub fn decode(bytes: &[u8], magic: &[u8; 8], what: &str, max_version: u32) -> Re
     if (bytes.len() - HEADER) as u64 != len {
         return Err(format!("truncated or padded {what}: header says {len} payload bytes, file has {}", bytes.len() - HEADER));
     }
+    // Inflate at most MAX_PAYLOAD bytes: a small file that inflates without end (a
+    // compression bomb) is refused instead of filling memory.
     let mut payload = Vec::new();
-    ZlibDecoder::new(&bytes[HEADER..]).read_to_end(&mut payload).map_err(|e| format!("corrupt {what} payload: {e}"))?;
+    ZlibDecoder::new(&bytes[HEADER..])
+        .take(max_payload + 1)
+        .read_to_end(&mut payload)
+        .map_err(|e| format!("corrupt {what} payload: {e}"))?;
+    if payload.len() as u64 > max_payload {
+        return Err(format!("{what} payload inflates past {max_payload} bytes: not a dnat {what} (a compression bomb?)"));
+    }
     let mut crc = flate2::Crc::new();
     crc.update(&payload);
     if crc.sum() != crc_want {
@@ -75,5 +91,10 @@ mod tests {
         flipped[n - 6] ^= 0x10;
         let msg = e(&flipped, 3);
         assert!(msg.contains("corrupt test file"), "{msg}");
+        // A bomb: 64 MiB of zeros in a few kB, refused at the limit, not inflated whole.
+        let bomb = encode(b"DNATTEST", 3, &vec![0u8; 64 << 20]);
+        assert!(bomb.len() < 100_000);
+        let msg = decode_at_most(&bomb, b"DNATTEST", "test file", 3, 1 << 20).unwrap_err();
+        assert!(msg.contains("inflates past 1048576 bytes"), "{msg}");
     }
 }

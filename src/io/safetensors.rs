@@ -90,14 +90,20 @@ pub fn import(bytes: &[u8], spec: ModelSpec, path: &Path) -> Result<ParamStore> 
     let st = SafeTensors::deserialize(bytes).map_err(|e| Error::format(path, format!("not a readable safetensors file: {e}")))?;
     let (_, mut store) = build(spec, 0);
     let expected: Vec<String> = store.params().iter().map(|p| p.name.clone()).chain(store.buffers().iter().map(|b| b.name.clone())).collect();
-    let unknown: Vec<String> = st
+    let mut unknown: Vec<String> = st
         .names()
         .into_iter()
         .filter(|n| !n.ends_with(BN_COUNTER) && !expected.iter().any(|e| e == *n))
         .map(|n| n.to_string())
         .collect();
     if !unknown.is_empty() {
-        return Err(Error::format(path, format!("tensors not in {}: {}", spec.arch.name(), unknown.join(", "))));
+        // Sorted (the file's own order is a hash map's) and cut short: the same message
+        // every run, readable when a whole other network was given.
+        unknown.sort();
+        let total = unknown.len();
+        let more = if total > 8 { format!(" and {} more", total - 8) } else { String::new() };
+        unknown.truncate(8);
+        return Err(Error::format(path, format!("{total} tensors not in {}: {}{more}", spec.arch.name(), unknown.join(", "))));
     }
     let load = |name: &str, into: &mut Tensor| -> Result<()> {
         let v = st.tensor(name).map_err(|_| Error::format(path, format!("missing tensor '{name}' ({} needs it)", spec.arch.name())))?;
@@ -138,7 +144,11 @@ mod tests {
         let e = import(&bytes, ModelSpec::fp32(Arch::ResNet20, 100), p).unwrap_err().to_string();
         assert!(e.contains("linear.weight") && e.contains("shape"), "{e}");
         let e = import(&bytes, ModelSpec::fp32(Arch::Vgg8, 10), p).unwrap_err().to_string();
-        assert!(e.contains("not in vgg8"), "{e}");
+        assert!(e.contains("not in vgg8") && e.contains("more"), "{e}");
+        // The same message every time (names sorted, not in hash-map order).
+        for _ in 0..3 {
+            assert_eq!(import(&bytes, ModelSpec::fp32(Arch::Vgg8, 10), p).unwrap_err().to_string(), e);
+        }
         let e = import(&bytes[..bytes.len() / 2], spec, p).unwrap_err().to_string();
         assert!(e.contains("w.safetensors"), "{e}");
         assert!(import(b"garbage", spec, p).is_err());
