@@ -25,7 +25,8 @@
 //! (`dnat em fit` of a log with a column field) adds one `column: INDEX GAIN OFFSET`
 //! line per ADC column, in order from 0: the measured chip.
 //!
-//! **Binary** (compact, exact): magic `DNATDMEM`, u32 version 1, u64 payload length,
+//! **Binary** (compact, exact), in the framing of every dnat binary file ([`crate::io::framed`]):
+//! magic `DNATDMEM`, u32 version (2; version 1 is read), u64 payload length,
 //! u32 CRC-32 of the payload, then the zlib-compressed payload: name, description
 //! (u32 length + UTF-8 each), synthetic u8, kmin, kmax, jmin, jmax (i32), fill u8,
 //! (version 2 only: column gain, column offset, chip gain, chip offset spreads, f64;
@@ -38,10 +39,8 @@ use super::table::{ErrorModel, FillPolicy, ModelInfo};
 use crate::io::atomic;
 use crate::{Error, Result};
 use byteorder::{LittleEndian as LE, ReadBytesExt, WriteBytesExt};
-use flate2::read::ZlibDecoder;
-use flate2::write::ZlibEncoder;
 use std::fmt::Write as _;
-use std::io::{Cursor, Read, Write};
+use std::io::{Cursor, Read};
 use std::path::Path;
 
 const MAGIC: &[u8; 8] = b"DNATDMEM";
@@ -200,41 +199,13 @@ pub fn to_binary(m: &ErrorModel) -> Vec<u8> {
         p.write_i32::<LE>(j).unwrap();
         p.write_f64::<LE>(c).unwrap();
     }
-    let mut crc = flate2::Crc::new();
-    crc.update(&p);
-    let mut z = ZlibEncoder::new(Vec::new(), flate2::Compression::new(6));
-    z.write_all(&p).unwrap();
-    let z = z.finish().unwrap();
-    let mut out = MAGIC.to_vec();
-    out.write_u32::<LE>(2).unwrap();
-    out.write_u64::<LE>(z.len() as u64).unwrap();
-    out.write_u32::<LE>(crc.sum()).unwrap();
-    out.extend_from_slice(&z);
-    out
+    crate::io::framed::encode(MAGIC, 2, &p)
 }
 
 pub fn from_binary(bytes: &[u8], path: &Path) -> Result<ErrorModel> {
     let bad = |m: &str| Error::format(path, m.to_string());
-    if bytes.len() < 24 || &bytes[..8] != MAGIC {
-        return Err(bad("not a binary D-MAC-EM file (bad magic bytes)"));
-    }
-    let mut h = Cursor::new(&bytes[8..24]);
-    let version = h.read_u32::<LE>().unwrap();
-    if version != 1 && version != 2 {
-        return Err(Error::format(path, format!("D-MAC-EM binary version {version}; this dnat reads versions 1 and 2")));
-    }
-    let len = h.read_u64::<LE>().unwrap();
-    let crc_want = h.read_u32::<LE>().unwrap();
-    if (bytes.len() - 24) as u64 != len {
-        return Err(Error::format(path, format!("truncated: header says {len} payload bytes, file has {}", bytes.len() - 24)));
-    }
-    let mut p = Vec::new();
-    ZlibDecoder::new(&bytes[24..]).read_to_end(&mut p).map_err(|e| Error::format(path, format!("corrupt payload: {e}")))?;
-    let mut crc = flate2::Crc::new();
-    crc.update(&p);
-    if crc.sum() != crc_want {
-        return Err(bad("corrupt payload (CRC-32 mismatch)"));
-    }
+    // The framing every dnat binary file shares: magic, version, length, CRC-32, zlib.
+    let (version, p) = crate::io::framed::decode(bytes, MAGIC, "binary D-MAC-EM file", 2).map_err(|m| bad(&m))?;
     let c = &mut Cursor::new(&p[..]);
     let eof = |_| bad("truncated payload");
     let mut strings = Vec::new();
