@@ -9,7 +9,7 @@ DATA_FLAG := $(if $(DATA),--data $(DATA),)
 CIFAR10_URL := https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz
 CIFAR10_SHA256 := c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd
 
-.PHONY: help build test ensure-data test-long bench bench-pytorch data repro-resnet20 repro-affine repro-vgg8 ablations-resnet20 train-resnet20 eval-resnet20 train-vgg8 interop-pytorch
+.PHONY: help build test ensure-data test-long fuzz bench bench-pytorch data repro-resnet20 repro-affine repro-vgg8 ablations-resnet20 train-resnet20 eval-resnet20 train-vgg8 interop-pytorch
 
 help:
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -22,6 +22,9 @@ test: ## Run the default test suite (what CI runs)
 
 test-long: ## Run the long, ignored tests too
 	cargo test --release -- --include-ignored
+
+fuzz: ## Mutation-fuzz every parser, FUZZ_SECS per target (default 600; inputs that fail land in tests/fuzz/crashes/)
+	DNAT_FUZZ_SECS=$(or $(FUZZ_SECS),600) cargo test --release --test fuzz -- --test-threads 1 --nocapture
 
 bench: build ## Kernel and training-step benchmarks (criterion + table + JSON line)
 	cargo bench --bench kernels

@@ -96,6 +96,8 @@ fn hostile_input_is_refused_by_name() {
     // An output that cannot be written fails before the data is read or an epoch is run.
     fails_with(&["train", "--model", "resnet20", "--epochs", "1", "--out", "/proc/dnat-nowhere/x.ckpt"], "/proc/dnat-nowhere");
     fails_with(&["bench", "--model", "resnet20", "--classes", "4000000000"], "--classes: 4000000000 classes");
+    let qat = concat!(env!("CARGO_MANIFEST_DIR"), "/models/resnet20-w4a8-qat-e2-s0.ckpt");
+    fails_with(&["eval", "--checkpoint", qat, "--cim", "--chips", "4000000000"], "--chips 4000000000: each 1 to 1000");
     fails_with(&["bench", "--model", "resnet20", "--batch", "4000000000"], "--batch must be 1 to 65536");
 
     // Safetensors metadata claiming 4·10⁹ classes (or none): refused, naming the file.

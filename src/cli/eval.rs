@@ -50,15 +50,16 @@ pub struct EvalArgs {
 pub fn run(a: EvalArgs) -> Result<()> {
     let ck = Checkpoint::load(&a.checkpoint)?;
     let kind = DatasetKind::of_checkpoint(ck.spec.num_classes, &a.checkpoint)?;
+    // Each read is a pass over the test split: bounded, so a typo cannot run for days.
+    if !(1..=1000).contains(&a.seeds) || !(1..=1000).contains(&a.chips) || a.seeds * a.chips > 10_000 {
+        return Err(dnat::Error::invalid(format!("--seeds {} and --chips {}: each 1 to 1000, at most 10000 reads in all", a.seeds, a.chips)));
+    }
     let (net, mut store) = build(ck.spec, 0);
     restore_into(&ck.store, &mut store, &a.checkpoint)?;
     let data = super::load_data(a.data.as_deref(), kind, a.quiet)?;
     if a.cim {
         if ck.spec.cim.is_none() {
             return Err(dnat::Error::format(&a.checkpoint, "has no CIM layers (an FP32 model): train it with --cim first"));
-        }
-        if a.seeds == 0 || a.chips == 0 {
-            return Err(dnat::Error::invalid("--seeds and --chips must be at least 1"));
         }
         let mut rt = super::cim_runtime(&a.r#macro, &a.error_model, &a.readout, "ste")?;
         rt.seed = a.seed;

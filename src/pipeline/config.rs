@@ -223,8 +223,8 @@ impl PipelineConfig {
             return Err((k, format!("{k} must be at least 1")));
         }
         for (k, v) in [("mc_seeds", self.mc_seeds), ("mc_chips", self.mc_chips)] {
-            if v == 0 {
-                return Err((k, format!("{k} must be at least 1")));
+            if !(1..=1000).contains(&v) {
+                return Err((k, format!("{k} must be 1 to 1000")));
             }
         }
         if self.bnrecal_images < 2 {
@@ -339,7 +339,7 @@ mod tests {
             ("estimator", "expected key=value"),
             ("colour=red", "unknown key"),
             ("qat_epochs=0", "--set 'qat_epochs=0': qat_epochs must be at least 1"),
-            ("mc_seeds=0", "--set 'mc_seeds=0': mc_seeds must be at least 1"),
+            ("mc_seeds=0", "--set 'mc_seeds=0': mc_seeds must be 1 to 1000"),
             ("name=a\nb", "control character"),
         ] {
             let e = PipelineConfig::load_with(&p, &[o.into()]).unwrap_err().to_string();
