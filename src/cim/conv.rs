@@ -90,17 +90,25 @@ impl SlopeSource {
         SlopeSource { rt: rt.clone(), key: DrawKey::new(rt.seed, layer, rt.step), table, draws }
     }
 
-    /// `out += share · slope(code)` over one run of operations starting at `op0`.
-    fn accumulate(&self, out: &mut [f32], codes: &[u16], share: f32, op0: u64) {
+    /// `out += share · slope(code)` over one run of operations starting at `op0`;
+    /// `scratch` holds the run's ideal codes and sampled slopes (`stat:S`).
+    fn accumulate(&self, out: &mut [f32], codes: &[u16], share: f32, op0: u64, scratch: &mut (Vec<i32>, Vec<f32>)) {
         if self.draws == 0 {
             for (o, &c) in out.iter_mut().zip(codes) {
                 *o += share * self.table[c as usize];
             }
         } else {
-            let (levels, kmin) = (self.table.len() - 1, self.rt.spec.adc.kmin);
-            for (i, (o, &c)) in out.iter_mut().zip(codes).enumerate() {
+            // One batched call per run; saturated operations (code `levels`) keep slope 0.
+            let (levels, adc) = (self.table.len() - 1, self.rt.spec.adc);
+            let (ks, slopes) = scratch;
+            ks.clear();
+            ks.extend(codes.iter().map(|&c| c.min(levels as u16 - 1) as i32 + adc.kmin));
+            slopes.resize(codes.len(), 0.0);
+            let run = DrawRun { key: self.key, op0, stride: 1 };
+            self.rt.readout.slope_draws_run(ks, (adc.kmin, adc.kmax), self.draws, run, slopes);
+            for ((o, &c), &g) in out.iter_mut().zip(codes).zip(slopes.iter()) {
                 if (c as usize) < levels {
-                    *o += share * sampled_slope(&self.rt, c as i32 + kmin, self.draws, self.key, op0 + i as u64);
+                    *o += share * g;
                 }
             }
         }
@@ -195,20 +203,6 @@ fn group_forward(
         }
     }
     (acc, saved)
-}
-
-/// The slope of E[readout] at code `kc` from `draws` samples at each neighbouring code.
-fn sampled_slope(rt: &CimRuntime, kc: i32, draws: u32, key: DrawKey, op: u64) -> f32 {
-    let adc = rt.spec.adc;
-    let (ka, kb) = ((kc - 1).max(adc.kmin), (kc + 1).min(adc.kmax));
-    if ka == kb {
-        return 1.0;
-    }
-    let mut diff = 0i64;
-    for s in 0..draws as u64 {
-        diff += rt.readout.sample(kb, key.backward(op, 2 * s)) as i64 - rt.readout.sample(ka, key.backward(op, 2 * s + 1)) as i64;
-    }
-    diff as f32 / (draws as f32 * (kb - ka) as f32)
 }
 
 /// CIM convolution. `x` must be E-PACT output on `grid`; `w` are latent weights.
@@ -330,6 +324,7 @@ fn statistical_backward(s: &Saved, codes: &[Vec<u16>], slopes: &SlopeSource, x: 
             let sc = &codes[gidx];
             let mut e = vec![0.0f32; cout * cols];
             let mut srow = vec![0.0f32; cols];
+            let mut scratch = (Vec::new(), Vec::new());
             let mut dw = vec![0.0f32; cout * k];
             let mut dcol = if dxg.is_some() { vec![0.0f32; k * cols] } else { Vec::new() };
             for t in 0..s.tiles {
@@ -342,7 +337,7 @@ fn statistical_backward(s: &Saved, codes: &[Vec<u16>], slopes: &SlopeSource, x: 
                     let gain = slopes.rt.column(t, co).0;
                     for (c, &sh) in share.iter().enumerate() {
                         let row = (t * cycles + c) * cout + co;
-                        slopes.accumulate(&mut srow, &sc[row * cols..][..cols], sh * gain, (row * g.n + i0) as u64 * pix as u64);
+                        slopes.accumulate(&mut srow, &sc[row * cols..][..cols], sh * gain, (row * g.n + i0) as u64 * pix as u64, &mut scratch);
                     }
                     for ((ev, &dv), &sv) in e[co * cols..][..cols].iter_mut().zip(&d[co * cols..][..cols]).zip(&srow) {
                         *ev = dv * sv;

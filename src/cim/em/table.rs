@@ -89,6 +89,8 @@ struct Row {
     mean: f64,
     var: f64,
     measured: bool,
+    /// Reads behind the row (its counts' total; 0 for a row the fill policy made).
+    reads: f64,
 }
 
 #[derive(Clone, Debug)]
@@ -119,6 +121,114 @@ pub struct ErrorModel {
     pub(super) flat: Vec<AliasEntry>,
     /// Per row (ideal code `kmin + r`): where its entries start in `flat`, and how many.
     pub(super) span: Vec<RowSpan>,
+    /// Cumulative probabilities at each entry of `flat` (× 2^32; a row's last is u32::MAX).
+    cdf: Vec<u32>,
+    /// Per ideal code k, the law of the coupled difference `quantile(k+1, U) −
+    /// quantile(k−1, U)` (one-sided at the range's ends) as an alias table: what a
+    /// sampled slope draws (see [`ErrorModel::pair_difference`]).
+    pair_diff: PairDifferences,
+}
+
+/// Per ideal code, the alias table of the coupled pair difference (see
+/// [`ErrorModel::pair_difference`]): entries (keep threshold, difference, alias
+/// difference), a span per code, and the pair's spacing `kb − ka` (0: a one-code range).
+#[derive(Clone, Debug, Default)]
+struct PairDifferences {
+    entries: Vec<(u32, i32, i32)>,
+    span: Vec<RowSpan>,
+    spacing: Vec<i32>,
+}
+
+/// Merges the CDFs of rows `k−1` and `k+1` of every code into the law of the
+/// difference of their quantiles at one uniform, on the same 2^32 grid the CDFs use.
+fn pair_differences(span: &[RowSpan], cdf: &[u32], flat: &[AliasEntry]) -> PairDifferences {
+    let nk = span.len();
+    let mut out = PairDifferences::default();
+    let row = |r: usize| {
+        let s = span[r];
+        (&cdf[s.start as usize..(s.start + s.width) as usize], &flat[s.start as usize..(s.start + s.width) as usize])
+    };
+    for i in 0..nk {
+        let (a, b) = (i.saturating_sub(1), (i + 1).min(nk - 1));
+        // Walk both CDFs together: each segment [x0, x1) of the unit interval has one
+        // quantile in each row; its length is the probability of that difference.
+        let ((ca, fa), (cb, fb)) = (row(a), row(b));
+        let mut law: Vec<(i32, f64)> = Vec::new();
+        let (mut ia, mut ib, mut x0) = (0usize, 0usize, 0u64);
+        while x0 < 1 << 32 {
+            // Row r's quantile on [x0, ·) is its first entry whose CDF exceeds x0 (the
+            // last entry's CDF, u32::MAX, stands for 2^32).
+            // Entry i holds x in [cdf[i−1], cdf[i]); the last one, up to 2^32.
+            let end = |c: &[u32], i: usize| if i + 1 == c.len() { 1u64 << 32 } else { c[i] as u64 };
+            let x1 = end(ca, ia).min(end(cb, ib));
+            let d = fb[ib].own as i32 - fa[ia].own as i32;
+            match law.iter_mut().find(|e| e.0 == d) {
+                Some(e) => e.1 += (x1 - x0) as f64,
+                None => law.push((d, (x1 - x0) as f64)),
+            }
+            x0 = x1;
+            if x0 >= end(ca, ia) && ia + 1 < ca.len() {
+                ia += 1;
+            }
+            if x0 >= end(cb, ib) && ib + 1 < cb.len() {
+                ib += 1;
+            }
+        }
+        law.retain(|e| e.1 > 0.0);
+        law.sort_by_key(|e| e.0);
+        let p: Vec<f64> = law.iter().map(|e| e.1 / 4_294_967_296.0).collect();
+        let (keep, alias) = alias_table(&p);
+        out.span.push(RowSpan { start: out.entries.len() as u32, width: law.len() as u32 });
+        for (c, (&kp, &al)) in keep.iter().zip(&alias).enumerate() {
+            out.entries.push((kp.min(u32::MAX as u64) as u32, law[c].0, law[al as usize].0));
+        }
+        out.spacing.push((b - a) as i32);
+    }
+    out
+}
+
+/// Widest half-window, in codes, over which [`smoothed_slope`] fits a row's slope.
+pub const MAX_SLOPE_HALF_WIDTH: usize = 8;
+/// Standard error of the slope below which the window stops widening.
+const SLOPE_SE_TARGET: f64 = 0.05;
+
+/// dE[j]/dk at row `i`: the least-squares slope of the rows' means over the smallest
+/// window `i ± w` (clipped at the range's ends; w ≤ [`MAX_SLOPE_HALF_WIDTH`]) whose slope
+/// has a standard error below 0.05, from each row's variance and its number of reads
+/// (a row the fill policy made counts as unmeasured: the window widens past it).
+///
+/// A well-measured table (a preset's per-million counts) keeps w = 1, the central
+/// difference; a sparse one is smoothed where it is sparse. A least-squares slope over
+/// any window is ≥ 0 wherever the means are non-decreasing (Chebyshev's sum
+/// inequality), so a monotone table never gets a negative slope.
+fn smoothed_slope(rows: &[Row], i: usize) -> f32 {
+    let nk = rows.len();
+    for w in 1..=MAX_SLOPE_HALF_WIDTH {
+        let (a, b) = (i.saturating_sub(w), (i + w).min(nk - 1));
+        if a == b {
+            return 1.0;
+        }
+        let xbar = (a + b) as f64 / 2.0;
+        let sxx: f64 = (a..=b).map(|x| (x as f64 - xbar).powi(2)).sum();
+        // Var(slope) = Σ (x − x̄)² · Var(mean_x) / Sxx², Var(mean_x) = var_x / reads_x (with
+        // the ADC's quantization noise 1/12 as the floor of var_x).
+        let var_slope: f64 = (a..=b)
+            .map(|x| {
+                let r = &rows[x];
+                let d2 = (x as f64 - xbar).powi(2);
+                if d2 == 0.0 { 0.0 } else if r.reads > 0.0 { d2 * r.var.max(1.0 / 12.0) / r.reads } else { f64::INFINITY }
+            })
+            .sum::<f64>()
+            / (sxx * sxx);
+        if var_slope <= SLOPE_SE_TARGET * SLOPE_SE_TARGET || w == MAX_SLOPE_HALF_WIDTH || (a == 0 && b == nk - 1) {
+            if w == 1 {
+                // The central (one-sided at the ends) difference, computed as such.
+                return ((rows[b].mean - rows[a].mean) / (b - a) as f64) as f32;
+            }
+            return ((a..=b).map(|x| (x as f64 - xbar) * rows[x].mean).sum::<f64>() / sxx) as f32;
+        }
+    }
+    unreachable!("the loop returns at w = MAX_SLOPE_HALF_WIDTH")
 }
 
 /// One column of a row's alias table, 8 bytes. `repr(C)`: the vectorised sampler
@@ -137,7 +247,7 @@ pub(super) struct AliasEntry {
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub(super) struct RowSpan {
+pub(crate) struct RowSpan {
     pub start: u32,
     pub width: u32,
 }
@@ -255,7 +365,7 @@ impl ErrorModel {
                 let mean: f64 = prob.iter().enumerate().map(|(o, &p)| p * (jlo + o as i32) as f64).sum();
                 let var: f64 = prob.iter().enumerate().map(|(o, &p)| p * ((jlo + o as i32) as f64 - mean).powi(2)).sum();
                 let (keep, alias) = alias_table(&prob);
-                Row { jlo, prob, keep, alias, mean, var, measured: measured[i] }
+                Row { jlo, prob, keep, alias, mean, var, measured: measured[i], reads: if measured[i] { total } else { 0.0 } }
             })
             .collect();
         let mean_f32: Vec<f32> = rows.iter().map(|r| r.mean as f32).collect();
@@ -273,13 +383,20 @@ impl ErrorModel {
                 });
             }
         }
-        let slope = (0..nk)
-            .map(|i| {
-                let (a, b) = (i.saturating_sub(1), (i + 1).min(nk - 1));
-                if a == b { 1.0 } else { ((rows[b].mean - rows[a].mean) / (b - a) as f64) as f32 }
-            })
-            .collect();
-        Ok(ErrorModel { info, kmin, kmax, jmin, jmax, fill, fixed_pattern: Default::default(), columns: Vec::new(), counts, rows, slope, mean_f32, flat, span })
+        let slope = (0..nk).map(|i| smoothed_slope(&rows, i)).collect();
+        // Per row, the cumulative distribution at each entry of `flat`, scaled to 2^32:
+        // the inverse-CDF draw of `quantile` (common random numbers across rows).
+        let mut cdf = Vec::with_capacity(flat.len());
+        for r in &rows {
+            let mut cum = 0.0f64;
+            for (c, &p) in r.prob.iter().enumerate() {
+                cum += p;
+                let last = c + 1 == r.prob.len();
+                cdf.push(if last { u32::MAX } else { (cum * 4_294_967_296.0).round().min(u32::MAX as f64) as u32 });
+            }
+        }
+        let pair_diff = pair_differences(&span, &cdf, &flat);
+        Ok(ErrorModel { info, kmin, kmax, jmin, jmax, fill, fixed_pattern: Default::default(), columns: Vec::new(), counts, rows, slope, mean_f32, flat, span, cdf, pair_diff })
     }
 
     /// The ideal (identity) model over a code range: ADC quantization only.
@@ -316,13 +433,41 @@ impl ErrorModel {
         self.jmin + own as i32 + take_alias * (alias as i32 - own as i32)
     }
 
+    /// The measured code at quantile `x / 2^32` of ideal code `k`'s distribution (the
+    /// inverse CDF). Draws at neighbouring codes from the same `x` are coupled (common
+    /// random numbers): their difference has far less variance than independent draws'.
+    pub fn quantile(&self, k: i32, x: u32) -> i32 {
+        let RowSpan { start, width } = self.span[(k.clamp(self.kmin, self.kmax) - self.kmin) as usize];
+        let row = &self.cdf[start as usize..(start + width) as usize];
+        let c = row.partition_point(|&t| t <= x).min(row.len() - 1);
+        self.jmin + self.flat[start as usize + c].own as i32
+    }
+
+    /// One draw of the coupled difference `quantile(kb, U) − quantile(ka, U)` for ideal
+    /// code `k` (`ka = max(k−1, kmin)`, `kb = min(k+1, kmax)`) from 64 random bits,
+    /// with `kb − ka`: the sampled slope is the difference over the spacing. The
+    /// difference is drawn from its exact law — computed once per code by merging the
+    /// two rows' CDFs — with the alias method: the same estimator as evaluating both
+    /// quantiles at one uniform, in O(1) and without branches.
+    #[inline]
+    pub fn pair_difference(&self, k: i32, bits: u64) -> (i32, i32) {
+        let i = (k.clamp(self.kmin, self.kmax) - self.kmin) as usize;
+        let p = &self.pair_diff;
+        let RowSpan { start, width } = p.span[i];
+        let slot = (start + (((bits >> 32) * width as u64) >> 32) as u32) as usize;
+        let (keep, own, alias) = p.entries[slot];
+        let d = if (bits as u32) < keep { own } else { alias };
+        (d, p.spacing[i])
+    }
+
     /// E[j | k].
     #[inline(always)]
     pub fn mean(&self, k: i32) -> f32 {
         self.mean_f32[(k.clamp(self.kmin, self.kmax) - self.kmin) as usize]
     }
 
-    /// dE\[j\]/dk at code k (central differences; one-sided at the range ends).
+    /// dE\[j\]/dk at code k (see [`smoothed_slope`]: central differences where the rows
+    /// are well measured, a least-squares fit over a wider window where they are sparse).
     #[inline(always)]
     pub fn slope(&self, k: i32) -> f32 {
         self.slope[(k.clamp(self.kmin, self.kmax) - self.kmin) as usize]
@@ -440,6 +585,65 @@ mod tests {
         assert_eq!(near.unmeasured(), vec![0, 2, 3]);
         let id = ErrorModel::from_counts(info(), (0, 3), (0, 3), FillPolicy::Identity, entries).unwrap();
         assert_eq!(id.prob(2, 2), 1.0);
+    }
+
+    /// Where every row is well measured (a preset's per-million counts) the slope is the
+    /// plain central difference, to the bit; where rows are sparse, the fitted slope is
+    /// much closer to the truth than the raw difference, and never negative.
+    #[test]
+    fn slopes_are_central_differences_or_smoothed_where_sparse() {
+        let m = crate::cim::em::presets::preset("current-domain", (-256, 255)).unwrap();
+        for k in -255..=254 {
+            let central = ((m.rows[(k + 1 - m.kmin) as usize].mean - m.rows[(k - 1 - m.kmin) as usize].mean) / 2.0) as f32;
+            assert_eq!(m.slope(k).to_bits(), central.to_bits(), "code {k}");
+        }
+        // A sparse measurement of j = round(0.8·k + noise), σ = 1.5 codes, 6 reads a code.
+        let mut r = crate::rng::KeyedRng::new(&[17]);
+        let normal = |r: &mut crate::rng::KeyedRng| {
+            let (u, v) = ((r.next_u64() >> 11) as f64 / (1u64 << 53) as f64, (r.next_u64() >> 11) as f64 / (1u64 << 53) as f64);
+            (-2.0 * (u.max(1e-300)).ln()).sqrt() * (std::f64::consts::TAU * v).cos()
+        };
+        let mut entries = Vec::new();
+        for k in -40..=40 {
+            for _ in 0..6 {
+                entries.push((k, (0.8 * k as f64 + 1.5 * normal(&mut r)).round() as i32, 1.0));
+            }
+        }
+        let sparse = ErrorModel::from_counts(info(), (-40, 40), (-60, 60), FillPolicy::Nearest, entries).unwrap();
+        let (mut raw_err, mut fit_err) = (0.0, 0.0);
+        for k in -35..=35 {
+            let raw = (sparse.rows[(k + 1 + 40) as usize].mean - sparse.rows[(k - 1 + 40) as usize].mean) / 2.0;
+            raw_err += (raw - 0.8).powi(2);
+            fit_err += (sparse.slope(k) as f64 - 0.8).powi(2);
+            assert!(sparse.slope(k) >= 0.0, "negative slope at {k}");
+        }
+        assert!(fit_err * 4.0 <= raw_err, "smoothed squared error {fit_err:.3} vs raw {raw_err:.3}");
+    }
+
+    /// The inverse CDF picks the first entry whose cumulative probability exceeds the
+    /// draw, and its draws follow the PMF.
+    #[test]
+    fn quantiles_are_the_inverse_cdf() {
+        let m = crate::cim::em::presets::preset("current-domain", (-256, 255)).unwrap();
+        let mut r = crate::rng::KeyedRng::new(&[23]);
+        for _ in 0..200_000 {
+            let (k, x) = (r.below(512) as i32 - 256, r.next_u64() as u32);
+            let row = m.span[(k - m.kmin) as usize];
+            let cdf = &m.cdf[row.start as usize..(row.start + row.width) as usize];
+            let c = cdf.partition_point(|&t| t <= x).min(cdf.len() - 1);
+            assert_eq!(m.quantile(k, x), m.jmin + m.flat[row.start as usize + c].own as i32, "code {k}, x {x}");
+        }
+        // Frequencies at one code against its probabilities (5 standard errors).
+        let n = 200_000;
+        let mut hist = std::collections::HashMap::new();
+        for i in 0..n {
+            *hist.entry(m.quantile(20, crate::rng::mix64(i) as u32)).or_insert(0u32) += 1;
+        }
+        for (&j, &c) in &hist {
+            let p = m.prob(20, j);
+            let se = (p * (1.0 - p) / n as f64).sqrt();
+            assert!((c as f64 / n as f64 - p).abs() <= 5.0 * se + 1e-5, "j {j}: {} vs {p}", c as f64 / n as f64);
+        }
     }
 
     #[test]
