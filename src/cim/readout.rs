@@ -95,16 +95,7 @@ impl Readout for ErrorModel {
     /// is the model's rows `k ± 1` (one-sided only at the model's own ends), as for the
     /// exact slope, so `stat:S` averages to `stat` at every code, the ADC's edges included.
     fn slope_draws_run(&self, codes: &[i32], _range: (i32, i32), draws: u32, run: DrawRun, out: &mut [f32]) {
-        for (i, (o, &kc)) in out.iter_mut().zip(codes).enumerate() {
-            let op_key = run.key.backward_op(run.op(i));
-            let (mut diff, mut spacing) = (0i64, 0);
-            for s in 0..draws as u64 {
-                let (d, sp) = self.pair_difference(kc, DrawKey::backward_draw(op_key, s));
-                diff += d as i64;
-                spacing = sp;
-            }
-            *o = if spacing == 0 { 1.0 } else { diff as f32 / (draws as f32 * spacing as f32) };
-        }
+        self.slope_stream(codes, run.key.backward_key(), run.op0, run.stride, draws, out)
     }
     fn mean_run(&self, codes: &[i32], out: &mut [f32]) {
         out.iter_mut().zip(codes).for_each(|(o, &k)| *o = ErrorModel::mean(self, k));
@@ -273,6 +264,10 @@ impl DrawKey {
     #[inline]
     pub fn backward(&self, op: u64, s: u64) -> u64 {
         Self::backward_draw(self.backward_op(op), s)
+    }
+    /// The key the backward draws start from.
+    pub(crate) fn backward_key(&self) -> u64 {
+        self.backward
     }
     /// The part of [`DrawKey::backward`] shared by all draws of one operation.
     #[inline]

@@ -53,6 +53,35 @@ impl ErrorModel {
         }
     }
 
+    /// The sampled slope of every operation of a run (`stat:S`): the mean of `draws`
+    /// pair differences ([`ErrorModel::pair_difference`]) over the pair's spacing, the
+    /// draws keyed as [`crate::cim::DrawKey::backward`]; 1 on a one-code model.
+    pub(crate) fn slope_stream(&self, codes: &[i32], key: u64, first: u64, stride: u64, draws: u32, out: &mut [f32]) {
+        assert_eq!(codes.len(), out.len());
+        #[cfg(target_arch = "x86_64")]
+        if draws <= 1 << 16 && self.pair_diff.entries.len() <= i32::MAX as usize && avx512_available() {
+            // SAFETY: AVX-512 F and DQ are present; indices are clamped rows and entries
+            // of their rows; S ≤ 2^16 draws of |d| < 2^15 cannot overflow an i32 sum.
+            let done = unsafe { avx512::slopes(self, codes, key, first, stride, draws, out) };
+            return self.slopes_portable(&codes[done..], key, first + done as u64 * stride, stride, draws, &mut out[done..]);
+        }
+        self.slopes_portable(codes, key, first, stride, draws, out)
+    }
+
+    /// The portable path of [`ErrorModel::slope_stream`] (also its tail).
+    pub(crate) fn slopes_portable(&self, codes: &[i32], key: u64, first: u64, stride: u64, draws: u32, out: &mut [f32]) {
+        for (i, (o, &kc)) in out.iter_mut().zip(codes).enumerate() {
+            let op_key = mix64(key ^ mix64(first.wrapping_add(i as u64 * stride)));
+            let (mut diff, mut spacing) = (0i64, 0);
+            for s in 0..draws as u64 {
+                let (d, sp) = self.pair_difference(kc, mix64(op_key ^ s));
+                diff += d as i64;
+                spacing = sp;
+            }
+            *o = if spacing == 0 { 1.0 } else { diff as f32 / (draws as f32 * spacing as f32) };
+        }
+    }
+
     /// Whether every gather index (an i32) can reach every entry.
     fn gather_indexable(&self) -> bool {
         self.flat.len() <= i32::MAX as usize
@@ -124,6 +153,64 @@ mod avx512 {
         }
         n
     }
+
+    /// SplitMix64's full `mix64` on eight lanes (adds the increment, then finalises).
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512dq")]
+    fn mix(z: __m512i) -> __m512i {
+        finalise(_mm512_add_epi64(z, _mm512_set1_epi64(PHI as i64)))
+    }
+
+    /// Sampled slopes of the first `codes.len() / 8 · 8` operations; returns how many.
+    ///
+    /// # Safety
+    /// The CPU must support AVX-512 F and DQ; `draws ≤ 2^16`.
+    #[target_feature(enable = "avx512f,avx512dq")]
+    pub(super) unsafe fn slopes(m: &ErrorModel, codes: &[i32], key: u64, first: u64, stride: u64, draws: u32, out: &mut [f32]) -> usize {
+        let n = codes.len() / 8 * 8;
+        let (kmin, kmax) = (_mm256_set1_epi32(m.kmin), _mm256_set1_epi32(m.kmax));
+        let low32 = _mm512_set1_epi64(0xFFFF_FFFF);
+        let p = &m.pair_diff;
+        let (span, entries, spacing) = (p.span.as_ptr() as *const i64, p.entries.as_ptr() as *const i64, p.spacing.as_ptr());
+        let keyv = _mm512_set1_epi64(key as i64);
+        let lane = |i: u64| first.wrapping_add(i.wrapping_mul(stride)) as i64;
+        let mut op = _mm512_set_epi64(lane(7), lane(6), lane(5), lane(4), lane(3), lane(2), lane(1), lane(0));
+        let advance = _mm512_set1_epi64(stride.wrapping_mul(8) as i64);
+        let scale = _mm256_set1_ps(draws as f32);
+        let mut i = 0;
+        while i < n {
+            // SAFETY: i + 8 <= n <= codes.len().
+            let k = unsafe { _mm256_loadu_si256(codes.as_ptr().add(i) as *const __m256i) };
+            let row = _mm256_sub_epi32(_mm256_min_epi32(_mm256_max_epi32(k, kmin), kmax), kmin);
+            // SAFETY: row < span.len() = spacing.len() (clamped above).
+            let (sw, sp) = unsafe { (_mm512_i32gather_epi64::<8>(row, span), _mm256_i32gather_epi32::<4>(spacing, row)) };
+            let (start, width) = (_mm512_and_si512(sw, low32), _mm512_srli_epi64::<32>(sw));
+            let op_key = mix(_mm512_xor_si512(keyv, mix(op)));
+            op = _mm512_add_epi64(op, advance);
+            let mut diff = _mm256_setzero_si256();
+            for s in 0..draws as i64 {
+                let bits = mix(_mm512_xor_si512(op_key, _mm512_set1_epi64(s)));
+                let col = _mm512_srli_epi64::<32>(_mm512_mul_epu32(_mm512_srli_epi64::<32>(bits), width));
+                let slot = _mm512_cvtepi64_epi32(_mm512_add_epi64(start, col));
+                // SAFETY: slot = start + column < start + width <= entries.len().
+                let e = unsafe { _mm512_i32gather_epi64::<8>(slot, entries) };
+                let take_alias = _mm512_cmpge_epu64_mask(_mm512_and_si512(bits, low32), _mm512_and_si512(e, low32));
+                // own: bits 32..48, alias: bits 48..64, both signed 16-bit.
+                let own = _mm512_srai_epi64::<48>(_mm512_slli_epi64::<16>(e));
+                let alias = _mm512_srai_epi64::<48>(e);
+                diff = _mm256_add_epi32(diff, _mm512_cvtepi64_epi32(_mm512_mask_blend_epi64(take_alias, own, alias)));
+            }
+            // diff / (draws · spacing), as the portable path rounds it; 1 where spacing is 0.
+            let denom = _mm256_mul_ps(scale, _mm256_cvtepi32_ps(sp));
+            let slope = _mm256_div_ps(_mm256_cvtepi32_ps(diff), denom);
+            let one_code = _mm256_castsi256_ps(_mm256_cmpeq_epi32(sp, _mm256_setzero_si256()));
+            let slope = _mm256_blendv_ps(slope, _mm256_set1_ps(1.0), one_code);
+            // SAFETY: i + 8 <= n <= out.len().
+            unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(i), slope) };
+            i += 8;
+        }
+        n
+    }
 }
 
 #[cfg(test)]
@@ -147,6 +234,21 @@ mod tests {
                 for (i, (&x, &y)) in a.iter().zip(&b).enumerate() {
                     let want = m.sample(codes[i], key.forward(first + i as u64 * stride)) as f32;
                     assert_eq!((x, y), (want, want), "{name}: draw {i} (first {first}, stride {stride})");
+                }
+                // The sampled slopes (stat:S) likewise, against pair_difference at DrawKey::backward.
+                for draws in [1u32, 4] {
+                    m.slope_stream(&codes, key.backward_key(), first, stride, draws, &mut a);
+                    m.slopes_portable(&codes, key.backward_key(), first, stride, draws, &mut b);
+                    for (i, (&x, &y)) in a.iter().zip(&b).enumerate() {
+                        let op = first + i as u64 * stride;
+                        let (mut diff, mut sp) = (0i64, 0);
+                        for s in 0..draws as u64 {
+                            let (d, spacing) = m.pair_difference(codes[i], key.backward(op, s));
+                            (diff, sp) = (diff + d as i64, spacing);
+                        }
+                        let want = if sp == 0 { 1.0 } else { diff as f32 / (draws as f32 * sp as f32) };
+                        assert_eq!((x.to_bits(), y.to_bits()), (want.to_bits(), want.to_bits()), "{name}: slope {i} (S = {draws})");
+                    }
                 }
             }
         }

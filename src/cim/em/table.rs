@@ -126,17 +126,27 @@ pub struct ErrorModel {
     /// Per ideal code k, the law of the coupled difference `quantile(k+1, U) −
     /// quantile(k−1, U)` (one-sided at the range's ends) as an alias table: what a
     /// sampled slope draws (see [`ErrorModel::pair_difference`]).
-    pair_diff: PairDifferences,
+    pub(super) pair_diff: PairDifferences,
 }
 
 /// Per ideal code, the alias table of the coupled pair difference (see
-/// [`ErrorModel::pair_difference`]): entries (keep threshold, difference, alias
-/// difference), a span per code, and the pair's spacing `kb − ka` (0: a one-code range).
+/// [`ErrorModel::pair_difference`]): 8-byte entries (for the vectorised draw), a span
+/// per code, and the pair's spacing `kb − ka` (0: a one-code range).
 #[derive(Clone, Debug, Default)]
-struct PairDifferences {
-    entries: Vec<(u32, i32, i32)>,
-    span: Vec<RowSpan>,
-    spacing: Vec<i32>,
+pub(super) struct PairDifferences {
+    pub entries: Vec<DiffEntry>,
+    pub span: Vec<RowSpan>,
+    pub spacing: Vec<i32>,
+}
+
+/// One column of a pair-difference alias table: keep `own` when the draw's low 32 bits
+/// are below `keep`, else `alias`. `repr(C)`: gathered as one 64-bit word.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub(super) struct DiffEntry {
+    pub keep: u32,
+    pub own: i16,
+    pub alias: i16,
 }
 
 /// Merges the CDFs of rows `k−1` and `k+1` of every code into the law of the
@@ -180,7 +190,9 @@ fn pair_differences(span: &[RowSpan], cdf: &[u32], flat: &[AliasEntry]) -> PairD
         let (keep, alias) = alias_table(&p);
         out.span.push(RowSpan { start: out.entries.len() as u32, width: law.len() as u32 });
         for (c, (&kp, &al)) in keep.iter().zip(&alias).enumerate() {
-            out.entries.push((kp.min(u32::MAX as u64) as u32, law[c].0, law[al as usize].0));
+            // Differences fit in i16: `from_counts` refuses tables where they could not.
+            let d16 = |d: i32| d.clamp(i16::MIN as i32, i16::MAX as i32) as i16;
+            out.entries.push(DiffEntry { keep: kp.min(u32::MAX as u64) as u32, own: d16(law[c].0), alias: d16(law[al as usize].0) });
         }
         out.spacing.push((b - a) as i32);
     }
@@ -396,6 +408,12 @@ impl ErrorModel {
             }
         }
         let pair_diff = pair_differences(&span, &cdf, &flat);
+        if let Some(i) = (0..nk).find(|&i| {
+            let (a, b) = (i.saturating_sub(1), (i + 1).min(nk - 1));
+            (rows[b].jlo + rows[b].prob.len() as i32 - rows[a].jlo).abs() > i16::MAX as i32 || (rows[b].jlo - rows[a].jlo - rows[a].prob.len() as i32).abs() > i16::MAX as i32
+        }) {
+            return Err(Error::invalid(format!("ideal codes {} and {} read out more than 32,767 codes apart: not an ADC's error model", kmin + i as i32 - 1, kmin + i as i32 + 1)));
+        }
         Ok(ErrorModel { info, kmin, kmax, jmin, jmax, fill, fixed_pattern: Default::default(), columns: Vec::new(), counts, rows, slope, mean_f32, flat, span, cdf, pair_diff })
     }
 
@@ -455,9 +473,9 @@ impl ErrorModel {
         let p = &self.pair_diff;
         let RowSpan { start, width } = p.span[i];
         let slot = (start + (((bits >> 32) * width as u64) >> 32) as u32) as usize;
-        let (keep, own, alias) = p.entries[slot];
+        let DiffEntry { keep, own, alias } = p.entries[slot];
         let d = if (bits as u32) < keep { own } else { alias };
-        (d, p.spacing[i])
+        (d as i32, p.spacing[i])
     }
 
     /// E[j | k].
