@@ -34,9 +34,10 @@
 //! let spec = MacroSpec::default();
 //! let counts = (-40..=40).flat_map(|k| [(k, k, 80.0), (k, k - 1, 15.0), (k, k + 2, 5.0)]);
 //! let info = ModelInfo { name: "my-chip".into(), description: "die 3".into(), synthetic: false };
-//! let model = ErrorModel::from_counts(info, (spec.adc.kmin, spec.adc.kmax), (spec.adc.kmin - 2, spec.adc.kmax + 2),
+//! let model = ErrorModel::from_counts(info, (spec.adc.kmin, spec.adc.kmax), (spec.adc.kmin, spec.adc.kmax),
 //!                                     FillPolicy::Nearest, counts)?;
-//! let mut rt = CimRuntime::new(spec, Arc::new(model), ReadoutMode::Sampled, Estimator::Statistical { draws: 0 });
+//! // Checked: the model covers the ADC's codes and reads none beyond them.
+//! let mut rt = CimRuntime::new(spec, Arc::new(model), ReadoutMode::Sampled, Estimator::Statistical { draws: 0 })?;
 //!
 //! // One conv layer (8 → 4 channels) with learned E-PACT bounds, trained by plain SGD.
 //! let mut store = ParamStore::new();

@@ -99,6 +99,10 @@ fn hostile_input_is_refused_by_name() {
     let qat = concat!(env!("CARGO_MANIFEST_DIR"), "/models/resnet20-w4a8-qat-e2-s0.ckpt");
     fails_with(&["eval", "--checkpoint", qat, "--cim", "--chips", "4000000000"], "--chips 4000000000: each 1 to 1000");
     fails_with(&["bench", "--model", "resnet20", "--batch", "4000000000"], "--batch must be 1 to 65536");
+    // A macro described on the command line: used when valid, its errors named.
+    fails_with(&["bench", "--model", "resnet20", "--cim", "--macro", "rows=0"], "rows = 0 is outside");
+    let o_ = dnat(&["bench", "--model", "resnet20", "--cim", "--macro", "rows=32,adc_bits=7,step=64", "--batch", "2", "--steps", "1", "--warmup", "0"]);
+    assert!(o_.status.success() && stdout(&o_).contains("32 rows"), "{}{}", stdout(&o_), stderr(&o_));
 
     // Safetensors metadata claiming 4·10⁹ classes (or none): refused, naming the file.
     let fp32 = concat!(env!("CARGO_MANIFEST_DIR"), "/models/resnet20-fp32-s0.ckpt");

@@ -116,7 +116,8 @@ fn bn_recalibration_undoes_a_per_channel_gain() {
         Arc::new(ErrorModel::ideal(-8192, 8191)),
         ReadoutMode::Sampled,
         Estimator::Ste,
-    );
+    )
+    .unwrap();
     rt.act_quant = ActQuantKind::Pact;
     rt.chip = Some(Arc::new(Chip::from_columns(
         1,

@@ -110,6 +110,93 @@ impl MacroSpec {
         }
     }
 
+    /// A macro from the words a user gives (`--macro`, the config's `macro`): a preset
+    /// name (`default`, `paper-chip`, `bit-serial`); a description, `key=value` pairs
+    /// separated by commas, starting from `base` (default `default`) —
+    /// `rows=32,input_bits=8,weight_bits=4,adc_bits=7,step=64`; or a file holding such
+    /// pairs, one per line (`#` comments). Keys: `base`, `name`, `rows`, `input_bits`,
+    /// `weight_bits`, `bits_per_cycle`, `adc_bits` (signed codes −2^(b−1)..2^(b−1)−1),
+    /// `kmin`, `kmax`, `step`, `arrays`, `columns`. The result is validated; errors
+    /// name the key (and the file and line).
+    pub fn parse(spec: &str) -> Result<Self> {
+        if let Ok(m) = Self::preset(spec) {
+            return Ok(m);
+        }
+        if spec.contains('=') {
+            return Self::from_pairs(spec.split(',').map(|kv| (0, kv))).map_err(|(_, e)| Error::invalid(format!("macro '{spec}': {e}")));
+        }
+        let path = std::path::Path::new(spec);
+        if path.is_file() {
+            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+            let lines = text.lines().enumerate().map(|(i, l)| (i + 1, l.split('#').next().unwrap_or(""))).filter(|(_, l)| !l.trim().is_empty());
+            return Self::from_pairs(lines).map_err(|(line, e)| Error::format(path, if line > 0 { format!("line {line}: {e}") } else { e }));
+        }
+        Err(Error::invalid(format!("macro '{spec}' is neither a preset (default, paper-chip, bit-serial), a description (rows=64,adc_bits=9,…) nor an existing file")))
+    }
+
+    /// Builds a macro from (line, `key=value`) pairs; errors carry the line (0: none).
+    fn from_pairs<'a>(pairs: impl Iterator<Item = (usize, &'a str)>) -> std::result::Result<Self, (usize, String)> {
+        let pairs: Vec<(usize, &str, &str)> = pairs
+            .map(|(line, kv)| kv.split_once('=').map(|(k, v)| (line, k.trim(), v.trim())).ok_or((line, format!("'{}' is not key=value", kv.trim()))))
+            .collect::<std::result::Result<_, _>>()?;
+        let base = pairs.iter().find(|p| p.1 == "base").map_or("default", |p| p.2);
+        let mut m = Self::preset(base).map_err(|e| (0, e.to_string()))?;
+        m.name = format!("custom-{}", m.name);
+        // A base read once per tile stays so when only its input bits change.
+        let one_readout = m.input_bits_per_cycle == m.input_bits;
+        let mut seen = std::collections::HashSet::new();
+        for &(line, k, v) in &pairs {
+            if !seen.insert(k) {
+                return Err((line, format!("'{k}' is set twice")));
+            }
+            let num = |v: &str| v.parse::<i64>().map_err(|_| (line, format!("{k} = '{v}' is not a whole number")));
+            let small = |v: &str, lo: i64, hi: i64| num(v).and_then(|n| if (lo..=hi).contains(&n) { Ok(n) } else { Err((line, format!("{k} = {n} is outside {lo}..={hi}"))) });
+            match k {
+                "base" => {}
+                "name" => {
+                    if v.is_empty() || v.chars().any(|c| c.is_control() || c.is_whitespace() || c == ',') {
+                        return Err((line, format!("name = '{}': no spaces, commas or control characters", v.escape_debug())));
+                    }
+                    m.name = v.to_string()
+                }
+                "rows" => m.rows = small(v, 1, 1 << 20)? as usize,
+                "input_bits" => m.input_bits = small(v, 1, 16)? as u32,
+                "weight_bits" => m.weight_bits = small(v, 1, 8)? as u32,
+                "bits_per_cycle" => m.input_bits_per_cycle = small(v, 1, 16)? as u32,
+                "adc_bits" => {
+                    let b = small(v, 1, 16)? as u32;
+                    (m.adc.kmin, m.adc.kmax) = (-(1i32 << (b - 1)), (1i32 << (b - 1)) - 1);
+                }
+                "kmin" => m.adc.kmin = small(v, -(1 << 30), 1 << 30)? as i32,
+                "kmax" => m.adc.kmax = small(v, -(1 << 30), 1 << 30)? as i32,
+                "step" => {
+                    let s: f32 = v.parse().map_err(|_| (line, format!("step = '{v}' is not a number")))?;
+                    if !(s.is_finite() && s > 0.0) {
+                        return Err((line, format!("step = {v} must be a positive number")));
+                    }
+                    m.adc.step = s
+                }
+                "arrays" => m.arrays = small(v, 1, 1 << 20)? as usize,
+                "columns" => m.columns = small(v, 1, 1 << 20)? as usize,
+                _ => return Err((line, format!("unknown key '{k}' (base, name, rows, input_bits, weight_bits, bits_per_cycle, adc_bits, kmin, kmax, step, arrays, columns)"))),
+            }
+        }
+        if one_readout && !seen.contains("bits_per_cycle") {
+            m.input_bits_per_cycle = m.input_bits;
+        }
+        m.validate().map_err(|e| (0, e.to_string()))?;
+        Ok(m)
+    }
+
+    /// The whole description as `key=value` pairs: what `parse` reads back to the same
+    /// macro, and what checkpoints record.
+    pub fn to_description(&self) -> String {
+        format!(
+            "name={},rows={},input_bits={},weight_bits={},bits_per_cycle={},kmin={},kmax={},step={},arrays={},columns={}",
+            self.name, self.rows, self.input_bits, self.weight_bits, self.input_bits_per_cycle, self.adc.kmin, self.adc.kmax, self.adc.step, self.arrays, self.columns
+        )
+    }
+
     pub fn preset(name: &str) -> Result<Self> {
         match name {
             "default" | "dnat-w4a8" => Ok(MacroSpec::default()),
@@ -209,5 +296,38 @@ mod tests {
         // Tiles of one channel on different arrays; channels on columns modulo 64.
         assert_eq!((d.adc_of(0, 5), d.adc_of(1, 5), d.adc_of(4, 5), d.adc_of(2, 69)), (5, 69, 5, 133));
         assert_eq!(d.adcs(), 256);
+    }
+
+    #[test]
+    fn descriptions_and_files_parse_and_name_their_errors() {
+        let m = MacroSpec::parse("rows=32,input_bits=8,weight_bits=4,adc_bits=7,step=64").unwrap();
+        assert_eq!((m.rows, m.adc.kmin, m.adc.kmax, m.adc.step, m.input_bits_per_cycle), (32, -64, 63, 64.0, 8));
+        assert_eq!(MacroSpec::parse(&m.to_description()).unwrap(), m);
+        let b = MacroSpec::parse("base=bit-serial,rows=16").unwrap();
+        assert_eq!((b.rows, b.input_bits_per_cycle, b.adc), (16, 1, MacroSpec::bit_serial().adc));
+        assert_eq!(MacroSpec::parse("paper-chip").unwrap(), MacroSpec::paper_chip());
+        for (spec, msg) in [
+            ("rows=0", "rows = 0 is outside 1..=1048576"),
+            ("rows=64,rows=32", "'rows' is set twice"),
+            ("adc_bits=40", "adc_bits = 40 is outside"),
+            ("step=nan", "step = nan must be a positive number"),
+            ("colour=red", "unknown key 'colour'"),
+            ("input_bits=7,bits_per_cycle=2", "must divide"),
+            ("rows=100000,weight_bits=8,input_bits=16", "not be exact in f32"),
+            ("nosuchmacro", "neither a preset"),
+        ] {
+            let e = MacroSpec::parse(spec).unwrap_err().to_string();
+            assert!(e.contains(msg), "{spec}: {e}");
+        }
+        let dir = std::env::temp_dir().join(format!("dnat-macro-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("chip.macro");
+        std::fs::write(&f, "# our test chip\nname = chip-a\nrows = 32\nadc_bits = 7 # signed\nstep = 64\n").unwrap();
+        let c = MacroSpec::parse(f.to_str().unwrap()).unwrap();
+        assert_eq!((c.name.as_str(), c.rows, c.adc.kmax), ("chip-a", 32, 63));
+        std::fs::write(&f, "rows = 32\nstep = -1\n").unwrap();
+        let e = MacroSpec::parse(f.to_str().unwrap()).unwrap_err().to_string();
+        assert!(e.contains("chip.macro") && e.contains("line 2") && e.contains("step"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

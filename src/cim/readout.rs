@@ -65,6 +65,11 @@ pub trait Readout: Send + Sync {
     }
     /// How reports name this source (synthetic models say so).
     fn label(&self) -> String;
+    /// The (ideal, measured) code ranges this source covers (`None`: it takes any code,
+    /// as a chip behind a link does). [`CimRuntime::new`] checks them against the ADC.
+    fn code_ranges(&self) -> Option<((i32, i32), (i32, i32))> {
+        None
+    }
     /// The spread of fixed-pattern variation between chips and columns this source
     /// describes (none by default); see [`super::chip`].
     fn fixed_pattern(&self) -> FixedPattern {
@@ -111,6 +116,9 @@ impl Readout for ErrorModel {
     }
     fn label(&self) -> String {
         ErrorModel::label(self)
+    }
+    fn code_ranges(&self) -> Option<((i32, i32), (i32, i32))> {
+        Some(((self.kmin, self.kmax), (self.jmin, self.jmax)))
     }
     fn fixed_pattern(&self) -> FixedPattern {
         self.fixed_pattern
@@ -203,9 +211,22 @@ pub struct CimRuntime {
 }
 
 impl CimRuntime {
-    /// A runtime with E-PACT, seed 0, step 0.
-    pub fn new(spec: MacroSpec, readout: Arc<dyn Readout>, mode: ReadoutMode, estimator: Estimator) -> Self {
-        CimRuntime {
+    /// A runtime with E-PACT, seed 0, step 0. The macro must be valid and the readout
+    /// source must fit its ADC: every ideal code the ADC produces covered, and no
+    /// measured code beyond the ADC's range (a model of another ADC would otherwise be
+    /// clamped without a word).
+    pub fn new(spec: MacroSpec, readout: Arc<dyn Readout>, mode: ReadoutMode, estimator: Estimator) -> crate::Result<Self> {
+        spec.validate()?;
+        let (lo, hi) = (spec.adc.kmin, spec.adc.kmax);
+        if let Some(((kmin, kmax), (jmin, jmax))) = readout.code_ranges() {
+            if kmin > lo || kmax < hi {
+                return Err(crate::Error::invalid(format!("error model '{}' covers ideal codes {kmin}..={kmax}; macro '{}' has an ADC producing {lo}..={hi}", readout.label(), spec.name)));
+            }
+            if jmin < lo || jmax > hi {
+                return Err(crate::Error::invalid(format!("error model '{}' reads codes {jmin}..={jmax}; macro '{}' has an ADC of {lo}..={hi}: a model of another ADC", readout.label(), spec.name)));
+            }
+        }
+        Ok(CimRuntime {
             spec,
             readout,
             mode,
@@ -215,7 +236,7 @@ impl CimRuntime {
             act_quant: crate::nn::layers::ActQuantKind::EPact,
             readouts: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             chip: None,
-        }
+        })
     }
 
     /// The same runtime on chip `seed` of the readout source (see [`Readout::chip`]; the
@@ -365,5 +386,19 @@ mod tests {
         eprintln!("variance vs independent draws: coupled 1/{:.1}, same bits 1/{:.1}", v_indep / v_coupled, v_indep / v_same_bits);
         assert!(v_indep / v_coupled >= 8.0, "coupling reduced the variance only {:.1}×", v_indep / v_coupled);
         assert!(v_same_bits <= v_indep, "same-bit pairs vary more than independent ones");
+    }
+
+    /// The runtime refuses an error model that does not fit its macro's ADC, by name.
+    #[test]
+    fn runtime_checks_the_model_against_the_adc() {
+        let seven_bit = MacroSpec::parse("adc_bits=7,step=128").unwrap();
+        let wide = presets::preset("current-domain", (-256, 255)).unwrap();
+        let e = CimRuntime::new(seven_bit.clone(), Arc::new(wide), ReadoutMode::Sampled, Estimator::Ste).err().unwrap().to_string();
+        assert!(e.contains("reads codes") && e.contains("-64..=63") && e.contains("another ADC"), "{e}");
+        let narrow = presets::preset("current-domain", (-32, 31)).unwrap();
+        let e = CimRuntime::new(seven_bit.clone(), Arc::new(narrow), ReadoutMode::Sampled, Estimator::Ste).err().unwrap().to_string();
+        assert!(e.contains("covers ideal codes -32..=31"), "{e}");
+        let fits = presets::preset("current-domain", (-64, 63)).unwrap();
+        assert!(CimRuntime::new(seven_bit, Arc::new(fits), ReadoutMode::Sampled, Estimator::Ste).is_ok());
     }
 }

@@ -25,7 +25,7 @@ pub struct BenchArgs {
     #[argh(switch)]
     cim: bool,
     #[argh(option, default = "String::from(\"default\")")]
-    /// macro: default, paper-chip or bit-serial
+    /// macro: default, paper-chip, bit-serial, a description (rows=32,adc_bits=7,step=64,…) or a file of key = value lines
     r#macro: String,
     /// error model: a preset (ideal, current-domain, charge-domain, mild, moderate, severe) or a D-MAC-EM file
     #[argh(option, default = "String::from(\"moderate\")")]

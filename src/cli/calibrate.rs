@@ -22,7 +22,7 @@ pub struct CalibrateArgs {
     /// read the CIM layers through the macro (otherwise a digital forward)
     #[argh(switch)]
     cim: bool,
-    /// macro: default, paper-chip or bit-serial (with --cim)
+    /// macro: default, paper-chip, bit-serial, a description (rows=32,adc_bits=7,step=64,…) or a file of key = value lines (with --cim)
     #[argh(option, default = "String::from(\"default\")")]
     r#macro: String,
     /// error model: a preset (dnat em show --preset NAME) or a D-MAC-EM file (with --cim)

@@ -30,7 +30,7 @@ struct FitArgs {
     /// model file to write (.txt/.tsv/.csv: counts table; otherwise binary)
     #[argh(option)]
     out: PathBuf,
-    /// macro whose ADC codes the model covers: default, paper-chip, bit-serial
+    /// macro whose ADC codes the model covers: default, paper-chip, bit-serial, a description or a file
     #[argh(option, default = "String::from(\"default\")")]
     r#macro: String,
     /// policy for ideal codes never measured: nearest (default), identity, reject
@@ -77,7 +77,7 @@ struct ShowArgs {
 pub fn run(a: EmArgs) -> Result<()> {
     match a.action {
         Action::Fit(f) => {
-            let spec = MacroSpec::preset(&f.r#macro)?;
+            let spec = MacroSpec::parse(&f.r#macro)?;
             let text = std::fs::read_to_string(&f.log).map_err(|e| Error::io(&f.log, e))?;
             let log = fit::parse_log(&text, &f.log, f.values_step)?;
             let name = f.name.unwrap_or_else(|| f.log.file_stem().map_or("measured".into(), |s| s.to_string_lossy().into_owned()));
@@ -95,7 +95,7 @@ pub fn run(a: EmArgs) -> Result<()> {
             let model = match (&s.file, &s.preset) {
                 (Some(p), None) => format::load(p)?,
                 (None, Some(name)) => {
-                    let spec = MacroSpec::preset(&s.r#macro)?;
+                    let spec = MacroSpec::parse(&s.r#macro)?;
                     dnat::cim::em::presets::preset(name, (spec.adc.kmin, spec.adc.kmax))?
                 }
                 _ => return Err(Error::invalid("em show: give a model file or --preset NAME (one of them)")),

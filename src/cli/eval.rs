@@ -18,7 +18,7 @@ pub struct EvalArgs {
     /// run the CIM layers on the macro (the checkpoint must come from --cim training)
     #[argh(switch)]
     cim: bool,
-    /// macro: default, paper-chip or bit-serial (with --cim)
+    /// macro: default, paper-chip, bit-serial, a description (rows=32,adc_bits=7,step=64,…) or a file of key = value lines (with --cim)
     #[argh(option, default = "String::from(\"default\")")]
     r#macro: String,
     /// error model: a preset (ideal, current-domain, charge-domain, mild, moderate, severe; KEY=VALUE overrides after a colon) or a D-MAC-EM file (with --cim)

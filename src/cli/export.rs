@@ -30,11 +30,11 @@ pub fn run(a: ExportArgs) -> Result<()> {
     // The training configuration names its macro: `cim = macro=NAME error_model=…`.
     let trained_for = ck.meta("cim").and_then(|c| c.split_whitespace().find_map(|kv| kv.strip_prefix("macro="))).map(String::from);
     let name = a.r#macro.clone().or(trained_for.clone()).unwrap_or_else(|| "default".into());
-    let spec = MacroSpec::preset(&name)?;
+    let spec = MacroSpec::parse(&name)?;
     // Another macro may take the model only on the same quantization grid: exporting to
     // other weight or input bits would silently re-quantize what was trained.
     if let Some(t) = trained_for.as_deref().filter(|t| *t != name) {
-        let trained = MacroSpec::preset(t)?;
+        let trained = MacroSpec::parse(t)?;
         if (trained.weight_bits, trained.input_bits) != (spec.weight_bits, spec.input_bits) {
             return Err(Error::format(
                 &a.checkpoint,

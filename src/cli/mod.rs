@@ -17,10 +17,10 @@ use std::sync::Arc;
 
 /// A CIM runtime from command-line words.
 pub fn cim_runtime(macro_name: &str, model: &str, readout: &str, estimator: &str) -> Result<CimRuntime> {
-    let spec = MacroSpec::preset(macro_name)?;
+    let spec = MacroSpec::parse(macro_name)?;
     spec.validate()?;
     let em = dnat::cim::em::resolve(model, &spec)?;
-    Ok(CimRuntime::new(spec, Arc::new(em), ReadoutMode::parse(readout)?, Estimator::parse(estimator)?))
+    CimRuntime::new(spec, Arc::new(em), ReadoutMode::parse(readout)?, Estimator::parse(estimator)?)
 }
 
 /// Finds and loads the data set, saying which one was read.

@@ -354,7 +354,7 @@ mod tests {
         let (net, mut store) = trained_like();
         let spec = MacroSpec::default();
         let m = DeployModel::from_network(net.as_ref(), &store, &spec, Normalize::for_dataset(DatasetKind::Cifar10)).unwrap();
-        let rt = CimRuntime::new(spec.clone(), Arc::new(crate::cim::em::ErrorModel::ideal(spec.adc.kmin, spec.adc.kmax)), ReadoutMode::Ideal, Estimator::Ste);
+        let rt = CimRuntime::new(spec.clone(), Arc::new(crate::cim::em::ErrorModel::ideal(spec.adc.kmin, spec.adc.kmax)), ReadoutMode::Ideal, Estimator::Ste).unwrap();
         let (n, c, side) = (1usize, 16usize, 6usize);
         let mut x = random(&[n, c, side, side], 9);
         x.data_mut().iter_mut().for_each(|v| *v = 1.5 * *v + 0.5); // across both bounds

@@ -244,7 +244,7 @@ impl PipelineConfig {
             }
         }
         // Resolve the macro and every error model now, so a typo fails before hours of training.
-        let spec = MacroSpec::preset(&self.macro_name).map_err(|e| ("macro", e.to_string()))?;
+        let spec = MacroSpec::parse(&self.macro_name).map_err(|e| ("macro", e.to_string()))?;
         spec.validate().map_err(|e| ("macro", e.to_string()))?;
         em::resolve(&self.error_model, &spec).map_err(|e| ("error_model", format!("error model: {e}")))?;
         for m in &self.sweep {

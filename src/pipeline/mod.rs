@@ -170,7 +170,7 @@ pub fn run(cfg: &PipelineConfig, data: &Dataset, out: &Path, quiet: bool) -> Res
     for (name, path) in [("QAT (ideal macro)", &qat), ("D-NAT (non-ideal macro)", &dnat_ckpt)] {
         history.push((name, Checkpoint::load(path)?.history));
     }
-    let spec = crate::cim::MacroSpec::preset(&cfg.macro_name)?;
+    let spec = crate::cim::MacroSpec::parse(&cfg.macro_name)?;
     let model = em::resolve(&cfg.error_model, &spec)?;
     Ok(Summary {
         config: cfg.clone(),

@@ -158,7 +158,7 @@ pub fn write(s: &Summary, out: &Path) -> Result<()> {
     if !s.sweep.is_empty() {
         atomic::write(&out.join("severity.svg"), severity_chart(s).as_bytes())?;
     }
-    let spec = MacroSpec::preset(&s.config.macro_name)?;
+    let spec = MacroSpec::parse(&s.config.macro_name)?;
     let model = em::resolve(&s.config.error_model, &spec)?;
     // The codes a trained network's tiles mostly produce; the full range is in `dnat em show`.
     let (k0, k1) = (spec.adc.kmin.max(-96), spec.adc.kmax.min(96));

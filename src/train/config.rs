@@ -54,13 +54,22 @@ impl ChipChoice {
 const POPULATION_TAG: u64 = 0x909;
 
 impl CimTraining {
+    /// The macro as checkpoints record it: a preset by its name; a description or a
+    /// file by its whole description (a file can change or vanish; the record cannot).
+    pub fn macro_recorded(&self) -> String {
+        match MacroSpec::preset(&self.macro_name) {
+            Ok(_) => self.macro_name.clone(),
+            Err(_) => MacroSpec::parse(&self.macro_name).map_or_else(|_| self.macro_name.clone(), |m| m.to_description()),
+        }
+    }
+
     /// The runtime of this configuration on its chip (seed and step are set per pass;
     /// for [`ChipChoice::Population`] the chip of each step by [`Self::runtime_at`]).
     pub fn runtime(&self, seed: u64) -> Result<CimRuntime> {
-        let spec = MacroSpec::preset(&self.macro_name)?;
+        let spec = MacroSpec::parse(&self.macro_name)?;
         spec.validate()?;
         let model = em::resolve(&self.error_model, &spec)?;
-        let mut rt = CimRuntime::new(spec, Arc::new(model), self.readout, self.estimator);
+        let mut rt = CimRuntime::new(spec, Arc::new(model), self.readout, self.estimator)?;
         rt.seed = seed;
         rt.act_quant = self.act_quant;
         Ok(match self.chip {
@@ -189,7 +198,7 @@ impl TrainConfig {
                 self.cim.as_ref().map_or("none".into(), |c| {
                     format!(
                         "macro={} error_model={} readout={:?} estimator={} act_quant={:?} first_digital={} last_digital={} chip={}",
-                        c.macro_name,
+                        c.macro_recorded(),
                         c.error_model,
                         c.readout,
                         c.estimator.describe(),

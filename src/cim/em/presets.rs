@@ -184,7 +184,7 @@ impl Synthetic {
             ("sigma1", self.sigma1, 0.0, true, BIG),
             ("tail", self.tail, 0.0, true, 0.999_999),
             ("tail_mean", self.tail_mean, 0.0, false, BIG),
-            ("sat", self.sat, 0.0, false, 16.0),
+            ("sat", self.sat, 0.0, false, 1.0),
             ("compress", self.compress, 0.0, true, 10.0),
             ("knee", self.knee, 0.0, false, BIG),
             ("heavy", self.heavy, 0.0, true, 0.999_999),
@@ -232,7 +232,8 @@ impl Synthetic {
     /// The model's PMFs over the ideal code range, as counts per million.
     pub fn build(&self, name: &str, (kmin, kmax): (i32, i32)) -> Result<ErrorModel> {
         let fs = kmin.unsigned_abs().max(kmax.unsigned_abs()).max(1) as f64;
-        let (jlo, jhi) = ((-self.sat * fs).floor() as i32, (self.sat * fs).ceil() as i32);
+        // Saturation at sat·full scale, never beyond the ADC's own codes.
+        let (jlo, jhi) = (((-self.sat * fs).floor() as i32).max(kmin), ((self.sat * fs).ceil() as i32).min(kmax));
         let (jmin, jmax) = (kmin.min(jlo), kmax.max(jhi));
         // Sized by these ranges below: refuse them before any row is built.
         CodeRange::new(kmin, kmax, "ideal codes")?;
