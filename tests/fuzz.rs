@@ -224,7 +224,7 @@ fn fit_logs() {
     let spec = MacroSpec::preset("default").unwrap();
     fuzz("fit-log", corpus("fit-log"), true, text_target, |b| {
         let text = String::from_utf8_lossy(b);
-        let step = if text.contains('.') { Some(32.0) } else { None };
+        let step = if text.contains("step 32") { Some(32.0) } else { None };
         match fit::parse_log(&text, Path::new("fuzz.log"), step) {
             Ok(log) => {
                 let info = ModelInfo { name: "fuzz".into(), description: String::new(), synthetic: false };

@@ -6,6 +6,10 @@
 //! two fields are readout *values* and are divided by the ADC step and rounded to
 //! codes. Every pair becomes one count; unmeasured ideal codes get the fill policy.
 //!
+//! **Headers.** A first line of names (CSV style) says which field is which, in any
+//! order: `ideal` (or `k`), `measured` (or `j`, `readout`), optionally `column`; other
+//! named fields are ignored. Without one, the fields are positional.
+//!
 //! **Per-column logs.** A third field names the ADC column that read the pair (every
 //! line then has one). The fit separates the chip's fixed pattern from its read noise
 //! (see [`crate::cim::chip`]): a least-squares line `measured ≈ a_c + b_c·ideal` per
@@ -44,7 +48,9 @@ pub fn parse_log(text: &str, path: &Path, values_step: Option<f64>) -> Result<Lo
     }
     let mut pairs = Vec::new();
     let mut columns: Vec<u32> = Vec::new();
-    let mut width = None;
+    // Where the fields are: positional (ideal, measured[, column]) until a header says
+    // otherwise; `width` is the number of fields every line has.
+    let mut layout: Option<Layout> = None;
     for (i, line) in text.lines().enumerate() {
         let l = line.split('#').next().unwrap().trim();
         if l.is_empty() {
@@ -52,16 +58,25 @@ pub fn parse_log(text: &str, path: &Path, values_step: Option<f64>) -> Result<Lo
         }
         let f: Vec<&str> = l.split([' ', '\t', ',']).filter(|t| !t.is_empty()).collect();
         let err = |m: String| Error::format(path, format!("line {}: {m}", i + 1));
-        if !(2..=3).contains(&f.len()) {
-            return Err(err(format!("expected 'ideal measured' or 'ideal measured column', got '{l}'")));
+        let lay = match &layout {
+            Some(lay) => lay,
+            None => {
+                // The first line: a header of names (CSV style), or data.
+                if f.iter().all(|t| t.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')) {
+                    layout = Some(Layout::from_header(&f).map_err(err)?);
+                    continue;
+                }
+                if !(2..=3).contains(&f.len()) {
+                    return Err(err(format!("expected 'ideal measured' or 'ideal measured column', or a header line naming them, got '{l}'")));
+                }
+                layout.insert(Layout { named: false, width: f.len(), ideal: 0, measured: 1, column: (f.len() == 3).then_some(2) })
+            }
+        };
+        if f.len() != lay.width {
+            return Err(err(format!("{} fields, but the log's {} has {}: every line has the same fields", f.len(), if lay.named { "header" } else { "first line" }, lay.width)));
         }
-        match width {
-            None => width = Some(f.len()),
-            Some(w) if w != f.len() => return Err(err(format!("{} fields, but the log's first line has {w}: every line names a column, or none does", f.len()))),
-            _ => {}
-        }
-        if f.len() == 3 {
-            columns.push(f[2].parse().map_err(|_| err(format!("column '{}' is not a whole number", f[2])))?);
+        if let Some(c) = lay.column {
+            columns.push(f[c].parse().map_err(|_| err(format!("column '{}' is not a whole number", f[c])))?);
         }
         let code = |s: &str| -> Result<i32> {
             match values_step {
@@ -79,12 +94,46 @@ pub fn parse_log(text: &str, path: &Path, values_step: Option<f64>) -> Result<Lo
                 }
             }
         };
-        pairs.push((code(f[0])?, code(f[1])?));
+        pairs.push((code(f[lay.ideal])?, code(f[lay.measured])?));
     }
     if pairs.is_empty() {
         return Err(Error::format(path, "no measurements in the log"));
     }
-    Ok(Log { pairs, columns: (width == Some(3)).then_some(columns) })
+    let per_column = layout.is_some_and(|l| l.column.is_some());
+    Ok(Log { pairs, columns: per_column.then_some(columns) })
+}
+
+/// Which field of a log line holds what.
+struct Layout {
+    /// Read from a header line (else positional).
+    named: bool,
+    width: usize,
+    ideal: usize,
+    measured: usize,
+    column: Option<usize>,
+}
+
+impl Layout {
+    /// From a header line: `ideal` (or `k`, `ideal_code`, `expected`), `measured` (or `j`,
+    /// `measured_code`, `readout`, `actual`), optionally `column` (or `col`, `adc`), in
+    /// any order; other named fields (a temperature, a timestamp) are ignored.
+    fn from_header(names: &[&str]) -> std::result::Result<Self, String> {
+        let find = |aliases: &[&str]| -> std::result::Result<Option<usize>, String> {
+            let hits: Vec<usize> = names.iter().enumerate().filter(|(_, n)| aliases.contains(&n.to_ascii_lowercase().as_str())).map(|(i, _)| i).collect();
+            match hits.len() {
+                0 => Ok(None),
+                1 => Ok(Some(hits[0])),
+                _ => Err(format!("the header names the {} field twice", aliases[0])),
+            }
+        };
+        let ideal = find(&["ideal", "k", "ideal_code", "expected"])?;
+        let measured = find(&["measured", "j", "measured_code", "readout", "actual"])?;
+        let column = find(&["column", "col", "adc"])?;
+        match (ideal, measured) {
+            (Some(ideal), Some(measured)) => Ok(Layout { named: true, width: names.len(), ideal, measured, column }),
+            _ => Err(format!("header '{}' must name an ideal field (ideal, k) and a measured one (measured, j, readout)", names.join(","))),
+        }
+    }
 }
 
 /// Least-squares line `y ≈ a + b·x`: `(a, b)`, or `None` when x does not vary.
@@ -313,5 +362,17 @@ mod tests {
         let cols = parse_log("1 1 300\n2 2 300\n", p, None).unwrap();
         assert!(fit(&cols, (0, 5), FillPolicy::Nearest, ModelInfo { name: "c".into(), description: String::new(), synthetic: false }, 256).unwrap_err().to_string().contains("column 300"));
         assert!(parse_log("# nothing\n", p, None).unwrap_err().to_string().contains("no measurements"));
+        // A CSV header names the fields, in any order, and may carry fields dnat ignores.
+        let named = parse_log("temp_C,readout,adc,ideal\n25.1,3,7,2\n25.3,4,0,4\n", p, None).unwrap();
+        assert_eq!((named.pairs, named.columns), (vec![(2, 3), (4, 4)], Some(vec![7, 0])));
+        assert_eq!(parse_log("k j\n1 1\n", p, None).unwrap().pairs, vec![(1, 1)]);
+        for (text, msg) in [
+            ("ideal,temperature\n1,2\n", "must name an ideal field"),
+            ("ideal,measured,k\n1,2,3\n", "names the ideal field twice"),
+            ("ideal,measured\n1,2,3\n", "line 2: 3 fields, but the log's header has 2"),
+        ] {
+            let e = parse_log(text, p, None).unwrap_err().to_string();
+            assert!(e.contains(msg), "{text:?}: {e}");
+        }
     }
 }
