@@ -13,7 +13,7 @@ use std::sync::Arc;
 /// (`readout = Sampled`, statistical estimator).
 #[derive(Clone, Debug, PartialEq)]
 pub struct CimTraining {
-    /// A macro preset name (see [`MacroSpec::preset`]).
+    /// A macro: a preset, a description or a file (see [`MacroSpec::parse`]).
     pub macro_name: String,
     /// An error-model preset name or file path (see [`em::resolve`]).
     pub error_model: String,
