@@ -14,11 +14,19 @@
 //! of one arena. One arena keeps all of it reusable; the workers' allocations are few
 //! and large, so they do not contend on its lock.
 //!
-//! The `dnat` binary calls [`tune_allocator`] at start-up; programs that link the crate
-//! and train should call it too. It is a no-op off glibc.
+//! The `dnat` binary calls [`tune_allocator`] at start-up, and the library's training and
+//! evaluation entry points (`train::train`, `train::evaluate`, `train::evaluate_mc`)
+//! call it on first use, so programs that link the crate need not know about it. It
+//! applies once per process and is a no-op off glibc.
 
-/// Keeps freed memory in the process (glibc `mallopt`); returns whether it applied.
+/// Keeps freed memory in the process (glibc `mallopt`), once per process; returns
+/// whether it applied.
 pub fn tune_allocator() -> bool {
+    static APPLIED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *APPLIED.get_or_init(apply)
+}
+
+fn apply() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
         unsafe extern "C" {

@@ -33,6 +33,7 @@ pub fn count_correct(logits: &[f32], classes: usize, labels: &[u32]) -> usize {
 /// Accuracy over a split; with `cim`, the network's CIM layers run on the macro (batch
 /// `b` of the evaluation is pass `step = b` of the runtime's seed).
 pub fn evaluate(net: &dyn Network, store: &mut ParamStore, split: &Split, norm: Normalize, cim: Option<&CimRuntime>) -> Result<EvalResult> {
+    crate::engine::alloc::tune_allocator();
     let batcher = Batcher::new(split, norm, None, 0);
     let (mut correct, mut loss_sum) = (0usize, 0.0f64);
     let idx: Vec<usize> = (0..split.len()).collect();

@@ -69,6 +69,7 @@ pub fn check_run(cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<()>
 
 pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -> Result<TrainOutcome> {
     check_run(cfg, out, opts)?;
+    crate::engine::alloc::tune_allocator();
     if data.kind != cfg.dataset {
         return Err(Error::invalid("the data set read does not match the configuration"));
     }
