@@ -57,8 +57,8 @@ fn main() -> ExitCode {
     let top: Top = argh::from_env();
     dnat::engine::alloc::tune_allocator();
     if let Some(t) = top.threads {
-        if t == 0 {
-            eprintln!("error: --threads must be at least 1");
+        if !(1..=1024).contains(&t) {
+            eprintln!("error: --threads must be 1 to 1024, got {t}");
             return ExitCode::from(2);
         }
         rayon::ThreadPoolBuilder::new().num_threads(t).build_global().expect("thread pool set up once");

@@ -25,7 +25,11 @@ fn impossible_flags_are_named() {
     fails_with(&["train", "--model", "resnet20", "--epochs", "1", "--dataset", "mnist", "--out", out], "unknown dataset 'mnist'");
     fails_with(&["train", "--model", "resnet20", "--epochs", "1", "--data", "/no/such/place", "--out", out], "/no/such/place does not exist");
     fails_with(&["bench", "--model", "resnet20", "--batch", "0"], "--batch must be 1 to 65536");
-    fails_with(&["--threads", "0", "bench", "--model", "resnet20"], "--threads must be at least 1");
+    let qat = concat!(env!("CARGO_MANIFEST_DIR"), "/models/resnet20-w4a8-qat-e2-s0.ckpt");
+    fails_with(&["calibrate", "--checkpoint", qat, "--cim", "--out", "/proc/dnat-nowhere/r.ckpt"], "/proc/dnat-nowhere");
+    fails_with(&["--threads", "0", "bench", "--model", "resnet20"], "--threads must be 1 to 1024");
+    fails_with(&["--threads", "4000000000", "bench", "--model", "resnet20"], "--threads must be 1 to 1024");
+    fails_with(&["bench", "--model", "resnet20", "--warmup", "4000000000"], "--warmup at most 100000");
     fails_with(&["train", "--model", "resnet20", "--epochs", "1", "--cim", "--chip", "chip-a", "--out", out], "chip 'chip-a'");
     fails_with(&["train", "--model", "resnet20", "--epochs", "1", "--cim", "--error-model", "current-domain:col_gain=0.9", "--out", out], "fixed-pattern spreads");
     assert!(!std::path::Path::new(out).exists(), "a failed run left {out} behind");

@@ -43,8 +43,8 @@ pub struct BenchArgs {
 
 pub fn run(a: BenchArgs) -> Result<()> {
     use dnat::train::config::MAX_BATCH;
-    if !(1..=MAX_BATCH).contains(&a.batch) || a.steps == 0 || a.steps > 100_000 {
-        return Err(dnat::Error::invalid(format!("--batch must be 1 to {MAX_BATCH} and --steps 1 to 100000")));
+    if !(1..=MAX_BATCH).contains(&a.batch) || a.steps == 0 || a.steps > 100_000 || a.warmup > 100_000 {
+        return Err(dnat::Error::invalid(format!("--batch must be 1 to {MAX_BATCH}, --steps 1 to 100000 and --warmup at most 100000")));
     }
     dnat::nn::ModelSpec::fp32(Arch::parse(&a.model)?, a.classes).validate().map_err(|e| dnat::Error::invalid(format!("--classes: {e}")))?;
     let rt = if a.cim { Some(super::cim_runtime(&a.r#macro, &a.error_model, &a.readout, &a.estimator)?) } else { None };

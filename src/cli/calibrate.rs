@@ -49,6 +49,8 @@ pub struct CalibrateArgs {
 }
 
 pub fn run(a: CalibrateArgs) -> Result<()> {
+    // The output is written after the forward passes: check it can be, first.
+    dnat::io::atomic::check_writable(&a.out)?;
     let mut ck = Checkpoint::load(&a.checkpoint)?;
     let kind = DatasetKind::of_checkpoint(ck.spec.num_classes, &a.checkpoint)?;
     if a.cim && ck.spec.cim.is_none() {
