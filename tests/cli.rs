@@ -95,6 +95,8 @@ fn hostile_input_is_refused_by_name() {
     train(&["--schedule", "cosine:nan"], "schedule 'cosine:nan': warm-up NaN");
     train(&["--schedule", "step:5,2"], "milestones must be ascending");
     train(&["--batch", "4000000000"], "--batch 4000000000: must be 1 to 65536");
+    train(&["--cim", "--estimator", "stat:4000000000"], "S must be a whole number from 0");
+    fails_with(&["train", "--model", "resnet20", "--epochs", "1", "--out", d.to_str().unwrap()], "is a directory: give a file path");
     train(&["--cim", "--error-model", "mild:sat=1e6"], "sat = 1000000 is outside");
     assert!(!out.exists());
     // An output that cannot be written fails before the data is read or an epoch is run.

@@ -122,10 +122,10 @@ impl MacroSpec {
         if let Ok(m) = Self::preset(spec) {
             return Ok(m);
         }
-        if spec.contains('=') {
+        let path = std::path::Path::new(spec);
+        if spec.contains('=') && !path.is_file() {
             return Self::from_pairs(spec.split(',').map(|kv| (0, kv))).map_err(|(_, e)| Error::invalid(format!("macro '{spec}': {e}")));
         }
-        let path = std::path::Path::new(spec);
         if path.is_file() {
             let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
             let lines = text.lines().enumerate().map(|(i, l)| (i + 1, l.split('#').next().unwrap_or(""))).filter(|(_, l)| !l.trim().is_empty());
@@ -163,6 +163,8 @@ impl MacroSpec {
                 "input_bits" => m.input_bits = small(v, 1, 16)? as u32,
                 "weight_bits" => m.weight_bits = small(v, 1, 8)? as u32,
                 "bits_per_cycle" => m.input_bits_per_cycle = small(v, 1, 16)? as u32,
+                "adc_bits" if seen.contains("kmin") || seen.contains("kmax") => return Err((line, "adc_bits and kmin/kmax both set the ADC's codes: give one".into())),
+                "kmin" | "kmax" if seen.contains("adc_bits") => return Err((line, "adc_bits and kmin/kmax both set the ADC's codes: give one".into())),
                 "adc_bits" => {
                     let b = small(v, 1, 16)? as u32;
                     (m.adc.kmin, m.adc.kmax) = (-(1i32 << (b - 1)), (1i32 << (b - 1)) - 1);
@@ -171,8 +173,8 @@ impl MacroSpec {
                 "kmax" => m.adc.kmax = small(v, -(1 << 30), 1 << 30)? as i32,
                 "step" => {
                     let s: f32 = v.parse().map_err(|_| (line, format!("step = '{v}' is not a number")))?;
-                    if !(s.is_finite() && s > 0.0) {
-                        return Err((line, format!("step = {v} must be a positive number")));
+                    if !(s.is_normal() && s > 0.0) {
+                        return Err((line, format!("step = {v} must be a positive (normal) number")));
                     }
                     m.adc.step = s
                 }
@@ -310,7 +312,8 @@ mod tests {
             ("rows=0", "rows = 0 is outside 1..=1048576"),
             ("rows=64,rows=32", "'rows' is set twice"),
             ("adc_bits=40", "adc_bits = 40 is outside"),
-            ("step=nan", "step = nan must be a positive number"),
+            ("step=nan", "step = nan must be a positive"),
+            ("kmin=-10,adc_bits=7", "give one"),
             ("colour=red", "unknown key 'colour'"),
             ("input_bits=7,bits_per_cycle=2", "must divide"),
             ("rows=100000,weight_bits=8,input_bits=16", "not be exact in f32"),

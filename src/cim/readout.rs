@@ -97,8 +97,10 @@ impl Readout for ErrorModel {
     }
     /// Each draw is the coupled pair's difference drawn from its exact law (see
     /// [`ErrorModel::pair_difference`]): the estimator of the default, in O(1). The pair
-    /// is the model's rows `k ± 1` (one-sided only at the model's own ends), as for the
-    /// exact slope, so `stat:S` averages to `stat` at every code, the ADC's edges included.
+    /// is the model's rows `k ± 1` (one-sided only at the model's own ends, the ADC's
+    /// edges included), so `stat:S` averages to the central difference — which is
+    /// `stat` wherever the table is well measured; where it is sparse, `stat` is smoothed
+    /// over a wider window and `stat:S` is not.
     fn slope_draws_run(&self, codes: &[i32], _range: (i32, i32), draws: u32, run: DrawRun, out: &mut [f32]) {
         self.slope_stream(codes, run.key.backward_key(), run.op0, run.stride, draws, out)
     }
@@ -155,6 +157,9 @@ impl ReadoutMode {
     }
 }
 
+/// The most draws `stat:S` takes per macro operation.
+pub const MAX_DRAWS: u32 = 1 << 16;
+
 /// The backward estimator through the readout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Estimator {
@@ -175,10 +180,10 @@ impl Estimator {
         match s.split_once(':') {
             None if s == "ste" => Ok(Estimator::Ste),
             None if s == "stat" => Ok(Estimator::Statistical { draws: 0 }),
-            Some(("stat", n)) => n
-                .parse()
-                .map(|draws| Estimator::Statistical { draws })
-                .map_err(|_| crate::Error::invalid(format!("bad estimator '{s}': S must be a whole number"))),
+            Some(("stat", n)) => match n.parse::<u32>() {
+                Ok(draws) if draws <= MAX_DRAWS => Ok(Estimator::Statistical { draws }),
+                _ => Err(crate::Error::invalid(format!("bad estimator '{s}': S must be a whole number from 0 (the exact slope, as `stat`) to {MAX_DRAWS}"))),
+            },
             _ => Err(crate::Error::invalid(format!("unknown estimator '{s}' (ste, stat, stat:S)"))),
         }
     }

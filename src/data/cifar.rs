@@ -222,7 +222,7 @@ fn load_archive(path: &Path, kind: DatasetKind) -> Result<Dataset> {
     let sizes: Vec<usize> = train_files.iter().chain(&test_files).map(|(_, n)| n * kind.record_bytes()).collect();
     {
         // Bounded: an archive that inflates past MAX_INFLATED (a gzip bomb) is refused.
-        let mut gz = GzDecoder::new(&mut hashing).take(MAX_INFLATED);
+        let mut gz = GzDecoder::new(&mut hashing).take(MAX_INFLATED + 1);
         tar::for_each_file(&mut gz, |entry, r| {
             let (dir, base) = match entry.path.rsplit_once('/') {
                 Some((d, b)) => (d, b),
@@ -242,7 +242,11 @@ fn load_archive(path: &Path, kind: DatasetKind) -> Result<Dataset> {
             }
             Ok(())
         })
-        .map_err(|msg| Error::format(path, format!("not a readable {} archive: {msg}", kind.name())))?;
+        .map_err(|msg| {
+            // A bomb usually cuts the tar short at the bound: say which it was.
+            let why = if gz.limit() == 0 { format!("inflates past {} GiB (a gzip bomb?)", MAX_INFLATED >> 30) } else { msg };
+            Error::format(path, format!("not a readable {} archive: {why}", kind.name()))
+        })?;
         // Read the gzip stream to its end: only there does the decoder check the CRC-32
         // and length of everything it inflated (a flipped byte, a cut-off file).
         std::io::copy(&mut gz, &mut std::io::sink())

@@ -35,9 +35,13 @@ fn process_alive(pid: u32) -> bool {
 /// missing directory): long runs check their outputs before they start working.
 pub fn check_writable(path: &Path) -> Result<()> {
     let (dir, name) = split(path)?;
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    if path.is_dir() {
+        return Err(Error::invalid(format!("{} is a directory: give a file path", path.display())));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(path, e))?;
     let probe = dir.join(format!(".{name}.probe.{}", std::process::id()));
-    std::fs::File::create(&probe).map_err(|e| Error::io(path, e))?;
+    // create_new: never follow a planted symlink or truncate someone else's file.
+    std::fs::OpenOptions::new().write(true).create_new(true).open(&probe).map_err(|e| Error::io(path, e))?;
     std::fs::remove_file(&probe).map_err(|e| Error::io(&probe, e))
 }
 
@@ -47,7 +51,10 @@ pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
     remove_stale(dir, &name);
     let tmp = dir.join(format!(".{name}.tmp.{}", std::process::id()));
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
+        // A leftover of an earlier process with our PID goes; then create_new, which
+        // never follows a planted symlink.
+        let _ = std::fs::remove_file(&tmp);
+        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         f.write_all(bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)

@@ -174,7 +174,7 @@ impl PipelineConfig {
         }
         // Values are written into one-line records and reports (a newline would corrupt
         // them) and the name becomes a directory (`results/<name>`).
-        if v.chars().any(char::is_control) {
+        if v.chars().any(|c| c.is_control() && c != '\t') {
             return Err(format!("{k} = '{}' contains a control character", v.escape_debug()));
         }
         match k {

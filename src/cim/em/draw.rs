@@ -26,7 +26,7 @@ impl ErrorModel {
             // SAFETY: the CPU has AVX-512 F and DQ (checked above); every gather index is
             // a clamped row or an entry of that row (see `avx512::stream`).
             let done = unsafe { avx512::stream(self, codes, key, first, stride, out) };
-            return self.stream_portable(&codes[done..], key, first + done as u64 * stride, stride, &mut out[done..]);
+            return self.stream_portable(&codes[done..], key, first.wrapping_add((done as u64).wrapping_mul(stride)), stride, &mut out[done..]);
         }
         self.stream_portable(codes, key, first, stride, out)
     }
@@ -37,10 +37,10 @@ impl ErrorModel {
         let mut bits = [0u64; BLOCK];
         let mut slot = [0u32; BLOCK];
         for (b, (cs, os)) in codes.chunks(BLOCK).zip(out.chunks_mut(BLOCK)).enumerate() {
-            let op0 = first.wrapping_add((b * BLOCK) as u64 * stride);
+            let op0 = first.wrapping_add(((b * BLOCK) as u64).wrapping_mul(stride));
             let n = cs.len();
             for (i, v) in bits[..n].iter_mut().enumerate() {
-                *v = mix64(key.wrapping_add(op0.wrapping_add(i as u64 * stride).wrapping_mul(PHI)));
+                *v = mix64(key.wrapping_add(op0.wrapping_add((i as u64).wrapping_mul(stride)).wrapping_mul(PHI)));
             }
             // Phase 1: which table entry each draw lands on; phase 2: keep or alias.
             // Two simple loops overlap their loads better than one long chain.
@@ -58,12 +58,17 @@ impl ErrorModel {
     /// draws keyed as [`crate::cim::DrawKey::backward`]; 1 on a one-code model.
     pub(crate) fn slope_stream(&self, codes: &[i32], key: u64, first: u64, stride: u64, draws: u32, out: &mut [f32]) {
         assert_eq!(codes.len(), out.len());
+        if draws == 0 {
+            // No draws, no estimate: the straight-through slope (as the portable path).
+            out.fill(1.0);
+            return;
+        }
         #[cfg(target_arch = "x86_64")]
         if draws <= 1 << 16 && self.pair_diff.entries.len() <= i32::MAX as usize && avx512_available() {
             // SAFETY: AVX-512 F and DQ are present; indices are clamped rows and entries
             // of their rows; S ≤ 2^16 draws of |d| < 2^15 cannot overflow an i32 sum.
             let done = unsafe { avx512::slopes(self, codes, key, first, stride, draws, out) };
-            return self.slopes_portable(&codes[done..], key, first + done as u64 * stride, stride, draws, &mut out[done..]);
+            return self.slopes_portable(&codes[done..], key, first.wrapping_add((done as u64).wrapping_mul(stride)), stride, draws, &mut out[done..]);
         }
         self.slopes_portable(codes, key, first, stride, draws, out)
     }
@@ -71,7 +76,7 @@ impl ErrorModel {
     /// The portable path of [`ErrorModel::slope_stream`] (also its tail).
     pub(crate) fn slopes_portable(&self, codes: &[i32], key: u64, first: u64, stride: u64, draws: u32, out: &mut [f32]) {
         for (i, (o, &kc)) in out.iter_mut().zip(codes).enumerate() {
-            let op_key = mix64(key ^ mix64(first.wrapping_add(i as u64 * stride)));
+            let op_key = mix64(key ^ mix64(first.wrapping_add((i as u64).wrapping_mul(stride))));
             let (mut diff, mut spacing) = (0i64, 0);
             for s in 0..draws as u64 {
                 let (d, sp) = self.pair_difference(kc, mix64(op_key ^ s));

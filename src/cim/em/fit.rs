@@ -178,16 +178,17 @@ pub fn fit_columns(log: &Log, adcs: usize) -> Result<Vec<(f32, f32)>> {
         .collect())
 }
 
-/// Fits a model over the ideal code range `codes`; measured codes may extend it. A
-/// per-column log (over the macro's `adcs` columns) gives a per-column model.
+/// Fits a model over the ideal code range `codes` (the macro's ADC), whose measured
+/// codes must lie in the same range. A per-column log (over the macro's `adcs`
+/// columns) gives a per-column model.
 pub fn fit(log: &Log, codes: (i32, i32), fill: FillPolicy, info: ModelInfo, adcs: usize) -> Result<ErrorModel> {
     // A readout beyond the ADC's codes comes from another ADC (or a wrong --values-step).
     if let Some(&(k, j)) = log.pairs.iter().find(|p| p.1 < codes.0 || p.1 > codes.1) {
         return Err(Error::invalid(format!("measured code {j} (ideal {k}) is beyond the macro's ADC codes {}..={}: a log of another ADC?", codes.0, codes.1)));
     }
     let pairs = &log.pairs;
-    let jmin = pairs.iter().map(|p| p.1).min().unwrap().min(codes.0);
-    let jmax = pairs.iter().map(|p| p.1).max().unwrap().max(codes.1);
+    // Measured codes lie in the ADC's range (checked above): the model reads over all of it.
+    let (jmin, jmax) = codes;
     let Some(cols) = &log.columns else {
         return ErrorModel::from_counts(info, codes, (jmin, jmax), fill, pairs.iter().map(|&(k, j)| (k, j, 1.0)));
     };

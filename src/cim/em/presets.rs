@@ -234,10 +234,10 @@ impl Synthetic {
         let fs = kmin.unsigned_abs().max(kmax.unsigned_abs()).max(1) as f64;
         // Saturation at sat·full scale, never beyond the ADC's own codes.
         let (jlo, jhi) = (((-self.sat * fs).floor() as i32).max(kmin), ((self.sat * fs).ceil() as i32).min(kmax));
-        let (jmin, jmax) = (kmin.min(jlo), kmax.max(jhi));
-        // Sized by these ranges below: refuse them before any row is built.
+        // Readouts stay within the ADC's codes (saturation clamps them there).
+        let (jmin, jmax) = (kmin, kmax);
+        // Sized by this range below: refuse it before any row is built.
         CodeRange::new(kmin, kmax, "ideal codes")?;
-        CodeRange::new(jmin, jmax, &format!("error model '{name}': measured codes (saturation {}·full scale)", self.sat))?;
         // Each row is integrated over ±span codes around its mean: bound the whole table's
         // work (a few seconds at most) before starting it.
         let sigma_max = self.sigma0 + self.sigma1 * fs.sqrt();

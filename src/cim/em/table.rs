@@ -112,7 +112,7 @@ pub struct ErrorModel {
     /// The counts as given, sorted by (ideal, measured) (what is saved).
     counts: Vec<(i32, i32, f64)>,
     rows: Vec<Row>,
-    /// E[j | k] − k as a slope table: slope[k] = d E[j] / d k (central differences).
+    /// dE[j]/dk per ideal code (see [`smoothed_slope`]).
     slope: Vec<f32>,
     mean_f32: Vec<f32>,
     /// All rows' alias tables back to back, for the sampling hot loop: row r's column
@@ -163,7 +163,9 @@ fn pair_differences(span: &[RowSpan], cdf: &[u32], flat: &[AliasEntry]) -> PairD
         // Walk both CDFs together: each segment [x0, x1) of the unit interval has one
         // quantile in each row; its length is the probability of that difference.
         let ((ca, fa), (cb, fb)) = (row(a), row(b));
-        let mut law: Vec<(i32, f64)> = Vec::new();
+        // The law, dense over every difference the two supports allow.
+        let dmin = fb[0].own as i32 - fa[fa.len() - 1].own as i32;
+        let mut mass = vec![0.0f64; (fb[fb.len() - 1].own as i32 - fa[0].own as i32 - dmin + 1) as usize];
         let (mut ia, mut ib, mut x0) = (0usize, 0usize, 0u64);
         while x0 < 1 << 32 {
             // Row r's quantile on [x0, ·) is its first entry whose CDF exceeds x0 (the
@@ -171,11 +173,7 @@ fn pair_differences(span: &[RowSpan], cdf: &[u32], flat: &[AliasEntry]) -> PairD
             // Entry i holds x in [cdf[i−1], cdf[i]); the last one, up to 2^32.
             let end = |c: &[u32], i: usize| if i + 1 == c.len() { 1u64 << 32 } else { c[i] as u64 };
             let x1 = end(ca, ia).min(end(cb, ib));
-            let d = fb[ib].own as i32 - fa[ia].own as i32;
-            match law.iter_mut().find(|e| e.0 == d) {
-                Some(e) => e.1 += (x1 - x0) as f64,
-                None => law.push((d, (x1 - x0) as f64)),
-            }
+            mass[(fb[ib].own as i32 - fa[ia].own as i32 - dmin) as usize] += (x1 - x0) as f64;
             x0 = x1;
             if x0 >= end(ca, ia) && ia + 1 < ca.len() {
                 ia += 1;
@@ -184,8 +182,7 @@ fn pair_differences(span: &[RowSpan], cdf: &[u32], flat: &[AliasEntry]) -> PairD
                 ib += 1;
             }
         }
-        law.retain(|e| e.1 > 0.0);
-        law.sort_by_key(|e| e.0);
+        let law: Vec<(i32, f64)> = mass.iter().enumerate().filter(|e| *e.1 > 0.0).map(|(o, &m)| (dmin + o as i32, m)).collect();
         let p: Vec<f64> = law.iter().map(|e| e.1 / 4_294_967_296.0).collect();
         let (keep, alias) = alias_table(&p);
         out.span.push(RowSpan { start: out.entries.len() as u32, width: law.len() as u32 });
@@ -407,13 +404,21 @@ impl ErrorModel {
                 cdf.push(if last { u32::MAX } else { (cum * 4_294_967_296.0).round().min(u32::MAX as f64) as u32 });
             }
         }
-        let pair_diff = pair_differences(&span, &cdf, &flat);
-        if let Some(i) = (0..nk).find(|&i| {
+        // The pair differences of neighbouring rows must fit an i16 (the sampled slope's
+        // table): checked, in i64, before they are tabulated.
+        let support = |r: &Row| (r.jlo as i64, r.jlo as i64 + r.prob.len() as i64 - 1);
+        for i in 0..nk {
             let (a, b) = (i.saturating_sub(1), (i + 1).min(nk - 1));
-            (rows[b].jlo + rows[b].prob.len() as i32 - rows[a].jlo).abs() > i16::MAX as i32 || (rows[b].jlo - rows[a].jlo - rows[a].prob.len() as i32).abs() > i16::MAX as i32
-        }) {
-            return Err(Error::invalid(format!("ideal codes {} and {} read out more than 32,767 codes apart: not an ADC's error model", kmin + i as i32 - 1, kmin + i as i32 + 1)));
+            let ((alo, ahi), (blo, bhi)) = (support(&rows[a]), support(&rows[b]));
+            if a != b && (bhi - alo).max(ahi - blo) > i16::MAX as i64 {
+                return Err(Error::invalid(format!(
+                    "ideal codes {} and {} read out more than 32,767 codes apart: not an ADC's error model",
+                    kmin as i64 + a as i64,
+                    kmin as i64 + b as i64
+                )));
+            }
         }
+        let pair_diff = pair_differences(&span, &cdf, &flat);
         Ok(ErrorModel { info, kmin, kmax, jmin, jmax, fill, fixed_pattern: Default::default(), columns: Vec::new(), counts, rows, slope, mean_f32, flat, span, cdf, pair_diff })
     }
 
