@@ -35,6 +35,11 @@ pub trait Readout: Send + Sync {
     /// One call per run (as in forward), so a source can batch; the default pairs
     /// [`Readout::sample_pair`].
     fn slope_draws_run(&self, codes: &[i32], range: (i32, i32), draws: u32, run: DrawRun, out: &mut [f32]) {
+        if draws == 0 {
+            // No draws, no estimate: the straight-through slope, as the table's path gives.
+            out.fill(1.0);
+            return;
+        }
         for (i, (o, &kc)) in out.iter_mut().zip(codes).enumerate() {
             let (ka, kb) = ((kc - 1).max(range.0), (kc + 1).min(range.1));
             if ka >= kb {
