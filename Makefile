@@ -59,14 +59,17 @@ repro-affine: build ensure-data ## The earlier headline on the affine presets (m
 repro-vgg8: build ensure-data ## The same for VGG8 (trains its FP32 model first: ~12 h on 2 cores)
 	$(DNAT) pipeline --config configs/repro-vgg8.conf $(DATA_FLAG)
 
-# Ablations: one setting changed at a time on a short D-NAT schedule (1 QAT + 1 D-NAT
-# epoch on 10,000 training images, full test set, R = 3). Results: README "Ablations".
-ABLATE := $(DNAT) pipeline --config configs/repro-resnet20.conf $(DATA_FLAG) --set train_subset=10000 --set qat_epochs=1 --set dnat_epochs=1 --set mc_seeds=3 --set mc_chips=1 --set natste=false --set error_model=moderate --set sweep= --set fp32_checkpoint=models/resnet20-fp32-s0.ckpt
-ablations-resnet20: build ensure-data ## STE vs statistical estimator, draws S, PACT vs E-PACT (~30 min)
+# Ablations: one setting changed at a time on a short schedule of the default repro
+# (`current-domain`, training on chip 0): 1 QAT epoch from the committed FP32 model and
+# 1 D-NAT epoch, both on 10,000 training images; full test set, chip 0 read R = 2 times.
+# Results: README "Ablations".
+ABLATE := $(DNAT) pipeline --config configs/repro-resnet20.conf $(DATA_FLAG) --set qat_checkpoint=none --set train_subset=10000 --set qat_epochs=1 --set dnat_epochs=1 --set mc_chips=1 --set mc_seeds=2 --set natste=false --set sweep=
+ablations-resnet20: build ensure-data ## STE vs statistical estimator, draws S, a sample-only source, PACT vs E-PACT (~1 h)
 	$(ABLATE) --set name=ablation-stat --out results/ablations/stat
 	$(ABLATE) --set name=ablation-ste --set estimator=ste --out results/ablations/ste
 	$(ABLATE) --set name=ablation-stat1 --set estimator=stat:1 --out results/ablations/stat1
 	$(ABLATE) --set name=ablation-stat4 --set estimator=stat:4 --out results/ablations/stat4
+	$(ABLATE) --set name=ablation-stat4-sample-only --set estimator=stat:4 --set readout_source=sample-only --out results/ablations/stat4-sample-only
 	$(ABLATE) --set name=ablation-pact --set act_quant=pact --out results/ablations/pact
 
 # The FP32 ResNet20 in models/ was produced by exactly this command (see models/README.md).

@@ -8,7 +8,7 @@ use dnat::cim::{Estimator, MacroSpec, ReadoutMode};
 use dnat::data::{synthetic, DatasetKind, Normalize};
 use dnat::io::checkpoint::restore_into;
 use dnat::nn::{build, ActQuantKind, Arch, CimPlan};
-use dnat::train::{evaluate_mc, train, ChipChoice, CimTraining, RunOptions, TrainConfig};
+use dnat::train::{evaluate_mc, train, ChipChoice, CimTraining, ReadoutSource, RunOptions, TrainConfig};
 use std::path::Path;
 
 fn main() -> dnat::Result<()> {
@@ -52,6 +52,7 @@ fn main() -> dnat::Result<()> {
         act_quant: ActQuantKind::EPact,
         plan: CimPlan::default(),
         chip: ChipChoice::One(0), // the measured chip (chip 0 of a per-column model)
+        source: ReadoutSource::Table,
     });
     let ckpt = dir.join("dnat.ckpt");
     let outcome = train(&cfg, &data, &ckpt, &RunOptions { resume: false, stop_after: None, quiet: true })?;

@@ -6,7 +6,7 @@ use dnat::cim::{Estimator, ReadoutMode};
 use dnat::data::{synthetic, DatasetKind};
 use dnat::io::Checkpoint;
 use dnat::nn::{ActQuantKind, Arch, CimPlan};
-use dnat::train::{train, ChipChoice, CimTraining, RunOptions, TrainConfig};
+use dnat::train::{train, ChipChoice, CimTraining, ReadoutSource, RunOptions, TrainConfig};
 use std::path::PathBuf;
 
 mod common;
@@ -78,6 +78,7 @@ fn cim(readout: ReadoutMode, estimator: Estimator, error_model: &str) -> CimTrai
         act_quant: ActQuantKind::EPact,
         plan: CimPlan::default(),
         chip: ChipChoice::One(0),
+        source: ReadoutSource::Table,
     }
 }
 

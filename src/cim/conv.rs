@@ -79,14 +79,16 @@ impl SlopeSource {
         let adc = rt.spec.adc;
         let codes: Vec<i32> = (adc.kmin..=adc.kmax).collect();
         let mut table = vec![1.0f32; codes.len() + 1];
-        if rt.mode != ReadoutMode::Ideal {
-            rt.readout.slope_run(&codes, &mut table[..codes.len()]);
-        }
-        table[codes.len()] = 0.0;
         let draws = match (rt.mode, rt.estimator) {
             (ReadoutMode::Ideal, _) | (_, Estimator::Ste) => 0,
             (_, Estimator::Statistical { draws }) => draws,
         };
+        // The exact slope comes from the source's table (`check_source` made sure there
+        // is one); `stat:S` estimates it per operation and uses only the saturated entry.
+        if let (ReadoutMode::Sampled | ReadoutMode::Expected, 0, Some(t)) = (rt.mode, draws, rt.readout.table()) {
+            t.slope_run(&codes, &mut table[..codes.len()]);
+        }
+        table[codes.len()] = 0.0;
         SlopeSource { rt: rt.clone(), key: DrawKey::new(rt.seed, layer, rt.step), table, draws }
     }
 
@@ -188,7 +190,7 @@ fn group_forward(
                 match rt.mode {
                     ReadoutMode::Ideal => read.iter_mut().zip(&codes).for_each(|(r, &kc)| *r = kc as f32),
                     ReadoutMode::Sampled => rt.readout.sample_run(&codes, run, &mut read),
-                    ReadoutMode::Expected => rt.readout.mean_run(&codes, &mut read),
+                    ReadoutMode::Expected => rt.readout.table().expect("CimRuntime::check_source: the expected mode has a table").mean_run(&codes, &mut read),
                 }
                 for (a, &r) in acc[e0..e0 + cols].iter_mut().zip(&read) {
                     *a += weight * r;
@@ -209,6 +211,7 @@ fn group_forward(
 pub fn cim_conv2d(tape: &mut Tape, x: Var, w: Var, bias: Option<Var>, cfg: Conv2dCfg, grid: ActGrid, call: &CimCall) -> Result<Var> {
     let spec = &call.rt.spec;
     spec.validate()?;
+    call.rt.check_source()?;
     if grid.max_code != spec.input_max() {
         return Err(Error::invalid(format!("CIM layer: activations have {} levels, the macro takes {}-bit inputs", grid.max_code + 1, spec.input_bits)));
     }

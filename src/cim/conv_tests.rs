@@ -141,12 +141,6 @@ fn fine_adc_equals_the_digital_quantized_conv() {
         fn sample(&self, k: i32, _: u64) -> i32 {
             k
         }
-        fn mean(&self, k: i32) -> f32 {
-            k as f32
-        }
-        fn slope(&self, _: i32) -> f32 {
-            1.0
-        }
         fn label(&self) -> String {
             "identity".into()
         }
@@ -400,4 +394,52 @@ fn statistical_gradient_through_a_bit_serial_padded_conv() {
         let a = gw.data()[idx] as f64;
         assert!((a - fd).abs() < 0.06 * fd.abs().max(a.abs()) + 2e-3, "dw[{idx}]: analytic {a}, finite difference {fd}");
     }
+}
+
+/// A source that can only be sampled (the error model behind `SampleOnly`, as a chip
+/// behind a link) reads exactly what the model reads; `stat:S` trains through it with
+/// gradients whose mean is the exact slope's; what needs the table is refused by name,
+/// also when a runtime is changed after `CimRuntime::new`.
+#[test]
+fn sample_only_source_reads_the_same_and_refuses_what_needs_a_table() {
+    let grid = ActGrid::new(0.0, 1.0, 8);
+    let sp = spec(8, 8.0, -2048, 2047, 8);
+    let model = smooth_model(-2048, 2047);
+    let plain: Arc<dyn Readout> = Arc::new(SampleOnly(Arc::new(model.clone())));
+    for (mode, est, needs) in [(ReadoutMode::Expected, Estimator::Ste, "`expected`"), (ReadoutMode::Sampled, Estimator::Statistical { draws: 0 }, "`stat`")] {
+        let e = CimRuntime::new(sp.clone(), plain.clone(), mode, est).err().unwrap().to_string();
+        assert!(e.contains("can only be sampled") && e.contains(needs) && e.contains("(sample only)"), "{e}");
+    }
+    let x = on_grid(&[4, 24], grid, 21);
+    let w = random(&[3, 24], 22);
+    let r = random(&[4, 3], 23);
+    let table = runtime(sp.clone(), model, ReadoutMode::Sampled, Estimator::Statistical { draws: 4 }).on_chip(3);
+    let sampled = CimRuntime { readout: plain.clone(), ..table.clone() };
+    let exact = CimRuntime { estimator: Estimator::Statistical { draws: 0 }, ..table.clone() };
+    let (v_table, _, _) = linear_loss(&table, &x, &w, grid, &r);
+    let (v_plain, _, _) = linear_loss(&sampled, &x, &w, grid, &r);
+    assert_eq!(v_table.to_bits(), v_plain.to_bits(), "the forward readouts differ through the wrapper");
+    // Same-bit pairs at k ± 1: unbiased for the exact slope (5 standard errors per element).
+    let (_, gx0, gw0) = linear_loss(&exact, &x, &w, grid, &r);
+    let steps = 300;
+    let n = gx0.len() + gw0.len();
+    let (mut sum, mut sq) = (vec![0.0f64; n], vec![0.0f64; n]);
+    for step in 0..steps {
+        let (_, gx, gw) = linear_loss(&CimRuntime { step, ..sampled.clone() }, &x, &w, grid, &r);
+        for ((s, q), v) in sum.iter_mut().zip(&mut sq).zip(gx.data().iter().chain(gw.data())) {
+            *s += *v as f64;
+            *q += (*v as f64).powi(2);
+        }
+    }
+    for (i, a) in gx0.data().iter().chain(gw0.data()).enumerate() {
+        let mean = sum[i] / steps as f64;
+        let se = ((sq[i] / steps as f64 - mean * mean).max(0.0) / steps as f64).sqrt();
+        assert!((*a as f64 - mean).abs() <= 5.0 * se + 1e-4, "element {i}: exact {a}, mean through the sample-only source {mean} ± {se}");
+    }
+    // A runtime switched to the exact slope after `new` is refused by the layer.
+    let mut t = Tape::new(true);
+    let (xv, wv) = (t.leaf(x.clone()), t.leaf(w.clone()));
+    let bad = CimRuntime { estimator: Estimator::Statistical { draws: 0 }, ..sampled };
+    let e = cim_linear(&mut t, xv, wv, None, grid, &CimCall { rt: &bad, layer: 1 }).err().unwrap().to_string();
+    assert!(e.contains("can only be sampled"), "{e}");
 }

@@ -24,4 +24,4 @@ pub use conv::{cim_conv2d, cim_linear, CimCall};
 pub use em::{ErrorModel, FillPolicy};
 pub use macro_spec::{Adc, MacroSpec};
 pub use quant::{epact, ActGrid};
-pub use readout::{CimRuntime, DrawKey, DrawRun, Estimator, Readout, ReadoutMode};
+pub use readout::{CimRuntime, DrawKey, DrawRun, Estimator, Readout, ReadoutMode, ReadoutTable, SampleOnly};

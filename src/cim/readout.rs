@@ -7,6 +7,23 @@ use super::MacroSpec;
 use crate::rng::{key, mix64};
 use std::sync::Arc;
 
+/// E[readout | ideal code] and its slope: what a readout source with a table (an error
+/// model) offers beyond sampling; see [`Readout::table`].
+pub trait ReadoutTable: Send + Sync {
+    /// E[measured | ideal = k] (the `expected` forward mode).
+    fn mean(&self, k: i32) -> f32;
+    /// dE\[measured\]/dk at `k` (the statistical estimator with S = 0).
+    fn slope(&self, k: i32) -> f32;
+    /// `mean` over a run of codes (one call per run; override to batch).
+    fn mean_run(&self, codes: &[i32], out: &mut [f32]) {
+        out.iter_mut().zip(codes).for_each(|(o, &k)| *o = self.mean(k));
+    }
+    /// `slope` over a run of codes (one call per run; override to batch).
+    fn slope_run(&self, codes: &[i32], out: &mut [f32]) {
+        out.iter_mut().zip(codes).for_each(|(o, &k)| *o = self.slope(k));
+    }
+}
+
 /// A source of macro readouts, in ADC codes. The error model is one; a researcher can
 /// plug in another (a replay of recorded readouts, a chip behind an FPGA link) without
 /// touching the layers.
@@ -56,17 +73,13 @@ pub trait Readout: Send + Sync {
             *o = diff as f32 / (draws as f32 * (kb - ka) as f32);
         }
     }
-    /// E[measured | ideal = k] (the `expected` forward mode).
-    fn mean(&self, k: i32) -> f32;
-    /// dE\[measured\]/dk at `k` (the statistical estimator with S = 0).
-    fn slope(&self, k: i32) -> f32;
-    /// `mean` over a run of codes (one call per run; override to batch).
-    fn mean_run(&self, codes: &[i32], out: &mut [f32]) {
-        out.iter_mut().zip(codes).for_each(|(o, &k)| *o = self.mean(k));
-    }
-    /// `slope` over a run of codes (one call per run; override to batch).
-    fn slope_run(&self, codes: &[i32], out: &mut [f32]) {
-        out.iter_mut().zip(codes).for_each(|(o, &k)| *o = self.slope(k));
+    /// The source's table of E[readout | ideal code], when it has one (an error model,
+    /// measured or synthetic). A source that can only be sampled (a chip behind a link,
+    /// a replay of recorded readouts) has none (the default): it serves the `sampled`
+    /// and `ideal` modes with the `ste` and `stat:S` estimators, while the `expected`
+    /// mode and the exact slope `stat` need the table ([`CimRuntime::new`] says so).
+    fn table(&self) -> Option<&dyn ReadoutTable> {
+        None
     }
     /// How reports name this source (synthetic models say so).
     fn label(&self) -> String;
@@ -109,17 +122,8 @@ impl Readout for ErrorModel {
     fn slope_draws_run(&self, codes: &[i32], _range: (i32, i32), draws: u32, run: DrawRun, out: &mut [f32]) {
         self.slope_stream(codes, run.key.backward_key(), run.op0, run.stride, draws, out)
     }
-    fn mean_run(&self, codes: &[i32], out: &mut [f32]) {
-        out.iter_mut().zip(codes).for_each(|(o, &k)| *o = ErrorModel::mean(self, k));
-    }
-    fn slope_run(&self, codes: &[i32], out: &mut [f32]) {
-        out.iter_mut().zip(codes).for_each(|(o, &k)| *o = ErrorModel::slope(self, k));
-    }
-    fn mean(&self, k: i32) -> f32 {
-        ErrorModel::mean(self, k)
-    }
-    fn slope(&self, k: i32) -> f32 {
-        ErrorModel::slope(self, k)
+    fn table(&self) -> Option<&dyn ReadoutTable> {
+        Some(self)
     }
     fn label(&self) -> String {
         ErrorModel::label(self)
@@ -137,6 +141,41 @@ impl Readout for ErrorModel {
             return Some(Chip::from_columns(0, g, o));
         }
         Chip::of_pattern(&self.fixed_pattern, adcs, seed)
+    }
+}
+
+impl ReadoutTable for ErrorModel {
+    fn mean(&self, k: i32) -> f32 {
+        ErrorModel::mean(self, k)
+    }
+    fn slope(&self, k: i32) -> f32 {
+        ErrorModel::slope(self, k)
+    }
+}
+
+/// Hides every capability of a source but sampling: a chip behind a link, emulated by
+/// an error model. It reads the same codes as the source (same draws, same chips);
+/// `stat:S` then pairs draws with the same bits at both codes (the trait's default)
+/// instead of the table's inverse CDF, and `expected` and `stat` are refused. For
+/// checking that training works through a source without a table before a chip is
+/// in the loop (pipeline `readout_source = sample-only`).
+pub struct SampleOnly(pub Arc<dyn Readout>);
+
+impl Readout for SampleOnly {
+    fn sample(&self, k: i32, draw: u64) -> i32 {
+        self.0.sample(k, draw)
+    }
+    fn label(&self) -> String {
+        format!("{} (sample only)", self.0.label())
+    }
+    fn code_ranges(&self) -> Option<((i32, i32), (i32, i32))> {
+        self.0.code_ranges()
+    }
+    fn fixed_pattern(&self) -> FixedPattern {
+        self.0.fixed_pattern()
+    }
+    fn chip(&self, adcs: usize, seed: u64) -> Option<Chip> {
+        self.0.chip(adcs, seed)
     }
 }
 
@@ -236,7 +275,7 @@ impl CimRuntime {
                 return Err(crate::Error::invalid(format!("error model '{}' reads codes {jmin}..={jmax}; macro '{}' has an ADC of {lo}..={hi}: a model of another ADC", readout.label(), spec.name)));
             }
         }
-        Ok(CimRuntime {
+        let rt = CimRuntime {
             spec,
             readout,
             mode,
@@ -246,7 +285,27 @@ impl CimRuntime {
             act_quant: crate::nn::layers::ActQuantKind::EPact,
             readouts: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             chip: None,
-        })
+        };
+        rt.check_source()?;
+        Ok(rt)
+    }
+
+    /// Refuses a forward mode or estimator that needs the readout source's table
+    /// ([`Readout::table`]) when the source can only be sampled. The CIM layers check
+    /// it too (the fields are public, so a runtime can be changed after `new`).
+    pub fn check_source(&self) -> crate::Result<()> {
+        if self.readout.table().is_some() {
+            return Ok(());
+        }
+        let needs = match (self.mode, self.estimator) {
+            (ReadoutMode::Expected, _) => "the `expected` readout mode",
+            (ReadoutMode::Sampled, Estimator::Statistical { draws: 0 }) => "the exact-slope estimator `stat`",
+            _ => return Ok(()),
+        };
+        Err(crate::Error::invalid(format!(
+            "readout source '{}' can only be sampled (it has no table of E[readout | code]), and {needs} needs one: use `stat:S` (S sampled pairs per operation) or `ste`",
+            self.readout.label()
+        )))
     }
 
     /// The same runtime on chip `seed` of the readout source (see [`Readout::chip`]; the
@@ -333,23 +392,6 @@ mod tests {
     use super::*;
     use crate::cim::em::presets;
 
-    /// A readout source that only samples (a chip behind a link): the trait's defaults.
-    struct SampleOnly(ErrorModel);
-    impl Readout for SampleOnly {
-        fn sample(&self, k: i32, draw: u64) -> i32 {
-            self.0.sample(k, draw)
-        }
-        fn mean(&self, k: i32) -> f32 {
-            self.0.mean(k)
-        }
-        fn slope(&self, k: i32) -> f32 {
-            self.0.slope(k)
-        }
-        fn label(&self) -> String {
-            "sample-only".into()
-        }
-    }
-
     /// Per code: (mean, variance) of the one-draw sampled slope, over n draws.
     fn slope_moments(src: &dyn Readout, k: i32, n: u64) -> (f64, f64) {
         let key = DrawKey::new(3, 1, 4);
@@ -377,7 +419,7 @@ mod tests {
     #[test]
     fn coupled_slope_draws_are_unbiased_and_low_variance() {
         let m = presets::preset("current-domain", (-256, 255)).unwrap();
-        let plain = SampleOnly(m.clone());
+        let plain = SampleOnly(Arc::new(m.clone()));
         let n = 40_000;
         let (mut v_coupled, mut v_same_bits, mut v_indep) = (0.0, 0.0, 0.0);
         for k in (-30..=30).step_by(5) {

@@ -1,7 +1,7 @@
 use dnat::cim::{Estimator, ReadoutMode};
 use dnat::data::DatasetKind;
 use dnat::nn::{ActQuantKind, Arch, CimPlan};
-use dnat::train::{ChipChoice, CimTraining};
+use dnat::train::{ChipChoice, CimTraining, ReadoutSource};
 use dnat::optim::{OptimizerKind, Schedule};
 use dnat::train::json;
 use dnat::train::{train, RunOptions, TrainConfig};
@@ -79,6 +79,10 @@ pub struct TrainArgs {
     /// 'population' (a new chip instance of the error model's fixed pattern every step)
     #[argh(option, default = "String::from(\"0\")")]
     chip: String,
+    /// readout source (with --cim): table (the error model, default) or sample-only (the
+    /// same model exposing only sampling, as a chip behind a link: stat:S or ste)
+    #[argh(option, default = "String::from(\"table\")")]
+    readout_source: String,
     /// keep the first conv and last linear on the macro too (default: digital)
     #[argh(switch)]
     all_layers_on_macro: bool,
@@ -129,6 +133,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
             act_quant: ActQuantKind::parse(&a.act_quant)?,
             plan: if a.all_layers_on_macro { CimPlan { first_digital: false, last_digital: false } } else { CimPlan::default() },
             chip: ChipChoice::parse(&a.chip)?,
+            source: ReadoutSource::parse(&a.readout_source)?,
         });
     }
     let opts = RunOptions { resume: a.resume, stop_after: a.stop_after, quiet: a.quiet };

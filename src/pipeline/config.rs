@@ -13,7 +13,7 @@
 use crate::cim::{em, Estimator, MacroSpec};
 use crate::data::DatasetKind;
 use crate::nn::{ActQuantKind, Arch};
-use crate::train::ChipChoice;
+use crate::train::{ChipChoice, ReadoutSource};
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 
@@ -48,6 +48,10 @@ pub struct PipelineConfig {
     pub dnat_epochs: usize,
     pub dnat_lr: f32,
     pub estimator: Estimator,
+    /// Where every CIM stage's readouts come from: `table` (the error model) or
+    /// `sample-only` (the same model exposing only sampling, as a chip behind a link;
+    /// D-NAT then needs `estimator = stat:S`).
+    pub readout_source: ReadoutSource,
     /// Learning-rate multiplier of the quantizer bounds in (b) and (e).
     pub bound_lr_scale: f32,
     /// Monte-Carlo reads (noise seeds) R per chip of every non-ideal evaluation.
@@ -91,6 +95,7 @@ impl Default for PipelineConfig {
             dnat_epochs: 3,
             dnat_lr: 0.01,
             estimator: Estimator::Statistical { draws: 0 },
+            readout_source: ReadoutSource::Table,
             bound_lr_scale: 1.0,
             mc_seeds: 2,
             mc_chips: 3,
@@ -200,6 +205,7 @@ impl PipelineConfig {
             "dnat_epochs" => self.dnat_epochs = num(k, v)?,
             "dnat_lr" => self.dnat_lr = num(k, v)?,
             "estimator" => self.estimator = e(Estimator::parse(v))?,
+            "readout_source" => self.readout_source = e(ReadoutSource::parse(v))?,
             "bound_lr_scale" => self.bound_lr_scale = num(k, v)?,
             "mc_seeds" => self.mc_seeds = num(k, v)?,
             "mc_chips" => self.mc_chips = num(k, v)?,
@@ -226,6 +232,9 @@ impl PipelineConfig {
             if !(1..=1000).contains(&v) {
                 return Err((k, format!("{k} must be 1 to 1000")));
             }
+        }
+        if self.readout_source == ReadoutSource::SampleOnly && self.estimator == (Estimator::Statistical { draws: 0 }) {
+            return Err(("readout_source", "readout_source = sample-only has no table for the exact slope `stat`: use estimator = stat:S (or ste)".into()));
         }
         if self.bnrecal_images < 2 {
             return Err(("bnrecal_images", "bnrecal_images must be at least 2".into()));
@@ -273,6 +282,7 @@ impl PipelineConfig {
             ("dnat_epochs", self.dnat_epochs.to_string()),
             ("dnat_lr", self.dnat_lr.to_string()),
             ("estimator", self.estimator.describe()),
+            ("readout_source", self.readout_source.name().into()),
             ("bound_lr_scale", self.bound_lr_scale.to_string()),
             ("mc_seeds", self.mc_seeds.to_string()),
             ("mc_chips", self.mc_chips.to_string()),
@@ -341,9 +351,13 @@ mod tests {
             ("qat_epochs=0", "--set 'qat_epochs=0': qat_epochs must be at least 1"),
             ("mc_seeds=0", "--set 'mc_seeds=0': mc_seeds must be 1 to 1000"),
             ("name=a\nb", "control character"),
+            ("readout_source=chip", "expected 'table' or 'sample-only'"),
+            ("readout_source=sample-only", "--set 'readout_source=sample-only': readout_source = sample-only has no table"),
         ] {
             let e = PipelineConfig::load_with(&p, &[o.into()]).unwrap_err().to_string();
             assert!(e.contains(msg), "{o}: {e}");
         }
+        let c = PipelineConfig::load_with(&p, &["readout_source=sample-only".into(), "estimator=stat:4".into()]).unwrap();
+        assert_eq!((c.readout_source, c.estimator), (ReadoutSource::SampleOnly, Estimator::Statistical { draws: 4 }));
     }
 }

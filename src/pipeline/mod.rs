@@ -365,6 +365,7 @@ impl Run<'_> {
             act_quant: self.cfg.act_quant,
             plan,
             chip: self.cfg.dnat_chip,
+            source: self.cfg.readout_source,
         }
     }
 

@@ -1,7 +1,7 @@
 //! The training configuration, stored in every checkpoint (as key/value strings) so
 //! that a resumed run can check it continues the same experiment.
 
-use crate::cim::{em, CimRuntime, Estimator, MacroSpec, ReadoutMode};
+use crate::cim::{em, CimRuntime, Estimator, MacroSpec, Readout, ReadoutMode, SampleOnly};
 use crate::data::DatasetKind;
 use crate::nn::{ActQuantKind, Arch, CimPlan, ModelSpec};
 use crate::optim::{Groups, OptimizerKind, Schedule};
@@ -23,6 +23,36 @@ pub struct CimTraining {
     pub plan: CimPlan,
     /// Which chip instance(s) of the error model's fixed pattern the readouts go through.
     pub chip: ChipChoice,
+    /// The error model with its table, or behind [`SampleOnly`] (sampling only).
+    pub source: ReadoutSource,
+}
+
+/// Where a CIM run's readouts come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReadoutSource {
+    /// The error model itself: sampling plus its table of E[readout | code].
+    #[default]
+    Table,
+    /// The error model behind [`SampleOnly`]: sampling only, as a chip behind a link
+    /// offers (`stat:S` and `ste` train through it; `stat` and `expected` are refused).
+    SampleOnly,
+}
+
+impl ReadoutSource {
+    /// `table` or `sample-only`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "table" => Ok(ReadoutSource::Table),
+            "sample-only" => Ok(ReadoutSource::SampleOnly),
+            _ => Err(Error::invalid(format!("readout source '{s}': expected 'table' or 'sample-only'"))),
+        }
+    }
+    pub fn name(&self) -> &'static str {
+        match self {
+            ReadoutSource::Table => "table",
+            ReadoutSource::SampleOnly => "sample-only",
+        }
+    }
 }
 
 /// Train for one chip, or for the population of chips.
@@ -69,7 +99,12 @@ impl CimTraining {
         let spec = MacroSpec::parse(&self.macro_name)?;
         spec.validate()?;
         let model = em::resolve(&self.error_model, &spec)?;
-        let mut rt = CimRuntime::new(spec, Arc::new(model), self.readout, self.estimator)?;
+        let model: Arc<dyn Readout> = Arc::new(model);
+        let source: Arc<dyn Readout> = match self.source {
+            ReadoutSource::Table => model,
+            ReadoutSource::SampleOnly => Arc::new(SampleOnly(model)),
+        };
+        let mut rt = CimRuntime::new(spec, source, self.readout, self.estimator)?;
         rt.seed = seed;
         rt.act_quant = self.act_quant;
         Ok(match self.chip {
@@ -206,7 +241,11 @@ impl TrainConfig {
                         c.plan.first_digital,
                         c.plan.last_digital,
                         c.chip.describe()
-                    )
+                    ) + match c.source {
+                        // Omitted for the table, so records written before the key match.
+                        ReadoutSource::Table => "",
+                        ReadoutSource::SampleOnly => " source=sample-only",
+                    }
                 }),
             ),
         ]
@@ -230,6 +269,7 @@ mod tests {
             act_quant: ActQuantKind::EPact,
             plan: CimPlan::default(),
             chip: ChipChoice::One(7),
+            source: ReadoutSource::Table,
         };
         let rt = c.runtime(3).unwrap();
         assert_eq!(rt.chip.as_ref().unwrap().seed, 7);

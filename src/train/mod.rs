@@ -9,7 +9,7 @@ pub mod recalibrate;
 pub mod trainer;
 
 pub use config::TrainConfig;
-pub use config::{ChipChoice, CimTraining};
+pub use config::{ChipChoice, CimTraining, ReadoutSource};
 pub use eval::{evaluate, evaluate_mc, noise_seed, EvalResult, McAccuracy};
 pub use recalibrate::{recalibrate_bn, RecalImages, Recalibration};
 pub use trainer::{train, RunOptions, TrainOutcome};
