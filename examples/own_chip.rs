@@ -14,6 +14,14 @@ use std::path::Path;
 fn main() -> dnat::Result<()> {
     let dir = std::env::temp_dir().join(format!("dnat-own-chip-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| dnat::Error::io(&dir, e))?;
+    let result = run(&dir);
+    // The working files go, whether the run succeeded or not.
+    let cleaned = std::fs::remove_dir_all(&dir).map_err(|e| dnat::Error::io(&dir, e));
+    result.and(cleaned)
+}
+
+/// The four steps, with their files in `dir`.
+fn run(dir: &Path) -> dnat::Result<()> {
 
     // 1. The log: lines of `ideal measured column` (a CSV header naming them works too).
     let log_path = std::env::args().nth(1).map(Into::into).unwrap_or_else(|| dir.join("chip.log"));
@@ -63,6 +71,6 @@ fn main() -> dnat::Result<()> {
     let rt = cfg.cim.as_ref().unwrap().runtime(1)?;
     let mc = evaluate_mc(net.as_ref(), &mut store, &data.test, Normalize::for_dataset(DatasetKind::Cifar10), &rt, 0, 3, 2)?;
     // (One epoch from scratch on 256 synthetic images: the numbers show the flow only.)
-    println!("D-NAT on {}: {:.2} ± {:.2} % (chip σ {:.2}, read σ {:.2}) -> {}", Path::new(&model_path).display(), mc.mean, mc.std, mc.chip_std, mc.read_std, ckpt.display());
-    std::fs::remove_dir_all(&dir).map_err(|e| dnat::Error::io(&dir, e))
+    println!("D-NAT through {}: {:.2} ± {:.2} % (chip σ {:.2}, read σ {:.2})", model_path.display(), mc.mean, mc.std, mc.chip_std, mc.read_std);
+    Ok(())
 }

@@ -12,5 +12,5 @@ fn own_chip_runs_from_log_to_accuracy() {
         .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
-    assert!(out.contains("per-column fit over 256 ADC columns") && out.contains("D-NAT on") && out.contains("chip σ"), "{out}");
+    assert!(out.contains("per-column fit over 256 ADC columns") && out.contains("D-NAT through") && out.contains("chip σ"), "{out}");
 }

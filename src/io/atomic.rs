@@ -13,7 +13,10 @@ fn split(path: &Path) -> Result<(&Path, String)> {
 }
 
 /// Removes the temporary files of writes to `dir/name` whose process is gone (killed
-/// mid-write, say by a file-size limit): `.NAME.tmp.PID` with no live PID.
+/// mid-write, say by a file-size limit): `.NAME.tmp.PID` with no live PID. "Live" is
+/// judged in this process's PID namespace (`/proc/PID`): a writer in another container
+/// sharing the directory looks dead, so directories shared across PID namespaces should
+/// not be written concurrently.
 fn remove_stale(dir: &Path, name: &str) {
     let prefix = format!(".{name}.tmp.");
     let Ok(entries) = std::fs::read_dir(dir) else { return };

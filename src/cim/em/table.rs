@@ -205,6 +205,9 @@ const SLOPE_SE_TARGET: f64 = 0.05;
 /// window `i ± w` (clipped at the range's ends; w ≤ [`MAX_SLOPE_HALF_WIDTH`]) whose slope
 /// has a standard error below 0.05, from each row's variance and its number of reads
 /// (a row the fill policy made counts as unmeasured: the window widens past it).
+/// The standard error takes a row's counts as its number of reads, as `em fit` and the
+/// text format record them; a model whose counts are probabilities scaled to another
+/// total (a preset's per-million) is treated as read that many times.
 ///
 /// A well-measured table (a preset's per-million counts) keeps w = 1, the central
 /// difference; a sparse one is smoothed where it is sparse. A least-squares slope over
