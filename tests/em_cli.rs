@@ -26,7 +26,20 @@ fn fit_show_and_use_a_measured_model() {
     // The fitted file drives a CIM benchmark step.
     let o = dnat(&["bench", "--model", "resnet20", "--batch", "4", "--steps", "1", "--warmup", "0", "--cim", "--error-model", model.to_str().unwrap(), "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(json_number(stdout(&o).lines().last().unwrap(), "readouts_per_s") > 0.0);
+    let line = stdout(&o).lines().last().unwrap().to_string();
+    assert!(json_number(&line, "readouts_per_s") > 0.0);
+    // The step's breakdown: every CIM part took time, and the parts add up to the step.
+    let parts: Vec<f64> = ["partial_sums", "readout", "slopes", "backward_gemm", "rest"].iter().map(|k| json_number(&line, k)).collect();
+    assert!(parts[..4].iter().all(|&ms| ms > 0.0), "{line}");
+    let step = json_number(&line, "train_step_ms");
+    // (One timed step: its mean is its median, the step reported.)
+    assert!((parts.iter().sum::<f64>() - step).abs() <= 1e-6 * step, "{line}");
+    // Through a source that can only be sampled: stat:S runs, the exact slope is refused.
+    let args = ["bench", "--model", "resnet20", "--batch", "2", "--steps", "1", "--warmup", "0", "--cim", "--error-model", "current-domain", "--readout-source", "sample-only"];
+    let o = dnat(&[&args[..], &["--estimator", "stat:2"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = dnat(&args);
+    assert!(!o.status.success() && stderr(&o).contains("can only be sampled"), "{}", stderr(&o));
 }
 
 #[test]

@@ -30,6 +30,7 @@
 //! of consecutive operations); the saved slopes replay nothing at random.
 
 use super::quant::{weight_codes, ActGrid};
+use super::profile::Timer;
 use super::readout::{CimRuntime, DrawKey, DrawRun, Estimator, ReadoutMode};
 use crate::engine::gemm::{gemm, MatRef};
 use crate::engine::ops::conv2d::{self, col2im, group_columns, Conv2dCfg, ConvGeom};
@@ -157,23 +158,28 @@ fn group_forward(
     let mut slice = if cycles > 1 { vec![0.0f32; spec.rows * cols] } else { Vec::new() };
     let (mut unclamped, mut codes, mut read) = (vec![0i32; cols], vec![0i32; cols], vec![0.0f32; cols]);
     let inv_step = 1.0 / adc.step;
+    let profile = rt.profile.as_deref();
     for t in 0..tiles {
         let (r0, r1) = (t * spec.rows, ((t + 1) * spec.rows).min(k));
         let a = MatRef { data: &w_codes[r0..], rows: cout, cols: r1 - r0, rs: k, cs: 1 };
         for c in 0..cycles {
-            let bmat = if cycles == 1 {
-                MatRef { data: &qcol[r0 * cols..], rows: r1 - r0, cols, rs: cols, cs: 1 }
-            } else {
-                // Bits [c·b, (c+1)·b) of each input code.
-                let div = 2f32.powi((c as u32 * b) as i32);
-                let levels = (1u32 << b) as f32;
-                for (o, &q) in slice.iter_mut().zip(&qcol[r0 * cols..r1 * cols]) {
-                    *o = (q / div).floor() % levels;
-                }
-                MatRef { data: &slice, rows: r1 - r0, cols, rs: cols, cs: 1 }
-            };
-            gemm(1.0, a, bmat, 0.0, &mut psum, cols);
+            {
+                let _t = Timer::start(profile.map(|p| &p.partial_sums));
+                let bmat = if cycles == 1 {
+                    MatRef { data: &qcol[r0 * cols..], rows: r1 - r0, cols, rs: cols, cs: 1 }
+                } else {
+                    // Bits [c·b, (c+1)·b) of each input code.
+                    let div = 2f32.powi((c as u32 * b) as i32);
+                    let levels = (1u32 << b) as f32;
+                    for (o, &q) in slice.iter_mut().zip(&qcol[r0 * cols..r1 * cols]) {
+                        *o = (q / div).floor() % levels;
+                    }
+                    MatRef { data: &slice, rows: r1 - r0, cols, rs: cols, cs: 1 }
+                };
+                gemm(1.0, a, bmat, 0.0, &mut psum, cols);
+            }
             let weight = 2f32.powi((c as u32 * b) as i32) * adc.step;
+            let _readout = Timer::start(profile.map(|p| &p.readout));
             for co in 0..cout {
                 let e0 = co * cols;
                 // The ADC column's fixed pattern acts on the analog sum, before rounding.
@@ -330,8 +336,10 @@ fn statistical_backward(s: &Saved, codes: &[Vec<u16>], slopes: &SlopeSource, x: 
             let mut scratch = (Vec::new(), Vec::new());
             let mut dw = vec![0.0f32; cout * k];
             let mut dcol = if dxg.is_some() { vec![0.0f32; k * cols] } else { Vec::new() };
+            let profile = slopes.rt.profile.as_deref();
             for t in 0..s.tiles {
                 let (r0, r1) = (t * s.rows, ((t + 1) * s.rows).min(k));
+                let slope_time = Timer::start(profile.map(|p| &p.slopes));
                 // E = dY ∘ slope, each operation's slope from its saved code (the
                 // tile's cycles summed with their shares).
                 for co in 0..cout {
@@ -346,6 +354,8 @@ fn statistical_backward(s: &Saved, codes: &[Vec<u16>], slopes: &SlopeSource, x: 
                         *ev = dv * sv;
                     }
                 }
+                drop(slope_time);
+                let _t = Timer::start(profile.map(|p| &p.backward_gemm));
                 let em = MatRef::rowmajor(&e, cout, cols);
                 // dW[:, tile] = E · (s_x·q_col[tile])ᵀ
                 let qt = MatRef { data: &qcol[r0 * cols..], rows: r1 - r0, cols, rs: cols, cs: 1 };
@@ -357,6 +367,7 @@ fn statistical_backward(s: &Saved, codes: &[Vec<u16>], slopes: &SlopeSource, x: 
                 }
             }
             if let Some(dxg) = dxg {
+                let _t = Timer::start(profile.map(|p| &p.backward_gemm));
                 for j in 0..gi {
                     col2im(g, &dcol[j * pix..], cols, &mut dxg[j * g.in_size()..(j + 1) * g.in_size()]);
                 }

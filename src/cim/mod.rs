@@ -15,6 +15,7 @@ pub mod conv;
 mod conv_tests;
 pub mod em;
 pub mod macro_spec;
+pub mod profile;
 pub mod quant;
 pub mod readout;
 
@@ -23,5 +24,6 @@ pub use codes::CodeRange;
 pub use conv::{cim_conv2d, cim_linear, CimCall};
 pub use em::{ErrorModel, FillPolicy};
 pub use macro_spec::{Adc, MacroSpec};
+pub use profile::CimProfile;
 pub use quant::{epact, ActGrid};
 pub use readout::{CimRuntime, DrawKey, DrawRun, Estimator, Readout, ReadoutMode, ReadoutTable, SampleOnly};

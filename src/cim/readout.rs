@@ -257,6 +257,8 @@ pub struct CimRuntime {
     /// The chip instance whose columns the readouts go through (`None`: the nominal
     /// chip, every column gain 1 and offset 0). Not applied in the `ideal` mode.
     pub chip: Option<Arc<Chip>>,
+    /// When set, the layers add the CPU time of each part of their work to it.
+    pub profile: Option<Arc<super::CimProfile>>,
 }
 
 impl CimRuntime {
@@ -285,6 +287,7 @@ impl CimRuntime {
             act_quant: crate::nn::layers::ActQuantKind::EPact,
             readouts: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             chip: None,
+            profile: None,
         };
         rt.check_source()?;
         Ok(rt)

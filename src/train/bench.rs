@@ -5,7 +5,9 @@ use super::json;
 use crate::engine::gradcheck::random;
 use crate::engine::ops::softmax_cross_entropy;
 use crate::engine::{Mode, Tape};
-use crate::cim::CimRuntime;
+use crate::cim::profile::PARTS;
+use crate::cim::{CimProfile, CimRuntime};
+use std::sync::Arc;
 use crate::nn::{build, Arch, CimPlan, Fwd, ModelSpec};
 use crate::optim::{Groups, Optimizer, OptimizerKind};
 use crate::Result;
@@ -22,6 +24,10 @@ pub struct BenchResult {
     pub peak_rss_mb: f64,
     /// For CIM runs: the macro, readout source, mode and estimator, and readouts drawn per second.
     pub cim: Option<(String, f64)>,
+    /// For CIM runs: the mean training step split into the CIM layers' parts
+    /// ([`crate::cim::profile::PARTS`]) and the rest, in ms (each part's CPU time over
+    /// the threads, so the parts add up to the step's wall time).
+    pub breakdown: Option<Vec<(&'static str, f64)>>,
 }
 
 /// Peak resident set size of this process (VmHWM), in MiB; 0 where unknown.
@@ -43,11 +49,16 @@ pub fn run(arch: Arch, num_classes: usize, batch: usize, steps: usize, warmup: u
     let x = random(&[batch, 3, 32, 32], 5);
     let labels: Vec<u32> = (0..batch as u32).map(|i| i % num_classes as u32).collect();
     let mut train_times = Vec::new();
+    let profile = Arc::new(CimProfile::default());
+    let mut profile_before = [0.0; 4];
     for i in 0..warmup + steps {
+        if i == warmup {
+            profile_before = profile.seconds();
+        }
         let t = Instant::now();
         let mut tape = Tape::new(true);
         let xv = tape.constant(x.clone());
-        let rt = cim.map(|rt| CimRuntime { step: i as u64, ..rt.clone() });
+        let rt = cim.map(|rt| CimRuntime { step: i as u64, profile: Some(profile.clone()), ..rt.clone() });
         let mut cx = Fwd::new(&mut tape, &mut store, Mode::Train);
         cx.cim = rt.as_ref();
         let logits = net.forward(&mut cx, xv)?;
@@ -76,6 +87,15 @@ pub fn run(arch: Arch, num_classes: usize, batch: usize, steps: usize, warmup: u
         v.sort_by(|a, b| a.total_cmp(b));
         v[v.len() / 2]
     };
+    let mean_step = train_times.iter().sum::<f64>() / steps as f64;
+    let threads = rayon::current_num_threads() as f64;
+    let breakdown = cim.map(|_| {
+        let spent = profile.seconds();
+        let mut parts: Vec<(&'static str, f64)> = PARTS.iter().zip(spent.iter().zip(&profile_before)).map(|(&name, (a, b))| (name, (a - b) / steps as f64 / threads * 1e3)).collect();
+        let cim_ms: f64 = parts.iter().map(|p| p.1).sum();
+        parts.push(("rest", mean_step * 1e3 - cim_ms));
+        parts
+    });
     let (ts, es) = (median(&mut train_times), median(&mut eval_times));
     // Readouts of one training step: those counted over the training loop, per step.
     let cim = cim.map(|rt| {
@@ -98,6 +118,7 @@ pub fn run(arch: Arch, num_classes: usize, batch: usize, steps: usize, warmup: u
         eval_images_per_s: batch as f64 / es,
         peak_rss_mb: peak_rss_mb(),
         cim,
+        breakdown,
     })
 }
 
@@ -109,6 +130,13 @@ impl BenchResult {
         );
         if let Some((what, rate)) = &self.cim {
             t.push_str(&format!("\nCIM: {what}\nreadouts drawn: {:.1} M/s (training step)", rate / 1e6));
+        }
+        if let Some(parts) = &self.breakdown {
+            let total: f64 = parts.iter().map(|p| p.1).sum();
+            t.push_str("\nmean training step, ms (CPU time / threads):");
+            for (name, ms) in parts {
+                t.push_str(&format!("\n  {name:<14} {ms:>9.1}  {:>5.1} %", 100.0 * ms / total));
+            }
         }
         t
     }
@@ -124,6 +152,7 @@ impl BenchResult {
             ("cim", self.cim.is_some().into()),
             ("cim_setup", self.cim.as_ref().map_or(String::new(), |c| c.0.clone()).into()),
             ("readouts_per_s", self.cim.as_ref().map_or(0.0, |c| c.1).into()),
+            ("step_breakdown_ms", json::Value::Raw(json::object(self.breakdown.iter().flatten().map(|&(k, v)| (k, v.into())).collect()))),
         ])
     }
 }

@@ -1,0 +1,47 @@
+//! Where a CIM layer's time goes, for `dnat bench`'s step breakdown: CPU time summed over
+//! threads per part. Off (no clock reads) unless a runtime carries a [`CimProfile`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+/// CPU nanoseconds the CIM layers spent in each part of their work.
+#[derive(Debug, Default)]
+pub struct CimProfile {
+    /// Forward: the tiles' integer partial sums (bit slicing and the GEMMs).
+    pub partial_sums: AtomicU64,
+    /// Forward: ADC conversion, the readout draws and their digital accumulation.
+    pub readout: AtomicU64,
+    /// Backward: the statistical estimator's slope per macro operation.
+    pub slopes: AtomicU64,
+    /// Backward: the weight- and input-gradient GEMMs and col2im.
+    pub backward_gemm: AtomicU64,
+}
+
+/// The parts of [`CimProfile`], in report order.
+pub const PARTS: [&str; 4] = ["partial_sums", "readout", "slopes", "backward_gemm"];
+
+impl CimProfile {
+    /// Seconds per part, in the order of [`PARTS`].
+    pub fn seconds(&self) -> [f64; 4] {
+        [&self.partial_sums, &self.readout, &self.slopes, &self.backward_gemm].map(|c| c.load(Ordering::Relaxed) as f64 * 1e-9)
+    }
+}
+
+/// Adds the time from its start to its drop to a [`CimProfile`] counter (nothing, and
+/// no clock read, when the counter is `None`).
+pub struct Timer<'a>(Option<(&'a AtomicU64, Instant)>);
+
+impl<'a> Timer<'a> {
+    #[inline]
+    pub fn start(counter: Option<&'a AtomicU64>) -> Self {
+        Timer(counter.map(|c| (c, Instant::now())))
+    }
+}
+
+impl Drop for Timer<'_> {
+    fn drop(&mut self) {
+        if let Some((c, t)) = self.0 {
+            c.fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        }
+    }
+}
