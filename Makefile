@@ -53,7 +53,7 @@ datasets/cifar-10-binary.tar.gz:
 repro-resnet20: build ensure-data ## FP32 → QAT → naive, BN recalibration, NAT-STE, D-NAT on chips of the current-domain macro, report in results/repro-resnet20
 	$(DNAT) pipeline --config configs/repro-resnet20.conf $(DATA_FLAG)
 
-repro-affine: build ensure-data ## The earlier headline on the affine presets (mild, moderate, severe) with the BN-recalibration column (~40 min)
+repro-affine: build ensure-data ## The earlier headline on the affine presets (moderate, and severe in the sweep) with the BN-recalibration column (~1.5 h)
 	$(DNAT) pipeline --config configs/repro-affine.conf $(DATA_FLAG)
 
 repro-vgg8: build ensure-data ## The same for VGG8 (trains its FP32 model first: ~12 h on 2 cores)
