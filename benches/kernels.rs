@@ -1,6 +1,7 @@
-//! `cargo bench`: ResNet20's convolution shapes (forward, backward data + weight,
-//! backward weight only) in GFLOP/s, and full training steps, through criterion; then
-//! a summary table a person can read and one JSON line a script can read.
+//! `cargo bench`: ResNet20's and VGG8's convolution shapes (forward, backward data +
+//! weight, backward weight only) in GFLOP/s, and full training steps (FP32, and CIM with
+//! the step's breakdown), through criterion; then a summary table a person can read and
+//! one JSON line a script can read.
 //!
 //! Filter as usual: `cargo bench -- conv/s3`, or `cargo bench -- step`.
 
@@ -22,6 +23,17 @@ const RESNET20_CONVS: [(&str, usize, usize, usize, usize); 6] = [
     ("s3 64-64 8x8", 64, 64, 8, 1),
 ];
 const BATCH: usize = 128;
+/// Every distinct conv of VGG8 (the paper's chip-validated network), at a batch of 32:
+/// its 32×32 layers are 40× ResNet20's work per image.
+const VGG8_CONVS: [(&str, usize, usize, usize, usize); 6] = [
+    ("vgg8 3-128 32x32", 3, 128, 32, 1),
+    ("vgg8 128-128 32x32", 128, 128, 32, 1),
+    ("vgg8 128-256 16x16", 128, 256, 16, 1),
+    ("vgg8 256-256 16x16", 256, 256, 16, 1),
+    ("vgg8 256-512 8x8", 256, 512, 8, 1),
+    ("vgg8 512-512 8x8", 512, 512, 8, 1),
+];
+const VGG8_BATCH: usize = 32;
 
 struct Case {
     name: &'static str,
@@ -32,16 +44,16 @@ struct Case {
 }
 
 fn cases() -> Vec<Case> {
-    RESNET20_CONVS
-        .iter()
-        .map(|&(name, cin, cout, side, stride)| {
-            let g = ConvGeom::new(&[BATCH, cin, side, side], &[cout, cin, 3, 3], Conv2dCfg { stride, padding: 1 }).unwrap();
+    let shapes = RESNET20_CONVS.iter().map(|s| (s, BATCH)).chain(VGG8_CONVS.iter().map(|s| (s, VGG8_BATCH)));
+    shapes
+        .map(|(&(name, cin, cout, side, stride), batch)| {
+            let g = ConvGeom::new(&[batch, cin, side, side], &[cout, cin, 3, 3], Conv2dCfg { stride, padding: 1 }).unwrap();
             Case {
                 name,
                 g,
-                x: random(&[BATCH * g.in_size()], 1).into_data(),
+                x: random(&[batch * g.in_size()], 1).into_data(),
                 w: random(&[cout * g.k()], 2).into_data(),
-                dy: random(&[BATCH * g.out_size()], 3).into_data(),
+                dy: random(&[batch * g.out_size()], 3).into_data(),
             }
         })
         .collect()
@@ -112,14 +124,14 @@ fn main() {
     }
     if wants("conv") {
         // GFLOP/s per shape (medians of 5).
-        println!("\n{:<18} {:>9} {:>9} {:>9}   (GFLOP/s; bwd = data + weight, counted as 2x the forward FLOPs)", "conv (batch 128)", "fwd", "bwd", "bwd-w");
+        println!("\n{:<20} {:>9} {:>9} {:>9}   (GFLOP/s; bwd = data + weight, counted as 2x the forward FLOPs; batch {BATCH}, VGG8 {VGG8_BATCH})", "conv", "fwd", "bwd", "bwd-w");
         let mut json = Vec::new();
         for k in &cases {
             let f = k.g.flops() / 1e9;
             let fwd = f / median_secs(|| drop(black_box(conv2d::forward(&k.g, &k.x, &k.w, None))), 5);
             let bwd = 2.0 * f / median_secs(|| drop(black_box(conv2d::backward(&k.g, &k.x, &k.w, &k.dy, true))), 5);
             let bww = f / median_secs(|| drop(black_box(conv2d::backward(&k.g, &k.x, &k.w, &k.dy, false))), 5);
-            println!("{:<18} {fwd:>9.1} {bwd:>9.1} {bww:>9.1}", k.name);
+            println!("{:<20} {fwd:>9.1} {bwd:>9.1} {bww:>9.1}", k.name);
             json.push(format!("{{\"shape\": \"{}\", \"forward_gflops\": {fwd:.2}, \"backward_gflops\": {bwd:.2}, \"backward_weight_gflops\": {bww:.2}}}", k.name));
         }
         parts.push(format!("\"convs\": [{}]", json.join(", ")));
@@ -128,6 +140,14 @@ fn main() {
         let step = step_bench::run(Arch::ResNet20, 10, BATCH, 5, 1, None).unwrap();
         println!("{}", step.table());
         parts.push(format!("\"step\": {}", step.json()));
+        // The D-NAT step: current-domain readouts, the exact-slope estimator, and where its time goes.
+        use dnat::cim::{em, CimRuntime, Estimator, MacroSpec, ReadoutMode};
+        let spec = MacroSpec::default();
+        let model = em::resolve("current-domain", &spec).unwrap();
+        let rt = CimRuntime::new(spec, std::sync::Arc::new(model), ReadoutMode::Sampled, Estimator::Statistical { draws: 0 }).unwrap();
+        let cim_step = step_bench::run(Arch::ResNet20, 10, BATCH, 5, 1, Some(&rt)).unwrap();
+        println!("{}\nCIM step / FP32 step: {:.2}x", cim_step.table(), cim_step.train_step_ms / step.train_step_ms);
+        parts.push(format!("\"cim_step\": {}", cim_step.json()));
     }
     println!("{{\"bench\": \"kernels\", \"gemm_kernel\": \"{}\", {}}}", dnat::engine::gemm::kernel().name(), parts.join(", "));
 }

@@ -58,6 +58,8 @@ struct Saved {
     /// Where backward takes the slope of each saved code from.
     slopes: Option<SlopeSource>,
     group: usize,
+    /// The runtime's profile, for the STE backward (which keeps no runtime).
+    profile: Option<std::sync::Arc<super::CimProfile>>,
     tiles: usize,
     rows: usize,
 }
@@ -251,7 +253,9 @@ pub fn cim_conv2d(tape: &mut Tape, x: Var, w: Var, bias: Option<Var>, cfg: Conv2
         .enumerate()
         .map(|(gidx, (yg, qg))| {
             let gi = qg.len() / g.in_size();
+            let im2col_time = Timer::start(call.rt.profile.as_deref().map(|p| &p.partial_sums));
             let qcol = group_columns(&g, qg, gi);
+            drop(im2col_time);
             let (acc, codes) = group_forward(&g, call, &qcol, &w_codes, gidx * gs, gi, want_codes);
             let cols = gi * pix;
             for j in 0..gi {
@@ -277,6 +281,7 @@ pub fn cim_conv2d(tape: &mut Tape, x: Var, w: Var, bias: Option<Var>, cfg: Conv2
         codes: if want_codes { Some(codes.into_iter().map(|s| s.unwrap()).collect()) } else { None },
         slopes: want_codes.then(|| SlopeSource::new(call.rt, call.layer)),
         group: gs,
+        profile: call.rt.profile.clone(),
         tiles: spec.tiles(k),
         rows: spec.rows,
     };
@@ -291,8 +296,17 @@ fn backward(s: Saved, x: Var, w: Var, bias: Option<Var>, gout: &Tensor, vals: &c
     let dy = gout.data();
     let grads = match (&s.codes, &s.slopes) {
         (Some(codes), Some(slopes)) => statistical_backward(&s, codes, slopes, xv, dy, sink.wants(x)),
-        // STE: the plain convolution backward on (x̂, ŵ).
-        _ => conv2d::backward(&g, xv, &s.w_hat, dy, sink.wants(x)),
+        // STE: the plain convolution backward on (x̂, ŵ). It runs on all threads, so its
+        // wall time counts once per thread, as the per-thread parts do.
+        _ => {
+            let t = std::time::Instant::now();
+            let grads = conv2d::backward(&g, xv, &s.w_hat, dy, sink.wants(x));
+            if let Some(p) = &s.profile {
+                let ns = t.elapsed().as_nanos() as u64 * rayon::current_num_threads() as u64;
+                p.backward_gemm.fetch_add(ns, std::sync::atomic::Ordering::Relaxed);
+            }
+            grads
+        }
     };
     conv2d::add_grads(sink, vals, (x, w, bias), grads);
 }
@@ -316,7 +330,9 @@ fn statistical_backward(s: &Saved, codes: &[Vec<u16>], slopes: &SlopeSource, x: 
             let gi = gs.min(g.n - i0);
             let cols = gi * pix;
             let qx: Vec<f32> = x[i0 * g.in_size()..(i0 + gi) * g.in_size()].iter().map(|&v| s.grid.code(v)).collect();
+            let im2col_time = Timer::start(slopes.rt.profile.as_deref().map(|p| &p.backward_gemm));
             let qcol = group_columns(g, &qx, gi);
+            drop(im2col_time);
             // dY in GEMM order [Cout][cols].
             let mut d = vec![0.0f32; cout * cols];
             let mut dsum = vec![0.0f32; cout * pix];

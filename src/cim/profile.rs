@@ -1,19 +1,24 @@
-//! Where a CIM layer's time goes, for `dnat bench`'s step breakdown: CPU time summed over
-//! threads per part. Off (no clock reads) unless a runtime carries a [`CimProfile`].
+//! Where a CIM layer's time goes, for `dnat bench`'s step breakdown: per part, the wall
+//! time each thread spent in it, summed over threads (a part that runs on all threads
+//! at once counts its wall time once per thread). Divided by the thread count, the parts
+//! are shares of the step's wall time, exact while every thread is busy. Off (no clock
+//! reads) unless a runtime carries a [`CimProfile`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-/// CPU nanoseconds the CIM layers spent in each part of their work.
+/// Thread nanoseconds the CIM layers spent in each part of their work.
 #[derive(Debug, Default)]
 pub struct CimProfile {
-    /// Forward: the tiles' integer partial sums (bit slicing and the GEMMs).
+    /// Forward: im2col of the input codes and the tiles' integer partial sums (bit
+    /// slicing and the GEMMs).
     pub partial_sums: AtomicU64,
     /// Forward: ADC conversion, the readout draws and their digital accumulation.
     pub readout: AtomicU64,
     /// Backward: the statistical estimator's slope per macro operation.
     pub slopes: AtomicU64,
-    /// Backward: the weight- and input-gradient GEMMs and col2im.
+    /// Backward: im2col, the weight- and input-gradient GEMMs and col2im (with STE, the
+    /// whole plain convolution backward).
     pub backward_gemm: AtomicU64,
 }
 

@@ -153,8 +153,9 @@ impl ReadoutTable for ErrorModel {
     }
 }
 
-/// Hides every capability of a source but sampling: a chip behind a link, emulated by
-/// an error model. It reads the same codes as the source (same draws, same chips);
+/// Hides every capability of a source but sampling (one read or a run of reads): a chip
+/// behind a link, emulated by an error model. It reads the same codes as the source
+/// (same draws, same chips);
 /// `stat:S` then pairs draws with the same bits at both codes (the trait's default)
 /// instead of the table's inverse CDF, and `expected` and `stat` are refused. For
 /// checking that training works through a source without a table before a chip is
@@ -164,6 +165,10 @@ pub struct SampleOnly(pub Arc<dyn Readout>);
 impl Readout for SampleOnly {
     fn sample(&self, k: i32, draw: u64) -> i32 {
         self.0.sample(k, draw)
+    }
+    /// Batched reads are still reads (a chip behind a link would batch them too).
+    fn sample_run(&self, codes: &[i32], run: DrawRun, out: &mut [f32]) {
+        self.0.sample_run(codes, run, out)
     }
     fn label(&self) -> String {
         format!("{} (sample only)", self.0.label())

@@ -36,7 +36,7 @@ use crate::cim::{em, CimRuntime, Estimator, ReadoutMode};
 use crate::data::{Augment, Dataset, Normalize, Split};
 use crate::io::checkpoint::{restore_into, Checkpoint, EpochRecord};
 use crate::nn::{build, CimPlan};
-use crate::train::{evaluate, noise_seed, recalibrate_bn, train, RecalImages, CimTraining, McAccuracy, RunOptions, TrainConfig};
+use crate::train::{evaluate, noise_seed, recalibrate_bn, train, CimTraining, McAccuracy, ReadoutSource, RecalImages, RunOptions, TrainConfig};
 use crate::optim::Schedule;
 use crate::{Error, Result};
 use record::Record;
@@ -365,7 +365,9 @@ impl Run<'_> {
             act_quant: self.cfg.act_quant,
             plan,
             chip: self.cfg.dnat_chip,
-            source: self.cfg.readout_source,
+            // The ideal macro never reads the source (QAT's model is the same either way,
+            // so a committed QAT checkpoint serves both).
+            source: if readout == ReadoutMode::Ideal { ReadoutSource::Table } else { self.cfg.readout_source },
         }
     }
 

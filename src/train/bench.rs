@@ -24,9 +24,9 @@ pub struct BenchResult {
     pub peak_rss_mb: f64,
     /// For CIM runs: the macro, readout source, mode and estimator, and readouts drawn per second.
     pub cim: Option<(String, f64)>,
-    /// For CIM runs: the mean training step split into the CIM layers' parts
-    /// ([`crate::cim::profile::PARTS`]) and the rest, in ms (each part's CPU time over
-    /// the threads, so the parts add up to the step's wall time).
+    /// For CIM runs: the mean training step (ms; `train_step_ms` is the median) split
+    /// into the CIM layers' parts ([`crate::cim::profile::PARTS`], each its thread time
+    /// over the thread count) and the rest, which includes the threads' idle time.
     pub breakdown: Option<Vec<(&'static str, f64)>>,
 }
 
@@ -133,7 +133,7 @@ impl BenchResult {
         }
         if let Some(parts) = &self.breakdown {
             let total: f64 = parts.iter().map(|p| p.1).sum();
-            t.push_str("\nmean training step, ms (CPU time / threads):");
+            t.push_str(&format!("\nmean training step {total:.1} ms (median above), by part (thread time / threads; rest includes idle threads):"));
             for (name, ms) in parts {
                 t.push_str(&format!("\n  {name:<14} {ms:>9.1}  {:>5.1} %", 100.0 * ms / total));
             }
