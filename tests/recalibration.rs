@@ -7,7 +7,7 @@ use dnat::cim::{Adc, Chip, CimRuntime, ErrorModel, Estimator, MacroSpec, Readout
 use dnat::data::{Normalize, synthetic};
 use dnat::engine::ops::Conv2dCfg;
 use dnat::engine::{Mode, ParamStore, Tape, Var};
-use dnat::nn::{ActQuantKind, Arch, BatchNorm2d, ComputeLayer, Conv2d, Fwd, ModelSpec, Network};
+use dnat::nn::{ActQuantKind, Arch, BatchNorm2d, Conv2d, Fwd, ModelSpec, Network};
 use dnat::rng::stream;
 use dnat::train::{recalibrate_bn, RecalImages};
 use std::sync::Arc;
@@ -29,9 +29,6 @@ impl Network for ConvBn {
     fn forward(&self, cx: &mut Fwd, x: Var) -> dnat::Result<Var> {
         let y = self.conv.forward(cx, x)?;
         self.bn.forward(cx, y)
-    }
-    fn compute_layers(&self) -> Vec<ComputeLayer<'_>> {
-        Vec::new()
     }
 }
 

@@ -1,8 +1,10 @@
-//! Conv2d, BatchNorm2d and Linear: parameter handles plus a forward on the tape.
+//! Conv2d, BatchNorm2d and Linear: parameter handles plus a forward on the tape; the
+//! parameter-free ops a network calls on its [`Fwd`] context.
 
 use crate::cim::{self, quant::ActGrid, CimCall, CimRuntime};
 use crate::engine::ops::{self, BatchNormState, Conv2dCfg};
 use crate::engine::{BufferId, Mode, ParamGroup, ParamId, ParamStore, Tape, Tensor, Var};
+use super::trace::{Node, Trace};
 use crate::rng::{normal, Xoshiro256PlusPlus};
 use crate::Result;
 
@@ -23,12 +25,58 @@ pub struct Fwd<'a> {
     /// When set, every batchnorm adds the statistics of its input to this
     /// accumulator (batchnorm recalibration, [`crate::train::recalibrate_bn`]).
     pub bn_stats: Option<&'a mut BnStats>,
+    /// When set, every layer and op of the pass adds its node (`dnat export`).
+    pub trace: Option<&'a mut Trace>,
 }
 
 impl<'a> Fwd<'a> {
     /// An FP32 forward pass.
     pub fn new(tape: &'a mut Tape, store: &'a mut ParamStore, mode: Mode) -> Self {
-        Fwd { tape, store, mode, cim: None, calibration: None, bn_stats: None }
+        Fwd { tape, store, mode, cim: None, calibration: None, bn_stats: None, trace: None }
+    }
+
+    /// Adds `nodes` to the trace, if the pass keeps one (see [`Trace::record`]).
+    fn note(&mut self, nodes: impl FnOnce() -> Vec<Node>, inputs: &[Var], output: Var) {
+        if let Some(t) = self.trace.as_mut() {
+            t.record(nodes(), inputs, output);
+        }
+    }
+
+    /// ReLU.
+    pub fn relu(&mut self, x: Var) -> Var {
+        let y = ops::relu(self.tape, x);
+        self.note(|| vec![Node::Relu], &[x], y);
+        y
+    }
+    /// `a + b` (same shapes): a residual connection.
+    pub fn add(&mut self, a: Var, b: Var) -> Var {
+        let y = ops::add(self.tape, a, b);
+        self.note(|| vec![Node::Add], &[a, b], y);
+        y
+    }
+    /// Max-pooling over `kernel`×`kernel` windows every `stride` pixels.
+    pub fn max_pool2d(&mut self, x: Var, kernel: usize, stride: usize) -> Result<Var> {
+        let y = ops::max_pool2d(self.tape, x, kernel, stride)?;
+        self.note(|| vec![Node::MaxPool { kernel, stride }], &[x], y);
+        Ok(y)
+    }
+    /// (N, C, H, W) → (N, C): the mean over each channel's pixels.
+    pub fn global_avg_pool(&mut self, x: Var) -> Result<Var> {
+        let y = ops::global_avg_pool(self.tape, x)?;
+        self.note(|| vec![Node::GlobalAvgPool], &[x], y);
+        Ok(y)
+    }
+    /// (N, …) → (N, product of the rest).
+    pub fn flatten(&mut self, x: Var) -> Result<Var> {
+        let y = ops::flatten(self.tape, x)?;
+        self.note(|| vec![Node::Flatten], &[x], y);
+        Ok(y)
+    }
+    /// The option-A shortcut: every `stride`-th pixel, channels zero-padded to `cout`.
+    pub fn subsample_pad_channels(&mut self, x: Var, stride: usize, cout: usize) -> Result<Var> {
+        let y = ops::subsample_pad_channels(self.tape, x, stride, cout)?;
+        self.note(|| vec![Node::SubsamplePad { stride, cout }], &[x], y);
+        Ok(y)
     }
 }
 
@@ -160,7 +208,7 @@ impl Conv2d {
     }
     pub fn forward(&self, cx: &mut Fwd, x: Var) -> Result<Var> {
         let cfg = self.cfg;
-        run_layer(
+        let y = run_layer(
             cx,
             x,
             self.weight,
@@ -168,42 +216,9 @@ impl Conv2d {
             self.cim.as_ref(),
             &|t, xq, w, b, grid, call| cim::cim_conv2d(t, xq, w, b, cfg, grid, call),
             &|t, x, w, b| ops::conv2d(t, x, w, b, cfg),
-        )
-    }
-}
-
-/// A conv / linear layer as a deployment sees it (see [`super::Network::compute_layers`]).
-pub struct ComputeLayer<'a> {
-    pub op: LayerOp<'a>,
-    /// The batchnorm that directly follows (folded into the layer on deployment).
-    pub bn: Option<&'a BatchNorm2d>,
-    pub after: After,
-}
-
-pub enum LayerOp<'a> {
-    Conv(&'a Conv2d),
-    Linear(&'a Linear),
-}
-
-/// What follows the layer (and its batchnorm).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum After {
-    Nothing,
-    Relu,
-    /// The residual addition of a block, then ReLU.
-    AddRelu,
-}
-
-impl After {
-    pub fn code(self) -> u8 {
-        match self {
-            After::Nothing => 0,
-            After::Relu => 1,
-            After::AddRelu => 2,
-        }
-    }
-    pub fn from_code(c: u8) -> Option<Self> {
-        [After::Nothing, After::Relu, After::AddRelu].into_iter().find(|a| a.code() == c)
+        )?;
+        cx.note(|| vec![Node::Conv { weight: self.weight, bias: self.bias, cfg, cim: self.cim.clone() }], &[x], y);
+        Ok(y)
     }
 }
 
@@ -302,7 +317,9 @@ impl BatchNorm2d {
         let b = cx.tape.param(cx.store, self.bias);
         let (rm, rv) = cx.store.buffer_pair_mut(self.running_mean, self.running_var);
         let st = BatchNormState { running_mean: rm, running_var: rv, momentum: self.momentum, eps: self.eps, relu };
-        ops::batch_norm2d(cx.tape, x, g, b, st, cx.mode)
+        let y = ops::batch_norm2d(cx.tape, x, g, b, st, cx.mode)?;
+        cx.note(|| if relu { vec![Node::BatchNorm(self.clone()), Node::Relu] } else { vec![Node::BatchNorm(self.clone())] }, &[x], y);
+        Ok(y)
     }
 }
 
@@ -326,6 +343,8 @@ impl Linear {
         self
     }
     pub fn forward(&self, cx: &mut Fwd, x: Var) -> Result<Var> {
-        run_layer(cx, x, self.weight, self.bias, self.cim.as_ref(), &cim::cim_linear, &ops::linear)
+        let y = run_layer(cx, x, self.weight, self.bias, self.cim.as_ref(), &cim::cim_linear, &ops::linear)?;
+        cx.note(|| vec![Node::Linear { weight: self.weight, bias: self.bias, cim: self.cim.clone() }], &[x], y);
+        Ok(y)
     }
 }

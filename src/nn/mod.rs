@@ -6,6 +6,8 @@
 
 pub mod layers;
 pub mod models;
+pub mod trace;
 
-pub use layers::{ActQuantKind, After, BatchNorm2d, Calibration, CimQuant, ComputeLayer, Conv2d, Fwd, LayerOp, Linear};
+pub use layers::{ActQuantKind, BatchNorm2d, Calibration, CimQuant, Conv2d, Fwd, Linear};
+pub use trace::{Node, Trace};
 pub use models::{build, Arch, CimPlan, ModelSpec, Network};

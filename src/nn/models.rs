@@ -13,8 +13,8 @@
 //! `layer2.0.shortcut.0`, `linear`; `features.N` / `classifier.N` for VGG), so a
 //! PyTorch `state_dict` of the same architecture maps one to one.
 
-use super::layers::{After, BatchNorm2d, ComputeLayer, Conv2d, Fwd, LayerOp, Linear};
-use crate::engine::ops::{self, Conv2dCfg};
+use super::layers::{BatchNorm2d, Conv2d, Fwd, Linear};
+use crate::engine::ops::Conv2dCfg;
 use crate::engine::{ParamStore, Var};
 use crate::rng::stream;
 use crate::{Error, Result};
@@ -117,11 +117,9 @@ impl MacroMap {
 /// A network: a forward pass from NCHW images to logits.
 pub trait Network: Send + Sync {
     fn spec(&self) -> ModelSpec;
+    /// Images (N, C, H, W) to logits. Built from the layers and the ops of [`Fwd`], a
+    /// forward pass can be traced (see [`super::trace`]) and exported whole.
     fn forward(&self, cx: &mut Fwd, x: Var) -> Result<Var>;
-    /// The conv / linear layers in forward order, each with the batchnorm that follows
-    /// it and what comes after (for export; pooling and shortcuts are the
-    /// architecture's, documented above).
-    fn compute_layers(&self) -> Vec<ComputeLayer<'_>>;
 }
 
 /// Builds a network and its freshly initialised parameters (weights drawn from `seed`).
@@ -163,14 +161,14 @@ impl BasicBlock {
         let h = self.bn2.forward(cx, h)?;
         let s = match &self.shortcut {
             Shortcut::Identity => x,
-            Shortcut::PadA { stride, cout } => ops::subsample_pad_channels(cx.tape, x, *stride, *cout)?,
+            Shortcut::PadA { stride, cout } => cx.subsample_pad_channels(x, *stride, *cout)?,
             Shortcut::Projection(conv, bn) => {
                 let s = conv.forward(cx, x)?;
                 bn.forward(cx, s)?
             }
         };
-        let y = ops::add(cx.tape, h, s);
-        Ok(ops::relu(cx.tape, y))
+        let y = cx.add(h, s);
+        Ok(cx.relu(y))
     }
 }
 
@@ -238,24 +236,8 @@ impl Network for ResNet {
         for b in &self.blocks {
             h = b.forward(cx, h)?;
         }
-        let h = ops::global_avg_pool(cx.tape, h)?;
+        let h = cx.global_avg_pool(h)?;
         self.linear.forward(cx, h)
-    }
-    fn compute_layers(&self) -> Vec<ComputeLayer<'_>> {
-        let conv = |c, bn, after| ComputeLayer { op: LayerOp::Conv(c), bn: Some(bn), after };
-        let mut v = vec![conv(&self.conv1, &self.bn1, After::Relu)];
-        for b in &self.blocks {
-            v.push(conv(&b.conv1, &b.bn1, After::Relu));
-            // The projection shortcut is computed before the addition that ends the block.
-            if let Shortcut::Projection(c, bn) = &b.shortcut {
-                v.push(conv(&b.conv2, &b.bn2, After::Nothing));
-                v.push(conv(c, bn, After::AddRelu));
-            } else {
-                v.push(conv(&b.conv2, &b.bn2, After::AddRelu));
-            }
-        }
-        v.push(ComputeLayer { op: LayerOp::Linear(&self.linear), bn: None, after: After::Nothing });
-        v
     }
 }
 
@@ -328,25 +310,17 @@ impl Network for Vgg {
                     let c = conv.forward(cx, h)?;
                     bn.forward_relu(cx, c)?
                 }
-                VggLayer::MaxPool => ops::max_pool2d(cx.tape, h, 2, 2)?,
+                VggLayer::MaxPool => cx.max_pool2d(h, 2, 2)?,
             };
         }
-        h = ops::flatten(cx.tape, h)?;
+        h = cx.flatten(h)?;
         for (lin, relu) in &self.classifier {
             h = lin.forward(cx, h)?;
             if *relu {
-                h = ops::relu(cx.tape, h);
+                h = cx.relu(h);
             }
         }
         Ok(h)
-    }
-    fn compute_layers(&self) -> Vec<ComputeLayer<'_>> {
-        let convs = self.features.iter().filter_map(|l| match l {
-            VggLayer::ConvBnRelu(c, bn) => Some(ComputeLayer { op: LayerOp::Conv(c), bn: Some(bn), after: After::Relu }),
-            VggLayer::MaxPool => None,
-        });
-        let linears = self.classifier.iter().map(|(l, relu)| ComputeLayer { op: LayerOp::Linear(l), bn: None, after: if *relu { After::Relu } else { After::Nothing } });
-        convs.chain(linears).collect()
     }
 }
 
