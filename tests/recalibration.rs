@@ -82,7 +82,7 @@ fn bn_recalibration_undoes_a_per_channel_gain() {
         false,
         &mut rng,
     )
-    .on_macro(&mut store, "conv", 0);
+    .on_macro(&mut store, "conv");
     let bn = BatchNorm2d::new(&mut store, "bn", 4);
     let w: Vec<f32> = CODES.iter().flatten().map(|c| c * W_SCALE).collect();
     store

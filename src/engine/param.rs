@@ -58,20 +58,42 @@ pub struct Buffer {
 pub struct ParamStore {
     params: Vec<Param>,
     buffers: Vec<Buffer>,
+    /// Names of the layers mapped onto the macro; a layer's index here is its id in
+    /// the readout draw keys.
+    cim_layers: Vec<String>,
 }
 
 impl ParamStore {
     pub fn new() -> Self {
         Self::default()
     }
+    /// Adds a parameter. Names are unique (checkpoints and safetensors address by
+    /// name): a second one of a name is a bug in the network's builder, and panics.
     pub fn add_param(&mut self, name: impl Into<String>, value: Tensor, group: ParamGroup) -> ParamId {
+        let name = name.into();
+        assert!(!self.params.iter().any(|p| p.name == name), "parameter '{name}' added twice: layer names must be unique");
         let grad = Tensor::zeros(value.shape());
-        self.params.push(Param { name: name.into(), value, grad, group });
+        self.params.push(Param { name, value, grad, group });
         ParamId(self.params.len() - 1)
     }
+    /// Adds a buffer (names unique, as for parameters).
     pub fn add_buffer(&mut self, name: impl Into<String>, value: Tensor) -> BufferId {
-        self.buffers.push(Buffer { name: name.into(), value });
+        let name = name.into();
+        assert!(!self.buffers.iter().any(|b| b.name == name), "buffer '{name}' added twice: layer names must be unique");
+        self.buffers.push(Buffer { name, value });
         BufferId(self.buffers.len() - 1)
+    }
+    /// The id of a layer mapped onto the macro: its index in the order layers are
+    /// mapped, so the same network built the same way draws the same readouts, run
+    /// after run. Each layer is mapped once (a second mapping of a name panics).
+    pub fn register_cim_layer(&mut self, name: &str) -> u64 {
+        assert!(!self.cim_layers.iter().any(|n| n == name), "layer '{name}' mapped onto the macro twice");
+        self.cim_layers.push(name.to_string());
+        (self.cim_layers.len() - 1) as u64
+    }
+    /// The layers mapped onto the macro, in id order.
+    pub fn cim_layers(&self) -> &[String] {
+        &self.cim_layers
     }
     pub fn param(&self, id: ParamId) -> &Param {
         &self.params[id.0]

@@ -110,16 +110,16 @@ impl ActQuantKind {
 pub struct CimQuant {
     pub lo: ParamId,
     pub hi: ParamId,
-    /// This layer's id in draw keys (its index among the network's CIM layers).
+    /// This layer's id in draw keys, given by the store ([`ParamStore::register_cim_layer`]).
     pub layer: u64,
 }
 
 impl CimQuant {
-    pub fn new(store: &mut ParamStore, name: &str, layer: u64) -> Self {
+    pub fn new(store: &mut ParamStore, name: &str) -> Self {
         CimQuant {
             lo: store.add_param(format!("{name}.act_lo"), Tensor::zeros(&[1]), ParamGroup::QuantBound),
             hi: store.add_param(format!("{name}.act_hi"), Tensor::full(&[1], 1.0), ParamGroup::QuantBound),
-            layer,
+            layer: store.register_cim_layer(name),
         }
     }
 
@@ -201,9 +201,10 @@ impl Conv2d {
         let bias = bias.then(|| store.add_param(format!("{name}.bias"), Tensor::zeros(&[cout]), ParamGroup::NoDecay));
         Conv2d { weight, bias, cfg, cim: None }
     }
-    /// Maps the layer onto the macro (adds its E-PACT bounds `{name}.act_lo/act_hi`).
-    pub fn on_macro(mut self, store: &mut ParamStore, name: &str, layer: u64) -> Self {
-        self.cim = Some(CimQuant::new(store, name, layer));
+    /// Maps the layer onto the macro: adds its E-PACT bounds `{name}.act_lo/act_hi`
+    /// and takes the next CIM layer id from the store.
+    pub fn on_macro(mut self, store: &mut ParamStore, name: &str) -> Self {
+        self.cim = Some(CimQuant::new(store, name));
         self
     }
     pub fn forward(&self, cx: &mut Fwd, x: Var) -> Result<Var> {
@@ -337,9 +338,10 @@ impl Linear {
         let bias = bias.then(|| store.add_param(format!("{name}.bias"), Tensor::zeros(&[fout]), ParamGroup::NoDecay));
         Linear { weight, bias, cim: None }
     }
-    /// Maps the layer onto the macro (adds its E-PACT bounds `{name}.act_lo/act_hi`).
-    pub fn on_macro(mut self, store: &mut ParamStore, name: &str, layer: u64) -> Self {
-        self.cim = Some(CimQuant::new(store, name, layer));
+    /// Maps the layer onto the macro: adds its E-PACT bounds `{name}.act_lo/act_hi`
+    /// and takes the next CIM layer id from the store.
+    pub fn on_macro(mut self, store: &mut ParamStore, name: &str) -> Self {
+        self.cim = Some(CimQuant::new(store, name));
         self
     }
     pub fn forward(&self, cx: &mut Fwd, x: Var) -> Result<Var> {

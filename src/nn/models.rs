@@ -87,28 +87,21 @@ impl ModelSpec {
     }
 }
 
-/// Hands out CIM layer ids in build order and decides which layers are on the macro.
+/// Decides which layers are on the macro (the store numbers them in build order).
 struct MacroMap {
     plan: Option<CimPlan>,
-    next: u64,
 }
 
 impl MacroMap {
-    fn conv(&mut self, c: Conv2d, store: &mut ParamStore, name: &str, first: bool) -> Conv2d {
+    fn conv(&self, c: Conv2d, store: &mut ParamStore, name: &str, first: bool) -> Conv2d {
         match self.plan {
-            Some(p) if !(first && p.first_digital) => {
-                self.next += 1;
-                c.on_macro(store, name, self.next - 1)
-            }
+            Some(p) if !(first && p.first_digital) => c.on_macro(store, name),
             _ => c,
         }
     }
-    fn linear(&mut self, l: Linear, store: &mut ParamStore, name: &str, last: bool) -> Linear {
+    fn linear(&self, l: Linear, store: &mut ParamStore, name: &str, last: bool) -> Linear {
         match self.plan {
-            Some(p) if !(last && p.last_digital) => {
-                self.next += 1;
-                l.on_macro(store, name, self.next - 1)
-            }
+            Some(p) if !(last && p.last_digital) => l.on_macro(store, name),
             _ => l,
         }
     }
@@ -183,7 +176,7 @@ struct ResNet {
 impl ResNet {
     fn new(store: &mut ParamStore, spec: ModelSpec, seed: u64) -> Self {
         let mut rng = stream(seed);
-        let mut map = MacroMap { plan: spec.cim, next: 0 };
+        let map = MacroMap { plan: spec.cim };
         let (widths, depths, option_a): (&[usize], &[usize], bool) = match spec.arch {
             Arch::ResNet20 => (&[16, 32, 64], &[3, 3, 3], true),
             Arch::ResNet34 => (&[64, 128, 256, 512], &[3, 4, 6, 3], false),
@@ -262,7 +255,7 @@ impl Vgg {
             _ => unreachable!("not a VGG"),
         };
         let mut rng = stream(seed);
-        let mut map = MacroMap { plan: spec.cim, next: 0 };
+        let map = MacroMap { plan: spec.cim };
         let mut features = Vec::new();
         // PyTorch Sequential indices: conv i, bn i+1, relu i+2; pool takes one index.
         let (mut idx, mut cin, mut side) = (0, 3, 32);
@@ -358,6 +351,28 @@ mod tests {
         for p in a.params() {
             assert_eq!(b.params().iter().find(|q| q.name == p.name).unwrap().value, p.value);
         }
+    }
+
+    /// CIM layer ids are the store's numbering in build order: unique, and the same
+    /// for every build of a network; a layer mapped twice, or a name used twice, is a
+    /// builder bug caught at build time.
+    #[test]
+    fn cim_layer_ids_are_unique_and_stable() {
+        let spec = ModelSpec { arch: Arch::ResNet20, num_classes: 10, cim: Some(CimPlan::default()) };
+        let (_, a) = build(spec, 1);
+        let (_, b) = build(spec, 2);
+        assert_eq!(a.cim_layers(), b.cim_layers());
+        assert_eq!(a.cim_layers().len(), 18);
+        assert_eq!((a.cim_layers()[0].as_str(), a.cim_layers()[17].as_str()), ("layer1.0.conv1", "layer3.2.conv2"));
+        let mut store = ParamStore::new();
+        let mut rng = stream(0);
+        Conv2d::new(&mut store, "c", 3, 4, 3, same(1), false, &mut rng).on_macro(&mut store, "c");
+        let again = std::panic::catch_unwind(move || {
+            let mut rng = stream(1);
+            Conv2d::new(&mut store, "c", 3, 4, 3, same(1), false, &mut rng)
+        });
+        let msg = again.unwrap_err().downcast::<String>().unwrap();
+        assert!(msg.contains("parameter 'c.weight' added twice"), "{msg}");
     }
 
     #[test]
