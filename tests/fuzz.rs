@@ -205,7 +205,7 @@ fn deployable_exports() {
     let (net, mut store) = build(ck.spec, 0);
     restore_into(&ck.store, &mut store, Path::new("qat")).unwrap();
     let seed = DeployModel::from_network(net.as_ref(), &mut store, &MacroSpec::preset("default").unwrap(), Normalize::for_dataset(DatasetKind::Cifar10)).unwrap().to_bytes();
-    fuzz("deploy", vec![seed], true, |r, s| reframe(r, s, 1), |b| DeployModel::from_bytes(b).is_ok());
+    fuzz("deploy", vec![seed], true, |r, s| reframe(r, s, 2), |b| DeployModel::from_bytes(b).is_ok());
 }
 
 #[test]

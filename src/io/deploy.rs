@@ -66,6 +66,8 @@ use std::path::Path;
 
 const MAGIC: &[u8; 8] = b"DNATDEPL";
 const VERSION: u32 = 2;
+/// The most elements one value of a loaded graph may have (per image).
+const MAX_VALUE_LEN: usize = 1 << 30;
 /// The input every exported network is traced on: a CIFAR image (the data sets dnat reads).
 pub const INPUT: [u32; 3] = [3, 32, 32];
 
@@ -286,6 +288,9 @@ impl DeployModel {
     /// its inputs, and the last value against `num_classes` logits.
     pub fn shapes(&self) -> std::result::Result<Vec<Vec<usize>>, String> {
         let mut shapes: Vec<Vec<usize>> = vec![self.input.iter().map(|&v| v as usize).collect()];
+        if shapes[0].iter().product::<usize>() > MAX_VALUE_LEN {
+            return Err(format!("implausible input shape {:?}", self.input));
+        }
         for (i, n) in self.nodes.iter().enumerate() {
             let at = |v: u32| shapes[v as usize].clone();
             let x = at(n.inputs[0]);
@@ -335,6 +340,11 @@ impl DeployModel {
                     }
                 }
             };
+            // Every value fits in memory (a corrupt padding or channel count must not
+            // describe a tensor no program could hold).
+            if !y.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).is_some_and(|n| n > 0 && n <= MAX_VALUE_LEN) {
+                return Err(bad(format!("implausible output shape {y:?}")));
+            }
             shapes.push(y);
         }
         let last = shapes.last().unwrap();
