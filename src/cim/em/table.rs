@@ -492,8 +492,9 @@ impl ErrorModel {
         self.mean_f32[(k.clamp(self.kmin, self.kmax) - self.kmin) as usize]
     }
 
-    /// dE\[j\]/dk at code k (see [`smoothed_slope`]: central differences where the rows
-    /// are well measured, a least-squares fit over a wider window where they are sparse).
+    /// dE\[j\]/dk at code k: the central difference where the rows are well measured, a
+    /// least-squares fit over a window widened (up to ±[`MAX_SLOPE_HALF_WIDTH`] codes)
+    /// until its standard error is below 0.05 where they are sparse.
     #[inline(always)]
     pub fn slope(&self, k: i32) -> f32 {
         self.slope[(k.clamp(self.kmin, self.kmax) - self.kmin) as usize]
