@@ -493,7 +493,7 @@ impl ErrorModel {
     }
 
     /// dE\[j\]/dk at code k: the central difference where the rows are well measured, a
-    /// least-squares fit over a window widened (up to ±[`MAX_SLOPE_HALF_WIDTH`] codes)
+    /// least-squares fit over a window widened (up to ±8 codes)
     /// until its standard error is below 0.05 where they are sparse.
     #[inline(always)]
     pub fn slope(&self, k: i32) -> f32 {
