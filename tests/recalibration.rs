@@ -5,10 +5,8 @@
 
 use dnat::cim::{Adc, Chip, CimRuntime, ErrorModel, Estimator, MacroSpec, ReadoutMode};
 use dnat::data::{Normalize, synthetic};
-use dnat::engine::ops::Conv2dCfg;
 use dnat::engine::{Mode, ParamStore, Tape, Var};
-use dnat::nn::{ActQuantKind, Arch, BatchNorm2d, Conv2d, Fwd, ModelSpec, Network};
-use dnat::rng::stream;
+use dnat::nn::{ActQuantKind, Arch, BatchNorm2d, Conv2d, Conv2dConfig, Fwd, ModelSpec, Network};
 use dnat::train::{recalibrate_bn, RecalImages};
 use std::sync::Arc;
 
@@ -70,19 +68,8 @@ fn bn_recalibration_undoes_a_per_channel_gain() {
         mean: [0.0; 3],
         std: [1.0; 3],
     };
-    let mut store = ParamStore::new();
-    let mut rng = stream(5);
-    let conv = Conv2d::new(
-        &mut store,
-        "conv",
-        3,
-        4,
-        1,
-        Conv2dCfg::default(),
-        false,
-        &mut rng,
-    )
-    .on_macro(&mut store, "conv");
+    let mut store = ParamStore::seeded(5);
+    let conv = Conv2dConfig::new(3, 4, 1).init(&mut store, "conv").on_macro(&mut store, "conv");
     let bn = BatchNorm2d::new(&mut store, "bn", 4);
     let w: Vec<f32> = CODES.iter().flatten().map(|c| c * W_SCALE).collect();
     store

@@ -4,6 +4,7 @@
 //! so checkpoints and safetensors files speak the same language.
 
 use super::Tensor;
+use crate::rng::Xoshiro256PlusPlus;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ParamId(pub usize);
@@ -54,18 +55,36 @@ pub struct Buffer {
     pub value: Tensor,
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ParamStore {
     params: Vec<Param>,
     buffers: Vec<Buffer>,
+    /// The stream layers draw their initial weights from, in the order they are made
+    /// (so a network built from one seed is the same network, run after run).
+    init_rng: Xoshiro256PlusPlus,
     /// Names of the layers mapped onto the macro; a layer's index here is its id in
     /// the readout draw keys.
     cim_layers: Vec<String>,
 }
 
+impl Default for ParamStore {
+    fn default() -> Self {
+        Self::seeded(0)
+    }
+}
+
 impl ParamStore {
+    /// An empty store whose layers draw their initial weights from seed 0.
     pub fn new() -> Self {
         Self::default()
+    }
+    /// An empty store whose layers draw their initial weights from `seed`.
+    pub fn seeded(seed: u64) -> Self {
+        ParamStore { params: Vec::new(), buffers: Vec::new(), init_rng: crate::rng::stream(seed), cim_layers: Vec::new() }
+    }
+    /// The initialisation stream (layers' `init` draw from it).
+    pub fn init_rng(&mut self) -> &mut Xoshiro256PlusPlus {
+        &mut self.init_rng
     }
     /// Adds a parameter. Names are unique (checkpoints and safetensors address by
     /// name): a second one of a name is a bug in the network's builder, and panics.

@@ -175,6 +175,43 @@ fn kaiming(shape: &[usize], fan_in: usize, rng: &mut Xoshiro256PlusPlus) -> Tens
     Tensor::new(shape, (0..n).map(|_| (normal(rng) * std) as f32).collect())
 }
 
+/// A convolution's shape: `Conv2dConfig::new(cin, cout, kernel)` is stride 1, "same"
+/// padding (kernel / 2), no bias; change what differs, then [`Conv2dConfig::init`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Conv2dConfig {
+    pub cin: usize,
+    pub cout: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub padding: usize,
+    pub bias: bool,
+}
+
+impl Conv2dConfig {
+    pub fn new(cin: usize, cout: usize, kernel: usize) -> Self {
+        Conv2dConfig { cin, cout, kernel, stride: 1, padding: kernel / 2, bias: false }
+    }
+    pub fn stride(self, stride: usize) -> Self {
+        Conv2dConfig { stride, ..self }
+    }
+    pub fn padding(self, padding: usize) -> Self {
+        Conv2dConfig { padding, ..self }
+    }
+    pub fn bias(self, bias: bool) -> Self {
+        Conv2dConfig { bias, ..self }
+    }
+    /// The layer, its weights `{name}.weight` (Kaiming-normal from the store's
+    /// initialisation stream) and bias `{name}.bias` (zeros) added to `store`.
+    pub fn init(self, store: &mut ParamStore, name: &str) -> Conv2d {
+        let Conv2dConfig { cin, cout, kernel, stride, padding, bias } = self;
+        let shape = [cout, cin, kernel, kernel];
+        let w = kaiming(&shape, cin * kernel * kernel, store.init_rng());
+        let weight = store.add_param(format!("{name}.weight"), w, ParamGroup::Weight);
+        let bias = bias.then(|| store.add_param(format!("{name}.bias"), Tensor::zeros(&[cout]), ParamGroup::NoDecay));
+        Conv2d { weight, bias, cfg: Conv2dCfg { stride, padding }, cim: None }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Conv2d {
     pub weight: ParamId,
@@ -185,22 +222,6 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        store: &mut ParamStore,
-        name: &str,
-        cin: usize,
-        cout: usize,
-        kernel: usize,
-        cfg: Conv2dCfg,
-        bias: bool,
-        rng: &mut Xoshiro256PlusPlus,
-    ) -> Self {
-        let shape = [cout, cin, kernel, kernel];
-        let weight = store.add_param(format!("{name}.weight"), kaiming(&shape, cin * kernel * kernel, rng), ParamGroup::Weight);
-        let bias = bias.then(|| store.add_param(format!("{name}.bias"), Tensor::zeros(&[cout]), ParamGroup::NoDecay));
-        Conv2d { weight, bias, cfg, cim: None }
-    }
     /// Maps the layer onto the macro: adds its E-PACT bounds `{name}.act_lo/act_hi`
     /// and takes the next CIM layer id from the store.
     pub fn on_macro(mut self, store: &mut ParamStore, name: &str) -> Self {
@@ -333,9 +354,12 @@ pub struct Linear {
 }
 
 impl Linear {
-    pub fn new(store: &mut ParamStore, name: &str, fin: usize, fout: usize, bias: bool, rng: &mut Xoshiro256PlusPlus) -> Self {
-        let weight = store.add_param(format!("{name}.weight"), kaiming(&[fout, fin], fin, rng), ParamGroup::Weight);
-        let bias = bias.then(|| store.add_param(format!("{name}.bias"), Tensor::zeros(&[fout]), ParamGroup::NoDecay));
+    /// A `fin` → `fout` layer with a bias (zeros), its weights Kaiming-normal from the
+    /// store's initialisation stream.
+    pub fn init(store: &mut ParamStore, name: &str, fin: usize, fout: usize) -> Self {
+        let w = kaiming(&[fout, fin], fin, store.init_rng());
+        let weight = store.add_param(format!("{name}.weight"), w, ParamGroup::Weight);
+        let bias = Some(store.add_param(format!("{name}.bias"), Tensor::zeros(&[fout]), ParamGroup::NoDecay));
         Linear { weight, bias, cim: None }
     }
     /// Maps the layer onto the macro: adds its E-PACT bounds `{name}.act_lo/act_hi`

@@ -8,6 +8,6 @@ pub mod layers;
 pub mod models;
 pub mod trace;
 
-pub use layers::{ActQuantKind, BatchNorm2d, Calibration, CimQuant, Conv2d, Fwd, Linear};
+pub use layers::{ActQuantKind, BatchNorm2d, Calibration, CimQuant, Conv2d, Conv2dConfig, Fwd, Linear};
 pub use trace::{Node, Trace};
 pub use models::{build, Arch, CimPlan, ModelSpec, Network};

@@ -13,10 +13,8 @@
 //! `layer2.0.shortcut.0`, `linear`; `features.N` / `classifier.N` for VGG), so a
 //! PyTorch `state_dict` of the same architecture maps one to one.
 
-use super::layers::{BatchNorm2d, Conv2d, Fwd, Linear};
-use crate::engine::ops::Conv2dCfg;
+use super::layers::{BatchNorm2d, Conv2d, Conv2dConfig, Fwd, Linear};
 use crate::engine::{ParamStore, Var};
-use crate::rng::stream;
 use crate::{Error, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,17 +115,13 @@ pub trait Network: Send + Sync {
 
 /// Builds a network and its freshly initialised parameters (weights drawn from `seed`).
 pub fn build(spec: ModelSpec, seed: u64) -> (Box<dyn Network>, ParamStore) {
-    let mut store = ParamStore::new();
+    let mut store = ParamStore::seeded(seed);
     let net: Box<dyn Network> = match spec.arch {
-        Arch::ResNet20 => Box::new(ResNet::new(&mut store, spec, seed)),
-        Arch::ResNet34 => Box::new(ResNet::new(&mut store, spec, seed)),
-        Arch::Vgg8 | Arch::Vgg16 => Box::new(Vgg::new(&mut store, spec, seed)),
+        Arch::ResNet20 => Box::new(ResNet::new(&mut store, spec)),
+        Arch::ResNet34 => Box::new(ResNet::new(&mut store, spec)),
+        Arch::Vgg8 | Arch::Vgg16 => Box::new(Vgg::new(&mut store, spec)),
     };
     (net, store)
-}
-
-fn same(stride: usize) -> Conv2dCfg {
-    Conv2dCfg { stride, padding: 1 }
 }
 
 enum Shortcut {
@@ -174,15 +168,14 @@ struct ResNet {
 }
 
 impl ResNet {
-    fn new(store: &mut ParamStore, spec: ModelSpec, seed: u64) -> Self {
-        let mut rng = stream(seed);
+    fn new(store: &mut ParamStore, spec: ModelSpec) -> Self {
         let map = MacroMap { plan: spec.cim };
         let (widths, depths, option_a): (&[usize], &[usize], bool) = match spec.arch {
             Arch::ResNet20 => (&[16, 32, 64], &[3, 3, 3], true),
             Arch::ResNet34 => (&[64, 128, 256, 512], &[3, 4, 6, 3], false),
             _ => unreachable!("not a ResNet"),
         };
-        let conv1 = Conv2d::new(store, "conv1", 3, widths[0], 3, same(1), false, &mut rng);
+        let conv1 = Conv2dConfig::new(3, widths[0], 3).init(store, "conv1");
         let conv1 = map.conv(conv1, store, "conv1", true);
         let bn1 = BatchNorm2d::new(store, "bn1", widths[0]);
         let mut blocks = Vec::new();
@@ -192,11 +185,11 @@ impl ResNet {
                 let stride = if stage > 0 && b == 0 { 2 } else { 1 };
                 let name = format!("layer{}.{b}", stage + 1);
                 let n1 = format!("{name}.conv1");
-                let conv1 = Conv2d::new(store, &n1, cin, cout, 3, same(stride), false, &mut rng);
+                let conv1 = Conv2dConfig::new(cin, cout, 3).stride(stride).init(store, &n1);
                 let conv1 = map.conv(conv1, store, &n1, false);
                 let bn1 = BatchNorm2d::new(store, &format!("{name}.bn1"), cout);
                 let n2 = format!("{name}.conv2");
-                let conv2 = Conv2d::new(store, &n2, cout, cout, 3, same(1), false, &mut rng);
+                let conv2 = Conv2dConfig::new(cout, cout, 3).init(store, &n2);
                 let conv2 = map.conv(conv2, store, &n2, false);
                 let bn2 = BatchNorm2d::new(store, &format!("{name}.bn2"), cout);
                 let shortcut = if stride == 1 && cin == cout {
@@ -204,16 +197,15 @@ impl ResNet {
                 } else if option_a {
                     Shortcut::PadA { stride, cout }
                 } else {
-                    let cfg = Conv2dCfg { stride, padding: 0 };
                     let ns = format!("{name}.shortcut.0");
-                    let conv = Conv2d::new(store, &ns, cin, cout, 1, cfg, false, &mut rng);
+                    let conv = Conv2dConfig::new(cin, cout, 1).stride(stride).init(store, &ns);
                     Shortcut::Projection(map.conv(conv, store, &ns, false), BatchNorm2d::new(store, &format!("{name}.shortcut.1"), cout))
                 };
                 blocks.push(BasicBlock { conv1, bn1, conv2, bn2, shortcut });
                 cin = cout;
             }
         }
-        let linear = Linear::new(store, "linear", cin, spec.num_classes, true, &mut rng);
+        let linear = Linear::init(store, "linear", cin, spec.num_classes);
         let linear = map.linear(linear, store, "linear", true);
         ResNet { spec, conv1, bn1, blocks, linear }
     }
@@ -247,14 +239,13 @@ struct Vgg {
 }
 
 impl Vgg {
-    fn new(store: &mut ParamStore, spec: ModelSpec, seed: u64) -> Self {
+    fn new(store: &mut ParamStore, spec: ModelSpec) -> Self {
         const M: usize = 0;
         let (cfg, hidden): (&[usize], &[usize]) = match spec.arch {
             Arch::Vgg8 => (&[128, 128, M, 256, 256, M, 512, 512, M], &[1024]),
             Arch::Vgg16 => (&[64, 64, M, 128, 128, M, 256, 256, 256, M, 512, 512, 512, M, 512, 512, 512, M], &[]),
             _ => unreachable!("not a VGG"),
         };
-        let mut rng = stream(seed);
         let map = MacroMap { plan: spec.cim };
         let mut features = Vec::new();
         // PyTorch Sequential indices: conv i, bn i+1, relu i+2; pool takes one index.
@@ -266,7 +257,7 @@ impl Vgg {
                 side /= 2;
             } else {
                 let name = format!("features.{idx}");
-                let conv = Conv2d::new(store, &name, cin, c, 3, same(1), false, &mut rng);
+                let conv = Conv2dConfig::new(cin, c, 3).init(store, &name);
                 let conv = map.conv(conv, store, &name, idx == 0);
                 let bn = BatchNorm2d::new(store, &format!("features.{}", idx + 1), c);
                 features.push(VggLayer::ConvBnRelu(conv, bn));
@@ -279,13 +270,13 @@ impl Vgg {
         let mut cidx = 0;
         for &h in hidden {
             let name = format!("classifier.{cidx}");
-            let lin = Linear::new(store, &name, fin, h, true, &mut rng);
+            let lin = Linear::init(store, &name, fin, h);
             classifier.push((map.linear(lin, store, &name, false), true));
             cidx += 2;
             fin = h;
         }
         let name = format!("classifier.{cidx}");
-        let lin = Linear::new(store, &name, fin, spec.num_classes, true, &mut rng);
+        let lin = Linear::init(store, &name, fin, spec.num_classes);
         classifier.push((map.linear(lin, store, &name, true), false));
         Vgg { spec, features, classifier }
     }
@@ -365,12 +356,8 @@ mod tests {
         assert_eq!(a.cim_layers().len(), 18);
         assert_eq!((a.cim_layers()[0].as_str(), a.cim_layers()[17].as_str()), ("layer1.0.conv1", "layer3.2.conv2"));
         let mut store = ParamStore::new();
-        let mut rng = stream(0);
-        Conv2d::new(&mut store, "c", 3, 4, 3, same(1), false, &mut rng).on_macro(&mut store, "c");
-        let again = std::panic::catch_unwind(move || {
-            let mut rng = stream(1);
-            Conv2d::new(&mut store, "c", 3, 4, 3, same(1), false, &mut rng)
-        });
+        Conv2dConfig::new(3, 4, 3).init(&mut store, "c").on_macro(&mut store, "c");
+        let again = std::panic::catch_unwind(move || Conv2dConfig::new(3, 4, 3).init(&mut store, "c"));
         let msg = again.unwrap_err().downcast::<String>().unwrap();
         assert!(msg.contains("parameter 'c.weight' added twice"), "{msg}");
     }
