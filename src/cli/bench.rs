@@ -50,7 +50,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
         return Err(dnat::Error::invalid(format!("--batch must be 1 to {MAX_BATCH}, --steps 1 to 100000 and --warmup at most 100000")));
     }
     dnat::nn::ModelSpec::fp32(Arch::parse(&a.model)?, a.classes).validate().map_err(|e| dnat::Error::invalid(format!("--classes: {e}")))?;
-    let rt = if a.cim { Some(super::cim_runtime_from(&a.r#macro, &a.error_model, &a.readout, &a.estimator, dnat::train::ReadoutSource::parse(&a.readout_source)?)?) } else { None };
+    let rt = if a.cim { Some(super::cim_runtime(&a.r#macro, &a.error_model, &a.readout, &a.estimator, dnat::train::ReadoutSource::parse(&a.readout_source)?)?) } else { None };
     let r = bench::run(Arch::parse(&a.model)?, a.classes, a.batch, a.steps, a.warmup, rt.as_ref())?;
     println!("{}", r.table());
     if a.json {

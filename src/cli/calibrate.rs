@@ -64,7 +64,7 @@ pub fn run(a: CalibrateArgs) -> Result<()> {
     let data = super::load_data(a.data.as_deref(), kind, a.quiet)?;
     let rt = if a.cim {
         let mut rt =
-            super::cim_runtime(&a.r#macro, &a.error_model, "sampled", "ste")?.on_chip(a.chip_seed);
+            super::cim_runtime(&a.r#macro, &a.error_model, "sampled", "ste", dnat::train::ReadoutSource::Table)?.on_chip(a.chip_seed);
         rt.seed = a.seed;
         Some(rt)
     } else {

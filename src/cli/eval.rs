@@ -61,7 +61,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
         if ck.spec.cim.is_none() {
             return Err(dnat::Error::format(&a.checkpoint, "has no CIM layers (an FP32 model): train it with --cim first"));
         }
-        let mut rt = super::cim_runtime(&a.r#macro, &a.error_model, &a.readout, "ste")?;
+        let mut rt = super::cim_runtime(&a.r#macro, &a.error_model, &a.readout, "ste", dnat::train::ReadoutSource::Table)?;
         rt.seed = a.seed;
         let t = std::time::Instant::now();
         let mc = evaluate_mc(net.as_ref(), &mut store, &data.test, Normalize::for_dataset(kind), &rt, a.chip_seed, a.chips, a.seeds)?;

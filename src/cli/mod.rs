@@ -9,28 +9,19 @@ pub mod pipeline;
 pub mod train;
 pub mod weights;
 
-use dnat::cim::{CimRuntime, Estimator, MacroSpec, Readout, ReadoutMode, SampleOnly};
+use dnat::cim::{CimRuntime, Estimator, MacroSpec, ReadoutMode};
 use dnat::train::ReadoutSource;
 use dnat::data::{resolve_data_path, Dataset, DatasetKind};
 use dnat::Result;
 use std::path::Path;
 use std::sync::Arc;
 
-/// A CIM runtime from command-line words (the error model itself as the source).
-pub fn cim_runtime(macro_name: &str, model: &str, readout: &str, estimator: &str) -> Result<CimRuntime> {
-    cim_runtime_from(macro_name, model, readout, estimator, ReadoutSource::Table)
-}
-
-/// The same, with the error model behind `source`.
-pub fn cim_runtime_from(macro_name: &str, model: &str, readout: &str, estimator: &str, source: ReadoutSource) -> Result<CimRuntime> {
+/// A CIM runtime from command-line words, the error model behind `source`.
+pub fn cim_runtime(macro_name: &str, model: &str, readout: &str, estimator: &str, source: ReadoutSource) -> Result<CimRuntime> {
     let spec = MacroSpec::parse(macro_name)?;
     spec.validate()?;
-    let em: Arc<dyn Readout> = Arc::new(dnat::cim::em::resolve(model, &spec)?);
-    let em: Arc<dyn Readout> = match source {
-        ReadoutSource::Table => em,
-        ReadoutSource::SampleOnly => Arc::new(SampleOnly(em)),
-    };
-    CimRuntime::new(spec, em, ReadoutMode::parse(readout)?, Estimator::parse(estimator)?)
+    let em = dnat::cim::em::resolve(model, &spec)?;
+    CimRuntime::new(spec, source.wrap(Arc::new(em)), ReadoutMode::parse(readout)?, Estimator::parse(estimator)?)
 }
 
 /// Finds and loads the data set, saying which one was read.

@@ -53,6 +53,13 @@ impl ReadoutSource {
             ReadoutSource::SampleOnly => "sample-only",
         }
     }
+    /// `model` as this source offers it.
+    pub fn wrap(self, model: Arc<dyn Readout>) -> Arc<dyn Readout> {
+        match self {
+            ReadoutSource::Table => model,
+            ReadoutSource::SampleOnly => Arc::new(SampleOnly(model)),
+        }
+    }
 }
 
 /// Train for one chip, or for the population of chips.
@@ -99,12 +106,7 @@ impl CimTraining {
         let spec = MacroSpec::parse(&self.macro_name)?;
         spec.validate()?;
         let model = em::resolve(&self.error_model, &spec)?;
-        let model: Arc<dyn Readout> = Arc::new(model);
-        let source: Arc<dyn Readout> = match self.source {
-            ReadoutSource::Table => model,
-            ReadoutSource::SampleOnly => Arc::new(SampleOnly(model)),
-        };
-        let mut rt = CimRuntime::new(spec, source, self.readout, self.estimator)?;
+        let mut rt = CimRuntime::new(spec, self.source.wrap(Arc::new(model)), self.readout, self.estimator)?;
         rt.seed = seed;
         rt.act_quant = self.act_quant;
         Ok(match self.chip {
