@@ -12,6 +12,7 @@
 //!   which the compiler vectorises, then the two table lookups).
 
 use super::table::ErrorModel;
+use crate::cim::readout::LATTICE_STEP;
 use crate::rng::mix64;
 
 /// The SplitMix64 increment (`DrawKey::forward` steps the stream by it).
@@ -55,7 +56,8 @@ impl ErrorModel {
 
     /// The sampled slope of every operation of a run (`stat:S`): the mean of `draws`
     /// pair differences ([`ErrorModel::pair_difference`]) over the pair's spacing, the
-    /// draws keyed as [`crate::cim::DrawKey::backward`]; 1 on a one-code model.
+    /// draws keyed as [`crate::cim::DrawKey::backward`] (one hash per operation, then a
+    /// lattice step per draw); 1 on a one-code model.
     pub(crate) fn slope_stream(&self, codes: &[i32], key: u64, first: u64, stride: u64, draws: u32, out: &mut [f32]) {
         assert_eq!(codes.len(), out.len());
         if draws == 0 {
@@ -76,12 +78,14 @@ impl ErrorModel {
     /// The portable path of [`ErrorModel::slope_stream`] (also its tail).
     pub(crate) fn slopes_portable(&self, codes: &[i32], key: u64, first: u64, stride: u64, draws: u32, out: &mut [f32]) {
         for (i, (o, &kc)) in out.iter_mut().zip(codes).enumerate() {
-            let op_key = mix64(key ^ mix64(first.wrapping_add((i as u64).wrapping_mul(stride))));
+            let op = first.wrapping_add((i as u64).wrapping_mul(stride));
+            let mut bits = mix64(key.wrapping_add(op.wrapping_mul(PHI)));
             let (mut diff, mut spacing) = (0i64, 0);
-            for s in 0..draws as u64 {
-                let (d, sp) = self.pair_difference(kc, mix64(op_key ^ s));
+            for _ in 0..draws {
+                let (d, sp) = self.pair_difference(kc, bits);
                 diff += d as i64;
                 spacing = sp;
+                bits = bits.wrapping_add(LATTICE_STEP);
             }
             *o = if spacing == 0 { 1.0 } else { diff as f32 / (draws as f32 * spacing as f32) };
         }
@@ -100,7 +104,7 @@ fn avx512_available() -> bool {
 
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
-    use super::{ErrorModel, PHI};
+    use super::{ErrorModel, LATTICE_STEP, PHI};
     use std::arch::x86_64::*;
 
     /// SplitMix64's finaliser on eight lanes (the increment is already in `z`).
@@ -159,13 +163,6 @@ mod avx512 {
         n
     }
 
-    /// SplitMix64's full `mix64` on eight lanes (adds the increment, then finalises).
-    #[inline]
-    #[target_feature(enable = "avx512f,avx512dq")]
-    fn mix(z: __m512i) -> __m512i {
-        finalise(_mm512_add_epi64(z, _mm512_set1_epi64(PHI as i64)))
-    }
-
     /// Sampled slopes of the first `codes.len() / 8 · 8` operations; returns how many.
     ///
     /// # Safety
@@ -177,10 +174,11 @@ mod avx512 {
         let low32 = _mm512_set1_epi64(0xFFFF_FFFF);
         let p = &m.pair_diff;
         let (span, entries, spacing) = (p.span.as_ptr() as *const i64, p.entries.as_ptr() as *const i64, p.spacing.as_ptr());
-        let keyv = _mm512_set1_epi64(key as i64);
-        let lane = |i: u64| first.wrapping_add(i.wrapping_mul(stride)) as i64;
-        let mut op = _mm512_set_epi64(lane(7), lane(6), lane(5), lane(4), lane(3), lane(2), lane(1), lane(0));
-        let advance = _mm512_set1_epi64(stride.wrapping_mul(8) as i64);
+        // The operations' hashes as a SplitMix64 stream (as `stream`): z_i = key + op_i·φ + φ.
+        let lane = |i: u64| key.wrapping_add(first.wrapping_add(i.wrapping_mul(stride)).wrapping_mul(PHI)).wrapping_add(PHI) as i64;
+        let mut z = _mm512_set_epi64(lane(7), lane(6), lane(5), lane(4), lane(3), lane(2), lane(1), lane(0));
+        let advance = _mm512_set1_epi64(stride.wrapping_mul(8).wrapping_mul(PHI) as i64);
+        let lattice = _mm512_set1_epi64(LATTICE_STEP as i64);
         let scale = _mm256_set1_ps(draws as f32);
         let mut i = 0;
         while i < n {
@@ -190,11 +188,10 @@ mod avx512 {
             // SAFETY: row < span.len() = spacing.len() (clamped above).
             let (sw, sp) = unsafe { (_mm512_i32gather_epi64::<8>(row, span), _mm256_i32gather_epi32::<4>(spacing, row)) };
             let (start, width) = (_mm512_and_si512(sw, low32), _mm512_srli_epi64::<32>(sw));
-            let op_key = mix(_mm512_xor_si512(keyv, mix(op)));
-            op = _mm512_add_epi64(op, advance);
+            let mut bits = finalise(z);
+            z = _mm512_add_epi64(z, advance);
             let mut diff = _mm256_setzero_si256();
-            for s in 0..draws as i64 {
-                let bits = mix(_mm512_xor_si512(op_key, _mm512_set1_epi64(s)));
+            for _ in 0..draws {
                 let col = _mm512_srli_epi64::<32>(_mm512_mul_epu32(_mm512_srli_epi64::<32>(bits), width));
                 let slot = _mm512_cvtepi64_epi32(_mm512_add_epi64(start, col));
                 // SAFETY: slot = start + column < start + width <= entries.len().
@@ -204,6 +201,7 @@ mod avx512 {
                 let own = _mm512_srai_epi64::<48>(_mm512_slli_epi64::<16>(e));
                 let alias = _mm512_srai_epi64::<48>(e);
                 diff = _mm256_add_epi32(diff, _mm512_cvtepi64_epi32(_mm512_mask_blend_epi64(take_alias, own, alias)));
+                bits = _mm512_add_epi64(bits, lattice);
             }
             // diff / (draws · spacing), as the portable path rounds it; 1 where spacing is 0.
             let denom = _mm256_mul_ps(scale, _mm256_cvtepi32_ps(sp));
