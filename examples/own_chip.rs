@@ -63,10 +63,10 @@ fn run(dir: &Path) -> dnat::Result<()> {
         source: ReadoutSource::Table,
     });
     let ckpt = dir.join("dnat.ckpt");
-    let outcome = train(&cfg, &data, &ckpt, &RunOptions { resume: false, stop_after: None, quiet: true })?;
+    let outcome = train(&cfg, &data, &ckpt, &RunOptions { quiet: true, ..Default::default() })?;
 
     // 4. Accuracy on the measured chip and two more drawn from its fitted spread, 2 reads each.
-    let (net, mut store) = build(outcome.checkpoint.spec, 0);
+    let (net, mut store) = build(&outcome.checkpoint.spec, 0)?;
     restore_into(&outcome.checkpoint.store, &mut store, &ckpt)?;
     let rt = cfg.cim.as_ref().unwrap().runtime(1)?;
     let mc = evaluate_mc(net.as_ref(), &mut store, &data.test, Normalize::for_dataset(DatasetKind::Cifar10), &rt, 0, 3, 2)?;

@@ -1,26 +1,70 @@
 //! # dnat — data-driven non-ideality aware training for computing-in-memory macros
 //!
-//! The crate is laid out as separate rooms:
+//! # Your network on your macro
 //!
+//! Write the network with dnat's layers, register it by name, say which layers go on
+//! the macro, and train: the library numbers the CIM layers, keys every step's readout
+//! draws, calibrates the E-PACT bounds and checkpoints every epoch.
+//!
+//! ```
+//! use dnat::prelude::*;
+//!
+//! struct Tiny { conv: Conv2d, bn: BatchNorm2d, fc: Linear }
+//! impl Network for Tiny {
+//!     fn forward(&self, cx: &mut Fwd, x: Var) -> Result<Var> {
+//!         let h = self.conv.forward(cx, x)?;
+//!         let h = self.bn.forward_relu(cx, h)?;
+//!         let h = cx.global_avg_pool(h)?;
+//!         self.fc.forward(cx, h)
+//!     }
+//! }
+//! fn tiny(store: &mut ParamStore, classes: usize) -> Box<dyn Network> {
+//!     let conv = Conv2dConfig::new(3, 8, 3).init(store, "conv");
+//!     let bn = BatchNorm2d::new(store, "bn", 8);
+//!     Box::new(Tiny { conv, bn, fc: Linear::init(store, "fc", 8, classes) })
+//! }
+//!
+//! let arch = register("tiny", tiny)?;
+//! let mut cfg = TrainConfig::new(arch, DatasetKind::Cifar10, 1, 0);
+//! cfg.batch = 32;
+//! // `conv` and `fc` on a 32-row macro with a 7-bit ADC, read through the `moderate` model.
+//! cfg.cim = Some(CimTraining { plan: CimPlan::all(), ..CimTraining::new("rows=32,adc_bits=7,step=64", "moderate") });
+//! let path = std::env::temp_dir().join(format!("tiny-{}.ckpt", std::process::id()));
+//! let out = train(&cfg, &synthetic::dataset(64, 32, 1), &path, &RunOptions { quiet: true, ..Default::default() })?;
+//! assert_eq!(Checkpoint::load(&path)?.spec.arch.name(), "tiny");
+//! # std::fs::remove_file(&path).unwrap();
+//! # Ok::<(), dnat::Error>(())
+//! ```
+//!
+//! `examples/custom_network.rs` goes on to evaluate over chips and reads, reload and
+//! export; `examples/own_chip.rs` starts from a measurement log. [`nn::map_to_macro`]
+//! maps a store's layers directly, for a loop of your own.
+//!
+//! # Where things are
+//!
+//! * [`prelude`] — the names above, in one `use`.
+//! * [`cli`] — the `dnat` command line, callable from a program that registered its own
+//!   architectures.
 //! * [`engine`] — tensors, the reverse-mode tape and the differentiable ops
 //!   (im2col convolution, batchnorm, pooling, fused softmax + cross-entropy).
-//! * [`nn`] — parameters, layers and the networks of the paper (ResNet20, VGG8,
-//!   ResNet34, VGG16 in their CIFAR forms).
+//! * [`nn`] — layers, the [`nn::Network`] trait, the registry of architectures, mapping
+//!   layers onto the macro, and the networks of the paper (ResNet20, VGG8, ResNet34,
+//!   VGG16 in their CIFAR forms).
 //! * [`optim`] — SGD / Adam, parameter groups and learning-rate schedules.
 //! * [`data`] — CIFAR-10 / CIFAR-100 binary readers and per-image augmentation.
 //! * [`io`] — checkpoints, the deployable integer model, PyTorch (`safetensors`)
 //!   weight interchange.
-//! * [`train`] — the training / evaluation loops, progress reporting and benchmarks.
+//! * [`train`] — the training / evaluation loops, BN recalibration, progress reporting
+//!   and benchmarks.
 //! * [`pipeline`] — the paper's experiment (FP32 → QAT → naive vs D-NAT on the
 //!   non-ideal macro) as resumable stages driven by a config file, and its report.
-//!
 //! * [`cim`] — the CIM physics: the macro description, the D-MAC-EM error model, the
 //!   E-PACT quantizer and the `CimConv2d` / `CimLinear` ops.
 //!
 //! Every computation is deterministic: the same seed gives the same bits whatever
 //! the number of rayon threads (see `engine::par` for how reductions are split).
 //!
-//! # A CIM layer with your own chip's error model, in your own training loop
+//! # One CIM op with your own chip's error model, in a loop of your own
 //!
 //! ```
 //! use dnat::cim::{cim_conv2d, epact, ActGrid, CimCall, CimRuntime, Estimator, MacroSpec, ReadoutMode};
@@ -67,6 +111,7 @@
 //! ```
 
 pub mod cim;
+pub mod cli;
 pub mod data;
 pub mod engine;
 pub mod error;
@@ -75,6 +120,7 @@ pub mod nn;
 pub mod optim;
 pub mod rng;
 pub mod pipeline;
+pub mod prelude;
 pub mod train;
 
 pub use error::{Error, Result};

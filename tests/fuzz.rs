@@ -192,7 +192,7 @@ fn checkpoints() {
     let p = Path::new("fuzz.ckpt");
     fuzz("checkpoint", vec![qat_checkpoint()], true, |r, s| reframe(r, s, 3), |b| match Checkpoint::from_bytes(b) {
         Ok(ck) => {
-            let (_, mut store) = build(ck.spec, 0);
+            let (_, mut store) = build(&ck.spec, 0).unwrap();
             restore_into(&ck.store, &mut store, p).is_ok()
         }
         Err(_) => false,
@@ -202,9 +202,9 @@ fn checkpoints() {
 #[test]
 fn deployable_exports() {
     let ck = Checkpoint::from_bytes(&qat_checkpoint()).unwrap();
-    let (net, mut store) = build(ck.spec, 0);
+    let (net, mut store) = build(&ck.spec, 0).unwrap();
     restore_into(&ck.store, &mut store, Path::new("qat")).unwrap();
-    let seed = DeployModel::from_network(net.as_ref(), &mut store, &MacroSpec::preset("default").unwrap(), Normalize::for_dataset(DatasetKind::Cifar10)).unwrap().to_bytes();
+    let seed = DeployModel::from_network(net.as_ref(), "resnet20", &mut store, &MacroSpec::preset("default").unwrap(), Normalize::for_dataset(DatasetKind::Cifar10)).unwrap().to_bytes();
     fuzz("deploy", vec![seed], true, |r, s| reframe(r, s, 2), |b| DeployModel::from_bytes(b).is_ok());
 }
 
@@ -238,9 +238,9 @@ fn fit_logs() {
 #[test]
 fn safetensors_files() {
     let ck = Checkpoint::from_bytes(&std::fs::read(Path::new(ROOT).join("models/resnet20-fp32-s0.ckpt")).unwrap()).unwrap();
-    let (_, mut store) = build(ck.spec, 0);
+    let (_, mut store) = build(&ck.spec, 0).unwrap();
     restore_into(&ck.store, &mut store, Path::new("fp32")).unwrap();
-    let seed = safetensors::export(ck.spec, &store).unwrap();
+    let seed = safetensors::export(&ck.spec, &store).unwrap();
     let p = Path::new("fuzz.safetensors");
     fuzz(
         "safetensors",
@@ -263,7 +263,7 @@ fn safetensors_files() {
             }
         },
         |b| match safetensors::spec_from_metadata(b, p) {
-            Ok(Some(spec)) => safetensors::import(b, spec, p).is_ok(),
+            Ok(Some(spec)) => safetensors::import(b, &spec, p).is_ok(),
             _ => false,
         },
     );

@@ -6,7 +6,7 @@
 use dnat::cim::{Adc, Chip, CimRuntime, ErrorModel, Estimator, MacroSpec, ReadoutMode};
 use dnat::data::{Normalize, synthetic};
 use dnat::engine::{Mode, ParamStore, Tape, Var};
-use dnat::nn::{ActQuantKind, Arch, BatchNorm2d, Conv2d, Conv2dConfig, Fwd, ModelSpec, Network};
+use dnat::nn::{map_to_macro, ActQuantKind, BatchNorm2d, CimPlan, Conv2d, Conv2dConfig, Fwd, Network};
 use dnat::train::{recalibrate_bn, RecalImages};
 use std::sync::Arc;
 
@@ -17,13 +17,6 @@ struct ConvBn {
 }
 
 impl Network for ConvBn {
-    fn spec(&self) -> ModelSpec {
-        ModelSpec {
-            arch: Arch::ResNet20,
-            num_classes: 10,
-            cim: None,
-        }
-    }
     fn forward(&self, cx: &mut Fwd, x: Var) -> dnat::Result<Var> {
         let y = self.conv.forward(cx, x)?;
         self.bn.forward(cx, y)
@@ -69,15 +62,16 @@ fn bn_recalibration_undoes_a_per_channel_gain() {
         std: [1.0; 3],
     };
     let mut store = ParamStore::seeded(5);
-    let conv = Conv2dConfig::new(3, 4, 1).init(&mut store, "conv").on_macro(&mut store, "conv");
+    let conv = Conv2dConfig::new(3, 4, 1).init(&mut store, "conv");
     let bn = BatchNorm2d::new(&mut store, "bn", 4);
+    map_to_macro(&mut store, &CimPlan::named(["conv"])).unwrap();
     let w: Vec<f32> = CODES.iter().flatten().map(|c| c * W_SCALE).collect();
     store
         .param_mut(conv.weight)
         .value
         .data_mut()
         .copy_from_slice(&w);
-    let q = conv.cim.clone().unwrap();
+    let q = store.layer(conv.layer).on_macro.unwrap();
     store.param_mut(q.hi).value.data_mut()[0] = 1.0;
     let net = ConvBn { conv, bn };
     // Every training image, un-augmented (the reference reads the raw pixels).

@@ -69,6 +69,34 @@ fn resumed_run_ends_with_the_same_bytes() {
     assert!(e.contains("cannot resume") && e.contains("synthetic-seed-4") && e.contains("synthetic-seed-5"), "{e}");
 }
 
+/// A run cut off mid-epoch (twice), or checkpointing at every step, resumes to the same
+/// bytes as the uninterrupted run: the epoch's image order, augmentation, draw keys and
+/// running sums all continue where they stopped.
+#[test]
+fn a_run_cut_off_mid_epoch_resumes_to_the_same_bytes() {
+    let data = synthetic::dataset(320, 100, 4);
+    let cfg = config(3); // 10 steps an epoch
+    let (whole, parts) = (tmp("mid-whole.ckpt"), tmp("mid-parts.ckpt"));
+    train(&cfg, &data, &whole, &quiet()).unwrap();
+    let a = train(&cfg, &data, &parts, &RunOptions { stop_after_steps: Some(4), ..quiet() }).unwrap();
+    assert_eq!((a.checkpoint.epochs_done, a.checkpoint.steps_done), (0, 4));
+    assert!(Checkpoint::load(&parts).unwrap().meta("epoch_in_progress").is_some());
+    let b = train(&cfg, &data, &parts, &RunOptions { resume: true, stop_after_steps: Some(17), checkpoint_every: Some(std::time::Duration::ZERO), ..quiet() }).unwrap();
+    assert_eq!((b.checkpoint.epochs_done, b.checkpoint.steps_done), (1, 17));
+    // Asked to stop where it already is, a resumed run trains nothing.
+    let before = std::fs::read(&parts).unwrap();
+    let again = train(&cfg, &data, &parts, &RunOptions { resume: true, stop_after_steps: Some(17), ..quiet() }).unwrap();
+    assert_eq!((again.stopped_at_step, std::fs::read(&parts).unwrap()), (Some(17), before));
+    train(&cfg, &data, &parts, &RunOptions { resume: true, ..quiet() }).unwrap();
+    assert_eq!(std::fs::read(&whole).unwrap(), std::fs::read(&parts).unwrap(), "resumed mid-epoch, the run ends differently");
+    // A stop at an epoch's last step is that epoch's own checkpoint.
+    let at_end = tmp("mid-at-end.ckpt");
+    let c = train(&cfg, &data, &at_end, &RunOptions { stop_after_steps: Some(10), ..quiet() }).unwrap();
+    let ck = Checkpoint::load(&at_end).unwrap();
+    assert_eq!((c.checkpoint.epochs_done, ck.epochs_done, ck.history.len()), (1, 1, 1));
+    assert!(ck.meta("epoch_in_progress").is_none());
+}
+
 fn cim(readout: ReadoutMode, estimator: Estimator, error_model: &str) -> CimTraining {
     CimTraining {
         macro_name: "default".into(),
@@ -134,4 +162,34 @@ fn fp32_then_qat_then_dnat() {
         "cargo test --release --test training fp32_then_qat_then_dnat",
         &got,
     );
+}
+
+/// VGG8 (the paper's chip-validated network) end to end on a few hundred synthetic
+/// images: one FP32 epoch, then one D-NAT epoch from it on `current-domain` with the
+/// paper's mapping (first conv and classifier output digital), pinned to the bit.
+#[test]
+fn vgg8_fp32_then_dnat_golden() {
+    let data = synthetic::dataset(256, 100, 8);
+    let mut fp = TrainConfig::new(Arch::Vgg8, DatasetKind::Cifar10, 1, 3);
+    (fp.batch, fp.lr) = (32, 0.005);
+    let fp_out = tmp("vgg8-fp32.ckpt");
+    let f = train(&fp, &data, &fp_out, &quiet()).unwrap();
+    let mut dn = fp.clone();
+    dn.init = Some(fp_out.to_str().unwrap().into());
+    dn.lr = 0.01;
+    dn.cim = Some(cim(ReadoutMode::Sampled, Estimator::Statistical { draws: 0 }, "current-domain"));
+    let dn_out = tmp("vgg8-dnat.ckpt");
+    let d = train(&dn, &data, &dn_out, &quiet()).unwrap();
+    // Both learn (10 classes: chance is 10 %).
+    assert!(f.test_accuracy > 20.0 && d.test_accuracy > 20.0, "FP32 {} %, D-NAT {} %", f.test_accuracy, d.test_accuracy);
+    let ck = Checkpoint::load(&dn_out).unwrap();
+    let on_macro: Vec<_> = ck.store.params().iter().filter_map(|p| p.name.strip_suffix(".act_hi")).collect();
+    assert_eq!(on_macro, ["features.3", "features.7", "features.10", "features.14", "features.17", "classifier.0"]);
+    let got = [
+        ("fp32_test_accuracy", format!("{}", f.test_accuracy)),
+        ("fp32_train_loss_bits", format!("{:#010x}", f.checkpoint.history[0].train_loss.to_bits())),
+        ("dnat_test_accuracy", format!("{}", d.test_accuracy)),
+        ("dnat_train_loss_bits", format!("{:#010x}", ck.history[0].train_loss.to_bits())),
+    ];
+    check_golden("vgg8-synthetic.txt", "tests/training.rs::vgg8_fp32_then_dnat_golden (synthetic data, seed 3)", "cargo test --release --test training vgg8_fp32_then_dnat_golden", &got);
 }

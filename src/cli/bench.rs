@@ -1,6 +1,6 @@
-use dnat::nn::Arch;
-use dnat::train::bench;
-use dnat::Result;
+use crate::nn::Arch;
+use crate::train::bench;
+use crate::Result;
 
 #[derive(argh::FromArgs)]
 #[argh(subcommand, name = "bench")]
@@ -45,12 +45,12 @@ pub struct BenchArgs {
 }
 
 pub fn run(a: BenchArgs) -> Result<()> {
-    use dnat::train::config::MAX_BATCH;
+    use crate::train::config::MAX_BATCH;
     if !(1..=MAX_BATCH).contains(&a.batch) || a.steps == 0 || a.steps > 100_000 || a.warmup > 100_000 {
-        return Err(dnat::Error::invalid(format!("--batch must be 1 to {MAX_BATCH}, --steps 1 to 100000 and --warmup at most 100000")));
+        return Err(crate::Error::invalid(format!("--batch must be 1 to {MAX_BATCH}, --steps 1 to 100000 and --warmup at most 100000")));
     }
-    dnat::nn::ModelSpec::fp32(Arch::parse(&a.model)?, a.classes).validate().map_err(|e| dnat::Error::invalid(format!("--classes: {e}")))?;
-    let rt = if a.cim { Some(super::cim_runtime(&a.r#macro, &a.error_model, &a.readout, &a.estimator, dnat::train::ReadoutSource::parse(&a.readout_source)?)?) } else { None };
+    crate::nn::ModelSpec::fp32(Arch::parse(&a.model)?, a.classes).validate().map_err(|e| crate::Error::invalid(format!("--classes: {e}")))?;
+    let rt = if a.cim { Some(super::cim_runtime(&a.r#macro, &a.error_model, &a.readout, &a.estimator, crate::train::ReadoutSource::parse(&a.readout_source)?)?) } else { None };
     let r = bench::run(Arch::parse(&a.model)?, a.classes, a.batch, a.steps, a.warmup, rt.as_ref())?;
     println!("{}", r.table());
     if a.json {

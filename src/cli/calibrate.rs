@@ -1,8 +1,8 @@
-use dnat::Result;
-use dnat::data::{Augment, DatasetKind, Normalize};
-use dnat::io::checkpoint::{Checkpoint, restore_into};
-use dnat::nn::build;
-use dnat::train::{json, recalibrate_bn, RecalImages};
+use crate::Result;
+use crate::data::{Augment, DatasetKind, Normalize};
+use crate::io::checkpoint::{Checkpoint, restore_into};
+use crate::nn::build;
+use crate::train::{json, recalibrate_bn, RecalImages};
 use std::path::PathBuf;
 
 #[derive(argh::FromArgs)]
@@ -50,21 +50,21 @@ pub struct CalibrateArgs {
 
 pub fn run(a: CalibrateArgs) -> Result<()> {
     // The output is written after the forward passes: check it can be, first.
-    dnat::io::atomic::check_writable(&a.out)?;
+    crate::io::atomic::check_writable(&a.out)?;
     let mut ck = Checkpoint::load(&a.checkpoint)?;
     let kind = DatasetKind::of_checkpoint(ck.spec.num_classes, &a.checkpoint)?;
     if a.cim && ck.spec.cim.is_none() {
-        return Err(dnat::Error::format(
+        return Err(crate::Error::format(
             &a.checkpoint,
             "has no CIM layers (an FP32 model): --cim needs a model trained with --cim",
         ));
     }
-    let (net, mut store) = build(ck.spec, 0);
+    let (net, mut store) = build(&ck.spec, 0)?;
     restore_into(&ck.store, &mut store, &a.checkpoint)?;
     let data = super::load_data(a.data.as_deref(), kind, a.quiet)?;
     let rt = if a.cim {
         let mut rt =
-            super::cim_runtime(&a.r#macro, &a.error_model, "sampled", "ste", dnat::train::ReadoutSource::Table)?.on_chip(a.chip_seed);
+            super::cim_runtime(&a.r#macro, &a.error_model, "sampled", "ste", crate::train::ReadoutSource::Table)?.on_chip(a.chip_seed);
         rt.seed = a.seed;
         Some(rt)
     } else {

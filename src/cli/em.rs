@@ -1,7 +1,7 @@
-use dnat::cim::em::{fit, format, heatmap, FillPolicy, ModelInfo};
-use dnat::cim::MacroSpec;
-use dnat::io::atomic;
-use dnat::{Error, Result};
+use crate::cim::em::{fit, format, heatmap, FillPolicy, ModelInfo};
+use crate::cim::MacroSpec;
+use crate::io::atomic;
+use crate::{Error, Result};
 use std::path::PathBuf;
 
 #[derive(argh::FromArgs)]
@@ -96,7 +96,7 @@ pub fn run(a: EmArgs) -> Result<()> {
                 (Some(p), None) => format::load(p)?,
                 (None, Some(name)) => {
                     let spec = MacroSpec::parse(&s.r#macro)?;
-                    dnat::cim::em::presets::preset(name, (spec.adc.kmin, spec.adc.kmax))?
+                    crate::cim::em::presets::preset(name, (spec.adc.kmin, spec.adc.kmax))?
                 }
                 _ => return Err(Error::invalid("em show: give a model file or --preset NAME (one of them)")),
             };

@@ -1,8 +1,8 @@
-use dnat::data::{DatasetKind, Normalize};
-use dnat::io::checkpoint::{restore_into, Checkpoint};
-use dnat::nn::build;
-use dnat::train::{evaluate, evaluate_mc, json};
-use dnat::Result;
+use crate::data::{DatasetKind, Normalize};
+use crate::io::checkpoint::{restore_into, Checkpoint};
+use crate::nn::build;
+use crate::train::{evaluate, evaluate_mc, json};
+use crate::Result;
 use std::path::PathBuf;
 
 #[derive(argh::FromArgs)]
@@ -52,16 +52,16 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let kind = DatasetKind::of_checkpoint(ck.spec.num_classes, &a.checkpoint)?;
     // Each read is a pass over the test split: bounded, so a typo cannot run for days.
     if !(1..=1000).contains(&a.seeds) || !(1..=1000).contains(&a.chips) || a.seeds * a.chips > 10_000 {
-        return Err(dnat::Error::invalid(format!("--seeds {} and --chips {}: each 1 to 1000, at most 10000 reads in all", a.seeds, a.chips)));
+        return Err(crate::Error::invalid(format!("--seeds {} and --chips {}: each 1 to 1000, at most 10000 reads in all", a.seeds, a.chips)));
     }
-    let (net, mut store) = build(ck.spec, 0);
+    let (net, mut store) = build(&ck.spec, 0)?;
     restore_into(&ck.store, &mut store, &a.checkpoint)?;
     let data = super::load_data(a.data.as_deref(), kind, a.quiet)?;
     if a.cim {
         if ck.spec.cim.is_none() {
-            return Err(dnat::Error::format(&a.checkpoint, "has no CIM layers (an FP32 model): train it with --cim first"));
+            return Err(crate::Error::format(&a.checkpoint, "has no CIM layers (an FP32 model): train it with --cim first"));
         }
-        let mut rt = super::cim_runtime(&a.r#macro, &a.error_model, &a.readout, "ste", dnat::train::ReadoutSource::Table)?;
+        let mut rt = super::cim_runtime(&a.r#macro, &a.error_model, &a.readout, "ste", crate::train::ReadoutSource::Table)?;
         rt.seed = a.seed;
         let t = std::time::Instant::now();
         let mc = evaluate_mc(net.as_ref(), &mut store, &data.test, Normalize::for_dataset(kind), &rt, a.chip_seed, a.chips, a.seeds)?;

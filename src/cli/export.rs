@@ -1,9 +1,9 @@
-use dnat::cim::MacroSpec;
-use dnat::data::{DatasetKind, Normalize};
-use dnat::io::checkpoint::{restore_into, Checkpoint};
-use dnat::io::deploy::{Body, DeployLayer, DeployModel, DeployOp};
-use dnat::nn::build;
-use dnat::{Error, Result};
+use crate::cim::MacroSpec;
+use crate::data::{DatasetKind, Normalize};
+use crate::io::checkpoint::{restore_into, Checkpoint};
+use crate::io::deploy::{Body, DeployLayer, DeployModel, DeployOp};
+use crate::nn::build;
+use crate::{Error, Result};
 use std::path::PathBuf;
 
 #[derive(argh::FromArgs)]
@@ -46,9 +46,9 @@ pub fn run(a: ExportArgs) -> Result<()> {
         }
     }
     let kind = DatasetKind::of_checkpoint(ck.spec.num_classes, &a.checkpoint)?;
-    let (net, mut store) = build(ck.spec, 0);
+    let (net, mut store) = build(&ck.spec, 0)?;
     restore_into(&ck.store, &mut store, &a.checkpoint)?;
-    let m = DeployModel::from_network(net.as_ref(), &mut store, &spec, Normalize::for_dataset(kind))?;
+    let m = DeployModel::from_network(net.as_ref(), ck.spec.arch.name(), &mut store, &spec, Normalize::for_dataset(kind))?;
     m.save(&a.out)?;
     let layers: Vec<&DeployLayer> = m.nodes.iter().filter_map(|n| if let DeployOp::Conv(l) | DeployOp::Linear(l) = &n.op { Some(l) } else { None }).collect();
     let on_macro: Vec<_> = layers.iter().filter_map(|l| if let Body::Macro { tiles, .. } = l.body { Some(tiles as usize * l.cout as usize) } else { None }).collect();

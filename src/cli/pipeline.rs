@@ -1,5 +1,5 @@
-use dnat::pipeline::{self, report, PipelineConfig};
-use dnat::Result;
+use crate::pipeline::{self, report, PipelineConfig};
+use crate::Result;
 use std::path::PathBuf;
 
 #[derive(argh::FromArgs)]

@@ -1,11 +1,11 @@
-use dnat::cim::{Estimator, ReadoutMode};
-use dnat::data::DatasetKind;
-use dnat::nn::{ActQuantKind, Arch, CimPlan};
-use dnat::train::{ChipChoice, CimTraining, ReadoutSource};
-use dnat::optim::{OptimizerKind, Schedule};
-use dnat::train::json;
-use dnat::train::{train, RunOptions, TrainConfig};
-use dnat::Result;
+use crate::cim::{Estimator, ReadoutMode};
+use crate::data::DatasetKind;
+use crate::nn::{ActQuantKind, Arch, CimPlan};
+use crate::train::{ChipChoice, CimTraining, ReadoutSource};
+use crate::optim::{OptimizerKind, Schedule};
+use crate::train::json;
+use crate::train::{train, RunOptions, TrainConfig};
+use crate::Result;
 use std::path::PathBuf;
 
 #[derive(argh::FromArgs)]
@@ -83,9 +83,11 @@ pub struct TrainArgs {
     /// same model exposing only sampling, as a chip behind a link: stat:S or ste)
     #[argh(option, default = "String::from(\"table\")")]
     readout_source: String,
-    /// keep the first conv and last linear on the macro too (default: digital)
-    #[argh(switch)]
-    all_layers_on_macro: bool,
+    /// which layers go on the macro (with --cim): default (all but the first and the
+    /// last layer), all, or comma-separated layer-name patterns (`*` matches any run of
+    /// characters: "layer*.conv1,linear")
+    #[argh(option, default = "String::from(\"default\")")]
+    cim_layers: String,
     /// learning-rate multiplier of the quantizer bounds (default 1)
     #[argh(option, default = "1.0")]
     bound_lr_scale: f32,
@@ -98,6 +100,14 @@ pub struct TrainArgs {
     /// stop after this many epochs in total (resume later with --resume)
     #[argh(option)]
     stop_after: Option<usize>,
+    /// stop after this many training steps in total, mid-epoch if need be (resume later
+    /// with --resume)
+    #[argh(option)]
+    stop_after_steps: Option<u64>,
+    /// also checkpoint within an epoch every this many minutes (default 10; 0: only at
+    /// the end of each epoch), so a killed run loses at most that much work
+    #[argh(option, default = "crate::train::trainer::CHECKPOINT_EVERY.as_secs_f64() / 60.0")]
+    checkpoint_minutes: f64,
     /// print one JSON object as the last line of stdout
     #[argh(switch)]
     json: bool,
@@ -115,7 +125,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     cfg.optimizer = match a.optimizer.as_str() {
         "sgd" => OptimizerKind::Sgd { momentum: 0.9, nesterov: true },
         "adam" => OptimizerKind::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8 },
-        o => return Err(dnat::Error::invalid(format!("unknown optimizer '{o}' (sgd or adam)"))),
+        o => return Err(crate::Error::invalid(format!("unknown optimizer '{o}' (sgd or adam)"))),
     };
     cfg.groups.weight_decay = a.weight_decay;
     cfg.label_smoothing = a.label_smoothing;
@@ -131,31 +141,47 @@ pub fn run(a: TrainArgs) -> Result<()> {
             readout: ReadoutMode::parse(&a.readout)?,
             estimator: Estimator::parse(&a.estimator)?,
             act_quant: ActQuantKind::parse(&a.act_quant)?,
-            plan: if a.all_layers_on_macro { CimPlan { first_digital: false, last_digital: false } } else { CimPlan::default() },
+            plan: cim_plan(&a.cim_layers)?,
             chip: ChipChoice::parse(&a.chip)?,
             source: ReadoutSource::parse(&a.readout_source)?,
         });
     }
-    let opts = RunOptions { resume: a.resume, stop_after: a.stop_after, quiet: a.quiet };
-    dnat::train::trainer::check_run(&cfg, &a.out, &opts)?;
+    if !(a.checkpoint_minutes >= 0.0 && a.checkpoint_minutes <= 1e6) {
+        return Err(crate::Error::invalid(format!("--checkpoint-minutes {}: expected 0 (end of epoch only) to 1000000", a.checkpoint_minutes)));
+    }
+    let checkpoint_every = (a.checkpoint_minutes > 0.0).then(|| std::time::Duration::from_secs_f64(a.checkpoint_minutes * 60.0));
+    let opts = RunOptions { resume: a.resume, stop_after: a.stop_after, stop_after_steps: a.stop_after_steps, checkpoint_every, quiet: a.quiet };
+    crate::train::trainer::check_run(&cfg, &a.out, &opts)?;
     let data = super::load_data(a.data.as_deref(), kind, a.quiet)?;
     let o = train(&cfg, &data, &a.out, &opts)?;
-    println!(
-        "{}: {} epochs, test accuracy {:.2}%, {:.1} train images/s, wall {:.1}s -> {}",
-        cfg.arch.name(),
-        o.checkpoint.epochs_done,
-        o.test_accuracy,
-        o.train_images_per_s,
-        o.wall_s,
-        a.out.display()
-    );
+    match o.stopped_at_step {
+        Some(step) => println!(
+            "{}: stopped at step {step} (within epoch {}), {:.1} train images/s, wall {:.1}s -> {} (resume with --resume)",
+            cfg.arch.name(),
+            o.checkpoint.epochs_done + 1,
+            o.train_images_per_s,
+            o.wall_s,
+            a.out.display()
+        ),
+        None => println!(
+            "{}: {} epochs, test accuracy {:.2}%, {:.1} train images/s, wall {:.1}s -> {}",
+            cfg.arch.name(),
+            o.checkpoint.epochs_done,
+            o.test_accuracy,
+            o.train_images_per_s,
+            o.wall_s,
+            a.out.display()
+        ),
+    }
     if a.json {
         println!(
             "{}",
             json::object(vec![
                 ("model", cfg.arch.name().into()),
                 ("epochs", (o.checkpoint.epochs_done as usize).into()),
-                ("accuracy", o.test_accuracy.into()),
+                // No accuracy for an epoch cut short (null), only for finished ones.
+                ("accuracy", if o.stopped_at_step.is_some() { f64::NAN.into() } else { o.test_accuracy.into() }),
+                ("steps", o.checkpoint.steps_done.into()),
                 ("train_images_per_s", o.train_images_per_s.into()),
                 ("wall_s", o.wall_s.into()),
                 ("seed", cfg.seed.into()),
@@ -166,4 +192,18 @@ pub fn run(a: TrainArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `--cim-layers`: `default`, `all` or comma-separated name patterns.
+fn cim_plan(s: &str) -> crate::Result<CimPlan> {
+    match s {
+        "default" => Ok(CimPlan::default()),
+        "all" => Ok(CimPlan::all()),
+        _ if s.split(',').any(|p| p.trim().is_empty()) => Err(crate::Error::invalid(format!("--cim-layers '{s}': an empty layer pattern (default, all, or patterns such as layer*.conv1,linear)"))),
+        _ => {
+            let plan = CimPlan::named(s.split(',').map(str::trim));
+            plan.validate().map_err(|e| crate::Error::invalid(format!("--cim-layers: {e}")))?;
+            Ok(plan)
+        }
+    }
 }

@@ -1,7 +1,7 @@
-use dnat::io::checkpoint::{restore_into, Checkpoint};
-use dnat::io::{atomic, safetensors};
-use dnat::nn::{build, Arch, ModelSpec};
-use dnat::{Error, Result};
+use crate::io::checkpoint::{restore_into, Checkpoint};
+use crate::io::{atomic, safetensors};
+use crate::nn::{build, Arch, ModelSpec};
+use crate::{Error, Result};
 use std::path::PathBuf;
 
 #[derive(argh::FromArgs)]
@@ -53,9 +53,9 @@ pub fn run(a: WeightsArgs) -> Result<()> {
     match a.action {
         Action::Export(e) => {
             let ck = Checkpoint::load(&e.checkpoint)?;
-            let (_, mut store) = build(ck.spec, 0);
+            let (_, mut store) = build(&ck.spec, 0)?;
             restore_into(&ck.store, &mut store, &e.checkpoint)?;
-            atomic::write(&e.out, &safetensors::export(ck.spec, &store)?)?;
+            atomic::write(&e.out, &safetensors::export(&ck.spec, &store)?)?;
             println!("wrote {} ({} parameters) -> {}", ck.spec.arch.name(), store.num_scalars(), e.out.display());
         }
         Action::Import(i) => {
@@ -69,9 +69,9 @@ pub fn run(a: WeightsArgs) -> Result<()> {
                 (None, Some(s)) => s,
                 (None, None) => return Err(Error::format(&i.safetensors, "carries no dnat metadata: pass --model (and --classes)")),
             };
-            let store = safetensors::import(&bytes, spec, &i.safetensors)?;
+            let store = safetensors::import(&bytes, &spec, &i.safetensors)?;
             let ck = Checkpoint {
-                spec,
+                spec: spec.clone(),
                 meta: vec![("imported_from".into(), "safetensors".into())],
                 epochs_done: 0,
                 steps_done: 0,

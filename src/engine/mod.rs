@@ -19,7 +19,7 @@ pub mod tape;
 pub mod tensor;
 
 pub use tape::{Gradients, Tape, Var};
-pub use param::{BufferId, ParamGroup, ParamId, ParamStore};
+pub use param::{BufferId, LayerId, LayerKind, MacroSlot, ParamGroup, ParamId, ParamStore, WeightLayer};
 pub use tensor::Tensor;
 
 /// Whether a forward pass trains (batch statistics, stochastic ops drawn) or evaluates.

@@ -62,9 +62,40 @@ pub struct ParamStore {
     /// The stream layers draw their initial weights from, in the order they are made
     /// (so a network built from one seed is the same network, run after run).
     init_rng: Xoshiro256PlusPlus,
-    /// Names of the layers mapped onto the macro; a layer's index here is its id in
-    /// the readout draw keys.
-    cim_layers: Vec<String>,
+    /// The weight layers (convolutions, linear layers) in the order they were made,
+    /// with their place on the macro once mapped ([`crate::nn::map_to_macro`]).
+    layers: Vec<WeightLayer>,
+}
+
+/// A weight layer's index in its store ([`ParamStore::add_layer`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LayerId(pub usize);
+
+/// A convolution or linear layer as its store knows it.
+#[derive(Clone, Debug)]
+pub struct WeightLayer {
+    /// The layer's name: its parameters are `{name}.weight`, `{name}.bias`, and on the
+    /// macro `{name}.act_lo` / `{name}.act_hi`.
+    pub name: String,
+    pub kind: LayerKind,
+    /// Where the layer runs when a pass has a CIM runtime (`None`: digital, FP32).
+    pub on_macro: Option<MacroSlot>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerKind {
+    Conv,
+    Linear,
+}
+
+/// A layer mapped onto the macro: its activation quantizer's bounds and its id in the
+/// readout draw keys (the order layers were mapped in, so the same network mapped the
+/// same way draws the same readouts, run after run).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MacroSlot {
+    pub lo: ParamId,
+    pub hi: ParamId,
+    pub id: u64,
 }
 
 impl Default for ParamStore {
@@ -80,7 +111,7 @@ impl ParamStore {
     }
     /// An empty store whose layers draw their initial weights from `seed`.
     pub fn seeded(seed: u64) -> Self {
-        ParamStore { params: Vec::new(), buffers: Vec::new(), init_rng: crate::rng::stream(seed), cim_layers: Vec::new() }
+        ParamStore { params: Vec::new(), buffers: Vec::new(), init_rng: crate::rng::stream(seed), layers: Vec::new() }
     }
     /// The initialisation stream (layers' `init` draw from it).
     pub fn init_rng(&mut self) -> &mut Xoshiro256PlusPlus {
@@ -102,17 +133,38 @@ impl ParamStore {
         self.buffers.push(Buffer { name, value });
         BufferId(self.buffers.len() - 1)
     }
-    /// The id of a layer mapped onto the macro: its index in the order layers are
-    /// mapped, so the same network built the same way draws the same readouts, run
-    /// after run. Each layer is mapped once (a second mapping of a name panics).
-    pub fn register_cim_layer(&mut self, name: &str) -> u64 {
-        assert!(!self.cim_layers.iter().any(|n| n == name), "layer '{name}' mapped onto the macro twice");
-        self.cim_layers.push(name.to_string());
-        (self.cim_layers.len() - 1) as u64
+    /// Records a weight layer (its parameters are added by the caller). Names are
+    /// unique, as for parameters.
+    pub fn add_layer(&mut self, name: &str, kind: LayerKind) -> LayerId {
+        assert!(!self.layers.iter().any(|l| l.name == name), "layer '{name}' added twice: layer names must be unique");
+        self.layers.push(WeightLayer { name: name.to_string(), kind, on_macro: None });
+        LayerId(self.layers.len() - 1)
     }
-    /// The layers mapped onto the macro, in id order.
-    pub fn cim_layers(&self) -> &[String] {
-        &self.cim_layers
+    /// The weight layers, in the order they were made.
+    pub fn layers(&self) -> &[WeightLayer] {
+        &self.layers
+    }
+    pub fn layer(&self, id: LayerId) -> &WeightLayer {
+        &self.layers[id.0]
+    }
+    /// Maps a layer onto the macro: adds its quantizer bounds `{name}.act_lo` (0) and
+    /// `{name}.act_hi` (1) and gives it the next CIM layer id. A layer is mapped once
+    /// (a second time panics: a bug in the caller, [`crate::nn::map_to_macro`] never does).
+    pub fn map_layer(&mut self, id: LayerId) -> MacroSlot {
+        let name = self.layers[id.0].name.clone();
+        assert!(self.layers[id.0].on_macro.is_none(), "layer '{name}' mapped onto the macro twice");
+        let next = self.layers.iter().filter(|l| l.on_macro.is_some()).count() as u64;
+        let lo = self.add_param(format!("{name}.act_lo"), Tensor::zeros(&[1]), ParamGroup::QuantBound);
+        let hi = self.add_param(format!("{name}.act_hi"), Tensor::full(&[1], 1.0), ParamGroup::QuantBound);
+        let slot = MacroSlot { lo, hi, id: next };
+        self.layers[id.0].on_macro = Some(slot);
+        slot
+    }
+    /// The names of the layers mapped onto the macro, in id order.
+    pub fn cim_layers(&self) -> Vec<String> {
+        let mut on: Vec<_> = self.layers.iter().filter_map(|l| l.on_macro.map(|m| (m.id, l.name.clone()))).collect();
+        on.sort();
+        on.into_iter().map(|(_, n)| n).collect()
     }
     pub fn param(&self, id: ParamId) -> &Param {
         &self.params[id.0]

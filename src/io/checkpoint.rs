@@ -1,7 +1,8 @@
 //! The dnat checkpoint format: magic `DNATCKPT`, version 2 (version 1, without the CIM
 //! plan, is still read), in the frame of [`super::framed`] (length, CRC-32, zlib).
-//! Payload: model (`arch` string, `num_classes` u32, CIM plan: u8 0 = none, or 1
-//! followed by `first_digital` u8 and `last_digital` u8 — version 2 only); `meta` key/value strings (the
+//! Payload: model (`arch` string, `num_classes` u32, CIM plan — version 2 only: u8 0 =
+//! none, 1 followed by `first_digital` u8 and `last_digital` u8, or 2 followed by a
+//! count and the layer-name patterns); `meta` key/value strings (the
 //! training configuration, the data set read); progress (`epochs_done` u32,
 //! `steps_done` u64); parameters (name, group u8, shape, f32 data); buffers (name,
 //! shape, data); optimizer (kind string, steps u64, slots per parameter); history
@@ -59,12 +60,19 @@ impl Checkpoint {
         let mut p = Vec::new();
         put_str(&mut p, self.spec.arch.name());
         p.write_u32::<LE>(self.spec.num_classes as u32).unwrap();
-        match self.spec.cim {
+        match &self.spec.cim {
             None => p.write_u8(0).unwrap(),
-            Some(plan) => {
+            Some(CimPlan::Edges { first_digital, last_digital }) => {
                 p.write_u8(1).unwrap();
-                p.write_u8(plan.first_digital as u8).unwrap();
-                p.write_u8(plan.last_digital as u8).unwrap();
+                p.write_u8(*first_digital as u8).unwrap();
+                p.write_u8(*last_digital as u8).unwrap();
+            }
+            Some(CimPlan::Named(patterns)) => {
+                p.write_u8(2).unwrap();
+                p.write_u32::<LE>(patterns.len() as u32).unwrap();
+                for pat in patterns {
+                    put_str(&mut p, pat);
+                }
             }
         }
         p.write_u32::<LE>(self.meta.len() as u32).unwrap();
@@ -121,7 +129,12 @@ impl Checkpoint {
 
     pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Self, String> {
         let (version, payload) = framed::decode(bytes, MAGIC, "checkpoint", VERSION)?;
-        parse_payload(&payload, version).map_err(|e| format!("corrupt checkpoint: {e}"))
+        parse_payload(&payload, version).map_err(|e| match e {
+            Parse::Corrupt(e) => format!("corrupt checkpoint: {e}"),
+            Parse::UnknownArch(name, why) => {
+                format!("holds a {name:?} network, which this program does not know ({why}); a program that registers it (dnat::nn::register) reads it")
+            }
+        })
     }
 }
 
@@ -175,16 +188,44 @@ fn get_tensor(c: &mut Cursor<&[u8]>) -> std::result::Result<Tensor, String> {
     Tensor::from_vec(&shape, data).map_err(|e| e.to_string())
 }
 
-fn parse_payload(p: &[u8], version: u32) -> std::result::Result<Checkpoint, String> {
+/// Why a payload does not read: damage, or an architecture this program has not
+/// registered (a sound file, for another program).
+enum Parse {
+    Corrupt(String),
+    UnknownArch(String, String),
+}
+
+impl From<String> for Parse {
+    fn from(s: String) -> Self {
+        Parse::Corrupt(s)
+    }
+}
+
+impl From<&str> for Parse {
+    fn from(s: &str) -> Self {
+        Parse::Corrupt(s.into())
+    }
+}
+
+fn parse_payload(p: &[u8], version: u32) -> std::result::Result<Checkpoint, Parse> {
     let c = &mut Cursor::new(p);
     let eof = |_| "unexpected end of payload".to_string();
-    let arch = Arch::parse(&get_str(c)?).map_err(|e| e.to_string())?;
+    let name = get_str(c)?;
+    let arch = Arch::parse(&name).map_err(|e| match crate::nn::models::valid_name(&name) {
+        true => Parse::UnknownArch(name.clone(), e.to_string()),
+        false => Parse::Corrupt(format!("model name {name:?}")),
+    })?;
     let num_classes = c.read_u32::<LE>().map_err(eof)? as usize;
     let cim = if version >= 2 {
         match c.read_u8().map_err(eof)? {
             0 => None,
-            1 => Some(CimPlan { first_digital: c.read_u8().map_err(eof)? != 0, last_digital: c.read_u8().map_err(eof)? != 0 }),
-            other => return Err(format!("unknown CIM plan tag {other}")),
+            1 => Some(CimPlan::Edges { first_digital: c.read_u8().map_err(eof)? != 0, last_digital: c.read_u8().map_err(eof)? != 0 }),
+            2 => {
+                let plan = CimPlan::Named((0..count(c)?).map(|_| get_str(c)).collect::<std::result::Result<Vec<_>, _>>()?);
+                plan.validate().map_err(|e| e.to_string())?;
+                Some(plan)
+            }
+            other => return Err(format!("unknown CIM plan tag {other}").into()),
         }
     } else {
         None
@@ -297,7 +338,7 @@ mod tests {
 
     fn sample() -> Checkpoint {
         let spec = ModelSpec { arch: Arch::ResNet20, num_classes: 10, cim: Some(CimPlan::default()) };
-        let (_, store) = build(spec, 3);
+        let (_, store) = build(&spec, 3).unwrap();
         let slots = store.params().iter().map(|p| vec![Tensor::full(p.value.shape(), 0.5)]).collect();
         Checkpoint {
             spec,
@@ -346,7 +387,7 @@ mod tests {
     #[test]
     fn restore_checks_names_and_shapes() {
         let c = sample();
-        let (_, mut other) = build(ModelSpec { arch: Arch::ResNet20, num_classes: 100, cim: Some(CimPlan::default()) }, 0);
+        let (_, mut other) = build(&ModelSpec { arch: Arch::ResNet20, num_classes: 100, cim: Some(CimPlan::default()) }, 0).unwrap();
         let e = restore_into(&c.store, &mut other, Path::new("x.ckpt")).unwrap_err().to_string();
         assert!(e.contains("x.ckpt") && e.contains("linear.weight"), "{e}");
     }

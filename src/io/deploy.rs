@@ -58,7 +58,8 @@ use crate::cim::macro_spec::Adc;
 use crate::cim::{quant::weight_codes, MacroSpec};
 use crate::data::Normalize;
 use crate::engine::{Mode, ParamId, ParamStore, Tape, Tensor};
-use crate::nn::{BatchNorm2d, CimQuant, Fwd, Network, Node, Trace};
+use crate::engine::MacroSlot;
+use crate::nn::{BatchNorm2d, Fwd, Network, Node, Trace};
 use crate::{Error, Result};
 use byteorder::{LittleEndian as LE, ReadBytesExt, WriteBytesExt};
 use std::io::Cursor;
@@ -159,7 +160,7 @@ fn bn_affine(bn: Option<&BatchNorm2d>, store: &ParamStore, c: usize) -> (Vec<f32
 }
 
 /// A conv or linear layer with the batchnorm folded into it (`bn`, when there is one).
-fn layer(store: &ParamStore, spec: &MacroSpec, weight: ParamId, bias: Option<ParamId>, cim: Option<&CimQuant>, bn: Option<&BatchNorm2d>) -> (String, usize, usize, usize, Body) {
+fn layer(store: &ParamStore, spec: &MacroSpec, weight: ParamId, bias: Option<ParamId>, cim: Option<&MacroSlot>, bn: Option<&BatchNorm2d>) -> (String, usize, usize, usize, Body) {
     let w = &store.param(weight).value;
     let name = store.param(weight).name.trim_end_matches(".weight").to_string();
     let shape = w.shape();
@@ -200,10 +201,10 @@ fn layer(store: &ParamStore, spec: &MacroSpec, weight: ParamId, bias: Option<Par
 }
 
 impl DeployModel {
-    /// Traces one eval-mode forward pass of `net` on an [`INPUT`]-shaped image (nothing
-    /// in `store` changes) and writes its graph; refuses a network whose pass uses an op
-    /// the format cannot state.
-    pub fn from_network(net: &dyn Network, store: &mut ParamStore, spec: &MacroSpec, norm: Normalize) -> Result<Self> {
+    /// Traces one eval-mode forward pass of `net` (architecture `arch`) on an
+    /// [`INPUT`]-shaped image (nothing in `store` changes) and writes its graph; refuses
+    /// a network whose pass uses an op the format cannot state.
+    pub fn from_network(net: &dyn Network, arch: &str, store: &mut ParamStore, spec: &MacroSpec, norm: Normalize) -> Result<Self> {
         spec.validate()?;
         let mut tape = Tape::new(false);
         let [c, h, w] = INPUT.map(|v| v as usize);
@@ -278,8 +279,11 @@ impl DeployModel {
                 new_id[j + 1] = nodes.len() as u32;
             }
         }
-        let s = net.spec();
-        let m = DeployModel { arch: s.arch.name().into(), num_classes: s.num_classes as u32, input: INPUT, norm, macro_spec: spec.clone(), nodes };
+        let num_classes = match tape.value(y).shape() {
+            &[1, classes] => classes as u32,
+            other => return Err(cannot(format!("its output has shape {other:?}, not (1, classes)"))),
+        };
+        let m = DeployModel { arch: arch.into(), num_classes, input: INPUT, norm, macro_spec: spec.clone(), nodes };
         m.shapes().map_err(|e| cannot(format!("its graph does not check out ({e})")))?;
         Ok(m)
     }
@@ -554,7 +558,7 @@ mod tests {
     /// A CIM network whose batchnorms and bounds are not at their initial values.
     fn trained_like(arch: Arch) -> (Box<dyn Network>, ParamStore) {
         let spec = ModelSpec { arch, num_classes: 10, cim: Some(CimPlan::default()) };
-        let (net, mut store) = build(spec, 3);
+        let (net, mut store) = build(&spec, 3).unwrap();
         for (i, p) in store.params_mut().iter_mut().enumerate() {
             let v = p.value.data_mut();
             match p.name.rsplit('.').next().unwrap() {
@@ -571,7 +575,7 @@ mod tests {
     }
 
     fn export(net: &dyn Network, store: &mut ParamStore) -> DeployModel {
-        DeployModel::from_network(net, store, &MacroSpec::default(), Normalize::for_dataset(DatasetKind::Cifar10)).unwrap()
+        DeployModel::from_network(net, "test", store, &MacroSpec::default(), Normalize::for_dataset(DatasetKind::Cifar10)).unwrap()
     }
 
     fn count(m: &DeployModel, f: impl Fn(&DeployOp) -> bool) -> usize {
@@ -768,16 +772,13 @@ mod tests {
     fn an_op_the_format_cannot_state_is_refused() {
         struct Sneaky(Box<dyn Network>);
         impl Network for Sneaky {
-            fn spec(&self) -> ModelSpec {
-                self.0.spec()
-            }
             fn forward(&self, cx: &mut Fwd, x: Var) -> Result<Var> {
                 let x = crate::engine::ops::relu(cx.tape, x);
                 self.0.forward(cx, x)
             }
         }
         let (net, mut store) = trained_like(Arch::ResNet20);
-        let e = DeployModel::from_network(&Sneaky(net), &mut store, &MacroSpec::default(), Normalize::for_dataset(DatasetKind::Cifar10)).unwrap_err().to_string();
+        let e = DeployModel::from_network(&Sneaky(net), "sneaky", &mut store, &MacroSpec::default(), Normalize::for_dataset(DatasetKind::Cifar10)).unwrap_err().to_string();
         assert!(e.contains("cannot export this network") && e.contains("op 0 (conv)") && e.contains("outside the layer API"), "{e}");
     }
 }

@@ -24,7 +24,7 @@ fn f32_bytes(t: &Tensor) -> Vec<u8> {
 }
 
 /// Serialises a model's parameters and buffers.
-pub fn export(spec: ModelSpec, store: &ParamStore) -> Result<Vec<u8>> {
+pub fn export(spec: &ModelSpec, store: &ParamStore) -> Result<Vec<u8>> {
     let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
     for p in store.params() {
         owned.push((p.name.clone(), Dtype::F32, p.value.shape().to_vec(), f32_bytes(&p.value)));
@@ -45,7 +45,7 @@ pub fn export(spec: ModelSpec, store: &ParamStore) -> Result<Vec<u8>> {
         ("num_classes".to_string(), spec.num_classes.to_string()),
         (
             "dnat_cim_plan".to_string(),
-            spec.cim.map_or("none".to_string(), |p| format!("first_digital={},last_digital={}", p.first_digital, p.last_digital)),
+            spec.cim.as_ref().map_or("none".to_string(), CimPlan::describe),
         ),
     ]);
     safetensors::serialize(views, Some(meta)).map_err(|e| Error::invalid(format!("safetensors export: {e}")))
@@ -59,20 +59,16 @@ pub fn spec_from_metadata(bytes: &[u8], path: &Path) -> Result<Option<ModelSpec>
         (Some(a), Some(n)) => {
             let arch = Arch::parse(a).map_err(|e| Error::format(path, e.to_string()))?;
             let num_classes = n.parse().map_err(|_| Error::format(path, format!("bad num_classes '{n}' in metadata")))?;
-            let spec = ModelSpec { arch, num_classes, cim: cim_plan(m.get("dnat_cim_plan").map(String::as_str)) };
+            let cim = match m.get("dnat_cim_plan").map(String::as_str) {
+                None | Some("none") => None,
+                Some(p) => Some(CimPlan::parse(p).map_err(|e| Error::format(path, format!("metadata dnat_cim_plan: {e}")))?),
+            };
+            let spec = ModelSpec { arch, num_classes, cim };
             spec.validate().map_err(|e| Error::format(path, format!("metadata num_classes: {e}")))?;
             Ok(Some(spec))
         }
         _ => Ok(None),
     }
-}
-
-fn cim_plan(s: Option<&str>) -> Option<CimPlan> {
-    let s = s?;
-    if s == "none" {
-        return None;
-    }
-    Some(CimPlan { first_digital: s.contains("first_digital=true"), last_digital: s.contains("last_digital=true") })
 }
 
 fn to_f32(view: &TensorView, name: &str, path: &Path) -> Result<Vec<f32>> {
@@ -86,9 +82,9 @@ fn to_f32(view: &TensorView, name: &str, path: &Path) -> Result<Vec<f32>> {
 
 /// Builds the model `spec` and fills it from a safetensors file: every parameter and
 /// buffer must be present with the right shape; unknown names are an error.
-pub fn import(bytes: &[u8], spec: ModelSpec, path: &Path) -> Result<ParamStore> {
+pub fn import(bytes: &[u8], spec: &ModelSpec, path: &Path) -> Result<ParamStore> {
     let st = SafeTensors::deserialize(bytes).map_err(|e| Error::format(path, format!("not a readable safetensors file: {e}")))?;
-    let (_, mut store) = build(spec, 0);
+    let (_, mut store) = build(spec, 0)?;
     let expected: Vec<String> = store.params().iter().map(|p| p.name.clone()).chain(store.buffers().iter().map(|b| b.name.clone())).collect();
     let mut unknown: Vec<String> = st
         .names()
@@ -133,24 +129,24 @@ mod tests {
     #[test]
     fn round_trip_and_errors() {
         let spec = ModelSpec::fp32(Arch::ResNet20, 10);
-        let (_, store) = build(spec, 5);
-        let bytes = export(spec, &store).unwrap();
+        let (_, store) = build(&spec, 5).unwrap();
+        let bytes = export(&spec, &store).unwrap();
         let p = Path::new("w.safetensors");
-        assert_eq!(spec_from_metadata(&bytes, p).unwrap(), Some(spec));
-        let back = import(&bytes, spec, p).unwrap();
+        assert_eq!(spec_from_metadata(&bytes, p).unwrap(), Some(spec.clone()));
+        let back = import(&bytes, &spec, p).unwrap();
         for (a, b) in store.params().iter().zip(back.params()) {
             assert_eq!(a.value, b.value);
         }
-        let e = import(&bytes, ModelSpec::fp32(Arch::ResNet20, 100), p).unwrap_err().to_string();
+        let e = import(&bytes, &ModelSpec::fp32(Arch::ResNet20, 100), p).unwrap_err().to_string();
         assert!(e.contains("linear.weight") && e.contains("shape"), "{e}");
-        let e = import(&bytes, ModelSpec::fp32(Arch::Vgg8, 10), p).unwrap_err().to_string();
+        let e = import(&bytes, &ModelSpec::fp32(Arch::Vgg8, 10), p).unwrap_err().to_string();
         assert!(e.contains("not in vgg8") && e.contains("more"), "{e}");
         // The same message every time (names sorted, not in hash-map order).
         for _ in 0..3 {
-            assert_eq!(import(&bytes, ModelSpec::fp32(Arch::Vgg8, 10), p).unwrap_err().to_string(), e);
+            assert_eq!(import(&bytes, &ModelSpec::fp32(Arch::Vgg8, 10), p).unwrap_err().to_string(), e);
         }
-        let e = import(&bytes[..bytes.len() / 2], spec, p).unwrap_err().to_string();
+        let e = import(&bytes[..bytes.len() / 2], &spec, p).unwrap_err().to_string();
         assert!(e.contains("w.safetensors"), "{e}");
-        assert!(import(b"garbage", spec, p).is_err());
+        assert!(import(b"garbage", &spec, p).is_err());
     }
 }

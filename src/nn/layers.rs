@@ -3,7 +3,7 @@
 
 use crate::cim::{self, quant::ActGrid, CimCall, CimRuntime};
 use crate::engine::ops::{self, BatchNormState, Conv2dCfg};
-use crate::engine::{BufferId, Mode, ParamGroup, ParamId, ParamStore, Tape, Tensor, Var};
+use crate::engine::{BufferId, LayerId, LayerKind, MacroSlot, Mode, ParamGroup, ParamId, ParamStore, Tape, Tensor, Var};
 use super::trace::{Node, Trace};
 use crate::rng::{normal, Xoshiro256PlusPlus};
 use crate::Result;
@@ -18,7 +18,7 @@ pub struct Fwd<'a> {
     pub tape: &'a mut Tape,
     pub store: &'a mut ParamStore,
     pub mode: Mode,
-    /// When set, layers with a [`CimQuant`] run on the macro; otherwise in FP32.
+    /// When set, layers the store has mapped onto the macro ([`super::map_to_macro`]) run on it; otherwise in FP32.
     pub cim: Option<&'a CimRuntime>,
     /// When set (and `cim` is not), quantized layers record their FP32 inputs here.
     pub calibration: Option<&'a mut Calibration>,
@@ -105,61 +105,36 @@ impl ActQuantKind {
     }
 }
 
-/// The quantizer parameters of a layer mapped onto the macro.
-#[derive(Clone, Debug)]
-pub struct CimQuant {
-    pub lo: ParamId,
-    pub hi: ParamId,
-    /// This layer's id in draw keys, given by the store ([`ParamStore::register_cim_layer`]).
-    pub layer: u64,
+/// E-PACT (or PACT) on a macro layer's input; returns the quantized input and its grid.
+fn quantize(slot: MacroSlot, cx: &mut Fwd, rt: &CimRuntime, x: Var) -> Result<(Var, ActGrid)> {
+    let hi = cx.tape.param(cx.store, slot.hi);
+    let lo = match rt.act_quant {
+        ActQuantKind::EPact => cx.tape.param(cx.store, slot.lo),
+        ActQuantKind::Pact => cx.tape.constant(Tensor::zeros(&[1])),
+    };
+    let (l, h) = (cx.tape.value(lo).data()[0], cx.tape.value(hi).data()[0]);
+    let grid = ActGrid::new(l, h, rt.spec.input_bits);
+    Ok((cim::epact(cx.tape, x, lo, hi, Some(rt.spec.input_bits))?, grid))
 }
 
-impl CimQuant {
-    pub fn new(store: &mut ParamStore, name: &str) -> Self {
-        CimQuant {
-            lo: store.add_param(format!("{name}.act_lo"), Tensor::zeros(&[1]), ParamGroup::QuantBound),
-            hi: store.add_param(format!("{name}.act_hi"), Tensor::full(&[1], 1.0), ParamGroup::QuantBound),
-            layer: store.register_cim_layer(name),
-        }
-    }
-
-    /// E-PACT (or PACT) on the layer input; returns the quantized input and its grid.
-    fn quantize(&self, cx: &mut Fwd, rt: &CimRuntime, x: Var) -> Result<(Var, ActGrid)> {
-        let hi = cx.tape.param(cx.store, self.hi);
-        let lo = match rt.act_quant {
-            ActQuantKind::EPact => cx.tape.param(cx.store, self.lo),
-            ActQuantKind::Pact => cx.tape.constant(Tensor::zeros(&[1])),
-        };
-        let (l, h) = (cx.tape.value(lo).data()[0], cx.tape.value(hi).data()[0]);
-        let grid = ActGrid::new(l, h, rt.spec.input_bits);
-        Ok((cim::epact(cx.tape, x, lo, hi, Some(rt.spec.input_bits))?, grid))
-    }
-
-    fn observe(&self, cx: &mut Fwd, x: Var) {
-        if let Some(c) = cx.calibration.as_mut() {
-            c.push((self.lo, self.hi, cx.tape.value(x).data().to_vec()));
-        }
-    }
-}
-
-/// The two ways a weight layer runs: `on_macro` (E-PACT input, macro op) when it has
-/// quantizer bounds and the pass has a CIM runtime, else `digital` (recording its input
-/// for calibration when asked).
+/// The two ways a weight layer runs: `on_macro` (E-PACT input, macro op) when the
+/// store has mapped it onto the macro and the pass has a CIM runtime, else `digital`
+/// (recording a mapped layer's input for calibration when asked).
 type MacroOp<'o> = &'o dyn Fn(&mut Tape, Var, Var, Option<Var>, ActGrid, &CimCall) -> Result<Var>;
 type DigitalOp<'o> = &'o dyn Fn(&mut Tape, Var, Var, Option<Var>) -> Result<Var>;
 
-fn run_layer(cx: &mut Fwd, x: Var, weight: ParamId, bias: Option<ParamId>, cim: Option<&CimQuant>, on_macro: MacroOp, digital: DigitalOp) -> Result<Var> {
-    let rt = cx.cim;
-    match (cim, rt) {
-        (Some(q), Some(rt)) => {
-            let (xq, grid) = q.quantize(cx, rt, x)?;
+fn run_layer(cx: &mut Fwd, x: Var, weight: ParamId, bias: Option<ParamId>, layer: LayerId, on_macro: MacroOp, digital: DigitalOp) -> Result<Var> {
+    let (slot, rt) = (cx.store.layer(layer).on_macro, cx.cim);
+    match (slot, rt) {
+        (Some(slot), Some(rt)) => {
+            let (xq, grid) = quantize(slot, cx, rt, x)?;
             let w = cx.tape.param(cx.store, weight);
             let b = bias.map(|b| cx.tape.param(cx.store, b));
-            on_macro(cx.tape, xq, w, b, grid, &CimCall { rt, layer: q.layer })
+            on_macro(cx.tape, xq, w, b, grid, &CimCall { rt, layer: slot.id })
         }
         _ => {
-            if let Some(q) = cim {
-                q.observe(cx, x);
+            if let (Some(slot), Some(c)) = (slot, cx.calibration.as_mut()) {
+                c.push((slot.lo, slot.hi, cx.tape.value(x).data().to_vec()));
             }
             let w = cx.tape.param(cx.store, weight);
             let b = bias.map(|b| cx.tape.param(cx.store, b));
@@ -208,7 +183,7 @@ impl Conv2dConfig {
         let w = kaiming(&shape, cin * kernel * kernel, store.init_rng());
         let weight = store.add_param(format!("{name}.weight"), w, ParamGroup::Weight);
         let bias = bias.then(|| store.add_param(format!("{name}.bias"), Tensor::zeros(&[cout]), ParamGroup::NoDecay));
-        Conv2d { weight, bias, cfg: Conv2dCfg { stride, padding }, cim: None }
+        Conv2d { weight, bias, cfg: Conv2dCfg { stride, padding }, layer: store.add_layer(name, LayerKind::Conv) }
     }
 }
 
@@ -217,17 +192,11 @@ pub struct Conv2d {
     pub weight: ParamId,
     pub bias: Option<ParamId>,
     pub cfg: Conv2dCfg,
-    /// Present when the layer maps onto the macro.
-    pub cim: Option<CimQuant>,
+    /// The store's record of the layer (its name, its place on the macro).
+    pub layer: LayerId,
 }
 
 impl Conv2d {
-    /// Maps the layer onto the macro: adds its E-PACT bounds `{name}.act_lo/act_hi`
-    /// and takes the next CIM layer id from the store.
-    pub fn on_macro(mut self, store: &mut ParamStore, name: &str) -> Self {
-        self.cim = Some(CimQuant::new(store, name));
-        self
-    }
     pub fn forward(&self, cx: &mut Fwd, x: Var) -> Result<Var> {
         let cfg = self.cfg;
         let y = run_layer(
@@ -235,11 +204,12 @@ impl Conv2d {
             x,
             self.weight,
             self.bias,
-            self.cim.as_ref(),
+            self.layer,
             &|t, xq, w, b, grid, call| cim::cim_conv2d(t, xq, w, b, cfg, grid, call),
             &|t, x, w, b| ops::conv2d(t, x, w, b, cfg),
         )?;
-        cx.note(|| vec![Node::Conv { weight: self.weight, bias: self.bias, cfg, cim: self.cim.clone() }], &[x], y);
+        let cim = cx.store.layer(self.layer).on_macro;
+        cx.note(|| vec![Node::Conv { weight: self.weight, bias: self.bias, cfg, cim }], &[x], y);
         Ok(y)
     }
 }
@@ -349,8 +319,8 @@ impl BatchNorm2d {
 pub struct Linear {
     pub weight: ParamId,
     pub bias: Option<ParamId>,
-    /// Present when the layer maps onto the macro.
-    pub cim: Option<CimQuant>,
+    /// The store's record of the layer (its name, its place on the macro).
+    pub layer: LayerId,
 }
 
 impl Linear {
@@ -360,17 +330,12 @@ impl Linear {
         let w = kaiming(&[fout, fin], fin, store.init_rng());
         let weight = store.add_param(format!("{name}.weight"), w, ParamGroup::Weight);
         let bias = Some(store.add_param(format!("{name}.bias"), Tensor::zeros(&[fout]), ParamGroup::NoDecay));
-        Linear { weight, bias, cim: None }
-    }
-    /// Maps the layer onto the macro: adds its E-PACT bounds `{name}.act_lo/act_hi`
-    /// and takes the next CIM layer id from the store.
-    pub fn on_macro(mut self, store: &mut ParamStore, name: &str) -> Self {
-        self.cim = Some(CimQuant::new(store, name));
-        self
+        Linear { weight, bias, layer: store.add_layer(name, LayerKind::Linear) }
     }
     pub fn forward(&self, cx: &mut Fwd, x: Var) -> Result<Var> {
-        let y = run_layer(cx, x, self.weight, self.bias, self.cim.as_ref(), &cim::cim_linear, &ops::linear)?;
-        cx.note(|| vec![Node::Linear { weight: self.weight, bias: self.bias, cim: self.cim.clone() }], &[x], y);
+        let y = run_layer(cx, x, self.weight, self.bias, self.layer, &cim::cim_linear, &ops::linear)?;
+        let cim = cx.store.layer(self.layer).on_macro;
+        cx.note(|| vec![Node::Linear { weight: self.weight, bias: self.bias, cim }], &[x], y);
         Ok(y)
     }
 }

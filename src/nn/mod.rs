@@ -5,9 +5,11 @@
 //! same names serve checkpoints and safetensors interchange.
 
 pub mod layers;
+pub mod mapping;
 pub mod models;
 pub mod trace;
 
-pub use layers::{ActQuantKind, BatchNorm2d, Calibration, CimQuant, Conv2d, Conv2dConfig, Fwd, Linear};
+pub use layers::{ActQuantKind, BatchNorm2d, Calibration, Conv2d, Conv2dConfig, Fwd, Linear};
+pub use mapping::{map_to_macro, CimPlan};
+pub use models::{build, register, Arch, Builder, ModelSpec, Network};
 pub use trace::{Node, Trace};
-pub use models::{build, Arch, CimPlan, ModelSpec, Network};

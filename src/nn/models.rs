@@ -14,18 +14,25 @@
 //! PyTorch `state_dict` of the same architecture maps one to one.
 
 use super::layers::{BatchNorm2d, Conv2d, Conv2dConfig, Fwd, Linear};
+use super::mapping::{map_to_macro, CimPlan};
 use crate::engine::{ParamStore, Var};
 use crate::{Error, Result};
+use std::sync::{OnceLock, RwLock};
 
+/// A network's architecture: one of the paper's, or one a user registered
+/// ([`register`]) under a name of their choosing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arch {
     ResNet20,
     ResNet34,
     Vgg8,
     Vgg16,
+    /// A user's network, by its registered name.
+    Custom(&'static str),
 }
 
 impl Arch {
+    /// The built-in architectures.
     pub const ALL: [Arch; 4] = [Arch::ResNet20, Arch::ResNet34, Arch::Vgg8, Arch::Vgg16];
     pub fn name(self) -> &'static str {
         match self {
@@ -33,38 +40,61 @@ impl Arch {
             Arch::ResNet34 => "resnet34",
             Arch::Vgg8 => "vgg8",
             Arch::Vgg16 => "vgg16",
+            Arch::Custom(name) => name,
         }
     }
+    /// A built-in architecture or a registered one, by name.
     pub fn parse(s: &str) -> Result<Self> {
-        Arch::ALL.into_iter().find(|a| a.name() == s).ok_or_else(|| {
-            Error::invalid(format!("unknown model '{s}' (known: resnet20, resnet34, vgg8, vgg16)"))
-        })
+        if let Some(a) = Arch::ALL.into_iter().find(|a| a.name() == s) {
+            return Ok(a);
+        }
+        let reg = registry().read().unwrap_or_else(|e| e.into_inner());
+        if let Some((name, _)) = reg.iter().find(|(n, _)| *n == s) {
+            return Ok(Arch::Custom(name));
+        }
+        let mut known: Vec<&str> = Arch::ALL.iter().map(|a| a.name()).collect();
+        known.extend(reg.iter().map(|(n, _)| *n));
+        Err(Error::invalid(format!("unknown model '{s}' (known: {})", known.join(", "))))
     }
 }
 
-/// Which layers of a network map onto the CIM macro: every convolution and linear
-/// layer, except — as is usual in the CIM literature, since they hold few weights and
-/// see raw pixels or produce the logits — the first convolution and the last linear
-/// layer, unless these flags say otherwise.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CimPlan {
-    pub first_digital: bool,
-    pub last_digital: bool,
+/// Makes a network's layers (in FP32) in a store: what a user registers for their
+/// architecture. [`build`] then maps the layers its [`ModelSpec`]'s plan names onto the
+/// macro.
+pub type Builder = fn(store: &mut ParamStore, num_classes: usize) -> Box<dyn Network>;
+
+fn registry() -> &'static RwLock<Vec<(&'static str, Builder)>> {
+    static REGISTRY: OnceLock<RwLock<Vec<(&'static str, Builder)>>> = OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
 }
 
-impl Default for CimPlan {
-    fn default() -> Self {
-        CimPlan { first_digital: true, last_digital: true }
+/// Registers a user's architecture under `name`, so that [`build`], checkpoints
+/// ([`Arch::parse`]) and everything built on them (training, evaluation, export) know
+/// it. A name is registered once, and never a built-in's.
+pub fn register(name: &'static str, builder: Builder) -> Result<Arch> {
+    let mut reg = registry().write().unwrap_or_else(|e| e.into_inner());
+    if Arch::ALL.iter().any(|a| a.name() == name) || reg.iter().any(|(n, _)| *n == name) {
+        return Err(Error::invalid(format!("model '{name}' is already known")));
     }
+    if !valid_name(name) {
+        return Err(Error::invalid(format!("model name '{name}': use 1 to 64 letters, digits, '-', '_' or '.'")));
+    }
+    reg.push((name, builder));
+    Ok(Arch::Custom(name))
+}
+
+/// Whether `name` can name an architecture: 1 to 64 ASCII letters, digits, `-`, `_`, `.`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 /// Everything needed to rebuild a network's structure.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ModelSpec {
     pub arch: Arch,
     pub num_classes: usize,
-    /// `Some`: the network's layers are mapped onto the macro per the plan (they carry
-    /// E-PACT bounds and run on the macro when a forward pass has a CIM runtime).
+    /// `Some`: the layers the plan names are on the macro (they carry E-PACT bounds and
+    /// run on the macro when a forward pass has a CIM runtime).
     pub cim: Option<CimPlan>,
 }
 
@@ -83,45 +113,40 @@ impl ModelSpec {
     pub fn fp32(arch: Arch, num_classes: usize) -> Self {
         ModelSpec { arch, num_classes, cim: None }
     }
-}
-
-/// Decides which layers are on the macro (the store numbers them in build order).
-struct MacroMap {
-    plan: Option<CimPlan>,
-}
-
-impl MacroMap {
-    fn conv(&self, c: Conv2d, store: &mut ParamStore, name: &str, first: bool) -> Conv2d {
-        match self.plan {
-            Some(p) if !(first && p.first_digital) => c.on_macro(store, name),
-            _ => c,
-        }
-    }
-    fn linear(&self, l: Linear, store: &mut ParamStore, name: &str, last: bool) -> Linear {
-        match self.plan {
-            Some(p) if !(last && p.last_digital) => l.on_macro(store, name),
-            _ => l,
-        }
+    /// The same network with the layers `plan` names on the macro.
+    pub fn on_macro(self, plan: CimPlan) -> Self {
+        ModelSpec { cim: Some(plan), ..self }
     }
 }
 
-/// A network: a forward pass from NCHW images to logits.
+/// A network: a forward pass from NCHW images to logits, made of the layers of
+/// [`super::layers`] (whose parameters live in a [`ParamStore`]) and the ops of [`Fwd`].
+/// That is all a user's network implements; built so, its forward pass can be traced
+/// (see [`super::trace`]) and exported whole.
 pub trait Network: Send + Sync {
-    fn spec(&self) -> ModelSpec;
-    /// Images (N, C, H, W) to logits. Built from the layers and the ops of [`Fwd`], a
-    /// forward pass can be traced (see [`super::trace`]) and exported whole.
     fn forward(&self, cx: &mut Fwd, x: Var) -> Result<Var>;
 }
 
-/// Builds a network and its freshly initialised parameters (weights drawn from `seed`).
-pub fn build(spec: ModelSpec, seed: u64) -> (Box<dyn Network>, ParamStore) {
+/// Builds a network and its freshly initialised parameters (weights drawn from `seed`),
+/// with the layers its plan names mapped onto the macro.
+pub fn build(spec: &ModelSpec, seed: u64) -> Result<(Box<dyn Network>, ParamStore)> {
+    spec.validate().map_err(Error::invalid)?;
     let mut store = ParamStore::seeded(seed);
+    let c = spec.num_classes;
     let net: Box<dyn Network> = match spec.arch {
-        Arch::ResNet20 => Box::new(ResNet::new(&mut store, spec)),
-        Arch::ResNet34 => Box::new(ResNet::new(&mut store, spec)),
-        Arch::Vgg8 | Arch::Vgg16 => Box::new(Vgg::new(&mut store, spec)),
+        Arch::ResNet20 | Arch::ResNet34 => Box::new(ResNet::new(&mut store, spec.arch, c)),
+        Arch::Vgg8 | Arch::Vgg16 => Box::new(Vgg::new(&mut store, spec.arch, c)),
+        Arch::Custom(name) => {
+            let reg = registry().read().unwrap_or_else(|e| e.into_inner());
+            let builder = reg.iter().find(|(n, _)| *n == name).map(|(_, b)| *b);
+            drop(reg);
+            builder.ok_or_else(|| Error::invalid(format!("model '{name}' is not registered")))?(&mut store, c)
+        }
     };
-    (net, store)
+    if let Some(plan) = &spec.cim {
+        map_to_macro(&mut store, plan)?;
+    }
+    Ok((net, store))
 }
 
 enum Shortcut {
@@ -160,7 +185,6 @@ impl BasicBlock {
 }
 
 struct ResNet {
-    spec: ModelSpec,
     conv1: Conv2d,
     bn1: BatchNorm2d,
     blocks: Vec<BasicBlock>,
@@ -168,15 +192,13 @@ struct ResNet {
 }
 
 impl ResNet {
-    fn new(store: &mut ParamStore, spec: ModelSpec) -> Self {
-        let map = MacroMap { plan: spec.cim };
-        let (widths, depths, option_a): (&[usize], &[usize], bool) = match spec.arch {
+    fn new(store: &mut ParamStore, arch: Arch, num_classes: usize) -> Self {
+        let (widths, depths, option_a): (&[usize], &[usize], bool) = match arch {
             Arch::ResNet20 => (&[16, 32, 64], &[3, 3, 3], true),
             Arch::ResNet34 => (&[64, 128, 256, 512], &[3, 4, 6, 3], false),
             _ => unreachable!("not a ResNet"),
         };
         let conv1 = Conv2dConfig::new(3, widths[0], 3).init(store, "conv1");
-        let conv1 = map.conv(conv1, store, "conv1", true);
         let bn1 = BatchNorm2d::new(store, "bn1", widths[0]);
         let mut blocks = Vec::new();
         let mut cin = widths[0];
@@ -184,37 +206,28 @@ impl ResNet {
             for b in 0..depth {
                 let stride = if stage > 0 && b == 0 { 2 } else { 1 };
                 let name = format!("layer{}.{b}", stage + 1);
-                let n1 = format!("{name}.conv1");
-                let conv1 = Conv2dConfig::new(cin, cout, 3).stride(stride).init(store, &n1);
-                let conv1 = map.conv(conv1, store, &n1, false);
+                let conv1 = Conv2dConfig::new(cin, cout, 3).stride(stride).init(store, &format!("{name}.conv1"));
                 let bn1 = BatchNorm2d::new(store, &format!("{name}.bn1"), cout);
-                let n2 = format!("{name}.conv2");
-                let conv2 = Conv2dConfig::new(cout, cout, 3).init(store, &n2);
-                let conv2 = map.conv(conv2, store, &n2, false);
+                let conv2 = Conv2dConfig::new(cout, cout, 3).init(store, &format!("{name}.conv2"));
                 let bn2 = BatchNorm2d::new(store, &format!("{name}.bn2"), cout);
                 let shortcut = if stride == 1 && cin == cout {
                     Shortcut::Identity
                 } else if option_a {
                     Shortcut::PadA { stride, cout }
                 } else {
-                    let ns = format!("{name}.shortcut.0");
-                    let conv = Conv2dConfig::new(cin, cout, 1).stride(stride).init(store, &ns);
-                    Shortcut::Projection(map.conv(conv, store, &ns, false), BatchNorm2d::new(store, &format!("{name}.shortcut.1"), cout))
+                    let conv = Conv2dConfig::new(cin, cout, 1).stride(stride).init(store, &format!("{name}.shortcut.0"));
+                    Shortcut::Projection(conv, BatchNorm2d::new(store, &format!("{name}.shortcut.1"), cout))
                 };
                 blocks.push(BasicBlock { conv1, bn1, conv2, bn2, shortcut });
                 cin = cout;
             }
         }
-        let linear = Linear::init(store, "linear", cin, spec.num_classes);
-        let linear = map.linear(linear, store, "linear", true);
-        ResNet { spec, conv1, bn1, blocks, linear }
+        let linear = Linear::init(store, "linear", cin, num_classes);
+        ResNet { conv1, bn1, blocks, linear }
     }
 }
 
 impl Network for ResNet {
-    fn spec(&self) -> ModelSpec {
-        self.spec
-    }
     fn forward(&self, cx: &mut Fwd, x: Var) -> Result<Var> {
         let h = self.conv1.forward(cx, x)?;
         let mut h = self.bn1.forward_relu(cx, h)?;
@@ -232,21 +245,19 @@ enum VggLayer {
 }
 
 struct Vgg {
-    spec: ModelSpec,
     features: Vec<VggLayer>,
     /// (layer, ReLU after it?)
     classifier: Vec<(Linear, bool)>,
 }
 
 impl Vgg {
-    fn new(store: &mut ParamStore, spec: ModelSpec) -> Self {
+    fn new(store: &mut ParamStore, arch: Arch, num_classes: usize) -> Self {
         const M: usize = 0;
-        let (cfg, hidden): (&[usize], &[usize]) = match spec.arch {
+        let (cfg, hidden): (&[usize], &[usize]) = match arch {
             Arch::Vgg8 => (&[128, 128, M, 256, 256, M, 512, 512, M], &[1024]),
             Arch::Vgg16 => (&[64, 64, M, 128, 128, M, 256, 256, 256, M, 512, 512, 512, M, 512, 512, 512, M], &[]),
             _ => unreachable!("not a VGG"),
         };
-        let map = MacroMap { plan: spec.cim };
         let mut features = Vec::new();
         // PyTorch Sequential indices: conv i, bn i+1, relu i+2; pool takes one index.
         let (mut idx, mut cin, mut side) = (0, 3, 32);
@@ -258,7 +269,6 @@ impl Vgg {
             } else {
                 let name = format!("features.{idx}");
                 let conv = Conv2dConfig::new(cin, c, 3).init(store, &name);
-                let conv = map.conv(conv, store, &name, idx == 0);
                 let bn = BatchNorm2d::new(store, &format!("features.{}", idx + 1), c);
                 features.push(VggLayer::ConvBnRelu(conv, bn));
                 idx += 3;
@@ -269,23 +279,16 @@ impl Vgg {
         let mut fin = cin * side * side;
         let mut cidx = 0;
         for &h in hidden {
-            let name = format!("classifier.{cidx}");
-            let lin = Linear::init(store, &name, fin, h);
-            classifier.push((map.linear(lin, store, &name, false), true));
+            classifier.push((Linear::init(store, &format!("classifier.{cidx}"), fin, h), true));
             cidx += 2;
             fin = h;
         }
-        let name = format!("classifier.{cidx}");
-        let lin = Linear::init(store, &name, fin, spec.num_classes);
-        classifier.push((map.linear(lin, store, &name, true), false));
-        Vgg { spec, features, classifier }
+        classifier.push((Linear::init(store, &format!("classifier.{cidx}"), fin, num_classes), false));
+        Vgg { features, classifier }
     }
 }
 
 impl Network for Vgg {
-    fn spec(&self) -> ModelSpec {
-        self.spec
-    }
     fn forward(&self, cx: &mut Fwd, x: Var) -> Result<Var> {
         let mut h = x;
         for layer in &self.features {
@@ -314,7 +317,7 @@ mod tests {
 
     #[test]
     fn parameter_counts_match_the_literature() {
-        let count = |arch, classes| build(ModelSpec::fp32(arch, classes), 0).1.num_scalars();
+        let count = |arch, classes| build(&ModelSpec::fp32(arch, classes), 0).unwrap().1.num_scalars();
         // ResNet20 (option A): 269,722 as printed by the reference PyTorch implementation; ResNet34 CIFAR: 21.3 M; VGG16 CIFAR: 14.7 M.
         assert_eq!(count(Arch::ResNet20, 10), 269_722);
         assert_eq!(count(Arch::Vgg8, 10), 12_978_058);
@@ -327,43 +330,68 @@ mod tests {
     #[test]
     fn cim_plan_maps_the_documented_layers() {
         let cim = |arch, plan| {
-            let (_, s) = build(ModelSpec { arch, num_classes: 10, cim: Some(plan) }, 0);
+            let (_, s) = build(&ModelSpec { arch, num_classes: 10, cim: Some(plan) }, 0).unwrap();
             s.params().iter().filter(|p| p.name.ends_with(".act_hi")).map(|p| p.name.clone()).collect::<Vec<_>>()
         };
         let r20 = cim(Arch::ResNet20, CimPlan::default());
         assert_eq!(r20.len(), 18, "every block conv, not conv1 nor linear: {r20:?}");
         assert!(!r20.iter().any(|n| n.starts_with("conv1") || n.starts_with("linear")));
-        assert_eq!(cim(Arch::ResNet20, CimPlan { first_digital: false, last_digital: false }).len(), 20);
+        assert_eq!(cim(Arch::ResNet20, CimPlan::all()).len(), 20);
         assert_eq!(cim(Arch::Vgg8, CimPlan::default()).len(), 6, "5 convs + fc 8192→1024");
         assert_eq!(cim(Arch::ResNet34, CimPlan::default()).len(), 32 + 3, "block convs + 3 projections");
         // FP32 weights keep their names and initial values when the plan adds bounds.
-        let (_, a) = build(ModelSpec::fp32(Arch::ResNet20, 10), 4);
-        let (_, b) = build(ModelSpec { arch: Arch::ResNet20, num_classes: 10, cim: Some(CimPlan::default()) }, 4);
+        let (_, a) = build(&ModelSpec::fp32(Arch::ResNet20, 10), 4).unwrap();
+        let (_, b) = build(&ModelSpec { arch: Arch::ResNet20, num_classes: 10, cim: Some(CimPlan::default()) }, 4).unwrap();
         for p in a.params() {
             assert_eq!(b.params().iter().find(|q| q.name == p.name).unwrap().value, p.value);
         }
     }
 
     /// CIM layer ids are the store's numbering in build order: unique, and the same
-    /// for every build of a network; a layer mapped twice, or a name used twice, is a
-    /// builder bug caught at build time.
+    /// for every build of a network; a name used twice is a builder bug caught at build
+    /// time.
     #[test]
     fn cim_layer_ids_are_unique_and_stable() {
         let spec = ModelSpec { arch: Arch::ResNet20, num_classes: 10, cim: Some(CimPlan::default()) };
-        let (_, a) = build(spec, 1);
-        let (_, b) = build(spec, 2);
+        let (_, a) = build(&spec, 1).unwrap();
+        let (_, b) = build(&spec, 2).unwrap();
         assert_eq!(a.cim_layers(), b.cim_layers());
         assert_eq!(a.cim_layers().len(), 18);
         assert_eq!((a.cim_layers()[0].as_str(), a.cim_layers()[17].as_str()), ("layer1.0.conv1", "layer3.2.conv2"));
         let mut store = ParamStore::new();
-        Conv2dConfig::new(3, 4, 3).init(&mut store, "c").on_macro(&mut store, "c");
+        Conv2dConfig::new(3, 4, 3).init(&mut store, "c");
         let again = std::panic::catch_unwind(move || Conv2dConfig::new(3, 4, 3).init(&mut store, "c"));
         let msg = again.unwrap_err().downcast::<String>().unwrap();
         assert!(msg.contains("parameter 'c.weight' added twice"), "{msg}");
     }
 
+    /// A user's architecture, registered by name, builds, maps and parses like a
+    /// built-in one; names are checked.
+    #[test]
+    fn a_registered_network_is_built_by_name() {
+        struct Tiny(Linear);
+        impl Network for Tiny {
+            fn forward(&self, cx: &mut Fwd, x: Var) -> Result<Var> {
+                let h = cx.flatten(x)?;
+                self.0.forward(cx, h)
+            }
+        }
+        fn tiny(store: &mut ParamStore, classes: usize) -> Box<dyn Network> {
+            Box::new(Tiny(Linear::init(store, "fc", 3 * 32 * 32, classes)))
+        }
+        let arch = register("test-tiny", tiny).unwrap();
+        assert_eq!(Arch::parse("test-tiny").unwrap(), arch);
+        let (_, store) = build(&ModelSpec::fp32(arch, 7).on_macro(CimPlan::all()), 0).unwrap();
+        assert_eq!(store.cim_layers(), ["fc"]);
+        assert!(register("test-tiny", tiny).unwrap_err().to_string().contains("already known"));
+        assert!(register("resnet20", tiny).unwrap_err().to_string().contains("already known"));
+        assert!(register("my net", tiny).unwrap_err().to_string().contains("letters, digits"));
+        assert!(build(&ModelSpec::fp32(arch, 1), 0).is_err(), "one class");
+    }
+
     #[test]
     fn unknown_model_is_a_clear_error() {
-        assert!(Arch::parse("resnet21").unwrap_err().to_string().contains("unknown model 'resnet21'"));
+        let e = Arch::parse("resnet21").unwrap_err().to_string();
+        assert!(e.contains("unknown model 'resnet21'") && e.contains("resnet20, resnet34, vgg8, vgg16"), "{e}");
     }
 }

@@ -9,16 +9,16 @@
 //! cannot explain: the first such use is kept in [`Trace::untraced`] and the export
 //! refuses by naming it, rather than writing a partial model.
 
-use super::layers::{BatchNorm2d, CimQuant};
+use super::layers::BatchNorm2d;
 use crate::engine::ops::Conv2dCfg;
-use crate::engine::{ParamId, Var};
+use crate::engine::{MacroSlot, ParamId, Var};
 use std::collections::HashMap;
 
 /// One op of a traced pass.
 #[derive(Clone, Debug)]
 pub enum Node {
-    Conv { weight: ParamId, bias: Option<ParamId>, cfg: Conv2dCfg, cim: Option<CimQuant> },
-    Linear { weight: ParamId, bias: Option<ParamId>, cim: Option<CimQuant> },
+    Conv { weight: ParamId, bias: Option<ParamId>, cfg: Conv2dCfg, cim: Option<MacroSlot> },
+    Linear { weight: ParamId, bias: Option<ParamId>, cim: Option<MacroSlot> },
     BatchNorm(BatchNorm2d),
     Relu,
     /// Elementwise sum of two values of one shape (a residual connection).

@@ -78,6 +78,9 @@ impl Optimizer {
 
     /// One update with learning rate `lr`, from the gradients in the store.
     pub fn step(&mut self, store: &mut ParamStore, lr: f32) {
+        // A parameter added after the optimizer was made (a layer mapped onto the macro
+        // later, say) would silently never train.
+        assert_eq!(self.state.len(), store.params().len(), "the optimizer was made for another set of parameters: map layers onto the macro before making it");
         self.steps += 1;
         let t = self.steps as i32;
         for (p, slots) in store.params_mut().iter_mut().zip(&mut self.state) {

@@ -337,8 +337,8 @@ impl Run<'_> {
         }
         let t = Instant::now();
         let mut ck = Checkpoint::load(src)?;
-        let plan = ck.spec.cim.ok_or_else(|| Error::format(src, "has no CIM layers"))?;
-        let (net, mut store) = build(ck.spec, 0);
+        let plan = ck.spec.cim.clone().ok_or_else(|| Error::format(src, "has no CIM layers"))?;
+        let (net, mut store) = build(&ck.spec, 0)?;
         restore_into(&ck.store, &mut store, src)?;
         let rt = self.cim_training(m, ReadoutMode::Sampled, plan).runtime(crate::rng::key(&[RECAL_TAG, chip]))?.on_chip(chip);
         let mut train = self.data.train.clone();
@@ -392,7 +392,8 @@ impl Run<'_> {
         }
         self.say(format_args!("{what}: {} epochs → {}", tc.epochs, out.display()));
         let t = Instant::now();
-        let o = train(&tc, self.data, &out, &RunOptions { resume: true, stop_after: None, quiet: self.quiet })?;
+        let opts = RunOptions { resume: true, checkpoint_every: Some(crate::train::trainer::CHECKPOINT_EVERY), quiet: self.quiet, ..Default::default() };
+        let o = train(&tc, self.data, &out, &opts)?;
         self.add_time(t.elapsed().as_secs_f64())?;
         self.say(format_args!("{what}: done, test accuracy {:.2}%", o.test_accuracy));
         Ok(out)
@@ -445,8 +446,8 @@ impl Run<'_> {
     /// One evaluation of `ckpt` on chip `chip` (`None`: the nominal chip) with noise seed `seed`.
     fn eval_seed(&self, ckpt: &Path, error_model: &str, readout: ReadoutMode, chip: Option<u64>, seed: u64) -> Result<f64> {
         let ck = Checkpoint::load(ckpt)?;
-        let plan = ck.spec.cim.ok_or_else(|| Error::format(ckpt, "has no CIM layers"))?;
-        let (net, mut store) = build(ck.spec, 0);
+        let plan = ck.spec.cim.clone().ok_or_else(|| Error::format(ckpt, "has no CIM layers"))?;
+        let (net, mut store) = build(&ck.spec, 0)?;
         restore_into(&ck.store, &mut store, ckpt)?;
         let base = self.cim_training(error_model, readout, plan).runtime(seed)?;
         let rt = match chip {
@@ -461,7 +462,7 @@ impl Run<'_> {
         if ck.spec.arch != self.cfg.arch || ck.spec.num_classes != self.cfg.dataset.num_classes() || ck.spec.cim.is_some() {
             return Err(Error::format(ckpt, format!("is not an FP32 {} for {}", self.cfg.arch.name(), self.cfg.dataset.name())));
         }
-        let (net, mut store) = build(ck.spec, 0);
+        let (net, mut store) = build(&ck.spec, 0)?;
         restore_into(&ck.store, &mut store, ckpt)?;
         Ok(evaluate(net.as_ref(), &mut store, &self.test, Normalize::for_dataset(self.cfg.dataset), None)?.accuracy)
     }

@@ -20,6 +20,7 @@ pub fn paper_recovery(arch: Arch) -> Option<f64> {
         Arch::Vgg8 => Some(71.8),
         Arch::ResNet34 => Some(72.04),
         Arch::Vgg16 => Some(57.85),
+        Arch::Custom(_) => None,
     }
 }
 

@@ -44,7 +44,7 @@ pub fn peak_rss_mb() -> f64 {
 /// in evaluation.
 pub fn run(arch: Arch, num_classes: usize, batch: usize, steps: usize, warmup: usize, cim: Option<&CimRuntime>) -> Result<BenchResult> {
     let spec = ModelSpec { arch, num_classes, cim: cim.map(|_| CimPlan::default()) };
-    let (net, mut store) = build(spec, 1);
+    let (net, mut store) = build(&spec, 1)?;
     let mut opt = Optimizer::new(OptimizerKind::Sgd { momentum: 0.9, nesterov: true }, Groups::default(), &store);
     let x = random(&[batch, 3, 32, 32], 5);
     let labels: Vec<u32> = (0..batch as u32).map(|i| i % num_classes as u32).collect();

@@ -91,6 +91,30 @@ impl ChipChoice {
 const POPULATION_TAG: u64 = 0x909;
 
 impl CimTraining {
+    /// D-NAT on `macro_name` (a preset, a description such as
+    /// `rows=32,adc_bits=7,step=64`, or a file) through `error_model` (a preset or a
+    /// D-MAC-EM file): sampled readouts, the statistical estimator with the table's
+    /// slope, E-PACT, first and last layer digital, chip 0, the model's table.
+    pub fn new(macro_name: &str, error_model: &str) -> Self {
+        CimTraining {
+            macro_name: macro_name.into(),
+            error_model: error_model.into(),
+            readout: ReadoutMode::Sampled,
+            estimator: Estimator::Statistical { draws: 0 },
+            act_quant: ActQuantKind::EPact,
+            plan: CimPlan::default(),
+            chip: ChipChoice::One(0),
+            source: ReadoutSource::Table,
+        }
+    }
+
+    /// The SHA-256 of the error model's content (its binary D-MAC-EM form), as
+    /// checkpoints record it: a file edited between two runs is not the same model.
+    pub fn error_model_sha256(&self) -> Result<String> {
+        let spec = MacroSpec::parse(&self.macro_name)?;
+        Ok(crate::data::cifar::sha256_hex(&em::format::to_binary(&em::resolve(&self.error_model, &spec)?)))
+    }
+
     /// The macro as checkpoints record it: a preset by its name; a description or a
     /// file by its whole description (a file can change or vanish; the record cannot).
     pub fn macro_recorded(&self) -> String {
@@ -172,7 +196,7 @@ impl TrainConfig {
     }
 
     pub fn spec(&self) -> ModelSpec {
-        ModelSpec { arch: self.arch, num_classes: self.dataset.num_classes(), cim: self.cim.as_ref().map(|c| c.plan) }
+        ModelSpec { arch: self.arch, num_classes: self.dataset.num_classes(), cim: self.cim.as_ref().map(|c| c.plan.clone()) }
     }
 
     /// Every numeric setting finite and in range, each error naming its flag.
@@ -234,14 +258,14 @@ impl TrainConfig {
                 "cim",
                 self.cim.as_ref().map_or("none".into(), |c| {
                     format!(
-                        "macro={} error_model={} readout={:?} estimator={} act_quant={:?} first_digital={} last_digital={} chip={}",
+                        "macro={} error_model={} readout={:?} estimator={} act_quant={:?} {} chip={}",
                         c.macro_recorded(),
                         c.error_model,
                         c.readout,
                         c.estimator.describe(),
                         c.act_quant,
-                        c.plan.first_digital,
-                        c.plan.last_digital,
+                        // Space-separated flags, as records written before named plans have them.
+                        c.plan.describe().replace(',', " "),
                         c.chip.describe()
                     ) + match c.source {
                         // Omitted for the table, so records written before the key match.

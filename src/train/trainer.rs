@@ -18,7 +18,7 @@ use crate::rng;
 use crate::optim::Optimizer;
 use crate::{Error, Result};
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// How this invocation runs (not part of the experiment's identity).
 #[derive(Clone, Debug, Default)]
@@ -27,13 +27,52 @@ pub struct RunOptions {
     pub resume: bool,
     /// Stop after this many epochs in total (the checkpoint can be resumed later).
     pub stop_after: Option<usize>,
+    /// Stop after this many training steps in total, mid-epoch if need be, with a
+    /// checkpoint to resume from (a run cut off at that step, on purpose).
+    pub stop_after_steps: Option<u64>,
+    /// Also checkpoint within an epoch whenever this much time has passed since the
+    /// last checkpoint, so a run killed mid-epoch loses at most this much work.
+    pub checkpoint_every: Option<Duration>,
     pub quiet: bool,
+}
+
+/// How often the pipeline's training stages and `dnat train` (by default) checkpoint
+/// within an epoch.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(600);
+
+/// The meta key of a checkpoint written mid-epoch: the epoch's running sums.
+const EPOCH_IN_PROGRESS: &str = "epoch_in_progress";
+
+/// An epoch's running sums (training loss, correct predictions, images seen), exact
+/// in a checkpoint so a resumed epoch reports what the uninterrupted one would.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+struct EpochSums {
+    loss: f64,
+    correct: usize,
+    seen: usize,
+}
+
+impl EpochSums {
+    fn record(&self) -> String {
+        format!("loss_bits={:016x},correct={},seen={}", self.loss.to_bits(), self.correct, self.seen)
+    }
+    fn parse(s: &str) -> Option<Self> {
+        let field = |k: &str| s.split(',').find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='));
+        Some(EpochSums {
+            loss: f64::from_bits(u64::from_str_radix(field("loss_bits")?, 16).ok()?),
+            correct: field("correct")?.parse().ok()?,
+            seen: field("seen")?.parse().ok()?,
+        })
+    }
 }
 
 pub struct TrainOutcome {
     pub checkpoint: Checkpoint,
     pub net: Box<dyn Network>,
+    /// After the last finished epoch (0 before the first).
     pub test_accuracy: f64,
+    /// `Some(step)`: stopped mid-epoch at this step by [`RunOptions::stop_after_steps`].
+    pub stopped_at_step: Option<u64>,
     pub train_images_per_s: f64,
     pub wall_s: f64,
 }
@@ -61,8 +100,12 @@ pub fn check_run(cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<()>
     if opts.stop_after == Some(0) {
         return Err(Error::invalid("--stop-after must be at least 1 (epochs to run before stopping)"));
     }
+    if opts.stop_after_steps == Some(0) {
+        return Err(Error::invalid("--stop-after-steps must be at least 1 (training steps to run before stopping)"));
+    }
     if let Some(c) = &cfg.cim {
         c.runtime(cfg.seed)?; // the macro and the error model resolve (milliseconds)
+        build(&cfg.spec(), cfg.seed)?; // the plan names layers the network has
     }
     crate::io::atomic::check_writable(out)
 }
@@ -74,7 +117,7 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -
         return Err(Error::invalid("the data set read does not match the configuration"));
     }
     let t_start = Instant::now();
-    let (net, mut store) = build(cfg.spec(), cfg.seed);
+    let (net, mut store) = build(&cfg.spec(), cfg.seed)?;
     // Start from another checkpoint's weights (the FP32 model before QAT, say).
     let mut bounds_known = cfg.cim.is_none();
     if let Some(init) = &cfg.init {
@@ -92,8 +135,13 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -
     let mut meta = cfg.to_meta();
     meta.push(("data".into(), data.provenance.description.clone()));
     meta.push(("data_sha256".into(), data.provenance.sha256.clone()));
+    let em_sha = cfg.cim.as_ref().map(|c| c.error_model_sha256()).transpose()?;
+    if let Some(h) = &em_sha {
+        meta.push(("error_model_sha256".into(), h.clone()));
+    }
     let mut ck = Checkpoint { spec: cfg.spec(), meta, epochs_done: 0, steps_done: 0, store: store.clone(), optimizer: None, history: vec![] };
 
+    let mut resumed_sums: Option<EpochSums> = None;
     if opts.resume && out.exists() {
         let prev = Checkpoint::load(out)?;
         check_resumable(&prev, cfg, out)?;
@@ -101,15 +149,33 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -
         if have != want {
             return Err(Error::format(out, format!("cannot resume: trained on data with sha256 {have}, this run reads {want}")));
         }
+        // (Checkpoints written before the error model's hash was recorded resume on trust.)
+        if let (Some(have), Some(want)) = (prev.meta("error_model_sha256"), &em_sha) {
+            if have != want {
+                return Err(Error::format(out, format!("cannot resume: trained through an error model with sha256 {have}, this run's has {want} (the file changed?)")));
+            }
+        }
         restore_into(&prev.store, &mut store, out)?;
         let o = prev.optimizer.as_ref().ok_or_else(|| Error::format(out, "cannot resume: no optimizer state saved"))?;
-        opt.set_state(o.slots.clone(), o.steps, &store).map_err(|e| Error::format(out, e.to_string()))?;
+        // Slots follow the checkpoint's parameter order; this build's may differ (the
+        // quantizer bounds of checkpoints written before layers were mapped after
+        // building sit beside their weights), so they are matched by name.
+        let slot_of = |name: &str| prev.store.params().iter().position(|p| p.name == name).and_then(|i| o.slots.get(i).cloned());
+        let slots = store.params().iter().map(|p| slot_of(&p.name)).collect::<Option<Vec<_>>>();
+        let slots = slots.ok_or_else(|| Error::format(out, "cannot resume: the optimizer state does not cover every parameter"))?;
+        opt.set_state(slots, o.steps, &store).map_err(|e| Error::format(out, e.to_string()))?;
+        if let Some(p) = prev.meta(EPOCH_IN_PROGRESS) {
+            resumed_sums = Some(EpochSums::parse(p).ok_or_else(|| Error::format(out, format!("cannot resume: unreadable {EPOCH_IN_PROGRESS} '{p}'")))?);
+        }
         ck.epochs_done = prev.epochs_done;
         ck.steps_done = prev.steps_done;
         ck.history = prev.history;
         bounds_known = true;
         if !opts.quiet {
-            eprintln!("resuming {} from epoch {} of {}", out.display(), ck.epochs_done, cfg.epochs);
+            match resumed_sums {
+                Some(_) => eprintln!("resuming {} within epoch {} of {} (step {})", out.display(), ck.epochs_done + 1, cfg.epochs, ck.steps_done),
+                None => eprintln!("resuming {} from epoch {} of {}", out.display(), ck.epochs_done, cfg.epochs),
+            }
         }
     }
 
@@ -124,17 +190,36 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -
     }
     let steps_per_epoch = train_split.len().div_ceil(cfg.batch);
     let total_steps = steps_per_epoch * cfg.epochs;
+    let mut test_accuracy = ck.history.last().map_or(0.0, |h| h.test_accuracy as f64);
+    // A checkpoint written mid-epoch is at step `steps_done` of epoch `epochs_done + 1`,
+    // its running sums over the `skip` full batches before it.
+    let skip = (ck.steps_done as usize).checked_sub(ck.epochs_done as usize * steps_per_epoch).filter(|&s| s < steps_per_epoch);
+    let skip = match (skip, resumed_sums) {
+        (Some(0), None) => 0,
+        (Some(s), Some(sums)) if s > 0 && sums.seen == s * cfg.batch && sums.correct <= sums.seen => s,
+        _ => return Err(Error::format(out, format!("cannot resume: {} steps done does not fit epoch {} of {steps_per_epoch} steps and its recorded sums", ck.steps_done, ck.epochs_done + 1))),
+    };
+    if opts.stop_after_steps.is_some_and(|n| ck.steps_done >= n) {
+        // Already there: nothing to train (as --stop-after at a finished epoch).
+        let stopped_at_step = (skip > 0).then_some(ck.steps_done);
+        ck.store = store;
+        ck.optimizer = Some(OptimizerState { kind: cfg.optimizer.name().into(), steps: opt.steps, slots: opt.state });
+        return Ok(TrainOutcome { checkpoint: ck, net, test_accuracy, stopped_at_step, train_images_per_s: 0.0, wall_s: t_start.elapsed().as_secs_f64() });
+    }
+    let mut last_save = Instant::now();
     let last_epoch = opts.stop_after.map_or(cfg.epochs, |s| s.min(cfg.epochs));
     let mut progress = Progress::new(opts.quiet);
     let (mut images_done, mut train_secs) = (0usize, 0.0f64);
-    let mut test_accuracy = ck.history.last().map_or(0.0, |h| h.test_accuracy as f64);
 
-    for epoch in ck.epochs_done as usize..last_epoch {
+    let first_epoch = ck.epochs_done as usize;
+    for epoch in first_epoch..last_epoch {
         let t_epoch = Instant::now();
         let order = batcher.epoch_order(epoch as u64);
-        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0usize, 0usize);
+        let first_step = if epoch == first_epoch { skip } else { 0 };
+        let mut sums = if first_step > 0 { resumed_sums.unwrap_or_default() } else { EpochSums::default() };
+        let seen_before = sums.seen;
         let mut lr = 0.0;
-        for (bi, idx) in order.chunks(cfg.batch).enumerate() {
+        for (bi, idx) in order.chunks(cfg.batch).enumerate().skip(first_step) {
             let step = epoch * steps_per_epoch + bi;
             lr = cfg.schedule.lr(cfg.lr, step, total_steps, steps_per_epoch);
             let (x, labels) = batcher.batch(idx, epoch as u64);
@@ -145,21 +230,43 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -
             cx.cim = rt.as_ref();
             let logits = net.forward(&mut cx, xv)?;
             let classes = tape.value(logits).shape()[1];
-            correct += count_correct(tape.value(logits).data(), classes, &labels);
+            sums.correct += count_correct(tape.value(logits).data(), classes, &labels);
             let loss = softmax_cross_entropy(&mut tape, logits, &labels, cfg.label_smoothing)?;
             let lv = tape.value(loss).data()[0];
             if !lv.is_finite() {
                 return Err(Error::invalid(format!("training diverged: loss is {lv} at epoch {}, step {bi}; lower --lr", epoch + 1)));
             }
-            loss_sum += lv as f64 * idx.len() as f64;
-            seen += idx.len();
+            sums.loss += lv as f64 * idx.len() as f64;
+            sums.seen += idx.len();
             store.zero_grads();
             tape.backward(loss).accumulate_into(&mut store);
             opt.step(&mut store, lr);
             ck.steps_done += 1;
 
+            // Mid-epoch: checkpoint when it is time, or stop here when asked (at an
+            // epoch's last step the epoch's own checkpoint follows).
+            let stop_now = opts.stop_after_steps.is_some_and(|n| ck.steps_done >= n);
+            if bi + 1 < steps_per_epoch && (stop_now || opts.checkpoint_every.is_some_and(|d| last_save.elapsed() >= d)) {
+                let mut meta = ck.meta.clone();
+                meta.push((EPOCH_IN_PROGRESS.into(), sums.record()));
+                let optimizer = Some(OptimizerState { kind: cfg.optimizer.name().into(), steps: opt.steps, slots: opt.state.clone() });
+                let (epochs_done, steps_done, history) = (ck.epochs_done, ck.steps_done, ck.history.clone());
+                let mut part = Checkpoint { spec: ck.spec.clone(), meta, epochs_done, steps_done, store: store.clone(), optimizer, history };
+                part.save(out)?;
+                last_save = Instant::now();
+                if stop_now {
+                    if !opts.quiet {
+                        eprintln!("stopped at step {} (epoch {}, step {} of {steps_per_epoch}); resume with --resume", ck.steps_done, epoch + 1, bi + 1);
+                    }
+                    part.store = store;
+                    let rate = (images_done + sums.seen - seen_before) as f64 / (train_secs + t_epoch.elapsed().as_secs_f64()).max(1e-9);
+                    let wall_s = t_start.elapsed().as_secs_f64();
+                    return Ok(TrainOutcome { checkpoint: part, net, test_accuracy, stopped_at_step: Some(ck.steps_done), train_images_per_s: rate, wall_s });
+                }
+            }
+
             let el = t_epoch.elapsed().as_secs_f64();
-            let rate = seen as f64 / el.max(1e-9);
+            let rate = (sums.seen - seen_before) as f64 / el.max(1e-9);
             let remaining = (total_steps.min(last_epoch * steps_per_epoch) - step - 1) as f64 * cfg.batch as f64 / rate;
             progress.tick(false, || {
                 format!(
@@ -168,8 +275,8 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -
                     cfg.epochs,
                     bi + 1,
                     steps_per_epoch,
-                    loss_sum / seen as f64,
-                    100.0 * correct as f64 / seen as f64,
+                    sums.loss / sums.seen as f64,
+                    100.0 * sums.correct as f64 / sums.seen as f64,
                     lr,
                     rate,
                     fmt_duration(remaining)
@@ -177,6 +284,7 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -
             });
         }
         let epoch_train_secs = t_epoch.elapsed().as_secs_f64();
+        let seen = sums.seen - seen_before;
         images_done += seen;
         train_secs += epoch_train_secs;
         let ev = evaluate(net.as_ref(), &mut store, &data.test, norm, rt_eval.as_ref())?;
@@ -184,8 +292,8 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -
         let rec = EpochRecord {
             epoch: epoch as u32 + 1,
             lr,
-            train_loss: (loss_sum / seen as f64) as f32,
-            train_accuracy: (100.0 * correct as f64 / seen as f64) as f32,
+            train_loss: (sums.loss / sums.seen as f64) as f32,
+            train_accuracy: (100.0 * sums.correct as f64 / sums.seen as f64) as f32,
             test_accuracy: ev.accuracy as f32,
         };
         progress.tick(true, || {
@@ -206,6 +314,10 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -
         ck.store = store.clone();
         ck.optimizer = Some(OptimizerState { kind: cfg.optimizer.name().into(), steps: opt.steps, slots: opt.state.clone() });
         ck.save(out)?;
+        last_save = Instant::now();
+        if opts.stop_after_steps.is_some_and(|n| ck.steps_done >= n) {
+            break;
+        }
     }
     ck.store = store;
     ck.optimizer = Some(OptimizerState { kind: cfg.optimizer.name().into(), steps: opt.steps, slots: opt.state });
@@ -213,6 +325,7 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -
         checkpoint: ck,
         net,
         test_accuracy,
+        stopped_at_step: None,
         train_images_per_s: if train_secs > 0.0 { images_done as f64 / train_secs } else { 0.0 },
         wall_s: t_start.elapsed().as_secs_f64(),
     })

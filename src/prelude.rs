@@ -1,0 +1,12 @@
+//! What a research program on dnat usually needs, in one `use dnat::prelude::*;`: the
+//! layers and the [`Network`] trait, mapping onto the macro, the training and
+//! evaluation loops, data, checkpoints and the deployable export.
+
+pub use crate::cim::{CimRuntime, ErrorModel, Estimator, MacroSpec, Readout, ReadoutMode};
+pub use crate::data::{synthetic, Dataset, DatasetKind, Normalize};
+pub use crate::engine::{Mode, ParamStore, Tape, Var};
+pub use crate::io::checkpoint::{restore_into, Checkpoint};
+pub use crate::io::deploy::DeployModel;
+pub use crate::nn::{build, map_to_macro, register, ActQuantKind, Arch, BatchNorm2d, CimPlan, Conv2d, Conv2dConfig, Fwd, Linear, ModelSpec, Network};
+pub use crate::train::{evaluate, evaluate_mc, recalibrate_bn, train, ChipChoice, CimTraining, ReadoutSource, RunOptions, TrainConfig};
+pub use crate::{Error, Result};
