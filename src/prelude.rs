@@ -3,7 +3,7 @@
 //! evaluation loops, data, checkpoints and the deployable export.
 
 pub use crate::cim::{CimRuntime, ErrorModel, Estimator, MacroSpec, Readout, ReadoutMode};
-pub use crate::data::{synthetic, Dataset, DatasetKind, Normalize};
+pub use crate::data::{synthetic, Batcher, Dataset, DatasetKind, Normalize};
 pub use crate::engine::{Mode, ParamStore, Tape, Var};
 pub use crate::io::checkpoint::{restore_into, Checkpoint};
 pub use crate::io::deploy::DeployModel;

@@ -141,7 +141,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
             readout: ReadoutMode::parse(&a.readout)?,
             estimator: Estimator::parse(&a.estimator)?,
             act_quant: ActQuantKind::parse(&a.act_quant)?,
-            plan: cim_plan(&a.cim_layers)?,
+            plan: CimPlan::from_words(&a.cim_layers).map_err(|e| crate::Error::invalid(format!("--cim-layers: {e}")))?,
             chip: ChipChoice::parse(&a.chip)?,
             source: ReadoutSource::parse(&a.readout_source)?,
         });
@@ -192,18 +192,4 @@ pub fn run(a: TrainArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// `--cim-layers`: `default`, `all` or comma-separated name patterns.
-fn cim_plan(s: &str) -> crate::Result<CimPlan> {
-    match s {
-        "default" => Ok(CimPlan::default()),
-        "all" => Ok(CimPlan::all()),
-        _ if s.split(',').any(|p| p.trim().is_empty()) => Err(crate::Error::invalid(format!("--cim-layers '{s}': an empty layer pattern (default, all, or patterns such as layer*.conv1,linear)"))),
-        _ => {
-            let plan = CimPlan::named(s.split(',').map(str::trim));
-            plan.validate().map_err(|e| crate::Error::invalid(format!("--cim-layers: {e}")))?;
-            Ok(plan)
-        }
-    }
 }

@@ -58,6 +58,30 @@ impl CimPlan {
             CimPlan::Named(p) => format!("layers={}", p.join("|")),
         }
     }
+    /// The plan as a person writes it (`--cim-layers`, the pipeline's `cim_layers`):
+    /// `default`, `all`, or comma-separated layer-name patterns.
+    pub fn words(&self) -> String {
+        match self {
+            CimPlan::Edges { first_digital: true, last_digital: true } => "default".into(),
+            CimPlan::Edges { first_digital: false, last_digital: false } => "all".into(),
+            CimPlan::Edges { .. } => self.describe(),
+            CimPlan::Named(p) => p.join(", "),
+        }
+    }
+    /// Reads [`CimPlan::words`] (and [`CimPlan::describe`]'s flag form).
+    pub fn from_words(s: &str) -> Result<Self> {
+        let s = s.trim();
+        match s {
+            "default" => Ok(CimPlan::default()),
+            "all" => Ok(CimPlan::all()),
+            _ if s.starts_with("first_digital=") => CimPlan::parse(s),
+            _ => {
+                let plan = CimPlan::named(s.split(',').map(str::trim));
+                plan.validate()?;
+                Ok(plan)
+            }
+        }
+    }
     pub fn parse(s: &str) -> Result<Self> {
         if let Some(list) = s.strip_prefix("layers=") {
             let plan = CimPlan::named(list.split('|'));
@@ -169,9 +193,11 @@ mod tests {
         Linear::init(&mut one, "only", 2, 2);
         assert!(map_to_macro(&mut one, &CimPlan::default()).unwrap_err().to_string().contains("maps no layer"));
         assert!(map_to_macro(&mut ParamStore::new(), &CimPlan::all()).unwrap_err().to_string().contains("no convolution or linear layer"));
-        for plan in [CimPlan::default(), CimPlan::all(), CimPlan::named(["a.*", "b"])] {
+        for plan in [CimPlan::default(), CimPlan::all(), CimPlan::named(["a.*", "b"]), CimPlan::Edges { first_digital: false, last_digital: true }] {
             assert_eq!(CimPlan::parse(&plan.describe()).unwrap(), plan);
+            assert_eq!(CimPlan::from_words(&plan.words()).unwrap(), plan);
         }
+        assert!(CimPlan::from_words("a,,b").unwrap_err().to_string().contains("layer pattern"));
         assert!(CimPlan::parse("first_digital=yes").is_err() && CimPlan::parse("layers=a||b").is_err());
         for bad in [CimPlan::named(Vec::<String>::new()), CimPlan::named(["a|b"]), CimPlan::named(["a b"]), CimPlan::named([""])] {
             assert!(map_to_macro(&mut store(), &bad).unwrap_err().to_string().contains("CIM plan"), "{bad:?}");

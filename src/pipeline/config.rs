@@ -12,7 +12,7 @@
 
 use crate::cim::{em, Estimator, MacroSpec};
 use crate::data::DatasetKind;
-use crate::nn::{ActQuantKind, Arch};
+use crate::nn::{ActQuantKind, Arch, CimPlan};
 use crate::train::{ChipChoice, ReadoutSource};
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -52,6 +52,9 @@ pub struct PipelineConfig {
     /// `sample-only` (the same model exposing only sampling, as a chip behind a link;
     /// D-NAT then needs `estimator = stat:S`).
     pub readout_source: ReadoutSource,
+    /// Which layers go on the macro in every CIM stage: `default` (all but the first
+    /// and the last layer), `all`, or comma-separated layer-name patterns.
+    pub cim_layers: CimPlan,
     /// Learning-rate multiplier of the quantizer bounds in (b) and (e).
     pub bound_lr_scale: f32,
     /// Monte-Carlo reads (noise seeds) R per chip of every non-ideal evaluation.
@@ -96,6 +99,7 @@ impl Default for PipelineConfig {
             dnat_lr: 0.01,
             estimator: Estimator::Statistical { draws: 0 },
             readout_source: ReadoutSource::Table,
+            cim_layers: CimPlan::default(),
             bound_lr_scale: 1.0,
             mc_seeds: 2,
             mc_chips: 3,
@@ -206,6 +210,7 @@ impl PipelineConfig {
             "dnat_lr" => self.dnat_lr = num(k, v)?,
             "estimator" => self.estimator = e(Estimator::parse(v))?,
             "readout_source" => self.readout_source = e(ReadoutSource::parse(v))?,
+            "cim_layers" => self.cim_layers = e(CimPlan::from_words(v))?,
             "bound_lr_scale" => self.bound_lr_scale = num(k, v)?,
             "mc_seeds" => self.mc_seeds = num(k, v)?,
             "mc_chips" => self.mc_chips = num(k, v)?,
@@ -238,6 +243,14 @@ impl PipelineConfig {
         }
         if self.bnrecal_images < 2 {
             return Err(("bnrecal_images", "bnrecal_images must be at least 2".into()));
+        }
+        // Named layers must be the network's (checked by building it: milliseconds for
+        // ResNet20); first/last-layer plans hold on every network of three layers or more.
+        if matches!(self.cim_layers, CimPlan::Named(_)) {
+            let spec = crate::nn::ModelSpec { arch: self.arch, num_classes: self.dataset.num_classes(), cim: Some(self.cim_layers.clone()) };
+            if let Err(e) = crate::nn::build(&spec, 0) {
+                return Err(("cim_layers", e.to_string()));
+            }
         }
         if !self.sweep.is_empty() && self.sweep_dnat_epochs == 0 {
             return Err(("sweep_dnat_epochs", "sweep_dnat_epochs must be at least 1".into()));
@@ -283,6 +296,7 @@ impl PipelineConfig {
             ("dnat_lr", self.dnat_lr.to_string()),
             ("estimator", self.estimator.describe()),
             ("readout_source", self.readout_source.name().into()),
+            ("cim_layers", self.cim_layers.words()),
             ("bound_lr_scale", self.bound_lr_scale.to_string()),
             ("mc_seeds", self.mc_seeds.to_string()),
             ("mc_chips", self.mc_chips.to_string()),
@@ -352,6 +366,7 @@ mod tests {
             ("mc_seeds=0", "--set 'mc_seeds=0': mc_seeds must be 1 to 1000"),
             ("name=a\nb", "control character"),
             ("readout_source=chip", "expected 'table' or 'sample-only'"),
+            ("cim_layers=layer9.*", "no layer matches 'layer9.*'"),
             ("readout_source=sample-only", "--set 'readout_source=sample-only': readout_source = sample-only has no table"),
         ] {
             let e = PipelineConfig::load_with(&p, &[o.into()]).unwrap_err().to_string();
@@ -359,5 +374,24 @@ mod tests {
         }
         let c = PipelineConfig::load_with(&p, &["readout_source=sample-only".into(), "estimator=stat:4".into()]).unwrap();
         assert_eq!((c.readout_source, c.estimator), (ReadoutSource::SampleOnly, Estimator::Statistical { draws: 4 }));
+    }
+
+    /// Every committed configuration loads and checks out (VGG8's names the paper's
+    /// mapping: the five inner convolutions only).
+    #[test]
+    fn the_committed_configs_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "conf") {
+                let c = PipelineConfig::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                if c.arch == Arch::Vgg8 {
+                    assert_eq!(c.cim_layers.words(), "features.3, features.7, features.10, features.14, features.17");
+                }
+                n += 1;
+            }
+        }
+        assert!(n >= 3, "{n} configs in {}", dir.display());
     }
 }

@@ -380,7 +380,7 @@ impl Run<'_> {
         tc.train_subset = self.cfg.train_subset;
         tc.groups.bound_lr_scale = self.cfg.bound_lr_scale;
         tc.init = Some(init.display().to_string());
-        tc.cim = Some(CimTraining { estimator, ..self.cim_training(error_model, readout, CimPlan::default()) });
+        tc.cim = Some(CimTraining { estimator, ..self.cim_training(error_model, readout, self.cfg.cim_layers.clone()) });
         tc
     }
 
