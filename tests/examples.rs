@@ -2,30 +2,32 @@
 
 use std::process::Command;
 
-#[test]
-fn own_chip_runs_from_log_to_accuracy() {
-    // Through cargo, so the example is (re)built whichever test targets were selected.
+/// Runs an example with `args` through cargo, so it is (re)built whichever test targets
+/// were selected; panics unless it succeeds; returns its stdout and stderr.
+fn run_example(name: &str, args: &[&str]) -> String {
     let o = Command::new(env!("CARGO"))
-        .args(["run", "--release", "--quiet", "--example", "own_chip"])
+        .args(["run", "--release", "--quiet", "--example", name, "--"])
+        .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap();
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
+    let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(o.status.success(), "{name} {args:?}: {text}");
+    text
+}
+
+#[test]
+fn own_chip_runs_from_log_to_accuracy() {
+    let out = run_example("own_chip", &[]);
     assert!(out.contains("per-column fit over 256 ADC columns") && out.contains("D-NAT through") && out.contains("chip σ"), "{out}");
 }
 
 #[test]
 fn custom_network_trains_reloads_and_exports() {
-    let o = Command::new(env!("CARGO"))
-        .args(["run", "--release", "--quiet", "--example", "custom_network"])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&o.stdout);
-    assert!(o.status.success(), "{out}{}", String::from_utf8_lossy(&o.stderr));
-    // The reload's accuracies equal the trained network's (the example asserts it) and
-    // the export states every op: 4 × (conv, batchnorm folded, relu, pool), flatten, fc.
+    let out = run_example("custom_network", &[]);
+    // The reload's accuracies equal the trained network's and the reloaded export's
+    // logits the exported model's (the example asserts both); the export states every
+    // op: 4 × (conv, batchnorm folded, relu, pool), flatten, fc.
     assert!(out.contains("D-NAT, 2 chips x 3 reads") && out.contains("14 nodes exported for name=custom-dnat-w4a8,rows=32"), "{out}");
 }
 
@@ -42,17 +44,7 @@ fn a_registered_network_gets_every_subcommand() {
     let dir = std::env::temp_dir().join(format!("dnat-custom-cli-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (ckpt, deploy, data) = (dir.join("t.ckpt"), dir.join("t.deploy"), data.to_str().unwrap().to_string());
-    let run = |args: &[&str]| {
-        let o = Command::new(env!("CARGO"))
-            .args(["run", "--release", "--quiet", "--example", "custom_cli", "--"])
-            .args(args)
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .unwrap();
-        let text = format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-        assert!(o.status.success(), "{args:?}: {text}");
-        text
-    };
+    let run = |args: &[&str]| run_example("custom_cli", args);
     let c = ckpt.to_str().unwrap();
     let t = run(&["train", "--model", "tiny-cnn", "--cim", "--cim-layers", "conv", "--error-model", "moderate", "--epochs", "1", "--train-subset", "512", "--batch", "64", "--out", c, "--quiet", "--data", &data]);
     assert!(t.contains("tiny-cnn: 1 epochs"), "{t}");
