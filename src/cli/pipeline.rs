@@ -10,7 +10,7 @@ pub struct PipelineArgs {
     /// pipeline config file (see configs/ and src/pipeline/config.rs)
     #[argh(option)]
     config: PathBuf,
-    /// output directory (default results/<name from the config>); work is kept in OUT/work
+    /// output directory (default results/NAME, NAME the config's name); work is kept in OUT/work
     #[argh(option)]
     out: Option<PathBuf>,
     /// override a config key, e.g. --set estimator=ste (repeatable; for ablations)

@@ -6,9 +6,11 @@
 use super::Tensor;
 use crate::rng::Xoshiro256PlusPlus;
 
+/// A parameter's index in its store ([`ParamStore::add_param`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ParamId(pub usize);
 
+/// A buffer's index in its store ([`ParamStore::add_buffer`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct BufferId(pub usize);
 
@@ -24,6 +26,7 @@ pub enum ParamGroup {
 }
 
 impl ParamGroup {
+    /// The group's code in checkpoints: `Weight` 0, `NoDecay` 1, `QuantBound` 2.
     pub fn code(self) -> u8 {
         match self {
             ParamGroup::Weight => 0,
@@ -31,6 +34,7 @@ impl ParamGroup {
             ParamGroup::QuantBound => 2,
         }
     }
+    /// The group of a checkpoint code (`None` for an unknown code).
     pub fn from_code(c: u8) -> Option<Self> {
         match c {
             0 => Some(ParamGroup::Weight),
@@ -41,20 +45,30 @@ impl ParamGroup {
     }
 }
 
+/// A trainable tensor with its gradient and optimizer group.
 #[derive(Clone, Debug)]
 pub struct Param {
+    /// The `state_dict` name (`layer1.0.conv1.weight`).
     pub name: String,
+    /// The current value.
     pub value: Tensor,
+    /// The gradient, shape of `value`, summed over backward passes until
+    /// [`ParamStore::zero_grads`].
     pub grad: Tensor,
+    /// Which optimizer group it is in (weight decay, learning rate).
     pub group: ParamGroup,
 }
 
+/// A tensor saved with the parameters but not trained (batchnorm's running statistics).
 #[derive(Clone, Debug)]
 pub struct Buffer {
+    /// The `state_dict` name (`bn1.running_mean`).
     pub name: String,
+    /// The current value.
     pub value: Tensor,
 }
 
+/// A network's parameters, buffers and weight layers, each addressed by id.
 #[derive(Clone, Debug)]
 pub struct ParamStore {
     params: Vec<Param>,
@@ -77,14 +91,18 @@ pub struct WeightLayer {
     /// The layer's name: its parameters are `{name}.weight`, `{name}.bias`, and on the
     /// macro `{name}.act_lo` / `{name}.act_hi`.
     pub name: String,
+    /// Convolution or linear layer.
     pub kind: LayerKind,
     /// Where the layer runs when a pass has a CIM runtime (`None`: digital, FP32).
     pub on_macro: Option<MacroSlot>,
 }
 
+/// What a [`WeightLayer`] computes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LayerKind {
+    /// A 2-D convolution.
     Conv,
+    /// A fully connected layer.
     Linear,
 }
 
@@ -93,8 +111,11 @@ pub enum LayerKind {
 /// same way draws the same readouts, run after run).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct MacroSlot {
+    /// The lower bound of the layer's input quantizer (`{name}.act_lo`).
     pub lo: ParamId,
+    /// The upper bound of the layer's input quantizer (`{name}.act_hi`).
     pub hi: ParamId,
+    /// The CIM layer id: the order the layer was mapped in, a key of its readout draws.
     pub id: u64,
 }
 
@@ -144,6 +165,7 @@ impl ParamStore {
     pub fn layers(&self) -> &[WeightLayer] {
         &self.layers
     }
+    /// The weight layer `id`.
     pub fn layer(&self, id: LayerId) -> &WeightLayer {
         &self.layers[id.0]
     }
@@ -166,15 +188,19 @@ impl ParamStore {
         on.sort();
         on.into_iter().map(|(_, n)| n).collect()
     }
+    /// The parameter `id`.
     pub fn param(&self, id: ParamId) -> &Param {
         &self.params[id.0]
     }
+    /// The parameter `id`, mutably.
     pub fn param_mut(&mut self, id: ParamId) -> &mut Param {
         &mut self.params[id.0]
     }
+    /// The buffer `id`.
     pub fn buffer(&self, id: BufferId) -> &Buffer {
         &self.buffers[id.0]
     }
+    /// The buffer `id`, mutably.
     pub fn buffer_mut(&mut self, id: BufferId) -> &mut Buffer {
         &mut self.buffers[id.0]
     }
@@ -186,23 +212,29 @@ impl ParamStore {
         let (x, y) = (&mut left[lo].value, &mut right[0].value);
         if swap { (y, x) } else { (x, y) }
     }
+    /// Every parameter, in id order (the order they were added).
     pub fn params(&self) -> &[Param] {
         &self.params
     }
+    /// Every parameter, mutably, in id order.
     pub fn params_mut(&mut self) -> &mut [Param] {
         &mut self.params
     }
+    /// Every buffer, in id order (the order they were added).
     pub fn buffers(&self) -> &[Buffer] {
         &self.buffers
     }
+    /// Every buffer, mutably, in id order.
     pub fn buffers_mut(&mut self) -> &mut [Buffer] {
         &mut self.buffers
     }
+    /// Sets every parameter's gradient to zero (before a backward pass).
     pub fn zero_grads(&mut self) {
         for p in &mut self.params {
             p.grad.fill(0.0);
         }
     }
+    /// The number of scalars in all parameters (buffers not counted).
     pub fn num_scalars(&self) -> usize {
         self.params.iter().map(|p| p.value.len()).sum()
     }

@@ -26,36 +26,58 @@ const MAX_LEN: u64 = 1 << 32;
 /// of two identical runs differ.)
 #[derive(Clone, Debug, PartialEq)]
 pub struct EpochRecord {
+    /// The epoch's number, counting from 1.
     pub epoch: u32,
+    /// The learning rate of the epoch's last step.
     pub lr: f32,
+    /// Mean training loss per image over the epoch (with the run's label smoothing).
     pub train_loss: f32,
+    /// Training accuracy in percent over the epoch (predictions made while training).
     pub train_accuracy: f32,
+    /// Test accuracy in percent at the end of the epoch (a CIM run's on the macro).
     pub test_accuracy: f32,
 }
 
+/// A training run's state after an epoch (or mid-epoch): enough to resume it bit for bit.
 #[derive(Clone, Debug)]
 pub struct Checkpoint {
+    /// The network: architecture, class count, CIM plan.
     pub spec: ModelSpec,
+    /// Key/value strings: the training configuration (`TrainConfig::to_meta`) and the
+    /// data set read.
     pub meta: Vec<(String, String)>,
+    /// Epochs finished.
     pub epochs_done: u32,
+    /// Optimizer steps taken in all (more than `epochs_done` whole epochs if mid-epoch).
     pub steps_done: u64,
+    /// The parameters and buffers.
     pub store: ParamStore,
+    /// The optimizer's state (`None`: not saved).
     pub optimizer: Option<OptimizerState>,
+    /// One record per finished epoch, in order.
     pub history: Vec<EpochRecord>,
 }
 
+/// An optimizer's state as a checkpoint holds it.
 #[derive(Clone, Debug)]
 pub struct OptimizerState {
+    /// The optimizer's name (`sgd`, `adam`).
     pub kind: String,
+    /// Steps the optimizer has taken.
     pub steps: u64,
+    /// Per parameter, in the store's order: the momentum buffer (SGD) or first and
+    /// second moments (Adam).
     pub slots: Vec<Vec<Tensor>>,
 }
 
 impl Checkpoint {
+    /// The value recorded under `key` in `meta`, if any.
     pub fn meta(&self, key: &str) -> Option<&str> {
         self.meta.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
+    /// The file's bytes, laid out as the module documentation says: the same state,
+    /// the same bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut p = Vec::new();
         put_str(&mut p, self.spec.arch.name());
@@ -122,11 +144,13 @@ impl Checkpoint {
         atomic::write(path, &self.to_bytes())
     }
 
+    /// Reads a checkpoint file (errors name the path).
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         Self::from_bytes(&bytes).map_err(|msg| Error::format(path, msg))
     }
 
+    /// Parses a checkpoint file's bytes; the error says what is wrong with them.
     pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Self, String> {
         let (version, payload) = framed::decode(bytes, MAGIC, "checkpoint", VERSION)?;
         parse_payload(&payload, version).map_err(|e| match e {

@@ -15,8 +15,11 @@ pub type Calibration = Vec<(ParamId, ParamId, Vec<f32>)>;
 /// What a forward pass needs: the tape, the parameters (batchnorm updates its running
 /// statistics in train mode), the mode, and — for CIM layers — the macro runtime.
 pub struct Fwd<'a> {
+    /// The tape the pass records on.
     pub tape: &'a mut Tape,
+    /// The network's parameters and buffers.
     pub store: &'a mut ParamStore,
+    /// Train (batch statistics, running statistics updated) or eval.
     pub mode: Mode,
     /// When set, layers the store has mapped onto the macro ([`super::map_to_macro`]) run on it; otherwise in FP32.
     pub cim: Option<&'a CimRuntime>,
@@ -90,6 +93,7 @@ pub enum ActQuantKind {
 }
 
 impl ActQuantKind {
+    /// `epact` or `pact`.
     pub fn parse(s: &str) -> crate::Result<Self> {
         match s {
             "epact" => Ok(ActQuantKind::EPact),
@@ -97,6 +101,7 @@ impl ActQuantKind {
             o => Err(crate::Error::invalid(format!("unknown activation quantizer '{o}' (epact or pact)"))),
         }
     }
+    /// The name [`ActQuantKind::parse`] reads.
     pub fn name(self) -> &'static str {
         match self {
             ActQuantKind::EPact => "epact",
@@ -154,24 +159,35 @@ fn kaiming(shape: &[usize], fan_in: usize, rng: &mut Xoshiro256PlusPlus) -> Tens
 /// padding (kernel / 2), no bias; change what differs, then [`Conv2dConfig::init`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conv2dConfig {
+    /// Input channels.
     pub cin: usize,
+    /// Output channels.
     pub cout: usize,
+    /// Kernel height and width, in pixels (square kernels only).
     pub kernel: usize,
+    /// Stride, in pixels.
     pub stride: usize,
+    /// Zero padding on each side, in pixels.
     pub padding: usize,
+    /// Whether the layer has a bias.
     pub bias: bool,
 }
 
 impl Conv2dConfig {
+    /// A `cin` → `cout` convolution with a `kernel`×`kernel` kernel, stride 1, "same"
+    /// padding, no bias.
     pub fn new(cin: usize, cout: usize, kernel: usize) -> Self {
         Conv2dConfig { cin, cout, kernel, stride: 1, padding: kernel / 2, bias: false }
     }
+    /// With stride `stride`.
     pub fn stride(self, stride: usize) -> Self {
         Conv2dConfig { stride, ..self }
     }
+    /// With `padding` pixels of zero padding on each side.
     pub fn padding(self, padding: usize) -> Self {
         Conv2dConfig { padding, ..self }
     }
+    /// With or without a bias.
     pub fn bias(self, bias: bool) -> Self {
         Conv2dConfig { bias, ..self }
     }
@@ -187,16 +203,22 @@ impl Conv2dConfig {
     }
 }
 
+/// A 2-D convolution: its parameters, stride and padding, and the store's record of it.
 #[derive(Clone, Debug)]
 pub struct Conv2d {
+    /// The weights `{name}.weight`, shape (cout, cin, kernel, kernel).
     pub weight: ParamId,
+    /// The bias `{name}.bias`, if the layer has one.
     pub bias: Option<ParamId>,
+    /// Stride and padding.
     pub cfg: Conv2dCfg,
     /// The store's record of the layer (its name, its place on the macro).
     pub layer: LayerId,
 }
 
 impl Conv2d {
+    /// The convolution of `x` (NCHW): on the macro when mapped and the pass has a CIM
+    /// runtime, else in FP32.
     pub fn forward(&self, cx: &mut Fwd, x: Var) -> Result<Var> {
         let cfg = self.cfg;
         let y = run_layer(
@@ -220,15 +242,19 @@ impl Conv2d {
 /// order the batches arrive, so the result does not depend on thread count.
 #[derive(Default)]
 pub struct BnStats {
+    /// One entry per batchnorm, in the order first seen.
     pub layers: Vec<LayerStats>,
 }
 
 /// One batchnorm's accumulated input statistics.
 pub struct LayerStats {
+    /// The layer's running-mean buffer (which names the layer).
     pub running_mean: BufferId,
+    /// The layer's running-variance buffer.
     pub running_var: BufferId,
     /// Values seen per channel (images · H · W).
     pub count: f64,
+    /// Mean per channel.
     pub mean: Vec<f64>,
     /// Sum of squared deviations from the mean, per channel.
     pub m2: Vec<f64>,
@@ -272,13 +298,20 @@ impl BnStats {
     }
 }
 
+/// Batch normalisation over (N, H, W) per channel, with a learned scale and shift.
 #[derive(Clone, Debug)]
 pub struct BatchNorm2d {
+    /// The scale γ `{name}.weight`, per channel.
     pub weight: ParamId,
+    /// The shift β `{name}.bias`, per channel.
     pub bias: ParamId,
+    /// The running mean `{name}.running_mean`, per channel (used in eval mode).
     pub running_mean: BufferId,
+    /// The running unbiased variance `{name}.running_var`, per channel (used in eval mode).
     pub running_var: BufferId,
+    /// The weight of a batch's statistics in the running update (PyTorch's convention).
     pub momentum: f32,
+    /// Added to the variance before the square root.
     pub eps: f32,
 }
 
@@ -294,6 +327,8 @@ impl BatchNorm2d {
             eps: 1e-5,
         }
     }
+    /// Batchnorm of `x` (NCHW): batch statistics in train mode, running statistics in
+    /// eval mode.
     pub fn forward(&self, cx: &mut Fwd, x: Var) -> Result<Var> {
         self.run(cx, x, false)
     }
@@ -315,9 +350,12 @@ impl BatchNorm2d {
     }
 }
 
+/// A fully connected layer: its parameters and the store's record of it.
 #[derive(Clone, Debug)]
 pub struct Linear {
+    /// The weights `{name}.weight`, shape (fout, fin).
     pub weight: ParamId,
+    /// The bias `{name}.bias`, if the layer has one.
     pub bias: Option<ParamId>,
     /// The store's record of the layer (its name, its place on the macro).
     pub layer: LayerId,
@@ -332,6 +370,8 @@ impl Linear {
         let bias = Some(store.add_param(format!("{name}.bias"), Tensor::zeros(&[fout]), ParamGroup::NoDecay));
         Linear { weight, bias, layer: store.add_layer(name, LayerKind::Linear) }
     }
+    /// (N, fin) → (N, fout): on the macro when mapped and the pass has a CIM runtime,
+    /// else in FP32.
     pub fn forward(&self, cx: &mut Fwd, x: Var) -> Result<Var> {
         let y = run_layer(cx, x, self.weight, self.bias, self.layer, &cim::cim_linear, &ops::linear)?;
         let cim = cx.store.layer(self.layer).on_macro;

@@ -23,9 +23,13 @@ use std::sync::{OnceLock, RwLock};
 /// ([`register`]) under a name of their choosing.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Arch {
+    /// ResNet-20, option-A shortcuts.
     ResNet20,
+    /// ResNet-34, option-B shortcuts.
     ResNet34,
+    /// VGG-8: six convolutions, two fully connected layers.
     Vgg8,
+    /// VGG-16, one fully connected layer.
     Vgg16,
     /// A user's network, by its registered name.
     Custom(&'static str),
@@ -34,6 +38,7 @@ pub enum Arch {
 impl Arch {
     /// The built-in architectures.
     pub const ALL: [Arch; 4] = [Arch::ResNet20, Arch::ResNet34, Arch::Vgg8, Arch::Vgg16];
+    /// The name the architecture is known by (`resnet20`, or its registered name).
     pub fn name(self) -> &'static str {
         match self {
             Arch::ResNet20 => "resnet20",
@@ -91,7 +96,9 @@ pub fn valid_name(name: &str) -> bool {
 /// Everything needed to rebuild a network's structure.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ModelSpec {
+    /// The architecture.
     pub arch: Arch,
+    /// Outputs of the last layer (10 for CIFAR-10, 100 for CIFAR-100).
     pub num_classes: usize,
     /// `Some`: the layers the plan names are on the macro (they carry E-PACT bounds and
     /// run on the macro when a forward pass has a CIM runtime).
@@ -110,6 +117,7 @@ impl ModelSpec {
         }
         Ok(())
     }
+    /// `arch` with `num_classes` outputs, every layer in FP32 (none on the macro).
     pub fn fp32(arch: Arch, num_classes: usize) -> Self {
         ModelSpec { arch, num_classes, cim: None }
     }
@@ -124,6 +132,7 @@ impl ModelSpec {
 /// That is all a user's network implements; built so, its forward pass can be traced
 /// (see [`super::trace`]) and exported whole.
 pub trait Network: Send + Sync {
+    /// The logits (N, classes) of the images `x` (N, C, H, W).
     fn forward(&self, cx: &mut Fwd, x: Var) -> Result<Var>;
 }
 

@@ -17,9 +17,13 @@ pub struct CimTraining {
     pub macro_name: String,
     /// An error-model preset name or file path (see [`em::resolve`]).
     pub error_model: String,
+    /// The forward mode of the CIM layers: ideal, sampled or expected readouts.
     pub readout: ReadoutMode,
+    /// The backward estimator through the readout.
     pub estimator: Estimator,
+    /// The CIM layers' activation quantizer (E-PACT or PACT).
     pub act_quant: ActQuantKind,
+    /// Which layers run on the macro.
     pub plan: CimPlan,
     /// Which chip instance(s) of the error model's fixed pattern the readouts go through.
     pub chip: ChipChoice,
@@ -47,6 +51,7 @@ impl ReadoutSource {
             _ => Err(Error::invalid(format!("readout source '{s}': expected 'table' or 'sample-only'"))),
         }
     }
+    /// The name [`ReadoutSource::parse`] reads.
     pub fn name(&self) -> &'static str {
         match self {
             ReadoutSource::Table => "table",
@@ -80,6 +85,7 @@ impl ChipChoice {
             n => n.parse().map(ChipChoice::One).map_err(|_| Error::invalid(format!("chip '{s}': expected a chip seed (a whole number) or 'population'"))),
         }
     }
+    /// The chip seed, or `population`, as [`ChipChoice::parse`] reads it.
     pub fn describe(&self) -> String {
         match self {
             ChipChoice::One(s) => s.to_string(),
@@ -151,21 +157,36 @@ impl CimTraining {
 
 /// Largest batch and epoch count a run accepts (sizes are checked before allocating).
 pub const MAX_BATCH: usize = 1 << 16;
+/// Largest epoch count a run accepts.
 pub const MAX_EPOCHS: usize = 100_000;
+/// An experiment: the network, the data set and every training setting
+/// ([`TrainConfig::to_meta`] records them).
 #[derive(Clone, Debug, PartialEq)]
 pub struct TrainConfig {
+    /// The network's architecture.
     pub arch: Arch,
+    /// The data set trained and tested on.
     pub dataset: DatasetKind,
+    /// Epochs to train (the schedule spans them all).
     pub epochs: usize,
+    /// Images per training step.
     pub batch: usize,
+    /// The base learning rate the schedule scales (its peak for one-cycle).
     pub lr: f32,
+    /// SGD (momentum, Nesterov) or Adam, with its settings.
     pub optimizer: OptimizerKind,
+    /// Weight decay, and the quantizer bounds' learning-rate scale and decay.
     pub groups: Groups,
+    /// The learning-rate schedule, evaluated per step.
     pub schedule: Schedule,
+    /// Label smoothing of the training loss, in [0, 1).
     pub label_smoothing: f32,
+    /// Seeds the initial weights, the image order, the augmentation and the CIM draws.
     pub seed: u64,
     /// Train on the first N training images only.
     pub train_subset: Option<usize>,
+    /// Standard CIFAR augmentation of the training images (4-pixel padding, random
+    /// crop, flip).
     pub augment: bool,
     /// Layers on the macro (None: FP32 training).
     pub cim: Option<CimTraining>,
@@ -195,6 +216,8 @@ impl TrainConfig {
         }
     }
 
+    /// The network this configuration trains: its architecture, the data set's class
+    /// count, the CIM plan.
     pub fn spec(&self) -> ModelSpec {
         ModelSpec { arch: self.arch, num_classes: self.dataset.num_classes(), cim: self.cim.as_ref().map(|c| c.plan.clone()) }
     }

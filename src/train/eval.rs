@@ -8,14 +8,18 @@ use crate::engine::{Mode, ParamStore, Tape};
 use crate::nn::{Fwd, Network};
 use crate::Result;
 
+/// Accuracy and mean loss over a split.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct EvalResult {
     /// Percent correct.
     pub accuracy: f64,
+    /// Mean cross-entropy loss per image (no label smoothing).
     pub loss: f64,
+    /// Images evaluated.
     pub images: usize,
 }
 
+/// Images per evaluation batch (batch `b` is CIM pass `step = b`).
 pub const EVAL_BATCH: usize = 500;
 
 /// Number of correct arg-max predictions in a (B, classes) logits block.
@@ -60,10 +64,15 @@ pub fn evaluate(net: &dyn Network, store: &mut ParamStore, split: &Split, norm: 
 /// std); `std` is the sample std over all evaluations.
 #[derive(Clone, Debug, PartialEq)]
 pub struct McAccuracy {
+    /// Mean accuracy in percent over all evaluations.
     pub mean: f64,
+    /// Sample std of all evaluations, in percentage points.
     pub std: f64,
+    /// Sample std of the per-chip means, in percentage points.
     pub chip_std: f64,
+    /// Pooled within-chip sample std, in percentage points.
     pub read_std: f64,
+    /// Accuracy in percent of each evaluation: `per_chip[c][r]` is chip `c`, read `r`.
     pub per_chip: Vec<Vec<f64>>,
 }
 
@@ -97,6 +106,7 @@ impl McAccuracy {
     pub fn all(&self) -> Vec<f64> {
         self.per_chip.iter().flatten().copied().collect()
     }
+    /// Number of chips evaluated.
     pub fn chips(&self) -> usize {
         self.per_chip.len()
     }

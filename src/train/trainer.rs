@@ -33,6 +33,7 @@ pub struct RunOptions {
     /// Also checkpoint within an epoch whenever this much time has passed since the
     /// last checkpoint, so a run killed mid-epoch loses at most this much work.
     pub checkpoint_every: Option<Duration>,
+    /// No progress output on stderr.
     pub quiet: bool,
 }
 
@@ -66,14 +67,19 @@ impl EpochSums {
     }
 }
 
+/// What a training run ends with.
 pub struct TrainOutcome {
+    /// The run's final state: parameters, optimizer state, history.
     pub checkpoint: Checkpoint,
+    /// The network trained (its parameters are in `checkpoint.store`).
     pub net: Box<dyn Network>,
     /// After the last finished epoch (0 before the first).
     pub test_accuracy: f64,
     /// `Some(step)`: stopped mid-epoch at this step by [`RunOptions::stop_after_steps`].
     pub stopped_at_step: Option<u64>,
+    /// Training throughput of this invocation, in images per second (0: none trained).
     pub train_images_per_s: f64,
+    /// Wall time of this invocation in seconds, evaluation and checkpoints included.
     pub wall_s: f64,
 }
 
@@ -110,6 +116,8 @@ pub fn check_run(cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<()>
     crate::io::atomic::check_writable(out)
 }
 
+/// Trains `cfg` on `data`, checkpointing to `out` after every epoch (and within epochs
+/// as `opts` asks); with `opts.resume`, continues the run `out` holds.
 pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -> Result<TrainOutcome> {
     check_run(cfg, out, opts)?;
     crate::engine::alloc::tune_allocator();
