@@ -4,9 +4,10 @@
 //! Inputs arrive fake-quantized by E-PACT (values on the grid `lo + s_x·q`) and are
 //! turned back into their codes `q`; latent weights are quantized here to codes `w`
 //! with per-output-channel scales `s_w`. For every tile of `rows` along the reduction
-//! axis (and every input-bit cycle), the integer partial sum `P = Σ q·w` — exact in f32,
-//! a GEMM over the tile's rows — becomes an ADC code and is read out (ideal, sampled,
-//! expected). The readouts are shift-added and accumulated digitally, then rescaled:
+//! axis (and every input-bit cycle), the integer partial sum `P = Σ q·w` — computed on
+//! integers by [`super::psum`] (8-bit multiply-accumulates), the tile's patch rows
+//! packed straight from the images — becomes an ADC code and is read out (ideal,
+//! sampled, expected). The readouts are shift-added and accumulated digitally, then rescaled:
 //!
 //! `y = s_w · (s_x · Σ_t Σ_c 2^(c·b) · step · j_{t,c} + lo · Σ_{valid k} w_k) + bias`
 //!
@@ -29,11 +30,13 @@
 //! depend on grouping or threads (and one channel's row of an image group is one run
 //! of consecutive operations); the saved slopes replay nothing at random.
 
+use super::psum::{self, PackedWeights};
 use super::quant::{weight_codes, ActGrid};
 use super::profile::Timer;
 use super::readout::{CimRuntime, DrawKey, DrawRun, Estimator, ReadoutMode};
-use crate::engine::gemm::{gemm, MatRef};
-use crate::engine::ops::conv2d::{self, col2im, group_columns, Conv2dCfg, ConvGeom};
+use crate::engine::gemm::{gemm, matmul, MatRef, OutView, RowSource};
+use crate::engine::ops::conv2d::{self, col2im, group_columns, Conv2dCfg, ConvGeom, Patches};
+use crate::engine::scratch::Scratch;
 use crate::engine::{par, Tape, Tensor, Var};
 use crate::{Error, Result};
 use rayon::prelude::*;
@@ -129,6 +132,33 @@ fn valid_mask(g: &ConvGeom) -> Vec<f32> {
     m
 }
 
+/// Rows `r0..r0 + rows` of a group's patch matrix of input codes — one tile's rows —
+/// read on demand; with `bits = Some((shift, width))` only those bits of each code
+/// (one cycle of a bit-serial macro).
+struct TileRows<'a> {
+    patches: Patches<'a>,
+    r0: usize,
+    rows: usize,
+    bits: Option<(u32, u32)>,
+}
+
+impl RowSource for TileRows<'_> {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn cols(&self) -> usize {
+        self.patches.cols()
+    }
+    fn read_row(&self, r: usize, c0: usize, dst: &mut [f32]) {
+        self.patches.read_row(self.r0 + r, c0, dst);
+        if let Some((shift, width)) = self.bits {
+            // Codes are integers below 2^16, exact in f32 and in u32.
+            let mask = (1u32 << width) - 1;
+            dst.iter_mut().for_each(|v| *v = ((*v as u32 >> shift) & mask) as f32);
+        }
+    }
+}
+
 /// Forward of one group: returns the readout accumulator `[Cout][cols]` (in partial-sum
 /// units) and, for the statistical estimator, the saved codes `[tiles·cycles][Cout][cols]`.
 ///
@@ -139,8 +169,8 @@ fn valid_mask(g: &ConvGeom) -> Vec<f32> {
 fn group_forward(
     g: &ConvGeom,
     call: &CimCall,
-    qcol: &[f32],
-    w_codes: &[f32],
+    qx: &[f32],
+    w_packed: &PackedWeights,
     first_image: usize,
     gi: usize,
     want_codes: bool,
@@ -156,29 +186,30 @@ fn group_forward(
     let mut acc = vec![0.0f32; cout * cols];
     let mut saved = want_codes.then(|| vec![0u16; tiles * cycles * cout * cols]);
     let saturated = adc.levels() as u16;
-    let mut psum = vec![0.0f32; cout * cols];
-    let mut slice = if cycles > 1 { vec![0.0f32; spec.rows * cols] } else { Vec::new() };
-    let (mut unclamped, mut codes, mut read) = (vec![0i32; cols], vec![0i32; cols], vec![0.0f32; cols]);
+    let mut psum = vec![0i32; cout * cols];
+    // Byte planes of a cycle's input codes (see `psum`), and their packed words.
+    let planes = b.div_ceil(8);
+    let (mut words, mut staging, path) = (Vec::new(), Scratch::take(4 * cols), psum::Path::best());
+    let (mut rounded, mut codes, mut read) = (vec![0.0f32; cols], vec![0i32; cols], vec![0.0f32; cols]);
     let inv_step = 1.0 / adc.step;
+    // One code beyond each end of the ADC range stands for every saturated sum.
+    let (below, above) = (adc.kmin as f32 - 1.0, adc.kmax as f32 + 1.0);
     let profile = rt.profile.as_deref();
     for t in 0..tiles {
         let (r0, r1) = (t * spec.rows, ((t + 1) * spec.rows).min(k));
-        let a = MatRef { data: &w_codes[r0..], rows: cout, cols: r1 - r0, rs: k, cs: 1 };
         for c in 0..cycles {
             {
                 let _t = Timer::start(profile.map(|p| &p.partial_sums));
-                let bmat = if cycles == 1 {
-                    MatRef { data: &qcol[r0 * cols..], rows: r1 - r0, cols, rs: cols, cs: 1 }
-                } else {
-                    // Bits [c·b, (c+1)·b) of each input code.
-                    let div = 2f32.powi((c as u32 * b) as i32);
-                    let levels = (1u32 << b) as f32;
-                    for (o, &q) in slice.iter_mut().zip(&qcol[r0 * cols..r1 * cols]) {
-                        *o = (q / div).floor() % levels;
+                let patches = Patches { g, x: qx, images: gi };
+                let tile = TileRows { patches, r0, rows: r1 - r0, bits: (cycles > 1).then_some((c as u32 * b, b)) };
+                // P = 256·P_high + P_low: the high plane first, shifted, then the low added.
+                for plane in (0..planes).rev() {
+                    if plane + 1 < planes {
+                        psum.iter_mut().for_each(|v| *v <<= 8);
                     }
-                    MatRef { data: &slice, rows: r1 - r0, cols, rs: cols, cs: 1 }
-                };
-                gemm(1.0, a, bmat, 0.0, &mut psum, cols);
+                    psum::pack_codes(&tile, plane, w_packed.quads(), &mut words, &mut staging);
+                    psum::plane_product(path, w_packed.tile(t), &words, cout, w_packed.quads(), cols, &mut psum, plane + 1 < planes);
+                }
             }
             let weight = 2f32.powi((c as u32 * b) as i32) * adc.step;
             let _readout = Timer::start(profile.map(|p| &p.readout));
@@ -187,9 +218,16 @@ fn group_forward(
                 // The ADC column's fixed pattern acts on the analog sum, before rounding.
                 let (gain, offset) = rt.column(t, co);
                 let scale = inv_step * gain;
-                for ((u, kc), &v) in unclamped.iter_mut().zip(codes.iter_mut()).zip(&psum[e0..e0 + cols]) {
-                    *u = (v * scale + offset).round_ties_even() as i32;
-                    *kc = (*u).clamp(adc.kmin, adc.kmax);
+                // Kept in f32 until the code is in range, so the loop vectorises: the
+                // sum is first limited to one code beyond the ADC's ends (max/min also
+                // turn a NaN into `below`), then rounded, then clamped to the range.
+                for ((r, kc), &v) in rounded.iter_mut().zip(codes.iter_mut()).zip(&psum[e0..e0 + cols]) {
+                    // `v as f32` is exact: partial sums are below 2^24 (`MacroSpec::validate`).
+                    *r = (v as f32 * scale + offset).max(below).min(above).round_ties_even();
+                    // SAFETY: the clamped value is an integer within kmin..=kmax, which
+                    // `MacroSpec::validate` (called above) keeps within ±2^24: exact in
+                    // f32 and far inside i32.
+                    *kc = unsafe { r.max(below + 1.0).min(above - 1.0).to_int_unchecked::<i32>() };
                 }
                 // This group's images are consecutive in the numbering, so one channel's
                 // row of the group is one run of consecutive operations.
@@ -205,8 +243,8 @@ fn group_forward(
                 }
                 if let Some(s) = saved.as_mut() {
                     let out = &mut s[((t * cycles + c) * cout + co) * cols..][..cols];
-                    for (o, (&u, &kc)) in out.iter_mut().zip(unclamped.iter().zip(&codes)) {
-                        *o = if u == kc { (kc - adc.kmin) as u16 } else { saturated };
+                    for (o, (&r, &kc)) in out.iter_mut().zip(rounded.iter().zip(&codes)) {
+                        *o = if r == kc as f32 { (kc - adc.kmin) as u16 } else { saturated };
                     }
                 }
             }
@@ -237,6 +275,7 @@ pub fn cim_conv2d(tape: &mut Tape, x: Var, w: Var, bias: Option<Var>, cfg: Conv2
     let mut zw = vec![0.0f32; g.cout * g.pixels()];
     gemm(1.0, MatRef::rowmajor(&w_codes, g.cout, k), MatRef::rowmajor(&mask, k, g.pixels()), 0.0, &mut zw, g.pixels());
     let qx: Vec<f32> = tape.value(x).data().par_iter().map(|&v| grid.code(v)).collect();
+    let w_packed = PackedWeights::new(&w_codes, g.cout, k, spec.rows);
     let want_codes = matches!(call.rt.estimator, Estimator::Statistical { .. })
         && tape.recording()
         && (tape.needs_grad(x) || tape.needs_grad(w));
@@ -253,17 +292,15 @@ pub fn cim_conv2d(tape: &mut Tape, x: Var, w: Var, bias: Option<Var>, cfg: Conv2
         .enumerate()
         .map(|(gidx, (yg, qg))| {
             let gi = qg.len() / g.in_size();
-            let im2col_time = Timer::start(call.rt.profile.as_deref().map(|p| &p.partial_sums));
-            let qcol = group_columns(&g, qg, gi);
-            drop(im2col_time);
-            let (acc, codes) = group_forward(&g, call, &qcol, &w_codes, gidx * gs, gi, want_codes);
+            let (acc, codes) = group_forward(&g, call, qg, &w_packed, gidx * gs, gi, want_codes);
             let cols = gi * pix;
             for j in 0..gi {
                 for co in 0..g.cout {
                     let (s_w, b) = (w_scale[co], bias_v.as_ref().map_or(0.0, |b| b[co]));
                     let out = &mut yg[(j * g.cout + co) * pix..][..pix];
-                    for (p, o) in out.iter_mut().enumerate() {
-                        *o = s_w * (grid.step * acc[co * cols + j * pix + p] + grid.lo * zw[co * pix + p]) + b;
+                    let (a, z) = (&acc[co * cols + j * pix..][..pix], &zw[co * pix..][..pix]);
+                    for ((o, &a), &z) in out.iter_mut().zip(a).zip(z) {
+                        *o = s_w * (grid.step * a + grid.lo * z) + b;
                     }
                 }
             }
@@ -333,25 +370,24 @@ fn statistical_backward(s: &Saved, codes: &[Vec<u16>], slopes: &SlopeSource, x: 
             let im2col_time = Timer::start(slopes.rt.profile.as_deref().map(|p| &p.backward_gemm));
             let qcol = group_columns(g, &qx, gi);
             drop(im2col_time);
-            // dY in GEMM order [Cout][cols].
-            let mut d = vec![0.0f32; cout * cols];
+            // Channel co of image j's dY, read in place (NCHW).
+            let dy_row = |j: usize, co: usize| &dy[((i0 + j) * cout + co) * pix..][..pix];
             let mut dsum = vec![0.0f32; cout * pix];
             for j in 0..gi {
                 for co in 0..cout {
-                    let src = &dy[((i0 + j) * cout + co) * pix..][..pix];
-                    d[co * cols + j * pix..][..pix].copy_from_slice(src);
-                    for (a, b) in dsum[co * pix..(co + 1) * pix].iter_mut().zip(src) {
+                    for (a, b) in dsum[co * pix..(co + 1) * pix].iter_mut().zip(dy_row(j, co)) {
                         *a += *b;
                     }
                 }
             }
-            let db: Vec<f32> = (0..cout).map(|co| d[co * cols..(co + 1) * cols].iter().sum()).collect();
+            let db: Vec<f32> = (0..cout).map(|co| (0..gi).flat_map(|j| dy_row(j, co)).sum()).collect();
             let sc = &codes[gidx];
-            let mut e = vec![0.0f32; cout * cols];
+            // E, the patch gradient and the weight gradient are written whole per tile.
+            let mut e = Scratch::take(cout * cols);
             let mut srow = vec![0.0f32; cols];
             let mut scratch = (Vec::new(), Vec::new());
             let mut dw = vec![0.0f32; cout * k];
-            let mut dcol = if dxg.is_some() { vec![0.0f32; k * cols] } else { Vec::new() };
+            let mut dcol = Scratch::take(if dxg.is_some() { k * cols } else { 0 });
             let profile = slopes.rt.profile.as_deref();
             for t in 0..s.tiles {
                 let (r0, r1) = (t * s.rows, ((t + 1) * s.rows).min(k));
@@ -359,29 +395,48 @@ fn statistical_backward(s: &Saved, codes: &[Vec<u16>], slopes: &SlopeSource, x: 
                 // E = dY ∘ slope, each operation's slope from its saved code (the
                 // tile's cycles summed with their shares).
                 for co in 0..cout {
-                    srow.fill(0.0);
                     // d code / d P carries the ADC column's gain.
                     let gain = slopes.rt.column(t, co).0;
+                    if cycles == 1 && slopes.draws == 0 {
+                        // One cycle, exact slopes: a table lookup per operation, in the
+                        // same pass as the product with dY (`0.0 +` keeps the bits of
+                        // the accumulating path below).
+                        let (sh, table) = (share[0] * gain, &slopes.table[..]);
+                        let codes = &sc[(t * cout + co) * cols..][..cols];
+                        for j in 0..gi {
+                            let at = j * pix..(j + 1) * pix;
+                            for ((ev, &dv), &c) in e[co * cols..][at.clone()].iter_mut().zip(dy_row(j, co)).zip(&codes[at]) {
+                                *ev = dv * (0.0 + sh * table[c as usize]);
+                            }
+                        }
+                        continue;
+                    }
+                    srow.fill(0.0);
                     for (c, &sh) in share.iter().enumerate() {
                         let row = (t * cycles + c) * cout + co;
                         slopes.accumulate(&mut srow, &sc[row * cols..][..cols], sh * gain, (row * g.n + i0) as u64 * pix as u64, &mut scratch);
                     }
-                    for ((ev, &dv), &sv) in e[co * cols..][..cols].iter_mut().zip(&d[co * cols..][..cols]).zip(&srow) {
-                        *ev = dv * sv;
+                    for j in 0..gi {
+                        let at = j * pix..(j + 1) * pix;
+                        for ((ev, &dv), &sv) in e[co * cols..][at.clone()].iter_mut().zip(dy_row(j, co)).zip(&srow[at]) {
+                            *ev = dv * sv;
+                        }
                     }
                 }
                 drop(slope_time);
                 let _t = Timer::start(profile.map(|p| &p.backward_gemm));
                 let em = MatRef::rowmajor(&e, cout, cols);
-                // dW[:, tile] = E · (s_x·q_col[tile])ᵀ
+                // dW[:, tile] = E · q_col[tile]ᵀ (times s_x below)
                 let qt = MatRef { data: &qcol[r0 * cols..], rows: r1 - r0, cols, rs: cols, cs: 1 };
-                gemm(s.grid.step, em, qt.t(), 0.0, &mut dw[r0..], k);
+                matmul(&em, &qt.t(), &mut OutView::rowmajor(&mut dw[r0..], cout, r1 - r0, k));
                 if dxg.is_some() {
                     // dcol[tile] = ŵ[:, tile]ᵀ · E
                     let wt = MatRef { data: &s.w_hat[r0..], rows: cout, cols: r1 - r0, rs: k, cs: 1 };
-                    gemm(1.0, wt.t(), em, 0.0, &mut dcol[r0 * cols..], cols);
+                    matmul(&wt.t(), &em, &mut OutView::rowmajor(&mut dcol[r0 * cols..], r1 - r0, cols, cols));
                 }
             }
+            // `gemm`'s alpha, applied as it would: one product per element.
+            dw.iter_mut().for_each(|v| *v *= s.grid.step);
             if let Some(dxg) = dxg {
                 let _t = Timer::start(profile.map(|p| &p.backward_gemm));
                 for j in 0..gi {

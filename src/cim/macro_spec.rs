@@ -227,6 +227,11 @@ impl MacroSpec {
         if self.adc.kmin > self.adc.kmax || !(self.adc.step.is_finite() && self.adc.step > 0.0) {
             return bad(format!("ADC codes {}..={} with step {} are not a range", self.adc.kmin, self.adc.kmax, self.adc.step));
         }
+        // Codes are converted and compared in f32 (the readout path), so they must be
+        // exact there: integers below 2^24 in magnitude.
+        if self.adc.kmin.unsigned_abs() >= 1 << 24 || self.adc.kmax.unsigned_abs() >= 1 << 24 {
+            return bad(format!("ADC codes {}..={} would not be exact in f32; keep them within ±(2^24 − 1)", self.adc.kmin, self.adc.kmax));
+        }
         // Partial sums must stay exact in f32 (integers below 2^24).
         let max_p = self.rows as f64 * self.cycle_max_input() as f64 * self.weight_max_abs() as f64;
         if max_p >= (1u64 << 24) as f64 {

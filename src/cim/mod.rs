@@ -6,6 +6,7 @@
 //! * [`em`] — D-MAC-EM, the measured MAC error model (tables, files, presets, fitting).
 //! * [`quant`] — E-PACT / PACT activation quantizers and weight codes.
 //! * [`readout`] — the readout source trait, forward modes, backward estimators, draw keys.
+//! * [`psum`] — a tile's integer partial sums (AVX-512 VNNI, AVX2, portable).
 //! * [`conv`] — the `CimConv2d` / `CimLinear` ops: tiles, partial sums, readouts.
 
 pub mod chip;
@@ -16,6 +17,7 @@ mod conv_tests;
 pub mod em;
 pub mod macro_spec;
 pub mod profile;
+pub mod psum;
 pub mod quant;
 pub mod readout;
 

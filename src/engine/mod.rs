@@ -8,6 +8,7 @@
 //! * [`gemm`] — the matrix product every contraction goes through: packed panels and
 //!   SIMD micro-kernels that all compute the same, defined FMA chains.
 //! * [`par`] — the fixed work splits that keep results independent of thread count.
+//! * [`scratch`] — reused per-thread buffers for values written whole before they are read.
 
 pub mod alloc;
 pub mod gemm;
@@ -15,6 +16,7 @@ pub mod gradcheck;
 pub mod ops;
 pub mod par;
 pub mod param;
+pub mod scratch;
 pub mod tape;
 pub mod tensor;
 

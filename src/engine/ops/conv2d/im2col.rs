@@ -7,6 +7,7 @@
 
 use super::ConvGeom;
 use crate::engine::gemm::RowSource;
+use crate::engine::scratch::Scratch;
 
 /// Writes the patches of one image into `col` (K rows of `pixels` values at row
 /// stride `ld`): row (ci, ky, kx), column (oy, ox) = x[ci, oy·s − p + ky, ox·s − p + kx].
@@ -78,10 +79,11 @@ pub fn col2im(g: &ConvGeom, col: &[f32], ld: usize, dx: &mut [f32]) {
     }
 }
 
-/// Patches of the `gi` images in `xg`, side by side: `col[K][gi·pixels]`.
-pub fn group_columns(g: &ConvGeom, xg: &[f32], gi: usize) -> Vec<f32> {
+/// Patches of the `gi` images in `xg`, side by side: `col[K][gi·pixels]` ([`im2col`]
+/// writes every entry, padding included, so the buffer need not be zeroed first).
+pub fn group_columns(g: &ConvGeom, xg: &[f32], gi: usize) -> Scratch {
     let (pix, cols) = (g.pixels(), gi * g.pixels());
-    let mut col = vec![0.0f32; g.k() * cols];
+    let mut col = Scratch::take(g.k() * cols);
     for j in 0..gi {
         im2col(g, &xg[j * g.in_size()..(j + 1) * g.in_size()], &mut col[j * pix..], cols);
     }

@@ -22,6 +22,7 @@ pub use im2col::{col2im, group_columns, im2col, ImageRows, Patches};
 
 use crate::engine::gemm::{matmul, MatRef, OutView, Rows};
 use crate::engine::par;
+use crate::engine::scratch::Scratch;
 use crate::engine::tape::{GradSink, Values};
 use crate::engine::{Tape, Tensor, Var};
 use crate::{Error, Result};
@@ -168,7 +169,7 @@ pub fn backward(g: &ConvGeom, x: &[f32], w: &[f32], dy: &[f32], want_dx: bool) -
             matmul(&dym, &MatRef::rowmajor(&col, k, cols).t(), &mut OutView::rowmajor(&mut dw, g.cout, k, k));
             // dx = col2im(Wᵀ · dY).
             if let Some(dxg) = dxg {
-                let mut dcol = vec![0.0f32; k * cols];
+                let mut dcol = Scratch::take(k * cols); // written whole by the product
                 matmul(&MatRef::rowmajor(w, g.cout, k).t(), &dym, &mut OutView::rowmajor(&mut dcol, k, cols, cols));
                 for j in 0..gi {
                     col2im(g, &dcol[j * pix..], cols, &mut dxg[j * g.in_size()..(j + 1) * g.in_size()]);

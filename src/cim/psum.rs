@@ -1,0 +1,351 @@
+//! Integer partial sums: a tile's `P[co][col] = Σ_r w[co][r]·q[r][col]` computed as
+//! the integers it is, with 8-bit multiply-accumulate instructions where the CPU has them.
+//!
+//! Weight codes are signed and at most 8 bits (`MacroSpec::weight_bits ≤ 8`), so four
+//! rows of one output channel fit a 32-bit word ([`PackedWeights`], packed once per
+//! layer call). Input codes of one cycle are unsigned and at most 16 bits; they are cut
+//! into byte planes (one for ≤ 8-bit cycles, two above), and four rows of a plane fit a
+//! word too ([`pack_codes`]). A plane's product is
+//! `Σ_q Σ_{b<4} byte_b(a[q][col]) · sbyte_b(w[co][q])`, and `P = Σ_planes 256^plane · P_plane`.
+//! Partial sums are integers below 2^24 (`MacroSpec::validate`), so the i32 sums are
+//! exact and equal the f32 GEMM of the same codes bit for bit; which path runs changes
+//! the speed only (`tests` hold every path to a plain loop and to the f32 GEMM).
+//!
+//! * **AVX-512 VNNI**: `vpdpbusd` — four u8 × s8 products added into each i32 lane, 64
+//!   multiply-adds per instruction; 8 channels × 32 columns of accumulators.
+//! * **AVX2**: bytes widened to i16 (`vpmovzxbw` / `vpmovsxbw`), then `vpmaddwd` (pairs of
+//!   i16 products into i32). Not `vpmaddubsw`, whose i16 pair sums saturate
+//!   (255·127·2 > 32,767).
+//! * **portable**: the same sums in i32 loops.
+
+use crate::engine::gemm::RowSource;
+
+/// One layer's weight codes, per tile and output channel as words of four rows
+/// (`words[(t·cout + co)·quads + q]`, row `4q + b` of the tile in byte `b`, zero past the
+/// tile's last row).
+pub struct PackedWeights {
+    words: Vec<i32>,
+    cout: usize,
+    quads: usize,
+}
+
+impl PackedWeights {
+    /// `w_codes` is `cout × k`, integer codes in −128..=127 stored as f32, cut into tiles
+    /// of `rows` rows along k.
+    pub fn new(w_codes: &[f32], cout: usize, k: usize, rows: usize) -> Self {
+        assert!(w_codes.len() == cout * k && rows > 0);
+        let (tiles, quads) = (k.div_ceil(rows), rows.div_ceil(4));
+        let mut words = vec![0i32; tiles * cout * quads];
+        for t in 0..tiles {
+            let (r0, r1) = (t * rows, ((t + 1) * rows).min(k));
+            for co in 0..cout {
+                let src = &w_codes[co * k + r0..co * k + r1];
+                for (q, word) in words[(t * cout + co) * quads..][..quads].iter_mut().enumerate() {
+                    let byte = |b: usize| src.get(4 * q + b).map_or(0, |&w| {
+                        debug_assert!((-128.0..=127.0).contains(&w) && w.fract() == 0.0);
+                        w as i8 as u8 as u32
+                    });
+                    *word = (byte(0) | byte(1) << 8 | byte(2) << 16 | byte(3) << 24) as i32;
+                }
+            }
+        }
+        PackedWeights { words, cout, quads }
+    }
+
+    /// Tile `t`: `cout × quads` words.
+    pub fn tile(&self, t: usize) -> &[i32] {
+        &self.words[t * self.cout * self.quads..][..self.cout * self.quads]
+    }
+
+    pub fn quads(&self) -> usize {
+        self.quads
+    }
+}
+
+/// Byte plane `plane` of the codes `src` holds (`rows × cols`, integers in 0..2^16 stored
+/// as f32), four rows to a word: `dst[q·cols + j]` holds rows `4q..4q + 4` of column `j`,
+/// row `4q` in the low byte, zero past the last row. `dst` is resized to `quads · cols`;
+/// `staging` is four rows of f32.
+pub fn pack_codes(src: &impl RowSource, plane: u32, quads: usize, dst: &mut Vec<u32>, staging: &mut [f32]) {
+    let (rows, cols) = (src.rows(), src.cols());
+    assert!(quads * 4 >= rows && staging.len() >= 4 * cols && plane < 2);
+    dst.resize(quads * cols, 0);
+    let shift = 8 * plane;
+    for (q, out) in dst.chunks_exact_mut(cols.max(1)).enumerate().take(quads) {
+        let n = rows.saturating_sub(4 * q).min(4);
+        for b in 0..4 {
+            let row = &mut staging[b * cols..(b + 1) * cols];
+            if b < n {
+                src.read_row(4 * q + b, 0, row);
+            } else {
+                row.fill(0.0);
+            }
+        }
+        let (r0, rest) = staging.split_at(cols);
+        let (r1, rest) = rest.split_at(cols);
+        let (r2, r3) = rest.split_at(cols);
+        // An integer 0 ≤ v < 2^23 is the low mantissa bits of v + 2^23: bit operations
+        // only, so the loop vectorises (a NaN code gives some byte, never UB).
+        let byte = |v: f32| (((v + 8_388_608.0).to_bits() & 0x7F_FFFF) >> shift) & 0xFF;
+        for ((((o, &v0), &v1), &v2), &v3) in out.iter_mut().zip(r0).zip(r1).zip(r2).zip(r3) {
+            *o = byte(v0) | byte(v1) << 8 | byte(v2) << 16 | byte(v3) << 24;
+        }
+    }
+}
+
+/// The ways a plane's product can be computed; all give the same integers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    Avx512Vnni,
+    Avx2,
+    Portable,
+}
+
+impl Path {
+    pub const ALL: [Path; 3] = [Path::Avx512Vnni, Path::Avx2, Path::Portable];
+
+    pub fn supported(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx512Vnni => is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni"),
+            #[cfg(target_arch = "x86_64")]
+            Path::Avx2 => is_x86_feature_detected!("avx2"),
+            #[cfg(not(target_arch = "x86_64"))]
+            Path::Avx512Vnni | Path::Avx2 => false,
+            Path::Portable => true,
+        }
+    }
+
+    /// The fastest path this CPU runs (decided once).
+    pub fn best() -> Path {
+        static BEST: std::sync::OnceLock<Path> = std::sync::OnceLock::new();
+        *BEST.get_or_init(|| Path::ALL.into_iter().find(|p| p.supported()).unwrap_or(Path::Portable))
+    }
+}
+
+/// `out[co·cols + j] (+)= Σ_q dot4(a[q·cols + j], w[co·quads + q])` for `cout` channels:
+/// one byte plane's product, written over `out` (`accumulate = false`) or added to it.
+#[allow(clippy::too_many_arguments)]
+pub fn plane_product(path: Path, w: &[i32], a: &[u32], cout: usize, quads: usize, cols: usize, out: &mut [i32], accumulate: bool) {
+    assert!(w.len() >= cout * quads && a.len() >= quads * cols && out.len() >= cout * cols);
+    assert!(path.supported(), "partial-sum path {path:?} is not supported by this CPU");
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: supported (checked above); the slices hold the sizes asserted above.
+        Path::Avx512Vnni => unsafe { x86::vnni(w, a, cout, quads, cols, out, accumulate) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        Path::Avx2 => unsafe { x86::avx2(w, a, cout, quads, cols, out, accumulate) },
+        _ => portable(w, a, cout, quads, cols, out, 0, accumulate),
+    }
+}
+
+/// Four unsigned bytes of `a` times four signed bytes of `w`, summed.
+#[inline]
+fn dot4(a: u32, w: i32) -> i32 {
+    (0..4).map(|b| ((a >> (8 * b)) & 0xFF) as i32 * (w >> (8 * b)) as i8 as i32).sum()
+}
+
+/// Columns `j0..cols` of every channel, in i32 loops (also the vector paths' tails).
+#[allow(clippy::too_many_arguments)]
+fn portable(w: &[i32], a: &[u32], cout: usize, quads: usize, cols: usize, out: &mut [i32], j0: usize, accumulate: bool) {
+    for co in 0..cout {
+        let o = &mut out[co * cols + j0..(co + 1) * cols];
+        if !accumulate {
+            o.fill(0);
+        }
+        for (q, &wq) in w[co * quads..(co + 1) * quads].iter().enumerate() {
+            for (ov, &av) in o.iter_mut().zip(&a[q * cols + j0..(q + 1) * cols]) {
+                *ov += dot4(av, wq);
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    /// Channels per block of accumulators.
+    const R: usize = 8;
+
+    /// # Safety
+    /// AVX-512 F + VNNI; `w`, `a`, `out` hold `cout·quads`, `quads·cols`, `cout·cols`.
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn vnni(w: &[i32], a: &[u32], cout: usize, quads: usize, cols: usize, out: &mut [i32], accumulate: bool) {
+        let mut co0 = 0;
+        while co0 < cout {
+            let rows = R.min(cout - co0);
+            // SAFETY: forwarded (rows ≤ R channels from co0 < cout).
+            unsafe {
+                if rows == R {
+                    vnni_block::<R>(w, a, co0, quads, cols, out, accumulate)
+                } else {
+                    (co0..cout).for_each(|c| vnni_block::<1>(w, a, c, quads, cols, out, accumulate))
+                }
+            }
+            co0 += rows;
+        }
+    }
+
+    /// Channels `co0..co0 + N`, every column, 32 at a time (masked at the end).
+    #[target_feature(enable = "avx512f,avx512vnni")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn vnni_block<const N: usize>(w: &[i32], a: &[u32], co0: usize, quads: usize, cols: usize, out: &mut [i32], accumulate: bool) {
+        let mut j0 = 0;
+        while j0 < cols {
+            let n = (cols - j0).min(32);
+            let m0: __mmask16 = if n >= 16 { 0xFFFF } else { (1u16 << n) - 1 };
+            let m1: __mmask16 = if n >= 32 { 0xFFFF } else if n > 16 { (1u16 << (n - 16)) - 1 } else { 0 };
+            let mut acc = [[_mm512_setzero_si512(); 2]; N];
+            for q in 0..quads {
+                // Masked lanes are not read, so the pointers may point past the end.
+                let p = a.as_ptr().wrapping_add(q * cols + j0) as *const i32;
+                // SAFETY: the unmasked lanes are columns j0..j0 + n < cols of row q.
+                let (b0, b1) = unsafe { (_mm512_maskz_loadu_epi32(m0, p), _mm512_maskz_loadu_epi32(m1, p.wrapping_add(16))) };
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    let wv = _mm512_set1_epi32(w[(co0 + i) * quads + q]);
+                    acc[0] = _mm512_dpbusd_epi32(acc[0], b0, wv);
+                    acc[1] = _mm512_dpbusd_epi32(acc[1], b1, wv);
+                }
+            }
+            for (i, acc) in acc.iter().enumerate() {
+                let o = out.as_mut_ptr().wrapping_add((co0 + i) * cols + j0);
+                // SAFETY: as for the loads, on channel co0 + i's row of `out`.
+                unsafe {
+                    let (mut s0, mut s1) = (acc[0], acc[1]);
+                    if accumulate {
+                        s0 = _mm512_add_epi32(s0, _mm512_maskz_loadu_epi32(m0, o));
+                        s1 = _mm512_add_epi32(s1, _mm512_maskz_loadu_epi32(m1, o.wrapping_add(16)));
+                    }
+                    _mm512_mask_storeu_epi32(o, m0, s0);
+                    _mm512_mask_storeu_epi32(o.wrapping_add(16), m1, s1);
+                }
+            }
+            j0 += n;
+        }
+    }
+
+    /// Four channels × eight columns at a time; the last `cols % 8` columns portably.
+    ///
+    /// # Safety
+    /// AVX2; sizes as for [`vnni`].
+    #[target_feature(enable = "avx2")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn avx2(w: &[i32], a: &[u32], cout: usize, quads: usize, cols: usize, out: &mut [i32], accumulate: bool) {
+        const R2: usize = 4;
+        let full = cols / 8 * 8;
+        // Lane order after the final `hadd` of (columns 0–3, columns 4–7): 0 1 4 5 | 2 3 6 7.
+        let order = _mm256_setr_epi32(0, 1, 4, 5, 2, 3, 6, 7);
+        let mut co0 = 0;
+        while co0 < cout {
+            let rows = R2.min(cout - co0);
+            for j0 in (0..full).step_by(8) {
+                // Per channel: i32 pair sums for columns j0..j0+4 (lo) and j0+4..j0+8 (hi).
+                let mut lo = [_mm256_setzero_si256(); R2];
+                let mut hi = [_mm256_setzero_si256(); R2];
+                for q in 0..quads {
+                    // SAFETY: columns j0..j0 + 8 ≤ cols of row q.
+                    let (alo, ahi) = unsafe {
+                        let p = a.as_ptr().add(q * cols + j0) as *const __m128i;
+                        (_mm256_cvtepu8_epi16(_mm_loadu_si128(p)), _mm256_cvtepu8_epi16(_mm_loadu_si128(p.add(1))))
+                    };
+                    for i in 0..rows {
+                        // The word's four signed bytes as i16, repeated for four columns.
+                        let wv = _mm256_cvtepi8_epi16(_mm_set1_epi32(w[(co0 + i) * quads + q]));
+                        lo[i] = _mm256_add_epi32(lo[i], _mm256_madd_epi16(alo, wv));
+                        hi[i] = _mm256_add_epi32(hi[i], _mm256_madd_epi16(ahi, wv));
+                    }
+                }
+                for i in 0..rows {
+                    let sums = _mm256_permutevar8x32_epi32(_mm256_hadd_epi32(lo[i], hi[i]), order);
+                    // SAFETY: columns j0..j0 + 8 of channel co0 + i's row.
+                    unsafe {
+                        let o = out.as_mut_ptr().add((co0 + i) * cols + j0) as *mut __m256i;
+                        let sums = if accumulate { _mm256_add_epi32(_mm256_loadu_si256(o), sums) } else { sums };
+                        _mm256_storeu_si256(o, sums);
+                    }
+                }
+            }
+            co0 += rows;
+        }
+        if full < cols {
+            super::portable(w, a, cout, quads, cols, out, full, accumulate);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::gemm::{gemm, MatRef};
+
+    /// A stored matrix as a row source.
+    struct Stored<'a>(&'a [f32], usize, usize);
+    impl RowSource for Stored<'_> {
+        fn rows(&self) -> usize {
+            self.1
+        }
+        fn cols(&self) -> usize {
+            self.2
+        }
+        fn read_row(&self, r: usize, c0: usize, dst: &mut [f32]) {
+            dst.copy_from_slice(&self.0[r * self.2 + c0..][..dst.len()]);
+        }
+    }
+
+    /// Every path, through both byte planes, gives each tile's partial sums exactly: as
+    /// a plain i64 loop over the codes computes them, and as the f32 GEMM of the same
+    /// codes does. Shapes with channel and column remainders, tiles not a multiple of
+    /// four rows, a short last tile; codes at their extremes (16-bit inputs on 2-row
+    /// tiles, the most rows whose sums stay below 2^24).
+    #[test]
+    fn every_path_gives_the_exact_partial_sums() {
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for &(cout, k, rows, cols, input_max) in &[(1, 1, 1, 1, 255u32), (3, 10, 4, 7, 255), (8, 64, 64, 32, 255), (10, 150, 64, 33, 255), (17, 67, 67, 100, 255), (16, 144, 64, 1024, 255), (9, 37, 2, 19, 65535)] {
+            // Extremes often: 0, the largest input; −128 and 127 for weights.
+            let x: Vec<f32> = (0..k * cols).map(|_| match next() % 4 { 0 => 0, 1 => input_max, _ => (next() % (input_max as u64 + 1)) as u32 } as f32).collect();
+            let wc: Vec<f32> = (0..cout * k).map(|_| match next() % 4 { 0 => -128, 1 => 127, _ => (next() % 256) as i32 - 128 } as f32).collect();
+            let packed = PackedWeights::new(&wc, cout, k, rows);
+            let quads = packed.quads();
+            let planes = if input_max > 255 { 2 } else { 1 };
+            for t in 0..k.div_ceil(rows) {
+                let (r0, r1) = (t * rows, ((t + 1) * rows).min(k));
+                let want: Vec<i64> = (0..cout * cols)
+                    .map(|e| (r0..r1).map(|r| wc[(e / cols) * k + r] as i64 * x[r * cols + e % cols] as i64).sum())
+                    .collect();
+                let mut by_gemm = vec![0.0f32; cout * cols];
+                gemm(1.0, MatRef { data: &wc[r0..], rows: cout, cols: r1 - r0, rs: k, cs: 1 }, MatRef::rowmajor(&x[r0 * cols..r1 * cols], r1 - r0, cols), 0.0, &mut by_gemm, cols);
+                assert!(want.iter().zip(&by_gemm).all(|(&w, &g)| w as f32 == g), "the f32 GEMM is exact on these codes");
+                let src = Stored(&x[r0 * cols..r1 * cols], r1 - r0, cols);
+                for path in Path::ALL.into_iter().filter(|p| p.supported()) {
+                    let (mut words, mut staging) = (Vec::new(), vec![0.0f32; 4 * cols]);
+                    let mut total = vec![0i32; cout * cols];
+                    for plane in 0..planes {
+                        pack_codes(&src, plane, quads, &mut words, &mut staging);
+                        let mut part = vec![7i32; cout * cols];
+                        plane_product(path, packed.tile(t), &words, cout, quads, cols, &mut part, false);
+                        total.iter_mut().zip(&part).for_each(|(s, &p)| *s += p << (8 * plane));
+                    }
+                    for (e, (&got, &w)) in total.iter().zip(&want).enumerate() {
+                        assert_eq!(got as i64, w, "{path:?}: {cout}×{k} (tile {t} of {rows} rows) × {cols}, channel {} column {}", e / cols, e % cols);
+                    }
+                    // Accumulating adds onto what is there.
+                    pack_codes(&src, 0, quads, &mut words, &mut staging);
+                    let mut twice = vec![0i32; cout * cols];
+                    plane_product(path, packed.tile(t), &words, cout, quads, cols, &mut twice, false);
+                    let once = twice.clone();
+                    plane_product(path, packed.tile(t), &words, cout, quads, cols, &mut twice, true);
+                    assert!(twice.iter().zip(&once).all(|(&t2, &o)| t2 == 2 * o), "{path:?} accumulates");
+                }
+            }
+        }
+    }
+}
