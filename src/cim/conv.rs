@@ -162,8 +162,8 @@ impl RowSource for TileRows<'_> {
 /// Forward of one group: returns the readout accumulator `[Cout][cols]` (in partial-sum
 /// units) and, for the statistical estimator, the saved codes `[tiles·cycles][Cout][cols]`.
 ///
-/// Per tile and cycle: one GEMM for the partial sums, then per output channel's row of
-/// the group: ideal codes (vectorised), readouts (one `sample_run` call), and the
+/// Per tile and cycle: the integer partial sums ([`psum`]), then per output channel's
+/// row of the group: ideal codes (vectorised), readouts (one `sample_run` call), and the
 /// shift-add into the accumulator.
 #[allow(clippy::too_many_arguments)]
 fn group_forward(
@@ -192,7 +192,9 @@ fn group_forward(
     let (mut words, mut staging, path) = (Vec::new(), Scratch::take(4 * cols), psum::Path::best());
     let (mut rounded, mut codes, mut read) = (vec![0.0f32; cols], vec![0i32; cols], vec![0.0f32; cols]);
     let inv_step = 1.0 / adc.step;
-    // One code beyond each end of the ADC range stands for every saturated sum.
+    // One code beyond each end of the ADC range stands for every saturated sum. The
+    // codes must be exact in f32 for that (and for the conversion below to be sound).
+    assert!(adc.kmin.unsigned_abs() < 1 << 24 && adc.kmax.unsigned_abs() < 1 << 24, "ADC codes beyond ±2^24 (MacroSpec::validate refuses them)");
     let (below, above) = (adc.kmin as f32 - 1.0, adc.kmax as f32 + 1.0);
     let profile = rt.profile.as_deref();
     for t in 0..tiles {
@@ -207,8 +209,10 @@ fn group_forward(
                     if plane + 1 < planes {
                         psum.iter_mut().for_each(|v| *v <<= 8);
                     }
-                    psum::pack_codes(&tile, plane, w_packed.quads(), &mut words, &mut staging);
-                    psum::plane_product(path, w_packed.tile(t), &words, cout, w_packed.quads(), cols, &mut psum, plane + 1 < planes);
+                    // Only the tile's own rows: a short last tile skips the zero words.
+                    let quads = (r1 - r0).div_ceil(4);
+                    psum::pack_codes(&tile, plane, quads, &mut words, &mut staging);
+                    psum::plane_product(path, w_packed.tile(t), w_packed.quads(), &words, cout, quads, cols, &mut psum, plane + 1 < planes);
                 }
             }
             let weight = 2f32.powi((c as u32 * b) as i32) * adc.step;
@@ -224,9 +228,9 @@ fn group_forward(
                 for ((r, kc), &v) in rounded.iter_mut().zip(codes.iter_mut()).zip(&psum[e0..e0 + cols]) {
                     // `v as f32` is exact: partial sums are below 2^24 (`MacroSpec::validate`).
                     *r = (v as f32 * scale + offset).max(below).min(above).round_ties_even();
-                    // SAFETY: the clamped value is an integer within kmin..=kmax, which
-                    // `MacroSpec::validate` (called above) keeps within ±2^24: exact in
-                    // f32 and far inside i32.
+                    // SAFETY: max/min make any value (NaN and ±inf included) an
+                    // integer within kmin..=kmax, below 2^24 in magnitude (asserted
+                    // above): exact in f32 and inside i32.
                     *kc = unsafe { r.max(below + 1.0).min(above - 1.0).to_int_unchecked::<i32>() };
                 }
                 // This group's images are consecutive in the numbering, so one channel's
@@ -387,7 +391,7 @@ fn statistical_backward(s: &Saved, codes: &[Vec<u16>], slopes: &SlopeSource, x: 
             let mut srow = vec![0.0f32; cols];
             let mut scratch = (Vec::new(), Vec::new());
             let mut dw = vec![0.0f32; cout * k];
-            let mut dcol = Scratch::take(if dxg.is_some() { k * cols } else { 0 });
+            let mut dcol = dxg.is_some().then(|| Scratch::take(k * cols));
             let profile = slopes.rt.profile.as_deref();
             for t in 0..s.tiles {
                 let (r0, r1) = (t * s.rows, ((t + 1) * s.rows).min(k));
@@ -429,7 +433,7 @@ fn statistical_backward(s: &Saved, codes: &[Vec<u16>], slopes: &SlopeSource, x: 
                 // dW[:, tile] = E · q_col[tile]ᵀ (times s_x below)
                 let qt = MatRef { data: &qcol[r0 * cols..], rows: r1 - r0, cols, rs: cols, cs: 1 };
                 matmul(&em, &qt.t(), &mut OutView::rowmajor(&mut dw[r0..], cout, r1 - r0, k));
-                if dxg.is_some() {
+                if let Some(dcol) = dcol.as_mut() {
                     // dcol[tile] = ŵ[:, tile]ᵀ · E
                     let wt = MatRef { data: &s.w_hat[r0..], rows: cout, cols: r1 - r0, rs: k, cs: 1 };
                     matmul(&wt.t(), &em, &mut OutView::rowmajor(&mut dcol[r0 * cols..], r1 - r0, cols, cols));
@@ -437,7 +441,7 @@ fn statistical_backward(s: &Saved, codes: &[Vec<u16>], slopes: &SlopeSource, x: 
             }
             // `gemm`'s alpha, applied as it would: one product per element.
             dw.iter_mut().for_each(|v| *v *= s.grid.step);
-            if let Some(dxg) = dxg {
+            if let (Some(dxg), Some(dcol)) = (dxg, dcol) {
                 let _t = Timer::start(profile.map(|p| &p.backward_gemm));
                 for j in 0..gi {
                     col2im(g, &dcol[j * pix..], cols, &mut dxg[j * g.in_size()..(j + 1) * g.in_size()]);

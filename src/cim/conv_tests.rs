@@ -80,14 +80,19 @@ fn forward(rt: &CimRuntime, x: &Tensor, w: &Tensor, b: &Tensor, cfg: Conv2dCfg, 
 
 #[test]
 fn ideal_mode_is_the_macro_dataflow_exactly() {
-    let grid = ActGrid::new(-0.2, 1.5, 8);
+    // Inputs wider than a byte per cycle: their partial sums come from two byte planes.
+    let wide = |bits: u32, bpc: u32| MacroSpec { input_bits: bits, ..spec(16, 128.0, -64, 63, bpc) };
     // Small ADC ranges so that rounding and saturation both happen; one partial tile.
     for (sp, cfg) in [
         (spec(16, 8.0, -64, 63, 8), Conv2dCfg { stride: 1, padding: 1 }),
         (spec(16, 8.0, -64, 63, 8), Conv2dCfg { stride: 2, padding: 1 }),
         (spec(7, 2.0, -100, 90, 1), Conv2dCfg { stride: 1, padding: 1 }), // bit-serial
         (spec(10, 4.0, -60, 60, 2), Conv2dCfg { stride: 1, padding: 0 }), // 2 bits a cycle
+        (wide(12, 12), Conv2dCfg { stride: 1, padding: 1 }),              // 12 bits at once
+        (wide(16, 16), Conv2dCfg { stride: 1, padding: 1 }),              // 16 bits at once
+        (wide(12, 6), Conv2dCfg { stride: 1, padding: 0 }),               // 2 cycles of 6 bits
     ] {
+        let grid = ActGrid::new(-0.2, 1.5, sp.input_bits);
         let x = on_grid(&[2, 5, 6, 6], grid, 1);
         let w = random(&[3, 5, 3, 3], 2);
         let b = random(&[3], 3);

@@ -169,8 +169,8 @@ impl MacroSpec {
                     let b = small(v, 1, 16)? as u32;
                     (m.adc.kmin, m.adc.kmax) = (-(1i32 << (b - 1)), (1i32 << (b - 1)) - 1);
                 }
-                "kmin" => m.adc.kmin = small(v, -(1 << 30), 1 << 30)? as i32,
-                "kmax" => m.adc.kmax = small(v, -(1 << 30), 1 << 30)? as i32,
+                "kmin" => m.adc.kmin = small(v, -(1 << 24) + 1, (1 << 24) - 1)? as i32,
+                "kmax" => m.adc.kmax = small(v, -(1 << 24) + 1, (1 << 24) - 1)? as i32,
                 "step" => {
                     let s: f32 = v.parse().map_err(|_| (line, format!("step = '{v}' is not a number")))?;
                     if !(s.is_normal() && s > 0.0) {

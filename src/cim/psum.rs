@@ -52,11 +52,12 @@ impl PackedWeights {
         PackedWeights { words, cout, quads }
     }
 
-    /// Tile `t`: `cout × quads` words.
+    /// Tile `t`: `cout` rows of [`Self::quads`] words.
     pub fn tile(&self, t: usize) -> &[i32] {
         &self.words[t * self.cout * self.quads..][..self.cout * self.quads]
     }
 
+    /// Words per channel and tile: the macro's rows, four to a word.
     pub fn quads(&self) -> usize {
         self.quads
     }
@@ -123,20 +124,22 @@ impl Path {
     }
 }
 
-/// `out[co·cols + j] (+)= Σ_q dot4(a[q·cols + j], w[co·quads + q])` for `cout` channels:
-/// one byte plane's product, written over `out` (`accumulate = false`) or added to it.
+/// `out[co·cols + j] (+)= Σ_{q < quads} dot4(a[q·cols + j], w[co·ws + q])` for `cout`
+/// channels: one byte plane's product, written over `out` (`accumulate = false`) or added
+/// to it. `ws` is the row stride of `w` ([`PackedWeights::quads`]); `quads` may be fewer,
+/// for a tile shorter than the macro's rows (the rest of its words are zero).
 #[allow(clippy::too_many_arguments)]
-pub fn plane_product(path: Path, w: &[i32], a: &[u32], cout: usize, quads: usize, cols: usize, out: &mut [i32], accumulate: bool) {
-    assert!(w.len() >= cout * quads && a.len() >= quads * cols && out.len() >= cout * cols);
+pub fn plane_product(path: Path, w: &[i32], ws: usize, a: &[u32], cout: usize, quads: usize, cols: usize, out: &mut [i32], accumulate: bool) {
+    assert!(quads <= ws && (cout == 0 || w.len() >= (cout - 1) * ws + quads) && a.len() >= quads * cols && out.len() >= cout * cols);
     assert!(path.supported(), "partial-sum path {path:?} is not supported by this CPU");
     match path {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: supported (checked above); the slices hold the sizes asserted above.
-        Path::Avx512Vnni => unsafe { x86::vnni(w, a, cout, quads, cols, out, accumulate) },
+        Path::Avx512Vnni => unsafe { x86::vnni(w, ws, a, cout, quads, cols, out, accumulate) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Path::Avx2 => unsafe { x86::avx2(w, a, cout, quads, cols, out, accumulate) },
-        _ => portable(w, a, cout, quads, cols, out, 0, accumulate),
+        Path::Avx2 => unsafe { x86::avx2(w, ws, a, cout, quads, cols, out, accumulate) },
+        _ => portable(w, ws, a, cout, quads, cols, out, 0, accumulate),
     }
 }
 
@@ -148,13 +151,13 @@ fn dot4(a: u32, w: i32) -> i32 {
 
 /// Columns `j0..cols` of every channel, in i32 loops (also the vector paths' tails).
 #[allow(clippy::too_many_arguments)]
-fn portable(w: &[i32], a: &[u32], cout: usize, quads: usize, cols: usize, out: &mut [i32], j0: usize, accumulate: bool) {
+fn portable(w: &[i32], ws: usize, a: &[u32], cout: usize, quads: usize, cols: usize, out: &mut [i32], j0: usize, accumulate: bool) {
     for co in 0..cout {
         let o = &mut out[co * cols + j0..(co + 1) * cols];
         if !accumulate {
             o.fill(0);
         }
-        for (q, &wq) in w[co * quads..(co + 1) * quads].iter().enumerate() {
+        for (q, &wq) in w[co * ws..co * ws + quads].iter().enumerate() {
             for (ov, &av) in o.iter_mut().zip(&a[q * cols + j0..(q + 1) * cols]) {
                 *ov += dot4(av, wq);
             }
@@ -170,19 +173,20 @@ mod x86 {
     const R: usize = 8;
 
     /// # Safety
-    /// AVX-512 F + VNNI; `w`, `a`, `out` hold `cout·quads`, `quads·cols`, `cout·cols`.
+    /// AVX-512 F + VNNI; `w`, `a`, `out` hold `(cout − 1)·ws + quads`, `quads·cols`,
+    /// `cout·cols` (checked by `plane_product`).
     #[target_feature(enable = "avx512f,avx512vnni")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn vnni(w: &[i32], a: &[u32], cout: usize, quads: usize, cols: usize, out: &mut [i32], accumulate: bool) {
+    pub(super) unsafe fn vnni(w: &[i32], ws: usize, a: &[u32], cout: usize, quads: usize, cols: usize, out: &mut [i32], accumulate: bool) {
         let mut co0 = 0;
         while co0 < cout {
             let rows = R.min(cout - co0);
             // SAFETY: forwarded (rows ≤ R channels from co0 < cout).
             unsafe {
                 if rows == R {
-                    vnni_block::<R>(w, a, co0, quads, cols, out, accumulate)
+                    vnni_block::<R>(w, ws, a, co0, quads, cols, out, accumulate)
                 } else {
-                    (co0..cout).for_each(|c| vnni_block::<1>(w, a, c, quads, cols, out, accumulate))
+                    (co0..cout).for_each(|c| vnni_block::<1>(w, ws, a, c, quads, cols, out, accumulate))
                 }
             }
             co0 += rows;
@@ -192,7 +196,7 @@ mod x86 {
     /// Channels `co0..co0 + N`, every column, 32 at a time (masked at the end).
     #[target_feature(enable = "avx512f,avx512vnni")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn vnni_block<const N: usize>(w: &[i32], a: &[u32], co0: usize, quads: usize, cols: usize, out: &mut [i32], accumulate: bool) {
+    unsafe fn vnni_block<const N: usize>(w: &[i32], ws: usize, a: &[u32], co0: usize, quads: usize, cols: usize, out: &mut [i32], accumulate: bool) {
         let mut j0 = 0;
         while j0 < cols {
             let n = (cols - j0).min(32);
@@ -205,7 +209,7 @@ mod x86 {
                 // SAFETY: the unmasked lanes are columns j0..j0 + n < cols of row q.
                 let (b0, b1) = unsafe { (_mm512_maskz_loadu_epi32(m0, p), _mm512_maskz_loadu_epi32(m1, p.wrapping_add(16))) };
                 for (i, acc) in acc.iter_mut().enumerate() {
-                    let wv = _mm512_set1_epi32(w[(co0 + i) * quads + q]);
+                    let wv = _mm512_set1_epi32(w[(co0 + i) * ws + q]);
                     acc[0] = _mm512_dpbusd_epi32(acc[0], b0, wv);
                     acc[1] = _mm512_dpbusd_epi32(acc[1], b1, wv);
                 }
@@ -233,7 +237,7 @@ mod x86 {
     /// AVX2; sizes as for [`vnni`].
     #[target_feature(enable = "avx2")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn avx2(w: &[i32], a: &[u32], cout: usize, quads: usize, cols: usize, out: &mut [i32], accumulate: bool) {
+    pub(super) unsafe fn avx2(w: &[i32], ws: usize, a: &[u32], cout: usize, quads: usize, cols: usize, out: &mut [i32], accumulate: bool) {
         const R2: usize = 4;
         let full = cols / 8 * 8;
         // Lane order after the final `hadd` of (columns 0–3, columns 4–7): 0 1 4 5 | 2 3 6 7.
@@ -246,14 +250,14 @@ mod x86 {
                 let mut lo = [_mm256_setzero_si256(); R2];
                 let mut hi = [_mm256_setzero_si256(); R2];
                 for q in 0..quads {
-                    // SAFETY: columns j0..j0 + 8 ≤ cols of row q.
+                    // SAFETY: columns j0..j0 + 8, within 0..full ≤ cols, of row q.
                     let (alo, ahi) = unsafe {
                         let p = a.as_ptr().add(q * cols + j0) as *const __m128i;
                         (_mm256_cvtepu8_epi16(_mm_loadu_si128(p)), _mm256_cvtepu8_epi16(_mm_loadu_si128(p.add(1))))
                     };
                     for i in 0..rows {
                         // The word's four signed bytes as i16, repeated for four columns.
-                        let wv = _mm256_cvtepi8_epi16(_mm_set1_epi32(w[(co0 + i) * quads + q]));
+                        let wv = _mm256_cvtepi8_epi16(_mm_set1_epi32(w[(co0 + i) * ws + q]));
                         lo[i] = _mm256_add_epi32(lo[i], _mm256_madd_epi16(alo, wv));
                         hi[i] = _mm256_add_epi32(hi[i], _mm256_madd_epi16(ahi, wv));
                     }
@@ -271,7 +275,7 @@ mod x86 {
             co0 += rows;
         }
         if full < cols {
-            super::portable(w, a, cout, quads, cols, out, full, accumulate);
+            super::portable(w, ws, a, cout, quads, cols, out, full, accumulate);
         }
     }
 }
@@ -314,10 +318,11 @@ mod tests {
             let x: Vec<f32> = (0..k * cols).map(|_| match next() % 4 { 0 => 0, 1 => input_max, _ => (next() % (input_max as u64 + 1)) as u32 } as f32).collect();
             let wc: Vec<f32> = (0..cout * k).map(|_| match next() % 4 { 0 => -128, 1 => 127, _ => (next() % 256) as i32 - 128 } as f32).collect();
             let packed = PackedWeights::new(&wc, cout, k, rows);
-            let quads = packed.quads();
+            let ws = packed.quads();
             let planes = if input_max > 255 { 2 } else { 1 };
             for t in 0..k.div_ceil(rows) {
                 let (r0, r1) = (t * rows, ((t + 1) * rows).min(k));
+                let quads = (r1 - r0).div_ceil(4);
                 let want: Vec<i64> = (0..cout * cols)
                     .map(|e| (r0..r1).map(|r| wc[(e / cols) * k + r] as i64 * x[r * cols + e % cols] as i64).sum())
                     .collect();
@@ -331,7 +336,7 @@ mod tests {
                     for plane in 0..planes {
                         pack_codes(&src, plane, quads, &mut words, &mut staging);
                         let mut part = vec![7i32; cout * cols];
-                        plane_product(path, packed.tile(t), &words, cout, quads, cols, &mut part, false);
+                        plane_product(path, packed.tile(t), ws, &words, cout, quads, cols, &mut part, false);
                         total.iter_mut().zip(&part).for_each(|(s, &p)| *s += p << (8 * plane));
                     }
                     for (e, (&got, &w)) in total.iter().zip(&want).enumerate() {
@@ -340,9 +345,9 @@ mod tests {
                     // Accumulating adds onto what is there.
                     pack_codes(&src, 0, quads, &mut words, &mut staging);
                     let mut twice = vec![0i32; cout * cols];
-                    plane_product(path, packed.tile(t), &words, cout, quads, cols, &mut twice, false);
+                    plane_product(path, packed.tile(t), ws, &words, cout, quads, cols, &mut twice, false);
                     let once = twice.clone();
-                    plane_product(path, packed.tile(t), &words, cout, quads, cols, &mut twice, true);
+                    plane_product(path, packed.tile(t), ws, &words, cout, quads, cols, &mut twice, true);
                     assert!(twice.iter().zip(&once).all(|(&t2, &o)| t2 == 2 * o), "{path:?} accumulates");
                 }
             }

@@ -1,6 +1,6 @@
 //! Scratch buffers for values that are written whole before they are read: a
 //! convolution's patch matrix, the patch gradient a data-gradient product writes, a CIM
-//! layer's partial sums. A fresh `vec![0.0; n]` would zero them first — measured at a
+//! layer's staged rows and slope-weighted gradients. A fresh `vec![0.0; n]` would zero them first — measured at a
 //! tenth of a ResNet20 CIM training step in `memset`, for buffers of up to 75 MB per
 //! layer that are overwritten at once. A [`Scratch`] instead reuses a buffer an earlier
 //! call on the same thread left behind, as it is.
@@ -12,9 +12,12 @@
 use std::cell::RefCell;
 use std::ops::{Deref, DerefMut};
 
-/// Buffers kept per thread; more than a group's simultaneous scratch needs (two or
-/// three), few enough that the memory they hold stays that of one group's work.
+/// Buffers kept per thread: a group's simultaneous scratch needs (two to four).
 const POOLED: usize = 4;
+/// Bytes kept per thread at most (a VGG8 group's patch matrix and its gradient, ~19 MB
+/// each, fit); a buffer that would exceed it is freed instead of pooled, so a machine
+/// with many threads does not hold many copies of the largest layer's buffers.
+const POOLED_BYTES: usize = 64 << 20;
 
 thread_local! {
     static POOL: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
@@ -30,14 +33,18 @@ impl Scratch {
     /// A buffer of `len` floats whose contents are whatever an earlier user left: write
     /// every element before reading it.
     pub fn take(len: usize) -> Scratch {
-        // The largest pooled buffer, so that sizes settle after the first step.
+        // The smallest pooled buffer that fits, else the largest (grown): sizes settle
+        // after the first step, and small requests do not take the large buffers.
         let mut buf = POOL
             .with_borrow_mut(|pool| {
-                let best = (0..pool.len()).max_by_key(|&i| pool[i].len())?;
-                Some(pool.swap_remove(best))
+                let fits = (0..pool.len()).filter(|&i| pool[i].len() >= len).min_by_key(|&i| pool[i].len());
+                let pick = fits.or_else(|| (0..pool.len()).max_by_key(|&i| pool[i].len()))?;
+                Some(pool.swap_remove(pick))
             })
             .unwrap_or_default();
         if buf.len() < len {
+            // Growing copies nothing: the old contents are unspecified anyway.
+            buf.clear();
             buf.resize(len, 0.0);
         }
         Scratch { buf, len }
@@ -62,10 +69,11 @@ impl Drop for Scratch {
         let buf = std::mem::take(&mut self.buf);
         // `try_with`: a buffer dropped while the thread's locals are torn down is freed.
         let _ = POOL.try_with(|pool| {
-            if let Ok(mut pool) = pool.try_borrow_mut()
-                && pool.len() < POOLED
-            {
-                pool.push(buf);
+            if let Ok(mut pool) = pool.try_borrow_mut() {
+                let held: usize = pool.iter().map(|b| b.len() * 4).sum();
+                if pool.len() < POOLED && held + buf.len() * 4 <= POOLED_BYTES {
+                    pool.push(buf);
+                }
             }
         });
     }
