@@ -26,16 +26,22 @@ use crate::rng::{key, normal, stream};
 /// nominal one.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct FixedPattern {
+    /// Relative gain spread (σ) of each ADC column around its chip's gain (0.03: 3 %).
     pub column_gain: f64,
+    /// Offset spread of each ADC column within a chip, in ADC codes.
     pub column_offset: f64,
+    /// Relative gain spread shared by all columns of a chip (from chip to chip).
     pub chip_gain: f64,
+    /// Offset spread shared by all columns of a chip, in ADC codes.
     pub chip_offset: f64,
 }
 
 impl FixedPattern {
+    /// Whether every spread is zero (every chip is the nominal one).
     pub fn is_zero(&self) -> bool {
         *self == FixedPattern::default()
     }
+    /// Errors unless every spread is finite and ≥ 0 and both gain spreads are below 0.5.
     pub fn validate(&self) -> std::result::Result<(), String> {
         let all = [
             self.column_gain,
@@ -53,6 +59,7 @@ impl FixedPattern {
         }
         Ok(())
     }
+    /// The spreads in one line, for people: gains in percent, offsets in codes.
     pub fn describe(&self) -> String {
         if self.is_zero() {
             return "no fixed pattern (every chip and column nominal)".into();
@@ -72,6 +79,7 @@ const CHIP_TAG: u64 = 0xC41F;
 /// One chip: the gain and offset of each of its ADC columns.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Chip {
+    /// The chip seed it was drawn from (for a chip given by columns, the seed given).
     pub seed: u64,
     gain: Vec<f32>,
     offset: Vec<f32>,
@@ -113,6 +121,7 @@ impl Chip {
     pub fn column(&self, adc: usize) -> (f32, f32) {
         (self.gain[adc], self.offset[adc])
     }
+    /// Number of ADC columns.
     pub fn adcs(&self) -> usize {
         self.gain.len()
     }

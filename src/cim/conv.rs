@@ -289,7 +289,7 @@ pub fn cim_conv2d(tape: &mut Tape, x: Var, w: Var, bias: Option<Var>, cfg: Conv2
     let bias_v: Option<Vec<f32>> = bias.map(|b| tape.value(b).data().to_vec());
     let gs = par::image_group(g.n, g.pixels(), conv2d::TARGET_COLUMNS);
     let pix = g.pixels();
-    let mut y = vec![0.0f32; g.n * g.out_size()];
+    let mut y = par::zeros(g.n * g.out_size());
     let codes: Vec<Option<Vec<u16>>> = y
         .par_chunks_mut(gs * g.out_size())
         .zip(qx.par_chunks(gs * g.in_size()))
@@ -360,7 +360,7 @@ fn statistical_backward(s: &Saved, codes: &[Vec<u16>], slopes: &SlopeSource, x: 
     // Cycle c's share of a tile's slope: the weight of its bits in the input code.
     let share: Vec<f32> = (0..cycles).map(|c| ((1u64 << b) - 1) as f32 * 2f32.powi((c as u32 * b) as i32) / full).collect();
     let (k, pix, cout, gs) = (g.k(), g.pixels(), g.cout, s.group);
-    let mut dx = if want_dx { vec![0.0f32; g.n * g.in_size()] } else { Vec::new() };
+    let mut dx = if want_dx { par::zeros(g.n * g.in_size()) } else { Vec::new() };
     let dx_chunks = par::optional_chunks(&mut dx, gs * g.in_size(), g.n.div_ceil(gs), want_dx);
     // Per group: (dW partial over the (x̂ − lo) part, Σ dY per (channel, pixel), dbias).
     let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = dx_chunks

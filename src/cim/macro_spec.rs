@@ -28,8 +28,11 @@ use crate::{Error, Result};
 /// The ADC: ideal code range and the partial-sum value of one code step.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Adc {
+    /// The lowest ideal code.
     pub kmin: i32,
+    /// The highest ideal code.
     pub kmax: i32,
+    /// The partial-sum value of one code (code j reads out as `j · step`); positive.
     pub step: f32,
 }
 
@@ -40,13 +43,17 @@ impl Adc {
     pub fn code(&self, psum: f32) -> i32 {
         ((psum * (1.0 / self.step)).round_ties_even() as i32).clamp(self.kmin, self.kmax)
     }
+    /// Number of codes, `kmax − kmin + 1` (0 for an empty range).
     pub fn levels(&self) -> usize {
         (self.kmax as i64 - self.kmin as i64 + 1).max(0) as usize
     }
 }
 
+/// A CIM macro: its tile length, input and weight code widths, cycles, ADC and array
+/// organisation (see the module docs).
 #[derive(Clone, Debug, PartialEq)]
 pub struct MacroSpec {
+    /// The macro's name, shown in reports and recorded in checkpoints and exports.
     pub name: String,
     /// Activated rows: the tile length along the reduction axis.
     pub rows: usize,
@@ -56,6 +63,7 @@ pub struct MacroSpec {
     pub weight_bits: u32,
     /// Input bits applied per cycle (= `input_bits`: one readout per tile).
     pub input_bits_per_cycle: u32,
+    /// The ADC each tile's (or cycle's) partial sum is read through.
     pub adc: Adc,
     /// Arrays of `rows` rows (tiles of one output channel go to different arrays).
     pub arrays: usize,
@@ -199,6 +207,8 @@ impl MacroSpec {
         )
     }
 
+    /// The macro of a preset name: `default` (or `dnat-w4a8`), `paper-chip`, `bit-serial`;
+    /// errors on any other name.
     pub fn preset(name: &str) -> Result<Self> {
         match name {
             "default" | "dnat-w4a8" => Ok(MacroSpec::default()),
@@ -208,6 +218,9 @@ impl MacroSpec {
         }
     }
 
+    /// Checks the description is consistent (bit widths in range, bits per cycle dividing input
+    /// bits, 1..=2^20 ADC columns, kmin ≤ kmax with a positive step, codes and partial sums
+    /// exact in f32); the error names the macro and the problem.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::invalid(format!("macro '{}': {m}", self.name)));
         if self.rows == 0 {
@@ -240,6 +253,7 @@ impl MacroSpec {
         Ok(())
     }
 
+    /// Readout cycles per tile: `input_bits / input_bits_per_cycle`.
     pub fn cycles(&self) -> u32 {
         self.input_bits / self.input_bits_per_cycle
     }
@@ -255,6 +269,7 @@ impl MacroSpec {
     pub fn weight_max(&self) -> i32 {
         if self.weight_bits == 1 { 1 } else { (1 << (self.weight_bits - 1)) - 1 }
     }
+    /// The smallest weight code: `−2^(weight_bits − 1)`, or −1 for one bit.
     pub fn weight_min(&self) -> i32 {
         if self.weight_bits == 1 { -1 } else { -(1 << (self.weight_bits - 1)) }
     }
@@ -270,9 +285,11 @@ impl MacroSpec {
     pub fn adc_of(&self, tile: usize, channel: usize) -> usize {
         (tile % self.arrays) * self.columns + channel % self.columns
     }
+    /// Number of tiles a reduction axis of length `k` is cut into: ⌈k / rows⌉.
     pub fn tiles(&self, k: usize) -> usize {
         k.div_ceil(self.rows)
     }
+    /// The whole description in one line, for people.
     pub fn describe(&self) -> String {
         format!(
             "{}: {} rows, {}-bit inputs ({} per cycle), {}-bit weights, ADC codes {}..={} step {}, {} arrays × {} ADC columns",

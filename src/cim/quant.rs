@@ -19,30 +19,38 @@ use crate::engine::{Tape, Tensor, Var};
 use crate::{Error, Result};
 use rayon::prelude::*;
 
+/// The narrowest E-PACT range `hi − lo`: a smaller `hi` is raised to `lo + MIN_RANGE`.
 pub const MIN_RANGE: f32 = 1e-3;
 const CHUNK: usize = 1 << 14;
 
 /// The activation grid a CIM layer reads: value of code q is `lo + step·q`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ActGrid {
+    /// The value of code 0 (the lower clipping bound).
     pub lo: f32,
+    /// The value between neighbouring codes, `(hi − lo) / max_code`.
     pub step: f32,
+    /// The largest code, `2^bits − 1`.
     pub max_code: u32,
     /// 1 / step (codes are computed by multiplication: it vectorises, a division does not).
     inv_step: f32,
 }
 
 impl ActGrid {
+    /// The grid of `bits`-bit codes over `[lo, hi]` (`hi` raised to `lo + MIN_RANGE` if below it).
     pub fn new(lo: f32, hi: f32, bits: u32) -> Self {
         let hi = hi.max(lo + MIN_RANGE);
         let max_code = (1u32 << bits) - 1;
         let step = (hi - lo) / max_code as f32;
         ActGrid { lo, step, max_code, inv_step: 1.0 / step }
     }
+    /// The code of `x`: `(x − lo) / step` rounded (ties to even) and clamped to
+    /// `0..=max_code`, as an integer-valued f32.
     #[inline]
     pub fn code(&self, x: f32) -> f32 {
         ((x - self.lo) * self.inv_step).round_ties_even().clamp(0.0, self.max_code as f32)
     }
+    /// The value of code `q`: `lo + step·q`.
     #[inline]
     pub fn value(&self, q: f32) -> f32 {
         self.lo + self.step * q
@@ -62,7 +70,7 @@ pub fn epact(tape: &mut Tape, x: Var, lo: Var, hi: Var, bits: Option<u32>) -> Re
     let (l, h) = (scalar(tape, lo, "the lower bound")?, scalar(tape, hi, "the upper bound")?);
     let h = h.max(l + MIN_RANGE);
     let xv = tape.value(x);
-    let mut y = vec![0.0f32; xv.len()];
+    let mut y = crate::engine::par::zeros(xv.len());
     let grid = bits.map(|b| ActGrid::new(l, h, b));
     y.par_chunks_mut(CHUNK).zip(xv.data().par_chunks(CHUNK)).for_each(|(y, x)| match grid {
         Some(g) => y.iter_mut().zip(x).for_each(|(o, &v)| *o = g.value(g.code(v.clamp(l, h)))),

@@ -15,6 +15,7 @@ use std::fs::File;
 use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
+/// Bytes of one image: 3 channels of 32×32 u8 pixels, CHW (each channel row-major).
 pub const IMAGE_BYTES: usize = 3 * 32 * 32;
 
 /// The most an archive may inflate to (the CIFAR tars are ~180 MB).
@@ -30,13 +31,17 @@ pub const KNOWN_ARCHIVES: [(&str, &str); 3] = [
 /// (file name, records it must hold) of one split.
 type RecordFiles = Vec<(&'static str, usize)>;
 
+/// Which CIFAR binary layout to read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DatasetKind {
+    /// CIFAR-10: 10 classes, one label byte per record.
     Cifar10,
+    /// CIFAR-100: records carry a coarse and a fine label byte; the 100 fine classes are used.
     Cifar100,
 }
 
 impl DatasetKind {
+    /// The kind named `cifar10` or `cifar100` (as `--dataset` takes it); errors on any other name.
     pub fn parse(s: &str) -> Result<Self> {
         match s {
             "cifar10" => Ok(DatasetKind::Cifar10),
@@ -44,19 +49,20 @@ impl DatasetKind {
             _ => Err(Error::invalid(format!("unknown dataset '{s}' (known: cifar10, cifar100)"))),
         }
     }
+    /// `"cifar10"` or `"cifar100"`: the name [`DatasetKind::parse`] reads.
     pub fn name(self) -> &'static str {
         match self {
             DatasetKind::Cifar10 => "cifar10",
             DatasetKind::Cifar100 => "cifar100",
         }
     }
+    /// Number of classes: 10 or 100.
     pub fn num_classes(self) -> usize {
         match self {
             DatasetKind::Cifar10 => 10,
             DatasetKind::Cifar100 => 100,
         }
     }
-    /// The data set of a network with `classes` outputs (CIFAR-100 for 100, else CIFAR-10).
     /// The data set a model with `classes` outputs is evaluated on (`None`: no data set
     /// dnat reads has that many classes).
     pub fn for_classes(classes: usize) -> Option<Self> {
@@ -75,9 +81,12 @@ impl DatasetKind {
             DatasetKind::Cifar100 => 2,
         }
     }
+    /// Bytes of one record in the binary files: the label byte(s), then the image
+    /// (3,073 for CIFAR-10, 3,074 for CIFAR-100).
     pub fn record_bytes(self) -> usize {
         self.label_bytes() + IMAGE_BYTES
     }
+    /// The folder that holds the record files (`cifar-10-batches-bin` or `cifar-100-binary`).
     pub fn folder(self) -> &'static str {
         match self {
             DatasetKind::Cifar10 => "cifar-10-batches-bin",
@@ -105,17 +114,22 @@ impl DatasetKind {
 /// Images (u8, CHW per image, back to back) and labels of one split.
 #[derive(Clone, Debug)]
 pub struct Split {
+    /// The pixels, [`IMAGE_BYTES`] per image, images back to back in record order.
     pub images: Vec<u8>,
+    /// Each image's class, `0..num_classes` (CIFAR-100: the fine label).
     pub labels: Vec<u8>,
 }
 
 impl Split {
+    /// Number of images.
     pub fn len(&self) -> usize {
         self.labels.len()
     }
+    /// Whether the split holds no images.
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
+    /// The pixels of image `i` (CHW, [`IMAGE_BYTES`] bytes); panics when `i` is out of range.
     pub fn image(&self, i: usize) -> &[u8] {
         &self.images[i * IMAGE_BYTES..(i + 1) * IMAGE_BYTES]
     }
@@ -130,6 +144,7 @@ impl Split {
 /// What was read, for the run's output and reports.
 #[derive(Clone, Debug)]
 pub struct Provenance {
+    /// The archive read, or the folder holding the record files.
     pub path: PathBuf,
     /// sha256 of the archive, or of the record files in order for a folder.
     pub sha256: String,
@@ -137,15 +152,21 @@ pub struct Provenance {
     pub description: String,
 }
 
+/// A CIFAR data set, read and validated: its train and test splits and where they came from.
 #[derive(Clone, Debug)]
 pub struct Dataset {
+    /// Which layout it was read as.
     pub kind: DatasetKind,
+    /// The training split (50,000 images as read).
     pub train: Split,
+    /// The test split (10,000 images).
     pub test: Split,
+    /// What was read, and its checksum.
     pub provenance: Provenance,
 }
 
 impl Dataset {
+    /// Number of classes: 10 or 100.
     pub fn num_classes(&self) -> usize {
         self.kind.num_classes()
     }

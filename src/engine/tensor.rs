@@ -2,6 +2,7 @@
 
 use crate::{Error, Result};
 
+/// A dense f32 tensor: a shape and its elements in row-major order (last axis fastest).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Tensor {
     shape: Vec<usize>,
@@ -9,9 +10,11 @@ pub struct Tensor {
 }
 
 impl Tensor {
+    /// A tensor of `shape` filled with 0.
     pub fn zeros(shape: &[usize]) -> Self {
-        Tensor { shape: shape.to_vec(), data: vec![0.0; shape.iter().product()] }
+        Tensor { shape: shape.to_vec(), data: crate::engine::par::zeros(shape.iter().product()) }
     }
+    /// A tensor of `shape` filled with `v`.
     pub fn full(shape: &[usize], v: f32) -> Self {
         Tensor { shape: shape.to_vec(), data: vec![v; shape.iter().product()] }
     }
@@ -31,24 +34,31 @@ impl Tensor {
         debug_assert_eq!(shape.iter().product::<usize>(), data.len());
         Tensor { shape: shape.to_vec(), data }
     }
+    /// A rank-0 tensor (shape `[]`) holding `v`.
     pub fn scalar(v: f32) -> Self {
         Tensor { shape: vec![], data: vec![v] }
     }
+    /// The size of each axis.
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
+    /// Number of elements (the product of the shape).
     pub fn len(&self) -> usize {
         self.data.len()
     }
+    /// Whether the tensor has no elements.
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
     }
+    /// The elements, row-major.
     pub fn data(&self) -> &[f32] {
         &self.data
     }
+    /// The elements, row-major, mutably.
     pub fn data_mut(&mut self) -> &mut [f32] {
         &mut self.data
     }
+    /// The elements, row-major, taken out of the tensor.
     pub fn into_data(self) -> Vec<f32> {
         self.data
     }
@@ -72,6 +82,7 @@ impl Tensor {
             *a += *b;
         }
     }
+    /// Sets every element to `v`.
     pub fn fill(&mut self, v: f32) {
         self.data.iter_mut().for_each(|x| *x = v);
     }

@@ -72,36 +72,57 @@ const MAX_VALUE_LEN: usize = 1 << 30;
 /// The input every exported network is traced on: a CIFAR image (the data sets dnat reads).
 pub const INPUT: [u32; 3] = [3, 32, 32];
 
+/// A trained network in the deployable format: its input, normalisation, macro and graph
+/// of ops (the file layout is in the module docs).
 #[derive(Clone, Debug, PartialEq)]
 pub struct DeployModel {
+    /// The architecture's registry name (e.g. `resnet20`).
     pub arch: String,
+    /// Number of logits the last node produces.
     pub num_classes: u32,
     /// (channels, height, width) of one input image.
     pub input: [u32; 3],
+    /// How pixels become the input value: `x = (pixel/255 − mean[c]) / std[c]`.
     pub norm: Normalize,
+    /// The macro the layers' codes are laid out for. Its array organisation is not stored:
+    /// a loaded model has the default's `arrays` and `columns`.
     pub macro_spec: MacroSpec,
     /// In forward order; node `i` produces value `i + 1` (value 0: the input).
     pub nodes: Vec<DeployNode>,
 }
 
+/// One node of the graph: the values it reads and the op it computes.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DeployNode {
     /// Value ids read, each ≤ this node's index.
     pub inputs: Vec<u32>,
+    /// What the node computes.
     pub op: DeployOp,
 }
 
+/// An op of the deployable graph; each value is one image's, without a batch axis.
 #[derive(Clone, Debug, PartialEq)]
 pub enum DeployOp {
+    /// A 2-D convolution of a (cin, H, W) value, with the batchnorm that follows it folded
+    /// in when that batchnorm is the only reader of its output.
     Conv(DeployLayer),
     /// A layer with `kernel = 1`, `stride = 1`, `padding = 0` on a (cin) vector.
     Linear(DeployLayer),
+    /// A batchnorm not folded into a layer: `y = scale[c]·x + shift[c]` per channel.
     BatchNorm { scale: Vec<f32>, shift: Vec<f32> },
+    /// max(x, 0), elementwise.
     Relu,
+    /// The elementwise sum of two values of one shape (a residual connection).
     Add,
+    /// The maximum over `kernel`×`kernel` windows every `stride` pixels, no padding: output
+    /// side `(side − kernel)/stride + 1`.
     MaxPool { kernel: u32, stride: u32 },
+    /// (C, H, W) → (C): the mean of each channel.
     GlobalAvgPool,
+    /// (C, H, W) → (C·H·W), in (c, y, x) order.
     Flatten,
+    /// The ResNet option-A shortcut: every `stride`-th pixel (side ⌈side/stride⌉), channels
+    /// zero-padded to `cout`, (cout − cin)/2 of them before the input's.
     SubsamplePad { stride: u32, cout: u32 },
 }
 
@@ -125,20 +146,34 @@ impl DeployOp {
     }
 }
 
+/// A conv or linear layer of the graph: its shape and its weights (on the macro or digital).
 #[derive(Clone, Debug, PartialEq)]
 pub struct DeployLayer {
+    /// PyTorch `state_dict` prefix of the layer, e.g. `layer1.0.conv1`.
     pub name: String,
+    /// Output channels (features, for a linear layer).
     pub cout: u32,
+    /// Input channels (features, for a linear layer).
     pub cin: u32,
+    /// Kernel side, in pixels (1 for a linear layer).
     pub kernel: u32,
+    /// Stride, in pixels (1 for a linear layer).
     pub stride: u32,
+    /// Zero padding on each side, in pixels (0 for a linear layer).
     pub padding: u32,
+    /// The weights and how they are applied.
     pub body: Body,
 }
 
+/// A layer's weights: signed codes on the macro with their float epilogue, or f32
+/// weights computed digitally; either way with the batchnorm that follows, if any, folded in.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Body {
+    /// On the macro: the E-PACT input bounds `lo`, `hi`; `tiles` = ⌈K / rows⌉; weight `codes`
+    /// laid out `[cout][tiles][rows]` (rows past K hold 0); and per output channel the weight
+    /// scale s_w and the epilogue's `scale` and `shift` (formulas in the module docs).
     Macro { lo: f32, hi: f32, tiles: u32, codes: Vec<i8>, weight_scale: Vec<f32>, scale: Vec<f32>, shift: Vec<f32> },
+    /// Digital: `weight` row-major `[cout][K]` with K in (cin, ky, kx) order, and `bias` `[cout]`.
     Digital { weight: Vec<f32>, bias: Vec<f32> },
 }
 
@@ -462,6 +497,8 @@ impl DeployModel {
         Ok(shapes)
     }
 
+    /// The file's bytes: the payload of the module docs in the shared frame (magic
+    /// `DNATDEPL`, version 2, length, CRC-32, zlib).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut p = Vec::new();
         put_str(&mut p, &self.arch);
@@ -523,15 +560,20 @@ impl DeployModel {
         framed::encode(MAGIC, VERSION, &p)
     }
 
+    /// Reads a model from a file's bytes, checking the frame, every field and every shape;
+    /// the error message says what is wrong (magic, version, corruption, a node that does not fit).
     pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Self, String> {
         let (_, payload) = framed::decode(bytes, MAGIC, "deployable model", VERSION)?;
         parse(&payload).map_err(|e| format!("corrupt deployable model: {e}"))
     }
 
+    /// Writes the file to `path` atomically (a temporary file renamed over it).
     pub fn save(&self, path: &Path) -> Result<()> {
         atomic::write(path, &self.to_bytes())
     }
 
+    /// Reads the file at `path`; the error names the file, and says whether it could not be
+    /// read or is not a valid deployable model.
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         Self::from_bytes(&bytes).map_err(|m| Error::format(path, m))

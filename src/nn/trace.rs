@@ -17,13 +17,22 @@ use std::collections::HashMap;
 /// One op of a traced pass.
 #[derive(Clone, Debug)]
 pub enum Node {
+    /// A 2-D convolution of an NCHW value: `weight` (cout, cin, kernel, kernel), the optional
+    /// `bias`, stride and padding in `cfg`, and `cim` the layer's macro slot when it is
+    /// mapped onto the macro (`None`: digital).
     Conv { weight: ParamId, bias: Option<ParamId>, cfg: Conv2dCfg, cim: Option<MacroSlot> },
+    /// A fully connected layer on an (N, fin) value: `weight` (fout, fin), the optional
+    /// `bias`, and `cim` the layer's macro slot when it is mapped onto the macro (`None`: digital).
     Linear { weight: ParamId, bias: Option<ParamId>, cim: Option<MacroSlot> },
+    /// A batchnorm layer (its parameters and running-statistics buffers).
     BatchNorm(BatchNorm2d),
+    /// max(x, 0), elementwise.
     Relu,
     /// Elementwise sum of two values of one shape (a residual connection).
     Add,
+    /// The maximum over `kernel`×`kernel` windows every `stride` pixels (no padding).
     MaxPool { kernel: usize, stride: usize },
+    /// (N, C, H, W) → (N, C): the mean over each channel's pixels.
     GlobalAvgPool,
     /// (N, C, H, W) → (N, C·H·W).
     Flatten,
@@ -33,6 +42,7 @@ pub enum Node {
 }
 
 impl Node {
+    /// The kind of op in words ("conv", "max-pool", …), for messages.
     pub fn name(&self) -> &'static str {
         match self {
             Node::Conv { .. } => "conv",
@@ -52,13 +62,16 @@ impl Node {
 /// value `i + 1`.
 #[derive(Clone, Debug)]
 pub struct TracedOp {
+    /// The op.
     pub node: Node,
+    /// The value ids it reads, in order ([`UNKNOWN`] for a value no traced op produced).
     pub inputs: Vec<usize>,
 }
 
 /// The graph of one forward pass (see the module docs).
 #[derive(Debug, Default)]
 pub struct Trace {
+    /// The traced ops in the order they ran; op `i` produces value `i + 1`.
     pub ops: Vec<TracedOp>,
     /// Value id of each tape variable a traced op produced (the input is value 0).
     ids: HashMap<Var, usize>,

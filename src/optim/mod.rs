@@ -11,13 +11,19 @@ pub use schedule::Schedule;
 use crate::engine::{ParamGroup, ParamStore, Tensor};
 use crate::{Error, Result};
 
+/// The update rule and its hyperparameters.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum OptimizerKind {
+    /// SGD with momentum coefficient `momentum` (0: none), Nesterov's variant when
+    /// `nesterov`; PyTorch's formulation.
     Sgd { momentum: f32, nesterov: bool },
+    /// Adam with bias correction: moment decay rates `beta1`, `beta2`, and `eps` added to
+    /// the denominator.
     Adam { beta1: f32, beta2: f32, eps: f32 },
 }
 
 impl OptimizerKind {
+    /// `"sgd"` or `"adam"` (as `--optimizer` takes it).
     pub fn name(&self) -> &'static str {
         match self {
             OptimizerKind::Sgd { .. } => "sgd",
@@ -49,16 +55,23 @@ impl Default for Groups {
     }
 }
 
+/// An optimizer for the parameters of one [`ParamStore`]: its rule, group settings and
+/// per-parameter state.
 #[derive(Clone, Debug)]
 pub struct Optimizer {
+    /// The update rule.
     pub kind: OptimizerKind,
+    /// Weight decay and learning-rate settings per parameter group.
     pub groups: Groups,
     /// Per parameter: the momentum buffer (SGD) or first and second moments (Adam).
     pub state: Vec<Vec<Tensor>>,
+    /// Updates taken so far (Adam's bias correction counts them).
     pub steps: u64,
 }
 
 impl Optimizer {
+    /// A fresh optimizer (zero state, no steps) for the parameters now in `store`: map layers
+    /// onto the macro first, since [`Optimizer::step`] panics if parameters were added since.
     pub fn new(kind: OptimizerKind, groups: Groups, store: &ParamStore) -> Self {
         let state = store.params().iter().map(|p| (0..kind.slots()).map(|_| Tensor::zeros(p.value.shape())).collect()).collect();
         Optimizer { kind, groups, state, steps: 0 }

@@ -18,6 +18,7 @@ pub enum FillPolicy {
 }
 
 impl FillPolicy {
+    /// The policy's name: `nearest`, `identity` or `reject` (what [`FillPolicy::parse`] reads).
     pub fn name(self) -> &'static str {
         match self {
             FillPolicy::Nearest => "nearest",
@@ -25,6 +26,7 @@ impl FillPolicy {
             FillPolicy::Reject => "reject",
         }
     }
+    /// The policy named `s`; errors on a name other than `nearest`, `identity`, `reject`.
     pub fn parse(s: &str) -> Result<Self> {
         match s {
             "nearest" => Ok(FillPolicy::Nearest),
@@ -33,6 +35,7 @@ impl FillPolicy {
             _ => Err(Error::invalid(format!("unknown fill policy '{s}' (nearest, identity, reject)"))),
         }
     }
+    /// The policy's byte in the binary error-model format: 0 nearest, 1 identity, 2 reject.
     pub fn code(self) -> u8 {
         match self {
             FillPolicy::Nearest => 0,
@@ -40,6 +43,7 @@ impl FillPolicy {
             FillPolicy::Reject => 2,
         }
     }
+    /// The policy of a binary-format byte (`None`: an unknown byte).
     pub fn from_code(c: u8) -> Option<Self> {
         [FillPolicy::Nearest, FillPolicy::Identity, FillPolicy::Reject].into_iter().find(|p| p.code() == c)
     }
@@ -48,7 +52,9 @@ impl FillPolicy {
 /// Descriptive fields carried with a model.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelInfo {
+    /// The model's name (1 to 200 characters, no control characters), shown in reports.
     pub name: String,
+    /// A one-line description (no control characters).
     pub description: String,
     /// Synthetic models are labelled as such wherever they are reported.
     pub synthetic: bool,
@@ -93,15 +99,21 @@ struct Row {
     reads: f64,
 }
 
+/// A D-MAC-EM table: for each ideal ADC code k, the distribution P(j | k) of the measured
+/// code j a readout returns, with its samplers and moments.
 #[derive(Clone, Debug)]
 pub struct ErrorModel {
+    /// Name, description and whether the model is synthetic.
     pub info: ModelInfo,
     /// Ideal ADC codes covered: `kmin..=kmax`.
     pub kmin: i32,
+    /// The highest ideal ADC code covered.
     pub kmax: i32,
     /// Measured codes allowed: `jmin..=jmax`.
     pub jmin: i32,
+    /// The highest measured code allowed.
     pub jmax: i32,
+    /// How ideal codes without measurements were filled.
     pub fill: FillPolicy,
     /// Chip-to-chip and column-to-column spread around this table (zero: every chip
     /// reads like the table). See [`crate::cim::chip`].
@@ -500,6 +512,7 @@ impl ErrorModel {
         self.slope[(k.clamp(self.kmin, self.kmax) - self.kmin) as usize]
     }
 
+    /// Standard deviation of the measured code for ideal code `k` (`k` clamped to `kmin..=kmax`).
     pub fn std(&self, k: i32) -> f64 {
         self.row(k).var.sqrt()
     }
@@ -511,6 +524,7 @@ impl ErrorModel {
         if o < 0 || o as usize >= r.prob.len() { 0.0 } else { r.prob[o as usize] }
     }
 
+    /// Whether ideal code `k` had counts (false: its row was made by the fill policy).
     pub fn is_measured(&self, k: i32) -> bool {
         self.row(k).measured
     }
@@ -525,7 +539,6 @@ impl ErrorModel {
         (self.kmin..=self.kmax).filter(|&k| !self.is_measured(k)).collect()
     }
 
-    /// "name (synthetic)" or "name".
     /// Sets a measured chip's columns, and the column spread of the fixed pattern to
     /// theirs (sample std over the columns that differ from nominal).
     pub fn set_columns(&mut self, columns: Vec<(f32, f32)>) {
@@ -540,6 +553,7 @@ impl ErrorModel {
         self.columns = columns;
     }
 
+    /// The name, followed by " (synthetic)" for a synthetic model.
     pub fn label(&self) -> String {
         if self.info.synthetic { format!("{} (synthetic)", self.info.name) } else { self.info.name.clone() }
     }

@@ -1,6 +1,6 @@
 //! Element-wise sum of two tensors of the same shape (residual connections).
 
-use crate::engine::{Tape, Tensor, Var};
+use crate::engine::{par, Tape, Tensor, Var};
 use rayon::prelude::*;
 
 const CHUNK: usize = 1 << 14;
@@ -8,7 +8,7 @@ const CHUNK: usize = 1 << 14;
 pub fn add(tape: &mut Tape, a: Var, b: Var) -> Var {
     let (av, bv) = (tape.value(a), tape.value(b));
     assert_eq!(av.shape(), bv.shape(), "add: shapes {:?} and {:?} differ", av.shape(), bv.shape());
-    let mut y = vec![0.0f32; av.len()];
+    let mut y = par::zeros(av.len());
     y.par_chunks_mut(CHUNK).zip(av.data().par_chunks(CHUNK)).zip(bv.data().par_chunks(CHUNK)).for_each(
         |((y, a), b)| {
             for ((o, &p), &q) in y.iter_mut().zip(a).zip(b) {

@@ -6,7 +6,7 @@
 //! new value); eval mode normalises with the running statistics. Statistics are
 //! accumulated in f64, one channel per task, so they do not depend on thread count.
 
-use crate::engine::{Mode, Tape, Tensor, Var};
+use crate::engine::{par, Mode, Tape, Tensor, Var};
 use crate::{Error, Result};
 use rayon::prelude::*;
 
@@ -79,7 +79,7 @@ pub fn batch_norm2d(tape: &mut Tape, x: Var, gamma: Var, beta: Var, state: Batch
     // Fold into one scale and shift per channel.
     let scale: Vec<f32> = (0..c).map(|ch| invstd[ch] * g[ch]).collect();
     let shift: Vec<f32> = (0..c).map(|ch| b[ch] - mean[ch] * scale[ch]).collect();
-    let mut y = vec![0.0f32; xv.len()];
+    let mut y = par::zeros(xv.len());
     y.par_chunks_mut(c * hw).zip(xv.data().par_chunks(c * hw)).for_each(|(yi, xi)| {
         for ch in 0..c {
             let (s, t) = (scale[ch], shift[ch]);

@@ -1,6 +1,6 @@
 //! Max pooling (window k, stride s, no padding) and global average pooling.
 
-use crate::engine::{Tape, Tensor, Var};
+use crate::engine::{par, Tape, Tensor, Var};
 use crate::{Error, Result};
 use rayon::prelude::*;
 
@@ -12,7 +12,7 @@ pub fn max_pool2d(tape: &mut Tape, x: Var, k: usize, s: usize) -> Result<Var> {
     }
     let (n, c, h, w) = xv.nchw();
     let (oh, ow) = ((h - k) / s + 1, (w - k) / s + 1);
-    let mut y = vec![0.0f32; n * c * oh * ow];
+    let mut y = par::zeros(n * c * oh * ow);
     let mut arg = vec![0u32; y.len()];
     y.par_chunks_mut(oh * ow).zip(arg.par_chunks_mut(oh * ow)).zip(xv.data().par_chunks(h * w)).for_each(
         |((yp, ap), xp)| {

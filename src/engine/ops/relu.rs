@@ -1,13 +1,13 @@
 //! ReLU. Backward reads the op's own output (y > 0 ⇔ x > 0), so nothing is saved.
 
-use crate::engine::{Tape, Tensor, Var};
+use crate::engine::{par, Tape, Tensor, Var};
 use rayon::prelude::*;
 
 const CHUNK: usize = 1 << 14;
 
 pub fn relu(tape: &mut Tape, x: Var) -> Var {
     let xv = tape.value(x);
-    let mut y = vec![0.0f32; xv.len()];
+    let mut y = par::zeros(xv.len());
     y.par_chunks_mut(CHUNK).zip(xv.data().par_chunks(CHUNK)).for_each(|(y, x)| {
         for (o, &i) in y.iter_mut().zip(x) {
             *o = i.max(0.0);

@@ -1,6 +1,6 @@
 //! Shape ops: flatten, and the parameter-free "option A" ResNet shortcut.
 
-use crate::engine::{Tape, Tensor, Var};
+use crate::engine::{par, Tape, Tensor, Var};
 use crate::{Error, Result};
 
 /// (N, ...) → (N, prod(...)).
@@ -29,7 +29,7 @@ pub fn subsample_pad_channels(tape: &mut Tape, x: Var, stride: usize, cout: usiz
     let (n, c, h, w) = xv.nchw();
     let (oh, ow) = (h.div_ceil(stride), w.div_ceil(stride));
     let lo = (cout - c) / 2;
-    let mut y = vec![0.0f32; n * cout * oh * ow];
+    let mut y = par::zeros(n * cout * oh * ow);
     for i in 0..n {
         for ch in 0..c {
             let src = &xv.data()[(i * c + ch) * h * w..][..h * w];

@@ -122,7 +122,7 @@ pub fn forward(g: &ConvGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<
     let gs = g.group();
     let (k, pix) = (g.k(), g.pixels());
     let pointwise = g.kh == 1 && g.kw == 1 && g.stride == 1 && g.pad == 0;
-    let mut y = vec![0.0f32; g.n * g.out_size()];
+    let mut y = par::zeros(g.n * g.out_size());
     y.par_chunks_mut(gs * g.out_size()).zip(x.par_chunks(gs * g.in_size())).for_each(|(yg, xg)| {
         let gi = xg.len() / g.in_size();
         let wm = MatRef::rowmajor(w, g.cout, k);
@@ -146,7 +146,7 @@ pub fn backward(g: &ConvGeom, x: &[f32], w: &[f32], dy: &[f32], want_dx: bool) -
     let gs = g.group();
     let (k, pix) = (g.k(), g.pixels());
     let ngroups = g.n.div_ceil(gs);
-    let mut dx = if want_dx { vec![0.0f32; g.n * g.in_size()] } else { Vec::new() };
+    let mut dx = if want_dx { par::zeros(g.n * g.in_size()) } else { Vec::new() };
     let dx_chunks = par::optional_chunks(&mut dx, gs * g.in_size(), ngroups, want_dx);
     let partials: Vec<(Vec<f32>, Vec<f32>)> = dx_chunks
         .into_par_iter()
