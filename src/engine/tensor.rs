@@ -78,8 +78,15 @@ impl Tensor {
     /// `self += other`, element-wise; shapes must match.
     pub fn add_assign(&mut self, other: &Tensor) {
         assert_eq!(self.shape, other.shape, "add_assign shape mismatch");
-        for (a, b) in self.data.iter_mut().zip(&other.data) {
-            *a += *b;
+        // Element-wise, so splitting it across threads changes no bit; activation-sized
+        // sums (residual gradients) ran on one thread while the others waited.
+        const CHUNK: usize = 1 << 14;
+        let add = |(a, b): (&mut [f32], &[f32])| a.iter_mut().zip(b).for_each(|(a, b)| *a += *b);
+        if self.data.len() < 4 * CHUNK {
+            add((&mut self.data, &other.data));
+        } else {
+            use rayon::prelude::*;
+            self.data.par_chunks_mut(CHUNK).zip(other.data.par_chunks(CHUNK)).for_each(add);
         }
     }
     /// Sets every element to `v`.

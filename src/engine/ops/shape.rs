@@ -2,6 +2,7 @@
 
 use crate::engine::{par, Tape, Tensor, Var};
 use crate::{Error, Result};
+use rayon::prelude::*;
 
 /// (N, ...) → (N, prod(...)).
 pub fn flatten(tape: &mut Tape, x: Var) -> Result<Var> {
@@ -30,30 +31,31 @@ pub fn subsample_pad_channels(tape: &mut Tape, x: Var, stride: usize, cout: usiz
     let (oh, ow) = (h.div_ceil(stride), w.div_ceil(stride));
     let lo = (cout - c) / 2;
     let mut y = par::zeros(n * cout * oh * ow);
-    for i in 0..n {
+    // One image per piece, both ways (every element is written by one piece).
+    y.par_chunks_mut((cout * oh * ow).max(1)).zip(xv.data().par_chunks((c * h * w).max(1))).for_each(|(yi, xi)| {
         for ch in 0..c {
-            let src = &xv.data()[(i * c + ch) * h * w..][..h * w];
-            let dst = &mut y[(i * cout + ch + lo) * oh * ow..][..oh * ow];
+            let src = &xi[ch * h * w..][..h * w];
+            let dst = &mut yi[(ch + lo) * oh * ow..][..oh * ow];
             for oy in 0..oh {
                 for ox in 0..ow {
                     dst[oy * ow + ox] = src[oy * stride * w + ox * stride];
                 }
             }
         }
-    }
+    });
     Ok(tape.push(Tensor::new(&[n, cout, oh, ow], y), &[x], move |g, _vals, sink| {
         let dx = sink.get(x);
-        for i in 0..n {
+        dx.data_mut().par_chunks_mut((c * h * w).max(1)).zip(g.data().par_chunks((cout * oh * ow).max(1))).for_each(|(di, gi)| {
             for ch in 0..c {
-                let dst = &mut dx.data_mut()[(i * c + ch) * h * w..][..h * w];
-                let src = &g.data()[(i * cout + ch + lo) * oh * ow..][..oh * ow];
+                let dst = &mut di[ch * h * w..][..h * w];
+                let src = &gi[(ch + lo) * oh * ow..][..oh * ow];
                 for oy in 0..oh {
                     for ox in 0..ow {
                         dst[oy * stride * w + ox * stride] += src[oy * ow + ox];
                     }
                 }
             }
-        }
+        });
     }))
 }
 
