@@ -4,6 +4,7 @@
 
 use super::kernel::{MR, NR};
 use super::{MatRef, Operand};
+use crate::engine::scratch::Scratch;
 
 /// `A[i0 .. i0+mc][p0 .. p0+kc]` as panels of MR rows: panel q holds
 /// `dst[q·kc·MR + p·MR + i] = A[i0 + q·MR + i][p0 + p]` — the B layout of `Aᵀ`.
@@ -128,20 +129,6 @@ unsafe fn interleave_avx512(src: &[f32], ld: usize, width: usize, kc: usize, pan
     }
 }
 
-thread_local! {
-    /// Rows read from a [`RowSource`] before they are laid into panels.
-    static STAGING: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
-fn with_staging<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
-    STAGING.with_borrow_mut(|buf| {
-        if buf.len() < len {
-            buf.resize(len, 0.0);
-        }
-        f(&mut buf[..len])
-    })
-}
-
 impl<S: RowSource> Operand for Rows<S> {
     fn rows(&self) -> usize {
         self.0.rows()
@@ -150,28 +137,28 @@ impl<S: RowSource> Operand for Rows<S> {
         self.0.cols()
     }
     fn pack_a(&self, i0: usize, mc: usize, p0: usize, kc: usize, dst: &mut [f32]) {
-        with_staging(MR * kc, |rows_buf| {
-            for (q, panel) in dst[..mc.div_ceil(MR) * kc * MR].chunks_exact_mut(kc * MR).enumerate() {
-                let rows = MR.min(mc - q * MR);
-                for i in 0..rows {
-                    self.0.read_row(i0 + q * MR + i, p0, &mut rows_buf[i * kc..(i + 1) * kc]);
-                }
-                interleave(rows_buf, kc, rows, kc, panel, MR);
+        // Rows read from the source before they are laid into panels (each written by
+        // `read_row` before `interleave` reads it).
+        let mut rows_buf = Scratch::take(MR * kc);
+        for (q, panel) in dst[..mc.div_ceil(MR) * kc * MR].chunks_exact_mut(kc * MR).enumerate() {
+            let rows = MR.min(mc - q * MR);
+            for i in 0..rows {
+                self.0.read_row(i0 + q * MR + i, p0, &mut rows_buf[i * kc..(i + 1) * kc]);
             }
-        })
+            interleave(&rows_buf, kc, rows, kc, panel, MR);
+        }
     }
     fn pack_b(&self, p0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
         // Each source row once, whole, then cut into the panels.
-        with_staging(nc, |row| {
-            for p in 0..kc {
-                self.0.read_row(p0 + p, j0, row);
-                for (q, seg) in row.chunks(NR).enumerate() {
-                    let step = &mut dst[q * kc * NR + p * NR..][..NR];
-                    step[..seg.len()].copy_from_slice(seg);
-                    step[seg.len()..].fill(0.0);
-                }
+        let mut row = Scratch::take(nc);
+        for p in 0..kc {
+            self.0.read_row(p0 + p, j0, &mut row);
+            for (q, seg) in row.chunks(NR).enumerate() {
+                let step = &mut dst[q * kc * NR + p * NR..][..NR];
+                step[..seg.len()].copy_from_slice(seg);
+                step[seg.len()..].fill(0.0);
             }
-        });
+        }
     }
 }
 
