@@ -1,7 +1,8 @@
 //! The patch matrix of a convolution, `col[K = Cin·kh·kw][images·pixels]`: written
-//! out whole ([`im2col`], [`group_columns`]) for the CIM layers, which quantize it, or
-//! read a row segment at a time straight from the images ([`Patches`]) when the
-//! product packs it, so the FP32 convolution never stores it. [`ImageRows`] is the
+//! out whole ([`im2col`], [`group_columns`]) for the weight gradients, whose products
+//! read it transposed (fastest from a stored matrix), or read a row segment at a time
+//! straight from the images ([`Patches`]) when a product packs it as it is, so no
+//! forward pass (FP32 or CIM) stores it. [`ImageRows`] is the
 //! same kind of view of a group of NCHW activations (`[C][images·pixels]`), and
 //! [`col2im`] is the adjoint that scatters patch gradients back onto the image.
 
