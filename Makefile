@@ -30,9 +30,11 @@ bench: build ## Kernel and training-step benchmarks (criterion + table + JSON li
 	cargo bench --bench kernels
 	$(DNAT) bench --model resnet20 --batch 128 --json
 
-bench-pytorch: build ## dnat vs PyTorch (CPU) ResNet20 training throughput, same run, 2 threads
+bench-pytorch: build ## dnat vs PyTorch (CPU) ResNet20 and VGG8 training throughput, same run, 2 threads
 	RAYON_NUM_THREADS=2 $(DNAT) bench --model resnet20 --batch 128 --json
 	cd tools/pytorch && python3 bench.py --threads 2 --batch 128
+	RAYON_NUM_THREADS=2 $(DNAT) bench --model vgg8 --batch 128 --steps 3 --json
+	cd tools/pytorch && python3 bench.py --model vgg8 --threads 2 --batch 128 --steps 3
 
 data: datasets/cifar-10-binary.tar.gz ## Download the canonical CIFAR-10 archive (checksum-verified)
 

@@ -91,23 +91,44 @@ fn main() {
     }
     {
         // Readout sampling from a D-MAC-EM: hashes + alias tables, per macro operation.
+        // One thread, then both threads drawing their own runs (as the layers' image
+        // groups do), for the default repro's model and an affine preset.
         use dnat::cim::em::presets;
         use dnat::cim::{DrawKey, DrawRun, Readout};
-        let m = presets::preset("moderate", (-256, 255)).unwrap();
         let codes: Vec<i32> = (0..1024).map(|i| (i * 37) % 121 - 60).collect();
-        let mut out = vec![0.0f32; codes.len()];
         let key = DrawKey::new(1, 2, 3);
-        let mut grp = c.benchmark_group("readout");
-        grp.throughput(Throughput::Elements(codes.len() as u64));
-        let mut op0 = 0u64;
-        grp.bench_function("sample_run moderate 1024 codes", |b| {
-            b.iter(|| {
-                op0 += 1024;
-                m.sample_run(&codes, DrawRun { key, op0, stride: 1 }, &mut out);
-                black_box(&out);
-            })
-        });
-        grp.finish();
+        let threads = rayon::current_num_threads();
+        for name in ["current-domain", "moderate"] {
+            let m = presets::preset(name, (-256, 255)).unwrap();
+            let mut grp = c.benchmark_group("readout");
+            grp.throughput(Throughput::Elements(codes.len() as u64));
+            let mut out = vec![0.0f32; codes.len()];
+            let mut op0 = 0u64;
+            grp.bench_function(format!("sample_run {name} 1024 codes"), |b| {
+                b.iter(|| {
+                    op0 += 1024;
+                    m.sample_run(&codes, DrawRun { key, op0, stride: 1 }, &mut out);
+                    black_box(&out);
+                })
+            });
+            // Each thread draws 64 runs of 1024 per iteration.
+            grp.throughput(Throughput::Elements((64 * threads * codes.len()) as u64));
+            let mut outs = vec![vec![0.0f32; codes.len()]; threads];
+            grp.bench_function(format!("sample_run {name} 1024 codes, {threads} threads"), |b| {
+                b.iter(|| {
+                    use rayon::prelude::*;
+                    op0 += (64 * threads * 1024) as u64;
+                    outs.par_iter_mut().enumerate().for_each(|(t, out)| {
+                        for r in 0..64 {
+                            let first = op0 + ((t * 64 + r) * 1024) as u64;
+                            m.sample_run(&codes, DrawRun { key, op0: first, stride: 1 }, out);
+                        }
+                    });
+                    black_box(&outs);
+                })
+            });
+            grp.finish();
+        }
     }
     c.bench_function("step/resnet20 train+eval b128", |b| {
         b.iter(|| black_box(step_bench::run(Arch::ResNet20, 10, BATCH, 1, 0, None).unwrap()))

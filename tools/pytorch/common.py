@@ -59,6 +59,29 @@ class ResNet20(nn.Module):
         return self.linear(F.adaptive_avg_pool2d(h, 1).flatten(1))
 
 
+class VGG8(nn.Module):
+    """Same structure and state_dict names as dnat's vgg8: conv 128,128, pool, 256,256,
+    pool, 512,512, pool (conv 3x3 without bias, BN, ReLU), fc 8192->1024, ReLU, fc."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        layers, cin = [], 3
+        for c in [128, 128, "M", 256, 256, "M", 512, 512, "M"]:
+            if c == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(cin, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU()]
+                cin = c
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Linear(512 * 4 * 4, 1024), nn.ReLU(), nn.Linear(1024, num_classes))
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight)
+
+    def forward(self, x):
+        return self.classifier(self.features(x).flatten(1))
+
+
 def load_cifar10(path):
     """(train_x u8 [N,3,32,32], train_y, test_x, test_y) from the binary .tar.gz."""
     files = {}
