@@ -13,9 +13,47 @@ pub const MR: usize = 8;
 /// Columns of a micro-tile (the packed `B` panel's width): two 16-lane vectors.
 pub const NR: usize = 32;
 
-/// `C[0..MR][0..NR] (row stride ldc) = (load ? C : 0) + Apanel · Bpanel` where the
-/// panels hold `kc` steps: `a[p·MR + i]`, `b[p·NR + j]`.
-pub type KernelFn = unsafe fn(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool);
+/// `C[0..MR][0..NR] (row stride ldc) = (load ? C : 0) + Apanel · B` where the A panel
+/// holds `kc` steps `a[p·MR + i]` and step p's NR values of B start at `b.step(p)`.
+pub type KernelFn<B> = unsafe fn(kc: usize, a: *const f32, b: B, c: *mut f32, ldc: usize, load: bool);
+
+/// Where each reduction step's NR values of `B` lie. The kernels are generic over it,
+/// so one body serves a packed panel and a direct convolution's image rows.
+pub trait BSteps: Copy {
+    /// The first of step p's NR contiguous values.
+    ///
+    /// # Safety
+    /// `p` is below the kernel's `kc`, and the caller guarantees NR readable values there.
+    unsafe fn step(self, p: usize) -> *const f32;
+}
+
+/// A packed panel: step p at `p·NR` (module `pack`).
+#[derive(Clone, Copy)]
+pub struct Panel(pub *const f32);
+
+impl BSteps for Panel {
+    #[inline(always)]
+    unsafe fn step(self, p: usize) -> *const f32 {
+        // SAFETY: the panel holds kc·NR values (caller).
+        unsafe { self.0.add(p * NR) }
+    }
+}
+
+/// Rows of a matrix that is not packed: step p at `base + offsets[p]` (a direct
+/// convolution reads each step's NR output positions straight from a padded image).
+#[derive(Clone, Copy)]
+pub struct Offsets {
+    pub base: *const f32,
+    pub offsets: *const usize,
+}
+
+impl BSteps for Offsets {
+    #[inline(always)]
+    unsafe fn step(self, p: usize) -> *const f32 {
+        // SAFETY: offsets holds kc entries, each NR readable values from base (caller).
+        unsafe { self.base.add(*self.offsets.add(p)) }
+    }
+}
 
 /// The instruction sets a kernel exists for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -63,13 +101,13 @@ impl Kernel {
     }
 
     /// The kernel's entry point. Callers must have checked [`Kernel::supported`].
-    pub(super) fn function(self) -> KernelFn {
+    pub(super) fn function<B: BSteps>(self) -> KernelFn<B> {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => avx512,
+            Kernel::Avx512 => avx512::<B>,
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => avx2,
-            _ => portable,
+            Kernel::Avx2 => avx2::<B>,
+            _ => portable::<B>,
         }
     }
 }
@@ -77,7 +115,7 @@ impl Kernel {
 /// The reference kernel, written so a compiler can vectorise it: sub-tiles of 4 × 16
 /// keep the accumulators in registers on 16-register machines.
 #[inline(always)]
-unsafe fn generic(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool) {
+unsafe fn generic<B: BSteps>(kc: usize, a: *const f32, b: B, c: *mut f32, ldc: usize, load: bool) {
     const SR: usize = 4;
     const SC: usize = 16;
     for r0 in (0..MR).step_by(SR) {
@@ -92,8 +130,8 @@ unsafe fn generic(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usi
                 }
             }
             for p in 0..kc {
-                // SAFETY: the panels hold kc steps of MR and NR values.
-                let (ap, bp) = unsafe { (a.add(p * MR + r0), b.add(p * NR + c0)) };
+                // SAFETY: the A panel holds kc steps of MR values, B NR values a step.
+                let (ap, bp) = unsafe { (a.add(p * MR + r0), b.step(p).add(c0)) };
                 for (i, row) in acc.iter_mut().enumerate() {
                     let av = unsafe { *ap.add(i) };
                     for (j, v) in row.iter_mut().enumerate() {
@@ -110,25 +148,25 @@ unsafe fn generic(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usi
     }
 }
 
-unsafe fn portable(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool) {
+unsafe fn portable<B: BSteps>(kc: usize, a: *const f32, b: B, c: *mut f32, ldc: usize, load: bool) {
     unsafe { generic(kc, a, b, c, ldc, load) }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn avx2(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool) {
+unsafe fn avx2<B: BSteps>(kc: usize, a: *const f32, b: B, c: *mut f32, ldc: usize, load: bool) {
     unsafe { generic(kc, a, b, c, ldc, load) }
 }
 
 /// MR rows × NR/16 zmm: per step, NR/16 loads of `B`, MR broadcasts of `A`, MR·NR/16 FMAs.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn avx512(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usize, load: bool) {
+unsafe fn avx512<B: BSteps>(kc: usize, a: *const f32, b: B, c: *mut f32, ldc: usize, load: bool) {
     use std::arch::x86_64::*;
     const V: usize = NR / 16;
     let mut acc = [[_mm512_setzero_ps(); V]; MR];
     // SAFETY (whole body): the caller guarantees an MR × NR tile at c with row stride
-    // ldc, and panels of kc steps at a and b.
+    // ldc, an A panel of kc steps at a, and NR values for each of kc steps of b.
     unsafe {
         if load {
             for (i, row) in acc.iter_mut().enumerate() {
@@ -138,7 +176,7 @@ unsafe fn avx512(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usiz
             }
         }
         for p in 0..kc {
-            let bp = b.add(p * NR);
+            let bp = b.step(p);
             let bv: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(bp.add(16 * v)));
             let ap = a.add(p * MR);
             for (i, row) in acc.iter_mut().enumerate() {
@@ -151,6 +189,101 @@ unsafe fn avx512(kc: usize, a: *const f32, b: *const f32, c: *mut f32, ldc: usiz
         for (i, row) in acc.iter().enumerate() {
             for (v, r) in row.iter().enumerate() {
                 _mm512_storeu_ps(c.add(i * ldc + v * 16), *r);
+            }
+        }
+    }
+}
+
+/// Like [`KernelFn`] with `load = false`, but the reduction is `segments` chains of
+/// `len` steps each: every chain starts from zero, and the tile is `0 + chain₀ +
+/// chain₁ + …`, added in order — the sum a product followed by a scatter-add (col2im)
+/// computes, in one pass.
+pub type SegmentedFn<B> = unsafe fn(segments: usize, len: usize, a: *const f32, b: B, c: *mut f32, ldc: usize);
+
+impl Kernel {
+    /// The segmented kernel's entry point. Callers must have checked [`Kernel::supported`].
+    pub(super) fn segmented<B: BSteps>(self) -> SegmentedFn<B> {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => avx512_segmented::<B>,
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => avx2_segmented::<B>,
+            _ => portable_segmented::<B>,
+        }
+    }
+}
+
+/// The reference segmented kernel: each segment through [`generic`] into a scratch
+/// tile, then added into `c` element by element.
+#[inline(always)]
+unsafe fn generic_segmented<B: BSteps>(segments: usize, len: usize, a: *const f32, b: B, c: *mut f32, ldc: usize) {
+    let mut chain = [0.0f32; MR * NR];
+    for s in 0..segments {
+        let first = s * len;
+        // SAFETY: the caller guarantees segments·len steps of A and B, and the tile at c.
+        unsafe {
+            generic(len, a.add(first * MR), Shifted(b, first), chain.as_mut_ptr(), NR, false);
+            for i in 0..MR {
+                for j in 0..NR {
+                    let o = c.add(i * ldc + j);
+                    *o = if s == 0 { 0.0 } else { *o } + chain[i * NR + j];
+                }
+            }
+        }
+    }
+}
+
+/// B's steps from `first` on.
+#[derive(Clone, Copy)]
+struct Shifted<B>(B, usize);
+
+impl<B: BSteps> BSteps for Shifted<B> {
+    #[inline(always)]
+    unsafe fn step(self, p: usize) -> *const f32 {
+        // SAFETY: as for the underlying steps (caller).
+        unsafe { self.0.step(self.1 + p) }
+    }
+}
+
+unsafe fn portable_segmented<B: BSteps>(segments: usize, len: usize, a: *const f32, b: B, c: *mut f32, ldc: usize) {
+    unsafe { generic_segmented(segments, len, a, b, c, ldc) }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn avx2_segmented<B: BSteps>(segments: usize, len: usize, a: *const f32, b: B, c: *mut f32, ldc: usize) {
+    unsafe { generic_segmented(segments, len, a, b, c, ldc) }
+}
+
+/// As [`avx512`], a segment at a time: the chains in zmm registers, the running sum of
+/// the segments in the tile itself (registers for both would spill).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn avx512_segmented<B: BSteps>(segments: usize, len: usize, a: *const f32, b: B, c: *mut f32, ldc: usize) {
+    use std::arch::x86_64::*;
+    const V: usize = NR / 16;
+    // SAFETY (whole body): the caller guarantees an MR × NR tile at c with row stride
+    // ldc, an A panel of segments·len steps at a, and NR values for each step of b.
+    unsafe {
+        for s in 0..segments {
+            let mut acc = [[_mm512_setzero_ps(); V]; MR];
+            for p in s * len..(s + 1) * len {
+                let bp = b.step(p);
+                let bv: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(bp.add(16 * v)));
+                let ap = a.add(p * MR);
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let av = _mm512_set1_ps(*ap.add(i));
+                    for (r, bvv) in row.iter_mut().zip(bv) {
+                        *r = _mm512_fmadd_ps(av, bvv, *r);
+                    }
+                }
+            }
+            for (i, row) in acc.iter().enumerate() {
+                for (v, r) in row.iter().enumerate() {
+                    let o = c.add(i * ldc + v * 16);
+                    let sum = if s == 0 { _mm512_setzero_ps() } else { _mm512_loadu_ps(o) };
+                    _mm512_storeu_ps(o, _mm512_add_ps(sum, *r));
+                }
             }
         }
     }

@@ -18,8 +18,8 @@
 mod kernel;
 mod pack;
 
-pub use kernel::Kernel;
-use kernel::{MR, NR};
+pub use kernel::{Kernel, MR, NR};
+use kernel::{Offsets, Panel};
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
@@ -128,6 +128,84 @@ pub fn matmul(a: &impl Operand, b: &impl Operand, out: &mut OutView) {
     }
 }
 
+/// `A` packed whole, once, into MR-row panels of the full reduction: the weights of a
+/// direct convolution, shared by every tile [`offset_tile`] computes.
+pub struct PackedA {
+    panels: Vec<f32>,
+    rows: usize,
+    k: usize,
+}
+
+impl PackedA {
+    pub fn new(a: &MatRef) -> PackedA {
+        a.check();
+        let mut panels = vec![0.0f32; a.rows.div_ceil(MR) * MR * a.cols];
+        pack::pack_a(a, 0, a.rows, 0, a.cols, &mut panels);
+        PackedA { panels, rows: a.rows, k: a.cols }
+    }
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+}
+
+/// Where each row of a `B` that is read in place lies: row p's values for columns
+/// `q0 + j` are `src[q0 + offsets[p] + j]`; and how the reduction over them is summed.
+pub struct RowOffsets {
+    offsets: Vec<usize>,
+    max: usize,
+    /// `Some(len)`: in chains of `len` rows, each from zero, added in order (see
+    /// [`offset_tile`]); `None`: one chain.
+    segment: Option<usize>,
+}
+
+impl RowOffsets {
+    /// Rows summed as one chain, as [`matmul`] sums them.
+    pub fn new(offsets: Vec<usize>) -> RowOffsets {
+        let max = offsets.iter().copied().max().unwrap_or(0);
+        RowOffsets { offsets, max, segment: None }
+    }
+    /// Rows summed in chains of `len` (which must divide their number).
+    pub fn segmented(offsets: Vec<usize>, len: usize) -> RowOffsets {
+        assert!(len > 0 && offsets.len().is_multiple_of(len), "segments of {len} rows do not divide {}", offsets.len());
+        RowOffsets { segment: Some(len), ..RowOffsets::new(offsets) }
+    }
+}
+
+/// One MR × NR tile of `C = A·B`: rows `panel·MR ..` (MR-row panel `panel` of `a`),
+/// columns `q0 .. q0 + NR`, where `B[p][q] = src[q + offsets[p]]` is read in place, no
+/// packing. The tile goes to `c`, row-major with row stride `ldc` (panel rows beyond
+/// `a.rows()` come out zero). Each value is the chain the module docs define, over the
+/// whole reduction in one pass, so it has the bits [`matmul`] gives for these matrices;
+/// or, for [`RowOffsets::segmented`] rows, `0 + chain₀ + chain₁ + …` over the segments
+/// in order, each chain from zero: the bits of [`matmul`] for each segment's rows
+/// followed by adding the products into a zeroed output one after another.
+pub fn offset_tile(a: &PackedA, panel: usize, src: &[f32], q0: usize, b: &RowOffsets, c: &mut [f32], ldc: usize) {
+    offset_tile_with(kernel(), a, panel, src, q0, b, c, ldc)
+}
+
+/// [`offset_tile`] with a given micro-kernel (the bits are the same). Panics when this
+/// CPU cannot run `kern`.
+#[allow(clippy::too_many_arguments)]
+pub fn offset_tile_with(kern: Kernel, a: &PackedA, panel: usize, src: &[f32], q0: usize, b: &RowOffsets, c: &mut [f32], ldc: usize) {
+    assert!(kern.supported(), "GEMM kernel `{}` is not supported by this CPU", kern.name());
+    assert_eq!(a.k, b.offsets.len(), "offset_tile: A has {} columns, B {} rows", a.k, b.offsets.len());
+    assert!(panel < a.rows.div_ceil(MR), "offset_tile: panel {panel} of {} rows", a.rows);
+    assert!(a.k == 0 || q0 + b.max + NR <= src.len(), "offset_tile: B's rows run past the source");
+    assert!(ldc >= NR && (MR - 1) * ldc + NR <= c.len(), "offset_tile: output out of bounds");
+    let steps = Offsets { base: src[q0..].as_ptr(), offsets: b.offsets.as_ptr() };
+    let apanel = &a.panels[panel * a.k * MR..(panel + 1) * a.k * MR];
+    // SAFETY: the panel holds k steps of MR values; each of the k offsets has NR values
+    // of src after it (asserted); c holds MR rows of NR values ldc apart (asserted); the
+    // kernel is supported (asserted); segments divide k (checked when the offsets were
+    // made).
+    unsafe {
+        match b.segment {
+            None => kern.function::<Offsets>()(a.k, apanel.as_ptr(), steps, c.as_mut_ptr(), ldc, false),
+            Some(len) => kern.segmented::<Offsets>()(a.k / len, len, apanel.as_ptr(), steps, c.as_mut_ptr(), ldc),
+        }
+    }
+}
+
 /// A matrix the product can pack into the kernels' panels (module `pack`).
 pub trait Operand {
     fn rows(&self) -> usize;
@@ -218,7 +296,7 @@ fn product(kern: Kernel, a: &impl Operand, b: &impl Operand, c: &mut OutView) {
         }
         return;
     }
-    let run = kern.function();
+    let run = kern.function::<Panel>();
     PACKED.with_borrow_mut(|(abuf, bbuf)| {
         for j0 in (0..n).step_by(NC) {
             let nc = NC.min(n - j0);
@@ -242,7 +320,7 @@ fn product(kern: Kernel, a: &impl Operand, b: &impl Operand, c: &mut OutView) {
                                 // lie in one block of the view, inside `data` (checked
                                 // when the view was made); panels hold kc steps; `kern`
                                 // is supported (checked when it was chosen).
-                                unsafe { run(kc, apanel.as_ptr(), bpanel.as_ptr(), c.data[at..].as_mut_ptr(), c.ld, load) };
+                                unsafe { run(kc, apanel.as_ptr(), Panel(bpanel.as_ptr()), c.data[at..].as_mut_ptr(), c.ld, load) };
                             } else {
                                 // Edge tile, or one that crosses a block: through a
                                 // full-size scratch tile, element by element.
@@ -255,7 +333,7 @@ fn product(kern: Kernel, a: &impl Operand, b: &impl Operand, c: &mut OutView) {
                                     }
                                 }
                                 // SAFETY: as above, with the tile as C (stride NR).
-                                unsafe { run(kc, apanel.as_ptr(), bpanel.as_ptr(), tile.as_mut_ptr(), NR, load) };
+                                unsafe { run(kc, apanel.as_ptr(), Panel(bpanel.as_ptr()), tile.as_mut_ptr(), NR, load) };
                                 for r in 0..rows {
                                     for q in 0..cols {
                                         let o = c.offset(ci + r, cj + q);
@@ -328,6 +406,37 @@ mod tests {
                     product(kern, &a, &b, &mut OutView::rowmajor(&mut got, m, n, n));
                     let same = got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits());
                     assert!(same, "kernel {} differs from the FMA chains at {m}×{k}×{n} (ta {ta}, tb {tb})", kern.name());
+                }
+            }
+        }
+    }
+
+    /// Every kernel this CPU runs gives, for B rows read in place at arbitrary offsets,
+    /// the defined chain (one, or segments from zero added in order into zero), bit for
+    /// bit, on every panel of an A whose rows are not a multiple of MR.
+    #[test]
+    fn offset_tiles_are_the_defined_chains_exactly() {
+        let (m, k, seg) = (13, 60, 12);
+        let av: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1000) as f32 / 250.0 - 2.0) * 1.3e-1).collect();
+        let src: Vec<f32> = (0..400).map(|i| ((i * 104729 % 997) as f32 / 300.0 - 1.6).sin()).collect();
+        let offsets: Vec<usize> = (0..k).map(|p| (p * 37) % 300).collect();
+        let a = PackedA::new(&MatRef::rowmajor(&av, m, k));
+        let q0 = 17;
+        let b_at = |p: usize, j: usize| src[q0 + offsets[p] + j];
+        for kern in Kernel::ALL.into_iter().filter(|k| k.supported()) {
+            for segmented in [false, true] {
+                let rows = if segmented { RowOffsets::segmented(offsets.clone(), seg) } else { RowOffsets::new(offsets.clone()) };
+                for panel in 0..m.div_ceil(MR) {
+                    let mut got = vec![f32::NAN; MR * NR];
+                    offset_tile_with(kern, &a, panel, &src, q0, &rows, &mut got, NR);
+                    for i in 0..MR {
+                        for j in 0..NR {
+                            let r = panel * MR + i;
+                            let chain = |ps: std::ops::Range<usize>| ps.fold(0.0f32, |acc, p| if r < m { av[r * k + p] } else { 0.0 }.mul_add(b_at(p, j), acc));
+                            let want = if segmented { (0..k / seg).fold(0.0f32, |s, t| s + chain(t * seg..(t + 1) * seg)) } else { chain(0..k) };
+                            assert_eq!(got[i * NR + j].to_bits(), want.to_bits(), "kernel {} segmented {segmented} row {r} column {j}", kern.name());
+                        }
+                    }
                 }
             }
         }

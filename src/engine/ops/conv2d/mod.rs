@@ -16,6 +16,7 @@
 //! memory-bound and cheap beside the GEMMs, and saving it would multiply the memory
 //! of a training step several times.
 
+mod direct;
 mod im2col;
 
 pub use im2col::{col2im, group_columns, im2col, ImageRows, Patches};
@@ -122,9 +123,14 @@ pub fn forward(g: &ConvGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<
     let gs = g.group();
     let (k, pix) = (g.k(), g.pixels());
     let pointwise = g.kh == 1 && g.kw == 1 && g.stride == 1 && g.pad == 0;
+    let direct = direct::applies(g).then(|| direct::DirectWeights::forward(g, w));
     let mut y = par::zeros(g.n * g.out_size());
     y.par_chunks_mut(gs * g.out_size()).zip(x.par_chunks(gs * g.in_size())).for_each(|(yg, xg)| {
         let gi = xg.len() / g.in_size();
+        if let Some(wd) = &direct {
+            direct::forward_group(g, wd, xg, gi, bias, yg);
+            return;
+        }
         let wm = MatRef::rowmajor(w, g.cout, k);
         let mut out = OutView::images(yg, gi, g.cout, pix);
         if pointwise {
@@ -146,6 +152,7 @@ pub fn backward(g: &ConvGeom, x: &[f32], w: &[f32], dy: &[f32], want_dx: bool) -
     let gs = g.group();
     let (k, pix) = (g.k(), g.pixels());
     let ngroups = g.n.div_ceil(gs);
+    let direct_dx = (want_dx && direct::applies_to_data_gradient(g)).then(|| direct::DirectWeights::data_gradient(g, w));
     let mut dx = if want_dx { par::zeros(g.n * g.in_size()) } else { Vec::new() };
     let dx_chunks = par::optional_chunks(&mut dx, gs * g.in_size(), ngroups, want_dx);
     let partials: Vec<(Vec<f32>, Vec<f32>)> = dx_chunks
@@ -167,13 +174,17 @@ pub fn backward(g: &ConvGeom, x: &[f32], w: &[f32], dy: &[f32], want_dx: bool) -
             let col = group_columns(g, xg, gi);
             let mut dw = vec![0.0f32; g.cout * k];
             matmul(&dym, &MatRef::rowmajor(&col, k, cols).t(), &mut OutView::rowmajor(&mut dw, g.cout, k, k));
-            // dx = col2im(Wᵀ · dY).
-            if let Some(dxg) = dxg {
-                let mut dcol = Scratch::take(k * cols); // written whole by the product
-                matmul(&MatRef::rowmajor(w, g.cout, k).t(), &dym, &mut OutView::rowmajor(&mut dcol, k, cols, cols));
-                for j in 0..gi {
-                    col2im(g, &dcol[j * pix..], cols, &mut dxg[j * g.in_size()..(j + 1) * g.in_size()]);
+            // dx = col2im(Wᵀ · dY): directly where the direct path applies (the same bits).
+            match (dxg, &direct_dx) {
+                (Some(dxg), Some(wd)) => direct::data_gradient_group(g, wd, dyg, gi, dxg),
+                (Some(dxg), None) => {
+                    let mut dcol = Scratch::take(k * cols); // written whole by the product
+                    matmul(&MatRef::rowmajor(w, g.cout, k).t(), &dym, &mut OutView::rowmajor(&mut dcol, k, cols, cols));
+                    for j in 0..gi {
+                        col2im(g, &dcol[j * pix..], cols, &mut dxg[j * g.in_size()..(j + 1) * g.in_size()]);
+                    }
                 }
+                (None, _) => {}
             }
             (dw, db)
         })

@@ -1,0 +1,343 @@
+//! Stride-1 convolution products read straight from the images: no patch matrix and
+//! no packing of it, for the forward and for the data gradient.
+//!
+//! On an image copied with its zero border (`Hp × Wp`, `Hp = H + 2·pad`,
+//! `Wp = W + 2·pad`), output (oy, ox) sits at grid position `q = oy·Wp + ox`, and its
+//! patch entry (ci, ky, kx) is the padded pixel `q + ci·Hp·Wp + ky·Wp + kx`. So for a
+//! run of NR consecutive grid positions, every patch row is a run of NR consecutive
+//! padded pixels at an offset that depends on the row alone, and the micro-kernel reads
+//! it in place ([`offset_tile`]). Where output rows are narrower than NR, a tile spans
+//! several grid rows, and the positions with `ox ≥ OW` between them (the `Wp − OW`
+//! border columns) are computed and dropped.
+//!
+//! The data gradient is the same kind of product over the output gradient, padded by
+//! `k − 1 − pad` and read through the flipped kernel; its reduction runs tap by tap, one
+//! chain over the output channels per tap, the taps added in order
+//! ([`RowOffsets::segmented`]) — exactly what the im2col product followed by col2im's
+//! scatter-adds computes.
+//!
+//! Bits: each value is the same chain (or sum of chains) in the same order as the
+//! im2col path computes, with the padding entering as the same zeros, so the two agree
+//! exactly (`tests::direct_paths_are_the_defined_chains_exactly`).
+
+use super::ConvGeom;
+use crate::engine::gemm::{offset_tile, MatRef, PackedA, RowOffsets, MR, NR};
+use crate::engine::scratch::Scratch;
+
+/// Whether [`forward_group`] computes this convolution: stride 1, a kernel larger than
+/// 1 × 1, and the whole weight matrix small enough to stay in L2 while every tile
+/// reads all of it (`Cout·K ≤ 2^18` floats, 1 MiB). Wider layers keep the blocked
+/// im2col product, whose packing is a smaller share of their work.
+pub fn applies(g: &ConvGeom) -> bool {
+    g.stride == 1 && g.kh * g.kw > 1 && g.cout * g.k() <= 1 << 18
+}
+
+/// Whether [`data_gradient_group`] computes this convolution's data gradient: as
+/// [`applies`], with the padding below the kernel on each side (so the gradient's own
+/// zero border, `kh − 1 − pad` rows and `kw − 1 − pad` columns, exists).
+pub fn applies_to_data_gradient(g: &ConvGeom) -> bool {
+    applies(g) && g.pad < g.kh && g.pad < g.kw
+}
+
+/// One direct product: `in_c` planes of `in_h × in_w` padded by `pad_y` rows and
+/// `pad_x` columns, read for `out_c` planes of `out_h × out_w`.
+struct Plan {
+    in_c: usize,
+    in_h: usize,
+    in_w: usize,
+    pad_y: usize,
+    pad_x: usize,
+    out_c: usize,
+    out_h: usize,
+    out_w: usize,
+}
+
+impl Plan {
+    fn padded(&self) -> (usize, usize) {
+        (self.in_h + 2 * self.pad_y, self.in_w + 2 * self.pad_x)
+    }
+    /// The forward: x (Cin planes) padded by `pad`, to Cout planes.
+    fn forward(g: &ConvGeom) -> Plan {
+        Plan { in_c: g.cin, in_h: g.h, in_w: g.w, pad_y: g.pad, pad_x: g.pad, out_c: g.cout, out_h: g.oh, out_w: g.ow }
+    }
+    /// The data gradient: dY (Cout planes) padded by `k − 1 − pad`, to Cin planes. Input
+    /// pixel (iy, ix) sits at (iy, ix) of that grid, and the output it fed through kernel
+    /// tap (ky, kx), (iy + pad − ky, ix + pad − kx), at (iy + kh − 1 − ky, ix + kw − 1 − kx).
+    fn data_gradient(g: &ConvGeom) -> Plan {
+        let (pad_y, pad_x) = (g.kh - 1 - g.pad, g.kw - 1 - g.pad);
+        Plan { in_c: g.cout, in_h: g.oh, in_w: g.ow, pad_y, pad_x, out_c: g.cin, out_h: g.h, out_w: g.w }
+    }
+}
+
+/// The weights packed for one direct product, once per call, and where each row of the
+/// reduction lies in a padded image.
+pub struct DirectWeights {
+    packed: PackedA,
+    rows: RowOffsets,
+}
+
+impl DirectWeights {
+    /// For [`forward_group`]: `W[co][(ci, ky, kx)]` as it is, reduction row (ci, ky, kx)
+    /// at `ci·Hp·Wp + ky·Wp + kx`.
+    pub fn forward(g: &ConvGeom, w: &[f32]) -> DirectWeights {
+        let (hp, wp) = Plan::forward(g).padded();
+        let mut offsets = Vec::with_capacity(g.k());
+        for ci in 0..g.cin {
+            for ky in 0..g.kh {
+                for kx in 0..g.kw {
+                    offsets.push(ci * hp * wp + ky * wp + kx);
+                }
+            }
+        }
+        DirectWeights { packed: PackedA::new(&MatRef::rowmajor(w, g.cout, g.k())), rows: RowOffsets::new(offsets) }
+    }
+
+    /// For [`data_gradient_group`]: `Wᵀ` with the reduction ordered tap-major,
+    /// `A[ci][(ky, kx, co)] = W[co][ci][ky][kx]`, one segment per tap. Each segment is
+    /// then the chain over co of the im2col data-gradient product (`Wᵀ·dY`), and the
+    /// segments are added in the order col2im adds the taps: the same bits.
+    pub fn data_gradient(g: &ConvGeom, w: &[f32]) -> DirectWeights {
+        let (hp, wp) = Plan::data_gradient(g).padded();
+        let taps = g.kh * g.kw;
+        let mut a = vec![0.0f32; g.cin * taps * g.cout];
+        let mut offsets = Vec::with_capacity(taps * g.cout);
+        for tap in 0..taps {
+            let (ky, kx) = (tap / g.kw, tap % g.kw);
+            for co in 0..g.cout {
+                offsets.push(co * hp * wp + (g.kh - 1 - ky) * wp + (g.kw - 1 - kx));
+                for ci in 0..g.cin {
+                    a[(ci * taps + tap) * g.cout + co] = w[co * g.k() + ci * taps + tap];
+                }
+            }
+        }
+        let packed = PackedA::new(&MatRef::rowmajor(&a, g.cin, taps * g.cout));
+        DirectWeights { packed, rows: RowOffsets::segmented(offsets, g.cout) }
+    }
+}
+
+/// `y = conv(x) (+ bias)` for the `gi` consecutive NCHW images of `xg`, into `yg`
+/// (every element written).
+pub fn forward_group(g: &ConvGeom, wd: &DirectWeights, xg: &[f32], gi: usize, bias: Option<&[f32]>, yg: &mut [f32]) {
+    debug_assert!(applies(g));
+    run(&Plan::forward(g), wd, xg, gi, bias, yg);
+}
+
+/// The data gradient `dx` of the `gi` consecutive images whose output gradient is
+/// `dyg`, into `dxg` (every element written): the bits of `col2im(Wᵀ·dY)` into zeros.
+pub fn data_gradient_group(g: &ConvGeom, wd: &DirectWeights, dyg: &[f32], gi: usize, dxg: &mut [f32]) {
+    debug_assert!(applies_to_data_gradient(g));
+    run(&Plan::data_gradient(g), wd, dyg, gi, None, dxg);
+}
+
+/// Tiles: an output row at least NR wide is cut into NR-wide tiles along the row
+/// (all of a 32-wide row is one tile, and no border column is computed); narrower rows
+/// are covered by NR consecutive grid positions at a time, several rows per tile. A
+/// tile whose NR outputs lie in one row, for MR channels that exist, is written by the
+/// kernel in place; any other goes through a scratch tile and is copied out run by run.
+fn run(plan: &Plan, wd: &DirectWeights, src: &[f32], gi: usize, bias: Option<&[f32]>, out: &mut [f32]) {
+    let (hp, wp) = plan.padded();
+    let plane = hp * wp;
+    let image = plan.in_c * plane;
+    // The last tile of an image may run up to NR − 1 positions past it: those read the
+    // next image or the tail, and only feed dropped positions.
+    let mut padded = Scratch::take(gi * image + NR);
+    for (s, d) in src.chunks_exact(plan.in_h * plan.in_w).zip(padded.chunks_exact_mut(plane)) {
+        pad_plane(s, plan.in_w, plan.pad_y, plan.pad_x, d);
+    }
+    padded[gi * image..].fill(0.0);
+    let tiles = tiles(plan.out_h, plan.out_w, wp);
+    let (pix, panels) = (plan.out_h * plan.out_w, plan.out_c.div_ceil(MR));
+    let mut scratch = [0.0f32; MR * NR];
+    for j in 0..gi {
+        let src = &padded[j * image..];
+        let oj = &mut out[j * plan.out_c * pix..(j + 1) * plan.out_c * pix];
+        for tile in &tiles {
+            for panel in 0..panels {
+                let (c0, rows) = (panel * MR, MR.min(plan.out_c - panel * MR));
+                let runs = &tile.runs[..tile.nruns];
+                if tile.whole && rows == MR {
+                    let at = c0 * pix + runs[0].2;
+                    offset_tile(&wd.packed, panel, src, tile.q0, &wd.rows, &mut oj[at..], pix);
+                    if let Some(b) = bias {
+                        // The same rounding as adding the bias after the product.
+                        for r in 0..MR {
+                            oj[at + r * pix..][..NR].iter_mut().for_each(|v| *v += b[c0 + r]);
+                        }
+                    }
+                    continue;
+                }
+                offset_tile(&wd.packed, panel, src, tile.q0, &wd.rows, &mut scratch, NR);
+                for r in 0..rows {
+                    let o = &mut oj[(c0 + r) * pix..(c0 + r + 1) * pix];
+                    let vals = &scratch[r * NR..(r + 1) * NR];
+                    for &(lane, len, at) in runs {
+                        let (o, v) = (&mut o[at..at + len], &vals[lane..lane + len]);
+                        match bias {
+                            Some(b) => o.iter_mut().zip(v).for_each(|(o, &v)| *o = v + b[c0 + r]),
+                            None => o.copy_from_slice(v),
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// NR grid positions from `q0`, and the runs of outputs among them: (first lane,
+/// length, output pixel). `whole`: all NR lanes are outputs of one row.
+struct Tile {
+    q0: usize,
+    runs: [(usize, usize, usize); NR],
+    nruns: usize,
+    whole: bool,
+}
+
+/// The tiles that cover every one of `oh × ow` outputs once, on a grid `wp` wide (see
+/// [`run`]).
+fn tiles(oh: usize, ow: usize, wp: usize) -> Vec<Tile> {
+    let starts: Vec<usize> = if ow >= NR {
+        (0..oh).flat_map(|oy| (0..ow).step_by(NR).map(move |ox| oy * wp + ox)).collect()
+    } else {
+        // Up to the last output of the last row.
+        (0..(oh - 1) * wp + ow).step_by(NR).collect()
+    };
+    starts
+        .into_iter()
+        .map(|q0| {
+            let mut t = Tile { q0, runs: [(0, 0, 0); NR], nruns: 0, whole: false };
+            let (mut q, end) = (q0, q0 + NR);
+            while q < end && q / wp < oh {
+                let (oy, ox) = (q / wp, q % wp);
+                let row_end = (oy * wp + wp).min(end);
+                if ox < ow {
+                    let len = (ow - ox).min(row_end - q);
+                    t.runs[t.nruns] = (q - q0, len, oy * ow + ox);
+                    t.nruns += 1;
+                }
+                q = row_end;
+            }
+            t.whole = t.nruns == 1 && t.runs[0].1 == NR;
+            t
+        })
+        .collect()
+}
+
+/// One plane, `w` wide, with `pad_y` zero rows above and below and `pad_x` zero
+/// columns on either side.
+fn pad_plane(src: &[f32], w: usize, pad_y: usize, pad_x: usize, dst: &mut [f32]) {
+    let wp = w + 2 * pad_x;
+    dst[..pad_y * wp].fill(0.0);
+    for (y, row) in src.chunks_exact(w).enumerate() {
+        let d = &mut dst[(pad_y + y) * wp..(pad_y + y + 1) * wp];
+        d[..pad_x].fill(0.0);
+        d[pad_x..pad_x + w].copy_from_slice(row);
+        d[pad_x + w..].fill(0.0);
+    }
+    let h = src.len() / w;
+    dst[(pad_y + h) * wp..].fill(0.0);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{backward, forward, Conv2dCfg, ConvGeom};
+    use crate::engine::gradcheck::random;
+
+    /// The definition, written out without the engine: per output, one f32 FMA chain
+    /// over (ci, ky, kx) in order from zero, the padding read as zeros, then the bias.
+    fn fma_chains(g: &ConvGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+        let mut y = vec![0.0f32; g.n * g.out_size()];
+        for n in 0..g.n {
+            for co in 0..g.cout {
+                for oy in 0..g.oh {
+                    for ox in 0..g.ow {
+                        let mut acc = 0.0f32;
+                        for ci in 0..g.cin {
+                            for ky in 0..g.kh {
+                                for kx in 0..g.kw {
+                                    let (iy, ix) = ((oy + ky) as isize - g.pad as isize, (ox + kx) as isize - g.pad as isize);
+                                    let inside = iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w;
+                                    let v = if inside { x[((n * g.cin + ci) * g.h + iy as usize) * g.w + ix as usize] } else { 0.0 };
+                                    acc = w[((co * g.cin + ci) * g.kh + ky) * g.kw + kx].mul_add(v, acc);
+                                }
+                            }
+                        }
+                        y[((n * g.cout + co) * g.oh + oy) * g.ow + ox] = bias.map_or(acc, |b| acc + b[co]);
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    /// The data gradient as im2col + product + col2im defines it, written out without
+    /// the engine: per (input channel, tap) in order, for every output the tap reached,
+    /// one f32 FMA chain over the output channels from zero, added into a zeroed dx.
+    fn scattered_chains(g: &ConvGeom, w: &[f32], dy: &[f32]) -> Vec<f32> {
+        let mut dx = vec![0.0f32; g.n * g.in_size()];
+        for n in 0..g.n {
+            for ci in 0..g.cin {
+                for ky in 0..g.kh {
+                    for kx in 0..g.kw {
+                        for oy in 0..g.oh {
+                            for ox in 0..g.ow {
+                                let (iy, ix) = ((oy + ky) as isize - g.pad as isize, (ox + kx) as isize - g.pad as isize);
+                                if iy < 0 || ix < 0 || iy as usize >= g.h || ix as usize >= g.w {
+                                    continue;
+                                }
+                                let mut acc = 0.0f32;
+                                for co in 0..g.cout {
+                                    let wv = w[((co * g.cin + ci) * g.kh + ky) * g.kw + kx];
+                                    acc = wv.mul_add(dy[((n * g.cout + co) * g.oh + oy) * g.ow + ox], acc);
+                                }
+                                dx[((n * g.cin + ci) * g.h + iy as usize) * g.w + ix as usize] += acc;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        dx
+    }
+
+    /// Every stride-1 shape the direct path takes gives the defined chains bit for bit,
+    /// forward and (where the padding is below the kernel) data gradient:
+    /// channel counts off the 8-row panels, rows of one whole tile (32), of whole tiles
+    /// and a short one (40, 70), narrow rows whose tiles span several (8 × 8, 3 × 5),
+    /// padding 0 to 2, non-square kernels, kernels wider than the image, several image
+    /// groups.
+    #[test]
+    fn direct_paths_are_the_defined_chains_exactly() {
+        let cases: [([usize; 4], [usize; 4], usize); 10] = [
+            ([1, 2, 5, 40], [11, 2, 3, 3], 1),
+            ([1, 3, 4, 70], [8, 3, 3, 3], 1),
+            ([2, 3, 7, 6], [5, 3, 3, 3], 1),
+            ([3, 16, 8, 8], [16, 16, 3, 3], 1),
+            ([2, 4, 32, 32], [13, 4, 3, 3], 1),
+            ([2, 2, 3, 5], [9, 2, 3, 3], 0),
+            ([1, 3, 6, 9], [4, 3, 5, 5], 2),
+            ([2, 3, 5, 7], [3, 3, 1, 3], 1),
+            ([1, 1, 3, 3], [2, 1, 5, 5], 2),
+            ([70, 2, 4, 4], [8, 2, 3, 3], 1),
+        ];
+        for (i, (xs, ws, pad)) in cases.into_iter().enumerate() {
+            let g = ConvGeom::new(&xs, &ws, Conv2dCfg { stride: 1, padding: pad }).unwrap();
+            assert!(super::applies(&g), "case {i} should take the direct path");
+            let (x, w, b) = (random(&xs, 10 + i as u64), random(&ws, 20 + i as u64), random(&[ws[0]], 30));
+            for bias in [None, Some(b.data())] {
+                let got = forward(&g, x.data(), w.data(), bias);
+                let want = fma_chains(&g, x.data(), w.data(), bias);
+                for (at, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(g.to_bits(), w.to_bits(), "case {i} ({xs:?} * {ws:?}, pad {pad}, bias {}) element {at}", bias.is_some());
+                }
+            }
+            if super::applies_to_data_gradient(&g) {
+                let dy = random(&[g.n * g.out_size()], 40 + i as u64);
+                let (dx, ..) = backward(&g, x.data(), w.data(), dy.data(), true);
+                let want = scattered_chains(&g, w.data(), dy.data());
+                for (at, (g, w)) in dx.unwrap().iter().zip(&want).enumerate() {
+                    assert_eq!(g.to_bits(), w.to_bits(), "data gradient, case {i} ({xs:?} * {ws:?}, pad {pad}) element {at}");
+                }
+            }
+        }
+    }
+}
