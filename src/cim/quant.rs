@@ -70,11 +70,13 @@ pub fn epact(tape: &mut Tape, x: Var, lo: Var, hi: Var, bits: Option<u32>) -> Re
     let (l, h) = (scalar(tape, lo, "the lower bound")?, scalar(tape, hi, "the upper bound")?);
     let h = h.max(l + MIN_RANGE);
     let xv = tape.value(x);
-    let mut y = crate::engine::par::zeros(xv.len());
     let grid = bits.map(|b| ActGrid::new(l, h, b));
-    y.par_chunks_mut(CHUNK).zip(xv.data().par_chunks(CHUNK)).for_each(|(y, x)| match grid {
-        Some(g) => y.iter_mut().zip(x).for_each(|(o, &v)| *o = g.value(g.code(v.clamp(l, h)))),
-        None => y.iter_mut().zip(x).for_each(|(o, &v)| *o = v.clamp(l, h)),
+    let xd = xv.data();
+    let y = crate::engine::par::from_chunks(xd.len(), CHUNK, |i, len| {
+        xd[i * CHUNK..][..len].iter().map(move |&v| match grid {
+            Some(g) => g.value(g.code(v.clamp(l, h))),
+            None => v.clamp(l, h),
+        })
     });
     let y = Tensor::new(xv.shape(), y);
     Ok(tape.push(y, &[x, lo, hi], move |g, vals, sink| {

@@ -42,3 +42,41 @@ pub fn zeros(n: usize) -> Vec<f32> {
     rayon::iter::ParallelExtend::par_extend(&mut v, rayon::iter::repeat_n(0.0f32, n));
     v
 }
+
+/// `n` values made in parallel, `chunk` at a time, written once with no zeroing first:
+/// `fill(i, len)` yields the values of elements `i·chunk .. i·chunk + len`, exactly
+/// `len` of them (a chunk that yields fewer panics; nothing unwritten is ever read).
+/// For element-wise ops whose output is wholly written: zeroing it first (`zeros`) is a
+/// second pass over memory. The chunks depend on `n` and `chunk` only.
+pub fn from_chunks<I: Iterator<Item = f32>>(n: usize, chunk: usize, fill: impl Fn(usize, usize) -> I + Sync + Send) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut v: Vec<f32> = Vec::with_capacity(n);
+    v.spare_capacity_mut()[..n].par_chunks_mut(chunk.max(1)).enumerate().for_each(|(i, out)| {
+        let (mut written, len) = (0, out.len());
+        for (o, x) in out.iter_mut().zip(fill(i, len)) {
+            o.write(x);
+            written += 1;
+        }
+        assert_eq!(written, out.len(), "par::from_chunks: chunk {i} yielded {written} of {} values", out.len());
+    });
+    // SAFETY: each of the first n elements lies in one chunk, and every chunk was
+    // written whole (asserted; a panic above leaves the length at 0).
+    unsafe { v.set_len(n) };
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn from_chunks_writes_every_element_in_place() {
+        let v = super::from_chunks(1000, 64, |i, len| (0..len).map(move |j| (i * 64 + j) as f32));
+        assert_eq!(v, (0..1000).map(|i| i as f32).collect::<Vec<_>>());
+        assert!(super::from_chunks(0, 64, |_, len| (0..len).map(|_| 1.0)).is_empty());
+    }
+
+    #[test]
+    #[should_panic(expected = "yielded 10 of 64")]
+    fn a_short_chunk_is_refused() {
+        super::from_chunks(1000, 64, |_, _| (0..10).map(|j| j as f32));
+    }
+}

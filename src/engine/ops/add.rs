@@ -1,21 +1,14 @@
 //! Element-wise sum of two tensors of the same shape (residual connections).
 
 use crate::engine::{par, Tape, Tensor, Var};
-use rayon::prelude::*;
 
 const CHUNK: usize = 1 << 14;
 
 pub fn add(tape: &mut Tape, a: Var, b: Var) -> Var {
     let (av, bv) = (tape.value(a), tape.value(b));
     assert_eq!(av.shape(), bv.shape(), "add: shapes {:?} and {:?} differ", av.shape(), bv.shape());
-    let mut y = par::zeros(av.len());
-    y.par_chunks_mut(CHUNK).zip(av.data().par_chunks(CHUNK)).zip(bv.data().par_chunks(CHUNK)).for_each(
-        |((y, a), b)| {
-            for ((o, &p), &q) in y.iter_mut().zip(a).zip(b) {
-                *o = p + q;
-            }
-        },
-    );
+    let (ad, bd) = (av.data(), bv.data());
+    let y = par::from_chunks(ad.len(), CHUNK, |i, len| ad[i * CHUNK..][..len].iter().zip(&bd[i * CHUNK..][..len]).map(|(&p, &q)| p + q));
     let y = Tensor::new(av.shape(), y);
     tape.push(y, &[a, b], move |g, _vals, sink| {
         for v in [a, b] {

@@ -79,19 +79,13 @@ pub fn batch_norm2d(tape: &mut Tape, x: Var, gamma: Var, beta: Var, state: Batch
     // Fold into one scale and shift per channel.
     let scale: Vec<f32> = (0..c).map(|ch| invstd[ch] * g[ch]).collect();
     let shift: Vec<f32> = (0..c).map(|ch| b[ch] - mean[ch] * scale[ch]).collect();
-    let mut y = par::zeros(xv.len());
-    y.par_chunks_mut(c * hw).zip(xv.data().par_chunks(c * hw)).for_each(|(yi, xi)| {
-        for ch in 0..c {
-            let (s, t) = (scale[ch], shift[ch]);
-            for (o, &v) in yi[ch * hw..(ch + 1) * hw].iter_mut().zip(&xi[ch * hw..(ch + 1) * hw]) {
-                *o = v * s + t;
-            }
-        }
-    });
-    if state.relu {
-        y.par_chunks_mut(1 << 14).for_each(|c| c.iter_mut().for_each(|v| *v = v.max(0.0)));
-    }
+    // One channel plane per chunk; the fused ReLU in the same pass.
     let relu = state.relu;
+    let xd = xv.data();
+    let y = par::from_chunks(xd.len(), hw, |i, len| {
+        let (s, t) = (scale[i % c], shift[i % c]);
+        xd[i * hw..][..len].iter().map(move |&v| if relu { (v * s + t).max(0.0) } else { v * s + t })
+    });
     let y = Tensor::new(xv.shape(), y);
     Ok(tape.push(y, &[x, gamma, beta], move |gout, vals, sink| {
         let xv = vals.get(x);

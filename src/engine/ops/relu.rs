@@ -7,12 +7,8 @@ const CHUNK: usize = 1 << 14;
 
 pub fn relu(tape: &mut Tape, x: Var) -> Var {
     let xv = tape.value(x);
-    let mut y = par::zeros(xv.len());
-    y.par_chunks_mut(CHUNK).zip(xv.data().par_chunks(CHUNK)).for_each(|(y, x)| {
-        for (o, &i) in y.iter_mut().zip(x) {
-            *o = i.max(0.0);
-        }
-    });
+    let xd = xv.data();
+    let y = par::from_chunks(xd.len(), CHUNK, |i, len| xd[i * CHUNK..][..len].iter().map(|&v| v.max(0.0)));
     let y = Tensor::new(xv.shape(), y);
     tape.push(y, &[x], move |g, vals, sink| {
         let y = vals.output();
