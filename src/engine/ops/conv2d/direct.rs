@@ -69,18 +69,21 @@ impl Plan {
     }
 }
 
-/// The weights packed for one direct product, once per call, and where each row of the
-/// reduction lies in a padded image.
+/// What one direct product needs, made once per call: the weights packed, where each
+/// row of the reduction lies in a padded image, and the tiles that cover an image's
+/// outputs.
 pub struct DirectWeights {
     packed: PackedA,
     rows: RowOffsets,
+    tiles: Vec<Tile>,
 }
 
 impl DirectWeights {
     /// For [`forward_group`]: `W[co][(ci, ky, kx)]` as it is, reduction row (ci, ky, kx)
     /// at `ci·Hp·Wp + ky·Wp + kx`.
     pub fn forward(g: &ConvGeom, w: &[f32]) -> DirectWeights {
-        let (hp, wp) = Plan::forward(g).padded();
+        let plan = Plan::forward(g);
+        let (hp, wp) = plan.padded();
         let mut offsets = Vec::with_capacity(g.k());
         for ci in 0..g.cin {
             for ky in 0..g.kh {
@@ -89,7 +92,8 @@ impl DirectWeights {
                 }
             }
         }
-        DirectWeights { packed: PackedA::new(&MatRef::rowmajor(w, g.cout, g.k())), rows: RowOffsets::new(offsets) }
+        let packed = PackedA::new(&MatRef::rowmajor(w, g.cout, g.k()));
+        DirectWeights { packed, rows: RowOffsets::new(offsets), tiles: tiles(plan.out_h, plan.out_w, wp) }
     }
 
     /// For [`data_gradient_group`]: `Wᵀ` with the reduction ordered tap-major,
@@ -97,7 +101,8 @@ impl DirectWeights {
     /// then the chain over co of the im2col data-gradient product (`Wᵀ·dY`), and the
     /// segments are added in the order col2im adds the taps: the same bits.
     pub fn data_gradient(g: &ConvGeom, w: &[f32]) -> DirectWeights {
-        let (hp, wp) = Plan::data_gradient(g).padded();
+        let plan = Plan::data_gradient(g);
+        let (hp, wp) = plan.padded();
         let taps = g.kh * g.kw;
         let mut a = vec![0.0f32; g.cin * taps * g.cout];
         let mut offsets = Vec::with_capacity(taps * g.cout);
@@ -111,7 +116,7 @@ impl DirectWeights {
             }
         }
         let packed = PackedA::new(&MatRef::rowmajor(&a, g.cin, taps * g.cout));
-        DirectWeights { packed, rows: RowOffsets::segmented(offsets, g.cout) }
+        DirectWeights { packed, rows: RowOffsets::segmented(offsets, g.cout), tiles: tiles(plan.out_h, plan.out_w, wp) }
     }
 }
 
@@ -145,13 +150,12 @@ fn run(plan: &Plan, wd: &DirectWeights, src: &[f32], gi: usize, bias: Option<&[f
         pad_plane(s, plan.in_w, plan.pad_y, plan.pad_x, d);
     }
     padded[gi * image..].fill(0.0);
-    let tiles = tiles(plan.out_h, plan.out_w, wp);
     let (pix, panels) = (plan.out_h * plan.out_w, plan.out_c.div_ceil(MR));
     let mut scratch = [0.0f32; MR * NR];
     for j in 0..gi {
         let src = &padded[j * image..];
         let oj = &mut out[j * plan.out_c * pix..(j + 1) * plan.out_c * pix];
-        for tile in &tiles {
+        for tile in &wd.tiles {
             for panel in 0..panels {
                 let (c0, rows) = (panel * MR, MR.min(plan.out_c - panel * MR));
                 let runs = &tile.runs[..tile.nruns];
