@@ -158,7 +158,7 @@ unsafe fn avx2<B: BSteps>(kc: usize, a: *const f32, b: B, c: *mut f32, ldc: usiz
     unsafe { generic(kc, a, b, c, ldc, load) }
 }
 
-/// MR rows × NR/16 zmm: per step, NR/16 loads of `B`, MR broadcasts of `A`, MR·NR/16 FMAs.
+/// MR rows × NR/16 zmm accumulators, the steps in [`avx512_steps`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn avx512<B: BSteps>(kc: usize, a: *const f32, b: B, c: *mut f32, ldc: usize, load: bool) {
@@ -175,20 +175,36 @@ unsafe fn avx512<B: BSteps>(kc: usize, a: *const f32, b: B, c: *mut f32, ldc: us
                 }
             }
         }
-        for p in 0..kc {
+        avx512_steps(&mut acc, 0..kc, a, b);
+        for (i, row) in acc.iter().enumerate() {
+            for (v, r) in row.iter().enumerate() {
+                _mm512_storeu_ps(c.add(i * ldc + v * 16), *r);
+            }
+        }
+    }
+}
+
+/// Steps `ps` of the chains in `acc` (both AVX-512 kernels): per step, NR/16 loads of
+/// `B`, MR broadcasts of `A`, MR·NR/16 FMAs.
+///
+/// # Safety
+/// The A panel at `a` and the steps of `b` hold every step in `ps` (caller).
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn avx512_steps<B: BSteps>(acc: &mut [[std::arch::x86_64::__m512; NR / 16]; MR], ps: std::ops::Range<usize>, a: *const f32, b: B) {
+    use std::arch::x86_64::*;
+    for p in ps {
+        // SAFETY: step p of A and of B is readable (caller).
+        unsafe {
             let bp = b.step(p);
-            let bv: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(bp.add(16 * v)));
+            let bv: [__m512; NR / 16] = std::array::from_fn(|v| _mm512_loadu_ps(bp.add(16 * v)));
             let ap = a.add(p * MR);
             for (i, row) in acc.iter_mut().enumerate() {
                 let av = _mm512_set1_ps(*ap.add(i));
                 for (r, bvv) in row.iter_mut().zip(bv) {
                     *r = _mm512_fmadd_ps(av, bvv, *r);
                 }
-            }
-        }
-        for (i, row) in acc.iter().enumerate() {
-            for (v, r) in row.iter().enumerate() {
-                _mm512_storeu_ps(c.add(i * ldc + v * 16), *r);
             }
         }
     }
@@ -267,17 +283,7 @@ unsafe fn avx512_segmented<B: BSteps>(segments: usize, len: usize, a: *const f32
     unsafe {
         for s in 0..segments {
             let mut acc = [[_mm512_setzero_ps(); V]; MR];
-            for p in s * len..(s + 1) * len {
-                let bp = b.step(p);
-                let bv: [__m512; V] = std::array::from_fn(|v| _mm512_loadu_ps(bp.add(16 * v)));
-                let ap = a.add(p * MR);
-                for (i, row) in acc.iter_mut().enumerate() {
-                    let av = _mm512_set1_ps(*ap.add(i));
-                    for (r, bvv) in row.iter_mut().zip(bv) {
-                        *r = _mm512_fmadd_ps(av, bvv, *r);
-                    }
-                }
-            }
+            avx512_steps(&mut acc, s * len..(s + 1) * len, a, b);
             for (i, row) in acc.iter().enumerate() {
                 for (v, r) in row.iter().enumerate() {
                     let o = c.add(i * ldc + v * 16);

@@ -143,9 +143,6 @@ impl PackedA {
         pack::pack_a(a, 0, a.rows, 0, a.cols, &mut panels);
         PackedA { panels, rows: a.rows, k: a.cols }
     }
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
 }
 
 /// Where each row of a `B` that is read in place lies: row p's values for columns
@@ -174,7 +171,7 @@ impl RowOffsets {
 /// One MR × NR tile of `C = A·B`: rows `panel·MR ..` (MR-row panel `panel` of `a`),
 /// columns `q0 .. q0 + NR`, where `B[p][q] = src[q + offsets[p]]` is read in place, no
 /// packing. The tile goes to `c`, row-major with row stride `ldc` (panel rows beyond
-/// `a.rows()` come out zero). Each value is the chain the module docs define, over the
+/// the rows of `a` come out zero). Each value is the chain the module docs define, over the
 /// whole reduction in one pass, so it has the bits [`matmul`] gives for these matrices;
 /// or, for [`RowOffsets::segmented`] rows, `0 + chain₀ + chain₁ + …` over the segments
 /// in order, each chain from zero: the bits of [`matmul`] for each segment's rows
