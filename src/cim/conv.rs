@@ -30,12 +30,12 @@
 //! depend on grouping or threads (and one channel's row of an image group is one run
 //! of consecutive operations); the saved slopes replay nothing at random.
 
-use super::psum::{self, PackedWeights};
+use super::psum::{self, CodePlane, PackedWeights};
 use super::quant::{weight_codes, ActGrid};
 use super::profile::Timer;
 use super::readout::{CimRuntime, DrawKey, DrawRun, Estimator, ReadoutMode};
-use crate::engine::gemm::{gemm, matmul, MatRef, OutView, RowSource};
-use crate::engine::ops::conv2d::{self, col2im, group_columns, Conv2dCfg, ConvGeom, Patches};
+use crate::engine::gemm::{gemm, matmul, MatRef, OutView};
+use crate::engine::ops::conv2d::{self, col2im, group_columns, Conv2dCfg, ConvGeom};
 use crate::engine::scratch::Scratch;
 use crate::engine::{par, Tape, Tensor, Var};
 use crate::{Error, Result};
@@ -171,35 +171,8 @@ fn valid_mask(g: &ConvGeom) -> Vec<f32> {
     let ones = vec![1.0f32; g.in_size()];
     let one = ConvGeom { n: 1, ..*g };
     let mut m = vec![0.0f32; g.k() * g.pixels()];
-    conv2d::im2col(&one, &ones, &mut m, g.pixels());
+    conv2d::im2col(&one, &ones, &mut m, g.pixels(), 0..g.k());
     m
-}
-
-/// Rows `r0..r0 + rows` of a group's patch matrix of input codes — one tile's rows —
-/// read on demand; with `bits = Some((shift, width))` only those bits of each code
-/// (one cycle of a bit-serial macro).
-struct TileRows<'a> {
-    patches: Patches<'a>,
-    r0: usize,
-    rows: usize,
-    bits: Option<(u32, u32)>,
-}
-
-impl RowSource for TileRows<'_> {
-    fn rows(&self) -> usize {
-        self.rows
-    }
-    fn cols(&self) -> usize {
-        self.patches.cols()
-    }
-    fn read_row(&self, r: usize, c0: usize, dst: &mut [f32]) {
-        self.patches.read_row(self.r0 + r, c0, dst);
-        if let Some((shift, width)) = self.bits {
-            // Codes are integers below 2^16, exact in f32 and in u32.
-            let mask = (1u32 << width) - 1;
-            dst.iter_mut().for_each(|v| *v = ((*v as u32 >> shift) & mask) as f32);
-        }
-    }
 }
 
 /// Forward of one group: returns the readout accumulator `[Cout][cols]` (in partial-sum
@@ -227,26 +200,31 @@ fn group_forward(
     let b = spec.input_bits_per_cycle;
     let key = DrawKey::new(rt.seed, call.layer, rt.step);
     let mut acc = vec![0.0f32; cout * cols];
-    let mut saved = want_codes.then(|| vec![0u16; tiles * cycles * cout * cols]);
+    // Appended in the loops' order, which is its layout's: no zero fill first.
+    let mut saved = want_codes.then(|| Vec::<u16>::with_capacity(tiles * cycles * cout * cols));
     let saturated = adc.levels() as u16;
     let mut psum = vec![0i32; cout * cols];
-    // Byte planes of a cycle's input codes (see `psum`), and their packed words.
-    let planes = b.div_ceil(8);
-    let (mut words, mut staging, path) = (Vec::new(), Scratch::take(4 * cols), psum::Path::best());
+    // Byte planes of a cycle's input codes (see `psum`), `[cycle][plane]`, made once for
+    // every tile; and a tile's packed words.
+    let planes = b.div_ceil(8) as usize;
+    let profile = rt.profile.as_deref();
+    let code_planes: Vec<CodePlane> = {
+        let _t = Timer::start(profile.map(|p| &p.partial_sums));
+        let bits = |c: usize| (cycles > 1).then_some((c as u32 * b, b));
+        (0..cycles * planes).map(|i| CodePlane::new(g, qx, gi, bits(i / planes), (i % planes) as u32)).collect()
+    };
+    let (mut words, path) = (Vec::new(), psum::Path::best());
     let (mut rounded, mut codes, mut read) = (vec![0.0f32; cols], vec![0i32; cols], vec![0.0f32; cols]);
     let inv_step = 1.0 / adc.step;
     // One code beyond each end of the ADC range stands for every saturated sum. The
     // codes must be exact in f32 for that (and for the conversion below to be sound).
     assert!(adc.kmin.unsigned_abs() < 1 << 24 && adc.kmax.unsigned_abs() < 1 << 24, "ADC codes beyond ±2^24 (MacroSpec::validate refuses them)");
     let (below, above) = (adc.kmin as f32 - 1.0, adc.kmax as f32 + 1.0);
-    let profile = rt.profile.as_deref();
     for t in 0..tiles {
         let (r0, r1) = (t * spec.rows, ((t + 1) * spec.rows).min(k));
         for c in 0..cycles {
             {
                 let _t = Timer::start(profile.map(|p| &p.partial_sums));
-                let patches = Patches { g, x: qx, images: gi };
-                let tile = TileRows { patches, r0, rows: r1 - r0, bits: (cycles > 1).then_some((c as u32 * b, b)) };
                 // P = 256·P_high + P_low: the high plane first, shifted, then the low added.
                 for plane in (0..planes).rev() {
                     if plane + 1 < planes {
@@ -254,7 +232,7 @@ fn group_forward(
                     }
                     // Only the tile's own rows: a short last tile skips the zero words.
                     let quads = (r1 - r0).div_ceil(4);
-                    psum::pack_codes(&tile, plane, quads, &mut words, &mut staging);
+                    code_planes[c * planes + plane].pack_tile(r0, r1, quads, &mut words);
                     psum::plane_product(path, w_packed.tile(t), w_packed.quads(), &words, cout, quads, cols, &mut psum, plane + 1 < planes);
                 }
             }
@@ -289,10 +267,9 @@ fn group_forward(
                     *a += weight * r;
                 }
                 if let Some(s) = saved.as_mut() {
-                    let out = &mut s[((t * cycles + c) * cout + co) * cols..][..cols];
-                    for (o, (&r, &kc)) in out.iter_mut().zip(rounded.iter().zip(&codes)) {
-                        *o = if r == kc as f32 { (kc - adc.kmin) as u16 } else { saturated };
-                    }
+                    // This operation row, `((t·cycles + c)·cout + co)·cols`, is the next one.
+                    debug_assert_eq!(s.len(), ((t * cycles + c) * cout + co) * cols);
+                    s.extend(rounded.iter().zip(&codes).map(|(&r, &kc)| if r == kc as f32 { (kc - adc.kmin) as u16 } else { saturated }));
                 }
             }
         }
@@ -414,9 +391,6 @@ fn statistical_backward(s: &Saved, codes: &[Vec<u16>], slopes: &SlopeSource, x: 
             let gi = gs.min(g.n - i0);
             let cols = gi * pix;
             let qx: Vec<f32> = x[i0 * g.in_size()..(i0 + gi) * g.in_size()].iter().map(|&v| s.grid.code(v)).collect();
-            let im2col_time = Timer::start(slopes.rt.profile.as_deref().map(|p| &p.backward_gemm));
-            let qcol = group_columns(g, &qx, gi);
-            drop(im2col_time);
             // Channel co of image j's dY, read in place (NCHW).
             let dy_row = |j: usize, co: usize| &dy[((i0 + j) * cout + co) * pix..][..pix];
             let mut dsum = vec![0.0f32; cout * pix];
@@ -434,7 +408,10 @@ fn statistical_backward(s: &Saved, codes: &[Vec<u16>], slopes: &SlopeSource, x: 
             let mut srow = vec![0.0f32; cols];
             let mut scratch = (Vec::new(), Vec::new());
             let mut dw = vec![0.0f32; cout * k];
-            let mut dcol = dxg.is_some().then(|| Scratch::take(k * cols));
+            // One tile's patch gradient at a time, added onto dx before the next tile's
+            // (col2im adds in row order either way: the same bits).
+            let mut dcol = dxg.is_some().then(|| Scratch::take(s.rows.min(k) * cols));
+            let mut dxg = dxg;
             let profile = slopes.rt.profile.as_deref();
             for t in 0..s.tiles {
                 let (r0, r1) = (t * s.rows, ((t + 1) * s.rows).min(k));
@@ -471,23 +448,21 @@ fn statistical_backward(s: &Saved, codes: &[Vec<u16>], slopes: &SlopeSource, x: 
                 drop(slope_time);
                 let _t = Timer::start(profile.map(|p| &p.backward_gemm));
                 let em = MatRef::rowmajor(&e, cout, cols);
-                // dW[:, tile] = E · q_col[tile]ᵀ (times s_x below)
-                let qt = MatRef { data: &qcol[r0 * cols..], rows: r1 - r0, cols, rs: cols, cs: 1 };
-                matmul(&em, &qt.t(), &mut OutView::rowmajor(&mut dw[r0..], cout, r1 - r0, k));
-                if let Some(dcol) = dcol.as_mut() {
-                    // dcol[tile] = ŵ[:, tile]ᵀ · E
+                // dW[:, tile] = E · q_col[tile]ᵀ (times s_x below): the tile's patch rows,
+                // written out (packing their transpose is fastest from a stored matrix).
+                let qcol = group_columns(g, &qx, gi, r0..r1);
+                matmul(&em, &MatRef::rowmajor(&qcol, r1 - r0, cols).t(), &mut OutView::rowmajor(&mut dw[r0..], cout, r1 - r0, k));
+                if let (Some(dxg), Some(dcol)) = (dxg.as_deref_mut(), dcol.as_mut()) {
+                    // dx += col2im(ŵ[:, tile]ᵀ · E)
                     let wt = MatRef { data: &s.w_hat[r0..], rows: cout, cols: r1 - r0, rs: k, cs: 1 };
-                    matmul(&wt.t(), &em, &mut OutView::rowmajor(&mut dcol[r0 * cols..], r1 - r0, cols, cols));
+                    matmul(&wt.t(), &em, &mut OutView::rowmajor(dcol, r1 - r0, cols, cols));
+                    for j in 0..gi {
+                        col2im(g, &dcol[j * pix..], cols, r0..r1, &mut dxg[j * g.in_size()..(j + 1) * g.in_size()]);
+                    }
                 }
             }
             // `gemm`'s alpha, applied as it would: one product per element.
             dw.iter_mut().for_each(|v| *v *= s.grid.step);
-            if let (Some(dxg), Some(dcol)) = (dxg, dcol) {
-                let _t = Timer::start(profile.map(|p| &p.backward_gemm));
-                for j in 0..gi {
-                    col2im(g, &dcol[j * pix..], cols, &mut dxg[j * g.in_size()..(j + 1) * g.in_size()]);
-                }
-            }
             (dw, dsum, db)
         })
         .collect();

@@ -5,7 +5,7 @@
 //! rows of one output channel fit a 32-bit word ([`PackedWeights`], packed once per
 //! layer call). Input codes of one cycle are unsigned and at most 16 bits; they are cut
 //! into byte planes (one for ≤ 8-bit cycles, two above), and four rows of a plane fit a
-//! word too ([`pack_codes`]). A plane's product is
+//! word too ([`CodePlane`]). A plane's product is
 //! `Σ_q Σ_{b<4} byte_b(a[q][col]) · sbyte_b(w[co][q])`, and `P = Σ_planes 256^plane · P_plane`.
 //! Partial sums are integers below 2^24 (`MacroSpec::validate`), so the i32 sums are
 //! exact and equal the f32 GEMM of the same codes bit for bit; which path runs changes
@@ -18,7 +18,7 @@
 //!   (255·127·2 > 32,767).
 //! * **portable**: the same sums in i32 loops.
 
-use crate::engine::gemm::RowSource;
+use crate::engine::ops::conv2d::ConvGeom;
 
 /// One layer's weight codes, per tile and output channel as words of four rows
 /// (`words[(t·cout + co)·quads + q]`, row `4q + b` of the tile in byte `b`, zero past the
@@ -63,33 +63,73 @@ impl PackedWeights {
     }
 }
 
-/// Byte plane `plane` of the codes `src` holds (`rows × cols`, integers in 0..2^16 stored
-/// as f32), four rows to a word: `dst[q·cols + j]` holds rows `4q..4q + 4` of column `j`,
-/// row `4q` in the low byte, zero past the last row. `dst` is resized to `quads · cols`;
-/// `staging` is four rows of f32.
-pub fn pack_codes(src: &impl RowSource, plane: u32, quads: usize, dst: &mut Vec<u32>, staging: &mut [f32]) {
-    let (rows, cols) = (src.rows(), src.cols());
-    assert!(quads * 4 >= rows && staging.len() >= 4 * cols && plane < 2);
-    dst.resize(quads * cols, 0);
-    let shift = 8 * plane;
-    for (q, out) in dst.chunks_exact_mut(cols.max(1)).enumerate().take(quads) {
-        let n = rows.saturating_sub(4 * q).min(4);
-        for b in 0..4 {
-            let row = &mut staging[b * cols..(b + 1) * cols];
-            if b < n {
-                src.read_row(4 * q + b, 0, row);
-            } else {
-                row.fill(0.0);
+/// One cycle's byte plane of a group's input codes, with the convolution's zero border:
+/// `[images][cin][h + 2·pad][w + 2·pad]` bytes. Every tile's patch rows are read from
+/// here ([`CodePlane::pack_tile`]); the codes are converted and padded once per group
+/// and plane, not once per tile row.
+pub struct CodePlane<'g> {
+    g: &'g ConvGeom,
+    images: usize,
+    bytes: Vec<u8>,
+    /// Zero bytes standing for the rows past a short tile's last (one output row's reach).
+    zeros: Vec<u8>,
+    hp: usize,
+    wp: usize,
+}
+
+impl<'g> CodePlane<'g> {
+    /// `codes` holds `images` NCHW images of input codes, integers in 0..2^16 stored as
+    /// f32. `bits = Some((shift, width))` keeps those bits of each code (one cycle of a
+    /// bit-serial macro); `plane` picks byte 0 or 1 of what is kept.
+    pub fn new(g: &'g ConvGeom, codes: &[f32], images: usize, bits: Option<(u32, u32)>, plane: u32) -> Self {
+        assert!(codes.len() == images * g.in_size() && plane < 2);
+        let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
+        let (shift, mask) = bits.map_or((0, u32::MAX), |(s, w)| (s, (1u32 << w) - 1));
+        // `v as u32` is exact on the integer codes (and saturates, never UB, on any other value).
+        let byte = |v: f32| ((((v as u32) >> shift) & mask) >> (8 * plane)) as u8;
+        let mut bytes = vec![0u8; images * g.cin * hp * wp];
+        for (plane_img, src) in bytes.chunks_exact_mut(hp * wp).zip(codes.chunks_exact(g.h * g.w)) {
+            for (dst, row) in plane_img[g.pad * wp..].chunks_exact_mut(wp).zip(src.chunks_exact(g.w)) {
+                dst[g.pad..g.pad + g.w].iter_mut().zip(row).for_each(|(d, &v)| *d = byte(v));
             }
         }
-        let (r0, rest) = staging.split_at(cols);
-        let (r1, rest) = rest.split_at(cols);
-        let (r2, r3) = rest.split_at(cols);
-        // An integer 0 ≤ v < 2^23 is the low mantissa bits of v + 2^23: bit operations
-        // only, so the loop vectorises (a NaN code gives some byte, never UB).
-        let byte = |v: f32| (((v + 8_388_608.0).to_bits() & 0x7F_FFFF) >> shift) & 0xFF;
-        for ((((o, &v0), &v1), &v2), &v3) in out.iter_mut().zip(r0).zip(r1).zip(r2).zip(r3) {
-            *o = byte(v0) | byte(v1) << 8 | byte(v2) << 16 | byte(v3) << 24;
+        let reach = (g.ow - 1) * g.stride + 1;
+        CodePlane { g, images, bytes, zeros: vec![0u8; reach], hp, wp }
+    }
+
+    /// Rows `r0..r1` of the group's patch matrix (`images · pixels` columns), four rows
+    /// to a word: `dst[q·cols + j]` holds rows `r0 + 4q .. r0 + 4q + 4` of column `j`,
+    /// row `r0 + 4q` in the low byte, zero past row `r1`. `dst` is resized to `quads · cols`.
+    pub fn pack_tile(&self, r0: usize, r1: usize, quads: usize, dst: &mut Vec<u32>) {
+        let g = self.g;
+        assert!(r0 <= r1 && r1 <= g.k() && quads * 4 >= r1 - r0);
+        let (pix, image) = (g.pixels(), g.cin * self.hp * self.wp);
+        let cols = self.images * pix;
+        let reach = self.zeros.len();
+        dst.resize(quads * cols, 0);
+        for (q, out) in dst.chunks_exact_mut(cols.max(1)).enumerate().take(quads) {
+            // Where each of the word's four rows starts in an image: (ci, ky, kx) at output (0, 0).
+            let start: [Option<usize>; 4] = std::array::from_fn(|b| {
+                let r = r0 + 4 * q + b;
+                (r < r1).then(|| ((r / (g.kh * g.kw) * self.hp + (r / g.kw) % g.kh) * self.wp) + r % g.kw)
+            });
+            for (j, out_img) in out.chunks_exact_mut(pix).enumerate() {
+                for (oy, o) in out_img.chunks_exact_mut(g.ow).enumerate() {
+                    let at = j * image + oy * g.stride * self.wp;
+                    let row = |b: usize| start[b].map_or(&self.zeros[..], |s| &self.bytes[at + s..][..reach]);
+                    let (a0, a1, a2, a3) = (row(0), row(1), row(2), row(3));
+                    if g.stride == 1 {
+                        for ((((o, &v0), &v1), &v2), &v3) in o.iter_mut().zip(a0).zip(a1).zip(a2).zip(a3) {
+                            *o = v0 as u32 | (v1 as u32) << 8 | (v2 as u32) << 16 | (v3 as u32) << 24;
+                        }
+                    } else {
+                        for (x, o) in o.iter_mut().enumerate() {
+                            let i = x * g.stride;
+                            *o = a0[i] as u32 | (a1[i] as u32) << 8 | (a2[i] as u32) << 16 | (a3[i] as u32) << 24;
+                        }
+                    }
+                }
+            }
         }
     }
 }
@@ -285,18 +325,10 @@ mod tests {
     use super::*;
     use crate::engine::gemm::{gemm, MatRef};
 
-    /// A stored matrix as a row source.
-    struct Stored<'a>(&'a [f32], usize, usize);
-    impl RowSource for Stored<'_> {
-        fn rows(&self) -> usize {
-            self.1
-        }
-        fn cols(&self) -> usize {
-            self.2
-        }
-        fn read_row(&self, r: usize, c0: usize, dst: &mut [f32]) {
-            dst.copy_from_slice(&self.0[r * self.2 + c0..][..dst.len()]);
-        }
+    /// A stored `rows × cols` matrix of codes as the patch matrix of a 1×1 convolution
+    /// over one image of `rows` channels and `1 × cols` pixels (which it is, as it is).
+    fn as_image(rows: usize, cols: usize) -> ConvGeom {
+        ConvGeom { n: 1, cin: rows, h: 1, w: cols, cout: 1, kh: 1, kw: 1, stride: 1, pad: 0, oh: 1, ow: cols }
     }
 
     /// Every path, through both byte planes, gives each tile's partial sums exactly: as
@@ -329,12 +361,12 @@ mod tests {
                 let mut by_gemm = vec![0.0f32; cout * cols];
                 gemm(1.0, MatRef { data: &wc[r0..], rows: cout, cols: r1 - r0, rs: k, cs: 1 }, MatRef::rowmajor(&x[r0 * cols..r1 * cols], r1 - r0, cols), 0.0, &mut by_gemm, cols);
                 assert!(want.iter().zip(&by_gemm).all(|(&w, &g)| w as f32 == g), "the f32 GEMM is exact on these codes");
-                let src = Stored(&x[r0 * cols..r1 * cols], r1 - r0, cols);
+                let geom = as_image(r1 - r0, cols);
                 for path in Path::ALL.into_iter().filter(|p| p.supported()) {
-                    let (mut words, mut staging) = (Vec::new(), vec![0.0f32; 4 * cols]);
+                    let mut words = Vec::new();
                     let mut total = vec![0i32; cout * cols];
                     for plane in 0..planes {
-                        pack_codes(&src, plane, quads, &mut words, &mut staging);
+                        CodePlane::new(&geom, &x[r0 * cols..r1 * cols], 1, None, plane).pack_tile(0, r1 - r0, quads, &mut words);
                         let mut part = vec![7i32; cout * cols];
                         plane_product(path, packed.tile(t), ws, &words, cout, quads, cols, &mut part, false);
                         total.iter_mut().zip(&part).for_each(|(s, &p)| *s += p << (8 * plane));
@@ -343,12 +375,65 @@ mod tests {
                         assert_eq!(got as i64, w, "{path:?}: {cout}×{k} (tile {t} of {rows} rows) × {cols}, channel {} column {}", e / cols, e % cols);
                     }
                     // Accumulating adds onto what is there.
-                    pack_codes(&src, 0, quads, &mut words, &mut staging);
+                    CodePlane::new(&geom, &x[r0 * cols..r1 * cols], 1, None, 0).pack_tile(0, r1 - r0, quads, &mut words);
                     let mut twice = vec![0i32; cout * cols];
                     plane_product(path, packed.tile(t), ws, &words, cout, quads, cols, &mut twice, false);
                     let once = twice.clone();
                     plane_product(path, packed.tile(t), ws, &words, cout, quads, cols, &mut twice, true);
                     assert!(twice.iter().zip(&once).all(|(&t2, &o)| t2 == 2 * o), "{path:?} accumulates");
+                }
+            }
+        }
+    }
+
+    /// A tile's words are the patch matrix's rows as im2col defines them, written out
+    /// here from the definition: zero on the padding and past the tile's last row, the
+    /// cycle's bits and the plane's byte of every code. Strides 1 and 2, padding 0–2,
+    /// 1×1 to 5×5 kernels, several images, tiles cut anywhere (not at multiples of four).
+    #[test]
+    fn tiles_are_the_patch_rows_of_the_definition() {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        // (images, cin, h, w, kh, kw, stride, pad)
+        for &(images, cin, h, w, kh, kw, stride, pad) in &[(1, 1, 1, 1, 1, 1, 1, 0), (2, 3, 5, 7, 3, 3, 1, 1), (3, 2, 8, 8, 3, 3, 2, 1), (1, 4, 6, 5, 5, 5, 1, 2), (2, 5, 4, 9, 1, 3, 2, 0), (1, 16, 8, 8, 3, 3, 1, 1)] {
+            let geom = ConvGeom::new(&[images, cin, h, w], &[1, cin, kh, kw], crate::engine::ops::conv2d::Conv2dCfg { stride, padding: pad }).unwrap();
+            let (k, pix) = (geom.k(), geom.pixels());
+            let cols = images * pix;
+            let codes: Vec<f32> = (0..images * geom.in_size()).map(|_| (next() % 65536) as f32).collect();
+            let code_at = |j: usize, r: usize, col: usize| -> u32 {
+                let (ci, ky, kx) = (r / (kh * kw), (r / kw) % kh, r % kw);
+                let (oy, ox) = (col / geom.ow, col % geom.ow);
+                let (iy, ix) = ((oy * stride + ky) as isize - pad as isize, (ox * stride + kx) as isize - pad as isize);
+                if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                    return 0;
+                }
+                codes[((j * cin + ci) * h + iy as usize) * w + ix as usize] as u32
+            };
+            for bits in [None, Some((0, 8)), Some((3, 5)), Some((12, 4))] {
+                for plane in 0..2 {
+                    let cp = CodePlane::new(&geom, &codes, images, bits, plane);
+                    for (r0, r1) in [(0, k), (0, k.min(5)), (k / 3, k), (k - 1, k)] {
+                        let quads = (r1 - r0).div_ceil(4);
+                        let mut words = vec![0xDEAD_BEEF; 3];
+                        cp.pack_tile(r0, r1, quads, &mut words);
+                        assert_eq!(words.len(), quads * cols);
+                        for q in 0..quads {
+                            for c in 0..cols {
+                                let want = (0..4).fold(0u32, |acc, b| {
+                                    let r = r0 + 4 * q + b;
+                                    let v = if r < r1 { code_at(c / pix, r, c % pix) } else { 0 };
+                                    let kept = bits.map_or(v, |(s, wd)| (v >> s) & ((1 << wd) - 1));
+                                    acc | ((kept >> (8 * plane)) & 0xFF) << (8 * b)
+                                });
+                                assert_eq!(words[q * cols + c], want, "{images}×{cin}×{h}×{w}, {kh}×{kw} s{stride} p{pad}, bits {bits:?} plane {plane}, rows {r0}..{r1}: quad {q} column {c}");
+                            }
+                        }
+                    }
                 }
             }
         }

@@ -9,70 +9,68 @@
 use super::ConvGeom;
 use crate::engine::gemm::RowSource;
 use crate::engine::scratch::Scratch;
+use std::ops::Range;
 
-/// Writes the patches of one image into `col` (K rows of `pixels` values at row
-/// stride `ld`): row (ci, ky, kx), column (oy, ox) = x[ci, oy·s − p + ky, ox·s − p + kx].
-pub fn im2col(g: &ConvGeom, x: &[f32], col: &mut [f32], ld: usize) {
+/// Writes rows `rows` of one image's patches into `col` (one row of `pixels` values
+/// per patch row, `ld` apart, the first at 0): row (ci, ky, kx), column (oy, ox) =
+/// x[ci, oy·s − p + ky, ox·s − p + kx].
+pub fn im2col(g: &ConvGeom, x: &[f32], col: &mut [f32], ld: usize, rows: Range<usize>) {
     let (ow, pix) = (g.ow, g.pixels());
-    for ci in 0..g.cin {
+    for row in rows.clone() {
+        let (ci, ky, kx) = (row / (g.kh * g.kw), (row / g.kw) % g.kh, row % g.kw);
         let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
-        for ky in 0..g.kh {
-            for kx in 0..g.kw {
-                let row = (ci * g.kh + ky) * g.kw + kx;
-                let dst = &mut col[row * ld..row * ld + pix];
-                let (lo, hi) = g.valid_cols(kx);
-                for oy in 0..g.oh {
-                    let d = &mut dst[oy * ow..(oy + 1) * ow];
-                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
-                    if iy < 0 || iy >= g.h as isize {
-                        d.fill(0.0);
-                        continue;
-                    }
-                    let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
-                    if g.stride == 1 {
-                        d[..lo].fill(0.0);
-                        d[lo..hi].copy_from_slice(&src[lo + kx - g.pad..hi + kx - g.pad]);
-                        d[hi..].fill(0.0);
-                    } else {
-                        for (ox, o) in d.iter_mut().enumerate() {
-                            let ix = (ox * g.stride + kx) as isize - g.pad as isize;
-                            *o = if ix >= 0 && (ix as usize) < g.w { src[ix as usize] } else { 0.0 };
-                        }
-                    }
+        let at = (row - rows.start) * ld;
+        let dst = &mut col[at..at + pix];
+        let (lo, hi) = g.valid_cols(kx);
+        for oy in 0..g.oh {
+            let d = &mut dst[oy * ow..(oy + 1) * ow];
+            let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+            if iy < 0 || iy >= g.h as isize {
+                d.fill(0.0);
+                continue;
+            }
+            let src = &plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+            if g.stride == 1 {
+                d[..lo].fill(0.0);
+                d[lo..hi].copy_from_slice(&src[lo + kx - g.pad..hi + kx - g.pad]);
+                d[hi..].fill(0.0);
+            } else {
+                for (ox, o) in d.iter_mut().enumerate() {
+                    let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+                    *o = if ix >= 0 && (ix as usize) < g.w { src[ix as usize] } else { 0.0 };
                 }
             }
         }
     }
 }
 
-/// The adjoint of [`im2col`]: adds each patch entry back onto its input pixel.
-pub fn col2im(g: &ConvGeom, col: &[f32], ld: usize, dx: &mut [f32]) {
+/// The adjoint of [`im2col`]: adds each entry of patch rows `rows` (laid out as
+/// `im2col` writes them) back onto its input pixel, in row order. So the rows of a
+/// patch matrix added a range at a time, in order, give the bits of adding them at once.
+pub fn col2im(g: &ConvGeom, col: &[f32], ld: usize, rows: Range<usize>, dx: &mut [f32]) {
     let ow = g.ow;
-    for ci in 0..g.cin {
+    for row in rows.clone() {
+        let (ci, ky, kx) = (row / (g.kh * g.kw), (row / g.kw) % g.kh, row % g.kw);
         let plane = &mut dx[ci * g.h * g.w..(ci + 1) * g.h * g.w];
-        for ky in 0..g.kh {
-            for kx in 0..g.kw {
-                let row = (ci * g.kh + ky) * g.kw + kx;
-                let src = &col[row * ld..row * ld + g.pixels()];
-                let (lo, hi) = g.valid_cols(kx);
-                for oy in 0..g.oh {
-                    let s = &src[oy * ow..(oy + 1) * ow];
-                    let iy = (oy * g.stride + ky) as isize - g.pad as isize;
-                    if iy < 0 || iy >= g.h as isize {
-                        continue;
-                    }
-                    let d = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
-                    if g.stride == 1 {
-                        for (dv, sv) in d[lo + kx - g.pad..hi + kx - g.pad].iter_mut().zip(&s[lo..hi]) {
-                            *dv += *sv;
-                        }
-                    } else {
-                        for (ox, sv) in s.iter().enumerate() {
-                            let ix = (ox * g.stride + kx) as isize - g.pad as isize;
-                            if ix >= 0 && (ix as usize) < g.w {
-                                d[ix as usize] += *sv;
-                            }
-                        }
+        let at = (row - rows.start) * ld;
+        let src = &col[at..at + g.pixels()];
+        let (lo, hi) = g.valid_cols(kx);
+        for oy in 0..g.oh {
+            let s = &src[oy * ow..(oy + 1) * ow];
+            let iy = (oy * g.stride + ky) as isize - g.pad as isize;
+            if iy < 0 || iy >= g.h as isize {
+                continue;
+            }
+            let d = &mut plane[iy as usize * g.w..(iy as usize + 1) * g.w];
+            if g.stride == 1 {
+                for (dv, sv) in d[lo + kx - g.pad..hi + kx - g.pad].iter_mut().zip(&s[lo..hi]) {
+                    *dv += *sv;
+                }
+            } else {
+                for (ox, sv) in s.iter().enumerate() {
+                    let ix = (ox * g.stride + kx) as isize - g.pad as isize;
+                    if ix >= 0 && (ix as usize) < g.w {
+                        d[ix as usize] += *sv;
                     }
                 }
             }
@@ -80,13 +78,14 @@ pub fn col2im(g: &ConvGeom, col: &[f32], ld: usize, dx: &mut [f32]) {
     }
 }
 
-/// Patches of the `gi` images in `xg`, side by side: `col[K][gi·pixels]` ([`im2col`]
-/// writes every entry, padding included, so the buffer need not be zeroed first).
-pub fn group_columns(g: &ConvGeom, xg: &[f32], gi: usize) -> Scratch {
+/// Patch rows `rows` of the `gi` images in `xg`, side by side: `col[rows][gi·pixels]`
+/// ([`im2col`] writes every entry, padding included, so the buffer need not be zeroed
+/// first).
+pub fn group_columns(g: &ConvGeom, xg: &[f32], gi: usize, rows: Range<usize>) -> Scratch {
     let (pix, cols) = (g.pixels(), gi * g.pixels());
-    let mut col = Scratch::take(g.k() * cols);
+    let mut col = Scratch::take(rows.len() * cols);
     for j in 0..gi {
-        im2col(g, &xg[j * g.in_size()..(j + 1) * g.in_size()], &mut col[j * pix..], cols);
+        im2col(g, &xg[j * g.in_size()..(j + 1) * g.in_size()], &mut col[j * pix..], cols, rows.clone());
     }
     col
 }
@@ -197,7 +196,7 @@ mod tests {
             let (n, xs, ws) = (3, [3usize, 2, 5, 4], [1usize, 2, 5, 5]);
             let g = ConvGeom::new(&xs, &ws, Conv2dCfg { stride, padding: 2 }).unwrap();
             let x = random(&xs, 9);
-            let col = group_columns(&g, x.data(), n);
+            let col = group_columns(&g, x.data(), n, 0..g.k());
             let patches = Patches { g: &g, x: x.data(), images: n };
             let cols = n * g.pixels();
             let mut buf = [f32::NAN; 16];

@@ -171,7 +171,7 @@ pub fn backward(g: &ConvGeom, x: &[f32], w: &[f32], dy: &[f32], want_dx: bool) -
                 .collect();
             // dW partial = dY · colᵀ. The patches are written out whole here: packing
             // colᵀ is a transpose, fastest from a stored matrix (16 × 16 in registers).
-            let col = group_columns(g, xg, gi);
+            let col = group_columns(g, xg, gi, 0..k);
             let mut dw = vec![0.0f32; g.cout * k];
             matmul(&dym, &MatRef::rowmajor(&col, k, cols).t(), &mut OutView::rowmajor(&mut dw, g.cout, k, k));
             // dx = col2im(Wᵀ · dY): directly where the direct path applies (the same bits).
@@ -181,7 +181,7 @@ pub fn backward(g: &ConvGeom, x: &[f32], w: &[f32], dy: &[f32], want_dx: bool) -
                     let mut dcol = Scratch::take(k * cols); // written whole by the product
                     matmul(&MatRef::rowmajor(w, g.cout, k).t(), &dym, &mut OutView::rowmajor(&mut dcol, k, cols, cols));
                     for j in 0..gi {
-                        col2im(g, &dcol[j * pix..], cols, &mut dxg[j * g.in_size()..(j + 1) * g.in_size()]);
+                        col2im(g, &dcol[j * pix..], cols, 0..k, &mut dxg[j * g.in_size()..(j + 1) * g.in_size()]);
                     }
                 }
                 (None, _) => {}
@@ -325,7 +325,7 @@ mod tests {
             let (gs, pix) = (g.group(), g.pixels());
             for i0 in (0..g.n).step_by(gs) {
                 let gi = gs.min(g.n - i0);
-                let col = group_columns(&g, &x.data()[i0 * g.in_size()..(i0 + gi) * g.in_size()], gi);
+                let col = group_columns(&g, &x.data()[i0 * g.in_size()..(i0 + gi) * g.in_size()], gi, 0..g.k());
                 let mut c = vec![0.0f32; g.cout * gi * pix];
                 gemm(1.0, MatRef::rowmajor(w.data(), g.cout, g.k()), MatRef::rowmajor(&col, g.k(), gi * pix), 0.0, &mut c, gi * pix);
                 for j in 0..gi {
