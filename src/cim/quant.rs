@@ -99,14 +99,7 @@ pub fn epact(tape: &mut Tape, x: Var, lo: Var, hi: Var, bits: Option<u32>) -> Re
                 (dl.iter().map(|&v| v as f64).sum::<f64>(), dh.iter().map(|&v| v as f64).sum::<f64>())
             })
             .collect();
-        if sink.wants(x) {
-            let dx = sink.get(x);
-            dx.data_mut().par_chunks_mut(CHUNK).zip(gd.par_chunks(CHUNK)).zip(xv.par_chunks(CHUNK)).for_each(|((d, g), x)| {
-                for ((dv, &gv), &v) in d.iter_mut().zip(g).zip(x) {
-                    *dv += if v > l && v < h { gv } else { 0.0 };
-                }
-            });
-        }
+        sink.accumulate(x, CHUNK, |i, len| gd[i * CHUNK..][..len].iter().zip(&xv[i * CHUNK..][..len]).map(move |(&gv, &v)| if v > l && v < h { gv } else { 0.0 }));
         let (dl, dh) = parts.iter().fold((0.0, 0.0), |a, p| (a.0 + p.0, a.1 + p.1));
         if sink.wants(lo) {
             sink.get(lo).data_mut()[0] += dl as f32;

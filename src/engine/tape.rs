@@ -57,6 +57,33 @@ impl GradSink<'_> {
     pub fn wants(&self, v: Var) -> bool {
         self.meta[v.0].needs_grad
     }
+    /// Adds an element-wise contribution to `v`'s gradient, in parallel chunks of
+    /// `chunk` elements: `fill(i, len)` yields the contributions to elements
+    /// `i·chunk .. i·chunk + len`, exactly `len` of them. The first gradient of `v` is
+    /// written once as `0.0 + d` — the bits of adding onto the zero-filled buffer
+    /// [`GradSink::get`] makes — with no zero fill and no second pass; a later one is
+    /// added in place. The chunks depend on the size and `chunk` only.
+    pub fn accumulate<I: Iterator<Item = f32>>(&mut self, v: Var, chunk: usize, fill: impl Fn(usize, usize) -> I + Sync + Send) {
+        use rayon::prelude::*;
+        if !self.wants(v) {
+            return;
+        }
+        let shape = self.shapes[v.0].shape();
+        match &mut self.grads[v.0] {
+            Some(grad) => grad.data_mut().par_chunks_mut(chunk.max(1)).enumerate().for_each(|(i, out)| {
+                let (mut added, len) = (0, out.len());
+                for (o, d) in out.iter_mut().zip(fill(i, len)) {
+                    *o += d;
+                    added += 1;
+                }
+                assert_eq!(added, len, "GradSink::accumulate: chunk {i} yielded {added} of {len} values");
+            }),
+            slot @ None => {
+                let n = shape.iter().product();
+                *slot = Some(Tensor::new(shape, super::par::from_chunks(n, chunk, |i, len| fill(i, len).map(|d| 0.0 + d))));
+            }
+        }
+    }
     /// The gradient buffer of `v`, zero-filled on first use. Ops accumulate (`+=`).
     pub fn get(&mut self, v: Var) -> &mut Tensor {
         debug_assert!(self.meta[v.0].needs_grad);

@@ -11,10 +11,9 @@ pub fn add(tape: &mut Tape, a: Var, b: Var) -> Var {
     let y = par::from_chunks(ad.len(), CHUNK, |i, len| ad[i * CHUNK..][..len].iter().zip(&bd[i * CHUNK..][..len]).map(|(&p, &q)| p + q));
     let y = Tensor::new(av.shape(), y);
     tape.push(y, &[a, b], move |g, _vals, sink| {
+        let g = g.data();
         for v in [a, b] {
-            if sink.wants(v) {
-                sink.get(v).add_assign(g);
-            }
+            sink.accumulate(v, CHUNK, |i, len| g[i * CHUNK..][..len].iter().copied());
         }
     })
 }

@@ -90,14 +90,10 @@ pub fn batch_norm2d(tape: &mut Tape, x: Var, gamma: Var, beta: Var, state: Batch
     Ok(tape.push(y, &[x, gamma, beta], move |gout, vals, sink| {
         let xv = vals.get(x);
         let gamma_v = vals.get(gamma).data().to_vec();
-        // Through the fused ReLU: the gradient passes where the output is positive.
-        let masked: Vec<f32>;
-        let dy = if relu {
-            masked = gout.data().iter().zip(vals.output().data()).map(|(&g, &y)| if y > 0.0 { g } else { 0.0 }).collect();
-            &masked[..]
-        } else {
-            gout.data()
-        };
+        // dy at elements `r`: through the fused ReLU, the gradient passes where the
+        // output is positive (read in place: no masked copy).
+        let (g, out) = (gout.data(), vals.output().data());
+        let dy = move |r: std::ops::Range<usize>| g[r.clone()].iter().zip(&out[r]).map(move |(&g, &y)| if !relu || y > 0.0 { g } else { 0.0 });
         // Σ dy and Σ dy·x̂ per channel.
         let sums: Vec<(f64, f64)> = (0..c)
             .into_par_iter()
@@ -105,7 +101,7 @@ pub fn batch_norm2d(tape: &mut Tape, x: Var, gamma: Var, beta: Var, state: Batch
                 let (mut sdy, mut sdyx) = (0.0f64, 0.0f64);
                 for i in 0..n {
                     let off = (i * c + ch) * hw;
-                    for (&d, &v) in dy[off..off + hw].iter().zip(&xv.data()[off..off + hw]) {
+                    for (d, &v) in dy(off..off + hw).zip(&xv.data()[off..off + hw]) {
                         sdy += d as f64;
                         sdyx += d as f64 * ((v - mean[ch]) * invstd[ch]) as f64;
                     }
@@ -126,19 +122,16 @@ pub fn batch_norm2d(tape: &mut Tape, x: Var, gamma: Var, beta: Var, state: Batch
                     Mode::Eval => (gamma_v[ch] * invstd[ch], 0.0, 0.0),
                 })
                 .collect();
-            let dx = sink.get(x);
-            dx.data_mut().par_chunks_mut(c * hw).zip(dy.par_chunks(c * hw)).zip(xv.data().par_chunks(c * hw)).for_each(
-                |((dxi, dyi), xi)| {
-                    for ch in 0..c {
-                        let (k, mdy, mdyx) = coef[ch];
-                        let r = ch * hw..(ch + 1) * hw;
-                        for ((o, &d), &v) in dxi[r.clone()].iter_mut().zip(&dyi[r.clone()]).zip(&xi[r]) {
-                            let xhat = (v - mean[ch]) * invstd[ch];
-                            *o += k * (d - mdy - xhat * mdyx);
-                        }
-                    }
-                },
-            );
+            // One channel plane per chunk, as in forward.
+            let xd = xv.data();
+            sink.accumulate(x, hw, |i, len| {
+                let ch = i % c;
+                let ((k, mdy, mdyx), (mu, is)) = (coef[ch], (mean[ch], invstd[ch]));
+                dy(i * hw..i * hw + len).zip(&xd[i * hw..][..len]).map(move |(d, &v)| {
+                    let xhat = (v - mu) * is;
+                    k * (d - mdy - xhat * mdyx)
+                })
+            });
         }
         if sink.wants(gamma) {
             let dg = sink.get(gamma);
