@@ -195,3 +195,45 @@ impl Tape {
         Gradients { grads, params }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A first gradient is written as `0.0 + d` (so −0.0 becomes +0.0, as adding onto
+    /// zeros gives), a later one is added in place (so −0.0 changes nothing); chunks
+    /// of any size; a chunk that yields too few values is refused.
+    #[test]
+    fn accumulate_writes_then_adds_with_the_bits_of_zero_fill() {
+        let d = [1.5f32, -0.0, 2.0, -3.25, 0.0];
+        for chunk in [1, 2, 5, 64] {
+            let mut tape = Tape::new(true);
+            let x = tape.leaf(Tensor::new(&[5], vec![0.0; 5]));
+            let y = tape.push(Tensor::new(&[5], vec![0.0; 5]), &[x], move |_, _, sink| {
+                sink.accumulate(x, chunk, |i, len| d[i * chunk..][..len].iter().copied());
+                let first: Vec<u32> = sink.get(x).data().iter().map(|v| v.to_bits()).collect();
+                let want: Vec<u32> = d.iter().map(|&v| (0.0 + v).to_bits()).collect();
+                assert_eq!(first, want, "chunk {chunk}: first gradient");
+                sink.accumulate(x, chunk, |i, len| d[i * chunk..][..len].iter().copied());
+                let twice: Vec<u32> = sink.get(x).data().iter().map(|v| v.to_bits()).collect();
+                let want: Vec<u32> = d.iter().map(|&v| ((0.0 + v) + v).to_bits()).collect();
+                assert_eq!(twice, want, "chunk {chunk}: added");
+            });
+            let loss = tape.push(Tensor::new(&[1], vec![0.0]), &[y], move |_, _, sink| sink.get(y).data_mut().fill(1.0));
+            tape.backward(loss);
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "yielded 1 of 2")]
+    fn accumulate_refuses_a_short_chunk() {
+        let mut tape = Tape::new(true);
+        let x = tape.leaf(Tensor::new(&[4], vec![0.0; 4]));
+        let y = tape.push(Tensor::new(&[4], vec![0.0; 4]), &[x], move |_, _, sink| {
+            sink.get(x);
+            sink.accumulate(x, 2, |_, _| std::iter::once(1.0));
+        });
+        let loss = tape.push(Tensor::new(&[1], vec![0.0]), &[y], move |_, _, sink| sink.get(y).data_mut().fill(1.0));
+        tape.backward(loss);
+    }
+}
