@@ -214,7 +214,7 @@ fn group_forward(
         (0..cycles * planes).map(|i| CodePlane::new(g, qx, gi, bits(i / planes), (i % planes) as u32)).collect()
     };
     let (mut words, path) = (Vec::new(), psum::Path::best());
-    let (mut rounded, mut codes, mut read) = (vec![0.0f32; cols], vec![0i32; cols], vec![0.0f32; cols]);
+    let (mut codes, mut read) = (vec![0i32; cols], vec![0.0f32; cols]);
     let inv_step = 1.0 / adc.step;
     // One code beyond each end of the ADC range stands for every saturated sum. The
     // codes must be exact in f32 for that (and for the conversion below to be sound).
@@ -246,16 +246,31 @@ fn group_forward(
                 // Kept in f32 until the code is in range, so the loop vectorises: the
                 // sum is first limited to one code beyond the ADC's ends (max/min also
                 // turn a NaN into `below`), then rounded, then clamped to the range.
-                for ((r, kc), &v) in rounded.iter_mut().zip(codes.iter_mut()).zip(&psum[e0..e0 + cols]) {
+                let adc_code = |v: i32| {
                     // `v as f32` is exact: partial sums are below 2^24 (`MacroSpec::validate`).
-                    *r = (v as f32 * scale + offset).max(below).min(above).round_ties_even();
+                    let r = (v as f32 * scale + offset).max(below).min(above).round_ties_even();
                     // SAFETY: max/min make any value (NaN and ±inf included) an
                     // integer within kmin..=kmax, below 2^24 in magnitude (asserted
                     // above): exact in f32 and inside i32.
-                    *kc = unsafe { r.max(below + 1.0).min(above - 1.0).to_int_unchecked::<i32>() };
+                    (r, unsafe { r.max(below + 1.0).min(above - 1.0).to_int_unchecked::<i32>() })
+                };
+                let sums = &psum[e0..e0 + cols];
+                match saved.as_mut() {
+                    // The saved code in the same pass: `k − kmin`, or `levels` where the
+                    // sum saturated (the rounded value lies beyond the range). This
+                    // operation row, `((t·cycles + c)·cout + co)·cols`, is the next one.
+                    Some(s) => {
+                        debug_assert_eq!(s.len(), ((t * cycles + c) * cout + co) * cols);
+                        let at = s.len();
+                        s.resize(at + cols, 0);
+                        for ((kc, sv), &v) in codes.iter_mut().zip(&mut s[at..]).zip(sums) {
+                            let (r, k) = adc_code(v);
+                            *kc = k;
+                            *sv = if r == k as f32 { (k - adc.kmin) as u16 } else { saturated };
+                        }
+                    }
+                    None => codes.iter_mut().zip(sums).for_each(|(kc, &v)| *kc = adc_code(v).1),
                 }
-                // This group's images are consecutive in the numbering, so one channel's
-                // row of the group is one run of consecutive operations.
                 let op0 = (((t * cycles + c) * cout + co) * g.n + first_image) as u64 * pix as u64;
                 let run = DrawRun { key, op0, stride: 1 };
                 match rt.mode {
@@ -265,11 +280,6 @@ fn group_forward(
                 }
                 for (a, &r) in acc[e0..e0 + cols].iter_mut().zip(&read) {
                     *a += weight * r;
-                }
-                if let Some(s) = saved.as_mut() {
-                    // This operation row, `((t·cycles + c)·cout + co)·cols`, is the next one.
-                    debug_assert_eq!(s.len(), ((t * cycles + c) * cout + co) * cols);
-                    s.extend(rounded.iter().zip(&codes).map(|(&r, &kc)| if r == kc as f32 { (kc - adc.kmin) as u16 } else { saturated }));
                 }
             }
         }
