@@ -331,6 +331,16 @@ mod tests {
         ConvGeom { n: 1, cin: rows, h: 1, w: cols, cout: 1, kh: 1, kw: 1, stride: 1, pad: 0, oh: 1, ow: cols }
     }
 
+    /// A xorshift64 stream: test data that needs no dependency.
+    fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+        move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        }
+    }
+
     /// Every path, through both byte planes, gives each tile's partial sums exactly: as
     /// a plain i64 loop over the codes computes them, and as the f32 GEMM of the same
     /// codes does. Shapes with channel and column remainders, tiles not a multiple of
@@ -338,13 +348,7 @@ mod tests {
     /// tiles, the most rows whose sums stay below 2^24).
     #[test]
     fn every_path_gives_the_exact_partial_sums() {
-        let mut state = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x2545_F491_4F6C_DD1Du64);
         for &(cout, k, rows, cols, input_max) in &[(1, 1, 1, 1, 255u32), (3, 10, 4, 7, 255), (8, 64, 64, 32, 255), (10, 150, 64, 33, 255), (17, 67, 67, 100, 255), (16, 144, 64, 1024, 255), (9, 37, 2, 19, 65535)] {
             // Extremes often: 0, the largest input; −128 and 127 for weights.
             let x: Vec<f32> = (0..k * cols).map(|_| match next() % 4 { 0 => 0, 1 => input_max, _ => (next() % (input_max as u64 + 1)) as u32 } as f32).collect();
@@ -392,13 +396,7 @@ mod tests {
     /// 1×1 to 5×5 kernels, several images, tiles cut anywhere (not at multiples of four).
     #[test]
     fn tiles_are_the_patch_rows_of_the_definition() {
-        let mut state = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = xorshift(0x9E37_79B9_7F4A_7C15u64);
         // (images, cin, h, w, kh, kw, stride, pad)
         for &(images, cin, h, w, kh, kw, stride, pad) in &[(1, 1, 1, 1, 1, 1, 1, 0), (2, 3, 5, 7, 3, 3, 1, 1), (3, 2, 8, 8, 3, 3, 2, 1), (1, 4, 6, 5, 5, 5, 1, 2), (2, 5, 4, 9, 1, 3, 2, 0), (1, 16, 8, 8, 3, 3, 1, 1)] {
             let geom = ConvGeom::new(&[images, cin, h, w], &[1, cin, kh, kw], crate::engine::ops::conv2d::Conv2dCfg { stride, padding: pad }).unwrap();
