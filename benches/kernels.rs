@@ -1,6 +1,7 @@
 //! `cargo bench`: ResNet20's and VGG8's convolution shapes (forward, backward data +
-//! weight, backward weight only) in GFLOP/s, and full training steps (FP32, and CIM with
-//! the step's breakdown), through criterion; then a summary table a person can read and
+//! weight, backward weight only) in GFLOP/s, a CIM convolution's forward on ResNet20's
+//! shapes, readout sampling, and full training steps (FP32, and CIM with the step's
+//! breakdown), through criterion; then a summary table a person can read and
 //! one JSON line a script can read.
 //!
 //! Filter as usual: `cargo bench -- conv/s3`, or `cargo bench -- step`.
@@ -85,6 +86,36 @@ fn main() {
             });
             grp.bench_function(BenchmarkId::new("backward_weight", k.name), |b| {
                 b.iter(|| black_box(conv2d::backward(&k.g, &k.x, &k.w, &k.dy, false)))
+            });
+        }
+        grp.finish();
+    }
+    {
+        // A CIM convolution's forward as a layer runs it in evaluation (integer partial
+        // sums, ADC codes, sampled readouts from the current-domain model), on ResNet20's
+        // stride-1 shapes past the stem; throughput in macro operations (readouts).
+        use dnat::cim::conv::{cim_conv2d, CimCall};
+        use dnat::cim::quant::ActGrid;
+        use dnat::cim::{em, CimRuntime, Estimator, MacroSpec, ReadoutMode};
+        use dnat::engine::{Tape, Tensor};
+        let spec = MacroSpec::default();
+        let model = em::resolve("current-domain", &spec).unwrap();
+        let rt = CimRuntime::new(spec.clone(), std::sync::Arc::new(model), ReadoutMode::Sampled, Estimator::Statistical { draws: 0 }).unwrap();
+        let grid = ActGrid::new(0.0, 4.0, spec.input_bits);
+        let mut grp = c.benchmark_group("cim");
+        for k in cases.iter().filter(|k| !k.name.starts_with("vgg8") && k.g.cin > 3 && k.g.stride == 1) {
+            // Inputs on the activation grid, as E-PACT hands them over.
+            let x = Tensor::from_vec(&[k.g.n, k.g.cin, k.g.h, k.g.w], k.x.iter().map(|&v| grid.value(grid.code(2.0 * v.abs()))).collect()).unwrap();
+            let w = Tensor::from_vec(&[k.g.cout, k.g.cin, k.g.kh, k.g.kw], k.w.clone()).unwrap();
+            let ops = (k.g.n * k.g.cout * k.g.pixels() * spec.tiles(k.g.k())) as u64 * spec.cycles() as u64;
+            grp.throughput(Throughput::Elements(ops));
+            grp.bench_function(BenchmarkId::new("forward", k.name), |b| {
+                b.iter(|| {
+                    let mut tape = Tape::new(false);
+                    let (xv, wv) = (tape.constant(x.clone()), tape.constant(w.clone()));
+                    let cfg = Conv2dCfg { stride: 1, padding: 1 };
+                    black_box(cim_conv2d(&mut tape, xv, wv, None, cfg, grid, &CimCall { rt: &rt, layer: 0 }).unwrap());
+                })
             });
         }
         grp.finish();
