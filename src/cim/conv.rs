@@ -6,8 +6,9 @@
 //! with per-output-channel scales `s_w`. For every tile of `rows` along the reduction
 //! axis (and every input-bit cycle), the integer partial sum `P = Σ q·w` — computed on
 //! integers by [`super::psum`] (8-bit multiply-accumulates), the tile's patch rows
-//! packed straight from the images — becomes an ADC code and is read out (ideal,
-//! sampled, expected). The readouts are shift-added and accumulated digitally, then rescaled:
+//! packed from the group's input codes, made bytes once ([`psum::CodePlane`]) —
+//! becomes an ADC code and is read out (ideal, sampled, expected). The readouts are
+//! shift-added and accumulated digitally, then rescaled:
 //!
 //! `y = s_w · (s_x · Σ_t Σ_c 2^(c·b) · step · j_{t,c} + lo · Σ_{valid k} w_k) + bias`
 //!
