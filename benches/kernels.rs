@@ -60,6 +60,15 @@ fn cases() -> Vec<Case> {
         .collect()
 }
 
+/// The D-NAT default on the default macro: current-domain readouts, sampled, and the
+/// exact-slope statistical estimator.
+fn dnat_runtime() -> dnat::cim::CimRuntime {
+    use dnat::cim::{em, CimRuntime, Estimator, MacroSpec, ReadoutMode};
+    let spec = MacroSpec::default();
+    let model = em::resolve("current-domain", &spec).unwrap();
+    CimRuntime::new(spec, std::sync::Arc::new(model), ReadoutMode::Sampled, Estimator::Statistical { draws: 0 }).unwrap()
+}
+
 fn median_secs(mut f: impl FnMut(), reps: usize) -> f64 {
     f();
     let mut t: Vec<f64> = (0..reps)
@@ -96,11 +105,9 @@ fn main() {
         // stride-1 shapes past the stem; throughput in macro operations (readouts).
         use dnat::cim::conv::{cim_conv2d, CimCall};
         use dnat::cim::quant::ActGrid;
-        use dnat::cim::{em, CimRuntime, Estimator, MacroSpec, ReadoutMode};
         use dnat::engine::{Tape, Tensor};
-        let spec = MacroSpec::default();
-        let model = em::resolve("current-domain", &spec).unwrap();
-        let rt = CimRuntime::new(spec.clone(), std::sync::Arc::new(model), ReadoutMode::Sampled, Estimator::Statistical { draws: 0 }).unwrap();
+        let rt = dnat_runtime();
+        let spec = &rt.spec;
         let grid = ActGrid::new(0.0, 4.0, spec.input_bits);
         let mut grp = c.benchmark_group("cim");
         for k in cases.iter().filter(|k| !k.name.starts_with("vgg8") && k.g.cin > 3 && k.g.stride == 1) {
@@ -193,10 +200,7 @@ fn main() {
         println!("{}", step.table());
         parts.push(format!("\"step\": {}", step.json()));
         // The D-NAT step: current-domain readouts, the exact-slope estimator, and where its time goes.
-        use dnat::cim::{em, CimRuntime, Estimator, MacroSpec, ReadoutMode};
-        let spec = MacroSpec::default();
-        let model = em::resolve("current-domain", &spec).unwrap();
-        let rt = CimRuntime::new(spec, std::sync::Arc::new(model), ReadoutMode::Sampled, Estimator::Statistical { draws: 0 }).unwrap();
+        let rt = dnat_runtime();
         let cim_step = step_bench::run(Arch::ResNet20, 10, BATCH, 5, 1, Some(&rt)).unwrap();
         println!("{}\nCIM step / FP32 step: {:.2}x", cim_step.table(), cim_step.train_step_ms / step.train_step_ms);
         parts.push(format!("\"cim_step\": {}", cim_step.json()));

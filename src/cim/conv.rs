@@ -272,6 +272,8 @@ fn group_forward(
                     }
                     None => codes.iter_mut().zip(sums).for_each(|(kc, &v)| *kc = adc_code(v).1),
                 }
+                // This group's images are consecutive in the numbering, so one channel's
+                // row of the group is one run of consecutive operations.
                 let op0 = (((t * cycles + c) * cout + co) * g.n + first_image) as u64 * pix as u64;
                 let run = DrawRun { key, op0, stride: 1 };
                 match rt.mode {
@@ -397,7 +399,7 @@ fn statistical_backward(s: &Saved, codes: &[Vec<u16>], slopes: &SlopeSource, x: 
     let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = dx_chunks
         .into_par_iter()
         .enumerate()
-        .map(|(gidx, dxg)| {
+        .map(|(gidx, mut dxg)| {
             let i0 = gidx * gs;
             let gi = gs.min(g.n - i0);
             let cols = gi * pix;
@@ -422,7 +424,6 @@ fn statistical_backward(s: &Saved, codes: &[Vec<u16>], slopes: &SlopeSource, x: 
             // One tile's patch gradient at a time, added onto dx before the next tile's
             // (col2im adds in row order either way: the same bits).
             let mut dcol = dxg.is_some().then(|| Scratch::take(s.rows.min(k) * cols));
-            let mut dxg = dxg;
             let profile = slopes.rt.profile.as_deref();
             for t in 0..s.tiles {
                 let (r0, r1) = (t * s.rows, ((t + 1) * s.rows).min(k));
