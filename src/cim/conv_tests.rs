@@ -24,8 +24,10 @@ fn on_grid(shape: &[usize], grid: ActGrid, seed: u64) -> Tensor {
 
 /// Direct f64 reference of the macro dataflow in ideal mode; with `chip`, the ADC
 /// column reading tile `t` of channel `co` — `(t mod arrays)·columns + co mod columns` —
-/// applies its gain and offset to `P/step` before rounding.
-fn reference(x: &Tensor, w: &Tensor, b: &Tensor, cfg: Conv2dCfg, grid: ActGrid, spec: &MacroSpec, chip: Option<&Chip>) -> Vec<f64> {
+/// applies its gain and offset to `P/step` before rounding. With `draws`, each code is
+/// read out as the model's draw at `key.forward(op)`, `op` the operation's index
+/// `(((t·cycles + c)·Cout + co)·N + n)·pixels + pixel` (the sampled mode).
+fn reference(x: &Tensor, w: &Tensor, b: &Tensor, cfg: Conv2dCfg, grid: ActGrid, spec: &MacroSpec, chip: Option<&Chip>, draws: Option<(&ErrorModel, DrawKey)>) -> Vec<f64> {
     let g = ConvGeom::new(x.shape(), w.shape(), cfg).unwrap();
     let (codes, scales) = quant::weight_codes(w, spec);
     let k = g.k();
@@ -58,7 +60,11 @@ fn reference(x: &Tensor, w: &Tensor, b: &Tensor, cfg: Conv2dCfg, grid: ActGrid, 
                             }
                             let (gain, offset) = chip.map_or((1.0, 0.0), |ch| ch.column((t % spec.arrays) * spec.columns + co % spec.columns));
                             let u = (gain as f64 * p as f64 / spec.adc.step as f64 + offset as f64).round_ties_even() as i64;
-                            let code = u.clamp(spec.adc.kmin as i64, spec.adc.kmax as i64);
+                            let mut code = u.clamp(spec.adc.kmin as i64, spec.adc.kmax as i64);
+                            if let Some((model, key)) = draws {
+                                let op = ((((t * spec.cycles() as usize + c as usize) * g.cout + co) * g.n + n) * g.pixels() + oy * g.ow + ox) as u64;
+                                code = model.sample(code as i32, key.forward(op)) as i64;
+                            }
                             acc += (1i64 << (c * bits)) as f64 * code as f64 * spec.adc.step as f64;
                         }
                     }
@@ -83,22 +89,26 @@ fn ideal_mode_is_the_macro_dataflow_exactly() {
     // Inputs wider than a byte per cycle: their partial sums come from two byte planes.
     let wide = |bits: u32, bpc: u32| MacroSpec { input_bits: bits, ..spec(16, 128.0, -64, 63, bpc) };
     // Small ADC ranges so that rounding and saturation both happen; one partial tile.
-    for (sp, cfg) in [
-        (spec(16, 8.0, -64, 63, 8), Conv2dCfg { stride: 1, padding: 1 }),
-        (spec(16, 8.0, -64, 63, 8), Conv2dCfg { stride: 2, padding: 1 }),
-        (spec(7, 2.0, -100, 90, 1), Conv2dCfg { stride: 1, padding: 1 }), // bit-serial
-        (spec(10, 4.0, -60, 60, 2), Conv2dCfg { stride: 1, padding: 0 }), // 2 bits a cycle
-        (wide(12, 12), Conv2dCfg { stride: 1, padding: 1 }),              // 12 bits at once
-        (wide(16, 16), Conv2dCfg { stride: 1, padding: 1 }),              // 16 bits at once
-        (wide(12, 6), Conv2dCfg { stride: 1, padding: 0 }),               // 2 cycles of 6 bits
+    // 70 output channels: the partial-sum kernels' blocks of 8 channels and a shorter
+    // tail of 6.
+    for (sp, cfg, cout) in [
+        (spec(16, 8.0, -64, 63, 8), Conv2dCfg { stride: 1, padding: 1 }, 3),
+        (spec(16, 8.0, -64, 63, 8), Conv2dCfg { stride: 1, padding: 1 }, 70),
+        (spec(16, 8.0, -64, 63, 8), Conv2dCfg { stride: 2, padding: 1 }, 3),
+        (spec(7, 2.0, -100, 90, 1), Conv2dCfg { stride: 1, padding: 1 }, 3), // bit-serial
+        (spec(7, 2.0, -100, 90, 1), Conv2dCfg { stride: 1, padding: 1 }, 70),
+        (spec(10, 4.0, -60, 60, 2), Conv2dCfg { stride: 1, padding: 0 }, 3), // 2 bits a cycle
+        (wide(12, 12), Conv2dCfg { stride: 1, padding: 1 }, 70),             // 12 bits at once
+        (wide(16, 16), Conv2dCfg { stride: 1, padding: 1 }, 3),              // 16 bits at once
+        (wide(12, 6), Conv2dCfg { stride: 1, padding: 0 }, 3),               // 2 cycles of 6 bits
     ] {
         let grid = ActGrid::new(-0.2, 1.5, sp.input_bits);
         let x = on_grid(&[2, 5, 6, 6], grid, 1);
-        let w = random(&[3, 5, 3, 3], 2);
-        let b = random(&[3], 3);
+        let w = random(&[cout, 5, 3, 3], 2);
+        let b = random(&[cout], 3);
         let rt = runtime(sp.clone(), ErrorModel::ideal(sp.adc.kmin, sp.adc.kmax), ReadoutMode::Ideal, Estimator::Ste);
         let y = forward(&rt, &x, &w, &b, cfg, grid);
-        let want = reference(&x, &w, &b, cfg, grid, &sp, None);
+        let want = reference(&x, &w, &b, cfg, grid, &sp, None, None);
         let quantum = grid.step as f64 * sp.adc.step as f64 * 0.01;
         for (a, r) in y.data().iter().zip(&want) {
             // One ADC code anywhere would move y by ≥ s_x·step·s_w ≥ this tolerance × 10.
@@ -114,16 +124,17 @@ fn ideal_mode_is_the_macro_dataflow_exactly() {
 fn chip_columns_act_before_the_adc_exactly() {
     let grid = ActGrid::new(-0.2, 1.5, 8);
     let p = FixedPattern { column_gain: 0.2, column_offset: 1.5, chip_gain: 0.05, chip_offset: 0.5 };
-    for (bpc, cfg) in [(8, Conv2dCfg { stride: 1, padding: 1 }), (2, Conv2dCfg { stride: 2, padding: 0 })] {
+    // 40 output channels: the modulo mapping wraps many times.
+    for (bpc, cfg, cout) in [(8, Conv2dCfg { stride: 1, padding: 1 }, 3), (8, Conv2dCfg { stride: 1, padding: 1 }, 40), (2, Conv2dCfg { stride: 2, padding: 0 }, 3)] {
         let sp = MacroSpec { arrays: 3, columns: 2, ..spec(16, 8.0, -64, 63, bpc) };
         let chip = Chip::draw(&p, sp.adcs(), 4);
         let x = on_grid(&[2, 5, 6, 6], grid, 1);
-        let w = random(&[3, 5, 3, 3], 2);
-        let b = random(&[3], 3);
+        let w = random(&[cout, 5, 3, 3], 2);
+        let b = random(&[cout], 3);
         let rt = CimRuntime { chip: Some(Arc::new(chip.clone())), ..runtime(sp.clone(), ErrorModel::ideal(sp.adc.kmin, sp.adc.kmax), ReadoutMode::Expected, Estimator::Ste) };
         let y = forward(&rt, &x, &w, &b, cfg, grid);
-        let want = reference(&x, &w, &b, cfg, grid, &sp, Some(&chip));
-        let nominal = reference(&x, &w, &b, cfg, grid, &sp, None);
+        let want = reference(&x, &w, &b, cfg, grid, &sp, Some(&chip), None);
+        let nominal = reference(&x, &w, &b, cfg, grid, &sp, None, None);
         let mut moved = 0;
         for ((a, r), n) in y.data().iter().zip(&want).zip(&nominal) {
             assert!((*a as f64 - r).abs() < 1e-5 * (1.0 + r.abs()), "{a} vs {r}");
@@ -132,6 +143,32 @@ fn chip_columns_act_before_the_adc_exactly() {
         assert!(3 * moved > y.len(), "the chip must change many outputs ({moved} of {})", y.len());
         let ideal = forward(&CimRuntime { mode: ReadoutMode::Ideal, ..rt.clone() }, &x, &w, &b, cfg, grid);
         assert!(ideal.data().iter().zip(&nominal).all(|(a, r)| (*a as f64 - r).abs() < 1e-5 * (1.0 + r.abs())));
+    }
+}
+
+/// The sampled mode reads every operation out as the error model's draw at the
+/// operation's own key, on a chip, over several blocks of output channels, bit-serial
+/// cycles and several images: the plain reference spells each draw out.
+#[test]
+fn sampled_mode_draws_each_operation_at_its_key() {
+    let grid = ActGrid::new(-0.2, 1.5, 8);
+    for (bpc, cout) in [(8, 40), (4, 9)] {
+        let sp = MacroSpec { arrays: 3, columns: 7, ..spec(16, 8.0, -64, 63, bpc) };
+        let model = em::presets::preset("current-domain", (sp.adc.kmin, sp.adc.kmax)).unwrap();
+        let rt = runtime(sp.clone(), model.clone(), ReadoutMode::Sampled, Estimator::Ste).on_chip(2);
+        let chip = rt.chip.clone().unwrap();
+        let (x, w, b) = (on_grid(&[3, 5, 6, 6], grid, 31), random(&[cout, 5, 3, 3], 32), random(&[cout], 33));
+        let cfg = Conv2dCfg { stride: 1, padding: 1 };
+        let y = forward(&rt, &x, &w, &b, cfg, grid);
+        // `forward` calls the layer as layer 3.
+        let want = reference(&x, &w, &b, cfg, grid, &sp, Some(&chip), Some((&model, DrawKey::new(rt.seed, 3, rt.step))));
+        let ideal = reference(&x, &w, &b, cfg, grid, &sp, Some(&chip), None);
+        let mut moved = 0;
+        for ((a, r), i) in y.data().iter().zip(&want).zip(&ideal) {
+            assert!((*a as f64 - r).abs() < 1e-5 * (1.0 + r.abs()), "{a} vs {r} (cout {cout}, {bpc} bits a cycle)");
+            moved += ((r - i).abs() > 1e-5 * (1.0 + r.abs())) as usize;
+        }
+        assert!(3 * moved > y.len(), "the draws must move many outputs ({moved} of {})", y.len());
     }
 }
 

@@ -56,22 +56,34 @@ pub trait RowSource {
 pub struct Rows<S>(pub S);
 
 /// Panel layout from `rows` source rows of `kc` values, `ld` apart:
-/// `panel[p·width + j] = src[j·ld + p]`, zero for `j ≥ rows`. A transpose: done 16 × 16
-/// in registers where AVX-512 is available, else 8 steps at a time, so the rows'
-/// reads and the panel's writes stay within a few cache lines.
+/// `panel[p·width + j] = src[j·ld + p]`, zero for `j ≥ rows`. A transpose: done in
+/// registers, 16 steps of 8 or 16 rows at a time, where AVX-512 is available (short
+/// panels and step tails by masked loads and stores), else 8 steps at a time, so the
+/// rows' reads and the panel's writes stay within a few cache lines.
 /// Pure data movement, so the result is the same either way.
 pub(super) fn interleave(src: &[f32], ld: usize, rows: usize, kc: usize, panel: &mut [f32], width: usize) {
     assert!(rows <= width && panel.len() >= kc * width);
     assert!(rows == 0 || kc == 0 || (rows - 1) * ld + kc <= src.len());
-    let mut done = 0; // steps already laid out for every row
     #[cfg(target_arch = "x86_64")]
-    if rows == width && width.is_multiple_of(16) && kc >= 16 && is_x86_feature_detected!("avx512f") {
-        done = kc - kc % 16;
-        // SAFETY: rows·ld and kc·width bounds asserted above; AVX-512F detected.
-        unsafe { interleave_avx512(src, ld, width, done, panel) };
+    if (width == 8 || width.is_multiple_of(16)) && is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX-512F detected; the bounds the kernels rely on (rows ≤ width,
+        // rows·ld and kc·width) are asserted above.
+        unsafe {
+            if width == 8 {
+                interleave8_avx512(src, ld, rows, kc, panel)
+            } else {
+                interleave_avx512(src, ld, rows, width, kc, panel)
+            }
+        }
+        return;
     }
+    interleave_portable(src, ld, rows, kc, panel, width)
+}
+
+/// [`interleave`] without SIMD.
+fn interleave_portable(src: &[f32], ld: usize, rows: usize, kc: usize, panel: &mut [f32], width: usize) {
     const B: usize = 8;
-    for p0 in (done..kc).step_by(B) {
+    for p0 in (0..kc).step_by(B) {
         let pe = (p0 + B).min(kc);
         for j in 0..width {
             if j < rows {
@@ -85,46 +97,127 @@ pub(super) fn interleave(src: &[f32], ld: usize, rows: usize, kc: usize, panel: 
     }
 }
 
-/// 16 × 16 blocks: load 16 rows of 16 steps, transpose in registers (32-, 64-bit
-/// unpacks, then two rounds of 128-bit lane shuffles), store 16 steps of 16 rows.
-/// The test `avx512_transpose_matches_scalar` holds it to the scalar loop.
+/// Up to 16 rows `j0..` of steps `p0..p0 + 16`, each as one vector: steps at or beyond
+/// `kc` and rows at or beyond `rows` read as zero (masked loads touch nothing there).
+///
+/// # Safety
+/// AVX-512F; every row below `rows` holds steps up to `kc` in `src` at `j·ld`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn interleave_avx512(src: &[f32], ld: usize, width: usize, kc: usize, panel: &mut [f32]) {
+unsafe fn load_block<const R: usize>(src: &[f32], ld: usize, rows: usize, kc: usize, j0: usize, p0: usize) -> [std::arch::x86_64::__m512; R] {
+    use std::arch::x86_64::*;
+    let steps: u16 = if kc - p0 >= 16 { u16::MAX } else { (1u16 << (kc - p0)) - 1 };
+    std::array::from_fn(|j| {
+        if j0 + j < rows {
+            // SAFETY: row j0 + j < rows holds steps p0.. (masked to < kc) (caller).
+            unsafe { _mm512_maskz_loadu_ps(steps, src.as_ptr().add((j0 + j) * ld + p0)) }
+        } else {
+            _mm512_setzero_ps()
+        }
+    })
+}
+
+/// 16 × 16 blocks: load 16 rows of 16 steps, transpose in registers (32-, 64-bit
+/// unpacks, then two rounds of 128-bit lane shuffles), store 16 steps of 16 rows.
+/// Rows beyond `rows` come out zero; steps beyond `kc` are not stored.
+/// The test `every_transpose_path_lays_out_the_panel` holds it to the scalar loop.
+///
+/// # Safety
+/// AVX-512F; `width` a multiple of 16, `rows ≤ width`, the rows in `src` as
+/// [`interleave`] asserts, and `panel` at least `kc·width` long.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn interleave_avx512(src: &[f32], ld: usize, rows: usize, width: usize, kc: usize, panel: &mut [f32]) {
     use std::arch::x86_64::*;
     for j0 in (0..width).step_by(16) {
         for p0 in (0..kc).step_by(16) {
-            // SAFETY: rows j0..j0+16 < width = rows, steps p0..p0+16 ≤ kc (caller).
-            unsafe {
-                let r: [__m512; 16] = std::array::from_fn(|j| _mm512_loadu_ps(src.as_ptr().add((j0 + j) * ld + p0)));
-                let mut t = [_mm512_setzero_ps(); 16];
-                for q in 0..8 {
-                    t[2 * q] = _mm512_unpacklo_ps(r[2 * q], r[2 * q + 1]);
-                    t[2 * q + 1] = _mm512_unpackhi_ps(r[2 * q], r[2 * q + 1]);
-                }
-                let mut u = [_mm512_setzero_ps(); 16];
-                for q in 0..4 {
-                    let (a, b, c, d) = (t[4 * q], t[4 * q + 1], t[4 * q + 2], t[4 * q + 3]);
-                    u[4 * q] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(a), _mm512_castps_pd(c)));
-                    u[4 * q + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(a), _mm512_castps_pd(c)));
-                    u[4 * q + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(b), _mm512_castps_pd(d)));
-                    u[4 * q + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(b), _mm512_castps_pd(d)));
-                }
-                // u[4q + e] holds, in each 128-bit lane l, step 4l + e of rows 4q..4q+4.
-                let mut v = [_mm512_setzero_ps(); 16];
-                for e in 0..4 {
-                    v[e] = _mm512_shuffle_f32x4::<0x88>(u[e], u[4 + e]);
-                    v[4 + e] = _mm512_shuffle_f32x4::<0xdd>(u[e], u[4 + e]);
-                    v[8 + e] = _mm512_shuffle_f32x4::<0x88>(u[8 + e], u[12 + e]);
-                    v[12 + e] = _mm512_shuffle_f32x4::<0xdd>(u[8 + e], u[12 + e]);
-                }
-                for e in 0..8 {
-                    let lo = _mm512_shuffle_f32x4::<0x88>(v[e], v[8 + e]);
-                    let hi = _mm512_shuffle_f32x4::<0xdd>(v[e], v[8 + e]);
-                    _mm512_storeu_ps(panel.as_mut_ptr().add((p0 + e) * width + j0), lo);
-                    _mm512_storeu_ps(panel.as_mut_ptr().add((p0 + 8 + e) * width + j0), hi);
+            // SAFETY: the caller's bounds, as `load_block` needs them.
+            let r: [__m512; 16] = unsafe { load_block(src, ld, rows, kc, j0, p0) };
+            let mut t = [_mm512_setzero_ps(); 16];
+            for q in 0..8 {
+                t[2 * q] = _mm512_unpacklo_ps(r[2 * q], r[2 * q + 1]);
+                t[2 * q + 1] = _mm512_unpackhi_ps(r[2 * q], r[2 * q + 1]);
+            }
+            let pd = _mm512_castps_pd;
+            let mut u = [_mm512_setzero_ps(); 16];
+            for q in 0..4 {
+                let (a, b, c, d) = (t[4 * q], t[4 * q + 1], t[4 * q + 2], t[4 * q + 3]);
+                u[4 * q] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(a), pd(c)));
+                u[4 * q + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(a), pd(c)));
+                u[4 * q + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(b), pd(d)));
+                u[4 * q + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(b), pd(d)));
+            }
+            // u[4q + e] holds, in each 128-bit lane l, step 4l + e of rows 4q..4q+4.
+            let mut v = [_mm512_setzero_ps(); 16];
+            for e in 0..4 {
+                v[e] = _mm512_shuffle_f32x4::<0x88>(u[e], u[4 + e]);
+                v[4 + e] = _mm512_shuffle_f32x4::<0xdd>(u[e], u[4 + e]);
+                v[8 + e] = _mm512_shuffle_f32x4::<0x88>(u[8 + e], u[12 + e]);
+                v[12 + e] = _mm512_shuffle_f32x4::<0xdd>(u[8 + e], u[12 + e]);
+            }
+            for e in 0..8 {
+                let lo = _mm512_shuffle_f32x4::<0x88>(v[e], v[8 + e]);
+                let hi = _mm512_shuffle_f32x4::<0xdd>(v[e], v[8 + e]);
+                for (p, x) in [(p0 + e, lo), (p0 + 8 + e, hi)] {
+                    if p < kc {
+                        // SAFETY: step p < kc of a panel of kc·width values.
+                        unsafe { _mm512_storeu_ps(panel.as_mut_ptr().add(p * width + j0), x) };
+                    }
                 }
             }
+        }
+    }
+}
+
+/// Eight rows (an A panel, MR = 8) in blocks of 16 steps: load 8 rows of 16 steps,
+/// transpose in registers (32-, 64-bit unpacks, then two rounds of 128-bit lane
+/// shuffles), store 16 steps of 8 rows as 8 vectors of two steps each. Rows beyond
+/// `rows` come out zero; steps beyond `kc` are not stored. The test
+/// `every_transpose_path_lays_out_the_panel` holds it to the scalar loop.
+///
+/// # Safety
+/// As [`interleave_avx512`] with `width` 8.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn interleave8_avx512(src: &[f32], ld: usize, rows: usize, kc: usize, panel: &mut [f32]) {
+    use std::arch::x86_64::*;
+    const _: () = assert!(MR == 8);
+    for p0 in (0..kc).step_by(16) {
+        // SAFETY: the caller's bounds, as `load_block` needs them.
+        let r: [__m512; 8] = unsafe { load_block(src, ld, rows, kc, 0, p0) };
+        // t[2q], t[2q+1]: rows 2q, 2q+1 interleaved, steps 4l, 4l+1 / 4l+2, 4l+3 of lane l.
+        let mut t = [_mm512_setzero_ps(); 8];
+        for q in 0..4 {
+            t[2 * q] = _mm512_unpacklo_ps(r[2 * q], r[2 * q + 1]);
+            t[2 * q + 1] = _mm512_unpackhi_ps(r[2 * q], r[2 * q + 1]);
+        }
+        // u[e] (u[4 + e]): in lane l, step 4l + e of rows 0..4 (rows 4..8).
+        let pd = _mm512_castps_pd;
+        let mut u = [_mm512_setzero_ps(); 8];
+        for h in 0..2 {
+            let (a, b, c, d) = (t[4 * h], t[4 * h + 1], t[4 * h + 2], t[4 * h + 3]);
+            u[4 * h] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(a), pd(c)));
+            u[4 * h + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(a), pd(c)));
+            u[4 * h + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(b), pd(d)));
+            u[4 * h + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(b), pd(d)));
+        }
+        // v[e] holds lanes 0, 1 of u[e] then of u[4 + e]; w[e] lanes 2, 3 likewise.
+        let v: [__m512; 4] = std::array::from_fn(|e| _mm512_shuffle_f32x4::<0x44>(u[e], u[4 + e]));
+        let w: [__m512; 4] = std::array::from_fn(|e| _mm512_shuffle_f32x4::<0xee>(u[e], u[4 + e]));
+        // Output vector m: steps 2m and 2m + 1 (= 4l + e, 4l + e + 1 with e even), each
+        // as rows 0..4 then rows 4..8; only the steps below kc are stored.
+        let mut out = |m: usize, x: __m512| {
+            let p = p0 + 2 * m;
+            let half: u16 = if p + 1 < kc { u16::MAX } else if p < kc { 0x00ff } else { 0 };
+            // SAFETY: the stored steps are below kc, in a panel of kc·8 values.
+            unsafe { _mm512_mask_storeu_ps(panel.as_mut_ptr().add(p * 8), half, x) };
+        };
+        for e in [0, 2] {
+            let m = e / 2;
+            out(m, _mm512_shuffle_f32x4::<0x88>(v[e], v[e + 1]));
+            out(m + 2, _mm512_shuffle_f32x4::<0xdd>(v[e], v[e + 1]));
+            out(m + 4, _mm512_shuffle_f32x4::<0x88>(w[e], w[e + 1]));
+            out(m + 6, _mm512_shuffle_f32x4::<0xdd>(w[e], w[e + 1]));
         }
     }
 }
@@ -167,17 +260,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn avx512_transpose_matches_scalar() {
-        for (rows, kc, width) in [(32, 48, 32), (32, 37, 32), (16, 16, 16), (5, 20, 8), (32, 3, 32)] {
+    fn every_transpose_path_lays_out_the_panel() {
+        for (rows, kc, width) in [(32, 48, 32), (32, 37, 32), (16, 16, 16), (5, 20, 8), (32, 3, 32), (8, 48, 8), (8, 37, 8), (8, 16, 8), (8, 15, 8), (8, 1, 8), (3, 33, 8), (27, 50, 32), (17, 7, 32), (1, 16, 16), (0, 9, 8)] {
             let ld = kc + 3;
             let src: Vec<f32> = (0..rows * ld).map(|i| i as f32).collect();
-            let mut panel = vec![f32::NAN; kc * width];
-            interleave(&src, ld, rows, kc, &mut panel, width);
-            for p in 0..kc {
-                for j in 0..width {
-                    let want = if j < rows { src[j * ld + p] } else { 0.0 };
-                    assert_eq!(panel[p * width + j], want, "step {p} row {j} ({rows}×{kc}, width {width})");
+            // The dispatched path (AVX-512 where the CPU has it) and the portable one.
+            for (path, f) in [("dispatched", interleave as fn(&[f32], usize, usize, usize, &mut [f32], usize)), ("portable", interleave_portable)] {
+                let mut panel = vec![f32::NAN; kc * width + 5];
+                f(&src, ld, rows, kc, &mut panel, width);
+                for p in 0..kc {
+                    for j in 0..width {
+                        let want = if j < rows { src[j * ld + p] } else { 0.0 };
+                        assert_eq!(panel[p * width + j], want, "{path}: step {p} row {j} ({rows}×{kc}, width {width})");
+                    }
                 }
+                // Nothing written beyond the kc steps.
+                assert!(panel[kc * width..].iter().all(|v| v.is_nan()), "{path}: wrote beyond {kc} steps ({rows} rows, width {width})");
             }
         }
     }
