@@ -20,23 +20,250 @@ pub struct BatchNormState<'a> {
     pub relu: bool,
 }
 
-/// Per-channel (mean, biased variance) over N, H, W, in f64.
+/// Per-channel (mean, biased variance) over N, H, W, in f64: per channel, each image's
+/// plane summed in order (as `Iterator::sum`) and the planes' sums added in image
+/// order; the squared deviations likewise.
+///
+/// Each sum is one chain of dependent f64 adds, so its speed is the add's latency. Four
+/// channels' chains advance in lockstep, one vector add per element, where the CPU has
+/// AVX ([`lockstep`]); every chain keeps its order, so the bits are the plain chains'.
 pub fn channel_stats(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<(f64, f64)> {
-    (0..c)
+    assert!(x.len() >= n * c * hw);
+    (0..c.div_ceil(4))
         .into_par_iter()
-        .map(|ch| {
-            let mut s = 0.0f64;
-            for i in 0..n {
-                s += x[(i * c + ch) * hw..][..hw].iter().map(|&v| v as f64).sum::<f64>();
+        .flat_map_iter(|b| {
+            let chs = 4 * b..(4 * b + 4).min(c);
+            #[cfg(target_arch = "x86_64")]
+            if chs.len() == 4 && lockstep::available() {
+                // SAFETY: AVX is present; channels ch0..ch0 + 4 < c of n planes of hw (asserted above).
+                return unsafe { lockstep::stats(x, n, c, hw, chs.start) }.to_vec();
             }
-            let m = s / (n * hw) as f64;
-            let mut q = 0.0f64;
-            for i in 0..n {
-                q += x[(i * c + ch) * hw..][..hw].iter().map(|&v| (v as f64 - m) * (v as f64 - m)).sum::<f64>();
-            }
-            (m, q / (n * hw) as f64)
+            chs.map(|ch| plain_stats(x, n, c, hw, ch)).collect::<Vec<_>>()
         })
         .collect()
+}
+
+/// One channel's [`channel_stats`], written plainly.
+fn plain_stats(x: &[f32], n: usize, c: usize, hw: usize, ch: usize) -> (f64, f64) {
+    let mut s = 0.0f64;
+    for i in 0..n {
+        s += x[(i * c + ch) * hw..][..hw].iter().map(|&v| v as f64).sum::<f64>();
+    }
+    let m = s / (n * hw) as f64;
+    let mut q = 0.0f64;
+    for i in 0..n {
+        q += x[(i * c + ch) * hw..][..hw].iter().map(|&v| (v as f64 - m) * (v as f64 - m)).sum::<f64>();
+    }
+    (m, q / (n * hw) as f64)
+}
+
+/// What backward's per-channel sums read: dY, the output (for the fused ReLU's mask)
+/// and x, all NCHW, with the forward's mean and 1/std.
+struct GradSums<'a> {
+    g: &'a [f32],
+    out: &'a [f32],
+    x: &'a [f32],
+    mean: &'a [f32],
+    invstd: &'a [f32],
+    relu: bool,
+    n: usize,
+    c: usize,
+    hw: usize,
+}
+
+impl GradSums<'_> {
+    /// (Σ dy, Σ dy·x̂) per channel, each one chain over the images' planes in order,
+    /// with dy passed by the fused ReLU where the output is positive and
+    /// x̂ = (x − mean)·invstd in f32. Four channels in lockstep where AVX is present.
+    fn all(&self) -> Vec<(f64, f64)> {
+        let (n, c, hw) = (self.n, self.c, self.hw);
+        assert!(self.g.len() >= n * c * hw && self.out.len() >= n * c * hw && self.x.len() >= n * c * hw);
+        assert!(self.mean.len() >= c && self.invstd.len() >= c);
+        (0..c.div_ceil(4))
+            .into_par_iter()
+            .flat_map_iter(|b| {
+                let chs = 4 * b..(4 * b + 4).min(c);
+                #[cfg(target_arch = "x86_64")]
+                if chs.len() == 4 && lockstep::available() {
+                    // SAFETY: AVX is present; the slices' sizes are asserted above.
+                    return unsafe { lockstep::grad_sums(self, chs.start) }.to_vec();
+                }
+                chs.map(|ch| self.plain(ch)).collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// One channel's sums, written plainly.
+    fn plain(&self, ch: usize) -> (f64, f64) {
+        let (mut sdy, mut sdyx) = (0.0f64, 0.0f64);
+        for i in 0..self.n {
+            let off = (i * self.c + ch) * self.hw;
+            for p in off..off + self.hw {
+                let d = if !self.relu || self.out[p] > 0.0 { self.g[p] } else { 0.0 };
+                sdy += d as f64;
+                sdyx += d as f64 * ((self.x[p] - self.mean[ch]) * self.invstd[ch]) as f64;
+            }
+        }
+        (sdy, sdyx)
+    }
+}
+
+/// Four channels' sums in lockstep: lane q of a 4 × f64 vector is channel ch0 + q's
+/// chain. Four elements of each of the four planes are loaded, widened to f64 and
+/// transposed in registers, so that vector k holds element k of every plane; the
+/// chains then take them in order, one vector add per element. The same IEEE
+/// operations, in the same order, as the plain loops, so the same bits (the test
+/// `lockstep_sums_are_the_plain_chains` holds them to it).
+#[cfg(target_arch = "x86_64")]
+mod lockstep {
+    use super::GradSums;
+    use std::arch::x86_64::*;
+
+    pub(super) fn available() -> bool {
+        is_x86_feature_detected!("avx")
+    }
+
+    /// Rows a, b, c, d → vectors k = 0..4 holding (a[k], b[k], c[k], d[k]).
+    #[inline]
+    #[target_feature(enable = "avx")]
+    fn transpose(r: [__m256d; 4]) -> [__m256d; 4] {
+        let t0 = _mm256_unpacklo_pd(r[0], r[1]);
+        let t1 = _mm256_unpackhi_pd(r[0], r[1]);
+        let t2 = _mm256_unpacklo_pd(r[2], r[3]);
+        let t3 = _mm256_unpackhi_pd(r[2], r[3]);
+        [
+            _mm256_permute2f128_pd::<0x20>(t0, t2),
+            _mm256_permute2f128_pd::<0x20>(t1, t3),
+            _mm256_permute2f128_pd::<0x31>(t0, t2),
+            _mm256_permute2f128_pd::<0x31>(t1, t3),
+        ]
+    }
+
+    /// Four elements `p..p + 4` of each plane as f32.
+    ///
+    /// # Safety
+    /// AVX; every plane holds `p + 4` values.
+    #[inline]
+    #[target_feature(enable = "avx")]
+    unsafe fn load(planes: &[&[f32]; 4], p: usize) -> [__m128; 4] {
+        // SAFETY: p + 4 ≤ each plane's length (caller).
+        std::array::from_fn(|q| unsafe { _mm_loadu_ps(planes[q].as_ptr().add(p)) })
+    }
+
+    /// Σ over one plane per lane of `term(q, v)`, from −0.0 as `Iterator::sum`
+    /// starts; `term4` is the same term on four elements of plane q.
+    ///
+    /// # Safety
+    /// AVX; the planes have equal lengths.
+    #[inline]
+    #[target_feature(enable = "avx")]
+    unsafe fn plane_sums(planes: [&[f32]; 4], term4: impl Fn(usize, __m128) -> __m256d, term: impl Fn(usize, f32) -> f64) -> [f64; 4] {
+        let hw = planes[0].len();
+        let mut t = _mm256_set1_pd(-0.0);
+        let mut p = 0;
+        while p + 4 <= hw {
+            // SAFETY: p + 4 ≤ hw.
+            let v = unsafe { load(&planes, p) };
+            for e in transpose(std::array::from_fn(|q| term4(q, v[q]))) {
+                t = _mm256_add_pd(t, e);
+            }
+            p += 4;
+        }
+        let mut out = [0.0f64; 4];
+        // SAFETY: four f64 into four f64.
+        unsafe { _mm256_storeu_pd(out.as_mut_ptr(), t) };
+        for (q, o) in out.iter_mut().enumerate() {
+            for &v in &planes[q][p..] {
+                *o += term(q, v);
+            }
+        }
+        out
+    }
+
+    /// [`super::channel_stats`] of channels `ch0..ch0 + 4`.
+    ///
+    /// # Safety
+    /// AVX; `x` holds n planes of hw for each of c > ch0 + 3 channels.
+    #[target_feature(enable = "avx")]
+    pub(super) unsafe fn stats(x: &[f32], n: usize, c: usize, hw: usize, ch0: usize) -> [(f64, f64); 4] {
+        let planes = |i: usize| -> [&[f32]; 4] { std::array::from_fn(|q| &x[(i * c + ch0 + q) * hw..][..hw]) };
+        let count = (n * hw) as f64;
+        let mut s = [0.0f64; 4];
+        for i in 0..n {
+            // SAFETY: AVX (caller); planes of equal length.
+            let t = unsafe { plane_sums(planes(i), |_, v| _mm256_cvtps_pd(v), |_, v| v as f64) };
+            (0..4).for_each(|q| s[q] += t[q]);
+        }
+        let m = s.map(|s| s / count);
+        let mut var = [0.0f64; 4];
+        for i in 0..n {
+            let sq4 = |q: usize, v: __m128| {
+                let d = _mm256_sub_pd(_mm256_cvtps_pd(v), _mm256_set1_pd(m[q]));
+                _mm256_mul_pd(d, d)
+            };
+            // SAFETY: as above.
+            let t = unsafe { plane_sums(planes(i), sq4, |q, v| (v as f64 - m[q]) * (v as f64 - m[q])) };
+            (0..4).for_each(|q| var[q] += t[q]);
+        }
+        std::array::from_fn(|q| (m[q], var[q] / count))
+    }
+
+    /// [`GradSums::all`] of channels `ch0..ch0 + 4`: both chains, continued across
+    /// the images.
+    ///
+    /// # Safety
+    /// AVX; the slices hold what [`GradSums::all`] asserts, and c > ch0 + 3.
+    #[target_feature(enable = "avx")]
+    pub(super) unsafe fn grad_sums(s: &GradSums, ch0: usize) -> [(f64, f64); 4] {
+        let (mut sdy, mut sdyx) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+        let mu: [__m128; 4] = std::array::from_fn(|q| _mm_set1_ps(s.mean[ch0 + q]));
+        let is: [__m128; 4] = std::array::from_fn(|q| _mm_set1_ps(s.invstd[ch0 + q]));
+        let zero = _mm_setzero_ps();
+        let (mut tail_dy, mut tail_dyx) = ([0.0f64; 4], [0.0f64; 4]);
+        for i in 0..s.n {
+            let at = |q: usize| (i * s.c + ch0 + q) * s.hw;
+            let g: [&[f32]; 4] = std::array::from_fn(|q| &s.g[at(q)..][..s.hw]);
+            let y: [&[f32]; 4] = std::array::from_fn(|q| &s.out[at(q)..][..s.hw]);
+            let x: [&[f32]; 4] = std::array::from_fn(|q| &s.x[at(q)..][..s.hw]);
+            let mut p = 0;
+            while p + 4 <= s.hw {
+                // SAFETY: p + 4 ≤ hw, every plane's length.
+                let (gv, yv, xv) = unsafe { (load(&g, p), load(&y, p), load(&x, p)) };
+                let mut d = [_mm256_setzero_pd(); 4];
+                let mut dx = [_mm256_setzero_pd(); 4];
+                for q in 0..4 {
+                    // dy where the output is positive (or always, without ReLU), else 0.
+                    let dq = if s.relu { _mm_and_ps(gv[q], _mm_cmpgt_ps(yv[q], zero)) } else { gv[q] };
+                    let xhat = _mm_mul_ps(_mm_sub_ps(xv[q], mu[q]), is[q]);
+                    d[q] = _mm256_cvtps_pd(dq);
+                    dx[q] = _mm256_mul_pd(d[q], _mm256_cvtps_pd(xhat));
+                }
+                for (e, f) in transpose(d).into_iter().zip(transpose(dx)) {
+                    sdy = _mm256_add_pd(sdy, e);
+                    sdyx = _mm256_add_pd(sdyx, f);
+                }
+                p += 4;
+            }
+            if p < s.hw {
+                // The chains leave the vectors for the tail and come back after it.
+                // SAFETY: four f64 each.
+                unsafe { (_mm256_storeu_pd(tail_dy.as_mut_ptr(), sdy), _mm256_storeu_pd(tail_dyx.as_mut_ptr(), sdyx)) };
+                for q in 0..4 {
+                    for k in p..s.hw {
+                        let d = if !s.relu || y[q][k] > 0.0 { g[q][k] } else { 0.0 };
+                        tail_dy[q] += d as f64;
+                        tail_dyx[q] += d as f64 * ((x[q][k] - s.mean[ch0 + q]) * s.invstd[ch0 + q]) as f64;
+                    }
+                }
+                // SAFETY: four f64 each.
+                (sdy, sdyx) = unsafe { (_mm256_loadu_pd(tail_dy.as_ptr()), _mm256_loadu_pd(tail_dyx.as_ptr())) };
+            }
+        }
+        let (mut a, mut b) = ([0.0f64; 4], [0.0f64; 4]);
+        // SAFETY: four f64 each.
+        unsafe { (_mm256_storeu_pd(a.as_mut_ptr(), sdy), _mm256_storeu_pd(b.as_mut_ptr(), sdyx)) };
+        std::array::from_fn(|q| (a[q], b[q]))
+    }
 }
 
 /// y = (x − mean)·invstd·γ + β. Saved for backward: mean and invstd (the affine
@@ -95,20 +322,7 @@ pub fn batch_norm2d(tape: &mut Tape, x: Var, gamma: Var, beta: Var, state: Batch
         let (g, out) = (gout.data(), vals.output().data());
         let dy = move |r: std::ops::Range<usize>| g[r.clone()].iter().zip(&out[r]).map(move |(&g, &y)| if !relu || y > 0.0 { g } else { 0.0 });
         // Σ dy and Σ dy·x̂ per channel.
-        let sums: Vec<(f64, f64)> = (0..c)
-            .into_par_iter()
-            .map(|ch| {
-                let (mut sdy, mut sdyx) = (0.0f64, 0.0f64);
-                for i in 0..n {
-                    let off = (i * c + ch) * hw;
-                    for (d, &v) in dy(off..off + hw).zip(&xv.data()[off..off + hw]) {
-                        sdy += d as f64;
-                        sdyx += d as f64 * ((v - mean[ch]) * invstd[ch]) as f64;
-                    }
-                }
-                (sdy, sdyx)
-            })
-            .collect();
+        let sums = GradSums { g, out, x: xv.data(), mean: &mean, invstd: &invstd, relu, n, c, hw }.all();
         if sink.wants(x) {
             let m = (n * hw) as f32;
             // Train: dx = γ·invstd/M · (M·dy − Σdy − x̂·Σdy·x̂); eval: dx = γ·invstd·dy.
@@ -159,6 +373,53 @@ mod tests {
             let mut rv = Tensor::full(&[3], 1.5);
             let st = BatchNormState { running_mean: &mut rm, running_var: &mut rv, momentum: 0.1, eps: 1e-5, relu };
             batch_norm2d(t, v[0], v[1], v[2], st, mode).unwrap()
+        }
+    }
+
+    /// The sums with four channels in lockstep are, bit for bit, the one-channel
+    /// chains of `Iterator::sum` and plain loops, on channel counts that leave a
+    /// remainder, planes with a tail, signed zeros, a wide range of magnitudes and
+    /// outputs at zero (the ReLU mask).
+    #[test]
+    fn lockstep_sums_are_the_plain_chains() {
+        for (n, c, hw) in [(3, 1, 5), (2, 6, 7), (4, 7, 9), (2, 16, 33), (3, 8, 64)] {
+            let wide = |t: Tensor| -> Vec<f32> {
+                t.data().iter().enumerate().map(|(i, &v)| match i % 7 {
+                    0 => -0.0,
+                    1 => v * 1e4,
+                    2 => v * 1e-5,
+                    3 => 0.0,
+                    _ => v,
+                }).collect()
+            };
+            let x = wide(random(&[n, c, hw], 11));
+            let got = channel_stats(&x, n, c, hw);
+            for ch in 0..c {
+                let plane = |i: usize| &x[(i * c + ch) * hw..][..hw];
+                let s: f64 = (0..n).fold(0.0, |s, i| s + plane(i).iter().map(|&v| v as f64).sum::<f64>());
+                let m = s / (n * hw) as f64;
+                let q: f64 = (0..n).fold(0.0, |q, i| q + plane(i).iter().map(|&v| (v as f64 - m) * (v as f64 - m)).sum::<f64>());
+                let want = (m, q / (n * hw) as f64);
+                assert_eq!((got[ch].0.to_bits(), got[ch].1.to_bits()), (want.0.to_bits(), want.1.to_bits()), "stats {n}×{c}×{hw} channel {ch}");
+            }
+            let (g, y) = (wide(random(&[n, c, hw], 12)), wide(random(&[n, c, hw], 13)));
+            let mean: Vec<f32> = got.iter().map(|s| s.0 as f32).collect();
+            let invstd: Vec<f32> = got.iter().map(|s| (1.0 / (s.1 + 1e-5).sqrt()) as f32).collect();
+            for relu in [false, true] {
+                let sums = GradSums { g: &g, out: &y, x: &x, mean: &mean, invstd: &invstd, relu, n, c, hw }.all();
+                for ch in 0..c {
+                    let (mut sdy, mut sdyx) = (0.0f64, 0.0f64);
+                    for i in 0..n {
+                        for p in 0..hw {
+                            let at = (i * c + ch) * hw + p;
+                            let d = if !relu || y[at] > 0.0 { g[at] } else { 0.0 };
+                            sdy += d as f64;
+                            sdyx += d as f64 * ((x[at] - mean[ch]) * invstd[ch]) as f64;
+                        }
+                    }
+                    assert_eq!((sums[ch].0.to_bits(), sums[ch].1.to_bits()), (sdy.to_bits(), sdyx.to_bits()), "sums {n}×{c}×{hw} channel {ch} (relu {relu})");
+                }
+            }
         }
     }
 
