@@ -117,6 +117,28 @@ unsafe fn load_block<const R: usize>(src: &[f32], ld: usize, rows: usize, kc: us
     })
 }
 
+/// The first two rounds of a register transpose: within each 128-bit lane, the 4 × 4
+/// blocks of rows `4q..4q + 4` (32- then 64-bit unpacks), so that `u[4q + e]` holds, in
+/// lane l, step `4l + e` of rows `4q..4q + 4`. R is a multiple of 4.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn lane_transpose<const R: usize>(r: [std::arch::x86_64::__m512; R]) -> [std::arch::x86_64::__m512; R] {
+    use std::arch::x86_64::*;
+    // t[2q], t[2q + 1]: rows 2q and 2q + 1 interleaved, steps 4l, 4l + 1 / 4l + 2, 4l + 3.
+    let t: [__m512; R] = std::array::from_fn(|i| {
+        let (a, b) = (r[i & !1], r[i | 1]);
+        if i % 2 == 0 { _mm512_unpacklo_ps(a, b) } else { _mm512_unpackhi_ps(a, b) }
+    });
+    let pd = _mm512_castps_pd;
+    std::array::from_fn(|i| {
+        // u[4q + e] from t[4q + (e / 2)] and t[4q + 2 + (e / 2)], low or high halves.
+        let (q, e) = (i / 4, i % 4);
+        let (a, c) = (pd(t[4 * q + e / 2]), pd(t[4 * q + 2 + e / 2]));
+        _mm512_castpd_ps(if e % 2 == 0 { _mm512_unpacklo_pd(a, c) } else { _mm512_unpackhi_pd(a, c) })
+    })
+}
+
 /// 16 × 16 blocks: load 16 rows of 16 steps, transpose in registers (32-, 64-bit
 /// unpacks, then two rounds of 128-bit lane shuffles), store 16 steps of 16 rows.
 /// Rows beyond `rows` come out zero; steps beyond `kc` are not stored.
@@ -133,21 +155,8 @@ unsafe fn interleave_avx512(src: &[f32], ld: usize, rows: usize, width: usize, k
         for p0 in (0..kc).step_by(16) {
             // SAFETY: the caller's bounds, as `load_block` needs them.
             let r: [__m512; 16] = unsafe { load_block(src, ld, rows, kc, j0, p0) };
-            let mut t = [_mm512_setzero_ps(); 16];
-            for q in 0..8 {
-                t[2 * q] = _mm512_unpacklo_ps(r[2 * q], r[2 * q + 1]);
-                t[2 * q + 1] = _mm512_unpackhi_ps(r[2 * q], r[2 * q + 1]);
-            }
-            let pd = _mm512_castps_pd;
-            let mut u = [_mm512_setzero_ps(); 16];
-            for q in 0..4 {
-                let (a, b, c, d) = (t[4 * q], t[4 * q + 1], t[4 * q + 2], t[4 * q + 3]);
-                u[4 * q] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(a), pd(c)));
-                u[4 * q + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(a), pd(c)));
-                u[4 * q + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(b), pd(d)));
-                u[4 * q + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(b), pd(d)));
-            }
             // u[4q + e] holds, in each 128-bit lane l, step 4l + e of rows 4q..4q+4.
+            let u = lane_transpose(r);
             let mut v = [_mm512_setzero_ps(); 16];
             for e in 0..4 {
                 v[e] = _mm512_shuffle_f32x4::<0x88>(u[e], u[4 + e]);
@@ -185,22 +194,8 @@ unsafe fn interleave8_avx512(src: &[f32], ld: usize, rows: usize, kc: usize, pan
     for p0 in (0..kc).step_by(16) {
         // SAFETY: the caller's bounds, as `load_block` needs them.
         let r: [__m512; 8] = unsafe { load_block(src, ld, rows, kc, 0, p0) };
-        // t[2q], t[2q+1]: rows 2q, 2q+1 interleaved, steps 4l, 4l+1 / 4l+2, 4l+3 of lane l.
-        let mut t = [_mm512_setzero_ps(); 8];
-        for q in 0..4 {
-            t[2 * q] = _mm512_unpacklo_ps(r[2 * q], r[2 * q + 1]);
-            t[2 * q + 1] = _mm512_unpackhi_ps(r[2 * q], r[2 * q + 1]);
-        }
         // u[e] (u[4 + e]): in lane l, step 4l + e of rows 0..4 (rows 4..8).
-        let pd = _mm512_castps_pd;
-        let mut u = [_mm512_setzero_ps(); 8];
-        for h in 0..2 {
-            let (a, b, c, d) = (t[4 * h], t[4 * h + 1], t[4 * h + 2], t[4 * h + 3]);
-            u[4 * h] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(a), pd(c)));
-            u[4 * h + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(a), pd(c)));
-            u[4 * h + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(pd(b), pd(d)));
-            u[4 * h + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(pd(b), pd(d)));
-        }
+        let u = lane_transpose(r);
         // v[e] holds lanes 0, 1 of u[e] then of u[4 + e]; w[e] lanes 2, 3 likewise.
         let v: [__m512; 4] = std::array::from_fn(|e| _mm512_shuffle_f32x4::<0x44>(u[e], u[4 + e]));
         let w: [__m512; 4] = std::array::from_fn(|e| _mm512_shuffle_f32x4::<0xee>(u[e], u[4 + e]));

@@ -26,19 +26,23 @@ pub struct BatchNormState<'a> {
 ///
 /// Each sum is one chain of dependent f64 adds, so its speed is the add's latency. Four
 /// channels' chains advance in lockstep, one vector add per element, where the CPU has
-/// AVX ([`lockstep`]); every chain keeps its order, so the bits are the plain chains'.
+/// AVX (the private module `lockstep`); every chain keeps its order, so the bits are the plain chains'.
 pub fn channel_stats(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<(f64, f64)> {
     assert!(x.len() >= n * c * hw);
+    by_channel_blocks(c, |ch0| lockstep::stats(x, n, c, hw, ch0), |ch| plain_stats(x, n, c, hw, ch))
+}
+
+/// One pair of sums per channel, in parallel over blocks of four channels: by `four`
+/// (the lockstep path) where it runs on this CPU, else channel by channel by `one`.
+fn by_channel_blocks(c: usize, four: impl Fn(usize) -> Option<[(f64, f64); 4]> + Sync, one: impl Fn(usize) -> (f64, f64) + Sync) -> Vec<(f64, f64)> {
     (0..c.div_ceil(4))
         .into_par_iter()
         .flat_map_iter(|b| {
             let chs = 4 * b..(4 * b + 4).min(c);
-            #[cfg(target_arch = "x86_64")]
-            if chs.len() == 4 && lockstep::available() {
-                // SAFETY: AVX is present; channels ch0..ch0 + 4 < c of n planes of hw (asserted above).
-                return unsafe { lockstep::stats(x, n, c, hw, chs.start) }.to_vec();
+            match (chs.len() == 4).then(|| four(chs.start)).flatten() {
+                Some(sums) => sums.to_vec(),
+                None => chs.map(&one).collect(),
             }
-            chs.map(|ch| plain_stats(x, n, c, hw, ch)).collect::<Vec<_>>()
         })
         .collect()
 }
@@ -79,18 +83,7 @@ impl GradSums<'_> {
         let (n, c, hw) = (self.n, self.c, self.hw);
         assert!(self.g.len() >= n * c * hw && self.out.len() >= n * c * hw && self.x.len() >= n * c * hw);
         assert!(self.mean.len() >= c && self.invstd.len() >= c);
-        (0..c.div_ceil(4))
-            .into_par_iter()
-            .flat_map_iter(|b| {
-                let chs = 4 * b..(4 * b + 4).min(c);
-                #[cfg(target_arch = "x86_64")]
-                if chs.len() == 4 && lockstep::available() {
-                    // SAFETY: AVX is present; the slices' sizes are asserted above.
-                    return unsafe { lockstep::grad_sums(self, chs.start) }.to_vec();
-                }
-                chs.map(|ch| self.plain(ch)).collect::<Vec<_>>()
-            })
-            .collect()
+        by_channel_blocks(c, |ch0| lockstep::grad_sums(self, ch0), |ch| self.plain(ch))
     }
 
     /// One channel's sums, written plainly.
@@ -114,155 +107,178 @@ impl GradSums<'_> {
 /// chains then take them in order, one vector add per element. The same IEEE
 /// operations, in the same order, as the plain loops, so the same bits (the test
 /// `lockstep_sums_are_the_plain_chains` holds them to it).
-#[cfg(target_arch = "x86_64")]
 mod lockstep {
     use super::GradSums;
-    use std::arch::x86_64::*;
 
-    pub(super) fn available() -> bool {
-        is_x86_feature_detected!("avx")
-    }
-
-    /// Rows a, b, c, d → vectors k = 0..4 holding (a[k], b[k], c[k], d[k]).
-    #[inline]
-    #[target_feature(enable = "avx")]
-    fn transpose(r: [__m256d; 4]) -> [__m256d; 4] {
-        let t0 = _mm256_unpacklo_pd(r[0], r[1]);
-        let t1 = _mm256_unpackhi_pd(r[0], r[1]);
-        let t2 = _mm256_unpacklo_pd(r[2], r[3]);
-        let t3 = _mm256_unpackhi_pd(r[2], r[3]);
-        [
-            _mm256_permute2f128_pd::<0x20>(t0, t2),
-            _mm256_permute2f128_pd::<0x20>(t1, t3),
-            _mm256_permute2f128_pd::<0x31>(t0, t2),
-            _mm256_permute2f128_pd::<0x31>(t1, t3),
-        ]
-    }
-
-    /// Four elements `p..p + 4` of each plane as f32.
-    ///
-    /// # Safety
-    /// AVX; every plane holds `p + 4` values.
-    #[inline]
-    #[target_feature(enable = "avx")]
-    unsafe fn load(planes: &[&[f32]; 4], p: usize) -> [__m128; 4] {
-        // SAFETY: p + 4 ≤ each plane's length (caller).
-        std::array::from_fn(|q| unsafe { _mm_loadu_ps(planes[q].as_ptr().add(p)) })
-    }
-
-    /// Σ over one plane per lane of `term(q, v)`, from −0.0 as `Iterator::sum`
-    /// starts; `term4` is the same term on four elements of plane q.
-    ///
-    /// # Safety
-    /// AVX; the planes have equal lengths.
-    #[inline]
-    #[target_feature(enable = "avx")]
-    unsafe fn plane_sums(planes: [&[f32]; 4], term4: impl Fn(usize, __m128) -> __m256d, term: impl Fn(usize, f32) -> f64) -> [f64; 4] {
-        let hw = planes[0].len();
-        let mut t = _mm256_set1_pd(-0.0);
-        let mut p = 0;
-        while p + 4 <= hw {
-            // SAFETY: p + 4 ≤ hw.
-            let v = unsafe { load(&planes, p) };
-            for e in transpose(std::array::from_fn(|q| term4(q, v[q]))) {
-                t = _mm256_add_pd(t, e);
-            }
-            p += 4;
+    /// [`super::channel_stats`] of channels `ch0..ch0 + 4`, where the CPU has AVX.
+    pub(super) fn stats(x: &[f32], n: usize, c: usize, hw: usize, ch0: usize) -> Option<[(f64, f64); 4]> {
+        assert!(ch0 + 4 <= c && x.len() >= n * c * hw);
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx") {
+            // SAFETY: AVX is present; the channels' planes lie in x (asserted above).
+            return Some(unsafe { avx::stats(x, n, c, hw, ch0) });
         }
-        let mut out = [0.0f64; 4];
-        // SAFETY: four f64 into four f64.
-        unsafe { _mm256_storeu_pd(out.as_mut_ptr(), t) };
-        for (q, o) in out.iter_mut().enumerate() {
-            for &v in &planes[q][p..] {
-                *o += term(q, v);
-            }
-        }
-        out
+        None
     }
 
-    /// [`super::channel_stats`] of channels `ch0..ch0 + 4`.
-    ///
-    /// # Safety
-    /// AVX; `x` holds n planes of hw for each of c > ch0 + 3 channels.
-    #[target_feature(enable = "avx")]
-    pub(super) unsafe fn stats(x: &[f32], n: usize, c: usize, hw: usize, ch0: usize) -> [(f64, f64); 4] {
-        let planes = |i: usize| -> [&[f32]; 4] { std::array::from_fn(|q| &x[(i * c + ch0 + q) * hw..][..hw]) };
-        let count = (n * hw) as f64;
-        let mut s = [0.0f64; 4];
-        for i in 0..n {
-            // SAFETY: AVX (caller); planes of equal length.
-            let t = unsafe { plane_sums(planes(i), |_, v| _mm256_cvtps_pd(v), |_, v| v as f64) };
-            (0..4).for_each(|q| s[q] += t[q]);
+    /// [`GradSums::all`] of channels `ch0..ch0 + 4`, where the CPU has AVX.
+    pub(super) fn grad_sums(s: &GradSums, ch0: usize) -> Option<[(f64, f64); 4]> {
+        let len = s.n * s.c * s.hw;
+        assert!(ch0 + 4 <= s.c && s.g.len() >= len && s.out.len() >= len && s.x.len() >= len && s.mean.len() >= s.c && s.invstd.len() >= s.c);
+        #[cfg(target_arch = "x86_64")]
+        if is_x86_feature_detected!("avx") {
+            // SAFETY: AVX is present; the slices' sizes are asserted above.
+            return Some(unsafe { avx::grad_sums(s, ch0) });
         }
-        let m = s.map(|s| s / count);
-        let mut var = [0.0f64; 4];
-        for i in 0..n {
-            let sq4 = |q: usize, v: __m128| {
-                let d = _mm256_sub_pd(_mm256_cvtps_pd(v), _mm256_set1_pd(m[q]));
-                _mm256_mul_pd(d, d)
-            };
-            // SAFETY: as above.
-            let t = unsafe { plane_sums(planes(i), sq4, |q, v| (v as f64 - m[q]) * (v as f64 - m[q])) };
-            (0..4).for_each(|q| var[q] += t[q]);
-        }
-        std::array::from_fn(|q| (m[q], var[q] / count))
+        None
     }
 
-    /// [`GradSums::all`] of channels `ch0..ch0 + 4`: both chains, continued across
-    /// the images.
-    ///
-    /// # Safety
-    /// AVX; the slices hold what [`GradSums::all`] asserts, and c > ch0 + 3.
-    #[target_feature(enable = "avx")]
-    pub(super) unsafe fn grad_sums(s: &GradSums, ch0: usize) -> [(f64, f64); 4] {
-        let (mut sdy, mut sdyx) = (_mm256_setzero_pd(), _mm256_setzero_pd());
-        let mu: [__m128; 4] = std::array::from_fn(|q| _mm_set1_ps(s.mean[ch0 + q]));
-        let is: [__m128; 4] = std::array::from_fn(|q| _mm_set1_ps(s.invstd[ch0 + q]));
-        let zero = _mm_setzero_ps();
-        let (mut tail_dy, mut tail_dyx) = ([0.0f64; 4], [0.0f64; 4]);
-        for i in 0..s.n {
-            let at = |q: usize| (i * s.c + ch0 + q) * s.hw;
-            let g: [&[f32]; 4] = std::array::from_fn(|q| &s.g[at(q)..][..s.hw]);
-            let y: [&[f32]; 4] = std::array::from_fn(|q| &s.out[at(q)..][..s.hw]);
-            let x: [&[f32]; 4] = std::array::from_fn(|q| &s.x[at(q)..][..s.hw]);
+    #[cfg(target_arch = "x86_64")]
+    mod avx {
+        use super::GradSums;
+        use std::arch::x86_64::*;
+
+        /// Rows a, b, c, d → vectors k = 0..4 holding (a[k], b[k], c[k], d[k]).
+        #[inline]
+        #[target_feature(enable = "avx")]
+        fn transpose(r: [__m256d; 4]) -> [__m256d; 4] {
+            let t0 = _mm256_unpacklo_pd(r[0], r[1]);
+            let t1 = _mm256_unpackhi_pd(r[0], r[1]);
+            let t2 = _mm256_unpacklo_pd(r[2], r[3]);
+            let t3 = _mm256_unpackhi_pd(r[2], r[3]);
+            [
+                _mm256_permute2f128_pd::<0x20>(t0, t2),
+                _mm256_permute2f128_pd::<0x20>(t1, t3),
+                _mm256_permute2f128_pd::<0x31>(t0, t2),
+                _mm256_permute2f128_pd::<0x31>(t1, t3),
+            ]
+        }
+
+        /// Four elements `p..p + 4` of each plane as f32.
+        ///
+        /// # Safety
+        /// AVX; every plane holds `p + 4` values.
+        #[inline]
+        #[target_feature(enable = "avx")]
+        unsafe fn load(planes: &[&[f32]; 4], p: usize) -> [__m128; 4] {
+            // SAFETY: p + 4 ≤ each plane's length (caller).
+            std::array::from_fn(|q| unsafe { _mm_loadu_ps(planes[q].as_ptr().add(p)) })
+        }
+
+        /// Σ over one plane per lane of `term(q, v)`, from −0.0 as `Iterator::sum`
+        /// starts; `term4` is the same term on four elements of plane q.
+        ///
+        /// # Safety
+        /// AVX; the planes have equal lengths.
+        #[inline]
+        #[target_feature(enable = "avx")]
+        unsafe fn plane_sums(planes: [&[f32]; 4], term4: impl Fn(usize, __m128) -> __m256d, term: impl Fn(usize, f32) -> f64) -> [f64; 4] {
+            let hw = planes[0].len();
+            let mut t = _mm256_set1_pd(-0.0);
             let mut p = 0;
-            while p + 4 <= s.hw {
-                // SAFETY: p + 4 ≤ hw, every plane's length.
-                let (gv, yv, xv) = unsafe { (load(&g, p), load(&y, p), load(&x, p)) };
-                let mut d = [_mm256_setzero_pd(); 4];
-                let mut dx = [_mm256_setzero_pd(); 4];
-                for q in 0..4 {
-                    // dy where the output is positive (or always, without ReLU), else 0.
-                    let dq = if s.relu { _mm_and_ps(gv[q], _mm_cmpgt_ps(yv[q], zero)) } else { gv[q] };
-                    let xhat = _mm_mul_ps(_mm_sub_ps(xv[q], mu[q]), is[q]);
-                    d[q] = _mm256_cvtps_pd(dq);
-                    dx[q] = _mm256_mul_pd(d[q], _mm256_cvtps_pd(xhat));
-                }
-                for (e, f) in transpose(d).into_iter().zip(transpose(dx)) {
-                    sdy = _mm256_add_pd(sdy, e);
-                    sdyx = _mm256_add_pd(sdyx, f);
+            while p + 4 <= hw {
+                // SAFETY: p + 4 ≤ hw.
+                let v = unsafe { load(&planes, p) };
+                for e in transpose(std::array::from_fn(|q| term4(q, v[q]))) {
+                    t = _mm256_add_pd(t, e);
                 }
                 p += 4;
             }
-            if p < s.hw {
-                // The chains leave the vectors for the tail and come back after it.
-                // SAFETY: four f64 each.
-                unsafe { (_mm256_storeu_pd(tail_dy.as_mut_ptr(), sdy), _mm256_storeu_pd(tail_dyx.as_mut_ptr(), sdyx)) };
-                for q in 0..4 {
-                    for k in p..s.hw {
-                        let d = if !s.relu || y[q][k] > 0.0 { g[q][k] } else { 0.0 };
-                        tail_dy[q] += d as f64;
-                        tail_dyx[q] += d as f64 * ((x[q][k] - s.mean[ch0 + q]) * s.invstd[ch0 + q]) as f64;
-                    }
+            let mut out = [0.0f64; 4];
+            // SAFETY: four f64 into four f64.
+            unsafe { _mm256_storeu_pd(out.as_mut_ptr(), t) };
+            for (q, o) in out.iter_mut().enumerate() {
+                for &v in &planes[q][p..] {
+                    *o += term(q, v);
                 }
-                // SAFETY: four f64 each.
-                (sdy, sdyx) = unsafe { (_mm256_loadu_pd(tail_dy.as_ptr()), _mm256_loadu_pd(tail_dyx.as_ptr())) };
             }
+            out
         }
-        let (mut a, mut b) = ([0.0f64; 4], [0.0f64; 4]);
-        // SAFETY: four f64 each.
-        unsafe { (_mm256_storeu_pd(a.as_mut_ptr(), sdy), _mm256_storeu_pd(b.as_mut_ptr(), sdyx)) };
-        std::array::from_fn(|q| (a[q], b[q]))
+
+        /// [`super::stats`], on AVX.
+        ///
+        /// # Safety
+        /// AVX; `x` holds n planes of hw for each of c > ch0 + 3 channels.
+        #[target_feature(enable = "avx")]
+        pub(super) unsafe fn stats(x: &[f32], n: usize, c: usize, hw: usize, ch0: usize) -> [(f64, f64); 4] {
+            let planes = |i: usize| -> [&[f32]; 4] { std::array::from_fn(|q| &x[(i * c + ch0 + q) * hw..][..hw]) };
+            let count = (n * hw) as f64;
+            let mut s = [0.0f64; 4];
+            for i in 0..n {
+                // SAFETY: AVX (caller); planes of equal length.
+                let t = unsafe { plane_sums(planes(i), |_, v| _mm256_cvtps_pd(v), |_, v| v as f64) };
+                (0..4).for_each(|q| s[q] += t[q]);
+            }
+            let m = s.map(|s| s / count);
+            let mut var = [0.0f64; 4];
+            for i in 0..n {
+                let sq4 = |q: usize, v: __m128| {
+                    let d = _mm256_sub_pd(_mm256_cvtps_pd(v), _mm256_set1_pd(m[q]));
+                    _mm256_mul_pd(d, d)
+                };
+                // SAFETY: as above.
+                let t = unsafe { plane_sums(planes(i), sq4, |q, v| (v as f64 - m[q]) * (v as f64 - m[q])) };
+                (0..4).for_each(|q| var[q] += t[q]);
+            }
+            std::array::from_fn(|q| (m[q], var[q] / count))
+        }
+
+        /// [`super::grad_sums`], on AVX: both chains, continued across
+        /// the images.
+        ///
+        /// # Safety
+        /// AVX; the slices hold what [`GradSums::all`] asserts, and c > ch0 + 3.
+        #[target_feature(enable = "avx")]
+        pub(super) unsafe fn grad_sums(s: &GradSums, ch0: usize) -> [(f64, f64); 4] {
+            let (mut sdy, mut sdyx) = (_mm256_setzero_pd(), _mm256_setzero_pd());
+            let mu: [__m128; 4] = std::array::from_fn(|q| _mm_set1_ps(s.mean[ch0 + q]));
+            let is: [__m128; 4] = std::array::from_fn(|q| _mm_set1_ps(s.invstd[ch0 + q]));
+            let zero = _mm_setzero_ps();
+            let (mut tail_dy, mut tail_dyx) = ([0.0f64; 4], [0.0f64; 4]);
+            for i in 0..s.n {
+                let at = |q: usize| (i * s.c + ch0 + q) * s.hw;
+                let g: [&[f32]; 4] = std::array::from_fn(|q| &s.g[at(q)..][..s.hw]);
+                let y: [&[f32]; 4] = std::array::from_fn(|q| &s.out[at(q)..][..s.hw]);
+                let x: [&[f32]; 4] = std::array::from_fn(|q| &s.x[at(q)..][..s.hw]);
+                let mut p = 0;
+                while p + 4 <= s.hw {
+                    // SAFETY: p + 4 ≤ hw, every plane's length.
+                    let (gv, yv, xv) = unsafe { (load(&g, p), load(&y, p), load(&x, p)) };
+                    let mut d = [_mm256_setzero_pd(); 4];
+                    let mut dx = [_mm256_setzero_pd(); 4];
+                    for q in 0..4 {
+                        // dy where the output is positive (or always, without ReLU), else 0.
+                        let dq = if s.relu { _mm_and_ps(gv[q], _mm_cmpgt_ps(yv[q], zero)) } else { gv[q] };
+                        let xhat = _mm_mul_ps(_mm_sub_ps(xv[q], mu[q]), is[q]);
+                        d[q] = _mm256_cvtps_pd(dq);
+                        dx[q] = _mm256_mul_pd(d[q], _mm256_cvtps_pd(xhat));
+                    }
+                    for (e, f) in transpose(d).into_iter().zip(transpose(dx)) {
+                        sdy = _mm256_add_pd(sdy, e);
+                        sdyx = _mm256_add_pd(sdyx, f);
+                    }
+                    p += 4;
+                }
+                if p < s.hw {
+                    // The chains leave the vectors for the tail and come back after it.
+                    // SAFETY: four f64 each.
+                    unsafe { (_mm256_storeu_pd(tail_dy.as_mut_ptr(), sdy), _mm256_storeu_pd(tail_dyx.as_mut_ptr(), sdyx)) };
+                    for q in 0..4 {
+                        for k in p..s.hw {
+                            let d = if !s.relu || y[q][k] > 0.0 { g[q][k] } else { 0.0 };
+                            tail_dy[q] += d as f64;
+                            tail_dyx[q] += d as f64 * ((x[q][k] - s.mean[ch0 + q]) * s.invstd[ch0 + q]) as f64;
+                        }
+                    }
+                    // SAFETY: four f64 each.
+                    (sdy, sdyx) = unsafe { (_mm256_loadu_pd(tail_dy.as_ptr()), _mm256_loadu_pd(tail_dyx.as_ptr())) };
+                }
+            }
+            let (mut a, mut b) = ([0.0f64; 4], [0.0f64; 4]);
+            // SAFETY: four f64 each.
+            unsafe { (_mm256_storeu_pd(a.as_mut_ptr(), sdy), _mm256_storeu_pd(b.as_mut_ptr(), sdyx)) };
+            std::array::from_fn(|q| (a[q], b[q]))
+        }
     }
 }
 
