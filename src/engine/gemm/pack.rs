@@ -101,7 +101,7 @@ fn interleave_portable(src: &[f32], ld: usize, rows: usize, kc: usize, panel: &m
 /// `kc` and rows at or beyond `rows` read as zero (masked loads touch nothing there).
 ///
 /// # Safety
-/// AVX-512F; every row below `rows` holds steps up to `kc` in `src` at `j·ld`.
+/// AVX-512F; `p0 < kc`; every row below `rows` holds steps up to `kc` in `src` at `j·ld`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 unsafe fn load_block<const R: usize>(src: &[f32], ld: usize, rows: usize, kc: usize, j0: usize, p0: usize) -> [std::arch::x86_64::__m512; R] {
@@ -125,6 +125,7 @@ unsafe fn load_block<const R: usize>(src: &[f32], ld: usize, rows: usize, kc: us
 #[target_feature(enable = "avx512f")]
 fn lane_transpose<const R: usize>(r: [std::arch::x86_64::__m512; R]) -> [std::arch::x86_64::__m512; R] {
     use std::arch::x86_64::*;
+    const { assert!(R % 4 == 0) };
     // t[2q], t[2q + 1]: rows 2q and 2q + 1 interleaved, steps 4l, 4l + 1 / 4l + 2, 4l + 3.
     let t: [__m512; R] = std::array::from_fn(|i| {
         let (a, b) = (r[i & !1], r[i | 1]);
@@ -203,8 +204,12 @@ unsafe fn interleave8_avx512(src: &[f32], ld: usize, rows: usize, kc: usize, pan
         // as rows 0..4 then rows 4..8; only the steps below kc are stored.
         let mut out = |m: usize, x: __m512| {
             let p = p0 + 2 * m;
-            let half: u16 = if p + 1 < kc { u16::MAX } else if p < kc { 0x00ff } else { 0 };
-            // SAFETY: the stored steps are below kc, in a panel of kc·8 values.
+            if p >= kc {
+                return; // no step of this vector is in the panel (nor may its address be formed)
+            }
+            let half: u16 = if p + 1 < kc { u16::MAX } else { 0x00ff };
+            // SAFETY: step p < kc starts inside the panel of kc·8 values, and the mask
+            // stores step p + 1 only when it is below kc too.
             unsafe { _mm512_mask_storeu_ps(panel.as_mut_ptr().add(p * 8), half, x) };
         };
         for e in [0, 2] {
