@@ -57,6 +57,12 @@ fn resumed_run_ends_with_the_same_bytes() {
     assert_eq!(std::fs::read(&whole).unwrap(), std::fs::read(&parts).unwrap());
     let ck = Checkpoint::load(&parts).unwrap();
     assert_eq!(ck.history.len(), 3);
+    // Until the last epoch the checkpoint holds the optimizer state; a finished run does
+    // not (nothing is left to resume), and resuming it trains nothing and succeeds.
+    assert!(first.checkpoint.optimizer.is_some() && ck.optimizer.is_none());
+    let before = std::fs::read(&parts).unwrap();
+    let done = train(&cfg, &data, &parts, &RunOptions { resume: true, ..quiet() }).unwrap();
+    assert_eq!((done.checkpoint.epochs_done, done.train_images_per_s, std::fs::read(&parts).unwrap()), (3, 0.0, before));
 
     // A different configuration refuses to resume from it.
     let mut other = cfg.clone();

@@ -52,7 +52,7 @@ pub struct Checkpoint {
     pub steps_done: u64,
     /// The parameters and buffers.
     pub store: ParamStore,
-    /// The optimizer's state (`None`: not saved).
+    /// The optimizer's state (`None`: not saved; a finished training run saves none).
     pub optimizer: Option<OptimizerState>,
     /// One record per finished epoch, in order.
     pub history: Vec<EpochRecord>,

@@ -69,7 +69,8 @@ impl EpochSums {
 
 /// What a training run ends with.
 pub struct TrainOutcome {
-    /// The run's final state: parameters, optimizer state, history.
+    /// The run's final state: parameters, history, and the optimizer state while
+    /// epochs remain.
     pub checkpoint: Checkpoint,
     /// The network trained (its parameters are in `checkpoint.store`).
     pub net: Box<dyn Network>,
@@ -81,6 +82,15 @@ pub struct TrainOutcome {
     pub train_images_per_s: f64,
     /// Wall time of this invocation in seconds, evaluation and checkpoints included.
     pub wall_s: f64,
+}
+
+/// The optimizer state a checkpoint at `ck`'s progress keeps: all of it while epochs
+/// remain, none once the run is finished. A finished run cannot be continued (a longer
+/// run is another configuration, and its schedule differs from the first step), so the
+/// state would only double the file (SGD's momentum is as large as the weights).
+fn optimizer_to_keep(ck: &Checkpoint, cfg: &TrainConfig, opt: &Optimizer) -> Option<OptimizerState> {
+    let finished = ck.epochs_done as usize >= cfg.epochs;
+    (!finished).then(|| OptimizerState { kind: cfg.optimizer.name().into(), steps: opt.steps, slots: opt.state.clone() })
 }
 
 /// The first setting in which `ck`'s recorded training configuration differs from
@@ -164,14 +174,20 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -
             }
         }
         restore_into(&prev.store, &mut store, out)?;
-        let o = prev.optimizer.as_ref().ok_or_else(|| Error::format(out, "cannot resume: no optimizer state saved"))?;
-        // Slots follow the checkpoint's parameter order; this build's may differ (the
-        // quantizer bounds of checkpoints written before layers were mapped after
-        // building sit beside their weights), so they are matched by name.
-        let slot_of = |name: &str| prev.store.params().iter().position(|p| p.name == name).and_then(|i| o.slots.get(i).cloned());
-        let slots = store.params().iter().map(|p| slot_of(&p.name)).collect::<Option<Vec<_>>>();
-        let slots = slots.ok_or_else(|| Error::format(out, "cannot resume: the optimizer state does not cover every parameter"))?;
-        opt.set_state(slots, o.steps, &store).map_err(|e| Error::format(out, e.to_string()))?;
+        match prev.optimizer.as_ref() {
+            Some(o) => {
+                // Slots follow the checkpoint's parameter order; this build's may differ
+                // (the quantizer bounds of checkpoints written before layers were mapped
+                // after building sit beside their weights), so they are matched by name.
+                let slot_of = |name: &str| prev.store.params().iter().position(|p| p.name == name).and_then(|i| o.slots.get(i).cloned());
+                let slots = store.params().iter().map(|p| slot_of(&p.name)).collect::<Option<Vec<_>>>();
+                let slots = slots.ok_or_else(|| Error::format(out, "cannot resume: the optimizer state does not cover every parameter"))?;
+                opt.set_state(slots, o.steps, &store).map_err(|e| Error::format(out, e.to_string()))?;
+            }
+            // A finished run keeps none (see `optimizer_to_keep`): there is nothing to train.
+            None if prev.epochs_done as usize >= cfg.epochs => {}
+            None => return Err(Error::format(out, "cannot resume: no optimizer state saved")),
+        }
         if let Some(p) = prev.meta(EPOCH_IN_PROGRESS) {
             resumed_sums = Some(EpochSums::parse(p).ok_or_else(|| Error::format(out, format!("cannot resume: unreadable {EPOCH_IN_PROGRESS} '{p}'")))?);
         }
@@ -211,7 +227,7 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -
         // Already there: nothing to train (as --stop-after at a finished epoch).
         let stopped_at_step = (skip > 0).then_some(ck.steps_done);
         ck.store = store;
-        ck.optimizer = Some(OptimizerState { kind: cfg.optimizer.name().into(), steps: opt.steps, slots: opt.state });
+        ck.optimizer = optimizer_to_keep(&ck, cfg, &opt);
         return Ok(TrainOutcome { checkpoint: ck, net, test_accuracy, stopped_at_step, train_images_per_s: 0.0, wall_s: t_start.elapsed().as_secs_f64() });
     }
     let mut last_save = Instant::now();
@@ -320,7 +336,7 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -
         ck.history.push(rec);
         ck.epochs_done = epoch as u32 + 1;
         ck.store = store.clone();
-        ck.optimizer = Some(OptimizerState { kind: cfg.optimizer.name().into(), steps: opt.steps, slots: opt.state.clone() });
+        ck.optimizer = optimizer_to_keep(&ck, cfg, &opt);
         ck.save(out)?;
         last_save = Instant::now();
         if opts.stop_after_steps.is_some_and(|n| ck.steps_done >= n) {
@@ -328,7 +344,7 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -
         }
     }
     ck.store = store;
-    ck.optimizer = Some(OptimizerState { kind: cfg.optimizer.name().into(), steps: opt.steps, slots: opt.state });
+    ck.optimizer = optimizer_to_keep(&ck, cfg, &opt);
     Ok(TrainOutcome {
         checkpoint: ck,
         net,
