@@ -10,7 +10,7 @@ use criterion::{BenchmarkId, Criterion, Throughput};
 use dnat::engine::gradcheck::random;
 use dnat::engine::ops::conv2d::{self, Conv2dCfg, ConvGeom};
 use dnat::train::bench as step_bench;
-use dnat::nn::Arch;
+use dnat::nn::{Arch, CimPlan};
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -201,7 +201,7 @@ fn main() {
         parts.push(format!("\"step\": {}", step.json()));
         // The D-NAT step: current-domain readouts, the exact-slope estimator, and where its time goes.
         let rt = dnat_runtime();
-        let cim_step = step_bench::run(Arch::ResNet20, 10, BATCH, 5, 1, Some(&rt)).unwrap();
+        let cim_step = step_bench::run(Arch::ResNet20, 10, BATCH, 5, 1, Some((&rt, &CimPlan::default()))).unwrap();
         println!("{}\nCIM step / FP32 step: {:.2}x", cim_step.table(), cim_step.train_step_ms / step.train_step_ms);
         parts.push(format!("\"cim_step\": {}", cim_step.json()));
     }

@@ -109,6 +109,11 @@ fn hostile_input_is_refused_by_name() {
     fails_with(&["bench", "--model", "resnet20", "--cim", "--macro", "rows=0"], "rows = 0 is outside");
     let o_ = dnat(&["bench", "--model", "resnet20", "--cim", "--macro", "rows=32,adc_bits=7,step=64", "--batch", "2", "--steps", "1", "--warmup", "0"]);
     assert!(o_.status.success() && stdout(&o_).contains("32 rows"), "{}{}", stdout(&o_), stderr(&o_));
+    // A bench of named layers says which ones; a pattern that names none is refused.
+    let o_ = dnat(&["bench", "--model", "resnet20", "--cim", "--cim-layers", "layer3.*", "--batch", "2", "--steps", "1", "--warmup", "0"]);
+    assert!(o_.status.success() && stdout(&o_).contains("layers: layer3.*"), "{}{}", stdout(&o_), stderr(&o_));
+    fails_with(&["bench", "--model", "resnet20", "--cim", "--cim-layers", "features.*"], "features.*");
+    fails_with(&["bench", "--model", "resnet20", "--cim-layers", "layer3.*"], "--cim-layers needs --cim");
 
     // Safetensors metadata claiming 4·10⁹ classes (or none): refused, naming the file.
     let fp32 = concat!(env!("CARGO_MANIFEST_DIR"), "/models/resnet20-fp32-s0.ckpt");

@@ -39,6 +39,10 @@ pub struct BenchArgs {
     /// readout source: table (the error model, default) or sample-only (sampling only, as a chip behind a link: stat:S or ste)
     #[argh(option, default = "String::from(\"table\")")]
     readout_source: String,
+    /// which layers go on the macro (with --cim): default (all but the first and the
+    /// last layer), all, or comma-separated layer-name patterns (as train's)
+    #[argh(option, default = "String::from(\"default\")")]
+    cim_layers: String,
     /// print one JSON object as the last line of stdout
     #[argh(switch)]
     json: bool,
@@ -51,7 +55,11 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     crate::nn::ModelSpec::fp32(Arch::parse(&a.model)?, a.classes).validate().map_err(|e| crate::Error::invalid(format!("--classes: {e}")))?;
     let rt = if a.cim { Some(super::cim_runtime(&a.r#macro, &a.error_model, &a.readout, &a.estimator, crate::train::ReadoutSource::parse(&a.readout_source)?)?) } else { None };
-    let r = bench::run(Arch::parse(&a.model)?, a.classes, a.batch, a.steps, a.warmup, rt.as_ref())?;
+    let plan = crate::nn::CimPlan::from_words(&a.cim_layers).map_err(|e| crate::Error::invalid(format!("--cim-layers: {e}")))?;
+    if !a.cim && a.cim_layers != "default" {
+        return Err(crate::Error::invalid("--cim-layers needs --cim"));
+    }
+    let r = bench::run(Arch::parse(&a.model)?, a.classes, a.batch, a.steps, a.warmup, rt.as_ref().map(|rt| (rt, &plan)))?;
     println!("{}", r.table());
     if a.json {
         println!("{}", r.json());

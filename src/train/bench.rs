@@ -40,10 +40,10 @@ pub fn peak_rss_mb() -> f64 {
 
 /// Times `steps` training steps (after `warmup`) and as many eval forwards; the
 /// median step is reported, which is robust to a noisy shared machine. With `cim`, the
-/// network's layers run on the macro (default plan) with that runtime, in training and
-/// in evaluation.
-pub fn run(arch: Arch, num_classes: usize, batch: usize, steps: usize, warmup: usize, cim: Option<&CimRuntime>) -> Result<BenchResult> {
-    let spec = ModelSpec { arch, num_classes, cim: cim.map(|_| CimPlan::default()) };
+/// plan's layers run on the macro with that runtime, in training and in evaluation.
+pub fn run(arch: Arch, num_classes: usize, batch: usize, steps: usize, warmup: usize, cim: Option<(&CimRuntime, &CimPlan)>) -> Result<BenchResult> {
+    let spec = ModelSpec { arch, num_classes, cim: cim.map(|(_, plan)| plan.clone()) };
+    let cim = cim.map(|(rt, _)| rt);
     let (net, mut store) = build(&spec, 1)?;
     let mut opt = Optimizer::new(OptimizerKind::Sgd { momentum: 0.9, nesterov: true }, Groups::default(), &store);
     let x = random(&[batch, 3, 32, 32], 5);
@@ -101,8 +101,9 @@ pub fn run(arch: Arch, num_classes: usize, batch: usize, steps: usize, warmup: u
     let cim = cim.map(|rt| {
         let per_step = readouts_before as f64 / (warmup + steps) as f64;
         let what = format!(
-            "{} | {} | {:?} readout | {} estimator",
+            "{} | layers: {} | {} | {:?} readout | {} estimator",
             rt.spec.describe(),
+            spec.cim.as_ref().map_or(String::new(), |p| p.words()),
             rt.readout.label(),
             rt.mode,
             rt.estimator.describe()
