@@ -94,6 +94,12 @@ fn synthetic_pipeline_resumes_and_matches_golden() {
     let reused = pipeline::run(&PipelineConfig::parse(&committed).unwrap(), &data, &d.join("reused"), true).unwrap();
     assert_eq!((reused.quant_ideal, reused.history[0].1.clone()), (s.quant_ideal, s.history[0].1.clone()));
     assert!(!d.join("reused/work/qat.ckpt").exists(), "QAT was retrained");
+    // One chip read once: neither spread was measured, and the report and summary say so.
+    report::write(&reused, &d.join("reused")).unwrap();
+    let json = std::fs::read_to_string(d.join("reused/summary.json")).unwrap();
+    assert!(json.contains("\"dnat_nonideal_chip_std\": null") && json.contains("\"dnat_nonideal_read_std\": null"), "{json}");
+    let md = std::fs::read_to_string(d.join("reused/report.md")).unwrap();
+    assert!(md.lines().any(|l| l.starts_with("| D-NAT |") && l.contains("| – | – |")), "{md}");
 
     // The D-NAT model exports as a deployable integer model that reads back.
     let dep = out.join("resnet20.dnatdepl");

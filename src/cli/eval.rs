@@ -1,6 +1,7 @@
 use crate::data::{DatasetKind, Normalize};
 use crate::io::checkpoint::{restore_into, Checkpoint};
 use crate::nn::build;
+use crate::train::eval::{fmt_spread, json_spread};
 use crate::train::{evaluate, evaluate_mc, json};
 use crate::Result;
 use std::path::PathBuf;
@@ -68,12 +69,12 @@ pub fn run(a: EvalArgs) -> Result<()> {
         let (mean, std, accs) = (mc.mean, mc.std, mc.all());
         let what = format!("{} | {} | {:?} readout", rt.spec.name, rt.readout.label(), rt.mode);
         println!(
-            "{} on the macro ({what}): test accuracy {mean:.2}% ± {std:.2} over {} chip(s) × {} read(s): chip-to-chip σ {:.2}, read-to-read σ {:.2} ({:.0} s)",
+            "{} on the macro ({what}): test accuracy {mean:.2}% ± {std:.2} over {} chip(s) × {} read(s): chip-to-chip σ {}, read-to-read σ {} ({:.0} s)",
             ck.spec.arch.name(),
             a.chips,
             a.seeds,
-            mc.chip_std,
-            mc.read_std,
+            fmt_spread(mc.chip_spread()),
+            fmt_spread(mc.read_spread()),
             t.elapsed().as_secs_f64()
         );
         if a.json {
@@ -85,8 +86,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
                     ("accuracy_std", std.into()),
                     ("seeds", a.seeds.into()),
                     ("chips", a.chips.into()),
-                    ("chip_std", mc.chip_std.into()),
-                    ("read_std", mc.read_std.into()),
+                    ("chip_std", json_spread(mc.chip_spread())),
+                    ("read_std", json_spread(mc.read_spread())),
                     ("per_seed", accs.iter().map(|a| format!("{a:.2}")).collect::<Vec<_>>().join(" ").into()),
                     ("cim", what.into()),
                     ("data", data.provenance.description.clone().into()),

@@ -36,6 +36,7 @@ use crate::cim::{em, CimRuntime, Estimator, ReadoutMode};
 use crate::data::{Augment, Dataset, Normalize, Split};
 use crate::io::checkpoint::{restore_into, Checkpoint, EpochRecord};
 use crate::nn::{build, CimPlan};
+use crate::train::eval::fmt_spread;
 use crate::train::{evaluate, noise_seed, recalibrate_bn, train, CimTraining, McAccuracy, ReadoutSource, RecalImages, RunOptions, TrainConfig};
 use crate::optim::Schedule;
 use crate::{Error, Result};
@@ -197,7 +198,11 @@ pub fn run(cfg: &PipelineConfig, data: &Dataset, out: &Path, quiet: bool) -> Res
 
 /// `mean ± std (chip σ, read σ)` for progress lines (the report's tables print `mean ± std`).
 pub fn pm_spread(a: &McAccuracy) -> String {
-    if a.all().len() > 1 { format!("{:.2} ± {:.2} (chip σ {:.2}, read σ {:.2})", a.mean, a.std, a.chip_std, a.read_std) } else { format!("{:.2}", a.mean) }
+    if a.all().len() > 1 {
+        format!("{:.2} ± {:.2} (chip σ {}, read σ {})", a.mean, a.std, fmt_spread(a.chip_spread()), fmt_spread(a.read_spread()))
+    } else {
+        format!("{:.2}", a.mean)
+    }
 }
 
 /// A file-name-safe form of an error-model spec or path.

@@ -4,6 +4,7 @@
 
 use super::plot::{self, Chart, Series};
 use super::{Comparison, Summary};
+use crate::train::eval::{fmt_spread, json_spread};
 use crate::train::McAccuracy;
 use crate::cim::{em, MacroSpec};
 use crate::io::atomic;
@@ -89,8 +90,8 @@ pub fn summary_json(s: &Summary) -> String {
         vec![
             (format!("{prefix}_mean"), a.mean.into()),
             (format!("{prefix}_std"), a.std.into()),
-            (format!("{prefix}_chip_std"), a.chip_std.into()),
-            (format!("{prefix}_read_std"), a.read_std.into()),
+            (format!("{prefix}_chip_std"), json_spread(a.chip_spread())),
+            (format!("{prefix}_read_std"), json_spread(a.read_spread())),
             (format!("{prefix}_per_chip"), per_chip(a)),
         ]
     };
@@ -202,7 +203,8 @@ fn markdown(s: &Summary) -> String {
     for (name, a) in rows {
         if let Some(a) = a {
             let chips: Vec<Vec<f64>> = a.per_chip.iter().map(|r| round2(r)).collect();
-            let _ = writeln!(m, "| {name} | {:.2} | {:.2} | {:.2} | {:.2} | {:?} |", a.mean, a.std, a.chip_std, a.read_std, chips);
+            let (chip, read) = (fmt_spread(a.chip_spread()), fmt_spread(a.read_spread()));
+            let _ = writeln!(m, "| {name} | {:.2} | {:.2} | {chip} | {read} | {:?} |", a.mean, a.std, chips);
         }
     }
     if let crate::train::ChipChoice::One(t) = c.dnat_chip

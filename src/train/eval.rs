@@ -110,6 +110,25 @@ impl McAccuracy {
     pub fn chips(&self) -> usize {
         self.per_chip.len()
     }
+    /// `chip_std` where it was measured (two chips or more); `None` for one chip.
+    pub fn chip_spread(&self) -> Option<f64> {
+        (self.chips() > 1).then_some(self.chip_std)
+    }
+    /// `read_std` where it was measured (a chip read twice or more); `None` for one read
+    /// per chip.
+    pub fn read_spread(&self) -> Option<f64> {
+        self.per_chip.iter().any(|r| r.len() > 1).then_some(self.read_std)
+    }
+}
+
+/// A spread as reports print it: two decimals, or `–` where it was not measured.
+pub fn fmt_spread(v: Option<f64>) -> String {
+    v.map_or_else(|| "–".into(), |x| format!("{x:.2}"))
+}
+
+/// A spread as JSON holds it: a number, or `null` where it was not measured.
+pub fn json_spread(v: Option<f64>) -> super::json::Value {
+    v.unwrap_or(f64::NAN).into()
 }
 
 /// The noise seed of read `r` of chip `c` (of `reads` per chip) in a Monte-Carlo
@@ -133,4 +152,24 @@ pub fn evaluate_mc(net: &dyn Network, store: &mut ParamStore, split: &Split, nor
         per_chip.push(accs);
     }
     Ok(McAccuracy::of(per_chip))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A spread is reported only where it was measured: between chips with two chips or
+    /// more, between reads where a chip was read twice or more.
+    #[test]
+    fn spreads_are_reported_only_where_measured() {
+        let one = McAccuracy::of(vec![vec![80.0]]);
+        assert_eq!((one.chip_spread(), one.read_spread()), (None, None));
+        let chips = McAccuracy::of(vec![vec![80.0], vec![82.0], vec![84.0]]);
+        assert_eq!((chips.chip_spread(), chips.read_spread()), (Some(2.0), None));
+        let reads = McAccuracy::of_reads(vec![80.0, 81.0]);
+        assert_eq!(reads.chip_spread(), None);
+        assert!((reads.read_spread().unwrap() - 0.5f64.sqrt()).abs() < 1e-12);
+        assert_eq!((fmt_spread(None), fmt_spread(Some(1.234))), ("–".to_string(), "1.23".to_string()));
+        assert_eq!(super::super::json::object(vec![("a", json_spread(None)), ("b", json_spread(Some(0.5)))]), r#"{"a": null, "b": 0.5}"#);
+    }
 }
