@@ -99,7 +99,7 @@ fn synthetic_pipeline_resumes_and_matches_golden() {
     let json = std::fs::read_to_string(d.join("reused/summary.json")).unwrap();
     assert!(json.contains("\"dnat_nonideal_chip_std\": null") && json.contains("\"dnat_nonideal_read_std\": null"), "{json}");
     let md = std::fs::read_to_string(d.join("reused/report.md")).unwrap();
-    assert!(md.lines().any(|l| l.starts_with("| D-NAT |") && l.contains("| – | – |")), "{md}");
+    assert!(md.lines().any(|l| l.starts_with("| D-NAT |") && l.contains("| — | — |")), "{md}");
 
     // The D-NAT model exports as a deployable integer model that reads back.
     let dep = out.join("resnet20.dnatdepl");

@@ -73,6 +73,18 @@ fn resumed_run_ends_with_the_same_bytes() {
     let other_data = synthetic::dataset(320, 100, 5);
     let e = train(&cfg, &other_data, &parts, &RunOptions { resume: true, ..quiet() }).err().unwrap().to_string();
     assert!(e.contains("cannot resume") && e.contains("synthetic-seed-4") && e.contains("synthetic-seed-5"), "{e}");
+    // An unfinished run without optimizer state cannot resume; nor can a recalibrated model.
+    let mut cut = Checkpoint::load(&parts).unwrap();
+    (cut.epochs_done, cut.history) = (1, ck.history[..1].to_vec());
+    cut.steps_done = first.checkpoint.steps_done;
+    cut.save(&parts).unwrap();
+    let e = train(&cfg, &data, &parts, &RunOptions { resume: true, ..quiet() }).err().unwrap().to_string();
+    assert!(e.contains("cannot resume: no optimizer state saved"), "{e}");
+    let mut recal = ck.clone();
+    recal.meta.push(("bn_recalibrated".into(), "chip 0 of moderate".into()));
+    recal.save(&parts).unwrap();
+    let e = train(&cfg, &data, &parts, &RunOptions { resume: true, ..quiet() }).err().unwrap().to_string();
+    assert!(e.contains("cannot resume") && e.contains("recalibrated") && e.contains("chip 0 of moderate"), "{e}");
 }
 
 /// A run cut off mid-epoch (twice), or checkpointing at every step, resumes to the same

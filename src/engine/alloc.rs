@@ -9,7 +9,8 @@
 //! the mmap threshold instead stops at glibc's cap of 32 MiB, below a VGG8 activation
 //! at batch 128, 64 MiB: a VGG8 CIM benchmark of 3 steps then took 1.68 M page faults,
 //! 0.88 M without mmap, every one of the rest a first touch.) The peak resident memory
-//! is unchanged (the same blocks are reused); only the churn goes.
+//! is unchanged (the same blocks are reused; that bench peaked at 3.51 GB either way)
+//! and only the churn goes; memory freed after the peak stays with the process.
 //!
 //! Freed memory in glibc's per-thread arenas (where the rayon workers allocate their
 //! im2col buffers, partial sums and slopes) is not covered by the trim threshold and

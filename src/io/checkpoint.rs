@@ -5,7 +5,8 @@
 //! count and the layer-name patterns); `meta` key/value strings (the
 //! training configuration, the data set read); progress (`epochs_done` u32,
 //! `steps_done` u64); parameters (name, group u8, shape, f32 data); buffers (name,
-//! shape, data); optimizer (kind string, steps u64, slots per parameter); history
+//! shape, data); optimizer (kind string, steps u64, slots per parameter; an empty kind
+//! and nothing after it: no state saved, as a finished run writes it); history
 //! (one row per finished epoch). Strings are u32 length + UTF-8; shapes are u8 rank +
 //! u32 dims. The bytes are a pure function of the run: no timestamps, no paths.
 

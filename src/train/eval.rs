@@ -121,9 +121,10 @@ impl McAccuracy {
     }
 }
 
-/// A spread as reports print it: two decimals, or `–` where it was not measured.
+/// A spread as reports print it: two decimals, or `—` where it was not measured (as the
+/// report marks a column that was not run).
 pub fn fmt_spread(v: Option<f64>) -> String {
-    v.map_or_else(|| "–".into(), |x| format!("{x:.2}"))
+    v.map_or_else(|| "—".into(), |x| format!("{x:.2}"))
 }
 
 /// A spread as JSON holds it: a number, or `null` where it was not measured.
@@ -169,7 +170,7 @@ mod tests {
         let reads = McAccuracy::of_reads(vec![80.0, 81.0]);
         assert_eq!(reads.chip_spread(), None);
         assert!((reads.read_spread().unwrap() - 0.5f64.sqrt()).abs() < 1e-12);
-        assert_eq!((fmt_spread(None), fmt_spread(Some(1.234))), ("–".to_string(), "1.23".to_string()));
+        assert_eq!((fmt_spread(None), fmt_spread(Some(1.234))), ("—".to_string(), "1.23".to_string()));
         assert_eq!(super::super::json::object(vec![("a", json_spread(None)), ("b", json_spread(Some(0.5)))]), r#"{"a": null, "b": 0.5}"#);
     }
 }

@@ -3,7 +3,8 @@
 //! Everything an epoch consumes is a function of (seed, epoch): the image order, the
 //! augmentation of each image. The checkpoint written after an epoch holds the
 //! parameters, buffers and optimizer state, so a resumed run continues exactly where
-//! the interrupted one stopped and ends with the same bits.
+//! the interrupted one stopped and ends with the same bits. (The last epoch's
+//! checkpoint keeps no optimizer state: nothing is left to resume.)
 
 use super::config::TrainConfig;
 use super::eval::{count_correct, evaluate};
@@ -163,6 +164,9 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -
     if opts.resume && out.exists() {
         let prev = Checkpoint::load(out)?;
         check_resumable(&prev, cfg, out)?;
+        if let Some(how) = prev.meta("bn_recalibrated") {
+            return Err(Error::format(out, format!("cannot resume: its batchnorm was recalibrated after training ({how}); it is another model now")));
+        }
         let (have, want) = (prev.meta("data_sha256").unwrap_or("(missing)"), &data.provenance.sha256);
         if have != want {
             return Err(Error::format(out, format!("cannot resume: trained on data with sha256 {have}, this run reads {want}")));
