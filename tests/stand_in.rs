@@ -19,6 +19,19 @@ fn fp32_resnet20_golden_accuracy() {
     }
 }
 
+/// The committed FP32 VGG8 likewise (its own test: it takes about a minute and a half
+/// on two cores, so it runs beside the others).
+#[test]
+fn fp32_vgg8_golden_accuracy() {
+    let Some(data) = stand_in() else { return };
+    let ckpt = format!("{}/models/vgg8-fp32-e6-s0.ckpt", env!("CARGO_MANIFEST_DIR"));
+    let o = dnat(&["eval", "--checkpoint", &ckpt, "--data", data.to_str().unwrap(), "--json", "--quiet"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let acc = json_number(stdout(&o).lines().last().unwrap(), "accuracy");
+    let want: f64 = golden("fp32.txt", "vgg8_fp32_e6_s0_accuracy").parse().unwrap();
+    assert_eq!(acc, want, "accuracy of models/vgg8-fp32-e6-s0.ckpt changed");
+}
+
 /// The CLI reports which archive it read, and a short run gives the same checkpoint
 /// bytes at 1 and 2 threads.
 #[test]
