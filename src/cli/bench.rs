@@ -55,7 +55,7 @@ pub fn run(a: BenchArgs) -> Result<()> {
     }
     crate::nn::ModelSpec::fp32(Arch::parse(&a.model)?, a.classes).validate().map_err(|e| crate::Error::invalid(format!("--classes: {e}")))?;
     let rt = if a.cim { Some(super::cim_runtime(&a.r#macro, &a.error_model, &a.readout, &a.estimator, crate::train::ReadoutSource::parse(&a.readout_source)?)?) } else { None };
-    let plan = crate::nn::CimPlan::from_words(&a.cim_layers).map_err(|e| crate::Error::invalid(format!("--cim-layers: {e}")))?;
+    let plan = super::cim_plan(&a.cim_layers)?;
     if !a.cim && a.cim_layers != "default" {
         return Err(crate::Error::invalid("--cim-layers needs --cim"));
     }

@@ -86,7 +86,7 @@ pub fn run(a: CalibrateArgs) -> Result<()> {
     // A different model now: not a training run to resume.
     ck.optimizer = None;
     ck.meta.push((
-        "bn_recalibrated".into(),
+        crate::train::BN_RECALIBRATED.into(),
         format!("{on}; {} images; noise seed {}", r.images, a.seed),
     ));
     ck.save(&a.out)?;

@@ -10,6 +10,7 @@ pub mod train;
 pub mod weights;
 
 use crate::cim::{CimRuntime, Estimator, MacroSpec, ReadoutMode};
+use crate::nn::CimPlan;
 use crate::train::ReadoutSource;
 use crate::data::{resolve_data_path, Dataset, DatasetKind};
 use crate::Result;
@@ -24,6 +25,11 @@ pub fn cim_runtime(macro_name: &str, model: &str, readout: &str, estimator: &str
     spec.validate()?;
     let em = crate::cim::em::resolve(model, &spec)?;
     CimRuntime::new(spec, source.wrap(Arc::new(em)), ReadoutMode::parse(readout)?, Estimator::parse(estimator)?)
+}
+
+/// The CIM plan of a `--cim-layers` flag, its errors naming the flag.
+pub fn cim_plan(words: &str) -> Result<CimPlan> {
+    CimPlan::from_words(words).map_err(|e| crate::Error::invalid(format!("--cim-layers: {e}")))
 }
 
 /// Finds and loads the data set, saying which one was read.

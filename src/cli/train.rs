@@ -1,6 +1,6 @@
 use crate::cim::{Estimator, ReadoutMode};
 use crate::data::DatasetKind;
-use crate::nn::{ActQuantKind, Arch, CimPlan};
+use crate::nn::{ActQuantKind, Arch};
 use crate::train::{ChipChoice, CimTraining, ReadoutSource};
 use crate::optim::{OptimizerKind, Schedule};
 use crate::train::json;
@@ -141,7 +141,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
             readout: ReadoutMode::parse(&a.readout)?,
             estimator: Estimator::parse(&a.estimator)?,
             act_quant: ActQuantKind::parse(&a.act_quant)?,
-            plan: CimPlan::from_words(&a.cim_layers).map_err(|e| crate::Error::invalid(format!("--cim-layers: {e}")))?,
+            plan: super::cim_plan(&a.cim_layers)?,
             chip: ChipChoice::parse(&a.chip)?,
             source: ReadoutSource::parse(&a.readout_source)?,
         });

@@ -355,7 +355,7 @@ impl Run<'_> {
         recalibrate_bn(net.as_ref(), &mut store, &set, Some(&rt))?;
         ck.store = store;
         ck.optimizer = None;
-        ck.meta.push(("bn_recalibrated".into(), format!("error_model={m} chip={chip} images={images}")));
+        ck.meta.push((crate::train::BN_RECALIBRATED.into(), format!("error_model={m} chip={chip} images={images}")));
         ck.save(&out)?;
         self.add_time(t.elapsed().as_secs_f64())?;
         Ok(out)

@@ -11,5 +11,5 @@ pub mod trainer;
 pub use config::TrainConfig;
 pub use config::{ChipChoice, CimTraining, ReadoutSource};
 pub use eval::{evaluate, evaluate_mc, noise_seed, EvalResult, McAccuracy};
-pub use recalibrate::{recalibrate_bn, RecalImages, Recalibration};
+pub use recalibrate::{recalibrate_bn, RecalImages, Recalibration, BN_RECALIBRATED};
 pub use trainer::{train, RunOptions, TrainOutcome};

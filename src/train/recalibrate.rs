@@ -29,6 +29,10 @@ use crate::engine::{Mode, ParamStore, Tape};
 use crate::nn::{Fwd, Network, layers::BnStats};
 use crate::{Error, Result};
 
+/// The checkpoint `meta` key that marks a model whose batchnorm was recalibrated
+/// after training (its value says on what): another model, not a run to resume.
+pub const BN_RECALIBRATED: &str = "bn_recalibrated";
+
 /// What a recalibration did.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Recalibration {

@@ -164,7 +164,7 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -
     if opts.resume && out.exists() {
         let prev = Checkpoint::load(out)?;
         check_resumable(&prev, cfg, out)?;
-        if let Some(how) = prev.meta("bn_recalibrated") {
+        if let Some(how) = prev.meta(super::BN_RECALIBRATED) {
             return Err(Error::format(out, format!("cannot resume: its batchnorm was recalibrated after training ({how}); it is another model now")));
         }
         let (have, want) = (prev.meta("data_sha256").unwrap_or("(missing)"), &data.provenance.sha256);
@@ -277,7 +277,7 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -
             if bi + 1 < steps_per_epoch && (stop_now || opts.checkpoint_every.is_some_and(|d| last_save.elapsed() >= d)) {
                 let mut meta = ck.meta.clone();
                 meta.push((EPOCH_IN_PROGRESS.into(), sums.record()));
-                let optimizer = Some(OptimizerState { kind: cfg.optimizer.name().into(), steps: opt.steps, slots: opt.state.clone() });
+                let optimizer = optimizer_to_keep(&ck, cfg, &opt); // mid-epoch: always kept
                 let (epochs_done, steps_done, history) = (ck.epochs_done, ck.steps_done, ck.history.clone());
                 let mut part = Checkpoint { spec: ck.spec.clone(), meta, epochs_done, steps_done, store: store.clone(), optimizer, history };
                 part.save(out)?;
