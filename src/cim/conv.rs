@@ -36,7 +36,7 @@ use super::quant::{weight_codes, ActGrid};
 use super::profile::Timer;
 use super::readout::{CimRuntime, DrawKey, DrawRun, Estimator, ReadoutMode};
 use crate::engine::gemm::{gemm, matmul, MatRef, OutView};
-use crate::engine::ops::conv2d::{self, col2im, group_columns, Conv2dCfg, ConvGeom};
+use crate::engine::ops::conv2d::{self, col2im, group_columns, Conv2dCfg, ConvGeom, PaddedImages};
 use crate::engine::scratch::Scratch;
 use crate::engine::{par, Tape, Tensor, Var};
 use crate::{Error, Result};
@@ -425,6 +425,7 @@ fn statistical_backward(s: &Saved, codes: &[Vec<u16>], slopes: &SlopeSource, x: 
             // (col2im adds in row order either way: the same bits).
             let mut dcol = dxg.is_some().then(|| Scratch::take(s.rows.min(k) * cols));
             let profile = slopes.rt.profile.as_deref();
+            let padded = PaddedImages::applies(g).then(|| PaddedImages::new(g, &qx, gi));
             for t in 0..s.tiles {
                 let (r0, r1) = (t * s.rows, ((t + 1) * s.rows).min(k));
                 let slope_time = Timer::start(profile.map(|p| &p.slopes));
@@ -461,9 +462,13 @@ fn statistical_backward(s: &Saved, codes: &[Vec<u16>], slopes: &SlopeSource, x: 
                 let _t = Timer::start(profile.map(|p| &p.backward_gemm));
                 let em = MatRef::rowmajor(&e, cout, cols);
                 // dW[:, tile] = E · q_col[tile]ᵀ (times s_x below): the tile's patch rows,
-                // written out (packing their transpose is fastest from a stored matrix).
-                let qcol = group_columns(g, &qx, gi, r0..r1);
-                matmul(&em, &MatRef::rowmajor(&qcol, r1 - r0, cols).t(), &mut OutView::rowmajor(&mut dw[r0..], cout, r1 - r0, k));
+                // packed from the padded codes where that applies, else written out first (as
+                // the FP32 weight gradient does; the same values either way).
+                let mut dw_tile = OutView::rowmajor(&mut dw[r0..], cout, r1 - r0, k);
+                match &padded {
+                    Some(p) => matmul(&em, &p.columns_t(r0..r1), &mut dw_tile),
+                    None => matmul(&em, &MatRef::rowmajor(&group_columns(g, &qx, gi, r0..r1), r1 - r0, cols).t(), &mut dw_tile),
+                }
                 if let (Some(dxg), Some(dcol)) = (dxg.as_deref_mut(), dcol.as_mut()) {
                     // dx += col2im(ŵ[:, tile]ᵀ · E)
                     let wt = MatRef { data: &s.w_hat[r0..], rows: cout, cols: r1 - r0, rs: k, cs: 1 };

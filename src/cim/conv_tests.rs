@@ -393,48 +393,52 @@ fn statistical_gradient_through_a_bit_serial_padded_conv() {
     let p = Synthetic { tail: 0.0, ..smooth_params() };
     let rt = runtime(sp, p.build("smooth-no-tail", (-512, 511)).unwrap(), ReadoutMode::Expected, Estimator::Statistical { draws: 0 });
     let cfg = Conv2dCfg { stride: 1, padding: 1 };
-    let x = on_grid(&[2, 3, 5, 5], grid, 21);
-    let scale = 0.1f32;
-    let mut w = Tensor::zeros(&[2, 3, 3, 3]);
-    for (i, v) in w.data_mut().iter_mut().enumerate() {
-        *v = scale * if i % 27 == 0 { 7.0 } else { ((i * 5) % 13) as f32 - 6.0 };
-    }
-    let r = random(&[2, 2, 5, 5], 22);
-    let loss = |x: &Tensor, w: &Tensor| -> (f64, Tensor, Tensor) {
-        let mut t = Tape::new(true);
-        let (xv, wv): (Var, Var) = (t.leaf(x.clone()), t.leaf(w.clone()));
-        let y = cim_conv2d(&mut t, xv, wv, None, cfg, grid, &CimCall { rt: &rt, layer: 2 }).unwrap();
-        let l = project(&mut t, y, r.clone());
-        let val: f64 = t.value(y).data().iter().zip(r.data()).map(|(a, b)| *a as f64 * *b as f64).sum();
-        let g = t.backward(l);
-        (val, g.get(xv).unwrap().clone(), g.get(wv).unwrap().clone())
-    };
-    let (_, gx, gw) = loss(&x, &w);
-    // Inputs (corner pixels sit next to the padding): whole-code moves stay on the grid.
-    let m = 12.0;
-    let mut checked = 0;
-    for idx in [0, 4, 12, 20, 24, 30, 49, 62, 74] {
-        let base = x.data()[idx];
-        if base - m * grid.step < grid.lo || base + m * grid.step > grid.value(255.0) {
-            continue;
+    // Rows of 5 (the weight gradient packs a written-out patch matrix) and of 9 over two
+    // image groups (it packs the patches from the padded codes).
+    for (n, width) in [(2, 5), (30, 9)] {
+        let x = on_grid(&[n, 3, 5, width], grid, 21);
+        let scale = 0.1f32;
+        let mut w = Tensor::zeros(&[2, 3, 3, 3]);
+        for (i, v) in w.data_mut().iter_mut().enumerate() {
+            *v = scale * if i % 27 == 0 { 7.0 } else { ((i * 5) % 13) as f32 - 6.0 };
         }
-        let (mut xp, mut xm) = (x.clone(), x.clone());
-        xp.data_mut()[idx] = base + m * grid.step;
-        xm.data_mut()[idx] = base - m * grid.step;
-        let fd = (loss(&xp, &w).0 - loss(&xm, &w).0) / (2.0 * (m * grid.step) as f64);
-        let a = gx.data()[idx] as f64;
-        assert!((a - fd).abs() < 0.06 * fd.abs().max(a.abs()) + 2e-3, "dx[{idx}]: analytic {a}, finite difference {fd}");
-        checked += 1;
-    }
-    assert!(checked >= 5, "only {checked} inputs away from the grid's ends");
-    // Codes within ±5, so ±2 stays inside ±7 and the per-channel scale stays put.
-    for idx in [3, 10, 29, 40, 46] {
-        let (mut wp, mut wm) = (w.clone(), w.clone());
-        wp.data_mut()[idx] += 2.0 * scale;
-        wm.data_mut()[idx] -= 2.0 * scale;
-        let fd = (loss(&x, &wp).0 - loss(&x, &wm).0) / (4.0 * scale as f64);
-        let a = gw.data()[idx] as f64;
-        assert!((a - fd).abs() < 0.06 * fd.abs().max(a.abs()) + 2e-3, "dw[{idx}]: analytic {a}, finite difference {fd}");
+        let r = random(&[n, 2, 5, width], 22);
+        let loss = |x: &Tensor, w: &Tensor| -> (f64, Tensor, Tensor) {
+            let mut t = Tape::new(true);
+            let (xv, wv): (Var, Var) = (t.leaf(x.clone()), t.leaf(w.clone()));
+            let y = cim_conv2d(&mut t, xv, wv, None, cfg, grid, &CimCall { rt: &rt, layer: 2 }).unwrap();
+            let l = project(&mut t, y, r.clone());
+            let val: f64 = t.value(y).data().iter().zip(r.data()).map(|(a, b)| *a as f64 * *b as f64).sum();
+            let g = t.backward(l);
+            (val, g.get(xv).unwrap().clone(), g.get(wv).unwrap().clone())
+        };
+        let (_, gx, gw) = loss(&x, &w);
+        // Inputs (corner pixels sit next to the padding): whole-code moves stay on the grid.
+        let m = 12.0;
+        let mut checked = 0;
+        for idx in [0, 4, 12, 20, 24, 30, 49, 62, 74] {
+            let base = x.data()[idx];
+            if base - m * grid.step < grid.lo || base + m * grid.step > grid.value(255.0) {
+                continue;
+            }
+            let (mut xp, mut xm) = (x.clone(), x.clone());
+            xp.data_mut()[idx] = base + m * grid.step;
+            xm.data_mut()[idx] = base - m * grid.step;
+            let fd = (loss(&xp, &w).0 - loss(&xm, &w).0) / (2.0 * (m * grid.step) as f64);
+            let a = gx.data()[idx] as f64;
+            assert!((a - fd).abs() < 0.06 * fd.abs().max(a.abs()) + 2e-3, "dx[{idx}]: analytic {a}, finite difference {fd}");
+            checked += 1;
+        }
+        assert!(checked >= 5, "only {checked} inputs away from the grid's ends");
+        // Codes within ±5, so ±2 stays inside ±7 and the per-channel scale stays put.
+        for idx in [3, 10, 29, 40, 46] {
+            let (mut wp, mut wm) = (w.clone(), w.clone());
+            wp.data_mut()[idx] += 2.0 * scale;
+            wm.data_mut()[idx] -= 2.0 * scale;
+            let fd = (loss(&x, &wp).0 - loss(&x, &wm).0) / (4.0 * scale as f64);
+            let a = gw.data()[idx] as f64;
+            assert!((a - fd).abs() < 0.06 * fd.abs().max(a.abs()) + 2e-3, "dw[{idx}]: analytic {a}, finite difference {fd}");
+        }
     }
 }
 

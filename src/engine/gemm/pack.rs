@@ -56,38 +56,51 @@ pub trait RowSource {
 pub struct Rows<S>(pub S);
 
 /// Panel layout from `rows` source rows of `kc` values, `ld` apart:
-/// `panel[p·width + j] = src[j·ld + p]`, zero for `j ≥ rows`. A transpose: done in
-/// registers, 16 steps of 8 or 16 rows at a time, where AVX-512 is available (short
-/// panels and step tails by masked loads and stores), else 8 steps at a time, so the
-/// rows' reads and the panel's writes stay within a few cache lines.
-/// Pure data movement, so the result is the same either way.
+/// `panel[p·width + j] = src[j·ld + p]`, zero for `j ≥ rows` (see [`interleave_rows`]).
 pub(super) fn interleave(src: &[f32], ld: usize, rows: usize, kc: usize, panel: &mut [f32], width: usize) {
-    assert!(rows <= width && panel.len() >= kc * width);
-    assert!(rows == 0 || kc == 0 || (rows - 1) * ld + kc <= src.len());
+    assert!(rows <= MAX_ROWS, "interleave: {rows} rows, at most {MAX_ROWS}");
+    let mut starts = [0usize; MAX_ROWS];
+    starts.iter_mut().enumerate().for_each(|(j, s)| *s = j * ld);
+    interleave_rows(src, &starts[..rows], kc, panel, width)
+}
+
+/// The widest panel [`interleave_rows`] lays out.
+pub const MAX_ROWS: usize = 64;
+
+/// Panel layout from `starts.len()` source rows of `kc` values, row j starting at
+/// `starts[j]`: `panel[p·width + j] = src[starts[j] + p]`, zero for `j ≥ starts.len()`.
+/// A transpose: done in registers, 16 steps of 8 or 16 rows at a time, where AVX-512 is
+/// available (short panels and step tails by masked loads and stores), else 8 steps at a
+/// time, so the rows' reads and the panel's writes stay within a few cache lines.
+/// Pure data movement, so the result is the same either way.
+pub fn interleave_rows(src: &[f32], starts: &[usize], kc: usize, panel: &mut [f32], width: usize) {
+    let rows = starts.len();
+    assert!(rows <= width && width <= MAX_ROWS && panel.len() >= kc * width);
+    assert!(kc == 0 || starts.iter().all(|&s| s + kc <= src.len()), "interleave: a row runs past the source");
     #[cfg(target_arch = "x86_64")]
     if (width == 8 || width.is_multiple_of(16)) && is_x86_feature_detected!("avx512f") {
-        // SAFETY: AVX-512F detected; the bounds the kernels rely on (rows ≤ width,
-        // rows·ld and kc·width) are asserted above.
+        // SAFETY: AVX-512F detected; the bounds the kernels rely on (rows ≤ width, every
+        // row's kc steps inside src, kc·width) are asserted above.
         unsafe {
             if width == 8 {
-                interleave8_avx512(src, ld, rows, kc, panel)
+                interleave8_avx512(src, starts, kc, panel)
             } else {
-                interleave_avx512(src, ld, rows, width, kc, panel)
+                interleave_avx512(src, starts, width, kc, panel)
             }
         }
         return;
     }
-    interleave_portable(src, ld, rows, kc, panel, width)
+    interleave_portable(src, starts, kc, panel, width)
 }
 
-/// [`interleave`] without SIMD.
-fn interleave_portable(src: &[f32], ld: usize, rows: usize, kc: usize, panel: &mut [f32], width: usize) {
+/// [`interleave_rows`] without SIMD.
+fn interleave_portable(src: &[f32], starts: &[usize], kc: usize, panel: &mut [f32], width: usize) {
     const B: usize = 8;
     for p0 in (0..kc).step_by(B) {
         let pe = (p0 + B).min(kc);
         for j in 0..width {
-            if j < rows {
-                for (p, &v) in (p0..pe).zip(&src[j * ld + p0..j * ld + pe]) {
+            if let Some(&s) = starts.get(j) {
+                for (p, &v) in (p0..pe).zip(&src[s + p0..s + pe]) {
                     panel[p * width + j] = v;
                 }
             } else {
@@ -97,20 +110,20 @@ fn interleave_portable(src: &[f32], ld: usize, rows: usize, kc: usize, panel: &m
     }
 }
 
-/// Up to 16 rows `j0..` of steps `p0..p0 + 16`, each as one vector: steps at or beyond
-/// `kc` and rows at or beyond `rows` read as zero (masked loads touch nothing there).
+/// Up to R rows `j0..` of steps `p0..p0 + 16`, each as one vector: steps at or beyond
+/// `kc` and rows at or beyond `starts.len()` read as zero (masked loads touch nothing there).
 ///
 /// # Safety
-/// AVX-512F; `p0 < kc`; every row below `rows` holds steps up to `kc` in `src` at `j·ld`.
+/// AVX-512F; `p0 < kc`; every row j holds steps up to `kc` in `src` from `starts[j]`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn load_block<const R: usize>(src: &[f32], ld: usize, rows: usize, kc: usize, j0: usize, p0: usize) -> [std::arch::x86_64::__m512; R] {
+unsafe fn load_block<const R: usize>(src: &[f32], starts: &[usize], kc: usize, j0: usize, p0: usize) -> [std::arch::x86_64::__m512; R] {
     use std::arch::x86_64::*;
     let steps: u16 = if kc - p0 >= 16 { u16::MAX } else { (1u16 << (kc - p0)) - 1 };
     std::array::from_fn(|j| {
-        if j0 + j < rows {
-            // SAFETY: row j0 + j < rows holds steps p0.. (masked to < kc) (caller).
-            unsafe { _mm512_maskz_loadu_ps(steps, src.as_ptr().add((j0 + j) * ld + p0)) }
+        if let Some(&s) = starts.get(j0 + j) {
+            // SAFETY: row j0 + j holds steps p0.. (masked to < kc) from s (caller).
+            unsafe { _mm512_maskz_loadu_ps(steps, src.as_ptr().add(s + p0)) }
         } else {
             _mm512_setzero_ps()
         }
@@ -142,20 +155,20 @@ fn lane_transpose<const R: usize>(r: [std::arch::x86_64::__m512; R]) -> [std::ar
 
 /// 16 × 16 blocks: load 16 rows of 16 steps, transpose in registers (32-, 64-bit
 /// unpacks, then two rounds of 128-bit lane shuffles), store 16 steps of 16 rows.
-/// Rows beyond `rows` come out zero; steps beyond `kc` are not stored.
+/// Rows beyond `starts.len()` come out zero; steps beyond `kc` are not stored.
 /// The test `every_transpose_path_lays_out_the_panel` holds it to the scalar loop.
 ///
 /// # Safety
-/// AVX-512F; `width` a multiple of 16, `rows ≤ width`, the rows in `src` as
-/// [`interleave`] asserts, and `panel` at least `kc·width` long.
+/// AVX-512F; `width` a multiple of 16, `starts.len() ≤ width`, the rows in `src` as
+/// [`interleave_rows`] asserts, and `panel` at least `kc·width` long.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn interleave_avx512(src: &[f32], ld: usize, rows: usize, width: usize, kc: usize, panel: &mut [f32]) {
+unsafe fn interleave_avx512(src: &[f32], starts: &[usize], width: usize, kc: usize, panel: &mut [f32]) {
     use std::arch::x86_64::*;
     for j0 in (0..width).step_by(16) {
         for p0 in (0..kc).step_by(16) {
             // SAFETY: the caller's bounds, as `load_block` needs them.
-            let r: [__m512; 16] = unsafe { load_block(src, ld, rows, kc, j0, p0) };
+            let r: [__m512; 16] = unsafe { load_block(src, starts, kc, j0, p0) };
             // u[4q + e] holds, in each 128-bit lane l, step 4l + e of rows 4q..4q+4.
             let u = lane_transpose(r);
             let mut v = [_mm512_setzero_ps(); 16];
@@ -182,19 +195,19 @@ unsafe fn interleave_avx512(src: &[f32], ld: usize, rows: usize, width: usize, k
 /// Eight rows (an A panel, MR = 8) in blocks of 16 steps: load 8 rows of 16 steps,
 /// transpose in registers (32-, 64-bit unpacks, then two rounds of 128-bit lane
 /// shuffles), store 16 steps of 8 rows as 8 vectors of two steps each. Rows beyond
-/// `rows` come out zero; steps beyond `kc` are not stored. The test
+/// `starts.len()` come out zero; steps beyond `kc` are not stored. The test
 /// `every_transpose_path_lays_out_the_panel` holds it to the scalar loop.
 ///
 /// # Safety
 /// As [`interleave_avx512`] with `width` 8.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn interleave8_avx512(src: &[f32], ld: usize, rows: usize, kc: usize, panel: &mut [f32]) {
+unsafe fn interleave8_avx512(src: &[f32], starts: &[usize], kc: usize, panel: &mut [f32]) {
     use std::arch::x86_64::*;
     const _: () = assert!(MR == 8);
     for p0 in (0..kc).step_by(16) {
         // SAFETY: the caller's bounds, as `load_block` needs them.
-        let r: [__m512; 8] = unsafe { load_block(src, ld, rows, kc, 0, p0) };
+        let r: [__m512; 8] = unsafe { load_block(src, starts, kc, 0, p0) };
         // u[e] (u[4 + e]): in lane l, step 4l + e of rows 0..4 (rows 4..8).
         let u = lane_transpose(r);
         // v[e] holds lanes 0, 1 of u[e] then of u[4 + e]; w[e] lanes 2, 3 likewise.
@@ -259,24 +272,37 @@ impl<S: RowSource> Operand for Rows<S> {
 mod tests {
     use super::*;
 
+    /// Rows start anywhere (out of order, overlapping, as a convolution's patch rows
+    /// do in a padded image) or at a constant stride (a stored matrix); every path lays
+    /// out the same panel and writes nothing beyond its kc steps.
     #[test]
     fn every_transpose_path_lays_out_the_panel() {
+        type Path = fn(&[f32], &[usize], usize, &mut [f32], usize);
         for (rows, kc, width) in [(32, 48, 32), (32, 37, 32), (16, 16, 16), (5, 20, 8), (32, 3, 32), (8, 48, 8), (8, 37, 8), (8, 16, 8), (8, 15, 8), (8, 1, 8), (3, 33, 8), (27, 50, 32), (17, 7, 32), (1, 16, 16), (0, 9, 8)] {
             let ld = kc + 3;
-            let src: Vec<f32> = (0..rows * ld).map(|i| i as f32).collect();
-            // The dispatched path (AVX-512 where the CPU has it) and the portable one.
-            for (path, f) in [("dispatched", interleave as fn(&[f32], usize, usize, usize, &mut [f32], usize)), ("portable", interleave_portable)] {
-                let mut panel = vec![f32::NAN; kc * width + 5];
-                f(&src, ld, rows, kc, &mut panel, width);
-                for p in 0..kc {
-                    for j in 0..width {
-                        let want = if j < rows { src[j * ld + p] } else { 0.0 };
-                        assert_eq!(panel[p * width + j], want, "{path}: step {p} row {j} ({rows}×{kc}, width {width})");
+            let src: Vec<f32> = (0..rows * ld + 40).map(|i| i as f32).collect();
+            let strided: Vec<usize> = (0..rows).map(|j| j * ld).collect();
+            let scattered: Vec<usize> = (0..rows).map(|j| (j * 7919) % (rows * ld + 40 - kc)).collect();
+            for starts in [&strided, &scattered] {
+                // The dispatched path (AVX-512 where the CPU has it) and the portable one.
+                for (path, f) in [("dispatched", interleave_rows as Path), ("portable", interleave_portable)] {
+                    let mut panel = vec![f32::NAN; kc * width + 5];
+                    f(&src, starts, kc, &mut panel, width);
+                    for p in 0..kc {
+                        for j in 0..width {
+                            let want = if j < rows { src[starts[j] + p] } else { 0.0 };
+                            assert_eq!(panel[p * width + j], want, "{path}: step {p} row {j} ({rows}×{kc}, width {width}, starts {starts:?})");
+                        }
                     }
+                    // Nothing written beyond the kc steps.
+                    assert!(panel[kc * width..].iter().all(|v| v.is_nan()), "{path}: wrote beyond {kc} steps ({rows} rows, width {width})");
                 }
-                // Nothing written beyond the kc steps.
-                assert!(panel[kc * width..].iter().all(|v| v.is_nan()), "{path}: wrote beyond {kc} steps ({rows} rows, width {width})");
             }
+            // The constant-stride form is the same layout.
+            let (mut a, mut b) = (vec![f32::NAN; kc * width], vec![f32::NAN; kc * width]);
+            interleave(&src, ld, rows, kc, &mut a, width);
+            interleave_rows(&src, &strided, kc, &mut b, width);
+            assert_eq!(a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), b.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
         }
     }
 }

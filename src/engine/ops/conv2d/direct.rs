@@ -16,12 +16,19 @@
 //! ([`RowOffsets::segmented`]) — exactly what the im2col product followed by col2im's
 //! scatter-adds computes.
 //!
+//! The weight gradient `dY · colᵀ` reads the patches from the same padded copy
+//! ([`PaddedImages::columns_t`]): output (oy, ox) of patch row (ci, ky, kx) is padded pixel
+//! `ci·Hp·Wp + (oy + ky)·Wp + ox + kx`, so along an output row every patch row is a run of
+//! consecutive padded pixels, and packing `colᵀ` transposes those runs in registers
+//! straight into the panels — the values the stored patch matrix would give, with no
+//! patch matrix written and read back.
+//!
 //! Bits: each value is the same chain (or sum of chains) in the same order as the
 //! im2col path computes, with the padding entering as the same zeros, so the two agree
 //! exactly (`tests::direct_paths_are_the_defined_chains_exactly`).
 
 use super::ConvGeom;
-use crate::engine::gemm::{offset_tile, MatRef, PackedA, RowOffsets, MR, NR};
+use crate::engine::gemm::{interleave_rows, offset_tile, MatRef, Operand, PackedA, RowOffsets, MAX_ROWS, MR, NR};
 use crate::engine::scratch::Scratch;
 
 /// Whether [`forward_group`] computes this convolution: stride 1, a kernel larger than
@@ -241,9 +248,113 @@ fn pad_plane(src: &[f32], w: usize, pad_y: usize, pad_x: usize, dst: &mut [f32])
     dst[(pad_y + h) * wp..].fill(0.0);
 }
 
+/// A group of images copied once with their zero border, whose stride-1 patches the
+/// weight-gradient products read in place (see the module docs).
+pub struct PaddedImages {
+    data: Scratch,
+    /// Floats per padded image, `Cin·Hp·Wp`.
+    image: usize,
+    wp: usize,
+    oh: usize,
+    ow: usize,
+    positions: usize,
+    /// Where patch row (ci, ky, kx) starts in a padded image: `ci·Hp·Wp + ky·Wp + kx`.
+    offsets: Vec<usize>,
+}
+
+impl PaddedImages {
+    /// Whether the weight gradient reads convolution `g`'s patches this way: stride 1
+    /// (where patch rows are runs of padded pixels), and output rows of at least 8
+    /// positions (shorter runs would leave most of each 16-step register transpose
+    /// masked off; a linear layer's runs are one position long).
+    pub fn applies(g: &ConvGeom) -> bool {
+        g.stride == 1 && g.ow >= 8
+    }
+
+    /// The `gi` consecutive NCHW images of `xg`, padded for convolution `g` (stride 1).
+    pub fn new(g: &ConvGeom, xg: &[f32], gi: usize) -> PaddedImages {
+        assert_eq!(g.stride, 1, "patches are runs of padded pixels only at stride 1");
+        assert_eq!(xg.len(), gi * g.in_size(), "PaddedImages: {} values for {gi} images of {}", xg.len(), g.in_size());
+        let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
+        let mut data = Scratch::take(gi * g.cin * hp * wp);
+        if g.in_size() > 0 {
+            for (s, d) in xg.chunks_exact(g.h * g.w).zip(data.chunks_exact_mut(hp * wp)) {
+                pad_plane(s, g.w, g.pad, g.pad, d);
+            }
+        }
+        let offsets = (0..g.k()).map(|r| (r / (g.kh * g.kw)) * hp * wp + ((r / g.kw) % g.kh) * wp + r % g.kw).collect();
+        PaddedImages { data, image: g.cin * hp * wp, wp, oh: g.oh, ow: g.ow, positions: gi * g.oh * g.ow, offsets }
+    }
+
+    /// `colᵀ` for patch rows `rows`, `[images·pixels][rows]`: the `B` of the weight
+    /// gradient `dY · colᵀ`, packed from the padded images.
+    pub fn columns_t(&self, rows: std::ops::Range<usize>) -> PatchColumnsT<'_> {
+        assert!(rows.end <= self.offsets.len(), "patch rows {rows:?} of {}", self.offsets.len());
+        PatchColumnsT { src: self, offsets: &self.offsets[rows] }
+    }
+
+    /// Where output position `p` (image, oy, ox) lies in the padded images, for the patch
+    /// row at offset 0, and how many positions from it on lie at consecutive pixels
+    /// (itself included): the rest of its output row, or of its image when there is no
+    /// border to skip between rows.
+    fn at(&self, p: usize) -> (usize, usize) {
+        let pix = self.oh * self.ow;
+        let (img, px) = (p / pix, p % pix);
+        let (oy, ox) = (px / self.ow, px % self.ow);
+        let left = if self.wp == self.ow { pix - px } else { self.ow - ox };
+        (img * self.image + oy * self.wp + ox, left)
+    }
+}
+
+/// See [`PaddedImages::columns_t`].
+pub struct PatchColumnsT<'a> {
+    src: &'a PaddedImages,
+    offsets: &'a [usize],
+}
+
+impl Operand for PatchColumnsT<'_> {
+    fn rows(&self) -> usize {
+        self.src.positions
+    }
+    fn cols(&self) -> usize {
+        self.offsets.len()
+    }
+    /// As `A` (positions × patch rows): never the hot path, element by element.
+    fn pack_a(&self, i0: usize, mc: usize, p0: usize, kc: usize, dst: &mut [f32]) {
+        let data = &self.src.data;
+        for (q, panel) in dst[..mc.div_ceil(MR) * kc * MR].chunks_exact_mut(kc * MR).enumerate() {
+            for i in 0..MR {
+                let row = q * MR + i;
+                let at = (row < mc).then(|| self.src.at(i0 + row).0);
+                for (p, &o) in self.offsets[p0..p0 + kc].iter().enumerate() {
+                    panel[p * MR + i] = at.map_or(0.0, |a| data[a + o]);
+                }
+            }
+        }
+    }
+    /// As `B`: each NR-row panel one output row's run of positions at a time, a register
+    /// transpose of NR runs of padded pixels.
+    fn pack_b(&self, p0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
+        const { assert!(NR <= MAX_ROWS) };
+        let mut starts = [0usize; NR];
+        for (q, panel) in dst[..nc.div_ceil(NR) * kc * NR].chunks_exact_mut(kc * NR).enumerate() {
+            let offs = &self.offsets[j0 + q * NR..][..NR.min(nc - q * NR)];
+            let mut p = p0;
+            while p < p0 + kc {
+                let (base, left) = self.src.at(p);
+                let run = left.min(p0 + kc - p);
+                starts.iter_mut().zip(offs).for_each(|(s, &o)| *s = base + o);
+                interleave_rows(&self.src.data, &starts[..offs.len()], run, &mut panel[(p - p0) * NR..], NR);
+                p += run;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::{backward, forward, Conv2dCfg, ConvGeom};
+    use crate::engine::gemm::MatRef;
     use crate::engine::gradcheck::random;
 
     /// The definition, written out without the engine: per output, one f32 FMA chain
@@ -301,6 +412,58 @@ mod tests {
             }
         }
         dx
+    }
+
+    /// `colᵀ` packed from the padded images equals `colᵀ` packed from the stored patch
+    /// matrix, as `B` and as `A`, for every block the products cut: blocks starting and
+    /// ending mid-row and crossing images, partial panels, patch-row ranges (a CIM tile's),
+    /// more patch rows than a panel, padding 0 to 2, and a 1 × 1 kernel without padding
+    /// (whose runs continue from row to row).
+    #[test]
+    fn patch_columns_pack_as_the_stored_patch_matrix() {
+        use crate::engine::gemm::{Operand, MR, NR};
+        use crate::engine::ops::conv2d::group_columns;
+        let cases: [([usize; 4], [usize; 4], usize); 5] = [
+            ([3, 2, 5, 9], [4, 2, 3, 3], 1),
+            ([2, 5, 8, 8], [3, 5, 3, 3], 1),
+            ([2, 2, 6, 10], [3, 2, 1, 1], 0),
+            ([2, 1, 4, 12], [2, 1, 5, 5], 2),
+            ([3, 3, 3, 11], [2, 3, 3, 3], 0),
+        ];
+        for (xs, ws, pad) in cases {
+            let g = ConvGeom::new(&xs, &ws, Conv2dCfg { stride: 1, padding: pad }).unwrap();
+            let x = random(&xs, 77);
+            let n = xs[0];
+            let padded = super::PaddedImages::new(&g, x.data(), n);
+            let positions = n * g.pixels();
+            for rows in [0..g.k(), 1..g.k().min(7), g.k() / 2..g.k()] {
+                let col = group_columns(&g, x.data(), n, rows.clone());
+                let stored = MatRef::rowmajor(&col, rows.len(), positions).t();
+                let read = padded.columns_t(rows.clone());
+                assert_eq!((read.rows(), read.cols()), (positions, rows.len()));
+                let w = rows.len();
+                for (p0, kc) in [(0, positions), (3, positions - 5), (g.ow - 1, 2), (positions - 1, 1), (g.pixels() - 2, 5)] {
+                    for (j0, nc) in [(0, w), (1, w - 1), (w - 1, 1)] {
+                        if nc == 0 || j0 + nc > w {
+                            continue;
+                        }
+                        let len = nc.div_ceil(NR) * kc * NR + 7;
+                        let (mut got, mut want) = (vec![f32::NAN; len], vec![f32::NAN; len]);
+                        read.pack_b(p0, kc, j0, nc, &mut got);
+                        stored.pack_b(p0, kc, j0, nc, &mut want);
+                        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                        assert_eq!(bits(&got), bits(&want), "B: {xs:?} * {ws:?} pad {pad}, rows {rows:?}, steps {p0}+{kc}, columns {j0}+{nc}");
+                        // As A: positions are its rows, patch rows its reduction.
+                        let (i0, mc, q0, qc) = (p0, kc.min(2 * MR + 3), j0, nc);
+                        let len = mc.div_ceil(MR) * qc * MR + 7;
+                        let (mut got, mut want) = (vec![f32::NAN; len], vec![f32::NAN; len]);
+                        read.pack_a(i0, mc, q0, qc, &mut got);
+                        stored.pack_a(i0, mc, q0, qc, &mut want);
+                        assert_eq!(bits(&got), bits(&want), "A: {xs:?} * {ws:?} pad {pad}, rows {rows:?}, positions {i0}+{mc}, patch rows {q0}+{qc}");
+                    }
+                }
+            }
+        }
     }
 
     /// Every stride-1 shape the direct path takes gives the defined chains bit for bit,

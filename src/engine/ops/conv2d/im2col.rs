@@ -1,6 +1,8 @@
 //! The patch matrix of a convolution, `col[K = Cin·kh·kw][images·pixels]`: written
-//! out whole ([`im2col`], [`group_columns`]) for the weight gradients, whose products
-//! read it transposed (fastest from a stored matrix), or read a row segment at a time
+//! out whole ([`im2col`], [`group_columns`]) for the weight gradients of the
+//! convolutions whose patches are not runs of padded pixels (strided, or on images
+//! narrower than 8: see [`super::PaddedImages`]), whose products read it transposed
+//! (fastest from a stored matrix), or read a row segment at a time
 //! straight from the images ([`Patches`]) when a product packs it as it is, so no
 //! forward pass (FP32 or CIM) stores it. [`ImageRows`] is the
 //! same kind of view of a group of NCHW activations (`[C][images·pixels]`), and
