@@ -32,6 +32,7 @@
 //! of consecutive operations); the saved slopes replay nothing at random.
 
 use super::psum::{self, CodePlane, PackedWeights};
+use super::Adc;
 use super::quant::{weight_codes, ActGrid};
 use super::profile::Timer;
 use super::readout::{CimRuntime, DrawKey, DrawRun, Estimator, ReadoutMode};
@@ -124,6 +125,79 @@ impl SlopeSource {
     }
 }
 
+/// The ADC conversion of a run of partial sums on one column: `codes[i]`, the ideal code
+/// of `sums[i]·scale + offset` (rounded half to even, clamped to the ADC range), and,
+/// when `saved` is given, the code backward keeps: `k − kmin`, or `levels` where the
+/// sum saturated (its rounded value lies beyond the range). Every slot of both is
+/// written. The value stays in f32 until it is in range: it is first limited to one
+/// code beyond the ADC's ends (which also makes a NaN the lower one), then rounded,
+/// then clamped. An AVX-512 path does sixteen at a time with the same IEEE operations,
+/// so the same codes (`adc_paths_are_the_scalar_conversion_exactly`).
+pub(super) fn adc_codes(sums: &[i32], scale: f32, offset: f32, adc: Adc, codes: &mut [i32], mut saved: Option<&mut [std::mem::MaybeUninit<u16>]>) {
+    assert_eq!(sums.len(), codes.len());
+    assert!(saved.as_ref().is_none_or(|s| s.len() == sums.len()));
+    // One code beyond each end of the range stands for every saturated sum. The codes
+    // must be exact in f32 for that (and for the conversion to be sound), and the
+    // saturated marker must fit the saved codes.
+    assert!(adc.kmin.unsigned_abs() < 1 << 24 && adc.kmax.unsigned_abs() < 1 << 24, "ADC codes beyond ±2^24 (MacroSpec::validate refuses them)");
+    assert!(saved.is_none() || adc.levels() < u16::MAX as usize, "an ADC of {} levels does not fit two-byte saved codes", adc.levels());
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        // SAFETY: AVX-512F is present; lengths asserted above.
+        done = unsafe { adc_codes_avx512(sums, scale, offset, adc, codes, saved.as_deref_mut()) };
+    }
+    let (below, above) = (adc.kmin as f32 - 1.0, adc.kmax as f32 + 1.0);
+    let saturated = adc.levels() as u16;
+    for i in done..sums.len() {
+        // `v as f32` is exact: partial sums are below 2^24 (`MacroSpec::validate`).
+        let r = (sums[i] as f32 * scale + offset).max(below).min(above).round_ties_even();
+        // SAFETY: max/min make any value (NaN and ±inf included) an integer within
+        // kmin..=kmax, below 2^24 in magnitude (asserted above): exact in f32 and i32.
+        let k = unsafe { r.max(below + 1.0).min(above - 1.0).to_int_unchecked::<i32>() };
+        codes[i] = k;
+        if let Some(s) = saved.as_deref_mut() {
+            s[i].write(if r == k as f32 { (k - adc.kmin) as u16 } else { saturated });
+        }
+    }
+}
+
+/// Sixteen conversions at a time; returns how many were done. `max(x, below)` with the
+/// NaN-propagating x86 operand order (`vmaxps` returns its second operand when either
+/// is NaN) is Rust's `x.max(below)` here, since `below` is never NaN; the rest are the
+/// same single IEEE operations as the scalar loop.
+///
+/// # Safety
+/// AVX-512F must be present; the slices as [`adc_codes`] asserts.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn adc_codes_avx512(sums: &[i32], scale: f32, offset: f32, adc: Adc, codes: &mut [i32], saved: Option<&mut [std::mem::MaybeUninit<u16>]>) -> usize {
+    use std::arch::x86_64::*;
+    let n = sums.len() / 16 * 16;
+    let (below, above) = (adc.kmin as f32 - 1.0, adc.kmax as f32 + 1.0);
+    let (scale, offset) = (_mm512_set1_ps(scale), _mm512_set1_ps(offset));
+    let (lo, hi) = (_mm512_set1_ps(below), _mm512_set1_ps(above));
+    let (lo_in, hi_in) = (_mm512_set1_ps(below + 1.0), _mm512_set1_ps(above - 1.0));
+    let (kmin, saturated) = (_mm512_set1_epi32(adc.kmin), _mm512_set1_epi32(adc.levels() as i32));
+    let saved = saved.map(|s| s.as_mut_ptr() as *mut u16);
+    for i in (0..n).step_by(16) {
+        // SAFETY: i + 16 <= n <= every slice's length.
+        unsafe {
+            let v = _mm512_cvtepi32_ps(_mm512_loadu_si512(sums.as_ptr().add(i) as *const _));
+            let x = _mm512_add_ps(_mm512_mul_ps(v, scale), offset);
+            let r = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_min_ps(_mm512_max_ps(x, lo), hi));
+            let k = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(r, lo_in), hi_in));
+            _mm512_storeu_si512(codes.as_mut_ptr().add(i) as *mut _, k);
+            if let Some(s) = saved {
+                let inside = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(r, _mm512_cvtepi32_ps(k));
+                let code = _mm512_mask_blend_epi32(inside, saturated, _mm512_sub_epi32(k, kmin));
+                _mm256_storeu_si256(s.add(i) as *mut __m256i, _mm512_cvtepi32_epi16(code));
+            }
+        }
+    }
+    n
+}
+
 /// `out[i] = dy[i] · (0.0 + sh · table[codes[i]])`: one cycle's exact slopes times dY
 /// (`0.0 +` keeps the bits of the accumulating path, which adds onto zero). Every code
 /// must index `table` (saved codes are at most `levels`, the table's last entry).
@@ -203,7 +277,6 @@ fn group_forward(
     let mut acc = vec![0.0f32; cout * cols];
     // Appended in the loops' order, which is its layout's: no zero fill first.
     let mut saved = want_codes.then(|| Vec::<u16>::with_capacity(tiles * cycles * cout * cols));
-    let saturated = adc.levels() as u16;
     let mut psum = vec![0i32; cout * cols];
     // Byte planes of a cycle's input codes (see `psum`), `[cycle][plane]`, made once for
     // every tile; and a tile's packed words.
@@ -217,10 +290,6 @@ fn group_forward(
     let (mut words, path) = (Vec::new(), psum::Path::best());
     let (mut codes, mut read) = (vec![0i32; cols], vec![0.0f32; cols]);
     let inv_step = 1.0 / adc.step;
-    // One code beyond each end of the ADC range stands for every saturated sum. The
-    // codes must be exact in f32 for that (and for the conversion below to be sound).
-    assert!(adc.kmin.unsigned_abs() < 1 << 24 && adc.kmax.unsigned_abs() < 1 << 24, "ADC codes beyond ±2^24 (MacroSpec::validate refuses them)");
-    let (below, above) = (adc.kmin as f32 - 1.0, adc.kmax as f32 + 1.0);
     for t in 0..tiles {
         let (r0, r1) = (t * spec.rows, ((t + 1) * spec.rows).min(k));
         for c in 0..cycles {
@@ -244,33 +313,19 @@ fn group_forward(
                 // The ADC column's fixed pattern acts on the analog sum, before rounding.
                 let (gain, offset) = rt.column(t, co);
                 let scale = inv_step * gain;
-                // Kept in f32 until the code is in range, so the loop vectorises: the
-                // sum is first limited to one code beyond the ADC's ends (max/min also
-                // turn a NaN into `below`), then rounded, then clamped to the range.
-                let adc_code = |v: i32| {
-                    // `v as f32` is exact: partial sums are below 2^24 (`MacroSpec::validate`).
-                    let r = (v as f32 * scale + offset).max(below).min(above).round_ties_even();
-                    // SAFETY: max/min make any value (NaN and ±inf included) an
-                    // integer within kmin..=kmax, below 2^24 in magnitude (asserted
-                    // above): exact in f32 and inside i32.
-                    (r, unsafe { r.max(below + 1.0).min(above - 1.0).to_int_unchecked::<i32>() })
-                };
                 let sums = &psum[e0..e0 + cols];
                 match saved.as_mut() {
-                    // The saved code in the same pass: `k − kmin`, or `levels` where the
-                    // sum saturated (the rounded value lies beyond the range). This
-                    // operation row, `((t·cycles + c)·cout + co)·cols`, is the next one.
+                    // The saved codes in the same pass. This operation row,
+                    // `((t·cycles + c)·cout + co)·cols`, is the next one.
                     Some(s) => {
                         debug_assert_eq!(s.len(), ((t * cycles + c) * cout + co) * cols);
                         let at = s.len();
-                        s.resize(at + cols, 0);
-                        for ((kc, sv), &v) in codes.iter_mut().zip(&mut s[at..]).zip(sums) {
-                            let (r, k) = adc_code(v);
-                            *kc = k;
-                            *sv = if r == k as f32 { (k - adc.kmin) as u16 } else { saturated };
-                        }
+                        adc_codes(sums, scale, offset, adc, &mut codes, Some(&mut s.spare_capacity_mut()[..cols]));
+                        // SAFETY: `adc_codes` wrote all `cols` values after `at` (the
+                        // capacity was reserved for every operation of the group).
+                        unsafe { s.set_len(at + cols) };
                     }
-                    None => codes.iter_mut().zip(sums).for_each(|(kc, &v)| *kc = adc_code(v).1),
+                    None => adc_codes(sums, scale, offset, adc, &mut codes, None),
                 }
                 // This group's images are consecutive in the numbering, so one channel's
                 // row of the group is one run of consecutive operations.

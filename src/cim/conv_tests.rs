@@ -490,6 +490,58 @@ fn sample_only_source_reads_the_same_and_refuses_what_needs_a_table() {
     assert!(e.contains("can only be sampled"), "{e}");
 }
 
+/// The ADC conversion (vectorised where the CPU allows) is the definition, written out
+/// here: the code of `P·scale + offset` rounded half to even and clamped to the range,
+/// saved as `k − kmin`, or as `levels` where the rounded value lies beyond the range or is
+/// NaN (read as below it). Runs not a multiple of 16; ties; sums at ±(2^24 − 1); column
+/// gains that are 0, negative, infinite or NaN; ranges that touch or exclude zero.
+#[test]
+fn adc_paths_are_the_scalar_conversion_exactly() {
+    use std::mem::MaybeUninit;
+    let definition = |p: i32, scale: f32, offset: f32, adc: Adc| -> (i32, u16) {
+        let saturated = adc.levels() as u16;
+        let x = p as f32 * scale + offset;
+        if x.is_nan() {
+            return (adc.kmin, saturated);
+        }
+        let r = x.round_ties_even();
+        if r < adc.kmin as f32 {
+            (adc.kmin, saturated)
+        } else if r > adc.kmax as f32 {
+            (adc.kmax, saturated)
+        } else {
+            (r as i32, (r as i32 - adc.kmin) as u16)
+        }
+    };
+    for (kmin, kmax, step) in [(-256, 255, 32.0f32), (0, 15, 1.0), (1, 7, 2.0), (-8, -1, 4.0)] {
+        let adc = Adc { kmin, kmax, step };
+        for (gain, offset) in [(1.0f32, 0.0f32), (0.97, 0.5), (1.03, -0.37), (0.0, 0.25), (-1.0, 0.0), (f32::INFINITY, 0.0), (f32::NAN, 0.0)] {
+            let scale = gain / step;
+            for n in [0usize, 1, 15, 16, 17, 100, 1027] {
+                let sums: Vec<i32> = (0..n)
+                    .map(|i| match i % 9 {
+                        0 => (1 << 24) - 1,
+                        1 => -(1 << 24) + 1,
+                        2 => (i as i32 % 40 - 20) * step as i32 / 2, // ties and near-ties
+                        _ => ((i * 104_729) % 20_011) as i32 - 10_005,
+                    })
+                    .collect();
+                let mut codes = vec![i32::MIN; n];
+                let mut saved = vec![MaybeUninit::new(u16::MAX); n];
+                super::conv::adc_codes(&sums, scale, offset, adc, &mut codes, Some(&mut saved));
+                let mut codes_only = vec![i32::MIN; n];
+                super::conv::adc_codes(&sums, scale, offset, adc, &mut codes_only, None);
+                for i in 0..n {
+                    let (k, sv) = definition(sums[i], scale, offset, adc);
+                    // SAFETY: the buffer was initialised above (and adc_codes writes every slot).
+                    let got = unsafe { saved[i].assume_init() };
+                    assert_eq!((codes[i], got, codes_only[i]), (k, sv, k), "sum {} of {n} ({}), gain {gain}, offset {offset}, ADC {kmin}..={kmax}", i, sums[i]);
+                }
+            }
+        }
+    }
+}
+
 /// The vectorised `E = dY ∘ slope` pass equals the scalar formula bit for bit, on runs
 /// that are not a multiple of 16, with every code of the table (the saturated one too).
 #[test]
