@@ -480,7 +480,10 @@ fn statistical_backward(s: &Saved, codes: &[Vec<u16>], slopes: &SlopeSource, x: 
             // (col2im adds in row order either way: the same bits).
             let mut dcol = dxg.is_some().then(|| Scratch::take(s.rows.min(k) * cols));
             let profile = slopes.rt.profile.as_deref();
-            let padded = PaddedImages::applies(g).then(|| PaddedImages::new(g, &qx, gi));
+            let padded = {
+                let _t = Timer::start(profile.map(|p| &p.backward_gemm)); // as the patch matrix was
+                PaddedImages::applies(g).then(|| PaddedImages::new(g, &qx, gi))
+            };
             for t in 0..s.tiles {
                 let (r0, r1) = (t * s.rows, ((t + 1) * s.rows).min(k));
                 let slope_time = Timer::start(profile.map(|p| &p.slopes));

@@ -14,9 +14,10 @@ use std::ops::{Deref, DerefMut};
 
 /// Buffers kept per thread: a group's simultaneous scratch needs (two to four).
 const POOLED: usize = 4;
-/// Bytes kept per thread at most (a VGG8 group's patch matrix and its gradient, ~19 MB
-/// each, fit); a buffer that would exceed it is freed instead of pooled, so a machine
-/// with many threads does not hold many copies of the largest layer's buffers.
+/// Bytes kept per thread at most (a VGG8 group's patch-gradient matrix, ~19 MB, and its
+/// padded images, a few MB, fit); a buffer that would exceed it is freed instead of
+/// pooled, so a machine with many threads does not hold many copies of the largest
+/// layer's buffers.
 const POOLED_BYTES: usize = 64 << 20;
 
 thread_local! {

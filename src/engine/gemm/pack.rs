@@ -60,7 +60,7 @@ pub struct Rows<S>(pub S);
 pub(super) fn interleave(src: &[f32], ld: usize, rows: usize, kc: usize, panel: &mut [f32], width: usize) {
     assert!(rows <= MAX_ROWS, "interleave: {rows} rows, at most {MAX_ROWS}");
     let mut starts = [0usize; MAX_ROWS];
-    starts.iter_mut().enumerate().for_each(|(j, s)| *s = j * ld);
+    starts[..rows].iter_mut().enumerate().for_each(|(j, s)| *s = j * ld);
     interleave_rows(src, &starts[..rows], kc, panel, width)
 }
 

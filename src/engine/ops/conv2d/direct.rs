@@ -276,8 +276,11 @@ impl PaddedImages {
         assert_eq!(g.stride, 1, "patches are runs of padded pixels only at stride 1");
         assert_eq!(xg.len(), gi * g.in_size(), "PaddedImages: {} values for {gi} images of {}", xg.len(), g.in_size());
         let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
+        // A scratch buffer holds what its last user left: every value is written.
         let mut data = Scratch::take(gi * g.cin * hp * wp);
-        if g.in_size() > 0 {
+        if g.h * g.w == 0 {
+            data.fill(0.0); // empty images: all border
+        } else {
             for (s, d) in xg.chunks_exact(g.h * g.w).zip(data.chunks_exact_mut(hp * wp)) {
                 pad_plane(s, g.w, g.pad, g.pad, d);
             }
@@ -417,23 +420,30 @@ mod tests {
     /// `colᵀ` packed from the padded images equals `colᵀ` packed from the stored patch
     /// matrix, as `B` and as `A`, for every block the products cut: blocks starting and
     /// ending mid-row and crossing images, partial panels, patch-row ranges (a CIM tile's),
-    /// more patch rows than a panel, padding 0 to 2, and a 1 × 1 kernel without padding
-    /// (whose runs continue from row to row).
+    /// more patch rows than a panel, padding 0 to 2, non-square kernels, 1 × 1 kernels
+    /// (whose runs continue from row to row, through the border when padded), and empty
+    /// images (all border), packed after a scratch buffer was left full of NaNs.
     #[test]
     fn patch_columns_pack_as_the_stored_patch_matrix() {
         use crate::engine::gemm::{Operand, MR, NR};
         use crate::engine::ops::conv2d::group_columns;
-        let cases: [([usize; 4], [usize; 4], usize); 5] = [
+        let cases: [([usize; 4], [usize; 4], usize); 9] = [
             ([3, 2, 5, 9], [4, 2, 3, 3], 1),
             ([2, 5, 8, 8], [3, 5, 3, 3], 1),
             ([2, 2, 6, 10], [3, 2, 1, 1], 0),
+            ([2, 2, 5, 9], [3, 2, 1, 1], 1),
             ([2, 1, 4, 12], [2, 1, 5, 5], 2),
             ([3, 3, 3, 11], [2, 3, 3, 3], 0),
+            ([2, 3, 4, 10], [2, 3, 3, 1], 1),
+            ([2, 3, 4, 10], [2, 3, 1, 3], 1),
+            ([2, 2, 0, 6], [3, 2, 1, 1], 1),
         ];
         for (xs, ws, pad) in cases {
             let g = ConvGeom::new(&xs, &ws, Conv2dCfg { stride: 1, padding: pad }).unwrap();
             let x = random(&xs, 77);
             let n = xs[0];
+            // Junk in this thread's scratch pool (NaNs), as an earlier user leaves it.
+            crate::engine::scratch::Scratch::take(1 << 12).fill(f32::NAN);
             let padded = super::PaddedImages::new(&g, x.data(), n);
             let positions = n * g.pixels();
             for rows in [0..g.k(), 1..g.k().min(7), g.k() / 2..g.k()] {
