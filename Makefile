@@ -58,7 +58,7 @@ repro-resnet20: build ensure-data ## FP32 → QAT → naive, BN recalibration, N
 repro-affine: build ensure-data ## The earlier headline on the affine presets (moderate, and severe in the sweep) with the BN-recalibration column (~1.5 h)
 	$(DNAT) pipeline --config configs/repro-affine.conf $(DATA_FLAG)
 
-repro-vgg8: build ensure-data ## The same for VGG8 from its committed FP32 model, paper mapping, short schedule (~1 h 40 min on 2 cores, estimated)
+repro-vgg8: build ensure-data ## The same for VGG8 from its committed FP32 model, paper mapping, short schedule (1 h 30 min on 2 cores, measured)
 	$(DNAT) pipeline --config configs/repro-vgg8.conf $(DATA_FLAG)
 
 # Ablations: one setting changed at a time on a short schedule of the default repro
