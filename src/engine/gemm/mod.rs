@@ -228,7 +228,7 @@ impl Operand for MatRef<'_> {
     }
 }
 
-pub use pack::{interleave_rows, RowSource, Rows, MAX_ROWS};
+pub use pack::{interleave_rows, RowSource, Rows};
 
 impl RowSource for MatRef<'_> {
     fn rows(&self) -> usize {

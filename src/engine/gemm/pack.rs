@@ -65,7 +65,7 @@ pub(super) fn interleave(src: &[f32], ld: usize, rows: usize, kc: usize, panel: 
 }
 
 /// The widest panel [`interleave_rows`] lays out.
-pub const MAX_ROWS: usize = 64;
+const MAX_ROWS: usize = 64;
 
 /// Panel layout from `starts.len()` source rows of `kc` values, row j starting at
 /// `starts[j]`: `panel[p·width + j] = src[starts[j] + p]`, zero for `j ≥ starts.len()`.

@@ -28,7 +28,7 @@
 //! exactly (`tests::direct_paths_are_the_defined_chains_exactly`).
 
 use super::ConvGeom;
-use crate::engine::gemm::{interleave_rows, offset_tile, MatRef, Operand, PackedA, RowOffsets, MAX_ROWS, MR, NR};
+use crate::engine::gemm::{interleave_rows, offset_tile, MatRef, Operand, PackedA, RowOffsets, MR, NR};
 use crate::engine::scratch::Scratch;
 
 /// Whether [`forward_group`] computes this convolution: stride 1, a kernel larger than
@@ -90,17 +90,8 @@ impl DirectWeights {
     /// at `ci·Hp·Wp + ky·Wp + kx`.
     pub fn forward(g: &ConvGeom, w: &[f32]) -> DirectWeights {
         let plan = Plan::forward(g);
-        let (hp, wp) = plan.padded();
-        let mut offsets = Vec::with_capacity(g.k());
-        for ci in 0..g.cin {
-            for ky in 0..g.kh {
-                for kx in 0..g.kw {
-                    offsets.push(ci * hp * wp + ky * wp + kx);
-                }
-            }
-        }
         let packed = PackedA::new(&MatRef::rowmajor(w, g.cout, g.k()));
-        DirectWeights { packed, rows: RowOffsets::new(offsets), tiles: tiles(plan.out_h, plan.out_w, wp) }
+        DirectWeights { packed, rows: RowOffsets::new(patch_row_offsets(g)), tiles: tiles(plan.out_h, plan.out_w, plan.padded().1) }
     }
 
     /// For [`data_gradient_group`]: `Wᵀ` with the reduction ordered tap-major,
@@ -153,9 +144,7 @@ fn run(plan: &Plan, wd: &DirectWeights, src: &[f32], gi: usize, bias: Option<&[f
     // The last tile of an image may run up to NR − 1 positions past it: those read the
     // next image or the tail, and only feed dropped positions.
     let mut padded = Scratch::take(gi * image + NR);
-    for (s, d) in src.chunks_exact(plan.in_h * plan.in_w).zip(padded.chunks_exact_mut(plane)) {
-        pad_plane(s, plan.in_w, plan.pad_y, plan.pad_x, d);
-    }
+    pad_planes(src, plan.in_h, plan.in_w, plan.pad_y, plan.pad_x, &mut padded[..gi * image]);
     padded[gi * image..].fill(0.0);
     let (pix, panels) = (plan.out_h * plan.out_w, plan.out_c.div_ceil(MR));
     let mut scratch = [0.0f32; MR * NR];
@@ -233,6 +222,28 @@ fn tiles(oh: usize, ow: usize, wp: usize) -> Vec<Tile> {
         .collect()
 }
 
+/// Where patch row (ci, ky, kx) of convolution `g` starts in an image padded for it
+/// ([`Plan::forward`]): `ci·Hp·Wp + ky·Wp + kx`, in the patch rows' order.
+fn patch_row_offsets(g: &ConvGeom) -> Vec<usize> {
+    let (hp, wp) = Plan::forward(g).padded();
+    (0..g.k()).map(|r| (r / (g.kh * g.kw)) * hp * wp + ((r / g.kw) % g.kh) * wp + r % g.kw).collect()
+}
+
+/// Every `h × w` plane of `src` into `dst` with `pad_y` zero rows above and below and
+/// `pad_x` zero columns on either side; every value of `dst` is written (empty planes
+/// are all border).
+fn pad_planes(src: &[f32], h: usize, w: usize, pad_y: usize, pad_x: usize, dst: &mut [f32]) {
+    if h * w == 0 {
+        dst.fill(0.0);
+        return;
+    }
+    let plane = (h + 2 * pad_y) * (w + 2 * pad_x);
+    assert_eq!(src.len() / (h * w) * plane, dst.len(), "pad_planes: {} values into {}", src.len(), dst.len());
+    for (s, d) in src.chunks_exact(h * w).zip(dst.chunks_exact_mut(plane)) {
+        pad_plane(s, w, pad_y, pad_x, d);
+    }
+}
+
 /// One plane, `w` wide, with `pad_y` zero rows above and below and `pad_x` zero
 /// columns on either side.
 fn pad_plane(src: &[f32], w: usize, pad_y: usize, pad_x: usize, dst: &mut [f32]) {
@@ -275,18 +286,11 @@ impl PaddedImages {
     pub fn new(g: &ConvGeom, xg: &[f32], gi: usize) -> PaddedImages {
         assert_eq!(g.stride, 1, "patches are runs of padded pixels only at stride 1");
         assert_eq!(xg.len(), gi * g.in_size(), "PaddedImages: {} values for {gi} images of {}", xg.len(), g.in_size());
-        let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
-        // A scratch buffer holds what its last user left: every value is written.
+        let (hp, wp) = Plan::forward(g).padded();
+        // A scratch buffer holds what its last user left: `pad_planes` writes every value.
         let mut data = Scratch::take(gi * g.cin * hp * wp);
-        if g.h * g.w == 0 {
-            data.fill(0.0); // empty images: all border
-        } else {
-            for (s, d) in xg.chunks_exact(g.h * g.w).zip(data.chunks_exact_mut(hp * wp)) {
-                pad_plane(s, g.w, g.pad, g.pad, d);
-            }
-        }
-        let offsets = (0..g.k()).map(|r| (r / (g.kh * g.kw)) * hp * wp + ((r / g.kw) % g.kh) * wp + r % g.kw).collect();
-        PaddedImages { data, image: g.cin * hp * wp, wp, oh: g.oh, ow: g.ow, positions: gi * g.oh * g.ow, offsets }
+        pad_planes(xg, g.h, g.w, g.pad, g.pad, &mut data);
+        PaddedImages { data, image: g.cin * hp * wp, wp, oh: g.oh, ow: g.ow, positions: gi * g.oh * g.ow, offsets: patch_row_offsets(g) }
     }
 
     /// `colᵀ` for patch rows `rows`, `[images·pixels][rows]`: the `B` of the weight
@@ -338,7 +342,6 @@ impl Operand for PatchColumnsT<'_> {
     /// As `B`: each NR-row panel one output row's run of positions at a time, a register
     /// transpose of NR runs of padded pixels.
     fn pack_b(&self, p0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32]) {
-        const { assert!(NR <= MAX_ROWS) };
         let mut starts = [0usize; NR];
         for (q, panel) in dst[..nc.div_ceil(NR) * kc * NR].chunks_exact_mut(kc * NR).enumerate() {
             let offs = &self.offsets[j0 + q * NR..][..NR.min(nc - q * NR)];
