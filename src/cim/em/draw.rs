@@ -8,6 +8,8 @@
 //!   (`vpmullq`), the row's span and its alias entry each fetched as one 64-bit word
 //!   per lane (two gathers), the keep/alias choice as a mask blend. Integer arithmetic only, so it cannot differ
 //!   from the scalar path; `tests` hold it to that on every preset.
+//! * **AVX2**: the same steps four draws at a time, the 64-bit multiplies of the hash
+//!   built from 32 × 32-bit ones (AVX2 has no `vpmullq`); for CPUs without AVX-512.
 //! * **portable**: the same steps per draw, in blocks that stay in L1 (hashes first,
 //!   which the compiler vectorises, then the two table lookups).
 
@@ -23,10 +25,17 @@ impl ErrorModel {
     pub(crate) fn sample_stream(&self, codes: &[i32], key: u64, first: u64, stride: u64, out: &mut [f32]) {
         assert_eq!(codes.len(), out.len());
         #[cfg(target_arch = "x86_64")]
-        if self.gather_indexable() && avx512_available() {
-            // SAFETY: the CPU has AVX-512 F and DQ (checked above); every gather index is
-            // a clamped row or an entry of that row (see `avx512::stream`).
-            let done = unsafe { avx512::stream(self, codes, key, first, stride, out) };
+        if self.gather_indexable() {
+            let done = if avx512_available() {
+                // SAFETY: the CPU has AVX-512 F and DQ (checked above); every gather index
+                // is a clamped row or an entry of that row (see `avx512::stream`).
+                unsafe { avx512::stream(self, codes, key, first, stride, out) }
+            } else if std::is_x86_feature_detected!("avx2") {
+                // SAFETY: the CPU has AVX2; the indices as above (see `avx2::stream`).
+                unsafe { avx2::stream(self, codes, key, first, stride, out) }
+            } else {
+                0
+            };
             return self.stream_portable(&codes[done..], key, first.wrapping_add((done as u64).wrapping_mul(stride)), stride, &mut out[done..]);
         }
         self.stream_portable(codes, key, first, stride, out)
@@ -216,12 +225,82 @@ mod avx512 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use super::{ErrorModel, PHI};
+    use std::arch::x86_64::*;
+
+    /// The low 64 bits of `a · c` in each lane: `al·cl + (ah·cl + al·ch) << 32`, from
+    /// three 32 × 32 → 64-bit multiplies (`vpmuludq`), as wrapping u64 arithmetic does.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn mul_lo(a: __m256i, c: u64) -> __m256i {
+        let (cl, ch) = (_mm256_set1_epi64x(c as i64), _mm256_set1_epi64x((c >> 32) as i64));
+        let cross = _mm256_add_epi64(_mm256_mul_epu32(_mm256_srli_epi64::<32>(a), cl), _mm256_mul_epu32(a, ch));
+        _mm256_add_epi64(_mm256_mul_epu32(a, cl), _mm256_slli_epi64::<32>(cross))
+    }
+
+    /// SplitMix64's finaliser on four lanes (the increment is already in `z`).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn finalise(z: __m256i) -> __m256i {
+        let z = mul_lo(_mm256_xor_si256(z, _mm256_srli_epi64::<30>(z)), 0xBF58_476D_1CE4_E5B9);
+        let z = mul_lo(_mm256_xor_si256(z, _mm256_srli_epi64::<27>(z)), 0x94D0_49BB_1331_11EB);
+        _mm256_xor_si256(z, _mm256_srli_epi64::<31>(z))
+    }
+
+    /// Draws the first `codes.len() / 4 · 4` readouts; returns how many. The steps of
+    /// `avx512::stream` on four 64-bit lanes.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, and `m.gather_indexable()` must hold.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn stream(m: &ErrorModel, codes: &[i32], key: u64, first: u64, stride: u64, out: &mut [f32]) -> usize {
+        let n = codes.len() / 4 * 4;
+        let (kmin, kmax) = (_mm_set1_epi32(m.kmin), _mm_set1_epi32(m.kmax));
+        let low32 = _mm256_set1_epi64x(0xFFFF_FFFF);
+        let low16 = _mm256_set1_epi64x(0xFFFF);
+        let jmin = _mm_set1_epi32(m.jmin);
+        // The low 32 bits of each 64-bit lane, in order.
+        let evens = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+        let span = m.span.as_ptr() as *const i64;
+        let flat = m.flat.as_ptr() as *const i64;
+        // z_i = key + op_i·φ + φ (mix64 adds φ before finalising).
+        let lane = |i: u64| key.wrapping_add(first.wrapping_add(i.wrapping_mul(stride)).wrapping_mul(PHI)).wrapping_add(PHI) as i64;
+        let mut z = _mm256_setr_epi64x(lane(0), lane(1), lane(2), lane(3));
+        let advance = _mm256_set1_epi64x(stride.wrapping_mul(4).wrapping_mul(PHI) as i64);
+        let mut i = 0;
+        while i < n {
+            let bits = finalise(z);
+            z = _mm256_add_epi64(z, advance);
+            // SAFETY: i + 4 <= n <= codes.len().
+            let k = unsafe { _mm_loadu_si128(codes.as_ptr().add(i) as *const __m128i) };
+            let row = _mm_sub_epi32(_mm_min_epi32(_mm_max_epi32(k, kmin), kmax), kmin);
+            // SAFETY: row < span.len() (clamped above).
+            let sw = unsafe { _mm256_i32gather_epi64::<8>(span, row) };
+            let col = _mm256_srli_epi64::<32>(_mm256_mul_epu32(_mm256_srli_epi64::<32>(bits), _mm256_srli_epi64::<32>(sw)));
+            let slot = _mm256_add_epi64(_mm256_and_si256(sw, low32), col);
+            // SAFETY: slot = start + column < start + width <= flat.len().
+            let e = unsafe { _mm256_i64gather_epi64::<8>(flat, slot) };
+            // Both sides below 2^32, so the signed 64-bit compare is the unsigned one.
+            let keep_own = _mm256_cmpgt_epi64(_mm256_and_si256(e, low32), _mm256_and_si256(bits, low32));
+            let own = _mm256_and_si256(_mm256_srli_epi64::<32>(e), low16);
+            let alias = _mm256_srli_epi64::<48>(e);
+            let j = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(_mm256_blendv_epi8(alias, own, keep_own), evens));
+            // SAFETY: i + 4 <= n <= out.len().
+            unsafe { _mm_storeu_ps(out.as_mut_ptr().add(i), _mm_cvtepi32_ps(_mm_add_epi32(j, jmin))) };
+            i += 4;
+        }
+        n
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use crate::cim::em::presets;
     use crate::cim::DrawKey;
 
-    /// The dispatched path (AVX-512 where the CPU has it) equals the portable one bit for
+    /// The dispatched path (AVX-512 or AVX2 where the CPU has it) equals the portable one bit for
     /// bit, on every preset, for runs that are not a multiple of 16 and strides ≠ 1; and
     /// both equal `sample` at `DrawKey::forward`.
     #[test]
@@ -237,6 +316,15 @@ mod tests {
                 for (i, (&x, &y)) in a.iter().zip(&b).enumerate() {
                     let want = m.sample(codes[i], key.forward(first + i as u64 * stride)) as f32;
                     assert_eq!((x, y), (want, want), "{name}: draw {i} (first {first}, stride {stride})");
+                }
+                // The AVX2 path too where it is not the one dispatched (an AVX-512 CPU).
+                #[cfg(target_arch = "x86_64")]
+                if std::is_x86_feature_detected!("avx2") {
+                    a.fill(f32::NAN);
+                    // SAFETY: AVX2 is present; the presets' tables are gather-indexable.
+                    let done = unsafe { super::avx2::stream(&m, &codes, key.forward_key(), first, stride, &mut a) };
+                    assert_eq!(done, codes.len() / 4 * 4);
+                    assert_eq!(a[..done], b[..done], "{name}: the AVX2 path (first {first}, stride {stride})");
                 }
                 // The sampled slopes (stat:S) likewise, against pair_difference at DrawKey::backward.
                 for draws in [1u32, 4] {
