@@ -70,9 +70,9 @@ const MAX_ROWS: usize = 64;
 /// Panel layout from `starts.len()` source rows of `kc` values, row j starting at
 /// `starts[j]`: `panel[p·width + j] = src[starts[j] + p]`, zero for `j ≥ starts.len()`.
 /// A transpose: done in registers, 16 steps of 8 or 16 rows at a time, where AVX-512 is
-/// available (short panels and step tails by masked loads and stores), else 8 steps at a
-/// time, so the rows' reads and the panel's writes stay within a few cache lines.
-/// Pure data movement, so the result is the same either way.
+/// available (short panels and step tails by masked loads and stores), 8 × 8 blocks with
+/// AVX2, else 8 steps at a time, so the rows' reads and the panel's writes stay within a
+/// few cache lines. Pure data movement, so the result is the same either way.
 pub fn interleave_rows(src: &[f32], starts: &[usize], kc: usize, panel: &mut [f32], width: usize) {
     let rows = starts.len();
     assert!(rows <= width && width <= MAX_ROWS && panel.len() >= kc * width);
@@ -88,6 +88,12 @@ pub fn interleave_rows(src: &[f32], starts: &[usize], kc: usize, panel: &mut [f3
                 interleave_avx512(src, starts, width, kc, panel)
             }
         }
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if width.is_multiple_of(8) && is_x86_feature_detected!("avx2") {
+        // SAFETY: AVX2 detected; the bounds as above.
+        unsafe { interleave_avx2(src, starts, width, kc, panel) };
         return;
     }
     interleave_portable(src, starts, kc, panel, width)
@@ -235,6 +241,54 @@ unsafe fn interleave8_avx512(src: &[f32], starts: &[usize], kc: usize, panel: &m
     }
 }
 
+/// 8 × 8 blocks: load 8 rows of 8 steps (masked past `kc`; rows beyond `starts.len()`
+/// are zero), transpose in registers (32-, 64-bit unpacks, then a 128-bit lane swap),
+/// store the block's steps below `kc`. The test `every_transpose_path_lays_out_the_panel`
+/// holds it to the scalar loop.
+///
+/// # Safety
+/// AVX2; `width` a multiple of 8, `starts.len() ≤ width`, the rows in `src` as
+/// [`interleave_rows`] asserts, and `panel` at least `kc·width` long.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn interleave_avx2(src: &[f32], starts: &[usize], width: usize, kc: usize, panel: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    for p0 in (0..kc).step_by(8) {
+        // Lane i loads step p0 + i only where that is below kc.
+        let steps = _mm256_cmpgt_epi32(_mm256_set1_epi32((kc - p0).min(8) as i32), lanes);
+        for j0 in (0..width).step_by(8) {
+            let r: [__m256; 8] = std::array::from_fn(|j| match starts.get(j0 + j) {
+                // SAFETY: row j0 + j holds steps up to kc from s; the mask stops there.
+                Some(&s) => unsafe { _mm256_maskload_ps(src.as_ptr().add(s + p0), steps) },
+                None => _mm256_setzero_ps(),
+            });
+            // t: rows 2q, 2q + 1 interleaved; u[4h + e]: in each 128-bit lane l, step
+            // 4l + e of rows 4h..4h + 4.
+            let t: [__m256; 8] = std::array::from_fn(|i| {
+                let (a, b) = (r[i & !1], r[i | 1]);
+                if i % 2 == 0 { _mm256_unpacklo_ps(a, b) } else { _mm256_unpackhi_ps(a, b) }
+            });
+            let u: [__m256; 8] = std::array::from_fn(|i| {
+                let (h, e) = (i / 4, i % 4);
+                let (a, c) = (t[4 * h + e / 2], t[4 * h + 2 + e / 2]);
+                if e % 2 == 0 { _mm256_shuffle_ps::<0x44>(a, c) } else { _mm256_shuffle_ps::<0xee>(a, c) }
+            });
+            for e in 0..4 {
+                // Step p0 + e: lane 0 of rows 0..4 and of rows 4..8; step p0 + 4 + e: lane 1.
+                let lo = _mm256_permute2f128_ps::<0x20>(u[e], u[4 + e]);
+                let hi = _mm256_permute2f128_ps::<0x31>(u[e], u[4 + e]);
+                for (p, x) in [(p0 + e, lo), (p0 + 4 + e, hi)] {
+                    if p < kc {
+                        // SAFETY: step p < kc of a panel of kc·width values, j0 + 8 ≤ width.
+                        unsafe { _mm256_storeu_ps(panel.as_mut_ptr().add(p * width + j0), x) };
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl<S: RowSource> Operand for Rows<S> {
     fn rows(&self) -> usize {
         self.0.rows()
@@ -284,8 +338,16 @@ mod tests {
             let strided: Vec<usize> = (0..rows).map(|j| j * ld).collect();
             let scattered: Vec<usize> = (0..rows).map(|j| (j * 7919) % (rows * ld + 40 - kc)).collect();
             for starts in [&strided, &scattered] {
-                // The dispatched path (AVX-512 where the CPU has it) and the portable one.
-                for (path, f) in [("dispatched", interleave_rows as Path), ("portable", interleave_portable)] {
+                // The dispatched path (AVX-512 where the CPU has it), the AVX2 one where it
+                // is there, and the portable one.
+                let mut paths = vec![("dispatched", interleave_rows as Path), ("portable", interleave_portable)];
+                #[cfg(target_arch = "x86_64")]
+                if is_x86_feature_detected!("avx2") {
+                    // SAFETY: AVX2 is present; the widths are multiples of 8, the rest as
+                    // `interleave_rows` asserts (which the test's cases satisfy).
+                    paths.push(("avx2", |s, st, kc, p, w| unsafe { interleave_avx2(s, st, w, kc, p) }));
+                }
+                for (path, f) in paths {
                     let mut panel = vec![f32::NAN; kc * width + 5];
                     f(&src, starts, kc, &mut panel, width);
                     for p in 0..kc {
