@@ -287,7 +287,7 @@ fn group_forward(
         let bits = |c: usize| (cycles > 1).then_some((c as u32 * b, b));
         (0..cycles * planes).map(|i| CodePlane::new(g, qx, gi, bits(i / planes), (i % planes) as u32)).collect()
     };
-    let (mut words, path) = (Vec::new(), psum::Path::best());
+    let (mut words, path) = (Vec::new(), psum::Path::best_for(w_packed));
     let (mut codes, mut read) = (vec![0i32; cols], vec![0.0f32; cols]);
     let inv_step = 1.0 / adc.step;
     for t in 0..tiles {

@@ -13,9 +13,14 @@
 //!
 //! * **AVX-512 VNNI**: `vpdpbusd` — four u8 × s8 products added into each i32 lane, 64
 //!   multiply-adds per instruction; 8 channels × 32 columns of accumulators.
+//! * **AVX2, byte pairs**: `vpmaddubsw` (u8 × s8 products, adjacent pairs summed into
+//!   i16), then `vpmaddwd` by ones (the two pair sums of a word into i32): 32
+//!   multiply-adds per instruction pair, with no widening. An i16 pair sum is at most
+//!   255·(|w₀| + |w₁|), exact only while the weight codes stay within ±64 (a 4-bit
+//!   macro's −8..=7 do; 8-bit codes would saturate: 255·127·2 > 32,767), so this path
+//!   runs only for such weights ([`Path::best_for`]), which it asserts.
 //! * **AVX2**: bytes widened to i16 (`vpmovzxbw` / `vpmovsxbw`), then `vpmaddwd` (pairs of
-//!   i16 products into i32). Not `vpmaddubsw`, whose i16 pair sums saturate
-//!   (255·127·2 > 32,767).
+//!   i16 products into i32): exact for any 8-bit weights.
 //! * **portable**: the same sums in i32 loops.
 
 use crate::engine::ops::conv2d::ConvGeom;
@@ -27,6 +32,8 @@ pub struct PackedWeights {
     words: Vec<i32>,
     cout: usize,
     quads: usize,
+    /// The largest weight code in magnitude (which paths are exact on it).
+    max_abs: u32,
 }
 
 impl PackedWeights {
@@ -49,7 +56,8 @@ impl PackedWeights {
                 }
             }
         }
-        PackedWeights { words, cout, quads }
+        let max_abs = w_codes.iter().fold(0u32, |m, &w| m.max(w.abs() as u32));
+        PackedWeights { words, cout, quads, max_abs }
     }
 
     /// Tile `t`: `cout` rows of [`Self::quads`] words.
@@ -138,29 +146,41 @@ impl<'g> CodePlane<'g> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Path {
     Avx512Vnni,
+    /// `vpmaddubsw`: for weight codes within ±[`BYTE_PAIR_MAX`] only.
+    Avx2BytePairs,
     Avx2,
     Portable,
 }
 
+/// The largest weight code in magnitude for which `vpmaddubsw`'s i16 pair sums cannot
+/// saturate: 255·(64 + 64) = 32,640 ≤ 32,767.
+pub const BYTE_PAIR_MAX: u32 = 64;
+
 impl Path {
-    pub const ALL: [Path; 3] = [Path::Avx512Vnni, Path::Avx2, Path::Portable];
+    pub const ALL: [Path; 4] = [Path::Avx512Vnni, Path::Avx2BytePairs, Path::Avx2, Path::Portable];
 
     pub fn supported(self) -> bool {
         match self {
             #[cfg(target_arch = "x86_64")]
             Path::Avx512Vnni => is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni"),
             #[cfg(target_arch = "x86_64")]
-            Path::Avx2 => is_x86_feature_detected!("avx2"),
+            Path::Avx2BytePairs | Path::Avx2 => is_x86_feature_detected!("avx2"),
             #[cfg(not(target_arch = "x86_64"))]
-            Path::Avx512Vnni | Path::Avx2 => false,
+            Path::Avx512Vnni | Path::Avx2BytePairs | Path::Avx2 => false,
             Path::Portable => true,
         }
     }
 
-    /// The fastest path this CPU runs (decided once).
-    pub fn best() -> Path {
-        static BEST: std::sync::OnceLock<Path> = std::sync::OnceLock::new();
-        *BEST.get_or_init(|| Path::ALL.into_iter().find(|p| p.supported()).unwrap_or(Path::Portable))
+    /// Whether the path computes exact sums for weight codes up to `max_abs` in magnitude.
+    pub fn exact_for(self, max_abs: u32) -> bool {
+        self != Path::Avx2BytePairs || max_abs <= BYTE_PAIR_MAX
+    }
+
+    /// The fastest path this CPU runs exactly on these weights (the CPU's part decided once).
+    pub fn best_for(w: &PackedWeights) -> Path {
+        static SUPPORTED: std::sync::OnceLock<Vec<Path>> = std::sync::OnceLock::new();
+        let supported = SUPPORTED.get_or_init(|| Path::ALL.into_iter().filter(|p| p.supported()).collect());
+        supported.iter().copied().find(|p| p.exact_for(w.max_abs)).unwrap_or(Path::Portable)
     }
 }
 
@@ -172,6 +192,10 @@ impl Path {
 pub fn plane_product(path: Path, w: &[i32], ws: usize, a: &[u32], cout: usize, quads: usize, cols: usize, out: &mut [i32], accumulate: bool) {
     assert!(quads <= ws && (cout == 0 || w.len() >= (cout - 1) * ws + quads) && a.len() >= quads * cols && out.len() >= cout * cols);
     assert!(path.supported(), "partial-sum path {path:?} is not supported by this CPU");
+    if path == Path::Avx2BytePairs {
+        let fits = |word: i32| word.to_le_bytes().iter().all(|&b| (b as i8).unsigned_abs() as u32 <= BYTE_PAIR_MAX);
+        assert!((0..cout).all(|co| w[co * ws..co * ws + quads].iter().all(|&word| fits(word))), "vpmaddubsw would saturate: a weight code beyond ±{BYTE_PAIR_MAX}");
+    }
     match path {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: supported (checked above); the slices hold the sizes asserted above.
@@ -179,6 +203,9 @@ pub fn plane_product(path: Path, w: &[i32], ws: usize, a: &[u32], cout: usize, q
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
         Path::Avx2 => unsafe { x86::avx2(w, ws, a, cout, quads, cols, out, accumulate) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above; the weights' bound asserted above.
+        Path::Avx2BytePairs => unsafe { x86::avx2_byte_pairs(w, ws, a, cout, quads, cols, out, accumulate) },
         _ => portable(w, ws, a, cout, quads, cols, out, 0, accumulate),
     }
 }
@@ -271,6 +298,70 @@ mod x86 {
         }
     }
 
+    /// Four channels × 16 columns at a time (then a block of 8 columns, then the last
+    /// `cols % 8` portably): per word, `vpmaddubsw` then `vpmaddwd` by ones gives each
+    /// column's four-row dot product in its own i32 lane.
+    ///
+    /// # Safety
+    /// AVX2; sizes as for [`vnni`]; every weight byte within ±64 (no i16 saturation).
+    #[target_feature(enable = "avx2")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn avx2_byte_pairs(w: &[i32], ws: usize, a: &[u32], cout: usize, quads: usize, cols: usize, out: &mut [i32], accumulate: bool) {
+        const R2: usize = 4;
+        let (by16, by8) = (cols / 16 * 16, cols / 8 * 8);
+        let mut co0 = 0;
+        while co0 < cout {
+            // SAFETY: forwarded: channels within cout, columns below by16 ≤ by8 ≤ cols.
+            unsafe {
+                if cout - co0 >= R2 {
+                    byte_pairs_block::<R2, 2>(w, ws, a, co0, quads, cols, 0..by16, out, accumulate);
+                    byte_pairs_block::<R2, 1>(w, ws, a, co0, quads, cols, by16..by8, out, accumulate);
+                    co0 += R2;
+                } else {
+                    byte_pairs_block::<1, 2>(w, ws, a, co0, quads, cols, 0..by16, out, accumulate);
+                    byte_pairs_block::<1, 1>(w, ws, a, co0, quads, cols, by16..by8, out, accumulate);
+                    co0 += 1;
+                }
+            }
+        }
+        if by8 < cols {
+            super::portable(w, ws, a, cout, quads, cols, out, by8, accumulate);
+        }
+    }
+
+    /// Channels `co0..co0 + N`, columns `js` in blocks of `8·V`.
+    ///
+    /// # Safety
+    /// As [`avx2_byte_pairs`]; `js` within `cols` in whole blocks, `co0 + N ≤ cout`.
+    #[target_feature(enable = "avx2")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn byte_pairs_block<const N: usize, const V: usize>(w: &[i32], ws: usize, a: &[u32], co0: usize, quads: usize, cols: usize, js: std::ops::Range<usize>, out: &mut [i32], accumulate: bool) {
+        let ones = _mm256_set1_epi16(1);
+        for j0 in js.step_by(8 * V) {
+            let mut acc = [[_mm256_setzero_si256(); V]; N];
+            for q in 0..quads {
+                // SAFETY: columns j0..j0 + 8·V of row q (the caller's bounds).
+                let av: [__m256i; V] = std::array::from_fn(|v| unsafe { _mm256_loadu_si256(a.as_ptr().add(q * cols + j0 + 8 * v) as *const __m256i) });
+                for (i, acc) in acc.iter_mut().enumerate() {
+                    let wv = _mm256_set1_epi32(w[(co0 + i) * ws + q]);
+                    for (acc, &av) in acc.iter_mut().zip(&av) {
+                        *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(_mm256_maddubs_epi16(av, wv), ones));
+                    }
+                }
+            }
+            for (i, acc) in acc.iter().enumerate() {
+                for (v, &sums) in acc.iter().enumerate() {
+                    // SAFETY: columns j0 + 8v..+8 of channel co0 + i's row.
+                    unsafe {
+                        let o = out.as_mut_ptr().add((co0 + i) * cols + j0 + 8 * v) as *mut __m256i;
+                        let sums = if accumulate { _mm256_add_epi32(_mm256_loadu_si256(o), sums) } else { sums };
+                        _mm256_storeu_si256(o, sums);
+                    }
+                }
+            }
+        }
+    }
+
     /// Four channels × eight columns at a time; the last `cols % 8` columns portably.
     ///
     /// # Safety
@@ -349,10 +440,12 @@ mod tests {
     #[test]
     fn every_path_gives_the_exact_partial_sums() {
         let mut next = xorshift(0x2545_F491_4F6C_DD1Du64);
-        for &(cout, k, rows, cols, input_max) in &[(1, 1, 1, 1, 255u32), (3, 10, 4, 7, 255), (8, 64, 64, 32, 255), (10, 150, 64, 33, 255), (17, 67, 67, 100, 255), (16, 144, 64, 1024, 255), (9, 37, 2, 19, 65535)] {
-            // Extremes often: 0, the largest input; −128 and 127 for weights.
+        let shapes = [(1, 1, 1, 1, 255u32), (3, 10, 4, 7, 255), (8, 64, 64, 32, 255), (10, 150, 64, 33, 255), (17, 67, 67, 100, 255), (16, 144, 64, 1024, 255), (9, 37, 2, 19, 65535), (5, 64, 64, 40, 255)];
+        // Weight codes of 8 bits (−128..=127), and within ±64 (what `vpmaddubsw` takes).
+        for (&(cout, k, rows, cols, input_max), (wlo, whi)) in shapes.iter().flat_map(|s| [(s, (-128, 127)), (s, (-64, 64))]) {
+            // Extremes often: 0, the largest input; the weights' ends.
             let x: Vec<f32> = (0..k * cols).map(|_| match next() % 4 { 0 => 0, 1 => input_max, _ => (next() % (input_max as u64 + 1)) as u32 } as f32).collect();
-            let wc: Vec<f32> = (0..cout * k).map(|_| match next() % 4 { 0 => -128, 1 => 127, _ => (next() % 256) as i32 - 128 } as f32).collect();
+            let wc: Vec<f32> = (0..cout * k).map(|_| match next() % 4 { 0 => wlo, 1 => whi, _ => (next() % (whi - wlo + 1) as u64) as i32 + wlo } as f32).collect();
             let packed = PackedWeights::new(&wc, cout, k, rows);
             let ws = packed.quads();
             let planes = if input_max > 255 { 2 } else { 1 };
@@ -366,7 +459,9 @@ mod tests {
                 gemm(1.0, MatRef { data: &wc[r0..], rows: cout, cols: r1 - r0, rs: k, cs: 1 }, MatRef::rowmajor(&x[r0 * cols..r1 * cols], r1 - r0, cols), 0.0, &mut by_gemm, cols);
                 assert!(want.iter().zip(&by_gemm).all(|(&w, &g)| w as f32 == g), "the f32 GEMM is exact on these codes");
                 let geom = as_image(r1 - r0, cols);
-                for path in Path::ALL.into_iter().filter(|p| p.supported()) {
+                let max_abs = wlo.unsigned_abs().max(whi.unsigned_abs());
+                assert!(Path::best_for(&packed).exact_for(max_abs));
+                for path in Path::ALL.into_iter().filter(|p| p.supported() && p.exact_for(max_abs)) {
                     let mut words = Vec::new();
                     let mut total = vec![0i32; cout * cols];
                     for plane in 0..planes {
@@ -388,6 +483,20 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// `vpmaddubsw` would saturate on a weight code beyond ±64: that path refuses it
+    /// rather than return a wrong sum, and is never chosen for such weights.
+    #[test]
+    fn the_byte_pair_path_refuses_weights_it_would_saturate_on() {
+        if !Path::Avx2BytePairs.supported() {
+            return;
+        }
+        let packed = PackedWeights::new(&[65.0, 1.0, 0.0, 0.0], 1, 4, 4);
+        assert_ne!(Path::best_for(&packed), Path::Avx2BytePairs);
+        let mut out = [0i32; 8];
+        let r = std::panic::catch_unwind(move || plane_product(Path::Avx2BytePairs, packed.tile(0), 1, &[u32::MAX; 8], 1, 1, 8, &mut out, false));
+        assert!(r.is_err());
     }
 
     /// A tile's words are the patch matrix's rows as im2col defines them, written out
