@@ -36,7 +36,7 @@ use super::Adc;
 use super::quant::{weight_codes, ActGrid};
 use super::profile::Timer;
 use super::readout::{CimRuntime, DrawKey, DrawRun, Estimator, ReadoutMode};
-use crate::engine::gemm::{gemm, matmul, MatRef, OutView};
+use crate::engine::gemm::{gemm, matmul, Kernel, MatRef, OutView};
 use crate::engine::ops::conv2d::{self, col2im, group_columns, Conv2dCfg, ConvGeom, PaddedImages};
 use crate::engine::scratch::Scratch;
 use crate::engine::{par, Tape, Tensor, Var};
@@ -131,9 +131,15 @@ impl SlopeSource {
 /// sum saturated (its rounded value lies beyond the range). Every slot of both is
 /// written. The value stays in f32 until it is in range: it is first limited to one
 /// code beyond the ADC's ends (which also makes a NaN the lower one), then rounded,
-/// then clamped. An AVX-512 path does sixteen at a time with the same IEEE operations,
-/// so the same codes (`adc_paths_are_the_scalar_conversion_exactly`).
-pub(super) fn adc_codes(sums: &[i32], scale: f32, offset: f32, adc: Adc, codes: &mut [i32], mut saved: Option<&mut [std::mem::MaybeUninit<u16>]>) {
+/// then clamped. AVX-512 and AVX2 paths do sixteen or eight at a time with the same IEEE
+/// operations, so the same codes (`adc_paths_are_the_scalar_conversion_exactly`).
+pub(super) fn adc_codes(sums: &[i32], scale: f32, offset: f32, adc: Adc, codes: &mut [i32], saved: Option<&mut [std::mem::MaybeUninit<u16>]>) {
+    adc_codes_on(Kernel::best(), sums, scale, offset, adc, codes, saved)
+}
+
+/// [`adc_codes`] on the instruction set `isa` (the tests run every one the CPU has).
+pub(super) fn adc_codes_on(isa: Kernel, sums: &[i32], scale: f32, offset: f32, adc: Adc, codes: &mut [i32], mut saved: Option<&mut [std::mem::MaybeUninit<u16>]>) {
+    assert!(isa.supported(), "{} is not supported by this CPU", isa.name());
     assert_eq!(sums.len(), codes.len());
     assert!(saved.as_ref().is_none_or(|s| s.len() == sums.len()));
     // One code beyond each end of the range stands for every saturated sum. The codes
@@ -141,12 +147,14 @@ pub(super) fn adc_codes(sums: &[i32], scale: f32, offset: f32, adc: Adc, codes: 
     // saturated marker must fit the saved codes.
     assert!(adc.kmin.unsigned_abs() < 1 << 24 && adc.kmax.unsigned_abs() < 1 << 24, "ADC codes beyond ±2^24 (MacroSpec::validate refuses them)");
     assert!(saved.is_none() || adc.levels() < u16::MAX as usize, "an ADC of {} levels does not fit two-byte saved codes", adc.levels());
-    let mut done = 0;
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx512f") {
-        // SAFETY: AVX-512F is present; lengths asserted above.
-        done = unsafe { adc_codes_avx512(sums, scale, offset, adc, codes, saved.as_deref_mut()) };
-    }
+    let done = match isa {
+        // SAFETY: the instruction set is present (asserted above); lengths asserted above.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => unsafe { adc_codes_avx512(sums, scale, offset, adc, codes, saved.as_deref_mut()) },
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => unsafe { adc_codes_avx2(sums, scale, offset, adc, codes, saved.as_deref_mut()) },
+        _ => 0,
+    };
     let (below, above) = (adc.kmin as f32 - 1.0, adc.kmax as f32 + 1.0);
     let saturated = adc.levels() as u16;
     for i in done..sums.len() {
@@ -198,19 +206,65 @@ unsafe fn adc_codes_avx512(sums: &[i32], scale: f32, offset: f32, adc: Adc, code
     n
 }
 
+/// Eight conversions at a time: [`adc_codes_avx512`]'s operations on 256-bit vectors
+/// (`vmaxps` likewise returns its second operand for a NaN first one); the saved codes,
+/// all below 2^16, are packed to u16 with unsigned saturation that never acts.
+///
+/// # Safety
+/// AVX2 must be present; the slices as [`adc_codes`] asserts.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn adc_codes_avx2(sums: &[i32], scale: f32, offset: f32, adc: Adc, codes: &mut [i32], saved: Option<&mut [std::mem::MaybeUninit<u16>]>) -> usize {
+    use std::arch::x86_64::*;
+    let n = sums.len() / 8 * 8;
+    let (below, above) = (adc.kmin as f32 - 1.0, adc.kmax as f32 + 1.0);
+    let (scale, offset) = (_mm256_set1_ps(scale), _mm256_set1_ps(offset));
+    let (lo, hi) = (_mm256_set1_ps(below), _mm256_set1_ps(above));
+    let (lo_in, hi_in) = (_mm256_set1_ps(below + 1.0), _mm256_set1_ps(above - 1.0));
+    let (kmin, saturated) = (_mm256_set1_epi32(adc.kmin), _mm256_set1_epi32(adc.levels() as i32));
+    let saved = saved.map(|s| s.as_mut_ptr() as *mut u16);
+    for i in (0..n).step_by(8) {
+        // SAFETY: i + 8 <= n <= every slice's length.
+        unsafe {
+            let v = _mm256_cvtepi32_ps(_mm256_loadu_si256(sums.as_ptr().add(i) as *const __m256i));
+            let x = _mm256_add_ps(_mm256_mul_ps(v, scale), offset);
+            let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_min_ps(_mm256_max_ps(x, lo), hi));
+            let k = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(r, lo_in), hi_in));
+            _mm256_storeu_si256(codes.as_mut_ptr().add(i) as *mut __m256i, k);
+            if let Some(s) = saved {
+                let inside = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_EQ_OQ>(r, _mm256_cvtepi32_ps(k)));
+                let code = _mm256_blendv_epi8(saturated, _mm256_sub_epi32(k, kmin), inside);
+                // Within each 128-bit half: codes 0–3 (4–7) twice; keep one copy of each.
+                let packed = _mm256_permute4x64_epi64::<0b1000>(_mm256_packus_epi32(code, code));
+                _mm_storeu_si128(s.add(i) as *mut __m128i, _mm256_castsi256_si128(packed));
+            }
+        }
+    }
+    n
+}
+
 /// `out[i] = dy[i] · (0.0 + sh · table[codes[i]])`: one cycle's exact slopes times dY
 /// (`0.0 +` keeps the bits of the accumulating path, which adds onto zero). Every code
 /// must index `table` (saved codes are at most `levels`, the table's last entry).
 pub(super) fn dy_times_slope(out: &mut [f32], dy: &[f32], codes: &[u16], table: &[f32], sh: f32) {
+    dy_times_slope_on(Kernel::best(), out, dy, codes, table, sh)
+}
+
+/// [`dy_times_slope`] on the instruction set `isa` (the tests run every one the CPU has).
+pub(super) fn dy_times_slope_on(isa: Kernel, out: &mut [f32], dy: &[f32], codes: &[u16], table: &[f32], sh: f32) {
+    assert!(isa.supported(), "{} is not supported by this CPU", isa.name());
     assert!(out.len() == dy.len() && out.len() == codes.len());
     let max_code = codes.iter().copied().max().unwrap_or(0) as usize;
     assert!(codes.is_empty() || max_code < table.len(), "saved code {max_code} beyond the slope table ({} entries)", table.len());
-    let mut done = 0;
-    #[cfg(target_arch = "x86_64")]
-    if table.len() <= i32::MAX as usize && std::is_x86_feature_detected!("avx512f") {
-        // SAFETY: AVX-512F is present; lengths and every code's bound asserted above.
-        done = unsafe { dy_times_slope_avx512(out, dy, codes, table, sh) };
-    }
+    let done = match isa {
+        // SAFETY: the instruction set is present; lengths and every code's bound asserted
+        // above (the gathers' i32 indices reach every entry of a table this short).
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 if table.len() <= i32::MAX as usize => unsafe { dy_times_slope_avx512(out, dy, codes, table, sh) },
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 if table.len() <= i32::MAX as usize => unsafe { dy_times_slope_avx2(out, dy, codes, table, sh) },
+        _ => 0,
+    };
     for ((o, &d), &c) in out[done..].iter_mut().zip(&dy[done..]).zip(&codes[done..]) {
         *o = d * (0.0 + sh * table[c as usize]);
     }
@@ -236,6 +290,29 @@ unsafe fn dy_times_slope_avx512(out: &mut [f32], dy: &[f32], codes: &[u16], tabl
             let slope = _mm512_i32gather_ps::<4>(c, table.as_ptr());
             let s = _mm512_add_ps(zero, _mm512_mul_ps(shv, slope));
             _mm512_storeu_ps(out.as_mut_ptr().add(i), _mm512_mul_ps(_mm512_loadu_ps(dy.as_ptr().add(i)), s));
+        }
+    }
+    n
+}
+
+/// Eight operations at a time: [`dy_times_slope_avx512`] on 256-bit vectors.
+///
+/// # Safety
+/// As [`dy_times_slope_avx512`], with AVX2 for AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn dy_times_slope_avx2(out: &mut [f32], dy: &[f32], codes: &[u16], table: &[f32], sh: f32) -> usize {
+    use std::arch::x86_64::*;
+    let n = out.len() / 8 * 8;
+    let (shv, zero) = (_mm256_set1_ps(sh), _mm256_setzero_ps());
+    for i in (0..n).step_by(8) {
+        // SAFETY: i + 8 <= n <= every slice's length; codes < table.len() (the caller
+        // asserted it).
+        unsafe {
+            let c = _mm256_cvtepu16_epi32(_mm_loadu_si128(codes.as_ptr().add(i) as *const __m128i));
+            let slope = _mm256_i32gather_ps::<4>(table.as_ptr(), c);
+            let s = _mm256_add_ps(zero, _mm256_mul_ps(shv, slope));
+            _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(_mm256_loadu_ps(dy.as_ptr().add(i)), s));
         }
     }
     n

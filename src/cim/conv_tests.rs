@@ -2,6 +2,7 @@
 
 use super::em::presets::{self, Synthetic};
 use super::*;
+use crate::engine::gemm::Kernel;
 use crate::engine::gradcheck::{project, random};
 use crate::engine::ops::conv2d::{self, Conv2dCfg, ConvGeom};
 use crate::engine::{Tape, Tensor, Var};
@@ -526,23 +527,25 @@ fn adc_paths_are_the_scalar_conversion_exactly() {
                         _ => ((i * 104_729) % 20_011) as i32 - 10_005,
                     })
                     .collect();
-                let mut codes = vec![i32::MIN; n];
-                let mut saved = vec![MaybeUninit::new(u16::MAX); n];
-                super::conv::adc_codes(&sums, scale, offset, adc, &mut codes, Some(&mut saved));
-                let mut codes_only = vec![i32::MIN; n];
-                super::conv::adc_codes(&sums, scale, offset, adc, &mut codes_only, None);
-                for i in 0..n {
-                    let (k, sv) = definition(sums[i], scale, offset, adc);
-                    // SAFETY: the buffer was initialised above (and adc_codes writes every slot).
-                    let got = unsafe { saved[i].assume_init() };
-                    assert_eq!((codes[i], got, codes_only[i]), (k, sv, k), "sum {} of {n} ({}), gain {gain}, offset {offset}, ADC {kmin}..={kmax}", i, sums[i]);
+                for isa in Kernel::ALL.into_iter().filter(|k| k.supported()) {
+                    let mut codes = vec![i32::MIN; n];
+                    let mut saved = vec![MaybeUninit::new(u16::MAX); n];
+                    super::conv::adc_codes_on(isa, &sums, scale, offset, adc, &mut codes, Some(&mut saved));
+                    let mut codes_only = vec![i32::MIN; n];
+                    super::conv::adc_codes_on(isa, &sums, scale, offset, adc, &mut codes_only, None);
+                    for i in 0..n {
+                        let (k, sv) = definition(sums[i], scale, offset, adc);
+                        // SAFETY: the buffer was initialised above (and adc_codes writes every slot).
+                        let got = unsafe { saved[i].assume_init() };
+                        assert_eq!((codes[i], got, codes_only[i]), (k, sv, k), "{}: sum {} of {n} ({}), gain {gain}, offset {offset}, ADC {kmin}..={kmax}", isa.name(), i, sums[i]);
+                    }
                 }
             }
         }
     }
 }
 
-/// The vectorised `E = dY ∘ slope` pass equals the scalar formula bit for bit, on runs
+/// Every vectorised `E = dY ∘ slope` pass equals the scalar formula bit for bit, on runs
 /// that are not a multiple of 16, with every code of the table (the saturated one too).
 #[test]
 fn slope_times_dy_is_the_scalar_formula_exactly() {
@@ -551,11 +554,13 @@ fn slope_times_dy_is_the_scalar_formula_exactly() {
         let codes: Vec<u16> = (0..n).map(|i| ((i * 7919) % 513) as u16).collect();
         let dy: Vec<f32> = (0..n).map(|i| ((i * 104729 % 997) as f32 / 300.0 - 1.6) * 1e-3).collect();
         let sh = 0.93f32;
-        let mut got = vec![f32::NAN; n];
-        super::conv::dy_times_slope(&mut got, &dy, &codes, &table, sh);
-        for i in 0..n {
-            let want = dy[i] * (0.0 + sh * table[codes[i] as usize]);
-            assert_eq!(got[i].to_bits(), want.to_bits(), "element {i} of {n}");
+        for isa in Kernel::ALL.into_iter().filter(|k| k.supported()) {
+            let mut got = vec![f32::NAN; n];
+            super::conv::dy_times_slope_on(isa, &mut got, &dy, &codes, &table, sh);
+            for i in 0..n {
+                let want = dy[i] * (0.0 + sh * table[codes[i] as usize]);
+                assert_eq!(got[i].to_bits(), want.to_bits(), "{}: element {i} of {n}", isa.name());
+            }
         }
     }
 }
