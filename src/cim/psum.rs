@@ -93,8 +93,10 @@ impl<'g> CodePlane<'g> {
         assert!(codes.len() == images * g.in_size() && plane < 2);
         let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
         let (shift, mask) = bits.map_or((0, u32::MAX), |(s, w)| (s, (1u32 << w) - 1));
-        // `v as u32` is exact on the integer codes (and saturates, never UB, on any other value).
-        let byte = |v: f32| ((((v as u32) >> shift) & mask) >> (8 * plane)) as u8;
+        // Exact on the integer codes, which are below 2^16 (anything else saturates, never
+        // UB: NaN and negatives to 0). Through i32, since AVX2 converts f32 to i32 in one
+        // instruction and to u32 only by a longer sequence.
+        let byte = |v: f32| (((((v as i32).max(0) as u32) >> shift) & mask) >> (8 * plane)) as u8;
         let mut bytes = vec![0u8; images * g.cin * hp * wp];
         for (plane_img, src) in bytes.chunks_exact_mut(hp * wp).zip(codes.chunks_exact(g.h * g.w)) {
             for (dst, row) in plane_img[g.pad * wp..].chunks_exact_mut(wp).zip(src.chunks_exact(g.w)) {
