@@ -380,7 +380,7 @@ fn group_forward(
                     // Only the tile's own rows: a short last tile skips the zero words.
                     let quads = (r1 - r0).div_ceil(4);
                     code_planes[c * planes + plane].pack_tile(r0, r1, quads, &mut words);
-                    psum::plane_product(path, w_packed.tile(t), w_packed.quads(), &words, cout, quads, cols, &mut psum, plane + 1 < planes);
+                    psum::plane_product(path, w_packed, t, &words, quads, cols, &mut psum, plane + 1 < planes);
                 }
             }
             let weight = 2f32.powi((c as u32 * b) as i32) * adc.step;

@@ -94,8 +94,8 @@ impl<'g> CodePlane<'g> {
         let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
         let (shift, mask) = bits.map_or((0, u32::MAX), |(s, w)| (s, (1u32 << w) - 1));
         // Exact on the integer codes, which are below 2^16 (anything else saturates, never
-        // UB: NaN and negatives to 0). Through i32, since AVX2 converts f32 to i32 in one
-        // instruction and to u32 only by a longer sequence.
+        // UB: NaN and negatives to 0). Through i32: x86 converts f32 to i32 eight at a time
+        // (`vcvttps2dq`), to u32 only by a longer sequence before AVX-512.
         let byte = |v: f32| (((((v as i32).max(0) as u32) >> shift) & mask) >> (8 * plane)) as u8;
         let mut bytes = vec![0u8; images * g.cin * hp * wp];
         for (plane_img, src) in bytes.chunks_exact_mut(hp * wp).zip(codes.chunks_exact(g.h * g.w)) {
@@ -144,7 +144,8 @@ impl<'g> CodePlane<'g> {
     }
 }
 
-/// The ways a plane's product can be computed; all give the same integers.
+/// The ways a plane's product can be computed; all give the same integers (byte pairs:
+/// on weight codes within ±[`BYTE_PAIR_MAX`], the only ones it is chosen for).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Path {
     Avx512Vnni,
@@ -186,18 +187,16 @@ impl Path {
     }
 }
 
-/// `out[co·cols + j] (+)= Σ_{q < quads} dot4(a[q·cols + j], w[co·ws + q])` for `cout`
-/// channels: one byte plane's product, written over `out` (`accumulate = false`) or added
-/// to it. `ws` is the row stride of `w` ([`PackedWeights::quads`]); `quads` may be fewer,
-/// for a tile shorter than the macro's rows (the rest of its words are zero).
+/// `out[co·cols + j] (+)= Σ_{q < quads} dot4(a[q·cols + j], w[co][q])` for every channel
+/// of tile `t` of `weights`: one byte plane's product, written over `out` (`accumulate =
+/// false`) or added to it. `quads` may be fewer than [`PackedWeights::quads`], for a
+/// tile shorter than the macro's rows (the rest of its words are zero).
 #[allow(clippy::too_many_arguments)]
-pub fn plane_product(path: Path, w: &[i32], ws: usize, a: &[u32], cout: usize, quads: usize, cols: usize, out: &mut [i32], accumulate: bool) {
-    assert!(quads <= ws && (cout == 0 || w.len() >= (cout - 1) * ws + quads) && a.len() >= quads * cols && out.len() >= cout * cols);
+pub fn plane_product(path: Path, weights: &PackedWeights, t: usize, a: &[u32], quads: usize, cols: usize, out: &mut [i32], accumulate: bool) {
+    let (w, ws, cout) = (weights.tile(t), weights.quads, weights.cout);
+    assert!(quads <= ws && a.len() >= quads * cols && out.len() >= cout * cols);
     assert!(path.supported(), "partial-sum path {path:?} is not supported by this CPU");
-    if path == Path::Avx2BytePairs {
-        let fits = |word: i32| word.to_le_bytes().iter().all(|&b| (b as i8).unsigned_abs() as u32 <= BYTE_PAIR_MAX);
-        assert!((0..cout).all(|co| w[co * ws..co * ws + quads].iter().all(|&word| fits(word))), "vpmaddubsw would saturate: a weight code beyond ±{BYTE_PAIR_MAX}");
-    }
+    assert!(path.exact_for(weights.max_abs), "{path:?} is not exact on weight codes up to ±{}", weights.max_abs);
     match path {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: supported (checked above); the slices hold the sizes asserted above.
@@ -206,7 +205,7 @@ pub fn plane_product(path: Path, w: &[i32], ws: usize, a: &[u32], cout: usize, q
         // SAFETY: as above.
         Path::Avx2 => unsafe { x86::avx2(w, ws, a, cout, quads, cols, out, accumulate) },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above; the weights' bound asserted above.
+        // SAFETY: as above (the weights' bound, asserted above, is for exact sums only).
         Path::Avx2BytePairs => unsafe { x86::avx2_byte_pairs(w, ws, a, cout, quads, cols, out, accumulate) },
         _ => portable(w, ws, a, cout, quads, cols, out, 0, accumulate),
     }
@@ -305,7 +304,8 @@ mod x86 {
     /// column's four-row dot product in its own i32 lane.
     ///
     /// # Safety
-    /// AVX2; sizes as for [`vnni`]; every weight byte within ±64 (no i16 saturation).
+    /// AVX2; sizes as for [`vnni`]. (Every weight byte within ±64 for exact sums, no i16
+    /// saturation; [`plane_product`] asserts it.)
     #[target_feature(enable = "avx2")]
     #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn avx2_byte_pairs(w: &[i32], ws: usize, a: &[u32], cout: usize, quads: usize, cols: usize, out: &mut [i32], accumulate: bool) {
@@ -449,7 +449,6 @@ mod tests {
             let x: Vec<f32> = (0..k * cols).map(|_| match next() % 4 { 0 => 0, 1 => input_max, _ => (next() % (input_max as u64 + 1)) as u32 } as f32).collect();
             let wc: Vec<f32> = (0..cout * k).map(|_| match next() % 4 { 0 => wlo, 1 => whi, _ => (next() % (whi - wlo + 1) as u64) as i32 + wlo } as f32).collect();
             let packed = PackedWeights::new(&wc, cout, k, rows);
-            let ws = packed.quads();
             let planes = if input_max > 255 { 2 } else { 1 };
             for t in 0..k.div_ceil(rows) {
                 let (r0, r1) = (t * rows, ((t + 1) * rows).min(k));
@@ -461,15 +460,20 @@ mod tests {
                 gemm(1.0, MatRef { data: &wc[r0..], rows: cout, cols: r1 - r0, rs: k, cs: 1 }, MatRef::rowmajor(&x[r0 * cols..r1 * cols], r1 - r0, cols), 0.0, &mut by_gemm, cols);
                 assert!(want.iter().zip(&by_gemm).all(|(&w, &g)| w as f32 == g), "the f32 GEMM is exact on these codes");
                 let geom = as_image(r1 - r0, cols);
-                let max_abs = wlo.unsigned_abs().max(whi.unsigned_abs());
-                assert!(Path::best_for(&packed).exact_for(max_abs));
+                // The weights' own largest code decides which paths are exact on them.
+                let max_abs = wc.iter().fold(0, |m, &w| m.max(w.abs() as u32));
+                let best = Path::best_for(&packed);
+                assert!(best.exact_for(max_abs));
+                if max_abs <= BYTE_PAIR_MAX && Path::Avx2BytePairs.supported() && !Path::Avx512Vnni.supported() {
+                    assert_eq!(best, Path::Avx2BytePairs, "weights within ±{BYTE_PAIR_MAX} on an AVX2 CPU");
+                }
                 for path in Path::ALL.into_iter().filter(|p| p.supported() && p.exact_for(max_abs)) {
                     let mut words = Vec::new();
                     let mut total = vec![0i32; cout * cols];
                     for plane in 0..planes {
                         CodePlane::new(&geom, &x[r0 * cols..r1 * cols], 1, None, plane).pack_tile(0, r1 - r0, quads, &mut words);
                         let mut part = vec![7i32; cout * cols];
-                        plane_product(path, packed.tile(t), ws, &words, cout, quads, cols, &mut part, false);
+                        plane_product(path, &packed, t, &words, quads, cols, &mut part, false);
                         total.iter_mut().zip(&part).for_each(|(s, &p)| *s += p << (8 * plane));
                     }
                     for (e, (&got, &w)) in total.iter().zip(&want).enumerate() {
@@ -478,9 +482,9 @@ mod tests {
                     // Accumulating adds onto what is there.
                     CodePlane::new(&geom, &x[r0 * cols..r1 * cols], 1, None, 0).pack_tile(0, r1 - r0, quads, &mut words);
                     let mut twice = vec![0i32; cout * cols];
-                    plane_product(path, packed.tile(t), ws, &words, cout, quads, cols, &mut twice, false);
+                    plane_product(path, &packed, t, &words, quads, cols, &mut twice, false);
                     let once = twice.clone();
-                    plane_product(path, packed.tile(t), ws, &words, cout, quads, cols, &mut twice, true);
+                    plane_product(path, &packed, t, &words, quads, cols, &mut twice, true);
                     assert!(twice.iter().zip(&once).all(|(&t2, &o)| t2 == 2 * o), "{path:?} accumulates");
                 }
             }
@@ -494,11 +498,13 @@ mod tests {
         if !Path::Avx2BytePairs.supported() {
             return;
         }
-        let packed = PackedWeights::new(&[65.0, 1.0, 0.0, 0.0], 1, 4, 4);
-        assert_ne!(Path::best_for(&packed), Path::Avx2BytePairs);
-        let mut out = [0i32; 8];
-        let r = std::panic::catch_unwind(move || plane_product(Path::Avx2BytePairs, packed.tile(0), 1, &[u32::MAX; 8], 1, 1, 8, &mut out, false));
-        assert!(r.is_err());
+        for wide in [65.0, -65.0, -128.0, 127.0] {
+            let packed = PackedWeights::new(&[wide, 1.0, 0.0, 0.0], 1, 4, 4);
+            assert_ne!(Path::best_for(&packed), Path::Avx2BytePairs);
+            let mut out = [0i32; 8];
+            let r = std::panic::catch_unwind(move || plane_product(Path::Avx2BytePairs, &packed, 0, &[u32::MAX; 8], 1, 8, &mut out, false));
+            assert!(r.is_err(), "weight {wide}");
+        }
     }
 
     /// A tile's words are the patch matrix's rows as im2col defines them, written out

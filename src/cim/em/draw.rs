@@ -1,8 +1,9 @@
 //! Drawing a run of readouts from an error model: the sampling hot loop.
 //!
 //! Draw `i` of a run is `sample(codes[i], mix64(key + op_i·φ))` with `op_i = first +
-//! i·stride` (a SplitMix64 stream, [`crate::cim::DrawKey::forward`]). Two
-//! implementations compute exactly that, bit for bit, and are chosen at run time:
+//! i·stride` (a SplitMix64 stream, [`crate::cim::DrawKey::forward`]). Three
+//! implementations compute exactly that, bit for bit, and are chosen at run time by the
+//! instruction set the GEMM uses ([`Kernel::best`]):
 //!
 //! * **AVX-512** (F + DQ): eight draws at once — the hashes in 64-bit lanes
 //!   (`vpmullq`), the row's span and its alias entry each fetched as one 64-bit word
@@ -15,6 +16,7 @@
 
 use super::table::ErrorModel;
 use crate::cim::readout::LATTICE_STEP;
+use crate::engine::gemm::Kernel;
 use crate::rng::mix64;
 
 /// The SplitMix64 increment (`DrawKey::forward` steps the stream by it).
@@ -23,25 +25,28 @@ const PHI: u64 = 0x9E37_79B9_7F4A_7C15;
 impl ErrorModel {
     /// `out[i] = sample(codes[i], mix64(key + (first + i·stride)·φ))` as f32.
     pub(crate) fn sample_stream(&self, codes: &[i32], key: u64, first: u64, stride: u64, out: &mut [f32]) {
-        assert_eq!(codes.len(), out.len());
-        #[cfg(target_arch = "x86_64")]
-        if self.gather_indexable() {
-            let done = if avx512_available() {
-                // SAFETY: the CPU has AVX-512 F and DQ (checked above); every gather index
-                // is a clamped row or an entry of that row (see `avx512::stream`).
-                unsafe { avx512::stream(self, codes, key, first, stride, out) }
-            } else if std::is_x86_feature_detected!("avx2") {
-                // SAFETY: the CPU has AVX2; the indices as above (see `avx2::stream`).
-                unsafe { avx2::stream(self, codes, key, first, stride, out) }
-            } else {
-                0
-            };
-            return self.stream_portable(&codes[done..], key, first.wrapping_add((done as u64).wrapping_mul(stride)), stride, &mut out[done..]);
-        }
-        self.stream_portable(codes, key, first, stride, out)
+        self.sample_stream_on(Kernel::best(), codes, key, first, stride, out)
     }
 
-    /// The portable path (also the AVX-512 path's tail).
+    /// [`ErrorModel::sample_stream`] on the instruction set `isa` (the tests run every one
+    /// the CPU has).
+    pub(crate) fn sample_stream_on(&self, isa: Kernel, codes: &[i32], key: u64, first: u64, stride: u64, out: &mut [f32]) {
+        assert_eq!(codes.len(), out.len());
+        assert!(isa.supported(), "{} is not supported by this CPU", isa.name());
+        let done = match isa {
+            // SAFETY: the CPU has AVX-512 F (supported) and DQ (checked here); every gather
+            // index is a clamped row or an entry of that row (see `avx512::stream`).
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 if self.gather_indexable() && avx512_available() => unsafe { avx512::stream(self, codes, key, first, stride, out) },
+            // SAFETY: the CPU has AVX2 (supported); the indices as above (see `avx2::stream`).
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 if self.gather_indexable() => unsafe { avx2::stream(self, codes, key, first, stride, out) },
+            _ => 0,
+        };
+        self.stream_portable(&codes[done..], key, first.wrapping_add((done as u64).wrapping_mul(stride)), stride, &mut out[done..])
+    }
+
+    /// The portable path (also the vector paths' tails).
     pub(crate) fn stream_portable(&self, codes: &[i32], key: u64, first: u64, stride: u64, out: &mut [f32]) {
         const BLOCK: usize = 256;
         let mut bits = [0u64; BLOCK];
@@ -299,10 +304,11 @@ mod avx2 {
 mod tests {
     use crate::cim::em::presets;
     use crate::cim::DrawKey;
+    use crate::engine::gemm::Kernel;
 
-    /// The dispatched path (AVX-512 or AVX2 where the CPU has it) equals the portable one bit for
+    /// Every path the CPU has (AVX-512, AVX2, portable) equals the portable one bit for
     /// bit, on every preset, for runs that are not a multiple of 16 and strides ≠ 1; and
-    /// both equal `sample` at `DrawKey::forward`.
+    /// all equal `sample` at `DrawKey::forward`.
     #[test]
     fn every_path_draws_the_same_readouts() {
         let key = DrawKey::new(7, 3, 11);
@@ -317,14 +323,11 @@ mod tests {
                     let want = m.sample(codes[i], key.forward(first + i as u64 * stride)) as f32;
                     assert_eq!((x, y), (want, want), "{name}: draw {i} (first {first}, stride {stride})");
                 }
-                // The AVX2 path too where it is not the one dispatched (an AVX-512 CPU).
-                #[cfg(target_arch = "x86_64")]
-                if std::is_x86_feature_detected!("avx2") {
+                // Every instruction set's path, not only the one dispatched.
+                for isa in Kernel::ALL.into_iter().filter(|k| k.supported()) {
                     a.fill(f32::NAN);
-                    // SAFETY: AVX2 is present; the presets' tables are gather-indexable.
-                    let done = unsafe { super::avx2::stream(&m, &codes, key.forward_key(), first, stride, &mut a) };
-                    assert_eq!(done, codes.len() / 4 * 4);
-                    assert_eq!(a[..done], b[..done], "{name}: the AVX2 path (first {first}, stride {stride})");
+                    m.sample_stream_on(isa, &codes, key.forward_key(), first, stride, &mut a);
+                    assert_eq!(a, b, "{name}: the {} path (first {first}, stride {stride})", isa.name());
                 }
                 // The sampled slopes (stat:S) likewise, against pair_difference at DrawKey::backward.
                 for draws in [1u32, 4] {

@@ -2,7 +2,7 @@
 //! with unit stride, zero-padding the last panel. Packing is what makes the strides of
 //! the caller's views (transposed or not) irrelevant to the kernel.
 
-use super::kernel::{MR, NR};
+use super::kernel::{Kernel, MR, NR};
 use super::{MatRef, Operand};
 use crate::engine::scratch::Scratch;
 
@@ -74,29 +74,28 @@ const MAX_ROWS: usize = 64;
 /// AVX2, else 8 steps at a time, so the rows' reads and the panel's writes stay within a
 /// few cache lines. Pure data movement, so the result is the same either way.
 pub fn interleave_rows(src: &[f32], starts: &[usize], kc: usize, panel: &mut [f32], width: usize) {
+    interleave_rows_on(Kernel::best(), src, starts, kc, panel, width)
+}
+
+/// [`interleave_rows`] on the instruction set `isa` (the tests run every one the CPU has).
+pub(super) fn interleave_rows_on(isa: Kernel, src: &[f32], starts: &[usize], kc: usize, panel: &mut [f32], width: usize) {
+    assert!(isa.supported(), "{} is not supported by this CPU", isa.name());
     let rows = starts.len();
     assert!(rows <= width && width <= MAX_ROWS && panel.len() >= kc * width);
     assert!(kc == 0 || starts.iter().all(|&s| s + kc <= src.len()), "interleave: a row runs past the source");
-    #[cfg(target_arch = "x86_64")]
-    if (width == 8 || width.is_multiple_of(16)) && is_x86_feature_detected!("avx512f") {
-        // SAFETY: AVX-512F detected; the bounds the kernels rely on (rows ≤ width, every
-        // row's kc steps inside src, kc·width) are asserted above.
-        unsafe {
-            if width == 8 {
-                interleave8_avx512(src, starts, kc, panel)
-            } else {
-                interleave_avx512(src, starts, width, kc, panel)
-            }
-        }
-        return;
+    match isa {
+        // SAFETY: AVX-512F is present (supported); the bounds the kernels rely on (rows ≤
+        // width, every row's kc steps inside src, kc·width) are asserted above.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 if width == 8 => unsafe { interleave8_avx512(src, starts, kc, panel) },
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 if width.is_multiple_of(16) => unsafe { interleave_avx512(src, starts, width, kc, panel) },
+        // SAFETY: AVX2 is present (supported, or checked here on an AVX-512 CPU); the
+        // bounds as above.
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 | Kernel::Avx2 if width.is_multiple_of(8) && is_x86_feature_detected!("avx2") => unsafe { interleave_avx2(src, starts, width, kc, panel) },
+        _ => interleave_portable(src, starts, kc, panel, width),
     }
-    #[cfg(target_arch = "x86_64")]
-    if width.is_multiple_of(8) && is_x86_feature_detected!("avx2") {
-        // SAFETY: AVX2 detected; the bounds as above.
-        unsafe { interleave_avx2(src, starts, width, kc, panel) };
-        return;
-    }
-    interleave_portable(src, starts, kc, panel, width)
 }
 
 /// [`interleave_rows`] without SIMD.
@@ -331,25 +330,21 @@ mod tests {
     /// out the same panel and writes nothing beyond its kc steps.
     #[test]
     fn every_transpose_path_lays_out_the_panel() {
-        type Path = fn(&[f32], &[usize], usize, &mut [f32], usize);
         for (rows, kc, width) in [(32, 48, 32), (32, 37, 32), (16, 16, 16), (5, 20, 8), (32, 3, 32), (8, 48, 8), (8, 37, 8), (8, 16, 8), (8, 15, 8), (8, 1, 8), (3, 33, 8), (27, 50, 32), (17, 7, 32), (1, 16, 16), (0, 9, 8)] {
             let ld = kc + 3;
             let src: Vec<f32> = (0..rows * ld + 40).map(|i| i as f32).collect();
             let strided: Vec<usize> = (0..rows).map(|j| j * ld).collect();
             let scattered: Vec<usize> = (0..rows).map(|j| (j * 7919) % (rows * ld + 40 - kc)).collect();
             for starts in [&strided, &scattered] {
-                // The dispatched path (AVX-512 where the CPU has it), the AVX2 one where it
-                // is there, and the portable one.
-                let mut paths = vec![("dispatched", interleave_rows as Path), ("portable", interleave_portable)];
-                #[cfg(target_arch = "x86_64")]
-                if is_x86_feature_detected!("avx2") {
-                    // SAFETY: AVX2 is present; the widths are multiples of 8, the rest as
-                    // `interleave_rows` asserts (which the test's cases satisfy).
-                    paths.push(("avx2", |s, st, kc, p, w| unsafe { interleave_avx2(s, st, w, kc, p) }));
-                }
-                for (path, f) in paths {
+                // Every instruction set the CPU has (portable included), and the scalar loop.
+                let isas = Kernel::ALL.into_iter().filter(|k| k.supported()).map(Some).chain([None]);
+                for isa in isas {
+                    let path = isa.map_or("scalar loop", |k| k.name());
                     let mut panel = vec![f32::NAN; kc * width + 5];
-                    f(&src, starts, kc, &mut panel, width);
+                    match isa {
+                        Some(k) => interleave_rows_on(k, &src, starts, kc, &mut panel, width),
+                        None => interleave_portable(&src, starts, kc, &mut panel, width),
+                    }
                     for p in 0..kc {
                         for j in 0..width {
                             let want = if j < rows { src[starts[j] + p] } else { 0.0 };
