@@ -93,10 +93,14 @@ impl<'g> CodePlane<'g> {
         assert!(codes.len() == images * g.in_size() && plane < 2);
         let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
         let (shift, mask) = bits.map_or((0, u32::MAX), |(s, w)| (s, (1u32 << w) - 1));
-        // Exact on the integer codes, which are below 2^16 (anything else saturates, never
-        // UB: NaN and negatives to 0). Through i32: x86 converts f32 to i32 eight at a time
-        // (`vcvttps2dq`), to u32 only by a longer sequence before AVX-512.
-        let byte = |v: f32| (((((v as i32).max(0) as u32) >> shift) & mask) >> (8 * plane)) as u8;
+        // Exact on the integer codes, which are below 2^16; anything else is first clamped
+        // to 0..=65535 (NaN to 0: `f32::max` ignores it). In range, the conversion needs no
+        // saturating fix-ups, so it vectorises (`vcvttps2dq`), where `as` went value by value.
+        let byte = |v: f32| {
+            // SAFETY: the clamped value is finite and within 0..=65535, so it fits an i32.
+            let code = unsafe { v.max(0.0).min(65535.0).to_int_unchecked::<i32>() } as u32;
+            (((code >> shift) & mask) >> (8 * plane)) as u8
+        };
         let mut bytes = vec![0u8; images * g.cin * hp * wp];
         for (plane_img, src) in bytes.chunks_exact_mut(hp * wp).zip(codes.chunks_exact(g.h * g.w)) {
             for (dst, row) in plane_img[g.pad * wp..].chunks_exact_mut(wp).zip(src.chunks_exact(g.w)) {
@@ -488,6 +492,19 @@ mod tests {
                     assert!(twice.iter().zip(&once).all(|(&t2, &o)| t2 == 2 * o), "{path:?} accumulates");
                 }
             }
+        }
+    }
+
+    /// A value that is not a code (NaN, negative, 2^16 or more) saturates to 0 or 65,535
+    /// before it is cut into bytes; the codes themselves keep their bytes.
+    #[test]
+    fn byte_planes_saturate_what_is_not_a_code() {
+        let codes = [f32::NAN, -3.0, 65_536.0, 1e30, f32::INFINITY, 255.0, 65_535.0, 258.0];
+        let geom = as_image(1, codes.len());
+        let mut words = Vec::new();
+        for (plane, want) in [(0, [0u32, 0, 255, 255, 255, 255, 255, 2]), (1, [0, 0, 255, 255, 255, 0, 255, 1])] {
+            CodePlane::new(&geom, &codes, 1, None, plane).pack_tile(0, 1, 1, &mut words);
+            assert_eq!(words, want, "plane {plane}");
         }
     }
 
