@@ -134,7 +134,7 @@ impl SlopeSource {
 /// then clamped. AVX-512 and AVX2 paths do sixteen or eight at a time with the same IEEE
 /// operations, so the same codes (`adc_paths_are_the_scalar_conversion_exactly`).
 pub(super) fn adc_codes(sums: &[i32], scale: f32, offset: f32, adc: Adc, codes: &mut [i32], saved: Option<&mut [std::mem::MaybeUninit<u16>]>) {
-    adc_codes_on(Kernel::best(), sums, scale, offset, adc, codes, saved)
+    adc_codes_on(crate::engine::gemm::kernel(), sums, scale, offset, adc, codes, saved)
 }
 
 /// [`adc_codes`] on the instruction set `isa` (the tests run every one the CPU has).
@@ -247,7 +247,7 @@ unsafe fn adc_codes_avx2(sums: &[i32], scale: f32, offset: f32, adc: Adc, codes:
 /// (`0.0 +` keeps the bits of the accumulating path, which adds onto zero). Every code
 /// must index `table` (saved codes are at most `levels`, the table's last entry).
 pub(super) fn dy_times_slope(out: &mut [f32], dy: &[f32], codes: &[u16], table: &[f32], sh: f32) {
-    dy_times_slope_on(Kernel::best(), out, dy, codes, table, sh)
+    dy_times_slope_on(crate::engine::gemm::kernel(), out, dy, codes, table, sh)
 }
 
 /// [`dy_times_slope`] on the instruction set `isa` (the tests run every one the CPU has).

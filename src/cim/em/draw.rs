@@ -3,7 +3,7 @@
 //! Draw `i` of a run is `sample(codes[i], mix64(key + op_i·φ))` with `op_i = first +
 //! i·stride` (a SplitMix64 stream, [`crate::cim::DrawKey::forward`]). Three
 //! implementations compute exactly that, bit for bit, and are chosen at run time by the
-//! instruction set the GEMM uses ([`Kernel::best`]):
+//! instruction set the GEMM uses ([`crate::engine::gemm::kernel`]):
 //!
 //! * **AVX-512** (F + DQ): eight draws at once — the hashes in 64-bit lanes
 //!   (`vpmullq`), the row's span and its alias entry each fetched as one 64-bit word
@@ -22,10 +22,17 @@ use crate::rng::mix64;
 /// The SplitMix64 increment (`DrawKey::forward` steps the stream by it).
 const PHI: u64 = 0x9E37_79B9_7F4A_7C15;
 
+/// What the vector paths finalise for draw `i` of a run: `z_i = key + op_i·φ + φ`, with
+/// `op_i = first + i·stride` (`mix64` adds φ before finalising), as an i64 lane.
+#[cfg(target_arch = "x86_64")]
+fn hash_input(key: u64, first: u64, stride: u64, i: u64) -> i64 {
+    key.wrapping_add(first.wrapping_add(i.wrapping_mul(stride)).wrapping_mul(PHI)).wrapping_add(PHI) as i64
+}
+
 impl ErrorModel {
     /// `out[i] = sample(codes[i], mix64(key + (first + i·stride)·φ))` as f32.
     pub(crate) fn sample_stream(&self, codes: &[i32], key: u64, first: u64, stride: u64, out: &mut [f32]) {
-        self.sample_stream_on(Kernel::best(), codes, key, first, stride, out)
+        self.sample_stream_on(crate::engine::gemm::kernel(), codes, key, first, stride, out)
     }
 
     /// [`ErrorModel::sample_stream`] on the instruction set `isa` (the tests run every one
@@ -145,8 +152,7 @@ mod avx512 {
         let jmin = _mm256_set1_epi32(m.jmin);
         let span = m.span.as_ptr() as *const i64;
         let flat = m.flat.as_ptr() as *const i64;
-        // z_i = key + op_i·φ + φ (mix64 adds φ before finalising).
-        let lane = |i: u64| key.wrapping_add(first.wrapping_add(i.wrapping_mul(stride)).wrapping_mul(PHI)).wrapping_add(PHI) as i64;
+        let lane = |i| super::hash_input(key, first, stride, i);
         let mut z = _mm512_set_epi64(lane(7), lane(6), lane(5), lane(4), lane(3), lane(2), lane(1), lane(0));
         let advance = _mm512_set1_epi64(stride.wrapping_mul(8).wrapping_mul(PHI) as i64);
         let mut i = 0;
@@ -188,8 +194,7 @@ mod avx512 {
         let low32 = _mm512_set1_epi64(0xFFFF_FFFF);
         let p = &m.pair_diff;
         let (span, entries, spacing) = (p.span.as_ptr() as *const i64, p.entries.as_ptr() as *const i64, p.spacing.as_ptr());
-        // The operations' hashes as a SplitMix64 stream (as `stream`): z_i = key + op_i·φ + φ.
-        let lane = |i: u64| key.wrapping_add(first.wrapping_add(i.wrapping_mul(stride)).wrapping_mul(PHI)).wrapping_add(PHI) as i64;
+        let lane = |i| super::hash_input(key, first, stride, i);
         let mut z = _mm512_set_epi64(lane(7), lane(6), lane(5), lane(4), lane(3), lane(2), lane(1), lane(0));
         let advance = _mm512_set1_epi64(stride.wrapping_mul(8).wrapping_mul(PHI) as i64);
         let lattice = _mm512_set1_epi64(LATTICE_STEP as i64);
@@ -270,8 +275,7 @@ mod avx2 {
         let evens = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
         let span = m.span.as_ptr() as *const i64;
         let flat = m.flat.as_ptr() as *const i64;
-        // z_i = key + op_i·φ + φ (mix64 adds φ before finalising).
-        let lane = |i: u64| key.wrapping_add(first.wrapping_add(i.wrapping_mul(stride)).wrapping_mul(PHI)).wrapping_add(PHI) as i64;
+        let lane = |i| super::hash_input(key, first, stride, i);
         let mut z = _mm256_setr_epi64x(lane(0), lane(1), lane(2), lane(3));
         let advance = _mm256_set1_epi64x(stride.wrapping_mul(4).wrapping_mul(PHI) as i64);
         let mut i = 0;

@@ -74,7 +74,7 @@ const MAX_ROWS: usize = 64;
 /// AVX2, else 8 steps at a time, so the rows' reads and the panel's writes stay within a
 /// few cache lines. Pure data movement, so the result is the same either way.
 pub fn interleave_rows(src: &[f32], starts: &[usize], kc: usize, panel: &mut [f32], width: usize) {
-    interleave_rows_on(Kernel::best(), src, starts, kc, panel, width)
+    interleave_rows_on(crate::engine::gemm::kernel(), src, starts, kc, panel, width)
 }
 
 /// [`interleave_rows`] on the instruction set `isa` (the tests run every one the CPU has).
