@@ -36,12 +36,12 @@ use super::Adc;
 use super::quant::{weight_codes, ActGrid};
 use super::profile::Timer;
 use super::readout::{CimRuntime, DrawKey, DrawRun, Estimator, ReadoutMode};
-use crate::engine::gemm::{gemm, matmul, Kernel, MatRef, OutView};
-use crate::engine::ops::conv2d::{self, col2im, group_columns, Conv2dCfg, ConvGeom, PaddedImages};
-use crate::engine::scratch::Scratch;
+use crate::engine::gemm::{gemm, Kernel, MatRef};
+use crate::engine::ops::conv2d::{self, Conv2dCfg, ConvGeom};
 use crate::engine::{par, Tape, Tensor, Var};
 use crate::{Error, Result};
 use rayon::prelude::*;
+use std::sync::atomic::Ordering;
 
 
 /// One CIM layer's call: the shared runtime and this layer's id (part of the draw key).
@@ -65,7 +65,7 @@ struct Saved {
     group: usize,
     /// The runtime's profile, for the STE backward (which keeps no runtime).
     profile: Option<std::sync::Arc<super::CimProfile>>,
-    tiles: usize,
+    /// Rows per macro tile.
     rows: usize,
 }
 
@@ -488,7 +488,6 @@ pub fn cim_conv2d(tape: &mut Tape, x: Var, w: Var, bias: Option<Var>, cfg: Conv2
         slopes: want_codes.then(|| SlopeSource::new(call.rt, call.layer)),
         group: gs,
         profile: call.rt.profile.clone(),
-        tiles: spec.tiles(k),
         rows: spec.rows,
     };
     let mut inputs = vec![x, w];
@@ -500,23 +499,27 @@ fn backward(s: Saved, x: Var, w: Var, bias: Option<Var>, gout: &Tensor, vals: &c
     let g = s.g;
     let xv = vals.get(x).data();
     let dy = gout.data();
+    // Either way the plain convolution backward runs on all threads, so its wall time
+    // counts once per thread, as the per-thread parts do (less the slopes, timed apart).
+    let t = std::time::Instant::now();
+    let slopes_before = s.profile.as_ref().map_or(0, |p| p.slopes.load(Ordering::Relaxed));
     let grads = match (&s.codes, &s.slopes) {
         (Some(codes), Some(slopes)) => statistical_backward(&s, codes, slopes, xv, dy, sink.wants(x)),
-        // STE: the plain convolution backward on (x̂, ŵ). It runs on all threads, so its
-        // wall time counts once per thread, as the per-thread parts do.
-        _ => {
-            let t = std::time::Instant::now();
-            let grads = conv2d::backward(&g, xv, &s.w_hat, dy, sink.wants(x));
-            if let Some(p) = &s.profile {
-                let ns = t.elapsed().as_nanos() as u64 * rayon::current_num_threads() as u64;
-                p.backward_gemm.fetch_add(ns, std::sync::atomic::Ordering::Relaxed);
-            }
-            grads
-        }
+        // STE: the plain convolution backward on (x̂, ŵ).
+        _ => conv2d::backward(&g, xv, &s.w_hat, dy, sink.wants(x)),
     };
+    if let Some(p) = &s.profile {
+        let slopes = p.slopes.load(Ordering::Relaxed) - slopes_before;
+        let ns = t.elapsed().as_nanos() as u64 * rayon::current_num_threads() as u64;
+        p.backward_gemm.fetch_add(ns.saturating_sub(slopes), Ordering::Relaxed);
+    }
     conv2d::add_grads(sink, vals, (x, w, bias), grads);
 }
 
+/// The statistical estimator's backward: the convolution backward on the activation
+/// codes and ŵ ([`conv2d::backward_in_bands`]), each tile's rows seeing its own output
+/// gradient `E = dY ∘ slope` (the slope of each of its macro operations, from the saved
+/// codes), then the zero-point part of the weight gradient.
 fn statistical_backward(s: &Saved, codes: &[Vec<u16>], slopes: &SlopeSource, x: &[f32], dy: &[f32], want_dx: bool) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
     let g = &s.g;
     let spec = &slopes.rt.spec;
@@ -525,112 +528,67 @@ fn statistical_backward(s: &Saved, codes: &[Vec<u16>], slopes: &SlopeSource, x: 
     // Cycle c's share of a tile's slope: the weight of its bits in the input code.
     let share: Vec<f32> = (0..cycles).map(|c| ((1u64 << b) - 1) as f32 * 2f32.powi((c as u32 * b) as i32) / full).collect();
     let (k, pix, cout, gs) = (g.k(), g.pixels(), g.cout, s.group);
-    let mut dx = if want_dx { par::zeros(g.n * g.in_size()) } else { Vec::new() };
-    let dx_chunks = par::optional_chunks(&mut dx, gs * g.in_size(), g.n.div_ceil(gs), want_dx);
-    // Per group: (dW partial over the (x̂ − lo) part, Σ dY per (channel, pixel), dbias).
-    let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = dx_chunks
-        .into_par_iter()
-        .enumerate()
-        .map(|(gidx, mut dxg)| {
-            let i0 = gidx * gs;
-            let gi = gs.min(g.n - i0);
-            let cols = gi * pix;
-            let qx: Vec<f32> = x[i0 * g.in_size()..(i0 + gi) * g.in_size()].iter().map(|&v| s.grid.code(v)).collect();
-            // Channel co of image j's dY, read in place (NCHW).
-            let dy_row = |j: usize, co: usize| &dy[((i0 + j) * cout + co) * pix..][..pix];
-            let mut dsum = vec![0.0f32; cout * pix];
+    assert_eq!(gs, g.group(), "the saved codes are grouped as the convolution backward groups images");
+    let profile = slopes.rt.profile.as_deref();
+    // Channel co of image i's dY, read in place (NCHW).
+    let dy_row = |i: usize, co: usize| &dy[(i * cout + co) * pix..][..pix];
+    // E for tile t of the group of gi images from image i0: each operation's slope from
+    // its saved code (the tile's cycles summed with their shares), times dY.
+    let tile_gradient = |i0: usize, gi: usize, t: usize, e: &mut [f32]| {
+        let _t = Timer::start(profile.map(|p| &p.slopes));
+        debug_assert_eq!(i0 % gs, 0);
+        let (sc, cols) = (&codes[i0 / gs], gi * pix);
+        let (mut srow, mut scratch) = (Vec::new(), (Vec::new(), Vec::new()));
+        for co in 0..cout {
+            // d code / d P carries the ADC column's gain.
+            let gain = slopes.rt.column(t, co).0;
+            if cycles == 1 && slopes.draws == 0 {
+                // One cycle, exact slopes: a table lookup per operation, in the same pass
+                // as the product with dY (`0.0 +` keeps the bits of the accumulating path
+                // below).
+                let (sh, table) = (share[0] * gain, &slopes.table[..]);
+                let codes = &sc[(t * cout + co) * cols..][..cols];
+                for j in 0..gi {
+                    let at = j * pix..(j + 1) * pix;
+                    dy_times_slope(&mut e[co * cols..][at.clone()], dy_row(i0 + j, co), &codes[at], table, sh);
+                }
+                continue;
+            }
+            srow.clear();
+            srow.resize(cols, 0.0f32);
+            for (c, &sh) in share.iter().enumerate() {
+                let row = (t * cycles + c) * cout + co;
+                slopes.accumulate(&mut srow, &sc[row * cols..][..cols], sh * gain, (row * g.n + i0) as u64 * pix as u64, &mut scratch);
+            }
             for j in 0..gi {
-                for co in 0..cout {
-                    for (a, b) in dsum[co * pix..(co + 1) * pix].iter_mut().zip(dy_row(j, co)) {
-                        *a += *b;
-                    }
+                let at = j * pix..(j + 1) * pix;
+                for ((ev, &dv), &sv) in e[co * cols..][at.clone()].iter_mut().zip(dy_row(i0 + j, co)).zip(&srow[at]) {
+                    *ev = dv * sv;
                 }
             }
-            let db: Vec<f32> = (0..cout).map(|co| (0..gi).flat_map(|j| dy_row(j, co)).sum()).collect();
-            let sc = &codes[gidx];
-            // E, the patch gradient and the weight gradient are written whole per tile.
-            let mut e = Scratch::take(cout * cols);
-            let mut srow = vec![0.0f32; cols];
-            let mut scratch = (Vec::new(), Vec::new());
-            let mut dw = vec![0.0f32; cout * k];
-            // One tile's patch gradient at a time, added onto dx before the next tile's
-            // (col2im adds in row order either way: the same bits).
-            let mut dcol = dxg.is_some().then(|| Scratch::take(s.rows.min(k) * cols));
-            let profile = slopes.rt.profile.as_deref();
-            let padded = {
-                let _t = Timer::start(profile.map(|p| &p.backward_gemm)); // as the patch matrix was
-                PaddedImages::applies(g).then(|| PaddedImages::new(g, &qx, gi))
-            };
-            for t in 0..s.tiles {
-                let (r0, r1) = (t * s.rows, ((t + 1) * s.rows).min(k));
-                let slope_time = Timer::start(profile.map(|p| &p.slopes));
-                // E = dY ∘ slope, each operation's slope from its saved code (the
-                // tile's cycles summed with their shares).
-                for co in 0..cout {
-                    // d code / d P carries the ADC column's gain.
-                    let gain = slopes.rt.column(t, co).0;
-                    if cycles == 1 && slopes.draws == 0 {
-                        // One cycle, exact slopes: a table lookup per operation, in the
-                        // same pass as the product with dY (`0.0 +` keeps the bits of
-                        // the accumulating path below).
-                        let (sh, table) = (share[0] * gain, &slopes.table[..]);
-                        let codes = &sc[(t * cout + co) * cols..][..cols];
-                        for j in 0..gi {
-                            let at = j * pix..(j + 1) * pix;
-                            dy_times_slope(&mut e[co * cols..][at.clone()], dy_row(j, co), &codes[at], table, sh);
-                        }
-                        continue;
-                    }
-                    srow.fill(0.0);
-                    for (c, &sh) in share.iter().enumerate() {
-                        let row = (t * cycles + c) * cout + co;
-                        slopes.accumulate(&mut srow, &sc[row * cols..][..cols], sh * gain, (row * g.n + i0) as u64 * pix as u64, &mut scratch);
-                    }
-                    for j in 0..gi {
-                        let at = j * pix..(j + 1) * pix;
-                        for ((ev, &dv), &sv) in e[co * cols..][at.clone()].iter_mut().zip(dy_row(j, co)).zip(&srow[at]) {
-                            *ev = dv * sv;
-                        }
-                    }
-                }
-                drop(slope_time);
-                let _t = Timer::start(profile.map(|p| &p.backward_gemm));
-                let em = MatRef::rowmajor(&e, cout, cols);
-                // dW[:, tile] = E · q_col[tile]ᵀ (times s_x below): the tile's patch rows,
-                // packed from the padded codes where that applies, else written out first (as
-                // the FP32 weight gradient does; the same values either way).
-                let mut dw_tile = OutView::rowmajor(&mut dw[r0..], cout, r1 - r0, k);
-                match &padded {
-                    Some(p) => matmul(&em, &p.columns_t(r0..r1), &mut dw_tile),
-                    None => matmul(&em, &MatRef::rowmajor(&group_columns(g, &qx, gi, r0..r1), r1 - r0, cols).t(), &mut dw_tile),
-                }
-                if let (Some(dxg), Some(dcol)) = (dxg.as_deref_mut(), dcol.as_mut()) {
-                    // dx += col2im(ŵ[:, tile]ᵀ · E)
-                    let wt = MatRef { data: &s.w_hat[r0..], rows: cout, cols: r1 - r0, rs: k, cs: 1 };
-                    matmul(&wt.t(), &em, &mut OutView::rowmajor(dcol, r1 - r0, cols, cols));
-                    for j in 0..gi {
-                        col2im(g, &dcol[j * pix..], cols, r0..r1, &mut dxg[j * g.in_size()..(j + 1) * g.in_size()]);
-                    }
-                }
-            }
-            // `gemm`'s alpha, applied as it would: one product per element.
-            dw.iter_mut().for_each(|v| *v *= s.grid.step);
-            (dw, dsum, db)
-        })
-        .collect();
-    let mut dw = vec![0.0f32; cout * k];
-    let mut dsum = vec![0.0f32; cout * pix];
-    let mut db = vec![0.0f32; cout];
-    for (pw, ps, pb) in &parts {
-        par::sum_in_order(&mut dw, std::slice::from_ref(pw));
-        par::sum_in_order(&mut dsum, std::slice::from_ref(ps));
-        par::sum_in_order(&mut db, std::slice::from_ref(pb));
-    }
-    // Zero-point part: dW += lo · (Σ_images dY) · maskᵀ.
+        }
+    };
+    // The patches are the activation codes; dW comes out in steps of the grid.
+    let qx: Vec<f32> = x.par_iter().map(|&v| s.grid.code(v)).collect();
+    let bands = conv2d::Bands { rows: s.rows, write: &tile_gradient, dw_scale: s.grid.step };
+    let (dx, mut dw, db) = conv2d::backward_in_bands(g, &qx, &s.w_hat, dy, want_dx, Some(&bands));
+    // Zero-point part: dW += lo · (Σ_images dY) · maskᵀ, the sum over images taken per
+    // group and the groups' sums added in order.
     if s.grid.lo != 0.0 {
+        let mut dsum = vec![0.0f32; cout * pix];
+        dsum.par_chunks_mut(pix).enumerate().for_each(|(co, total)| {
+            let mut part = vec![0.0f32; pix];
+            for i0 in (0..g.n).step_by(gs) {
+                part.fill(0.0);
+                for i in i0..(i0 + gs).min(g.n) {
+                    part.iter_mut().zip(dy_row(i, co)).for_each(|(a, &v)| *a += v);
+                }
+                total.iter_mut().zip(&part).for_each(|(t, &p)| *t += p);
+            }
+        });
         gemm(s.grid.lo, MatRef::rowmajor(&dsum, cout, pix), MatRef::rowmajor(&s.mask, k, pix).t(), 1.0, &mut dw, k);
     }
-    (want_dx.then_some(dx), dw, db)
+    (dx, dw, db)
 }
 
 /// CIM linear layer: a 1×1 convolution over a 1×1 image (`x` is (N, in), `w` (out, in)).

@@ -17,8 +17,8 @@ pub struct CimProfile {
     pub readout: AtomicU64,
     /// Backward: the statistical estimator's slope per macro operation.
     pub slopes: AtomicU64,
-    /// Backward: im2col, the weight- and input-gradient GEMMs and col2im (with STE, the
-    /// whole plain convolution backward).
+    /// Backward: the convolution backward (patches, the weight- and input-gradient
+    /// GEMMs, col2im), its wall time on every thread, less the slopes.
     pub backward_gemm: AtomicU64,
 }
 

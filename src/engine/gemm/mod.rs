@@ -120,7 +120,7 @@ pub fn gemm_with(kern: Kernel, alpha: f32, a: MatRef, b: MatRef, beta: f32, c: &
 /// `C = A·B` into `out`, for operands that pack themselves (see [`Operand`]): the
 /// convolutions pack their im2col patches straight from the images and write their
 /// output straight into NCHW, with no patch matrix and no reordering copies.
-pub fn matmul(a: &impl Operand, b: &impl Operand, out: &mut OutView) {
+pub fn matmul(a: &(impl Operand + ?Sized), b: &(impl Operand + ?Sized), out: &mut OutView) {
     assert_eq!(a.cols(), b.rows(), "matmul inner dimensions differ: {} vs {}", a.cols(), b.rows());
     assert!(a.rows() == out.rows && b.cols() == out.cols, "matmul output is {}×{}, product is {}×{}", out.rows, out.cols, a.rows(), b.cols());
     if out.rows > 0 && out.cols > 0 {
@@ -282,7 +282,7 @@ impl<'a> OutView<'a> {
 }
 
 /// `C = A·B` (shapes already checked, non-empty), with the given micro-kernel.
-fn product(kern: Kernel, a: &impl Operand, b: &impl Operand, c: &mut OutView) {
+fn product(kern: Kernel, a: &(impl Operand + ?Sized), b: &(impl Operand + ?Sized), c: &mut OutView) {
     let (m, k, n) = (a.rows(), a.cols(), b.cols());
     if k == 0 {
         for i in 0..m {

@@ -22,13 +22,14 @@ mod im2col;
 pub use direct::PaddedImages;
 pub use im2col::{col2im, group_columns, im2col, ImageRows, Patches};
 
-use crate::engine::gemm::{matmul, MatRef, OutView, Rows};
+use crate::engine::gemm::{matmul, MatRef, Operand, OutView, Rows};
 use crate::engine::par;
 use crate::engine::scratch::Scratch;
 use crate::engine::tape::{GradSink, Values};
 use crate::engine::{Tape, Tensor, Var};
 use crate::{Error, Result};
 use rayon::prelude::*;
+use std::ops::Range;
 
 /// GEMM column count aimed for per image group.
 pub const TARGET_COLUMNS: usize = 1024;
@@ -150,16 +151,39 @@ pub fn forward(g: &ConvGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<
 
 /// Gradients of a convolution: `(dx if wanted, dW, dbias)`.
 pub fn backward(g: &ConvGeom, x: &[f32], w: &[f32], dy: &[f32], want_dx: bool) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
+    backward_in_bands(g, x, w, dy, want_dx, None)
+}
+
+/// The output gradient as the reduction rows see it when it differs between bands of
+/// rows: a CIM layer's tiles, each of whose readouts' slopes modulate dY
+/// (`cim::conv`). [`backward_in_bands`] takes it.
+pub struct Bands<'a> {
+    /// Rows per band (the last band may be shorter).
+    pub rows: usize,
+    /// `write(i0, gi, band, e)`: band `band`'s output gradient for the group of `gi`
+    /// images from image `i0`, `e[Cout][gi·OH·OW]` (every value written).
+    pub write: &'a (dyn Fn(usize, usize, usize, &mut [f32]) + Sync),
+    /// Each group's weight-gradient partial is multiplied by this before the partials
+    /// are added (a CIM layer's patches are activation codes, its gradient in steps).
+    pub dw_scale: f32,
+}
+
+/// [`backward`], with the output gradient whole (`None`) or in [`Bands`]. Per image
+/// group, on one thread: dbias, `dW += dY · colᵀ` and `dx = col2im(Wᵀ · dY)`; in bands,
+/// both products run band by band on that band's gradient (`dW`'s columns of the band,
+/// and the band's patch rows of `dx` added onto it before the next band's — col2im adds
+/// rows in order either way, so one band gives the bits of the whole product).
+pub fn backward_in_bands(g: &ConvGeom, x: &[f32], w: &[f32], dy: &[f32], want_dx: bool, bands: Option<&Bands>) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
     let gs = g.group();
     let (k, pix) = (g.k(), g.pixels());
     let ngroups = g.n.div_ceil(gs);
-    let direct_dx = (want_dx && direct::applies_to_data_gradient(g)).then(|| direct::DirectWeights::data_gradient(g, w));
+    let direct_dx = (want_dx && bands.is_none() && direct::applies_to_data_gradient(g)).then(|| direct::DirectWeights::data_gradient(g, w));
     let mut dx = if want_dx { par::zeros(g.n * g.in_size()) } else { Vec::new() };
     let dx_chunks = par::optional_chunks(&mut dx, gs * g.in_size(), ngroups, want_dx);
     let partials: Vec<(Vec<f32>, Vec<f32>)> = dx_chunks
         .into_par_iter()
         .enumerate()
-        .map(|(gidx, dxg)| {
+        .map(|(gidx, mut dxg)| {
             let i0 = gidx * gs;
             let gi = gs.min(g.n - i0);
             let cols = gi * pix;
@@ -174,23 +198,48 @@ pub fn backward(g: &ConvGeom, x: &[f32], w: &[f32], dy: &[f32], want_dx: bool) -
             // of runs of padded pixels where they are long enough (no patch matrix), else of the patch
             // matrix written out whole. The same values either way, so the same bits.
             let mut dw = vec![0.0f32; g.cout * k];
-            let mut out = OutView::rowmajor(&mut dw, g.cout, k, k);
-            if PaddedImages::applies(g) {
-                matmul(&dym, &PaddedImages::new(g, xg, gi).columns_t(0..k), &mut out);
-            } else {
-                matmul(&dym, &MatRef::rowmajor(&group_columns(g, xg, gi, 0..k), k, cols).t(), &mut out);
-            }
-            // dx = col2im(Wᵀ · dY): directly where the direct path applies (the same bits).
-            match (dxg, &direct_dx) {
-                (Some(dxg), Some(wd)) => direct::data_gradient_group(g, wd, dyg, gi, dxg),
-                (Some(dxg), None) => {
-                    let mut dcol = Scratch::take(k * cols); // written whole by the product
-                    matmul(&MatRef::rowmajor(w, g.cout, k).t(), &dym, &mut OutView::rowmajor(&mut dcol, k, cols, cols));
-                    for j in 0..gi {
-                        col2im(g, &dcol[j * pix..], cols, 0..k, &mut dxg[j * g.in_size()..(j + 1) * g.in_size()]);
+            let padded = PaddedImages::applies(g).then(|| PaddedImages::new(g, xg, gi));
+            let weight_gradient = |grad: &dyn Operand, rows: Range<usize>, dw: &mut [f32]| {
+                let mut out = OutView::rowmajor(&mut dw[rows.start..], g.cout, rows.len(), k);
+                match &padded {
+                    Some(p) => matmul(grad, &p.columns_t(rows), &mut out),
+                    None => matmul(grad, &MatRef::rowmajor(&group_columns(g, xg, gi, rows.clone()), rows.len(), cols).t(), &mut out),
+                }
+            };
+            // dx += col2im(W[:, rows]ᵀ · grad) for patch rows `rows`.
+            let data_gradient = |grad: &dyn Operand, rows: Range<usize>, dxg: &mut [f32]| {
+                let mut dcol = Scratch::take(rows.len() * cols); // written whole by the product
+                let wt = MatRef { data: &w[rows.start..], rows: g.cout, cols: rows.len(), rs: k, cs: 1 };
+                matmul(&wt.t(), grad, &mut OutView::rowmajor(&mut dcol, rows.len(), cols, cols));
+                for j in 0..gi {
+                    col2im(g, &dcol[j * pix..], cols, rows.clone(), &mut dxg[j * g.in_size()..(j + 1) * g.in_size()]);
+                }
+            };
+            match bands {
+                None => {
+                    weight_gradient(&dym, 0..k, &mut dw);
+                    // dx directly where the direct path applies (the same bits).
+                    match (dxg, &direct_dx) {
+                        (Some(dxg), Some(wd)) => direct::data_gradient_group(g, wd, dyg, gi, dxg),
+                        (Some(dxg), None) => data_gradient(&dym, 0..k, dxg),
+                        (None, _) => {}
                     }
                 }
-                (None, _) => {}
+                Some(b) => {
+                    // Each band's gradient is written whole before its products.
+                    let mut e = Scratch::take(g.cout * cols);
+                    for band in 0..k.div_ceil(b.rows) {
+                        let rows = band * b.rows..((band + 1) * b.rows).min(k);
+                        (b.write)(i0, gi, band, &mut e);
+                        let em = MatRef::rowmajor(&e, g.cout, cols);
+                        weight_gradient(&em, rows.clone(), &mut dw);
+                        if let Some(dxg) = dxg.as_deref_mut() {
+                            data_gradient(&em, rows, dxg);
+                        }
+                    }
+                    // `gemm`'s alpha, applied as it would: one product per element.
+                    dw.iter_mut().for_each(|v| *v *= b.dw_scale);
+                }
             }
             (dw, db)
         })
