@@ -457,10 +457,11 @@ pub fn cim_conv2d(tape: &mut Tape, x: Var, w: Var, bias: Option<Var>, cfg: Conv2
     let mut y = par::zeros(g.n * g.out_size());
     let codes: Vec<Option<Vec<u16>>> = y
         .par_chunks_mut(gs * g.out_size())
-        .zip(qx.par_chunks(gs * g.in_size()))
         .enumerate()
-        .map(|(gidx, (yg, qg))| {
-            let gi = qg.len() / g.in_size();
+        .map(|(gidx, yg)| {
+            // Cut from the output, as the plain convolution does (an image may be all padding).
+            let gi = yg.len() / g.out_size();
+            let qg = &qx[gidx * gs * g.in_size()..][..gi * g.in_size()];
             let (acc, codes) = group_forward(&g, call, qg, &w_packed, gidx * gs, gi, want_codes);
             let cols = gi * pix;
             for j in 0..gi {

@@ -24,9 +24,14 @@ pub fn sum_in_order(out: &mut [f32], parts: &[Vec<f32>]) {
 }
 
 /// Output slots for `groups` parallel pieces: disjoint `chunk`-sized pieces of `buf`
-/// when the output is wanted, `None`s otherwise (so one parallel loop serves both).
+/// when the output is wanted (empty pieces when `chunk` is 0: images of no pixels),
+/// `None`s otherwise (so one parallel loop serves both).
 pub fn optional_chunks(buf: &mut [f32], chunk: usize, groups: usize, wanted: bool) -> Vec<Option<&mut [f32]>> {
-    if wanted { buf.chunks_mut(chunk).map(Some).collect() } else { (0..groups).map(|_| None).collect() }
+    match (wanted, chunk) {
+        (false, _) => (0..groups).map(|_| None).collect(),
+        (true, 0) => (0..groups).map(|_| Some(Default::default())).collect(),
+        (true, _) => buf.chunks_mut(chunk).map(Some).collect(),
+    }
 }
 
 /// `n` zeros; a large buffer is written by all threads. A plain `vec![0.0; n]` zeroes

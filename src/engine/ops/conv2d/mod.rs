@@ -73,6 +73,11 @@ impl ConvGeom {
         if cfg.stride == 0 {
             return Err(Error::invalid("conv2d: stride must be ≥ 1"));
         }
+        // An empty batch is a batch, and an empty image with padding is all padding;
+        // no channels or an empty kernel is a mistake.
+        if x[1] == 0 || w[0] == 0 || w[2] == 0 || w[3] == 0 {
+            return Err(Error::invalid(format!("conv2d: empty channels or kernel: input {x:?}, weight {w:?}")));
+        }
         let (h, wd, kh, kw, p) = (x[2], x[3], w[2], w[3], cfg.padding);
         if h + 2 * p < kh || wd + 2 * p < kw {
             return Err(Error::invalid(format!("conv2d: kernel {kh}×{kw} larger than padded input {h}×{wd}")));
@@ -127,8 +132,10 @@ pub fn forward(g: &ConvGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<
     let pointwise = g.kh == 1 && g.kw == 1 && g.stride == 1 && g.pad == 0;
     let direct = direct::applies(g).then(|| direct::DirectWeights::forward(g, w));
     let mut y = par::zeros(g.n * g.out_size());
-    y.par_chunks_mut(gs * g.out_size()).zip(x.par_chunks(gs * g.in_size())).for_each(|(yg, xg)| {
-        let gi = xg.len() / g.in_size();
+    // Groups are cut from the output: an image may have no pixels (all padding).
+    y.par_chunks_mut(gs * g.out_size()).enumerate().for_each(|(gidx, yg)| {
+        let gi = yg.len() / g.out_size();
+        let xg = &x[gidx * gs * g.in_size()..][..gi * g.in_size()];
         if let Some(wd) = &direct {
             direct::forward_group(g, wd, xg, gi, bias, yg);
             return;
@@ -405,5 +412,38 @@ mod tests {
         let w = t.constant(Tensor::zeros(&[2, 2, 3, 3]));
         let err = conv2d(&mut t, x, w, None, Conv2dCfg::default()).unwrap_err().to_string();
         assert!(err.contains("3 channels"), "{err}");
+    }
+
+    /// No channels or an empty kernel is refused with the shapes named (it used to
+    /// panic deep in the product); an empty batch gives an empty output and zero
+    /// gradients; an empty image with padding is all padding: the output is the bias,
+    /// and the gradients are the reference's.
+    #[test]
+    fn empty_shapes_are_refused_or_computed() {
+        let cfg = Conv2dCfg { stride: 1, padding: 1 };
+        for (x, w) in [([2, 0, 8, 8], [4, 0, 3, 3]), ([2, 3, 8, 8], [0, 3, 3, 3]), ([2, 3, 8, 8], [4, 3, 0, 3]), ([2, 3, 8, 8], [4, 3, 3, 0])] {
+            let err = ConvGeom::new(&x, &w, cfg).unwrap_err().to_string();
+            assert!(err.contains("empty") && err.contains(&format!("{x:?}")) && err.contains(&format!("{w:?}")), "{err}");
+        }
+        let g = ConvGeom::new(&[0, 3, 8, 8], &[4, 3, 3, 3], cfg).unwrap();
+        let w = vec![0.5f32; 4 * 27];
+        assert!(forward(&g, &[], &w, Some(&[1.0; 4])).is_empty());
+        let (dx, dw, db) = backward(&g, &[], &w, &[], true);
+        assert_eq!((dx.unwrap().len(), dw, db), (0, vec![0.0; 4 * 27], vec![0.0; 4]));
+        // Images of no pixels, padded by 1: a 1 × 1 kernel sees a 2 × 2 border of zeros.
+        for (shape, kernel) in [([3, 2, 0, 0], [4, 2, 1, 1]), ([2, 2, 0, 5], [3, 2, 1, 3])] {
+            let g = ConvGeom::new(&shape, &kernel, cfg).unwrap();
+            let w: Vec<f32> = (0..kernel.iter().product::<usize>()).map(|i| i as f32 - 2.5).collect();
+            let bias: Vec<f32> = (0..g.cout).map(|c| c as f32 + 0.25).collect();
+            let y = forward(&g, &[], &w, Some(&bias));
+            assert_eq!(y.len(), g.n * g.out_size());
+            for (i, v) in y.iter().enumerate() {
+                assert_eq!(*v, bias[(i / g.pixels()) % g.cout], "output {i} of {shape:?}");
+            }
+            let dy: Vec<f32> = (0..y.len()).map(|i| (i % 7) as f32 - 3.0).collect();
+            let (dx, dw, db) = backward(&g, &[], &w, &dy, true);
+            let db_ref: Vec<f32> = (0..g.cout).map(|co| (0..g.n).flat_map(|j| &dy[(j * g.cout + co) * g.pixels()..][..g.pixels()]).sum()).collect();
+            assert_eq!((dx.unwrap().len(), dw, db), (0, vec![0.0; w.len()], db_ref));
+        }
     }
 }
