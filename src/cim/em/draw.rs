@@ -13,6 +13,9 @@
 //!   built from 32 × 32-bit ones (AVX2 has no `vpmullq`); for CPUs without AVX-512.
 //! * **portable**: the same steps per draw, in blocks that stay in L1 (hashes first,
 //!   which the compiler vectorises, then the two table lookups).
+//!
+//! The sampled slopes (`stat:S`, [`ErrorModel::slope_stream`]) have the same three
+//! paths, one hash per operation and a gather per draw.
 
 use super::table::ErrorModel;
 use crate::cim::readout::LATTICE_STEP;
@@ -80,20 +83,34 @@ impl ErrorModel {
     /// draws keyed as [`crate::cim::DrawKey::backward`] (one hash per operation, then a
     /// lattice step per draw); 1 on a one-code model.
     pub(crate) fn slope_stream(&self, codes: &[i32], key: u64, first: u64, stride: u64, draws: u32, out: &mut [f32]) {
+        self.slope_stream_on(crate::engine::gemm::kernel(), codes, key, first, stride, draws, out)
+    }
+
+    /// [`ErrorModel::slope_stream`] on the instruction set `isa` (the tests run every one
+    /// the CPU has).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn slope_stream_on(&self, isa: Kernel, codes: &[i32], key: u64, first: u64, stride: u64, draws: u32, out: &mut [f32]) {
         assert_eq!(codes.len(), out.len());
+        assert!(isa.supported(), "{} is not supported by this CPU", isa.name());
         if draws == 0 {
             // No draws, no estimate: the straight-through slope (as the portable path).
             out.fill(1.0);
             return;
         }
-        #[cfg(target_arch = "x86_64")]
-        if draws <= 1 << 16 && self.pair_diff.entries.len() <= i32::MAX as usize && avx512_available() {
-            // SAFETY: AVX-512 F and DQ are present; indices are clamped rows and entries
-            // of their rows; S ≤ 2^16 draws of |d| < 2^15 cannot overflow an i32 sum.
-            let done = unsafe { avx512::slopes(self, codes, key, first, stride, draws, out) };
-            return self.slopes_portable(&codes[done..], key, first.wrapping_add((done as u64).wrapping_mul(stride)), stride, draws, &mut out[done..]);
-        }
-        self.slopes_portable(codes, key, first, stride, draws, out)
+        // The vector paths sum S ≤ 2^16 draws of |d| < 2^15 in i32 lanes, and gather with
+        // i32 indices.
+        let vector = draws <= 1 << 16 && self.pair_diff.entries.len() <= i32::MAX as usize;
+        let done = match isa {
+            // SAFETY: AVX-512 F (supported) and DQ (checked here) are present; indices are
+            // clamped rows and entries of their rows; the sums cannot overflow (above).
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 if vector && avx512_available() => unsafe { avx512::slopes(self, codes, key, first, stride, draws, out) },
+            // SAFETY: AVX2 is present (supported); the rest as above.
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 if vector => unsafe { avx2::slopes(self, codes, key, first, stride, draws, out) },
+            _ => 0,
+        };
+        self.slopes_portable(&codes[done..], key, first.wrapping_add((done as u64).wrapping_mul(stride)), stride, draws, &mut out[done..])
     }
 
     /// The portable path of [`ErrorModel::slope_stream`] (also its tail).
@@ -237,7 +254,7 @@ mod avx512 {
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{ErrorModel, PHI};
+    use super::{ErrorModel, LATTICE_STEP, PHI};
     use std::arch::x86_64::*;
 
     /// The low 64 bits of `a · c` in each lane: `al·cl + (ah·cl + al·ch) << 32`, from
@@ -302,6 +319,61 @@ mod avx2 {
         }
         n
     }
+    /// Sampled slopes of the first `codes.len() / 4 · 4` operations; returns how many.
+    /// The steps of `avx512::slopes` on four 64-bit lanes.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2; `draws ≤ 2^16`, and every entry index fits an i32.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn slopes(m: &ErrorModel, codes: &[i32], key: u64, first: u64, stride: u64, draws: u32, out: &mut [f32]) -> usize {
+        let n = codes.len() / 4 * 4;
+        let (kmin, kmax) = (_mm_set1_epi32(m.kmin), _mm_set1_epi32(m.kmax));
+        let low32 = _mm256_set1_epi64x(0xFFFF_FFFF);
+        let evens = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
+        let p = &m.pair_diff;
+        let (span, entries, spacing) = (p.span.as_ptr() as *const i64, p.entries.as_ptr() as *const i64, p.spacing.as_ptr());
+        let lane = |i| super::hash_input(key, first, stride, i);
+        let mut z = _mm256_setr_epi64x(lane(0), lane(1), lane(2), lane(3));
+        let advance = _mm256_set1_epi64x(stride.wrapping_mul(4).wrapping_mul(PHI) as i64);
+        let lattice = _mm256_set1_epi64x(LATTICE_STEP as i64);
+        let scale = _mm_set1_ps(draws as f32);
+        let mut i = 0;
+        while i < n {
+            // SAFETY: i + 4 <= n <= codes.len().
+            let k = unsafe { _mm_loadu_si128(codes.as_ptr().add(i) as *const __m128i) };
+            let row = _mm_sub_epi32(_mm_min_epi32(_mm_max_epi32(k, kmin), kmax), kmin);
+            // SAFETY: row < span.len() = spacing.len() (clamped above).
+            let (sw, sp) = unsafe { (_mm256_i32gather_epi64::<8>(span, row), _mm_i32gather_epi32::<4>(spacing, row)) };
+            let (start, width) = (_mm256_and_si256(sw, low32), _mm256_srli_epi64::<32>(sw));
+            let mut bits = finalise(z);
+            z = _mm256_add_epi64(z, advance);
+            let mut diff = _mm_setzero_si128();
+            for _ in 0..draws {
+                let col = _mm256_srli_epi64::<32>(_mm256_mul_epu32(_mm256_srli_epi64::<32>(bits), width));
+                let slot = _mm256_add_epi64(start, col);
+                // SAFETY: slot = start + column < start + width <= entries.len().
+                let e = unsafe { _mm256_i64gather_epi64::<8>(entries, slot) };
+                // Both sides below 2^32, so the signed 64-bit compare is the unsigned one.
+                let keep_own = _mm256_cmpgt_epi64(_mm256_and_si256(e, low32), _mm256_and_si256(bits, low32));
+                // own: bits 32..48, alias: bits 48..64, both signed 16-bit; as the low 32
+                // bits of each lane, sign-extended (only those are kept below).
+                let own = _mm256_srai_epi32::<16>(_mm256_srli_epi64::<16>(e));
+                let alias = _mm256_srai_epi32::<16>(_mm256_srli_epi64::<32>(e));
+                let d = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(_mm256_blendv_epi8(alias, own, keep_own), evens));
+                diff = _mm_add_epi32(diff, d);
+                bits = _mm256_add_epi64(bits, lattice);
+            }
+            // diff / (draws · spacing), as the portable path rounds it; 1 where spacing is 0.
+            let denom = _mm_mul_ps(scale, _mm_cvtepi32_ps(sp));
+            let slope = _mm_div_ps(_mm_cvtepi32_ps(diff), denom);
+            let one_code = _mm_castsi128_ps(_mm_cmpeq_epi32(sp, _mm_setzero_si128()));
+            let slope = _mm_blendv_ps(slope, _mm_set1_ps(1.0), one_code);
+            // SAFETY: i + 4 <= n <= out.len().
+            unsafe { _mm_storeu_ps(out.as_mut_ptr().add(i), slope) };
+            i += 4;
+        }
+        n
+    }
 }
 
 #[cfg(test)]
@@ -346,6 +418,11 @@ mod tests {
                         }
                         let want = if sp == 0 { 1.0 } else { diff as f32 / (draws as f32 * sp as f32) };
                         assert_eq!((x.to_bits(), y.to_bits()), (want.to_bits(), want.to_bits()), "{name}: slope {i} (S = {draws})");
+                    }
+                    for isa in Kernel::ALL.into_iter().filter(|k| k.supported()) {
+                        a.fill(f32::NAN);
+                        m.slope_stream_on(isa, &codes, key.backward_key(), first, stride, draws, &mut a);
+                        assert_eq!(a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{name}: the {} slopes (S = {draws})", isa.name());
                     }
                 }
             }
