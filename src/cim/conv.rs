@@ -570,9 +570,9 @@ fn statistical_backward(s: &Saved, codes: &[Vec<u16>], slopes: &SlopeSource, x: 
         }
     };
     // The patches are the activation codes; dW comes out in steps of the grid.
-    let qx: Vec<f32> = x.par_iter().map(|&v| s.grid.code(v)).collect();
-    let bands = conv2d::Bands { rows: s.rows, write: &tile_gradient, dw_scale: s.grid.step };
-    let (dx, mut dw, db) = conv2d::backward_in_bands(g, &qx, &s.w_hat, dy, want_dx, Some(&bands));
+    let codes_of = |x: &[f32], q: &mut [f32]| q.iter_mut().zip(x).for_each(|(q, &v)| *q = s.grid.code(v));
+    let bands = conv2d::Bands { rows: s.rows, write: &tile_gradient, input: Some(&codes_of), dw_scale: s.grid.step };
+    let (dx, mut dw, db) = conv2d::backward_in_bands(g, x, &s.w_hat, dy, want_dx, Some(&bands));
     // Zero-point part: dW += lo · (Σ_images dY) · maskᵀ, the sum over images taken per
     // group and the groups' sums added in order.
     if s.grid.lo != 0.0 {

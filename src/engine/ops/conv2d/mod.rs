@@ -170,8 +170,11 @@ pub struct Bands<'a> {
     /// `write(i0, gi, band, e)`: band `band`'s output gradient for the group of `gi`
     /// images from image `i0`, `e[Cout][gi·OH·OW]` (every value written).
     pub write: &'a (dyn Fn(usize, usize, usize, &mut [f32]) + Sync),
+    /// `input(x, out)`: what the weight gradient's patches are read from, made per
+    /// image group from its images (a CIM layer's activation codes); `None`: `x`.
+    pub input: Option<&'a (dyn Fn(&[f32], &mut [f32]) + Sync)>,
     /// Each group's weight-gradient partial is multiplied by this before the partials
-    /// are added (a CIM layer's patches are activation codes, its gradient in steps).
+    /// are added (a CIM layer's gradient comes out in steps of its activation grid).
     pub dw_scale: f32,
 }
 
@@ -194,7 +197,15 @@ pub fn backward_in_bands(g: &ConvGeom, x: &[f32], w: &[f32], dy: &[f32], want_dx
             let i0 = gidx * gs;
             let gi = gs.min(g.n - i0);
             let cols = gi * pix;
-            let xg = &x[i0 * g.in_size()..(i0 + gi) * g.in_size()];
+            let mut xg = &x[i0 * g.in_size()..(i0 + gi) * g.in_size()];
+            let mapped = bands.and_then(|b| b.input).map(|input| {
+                let mut m = Scratch::take(xg.len()); // written whole by `input`
+                input(xg, &mut m);
+                m
+            });
+            if let Some(m) = &mapped {
+                xg = m;
+            }
             let dyg = &dy[i0 * g.out_size()..(i0 + gi) * g.out_size()];
             let dym = Rows(ImageRows { data: dyg, images: gi, channels: g.cout, pixels: pix });
             // dbias: sums of dY per output channel, image by image.
