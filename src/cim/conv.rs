@@ -63,7 +63,7 @@ struct Saved {
     /// Where backward takes the slope of each saved code from.
     slopes: Option<SlopeSource>,
     group: usize,
-    /// The runtime's profile, for the STE backward (which keeps no runtime).
+    /// The runtime's profile (the STE backward keeps no runtime).
     profile: Option<std::sync::Arc<super::CimProfile>>,
     /// Rows per macro tile.
     rows: usize,
@@ -452,7 +452,8 @@ pub fn cim_conv2d(tape: &mut Tape, x: Var, w: Var, bias: Option<Var>, cfg: Conv2
         return Err(Error::invalid(format!("the statistical estimator saves codes in two bytes: an ADC of {} levels is too fine (at most 65,534)", spec.adc.levels())));
     }
     let bias_v: Option<Vec<f32>> = bias.map(|b| tape.value(b).data().to_vec());
-    let gs = par::image_group(g.n, g.pixels(), conv2d::TARGET_COLUMNS);
+    // The convolution backward's groups (`statistical_backward` reads the codes by them).
+    let gs = g.group();
     let pix = g.pixels();
     let mut y = par::zeros(g.n * g.out_size());
     let codes: Vec<Option<Vec<u16>>> = y
@@ -510,7 +511,7 @@ fn backward(s: Saved, x: Var, w: Var, bias: Option<Var>, gout: &Tensor, vals: &c
         _ => conv2d::backward(&g, xv, &s.w_hat, dy, sink.wants(x)),
     };
     if let Some(p) = &s.profile {
-        let slopes = p.slopes.load(Ordering::Relaxed) - slopes_before;
+        let slopes = p.slopes.load(Ordering::Relaxed).wrapping_sub(slopes_before);
         let ns = t.elapsed().as_nanos() as u64 * rayon::current_num_threads() as u64;
         p.backward_gemm.fetch_add(ns.saturating_sub(slopes), Ordering::Relaxed);
     }

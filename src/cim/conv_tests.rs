@@ -574,3 +574,29 @@ fn slope_times_dy_refuses_a_code_beyond_the_table() {
     codes[5] = 10;
     super::conv::dy_times_slope(&mut vec![0.0; 32], &dy, &codes, &table, 1.0);
 }
+
+/// Images of no pixels, padded: every window is padding, so every partial sum is 0 and
+/// the output is the readout of code 0 (the bias in the ideal mode, as the reference
+/// spells out); backward, with the statistical estimator, gives a zero weight gradient
+/// and an empty input gradient.
+#[test]
+fn images_of_no_pixels_are_all_padding() {
+    let grid = ActGrid::new(-0.2, 1.5, 8);
+    let sp = spec(16, 8.0, -64, 63, 8);
+    let cfg = Conv2dCfg { stride: 1, padding: 1 };
+    let (x, w, b) = (Tensor::from_vec(&[2, 5, 0, 4], vec![]).unwrap(), random(&[3, 5, 1, 1], 2), random(&[3], 3));
+    let ideal = runtime(sp.clone(), ErrorModel::ideal(sp.adc.kmin, sp.adc.kmax), ReadoutMode::Ideal, Estimator::Ste);
+    let y = forward(&ideal, &x, &w, &b, cfg, grid);
+    assert_eq!(y.shape(), [2, 3, 2, 6]);
+    let want = reference(&x, &w, &b, cfg, grid, &sp, None, None);
+    assert_eq!(y.data().iter().map(|&v| v as f64).collect::<Vec<_>>(), want);
+    let rt = runtime(sp.clone(), presets_moderate(&sp), ReadoutMode::Sampled, Estimator::Statistical { draws: 0 });
+    let mut t = Tape::new(true);
+    let (xv, wv) = (t.leaf(x.clone()), t.leaf(w.clone()));
+    let y = cim_conv2d(&mut t, xv, wv, None, cfg, grid, &CimCall { rt: &rt, layer: 0 }).unwrap();
+    let dy = random(t.value(y).shape(), 4);
+    let l = project(&mut t, y, dy);
+    let g = t.backward(l);
+    assert_eq!(g.get(wv).unwrap().data(), &[0.0; 15][..]);
+    assert!(g.get(xv).is_none_or(|d| d.data().is_empty()));
+}

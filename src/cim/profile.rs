@@ -17,8 +17,9 @@ pub struct CimProfile {
     pub readout: AtomicU64,
     /// Backward: the statistical estimator's slope per macro operation.
     pub slopes: AtomicU64,
-    /// Backward: the convolution backward (patches, the weight- and input-gradient
-    /// GEMMs, col2im), its wall time on every thread, less the slopes.
+    /// Backward: the convolution backward (the activation codes, patches, the weight-
+    /// and input-gradient GEMMs, col2im, the zero-point term), its wall time on every
+    /// thread (idle time included), less the slopes.
     pub backward_gemm: AtomicU64,
 }
 

@@ -102,7 +102,8 @@ impl<'g> CodePlane<'g> {
             (((code >> shift) & mask) >> (8 * plane)) as u8
         };
         let mut bytes = vec![0u8; images * g.cin * hp * wp];
-        for (plane_img, src) in bytes.chunks_exact_mut(hp * wp).zip(codes.chunks_exact(g.h * g.w)) {
+        // An image of no pixels is all border (zeros).
+        for (plane_img, src) in bytes.chunks_exact_mut(hp * wp).zip(codes.chunks_exact((g.h * g.w).max(1))) {
             for (dst, row) in plane_img[g.pad * wp..].chunks_exact_mut(wp).zip(src.chunks_exact(g.w)) {
                 dst[g.pad..g.pad + g.w].iter_mut().zip(row).for_each(|(d, &v)| *d = byte(v));
             }

@@ -13,7 +13,7 @@ pub fn image_group(batch: usize, pixels_per_image: usize, target_columns: usize)
     g.clamp(1, batch.max(1))
 }
 
-/// Adds `parts` in order into `out` (which it first zeroes when `overwrite`).
+/// Adds `parts` in order into `out`.
 pub fn sum_in_order(out: &mut [f32], parts: &[Vec<f32>]) {
     for p in parts {
         debug_assert_eq!(p.len(), out.len());

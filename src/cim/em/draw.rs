@@ -97,8 +97,8 @@ impl ErrorModel {
             out.fill(1.0);
             return;
         }
-        // The vector paths sum S ≤ 2^16 draws of |d| < 2^15 in i32 lanes, and gather with
-        // i32 indices.
+        // The vector paths sum S ≤ 2^16 draws of |d| ≤ 2^15 in i32 lanes (the extreme,
+        // −2^31, fits), and AVX-512 gathers the entries with i32 indices.
         let vector = draws <= 1 << 16 && self.pair_diff.entries.len() <= i32::MAX as usize;
         let done = match isa {
             // SAFETY: AVX-512 F (supported) and DQ (checked here) are present; indices are
@@ -203,7 +203,8 @@ mod avx512 {
     /// Sampled slopes of the first `codes.len() / 8 · 8` operations; returns how many.
     ///
     /// # Safety
-    /// The CPU must support AVX-512 F and DQ; `draws ≤ 2^16`.
+    /// The CPU must support AVX-512 F and DQ; `draws ≤ 2^16`, and every entry index fits
+    /// an i32 (the slots are narrowed to i32 for the gather).
     #[target_feature(enable = "avx512f,avx512dq")]
     pub(super) unsafe fn slopes(m: &ErrorModel, codes: &[i32], key: u64, first: u64, stride: u64, draws: u32, out: &mut [f32]) -> usize {
         let n = codes.len() / 8 * 8;
@@ -323,7 +324,7 @@ mod avx2 {
     /// The steps of `avx512::slopes` on four 64-bit lanes.
     ///
     /// # Safety
-    /// The CPU must support AVX2; `draws ≤ 2^16`, and every entry index fits an i32.
+    /// The CPU must support AVX2; `draws ≤ 2^16`.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn slopes(m: &ErrorModel, codes: &[i32], key: u64, first: u64, stride: u64, draws: u32, out: &mut [f32]) -> usize {
         let n = codes.len() / 4 * 4;

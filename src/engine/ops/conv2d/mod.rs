@@ -244,6 +244,7 @@ pub fn backward_in_bands(g: &ConvGeom, x: &[f32], w: &[f32], dy: &[f32], want_dx
                     }
                 }
                 Some(b) => {
+                    assert!(b.rows > 0, "bands of no rows");
                     // Each band's gradient is written whole before its products.
                     let mut e = Scratch::take(g.cout * cols);
                     for band in 0..k.div_ceil(b.rows) {
