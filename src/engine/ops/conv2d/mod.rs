@@ -458,4 +458,52 @@ mod tests {
             assert_eq!((dx.unwrap().len(), dw, db), (0, vec![0.0; w.len()], db_ref));
         }
     }
+
+    /// The banded backward's data gradient (per band: the product written out, then
+    /// col2im) equals the plain definition bit for bit: per
+    /// patch row, the chain over the output channels (`mul_add` in channel order, as the
+    /// kernels' FMAs), then the rows added onto dx in row order; for bands of 7, 16 and
+    /// 64 rows (panels cut mid-band), strides 1 and 2, padding, and image groups whose
+    /// columns are not a multiple of the tile width.
+    #[test]
+    fn banded_data_gradient_is_the_definition_exactly() {
+        for (xs, ws, stride, pad, band) in [
+            ([3usize, 5, 7, 9], [6usize, 5, 3, 3], 1usize, 1usize, 7usize),
+            ([2, 8, 6, 6], [3, 8, 3, 3], 2, 1, 16),
+            ([2, 16, 5, 11], [9, 16, 3, 3], 1, 0, 64),
+            ([1, 3, 9, 4], [4, 3, 1, 1], 1, 0, 2),
+        ] {
+            let g = ConvGeom::new(&xs, &ws, Conv2dCfg { stride, padding: pad }).unwrap();
+            let (k, pix, cols) = (g.k(), g.pixels(), g.n * g.pixels());
+            let x = random(&xs, 5);
+            let w = random(&ws, 6);
+            let dy = random(&[g.n, g.cout, g.oh, g.ow], 7);
+            // Band t sees dY scaled by (1 + t/4) per element, a different E per band.
+            let e_of = |t: usize, co: usize, q: usize| dy.data()[((q / pix) * g.cout + co) * pix + q % pix] * (1.0 + t as f32 / 4.0);
+            let write = |i0: usize, gi: usize, t: usize, e: &mut [f32]| {
+                for co in 0..g.cout {
+                    for q in 0..gi * pix {
+                        e[co * gi * pix + q] = e_of(t, co, i0 * pix + q);
+                    }
+                }
+            };
+            let bands = Bands { rows: band, write: &write, input: None, dw_scale: 1.0 };
+            let (dx, _, _) = backward_in_bands(&g, x.data(), w.data(), dy.data(), true, Some(&bands));
+            let mut want = vec![0.0f32; g.n * g.in_size()];
+            for r in 0..k {
+                let (ci, ky, kx) = (r / (g.kh * g.kw), (r / g.kw) % g.kh, r % g.kw);
+                for q in 0..cols {
+                    let d = (0..g.cout).fold(0.0f32, |acc, co| w.data()[co * k + r].mul_add(e_of(r / band, co, q), acc));
+                    let (j, oy, ox) = (q / pix, (q % pix) / g.ow, q % g.ow);
+                    let (iy, ix) = ((oy * stride + ky) as isize - pad as isize, (ox * stride + kx) as isize - pad as isize);
+                    if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
+                        want[((j * g.cin + ci) * g.h + iy as usize) * g.w + ix as usize] += d;
+                    }
+                }
+            }
+            let got = dx.unwrap();
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "{xs:?} {ws:?} stride {stride} pad {pad} bands of {band}");
+        }
+    }
 }
