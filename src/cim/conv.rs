@@ -57,12 +57,12 @@ struct Saved {
     w_hat: Vec<f32>,
     /// The valid-position mask `[K][pixels]` (the zero-point term needs it both ways).
     mask: Vec<f32>,
-    /// Per group: every macro operation's ideal code, `[tiles·cycles][Cout][cols]`
-    /// (statistical estimator only; see [`SlopeSource`]).
+    /// Per image group (`ConvGeom::group`, as the convolution backward groups images):
+    /// every macro operation's ideal code, `[tiles·cycles][Cout][cols]` (statistical
+    /// estimator only; see [`SlopeSource`]).
     codes: Option<Vec<Vec<u16>>>,
     /// Where backward takes the slope of each saved code from.
     slopes: Option<SlopeSource>,
-    group: usize,
     /// The runtime's profile (the STE backward keeps no runtime).
     profile: Option<std::sync::Arc<super::CimProfile>>,
     /// Rows per macro tile.
@@ -488,7 +488,6 @@ pub fn cim_conv2d(tape: &mut Tape, x: Var, w: Var, bias: Option<Var>, cfg: Conv2
         mask,
         codes: if want_codes { Some(codes.into_iter().map(|s| s.unwrap()).collect()) } else { None },
         slopes: want_codes.then(|| SlopeSource::new(call.rt, call.layer)),
-        group: gs,
         profile: call.rt.profile.clone(),
         rows: spec.rows,
     };
@@ -529,8 +528,7 @@ fn statistical_backward(s: &Saved, codes: &[Vec<u16>], slopes: &SlopeSource, x: 
     let full = ((1u64 << spec.input_bits) - 1) as f32;
     // Cycle c's share of a tile's slope: the weight of its bits in the input code.
     let share: Vec<f32> = (0..cycles).map(|c| ((1u64 << b) - 1) as f32 * 2f32.powi((c as u32 * b) as i32) / full).collect();
-    let (k, pix, cout, gs) = (g.k(), g.pixels(), g.cout, s.group);
-    assert_eq!(gs, g.group(), "the saved codes are grouped as the convolution backward groups images");
+    let (k, pix, cout, gs) = (g.k(), g.pixels(), g.cout, g.group());
     let profile = slopes.rt.profile.as_deref();
     // Channel co of image i's dY, read in place (NCHW).
     let dy_row = |i: usize, co: usize| &dy[(i * cout + co) * pix..][..pix];

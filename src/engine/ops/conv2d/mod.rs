@@ -197,15 +197,13 @@ pub fn backward_in_bands(g: &ConvGeom, x: &[f32], w: &[f32], dy: &[f32], want_dx
             let i0 = gidx * gs;
             let gi = gs.min(g.n - i0);
             let cols = gi * pix;
-            let mut xg = &x[i0 * g.in_size()..(i0 + gi) * g.in_size()];
+            let images = &x[i0 * g.in_size()..(i0 + gi) * g.in_size()];
             let mapped = bands.and_then(|b| b.input).map(|input| {
-                let mut m = Scratch::take(xg.len()); // written whole by `input`
-                input(xg, &mut m);
+                let mut m = Scratch::take(images.len()); // written whole by `input`
+                input(images, &mut m);
                 m
             });
-            if let Some(m) = &mapped {
-                xg = m;
-            }
+            let xg: &[f32] = mapped.as_deref().unwrap_or(images);
             let dyg = &dy[i0 * g.out_size()..(i0 + gi) * g.out_size()];
             let dym = Rows(ImageRows { data: dyg, images: gi, channels: g.cout, pixels: pix });
             // dbias: sums of dY per output channel, image by image.
