@@ -374,6 +374,7 @@ mod tests {
         }
         let c = PipelineConfig::load_with(&p, &["readout_source=sample-only".into(), "estimator=stat:4".into()]).unwrap();
         assert_eq!((c.readout_source, c.estimator), (ReadoutSource::SampleOnly, Estimator::Statistical { draws: 4 }));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Every committed configuration loads and checks out (VGG8's names the paper's

@@ -25,12 +25,39 @@ pub fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-/// A fresh temporary folder for one test.
-pub fn tmpdir(name: &str) -> PathBuf {
+/// A fresh temporary folder for one test, removed when the test passes and kept (its
+/// path printed) when it fails, for a look at what the run left.
+pub fn tmpdir(name: &str) -> TempDir {
     let d = std::env::temp_dir().join(format!("dnat-it-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
-    d
+    TempDir(d)
+}
+
+/// See [`tmpdir`].
+pub struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for TempDir {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("test files kept in {}", self.0.display());
+        } else if let Err(e) = std::fs::remove_dir_all(&self.0) {
+            eprintln!("could not remove {}: {e}", self.0.display());
+        }
+    }
 }
 
 /// The CIFAR-10 stand-in beside the checkout, if this machine has it.

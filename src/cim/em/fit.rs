@@ -345,6 +345,7 @@ mod tests {
             let back = crate::cim::em::format::load(&p).unwrap();
             assert_eq!((back.columns.clone(), back.fixed_pattern), (m.columns.clone(), m.fixed_pattern), "{f}");
         }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
