@@ -2,6 +2,8 @@
 
 use std::process::Command;
 
+mod common;
+
 /// Runs an example with `args` through cargo, so it is (re)built whichever test targets
 /// were selected; panics unless it succeeds; returns its stdout and stderr.
 fn run_example(name: &str, args: &[&str]) -> String {
@@ -36,13 +38,8 @@ fn custom_network_trains_reloads_and_exports() {
 /// not know that network, says so rather than calling the file corrupt.
 #[test]
 fn a_registered_network_gets_every_subcommand() {
-    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/cifar-10-binary-jpeg75.tar.gz");
-    if !data.is_file() {
-        eprintln!("SKIPPED: the CIFAR-10 stand-in is not at {}", data.display());
-        return;
-    }
-    let dir = std::env::temp_dir().join(format!("dnat-custom-cli-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let Some(data) = common::stand_in() else { return };
+    let dir = common::tmpdir("custom-cli");
     let (ckpt, deploy, data) = (dir.join("t.ckpt"), dir.join("t.deploy"), data.to_str().unwrap().to_string());
     let run = |args: &[&str]| run_example("custom_cli", args);
     let c = ckpt.to_str().unwrap();
@@ -55,5 +52,4 @@ fn a_registered_network_gets_every_subcommand() {
     let o = Command::new(env!("CARGO_BIN_EXE_dnat")).args(["eval", "--checkpoint", c, "--data", &data]).output().unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("holds a \"tiny-cnn\" network, which this program does not know") && !err.contains("corrupt"), "{err}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -26,6 +26,8 @@ use dnat::rng::mix64;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+mod common;
+
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
 /// A small deterministic generator (SplitMix64): the same run for the same seed.
@@ -331,8 +333,7 @@ fn data_archives() {
     // Small archives in the CIFAR-10 layout's names (the sizes are wrong, so a load
     // always ends in an error, but only after the tar headers, the member checks and the
     // gzip layer have run on the mutation).
-    let dir = std::env::temp_dir().join(format!("dnat-fuzz-archive-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::tmpdir("fuzz-archive");
     let file = dir.join("fuzz.tar.gz");
     let seeds = corpus("archive");
     fuzz("archive", seeds, false, |r, s| {
@@ -355,5 +356,4 @@ fn data_archives() {
         std::fs::write(&file, b).unwrap();
         Dataset::load(&file, DatasetKind::Cifar10).is_ok()
     });
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -28,10 +28,10 @@ fn in_pool<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
 
 #[test]
 fn learns_and_is_identical_at_one_and_two_threads() {
-    let d = tmpdir("train-threads");
+    let dir = tmpdir("train-threads");
     let data = synthetic::dataset(640, 200, 3);
     let cfg = config(2);
-    let (p1, p2) = (d.join("t1.ckpt"), d.join("t2.ckpt"));
+    let (p1, p2) = (dir.join("t1.ckpt"), dir.join("t2.ckpt"));
     let o1 = in_pool(1, || train(&cfg, &data, &p1, &quiet()).unwrap());
     in_pool(2, || train(&cfg, &data, &p2, &quiet()).unwrap());
     assert!(o1.test_accuracy > 40.0, "the synthetic task should be learnt: {}%", o1.test_accuracy);
@@ -40,10 +40,10 @@ fn learns_and_is_identical_at_one_and_two_threads() {
 
 #[test]
 fn resumed_run_ends_with_the_same_bytes() {
-    let d = tmpdir("train-resume");
+    let dir = tmpdir("train-resume");
     let data = synthetic::dataset(320, 100, 4);
     let cfg = config(3);
-    let (whole, parts) = (d.join("whole.ckpt"), d.join("parts.ckpt"));
+    let (whole, parts) = (dir.join("whole.ckpt"), dir.join("parts.ckpt"));
     train(&cfg, &data, &whole, &quiet()).unwrap();
     let first = train(&cfg, &data, &parts, &RunOptions { stop_after: Some(1), ..quiet() }).unwrap();
     assert_eq!(first.checkpoint.epochs_done, 1);
@@ -87,10 +87,10 @@ fn resumed_run_ends_with_the_same_bytes() {
 /// running sums all continue where they stopped.
 #[test]
 fn a_run_cut_off_mid_epoch_resumes_to_the_same_bytes() {
-    let d = tmpdir("train-mid-epoch");
+    let dir = tmpdir("train-mid-epoch");
     let data = synthetic::dataset(320, 100, 4);
     let cfg = config(3); // 10 steps an epoch
-    let (whole, parts) = (d.join("mid-whole.ckpt"), d.join("mid-parts.ckpt"));
+    let (whole, parts) = (dir.join("mid-whole.ckpt"), dir.join("mid-parts.ckpt"));
     train(&cfg, &data, &whole, &quiet()).unwrap();
     let a = train(&cfg, &data, &parts, &RunOptions { stop_after_steps: Some(4), ..quiet() }).unwrap();
     assert_eq!((a.checkpoint.epochs_done, a.checkpoint.steps_done), (0, 4));
@@ -104,7 +104,7 @@ fn a_run_cut_off_mid_epoch_resumes_to_the_same_bytes() {
     train(&cfg, &data, &parts, &RunOptions { resume: true, ..quiet() }).unwrap();
     assert_eq!(std::fs::read(&whole).unwrap(), std::fs::read(&parts).unwrap(), "resumed mid-epoch, the run ends differently");
     // A stop at an epoch's last step is that epoch's own checkpoint.
-    let at_end = d.join("mid-at-end.ckpt");
+    let at_end = dir.join("mid-at-end.ckpt");
     let c = train(&cfg, &data, &at_end, &RunOptions { stop_after_steps: Some(10), ..quiet() }).unwrap();
     let ck = Checkpoint::load(&at_end).unwrap();
     assert_eq!((c.checkpoint.epochs_done, ck.epochs_done, ck.history.len()), (1, 1, 1));
@@ -130,9 +130,9 @@ fn cim(readout: ReadoutMode, estimator: Estimator, error_model: &str) -> CimTrai
 /// and 2 threads and across an interruption.
 #[test]
 fn fp32_then_qat_then_dnat() {
-    let d = tmpdir("train-chain");
+    let dir = tmpdir("train-chain");
     let data = synthetic::dataset(512, 200, 6);
-    let fp32 = d.join("chain-fp32.ckpt");
+    let fp32 = dir.join("chain-fp32.ckpt");
     let o = train(&config(2), &data, &fp32, &quiet()).unwrap();
     assert!(o.test_accuracy > 40.0, "FP32: {}", o.test_accuracy);
 
@@ -140,7 +140,7 @@ fn fp32_then_qat_then_dnat() {
     qat.init = Some(fp32.to_str().unwrap().into());
     qat.lr = 0.02;
     qat.cim = Some(cim(ReadoutMode::Ideal, Estimator::Ste, "ideal"));
-    let qat_out = d.join("chain-qat.ckpt");
+    let qat_out = dir.join("chain-qat.ckpt");
     let q = train(&qat, &data, &qat_out, &quiet()).unwrap();
     assert!(q.test_accuracy > 40.0, "QAT on the ideal macro: {}", q.test_accuracy);
     let ck = Checkpoint::load(&qat_out).unwrap();
@@ -152,7 +152,7 @@ fn fp32_then_qat_then_dnat() {
     dnat_cfg.init = Some(qat_out.to_str().unwrap().into());
     dnat_cfg.lr = 0.01;
     dnat_cfg.cim = Some(cim(ReadoutMode::Sampled, Estimator::Statistical { draws: 0 }, "moderate"));
-    let (a, b, c) = (d.join("dnat-1.ckpt"), d.join("dnat-2.ckpt"), d.join("dnat-resumed.ckpt"));
+    let (a, b, c) = (dir.join("dnat-1.ckpt"), dir.join("dnat-2.ckpt"), dir.join("dnat-resumed.ckpt"));
     in_pool(1, || train(&dnat_cfg, &data, &a, &quiet()).unwrap());
     in_pool(2, || train(&dnat_cfg, &data, &b, &quiet()).unwrap());
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "D-NAT differs between 1 and 2 threads");
@@ -184,17 +184,17 @@ fn fp32_then_qat_then_dnat() {
 /// paper's mapping (first conv and classifier output digital), pinned to the bit.
 #[test]
 fn vgg8_fp32_then_dnat_golden() {
-    let d = tmpdir("train-vgg8");
+    let dir = tmpdir("train-vgg8");
     let data = synthetic::dataset(256, 100, 8);
     let mut fp = TrainConfig::new(Arch::Vgg8, DatasetKind::Cifar10, 1, 3);
     (fp.batch, fp.lr) = (32, 0.005);
-    let fp_out = d.join("vgg8-fp32.ckpt");
+    let fp_out = dir.join("vgg8-fp32.ckpt");
     let f = train(&fp, &data, &fp_out, &quiet()).unwrap();
     let mut dn = fp.clone();
     dn.init = Some(fp_out.to_str().unwrap().into());
     dn.lr = 0.01;
     dn.cim = Some(cim(ReadoutMode::Sampled, Estimator::Statistical { draws: 0 }, "current-domain"));
-    let dn_out = d.join("vgg8-dnat.ckpt");
+    let dn_out = dir.join("vgg8-dnat.ckpt");
     let d = train(&dn, &data, &dn_out, &quiet()).unwrap();
     // Both learn (10 classes: chance is 10 %).
     assert!(f.test_accuracy > 20.0 && d.test_accuracy > 20.0, "FP32 {} %, D-NAT {} %", f.test_accuracy, d.test_accuracy);
