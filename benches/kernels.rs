@@ -9,8 +9,8 @@
 use criterion::{BenchmarkId, Criterion, Throughput};
 use dnat::engine::gradcheck::random;
 use dnat::engine::ops::conv2d::{self, Conv2dCfg, ConvGeom};
-use dnat::train::bench as step_bench;
 use dnat::nn::{Arch, CimPlan};
+use dnat::train::bench as step_bench;
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -45,10 +45,16 @@ struct Case {
 }
 
 fn cases() -> Vec<Case> {
-    let shapes = RESNET20_CONVS.iter().map(|s| (s, BATCH)).chain(VGG8_CONVS.iter().map(|s| (s, VGG8_BATCH)));
+    let shapes =
+        RESNET20_CONVS.iter().map(|s| (s, BATCH)).chain(VGG8_CONVS.iter().map(|s| (s, VGG8_BATCH)));
     shapes
         .map(|(&(name, cin, cout, side, stride), batch)| {
-            let g = ConvGeom::new(&[batch, cin, side, side], &[cout, cin, 3, 3], Conv2dCfg { stride, padding: 1 }).unwrap();
+            let g = ConvGeom::new(
+                &[batch, cin, side, side],
+                &[cout, cin, 3, 3],
+                Conv2dCfg { stride, padding: 1 },
+            )
+            .unwrap();
             Case {
                 name,
                 g,
@@ -63,10 +69,16 @@ fn cases() -> Vec<Case> {
 /// The D-NAT default on the default macro: current-domain readouts, sampled, and the
 /// exact-slope statistical estimator.
 fn dnat_runtime() -> dnat::cim::CimRuntime {
-    use dnat::cim::{em, CimRuntime, Estimator, MacroSpec, ReadoutMode};
+    use dnat::cim::{CimRuntime, Estimator, MacroSpec, ReadoutMode, em};
     let spec = MacroSpec::default();
     let model = em::resolve("current-domain", &spec).unwrap();
-    CimRuntime::new(spec, std::sync::Arc::new(model), ReadoutMode::Sampled, Estimator::Statistical { draws: 0 }).unwrap()
+    CimRuntime::new(
+        spec,
+        std::sync::Arc::new(model),
+        ReadoutMode::Sampled,
+        Estimator::Statistical { draws: 0 },
+    )
+    .unwrap()
 }
 
 fn median_secs(mut f: impl FnMut(), reps: usize) -> f64 {
@@ -83,13 +95,18 @@ fn median_secs(mut f: impl FnMut(), reps: usize) -> f64 {
 }
 
 fn main() {
-    let mut c = Criterion::default().sample_size(10).measurement_time(std::time::Duration::from_secs(2)).configure_from_args();
+    let mut c = Criterion::default()
+        .sample_size(10)
+        .measurement_time(std::time::Duration::from_secs(2))
+        .configure_from_args();
     let cases = cases();
     {
         let mut grp = c.benchmark_group("conv");
         for k in &cases {
             grp.throughput(Throughput::Elements(k.g.flops() as u64));
-            grp.bench_function(BenchmarkId::new("forward", k.name), |b| b.iter(|| black_box(conv2d::forward(&k.g, &k.x, &k.w, None))));
+            grp.bench_function(BenchmarkId::new("forward", k.name), |b| {
+                b.iter(|| black_box(conv2d::forward(&k.g, &k.x, &k.w, None)))
+            });
             grp.bench_function(BenchmarkId::new("backward_data_weight", k.name), |b| {
                 b.iter(|| black_box(conv2d::backward(&k.g, &k.x, &k.w, &k.dy, true)))
             });
@@ -103,25 +120,43 @@ fn main() {
         // A CIM convolution's forward as a layer runs it in evaluation (integer partial
         // sums, ADC codes, sampled readouts from the current-domain model), on ResNet20's
         // stride-1 shapes past the stem; throughput in macro operations (readouts).
-        use dnat::cim::conv::{cim_conv2d, CimCall};
+        use dnat::cim::conv::{CimCall, cim_conv2d};
         use dnat::cim::quant::ActGrid;
         use dnat::engine::{Tape, Tensor};
         let rt = dnat_runtime();
         let spec = &rt.spec;
         let grid = ActGrid::new(0.0, 4.0, spec.input_bits);
         let mut grp = c.benchmark_group("cim");
-        for k in cases.iter().filter(|k| !k.name.starts_with("vgg8") && k.g.cin > 3 && k.g.stride == 1) {
+        for k in
+            cases.iter().filter(|k| !k.name.starts_with("vgg8") && k.g.cin > 3 && k.g.stride == 1)
+        {
             // Inputs on the activation grid, as E-PACT hands them over.
-            let x = Tensor::from_vec(&[k.g.n, k.g.cin, k.g.h, k.g.w], k.x.iter().map(|&v| grid.value(grid.code(2.0 * v.abs()))).collect()).unwrap();
+            let x = Tensor::from_vec(
+                &[k.g.n, k.g.cin, k.g.h, k.g.w],
+                k.x.iter().map(|&v| grid.value(grid.code(2.0 * v.abs()))).collect(),
+            )
+            .unwrap();
             let w = Tensor::from_vec(&[k.g.cout, k.g.cin, k.g.kh, k.g.kw], k.w.clone()).unwrap();
-            let ops = (k.g.n * k.g.cout * k.g.pixels() * spec.tiles(k.g.k())) as u64 * spec.cycles() as u64;
+            let ops = (k.g.n * k.g.cout * k.g.pixels() * spec.tiles(k.g.k())) as u64
+                * spec.cycles() as u64;
             grp.throughput(Throughput::Elements(ops));
             grp.bench_function(BenchmarkId::new("forward", k.name), |b| {
                 b.iter(|| {
                     let mut tape = Tape::new(false);
                     let (xv, wv) = (tape.constant(x.clone()), tape.constant(w.clone()));
                     let cfg = Conv2dCfg { stride: 1, padding: 1 };
-                    black_box(cim_conv2d(&mut tape, xv, wv, None, cfg, grid, &CimCall { rt: &rt, layer: 0 }).unwrap());
+                    black_box(
+                        cim_conv2d(
+                            &mut tape,
+                            xv,
+                            wv,
+                            None,
+                            cfg,
+                            grid,
+                            &CimCall { rt: &rt, layer: 0 },
+                        )
+                        .unwrap(),
+                    );
                 })
             });
         }
@@ -183,13 +218,24 @@ fn main() {
     }
     if wants("conv") {
         // GFLOP/s per shape (medians of 5).
-        println!("\n{:<20} {:>9} {:>9} {:>9}   (GFLOP/s; bwd = data + weight, counted as 2x the forward FLOPs; batch {BATCH}, VGG8 {VGG8_BATCH})", "conv", "fwd", "bwd", "bwd-w");
+        println!(
+            "\n{:<20} {:>9} {:>9} {:>9}   (GFLOP/s; bwd = data + weight, counted as 2x the forward FLOPs; batch {BATCH}, VGG8 {VGG8_BATCH})",
+            "conv", "fwd", "bwd", "bwd-w"
+        );
         let mut json = Vec::new();
         for k in &cases {
             let f = k.g.flops() / 1e9;
-            let fwd = f / median_secs(|| drop(black_box(conv2d::forward(&k.g, &k.x, &k.w, None))), 5);
-            let bwd = 2.0 * f / median_secs(|| drop(black_box(conv2d::backward(&k.g, &k.x, &k.w, &k.dy, true))), 5);
-            let bww = f / median_secs(|| drop(black_box(conv2d::backward(&k.g, &k.x, &k.w, &k.dy, false))), 5);
+            let fwd =
+                f / median_secs(|| drop(black_box(conv2d::forward(&k.g, &k.x, &k.w, None))), 5);
+            let bwd = 2.0 * f
+                / median_secs(
+                    || drop(black_box(conv2d::backward(&k.g, &k.x, &k.w, &k.dy, true))),
+                    5,
+                );
+            let bww = f / median_secs(
+                || drop(black_box(conv2d::backward(&k.g, &k.x, &k.w, &k.dy, false))),
+                5,
+            );
             println!("{:<20} {fwd:>9.1} {bwd:>9.1} {bww:>9.1}", k.name);
             json.push(format!("{{\"shape\": \"{}\", \"forward_gflops\": {fwd:.2}, \"backward_gflops\": {bwd:.2}, \"backward_weight_gflops\": {bww:.2}}}", k.name));
         }
@@ -201,18 +247,28 @@ fn main() {
         parts.push(format!("\"step\": {}", step.json()));
         // The D-NAT step: current-domain readouts, the exact-slope estimator, and where its time goes.
         let rt = dnat_runtime();
-        let cim_step = step_bench::run(Arch::ResNet20, 10, BATCH, 5, 1, Some((&rt, &CimPlan::default()))).unwrap();
-        println!("{}\nCIM step / FP32 step: {:.2}x", cim_step.table(), cim_step.train_step_ms / step.train_step_ms);
+        let cim_step =
+            step_bench::run(Arch::ResNet20, 10, BATCH, 5, 1, Some((&rt, &CimPlan::default())))
+                .unwrap();
+        println!(
+            "{}\nCIM step / FP32 step: {:.2}x",
+            cim_step.table(),
+            cim_step.train_step_ms / step.train_step_ms
+        );
         parts.push(format!("\"cim_step\": {}", cim_step.json()));
     }
-    println!("{{\"bench\": \"kernels\", \"gemm_kernel\": \"{}\", {}}}", dnat::engine::gemm::kernel().name(), parts.join(", "));
+    println!(
+        "{{\"bench\": \"kernels\", \"gemm_kernel\": \"{}\", {}}}",
+        dnat::engine::gemm::kernel().name(),
+        parts.join(", ")
+    );
 }
 
 /// The three products of each conv (one image group of 1024 columns) through each
 /// micro-kernel this CPU runs, beside `matrixmultiply::sgemm` as a yardstick; GFLOP/s,
 /// one thread. Returns the JSON objects of the rows.
 fn gemm_table(cases: &[Case]) -> Vec<String> {
-    use dnat::engine::gemm::{gemm_with, Kernel, MatRef};
+    use dnat::engine::gemm::{Kernel, MatRef, gemm_with};
     let kernels: Vec<Kernel> = Kernel::ALL.into_iter().filter(|k| k.supported()).collect();
     print!("\n{:<30}", "gemm (m×k×n, one thread)");
     kernels.iter().for_each(|k| print!(" {:>9}", k.name()));
@@ -233,7 +289,10 @@ fn gemm_table(cases: &[Case]) -> Vec<String> {
             let (m, k, n) = (a.rows, a.cols, b.cols);
             let gflop = 2.0 * (m * k * n) as f64 / 1e9;
             let mut c = vec![0.0f32; m * n];
-            let name = format!("{} {label} {m}×{k}×{n}", &case.name[..case.name.find(' ').unwrap_or(case.name.len())]);
+            let name = format!(
+                "{} {label} {m}×{k}×{n}",
+                &case.name[..case.name.find(' ').unwrap_or(case.name.len())]
+            );
             print!("{name:<30}");
             let mut fields = vec![format!("\"product\": \"{name}\"")];
             for &kern in &kernels {
@@ -244,7 +303,22 @@ fn gemm_table(cases: &[Case]) -> Vec<String> {
             let r = gflop
                 / median_secs(
                     || unsafe {
-                        matrixmultiply::sgemm(m, k, n, 1.0, a.data.as_ptr(), a.rs as isize, a.cs as isize, b.data.as_ptr(), b.rs as isize, b.cs as isize, 0.0, c.as_mut_ptr(), n as isize, 1)
+                        matrixmultiply::sgemm(
+                            m,
+                            k,
+                            n,
+                            1.0,
+                            a.data.as_ptr(),
+                            a.rs as isize,
+                            a.cs as isize,
+                            b.data.as_ptr(),
+                            b.rs as isize,
+                            b.cs as isize,
+                            0.0,
+                            c.as_mut_ptr(),
+                            n as isize,
+                            1,
+                        )
                     },
                     21,
                 );

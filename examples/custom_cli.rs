@@ -6,7 +6,12 @@
 use dnat::prelude::*;
 
 /// conv-BN-ReLU, global average pool, linear.
-struct TinyCnn { conv: Conv2d, bn: BatchNorm2d, stem: Conv2d, fc: Linear }
+struct TinyCnn {
+    conv: Conv2d,
+    bn: BatchNorm2d,
+    stem: Conv2d,
+    fc: Linear,
+}
 
 impl Network for TinyCnn {
     fn forward(&self, cx: &mut Fwd, x: Var) -> Result<Var> {

@@ -3,12 +3,14 @@
 //! [-- chip.log]` (without a log, one is synthesised: a chip reading 0.9·k − 1 codes with
 //! noise, 64 ADC columns of its own gain). `cargo test` runs it on tiny synthetic data.
 
-use dnat::cim::em::{fit, format, FillPolicy, ModelInfo};
+use dnat::cim::em::{FillPolicy, ModelInfo, fit, format};
 use dnat::cim::{Estimator, MacroSpec, ReadoutMode};
-use dnat::data::{synthetic, DatasetKind, Normalize};
+use dnat::data::{DatasetKind, Normalize, synthetic};
 use dnat::io::checkpoint::restore_into;
-use dnat::nn::{build, ActQuantKind, Arch, CimPlan};
-use dnat::train::{evaluate_mc, train, ChipChoice, CimTraining, ReadoutSource, RunOptions, TrainConfig};
+use dnat::nn::{ActQuantKind, Arch, CimPlan, build};
+use dnat::train::{
+    ChipChoice, CimTraining, ReadoutSource, RunOptions, TrainConfig, evaluate_mc, train,
+};
 use std::path::Path;
 
 fn main() -> dnat::Result<()> {
@@ -22,7 +24,6 @@ fn main() -> dnat::Result<()> {
 
 /// The four steps, with their files in `dir`.
 fn run(dir: &Path) -> dnat::Result<()> {
-
     // 1. The log: lines of `ideal measured column` (a CSV header naming them works too).
     let log_path = std::env::args().nth(1).map(Into::into).unwrap_or_else(|| dir.join("chip.log"));
     if !log_path.exists() {
@@ -40,10 +41,16 @@ fn run(dir: &Path) -> dnat::Result<()> {
     let spec = MacroSpec::parse("default")?;
     let text = std::fs::read_to_string(&log_path).map_err(|e| dnat::Error::io(&log_path, e))?;
     let log = fit::parse_log(&text, &log_path, None)?;
-    let info = ModelInfo { name: "my-chip".into(), description: "example log".into(), synthetic: true };
-    let model = fit::fit(&log, (spec.adc.kmin, spec.adc.kmax), FillPolicy::Nearest, info, spec.adcs())?;
+    let info =
+        ModelInfo { name: "my-chip".into(), description: "example log".into(), synthetic: true };
+    let model =
+        fit::fit(&log, (spec.adc.kmin, spec.adc.kmax), FillPolicy::Nearest, info, spec.adcs())?;
     print!("{}", fit::report(&model));
-    println!("per-column fit over {} ADC columns: {}", model.columns.len(), model.fixed_pattern.describe());
+    println!(
+        "per-column fit over {} ADC columns: {}",
+        model.columns.len(),
+        model.fixed_pattern.describe()
+    );
     let model_path = dir.join("my-chip.txt");
     format::save(&model, &model_path)?;
 
@@ -69,8 +76,24 @@ fn run(dir: &Path) -> dnat::Result<()> {
     let (net, mut store) = build(&outcome.checkpoint.spec, 0)?;
     restore_into(&outcome.checkpoint.store, &mut store, &ckpt)?;
     let rt = cfg.cim.as_ref().unwrap().runtime(1)?;
-    let mc = evaluate_mc(net.as_ref(), &mut store, &data.test, Normalize::for_dataset(DatasetKind::Cifar10), &rt, 0, 3, 2)?;
+    let mc = evaluate_mc(
+        net.as_ref(),
+        &mut store,
+        &data.test,
+        Normalize::for_dataset(DatasetKind::Cifar10),
+        &rt,
+        0,
+        3,
+        2,
+    )?;
     // (One epoch from scratch on 256 synthetic images: the numbers show the flow only.)
-    println!("D-NAT through {}: {:.2} ± {:.2} % (chip σ {:.2}, read σ {:.2})", model_path.display(), mc.mean, mc.std, mc.chip_std, mc.read_std);
+    println!(
+        "D-NAT through {}: {:.2} ± {:.2} % (chip σ {:.2}, read σ {:.2})",
+        model_path.display(),
+        mc.mean,
+        mc.std,
+        mc.chip_std,
+        mc.read_std
+    );
     Ok(())
 }

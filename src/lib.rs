@@ -118,9 +118,9 @@ pub mod error;
 pub mod io;
 pub mod nn;
 pub mod optim;
-pub mod rng;
 pub mod pipeline;
 pub mod prelude;
+pub mod rng;
 pub mod train;
 
 pub use error::{Error, Result};

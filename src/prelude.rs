@@ -3,10 +3,16 @@
 //! evaluation loops, data, checkpoints and the deployable export.
 
 pub use crate::cim::{CimRuntime, ErrorModel, Estimator, MacroSpec, Readout, ReadoutMode};
-pub use crate::data::{synthetic, Batcher, Dataset, DatasetKind, Normalize};
+pub use crate::data::{Batcher, Dataset, DatasetKind, Normalize, synthetic};
 pub use crate::engine::{Mode, ParamStore, Tape, Var};
-pub use crate::io::checkpoint::{restore_into, Checkpoint};
+pub use crate::io::checkpoint::{Checkpoint, restore_into};
 pub use crate::io::deploy::DeployModel;
-pub use crate::nn::{build, map_to_macro, register, ActQuantKind, Arch, BatchNorm2d, CimPlan, Conv2d, Conv2dConfig, Fwd, Linear, ModelSpec, Network};
-pub use crate::train::{evaluate, evaluate_mc, recalibrate_bn, train, ChipChoice, CimTraining, ReadoutSource, RunOptions, TrainConfig};
+pub use crate::nn::{
+    ActQuantKind, Arch, BatchNorm2d, CimPlan, Conv2d, Conv2dConfig, Fwd, Linear, ModelSpec,
+    Network, build, map_to_macro, register,
+};
+pub use crate::train::{
+    ChipChoice, CimTraining, ReadoutSource, RunOptions, TrainConfig, evaluate, evaluate_mc,
+    recalibrate_bn, train,
+};
 pub use crate::{Error, Result};

@@ -17,21 +17,81 @@ fn impossible_flags_are_named() {
     let d = tmpdir("flags");
     let out = d.join("x.ckpt");
     let out = out.to_str().unwrap();
-    fails_with(&["train", "--model", "resnet99", "--epochs", "1", "--out", out], "unknown model 'resnet99'");
-    fails_with(&["train", "--model", "resnet20", "--epochs", "0", "--out", out], "--epochs must be at least 1");
-    fails_with(&["train", "--model", "resnet20", "--epochs", "1", "--batch", "0", "--out", out], "--batch 0: must be 1 to 65536");
-    fails_with(&["train", "--model", "resnet20", "--epochs", "1", "--lr", "-1", "--out", out], "--lr must be a positive number");
-    fails_with(&["train", "--model", "resnet20", "--epochs", "1", "--schedule", "zigzag", "--out", out], "bad schedule 'zigzag'");
-    fails_with(&["train", "--model", "resnet20", "--epochs", "1", "--dataset", "mnist", "--out", out], "unknown dataset 'mnist'");
-    fails_with(&["train", "--model", "resnet20", "--epochs", "1", "--data", "/no/such/place", "--out", out], "/no/such/place does not exist");
+    fails_with(
+        &["train", "--model", "resnet99", "--epochs", "1", "--out", out],
+        "unknown model 'resnet99'",
+    );
+    fails_with(
+        &["train", "--model", "resnet20", "--epochs", "0", "--out", out],
+        "--epochs must be at least 1",
+    );
+    fails_with(
+        &["train", "--model", "resnet20", "--epochs", "1", "--batch", "0", "--out", out],
+        "--batch 0: must be 1 to 65536",
+    );
+    fails_with(
+        &["train", "--model", "resnet20", "--epochs", "1", "--lr", "-1", "--out", out],
+        "--lr must be a positive number",
+    );
+    fails_with(
+        &["train", "--model", "resnet20", "--epochs", "1", "--schedule", "zigzag", "--out", out],
+        "bad schedule 'zigzag'",
+    );
+    fails_with(
+        &["train", "--model", "resnet20", "--epochs", "1", "--dataset", "mnist", "--out", out],
+        "unknown dataset 'mnist'",
+    );
+    fails_with(
+        &[
+            "train",
+            "--model",
+            "resnet20",
+            "--epochs",
+            "1",
+            "--data",
+            "/no/such/place",
+            "--out",
+            out,
+        ],
+        "/no/such/place does not exist",
+    );
     fails_with(&["bench", "--model", "resnet20", "--batch", "0"], "--batch must be 1 to 65536");
     let qat = concat!(env!("CARGO_MANIFEST_DIR"), "/models/resnet20-w4a8-qat-e2-s0.ckpt");
-    fails_with(&["calibrate", "--checkpoint", qat, "--cim", "--out", "/proc/dnat-nowhere/r.ckpt"], "/proc/dnat-nowhere");
+    fails_with(
+        &["calibrate", "--checkpoint", qat, "--cim", "--out", "/proc/dnat-nowhere/r.ckpt"],
+        "/proc/dnat-nowhere",
+    );
     fails_with(&["--threads", "0", "bench", "--model", "resnet20"], "--threads must be 1 to 1024");
-    fails_with(&["--threads", "4000000000", "bench", "--model", "resnet20"], "--threads must be 1 to 1024");
-    fails_with(&["bench", "--model", "resnet20", "--warmup", "4000000000"], "--warmup at most 100000");
-    fails_with(&["train", "--model", "resnet20", "--epochs", "1", "--cim", "--chip", "chip-a", "--out", out], "chip 'chip-a'");
-    fails_with(&["train", "--model", "resnet20", "--epochs", "1", "--cim", "--error-model", "current-domain:col_gain=0.9", "--out", out], "fixed-pattern spreads");
+    fails_with(
+        &["--threads", "4000000000", "bench", "--model", "resnet20"],
+        "--threads must be 1 to 1024",
+    );
+    fails_with(
+        &["bench", "--model", "resnet20", "--warmup", "4000000000"],
+        "--warmup at most 100000",
+    );
+    fails_with(
+        &[
+            "train", "--model", "resnet20", "--epochs", "1", "--cim", "--chip", "chip-a", "--out",
+            out,
+        ],
+        "chip 'chip-a'",
+    );
+    fails_with(
+        &[
+            "train",
+            "--model",
+            "resnet20",
+            "--epochs",
+            "1",
+            "--cim",
+            "--error-model",
+            "current-domain:col_gain=0.9",
+            "--out",
+            out,
+        ],
+        "fixed-pattern spreads",
+    );
     assert!(!std::path::Path::new(out).exists(), "a failed run left {out} behind");
     // Recalibration: an FP32 model has nothing on the macro; the output is not written.
     let fp32 = concat!(env!("CARGO_MANIFEST_DIR"), "/models/resnet20-fp32-s0.ckpt");
@@ -44,35 +104,78 @@ fn bad_files_are_named() {
     let d = tmpdir("files");
     let junk = d.join("junk.ckpt");
     std::fs::write(&junk, b"definitely not a checkpoint").unwrap();
-    fails_with(&["eval", "--checkpoint", junk.to_str().unwrap()], "junk.ckpt: not a dnat checkpoint");
+    fails_with(
+        &["eval", "--checkpoint", junk.to_str().unwrap()],
+        "junk.ckpt: not a dnat checkpoint",
+    );
     fails_with(&["eval", "--checkpoint", d.join("missing.ckpt").to_str().unwrap()], "missing.ckpt");
     let bad_data = d.join("bad.tar.gz");
     std::fs::write(&bad_data, b"\x1f\x8b\x08\x00garbage").unwrap();
-    fails_with(&["train", "--model", "resnet20", "--epochs", "1", "--data", bad_data.to_str().unwrap(), "--out", d.join("o.ckpt").to_str().unwrap()], "bad.tar.gz");
+    fails_with(
+        &[
+            "train",
+            "--model",
+            "resnet20",
+            "--epochs",
+            "1",
+            "--data",
+            bad_data.to_str().unwrap(),
+            "--out",
+            d.join("o.ckpt").to_str().unwrap(),
+        ],
+        "bad.tar.gz",
+    );
     let st = d.join("w.safetensors");
     std::fs::write(&st, b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":1}").unwrap();
-    fails_with(&["weights", "import", "--safetensors", st.to_str().unwrap(), "--out", d.join("i.ckpt").to_str().unwrap()], "w.safetensors");
+    fails_with(
+        &[
+            "weights",
+            "import",
+            "--safetensors",
+            st.to_str().unwrap(),
+            "--out",
+            d.join("i.ckpt").to_str().unwrap(),
+        ],
+        "w.safetensors",
+    );
     assert!(!d.join("i.ckpt").exists() && !d.join("o.ckpt").exists());
     // The pipeline: its config file, its overrides, and exports of the wrong model.
     let conf = d.join("p.conf");
     std::fs::write(&conf, "model = resnet20\nqat_epochs = many\n").unwrap();
-    fails_with(&["pipeline", "--config", conf.to_str().unwrap()], "p.conf: line 2: qat_epochs = 'many' is not a valid number");
+    fails_with(
+        &["pipeline", "--config", conf.to_str().unwrap()],
+        "p.conf: line 2: qat_epochs = 'many' is not a valid number",
+    );
     std::fs::write(&conf, "model = resnet20\n").unwrap();
-    fails_with(&["pipeline", "--config", conf.to_str().unwrap(), "--set", "error_model=chip.txt"], "error model 'chip.txt' is neither a preset");
-    fails_with(&["pipeline", "--config", conf.to_str().unwrap(), "--set", "estimator"], "--set 'estimator': expected key=value");
+    fails_with(
+        &["pipeline", "--config", conf.to_str().unwrap(), "--set", "error_model=chip.txt"],
+        "error model 'chip.txt' is neither a preset",
+    );
+    fails_with(
+        &["pipeline", "--config", conf.to_str().unwrap(), "--set", "estimator"],
+        "--set 'estimator': expected key=value",
+    );
     let fp32 = concat!(env!("CARGO_MANIFEST_DIR"), "/models/resnet20-fp32-s0.ckpt");
-    fails_with(&["export", "--checkpoint", fp32, "--out", d.join("m.dnatdepl").to_str().unwrap()], "has no CIM layers");
+    fails_with(
+        &["export", "--checkpoint", fp32, "--out", d.join("m.dnatdepl").to_str().unwrap()],
+        "has no CIM layers",
+    );
     assert!(!d.join("m.dnatdepl").exists());
 }
 
 #[test]
 fn bench_prints_a_table_and_a_json_line() {
-    let o = dnat(&["bench", "--model", "resnet20", "--batch", "8", "--steps", "1", "--warmup", "0", "--json"]);
+    let o = dnat(&[
+        "bench", "--model", "resnet20", "--batch", "8", "--steps", "1", "--warmup", "0", "--json",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
     let last = out.lines().last().unwrap();
     assert!(out.contains("train img/s"));
-    assert!(json_number(last, "train_images_per_s") > 0.0 && json_number(last, "peak_rss_mb") > 0.0, "{last}");
+    assert!(
+        json_number(last, "train_images_per_s") > 0.0 && json_number(last, "peak_rss_mb") > 0.0,
+        "{last}"
+    );
 }
 
 /// The hostile-input cases, one per failure class: each is refused by name, before any
@@ -96,24 +199,84 @@ fn hostile_input_is_refused_by_name() {
     train(&["--schedule", "step:5,2"], "milestones must be ascending");
     train(&["--batch", "4000000000"], "--batch 4000000000: must be 1 to 65536");
     train(&["--cim", "--estimator", "stat:4000000000"], "S must be a whole number from 0");
-    fails_with(&["train", "--model", "resnet20", "--epochs", "1", "--out", d.to_str().unwrap()], "is a directory: give a file path");
+    fails_with(
+        &["train", "--model", "resnet20", "--epochs", "1", "--out", d.to_str().unwrap()],
+        "is a directory: give a file path",
+    );
     train(&["--cim", "--error-model", "mild:sat=1e6"], "sat = 1000000 is outside");
     assert!(!out.exists());
     // An output that cannot be written fails before the data is read or an epoch is run.
-    fails_with(&["train", "--model", "resnet20", "--epochs", "1", "--out", "/proc/dnat-nowhere/x.ckpt"], "/proc/dnat-nowhere");
-    fails_with(&["bench", "--model", "resnet20", "--classes", "4000000000"], "--classes: 4000000000 classes");
+    fails_with(
+        &["train", "--model", "resnet20", "--epochs", "1", "--out", "/proc/dnat-nowhere/x.ckpt"],
+        "/proc/dnat-nowhere",
+    );
+    fails_with(
+        &["bench", "--model", "resnet20", "--classes", "4000000000"],
+        "--classes: 4000000000 classes",
+    );
     let qat = concat!(env!("CARGO_MANIFEST_DIR"), "/models/resnet20-w4a8-qat-e2-s0.ckpt");
-    fails_with(&["eval", "--checkpoint", qat, "--cim", "--chips", "4000000000"], "--chips 4000000000: each 1 to 1000");
-    fails_with(&["bench", "--model", "resnet20", "--batch", "4000000000"], "--batch must be 1 to 65536");
+    fails_with(
+        &["eval", "--checkpoint", qat, "--cim", "--chips", "4000000000"],
+        "--chips 4000000000: each 1 to 1000",
+    );
+    fails_with(
+        &["bench", "--model", "resnet20", "--batch", "4000000000"],
+        "--batch must be 1 to 65536",
+    );
     // A macro described on the command line: used when valid, its errors named.
-    fails_with(&["bench", "--model", "resnet20", "--cim", "--macro", "rows=0"], "rows = 0 is outside");
-    let o_ = dnat(&["bench", "--model", "resnet20", "--cim", "--macro", "rows=32,adc_bits=7,step=64", "--batch", "2", "--steps", "1", "--warmup", "0"]);
-    assert!(o_.status.success() && stdout(&o_).contains("32 rows"), "{}{}", stdout(&o_), stderr(&o_));
+    fails_with(
+        &["bench", "--model", "resnet20", "--cim", "--macro", "rows=0"],
+        "rows = 0 is outside",
+    );
+    let o_ = dnat(&[
+        "bench",
+        "--model",
+        "resnet20",
+        "--cim",
+        "--macro",
+        "rows=32,adc_bits=7,step=64",
+        "--batch",
+        "2",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+    ]);
+    assert!(
+        o_.status.success() && stdout(&o_).contains("32 rows"),
+        "{}{}",
+        stdout(&o_),
+        stderr(&o_)
+    );
     // A bench of named layers says which ones; a pattern that names none is refused.
-    let o_ = dnat(&["bench", "--model", "resnet20", "--cim", "--cim-layers", "layer3.*", "--batch", "2", "--steps", "1", "--warmup", "0"]);
-    assert!(o_.status.success() && stdout(&o_).contains("layers: layer3.*"), "{}{}", stdout(&o_), stderr(&o_));
-    fails_with(&["bench", "--model", "resnet20", "--cim", "--cim-layers", "features.*"], "features.*");
-    fails_with(&["bench", "--model", "resnet20", "--cim-layers", "layer3.*"], "--cim-layers needs --cim");
+    let o_ = dnat(&[
+        "bench",
+        "--model",
+        "resnet20",
+        "--cim",
+        "--cim-layers",
+        "layer3.*",
+        "--batch",
+        "2",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+    ]);
+    assert!(
+        o_.status.success() && stdout(&o_).contains("layers: layer3.*"),
+        "{}{}",
+        stdout(&o_),
+        stderr(&o_)
+    );
+    fails_with(
+        &["bench", "--model", "resnet20", "--cim", "--cim-layers", "features.*"],
+        "features.*",
+    );
+    fails_with(
+        &["bench", "--model", "resnet20", "--cim-layers", "layer3.*"],
+        "--cim-layers needs --cim",
+    );
 
     // Safetensors metadata claiming 4·10⁹ classes (or none): refused, naming the file.
     let fp32 = concat!(env!("CARGO_MANIFEST_DIR"), "/models/resnet20-fp32-s0.ckpt");
@@ -131,9 +294,26 @@ fn hostile_input_is_refused_by_name() {
         crafted.extend_from_slice(&bytes[8 + n..]);
         let p = d.join(format!("classes-{classes}.safetensors"));
         std::fs::write(&p, crafted).unwrap();
-        fails_with(&["weights", "import", "--safetensors", p.to_str().unwrap(), "--out", o], &format!("classes-{classes}.safetensors: metadata num_classes: {classes} classes"));
+        fails_with(
+            &["weights", "import", "--safetensors", p.to_str().unwrap(), "--out", o],
+            &format!("classes-{classes}.safetensors: metadata num_classes: {classes} classes"),
+        );
     }
-    fails_with(&["weights", "import", "--safetensors", st.to_str().unwrap(), "--model", "resnet20", "--classes", "1", "--out", o], "--classes 1: 1 classes");
+    fails_with(
+        &[
+            "weights",
+            "import",
+            "--safetensors",
+            st.to_str().unwrap(),
+            "--model",
+            "resnet20",
+            "--classes",
+            "1",
+            "--out",
+            o,
+        ],
+        "--classes 1: 1 classes",
+    );
     assert!(!out.exists());
 
     // Fit logs: the ADC step must be a positive number; a model name cannot carry a
@@ -143,25 +323,48 @@ fn hostile_input_is_refused_by_name() {
     let model = d.join("m.txt");
     let m = model.to_str().unwrap();
     for step in ["nan", "inf", "-32", "0"] {
-        fails_with(&["em", "fit", log.to_str().unwrap(), "--out", m, "--values-step", step], "--values-step");
+        fails_with(
+            &["em", "fit", log.to_str().unwrap(), "--out", m, "--values-step", step],
+            "--values-step",
+        );
     }
-    fails_with(&["em", "fit", log.to_str().unwrap(), "--out", m, "--name", "evil\nideal_codes: -10 10"], "contains a control character");
+    fails_with(
+        &["em", "fit", log.to_str().unwrap(), "--out", m, "--name", "evil\nideal_codes: -10 10"],
+        "contains a control character",
+    );
     assert!(!model.exists());
     let o_ = dnat(&["em", "fit", log.to_str().unwrap(), "--out", m, "--name", "x/../../escaped"]);
     assert!(o_.status.success(), "{}", stderr(&o_));
-    let show = std::process::Command::new(env!("CARGO_BIN_EXE_dnat")).args(["em", "show", m]).current_dir(&d).output().unwrap();
+    let show = std::process::Command::new(env!("CARGO_BIN_EXE_dnat"))
+        .args(["em", "show", m])
+        .current_dir(&d)
+        .output()
+        .unwrap();
     assert!(show.status.success(), "{}", stderr(&show));
-    assert!(d.join("em-x_.._.._escaped.svg").is_file() && !d.join("../../escaped.svg").exists(), "{}", stdout(&show));
+    assert!(
+        d.join("em-x_.._.._escaped.svg").is_file() && !d.join("../../escaped.svg").exists(),
+        "{}",
+        stdout(&show)
+    );
 
     // A pipeline name is a directory name; a value cannot carry a newline into a record.
     let conf = d.join("p.conf");
     std::fs::write(&conf, "model = resnet20\n").unwrap();
-    fails_with(&["pipeline", "--config", conf.to_str().unwrap(), "--set", "name=a\nb"], "control character");
-    fails_with(&["pipeline", "--config", conf.to_str().unwrap(), "--set", "name=../../x"], "results directory");
+    fails_with(
+        &["pipeline", "--config", conf.to_str().unwrap(), "--set", "name=a\nb"],
+        "control character",
+    );
+    fails_with(
+        &["pipeline", "--config", conf.to_str().unwrap(), "--set", "name=../../x"],
+        "results directory",
+    );
 
     // Exporting a W4A8 model to a macro of other bit widths would re-quantize it.
     let qat = concat!(env!("CARGO_MANIFEST_DIR"), "/models/resnet20-w4a8-qat-e2-s0.ckpt");
     let dep = d.join("m.dnatdepl");
-    fails_with(&["export", "--checkpoint", qat, "--macro", "paper-chip", "--out", dep.to_str().unwrap()], "would re-quantize it");
+    fails_with(
+        &["export", "--checkpoint", qat, "--macro", "paper-chip", "--out", dep.to_str().unwrap()],
+        "would re-quantize it",
+    );
     assert!(!dep.exists());
 }

@@ -14,10 +14,10 @@
 //! Default suite: `DNAT_FUZZ_SECS` (default 2) seconds per target.
 //! `make fuzz`: `DNAT_FUZZ_SECS=600` (ten minutes per target), with a count per target.
 
-use dnat::cim::em::{fit, format, presets, FillPolicy, ModelInfo};
 use dnat::cim::MacroSpec;
+use dnat::cim::em::{FillPolicy, ModelInfo, fit, format, presets};
 use dnat::data::{Dataset, DatasetKind, Normalize};
-use dnat::io::checkpoint::{restore_into, Checkpoint};
+use dnat::io::checkpoint::{Checkpoint, restore_into};
 use dnat::io::deploy::DeployModel;
 use dnat::io::{framed, safetensors};
 use dnat::nn::build;
@@ -43,9 +43,39 @@ impl Rng {
 }
 
 /// Integers that find edge cases: zero, ±1, sign and width limits, huge counts.
-const INTERESTING: [u64; 12] = [0, 1, u64::MAX, 0x7fff_ffff, 0x8000_0000, 0xffff_ffff, 0x1_0000, 4_000_000_000, 0x7fff_ffff_ffff_ffff, 255, 65_535, 1 << 40];
+const INTERESTING: [u64; 12] = [
+    0,
+    1,
+    u64::MAX,
+    0x7fff_ffff,
+    0x8000_0000,
+    0xffff_ffff,
+    0x1_0000,
+    4_000_000_000,
+    0x7fff_ffff_ffff_ffff,
+    255,
+    65_535,
+    1 << 40,
+];
 /// Tokens that find edge cases in text formats.
-const TOKENS: [&str; 16] = ["nan", "inf", "-inf", "-1", "0", "1e308", "-1e308", "4000000000", "-2147483648", "2147483647", "1e-320", "\n", "=", ",", ":", "#"];
+const TOKENS: [&str; 16] = [
+    "nan",
+    "inf",
+    "-inf",
+    "-1",
+    "0",
+    "1e308",
+    "-1e308",
+    "4000000000",
+    "-2147483648",
+    "2147483647",
+    "1e-320",
+    "\n",
+    "=",
+    ",",
+    ":",
+    "#",
+];
 
 /// One random mutation of a byte string.
 fn mutate_bytes(r: &mut Rng, b: &mut Vec<u8>) {
@@ -92,17 +122,29 @@ fn mutate_text(r: &mut Rng, t: &mut String) {
     match r.below(5) {
         0 => {
             // Replace one whitespace/comma/colon/equals-separated token.
-            let mut toks: Vec<String> = t.split_inclusive([' ', ',', '=', ':', '\n', '\t']).map(String::from).collect();
+            let mut toks: Vec<String> =
+                t.split_inclusive([' ', ',', '=', ':', '\n', '\t']).map(String::from).collect();
             if !toks.is_empty() {
                 let i = r.below(toks.len());
-                let end: String = toks[i].chars().last().filter(|c| " ,=:\n\t".contains(*c)).map(String::from).unwrap_or_default();
+                let end: String = toks[i]
+                    .chars()
+                    .last()
+                    .filter(|c| " ,=:\n\t".contains(*c))
+                    .map(String::from)
+                    .unwrap_or_default();
                 toks[i] = format!("{}{end}", TOKENS[r.below(TOKENS.len())]);
             }
             *t = toks.concat();
         }
         1 if lines.len() > 1 => {
             let i = r.below(lines.len());
-            *t = lines.iter().enumerate().filter(|&(j, _)| j != i).map(|(_, l)| *l).collect::<Vec<_>>().join("\n");
+            *t = lines
+                .iter()
+                .enumerate()
+                .filter(|&(j, _)| j != i)
+                .map(|(_, l)| *l)
+                .collect::<Vec<_>>()
+                .join("\n");
         }
         2 => {
             let i = r.below(lines.len());
@@ -111,7 +153,11 @@ fn mutate_text(r: &mut Rng, t: &mut String) {
             *t = v.join("\n");
         }
         3 => {
-            let at = t.char_indices().map(|(i, _)| i).nth(r.below(t.chars().count().max(1))).unwrap_or(0);
+            let at = t
+                .char_indices()
+                .map(|(i, _)| i)
+                .nth(r.below(t.chars().count().max(1)))
+                .unwrap_or(0);
             t.insert_str(at, TOKENS[r.below(TOKENS.len())]);
         }
         _ => {
@@ -127,7 +173,8 @@ fn mutate_text(r: &mut Rng, t: &mut String) {
 /// mutated instead.
 fn reframe(r: &mut Rng, framed_seed: &[u8], max_version: u32) -> Vec<u8> {
     let magic: [u8; 8] = framed_seed[..8].try_into().unwrap();
-    let (version, mut payload) = framed::decode(framed_seed, &magic, "seed", max_version).expect("seed is a valid file");
+    let (version, mut payload) =
+        framed::decode(framed_seed, &magic, "seed", max_version).expect("seed is a valid file");
     if r.below(10) == 0 {
         let mut b = framed_seed.to_vec();
         mutate_bytes(r, &mut b);
@@ -140,7 +187,13 @@ fn reframe(r: &mut Rng, framed_seed: &[u8], max_version: u32) -> Vec<u8> {
 }
 
 /// Runs `target` on mutated inputs for the configured time; returns (inputs, errors).
-fn fuzz(name: &str, seeds: Vec<Vec<u8>>, seeds_parse: bool, mut make: impl FnMut(&mut Rng, &[u8]) -> Vec<u8>, mut target: impl FnMut(&[u8]) -> bool) -> (u64, u64) {
+fn fuzz(
+    name: &str,
+    seeds: Vec<Vec<u8>>,
+    seeds_parse: bool,
+    mut make: impl FnMut(&mut Rng, &[u8]) -> Vec<u8>,
+    mut target: impl FnMut(&[u8]) -> bool,
+) -> (u64, u64) {
     let secs: u64 = std::env::var("DNAT_FUZZ_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(2);
     let seed: u64 = std::env::var("DNAT_FUZZ_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
     let mut r = Rng(seed ^ name.bytes().fold(0u64, |h, b| mix64(h ^ b as u64)));
@@ -159,20 +212,32 @@ fn fuzz(name: &str, seeds: Vec<Vec<u8>>, seeds_parse: bool, mut make: impl FnMut
         if outcome.is_err() || took > Duration::from_secs(10) {
             let dir = Path::new(ROOT).join("tests/fuzz/crashes");
             std::fs::create_dir_all(&dir).unwrap();
-            let file = dir.join(format!("{name}-{:016x}", mix64(input.iter().fold(0u64, |h, &b| mix64(h ^ b as u64)))));
+            let file = dir.join(format!(
+                "{name}-{:016x}",
+                mix64(input.iter().fold(0u64, |h, &b| mix64(h ^ b as u64)))
+            ));
             std::fs::write(&file, &input).unwrap();
-            panic!("{name}: {} on input {} (after {runs} runs)", if outcome.is_err() { "panic" } else { "hang" }, file.display());
+            panic!(
+                "{name}: {} on input {} (after {runs} runs)",
+                if outcome.is_err() { "panic" } else { "hang" },
+                file.display()
+            );
         }
         runs += 1;
         errors += !outcome.unwrap() as u64;
     }
-    eprintln!("fuzz {name}: {runs} inputs in {secs} s, {errors} refused with an error, 0 panics, 0 hangs");
+    eprintln!(
+        "fuzz {name}: {runs} inputs in {secs} s, {errors} refused with an error, 0 panics, 0 hangs"
+    );
     (runs, errors)
 }
 
 fn corpus(target: &str) -> Vec<Vec<u8>> {
     let dir = Path::new(ROOT).join("tests/fuzz/corpus").join(target);
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
     files.iter().map(|f| std::fs::read(f).unwrap()).collect()
 }
@@ -192,13 +257,19 @@ fn qat_checkpoint() -> Vec<u8> {
 #[test]
 fn checkpoints() {
     let p = Path::new("fuzz.ckpt");
-    fuzz("checkpoint", vec![qat_checkpoint()], true, |r, s| reframe(r, s, 3), |b| match Checkpoint::from_bytes(b) {
-        Ok(ck) => {
-            let (_, mut store) = build(&ck.spec, 0).unwrap();
-            restore_into(&ck.store, &mut store, p).is_ok()
-        }
-        Err(_) => false,
-    });
+    fuzz(
+        "checkpoint",
+        vec![qat_checkpoint()],
+        true,
+        |r, s| reframe(r, s, 3),
+        |b| match Checkpoint::from_bytes(b) {
+            Ok(ck) => {
+                let (_, mut store) = build(&ck.spec, 0).unwrap();
+                restore_into(&ck.store, &mut store, p).is_ok()
+            }
+            Err(_) => false,
+        },
+    );
 }
 
 #[test]
@@ -206,19 +277,44 @@ fn deployable_exports() {
     let ck = Checkpoint::from_bytes(&qat_checkpoint()).unwrap();
     let (net, mut store) = build(&ck.spec, 0).unwrap();
     restore_into(&ck.store, &mut store, Path::new("qat")).unwrap();
-    let seed = DeployModel::from_network(net.as_ref(), "resnet20", &mut store, &MacroSpec::preset("default").unwrap(), Normalize::for_dataset(DatasetKind::Cifar10)).unwrap().to_bytes();
-    fuzz("deploy", vec![seed], true, |r, s| reframe(r, s, 2), |b| DeployModel::from_bytes(b).is_ok());
+    let seed = DeployModel::from_network(
+        net.as_ref(),
+        "resnet20",
+        &mut store,
+        &MacroSpec::preset("default").unwrap(),
+        Normalize::for_dataset(DatasetKind::Cifar10),
+    )
+    .unwrap()
+    .to_bytes();
+    fuzz(
+        "deploy",
+        vec![seed],
+        true,
+        |r, s| reframe(r, s, 2),
+        |b| DeployModel::from_bytes(b).is_ok(),
+    );
 }
 
 #[test]
 fn error_models_binary() {
-    let seeds = ["current-domain", "mild"].iter().map(|n| format::to_binary(&presets::preset(n, (-16, 15)).unwrap())).collect();
-    fuzz("em-binary", seeds, true, |r, s| reframe(r, s, 2), |b| format::from_binary(b, Path::new("fuzz.dmacem")).is_ok());
+    let seeds = ["current-domain", "mild"]
+        .iter()
+        .map(|n| format::to_binary(&presets::preset(n, (-16, 15)).unwrap()))
+        .collect();
+    fuzz(
+        "em-binary",
+        seeds,
+        true,
+        |r, s| reframe(r, s, 2),
+        |b| format::from_binary(b, Path::new("fuzz.dmacem")).is_ok(),
+    );
 }
 
 #[test]
 fn error_models_text() {
-    fuzz("em-text", corpus("em-text"), true, text_target, |b| format::from_text(&String::from_utf8_lossy(b), Path::new("fuzz.txt")).is_ok());
+    fuzz("em-text", corpus("em-text"), true, text_target, |b| {
+        format::from_text(&String::from_utf8_lossy(b), Path::new("fuzz.txt")).is_ok()
+    });
 }
 
 #[test]
@@ -229,8 +325,16 @@ fn fit_logs() {
         let step = if text.contains("step 32") { Some(32.0) } else { None };
         match fit::parse_log(&text, Path::new("fuzz.log"), step) {
             Ok(log) => {
-                let info = ModelInfo { name: "fuzz".into(), description: String::new(), synthetic: false };
-                fit::fit(&log, (spec.adc.kmin, spec.adc.kmax), FillPolicy::Nearest, info, spec.adcs()).is_ok()
+                let info =
+                    ModelInfo { name: "fuzz".into(), description: String::new(), synthetic: false };
+                fit::fit(
+                    &log,
+                    (spec.adc.kmin, spec.adc.kmax),
+                    FillPolicy::Nearest,
+                    info,
+                    spec.adcs(),
+                )
+                .is_ok()
             }
             Err(_) => false,
         }
@@ -239,7 +343,10 @@ fn fit_logs() {
 
 #[test]
 fn safetensors_files() {
-    let ck = Checkpoint::from_bytes(&std::fs::read(Path::new(ROOT).join("models/resnet20-fp32-s0.ckpt")).unwrap()).unwrap();
+    let ck = Checkpoint::from_bytes(
+        &std::fs::read(Path::new(ROOT).join("models/resnet20-fp32-s0.ckpt")).unwrap(),
+    )
+    .unwrap();
     let (_, mut store) = build(&ck.spec, 0).unwrap();
     restore_into(&ck.store, &mut store, Path::new("fp32")).unwrap();
     let seed = safetensors::export(&ck.spec, &store).unwrap();
@@ -273,7 +380,9 @@ fn safetensors_files() {
 
 #[test]
 fn pipeline_configs() {
-    fuzz("pipeline-config", corpus("pipeline-config"), true, text_target, |b| PipelineConfig::parse(&String::from_utf8_lossy(b)).is_ok());
+    fuzz("pipeline-config", corpus("pipeline-config"), true, text_target, |b| {
+        PipelineConfig::parse(&String::from_utf8_lossy(b)).is_ok()
+    });
 }
 
 #[test]
@@ -289,43 +398,52 @@ fn error_model_specs() {
 #[test]
 fn macro_descriptions() {
     // A macro is described by a preset name plus its fields; mutate the fields' values.
-    let seeds: Vec<Vec<u8>> = ["default", "paper-chip", "bit-serial"].iter().map(|n| n.as_bytes().to_vec()).collect();
-    fuzz("macro", seeds, true, |r, s| {
-        let mut b = s.to_vec();
-        if r.below(2) == 0 {
-            mutate_bytes(r, &mut b);
-        } else {
-            // name, then 8 random field values as interesting integers
-            b.push(0);
-            for _ in 0..8 {
-                b.extend_from_slice(&INTERESTING[r.below(INTERESTING.len())].to_le_bytes()[..4]);
+    let seeds: Vec<Vec<u8>> =
+        ["default", "paper-chip", "bit-serial"].iter().map(|n| n.as_bytes().to_vec()).collect();
+    fuzz(
+        "macro",
+        seeds,
+        true,
+        |r, s| {
+            let mut b = s.to_vec();
+            if r.below(2) == 0 {
+                mutate_bytes(r, &mut b);
+            } else {
+                // name, then 8 random field values as interesting integers
+                b.push(0);
+                for _ in 0..8 {
+                    b.extend_from_slice(
+                        &INTERESTING[r.below(INTERESTING.len())].to_le_bytes()[..4],
+                    );
+                }
             }
-        }
-        b
-    }, |b| {
-        let (name, fields) = match b.iter().position(|&c| c == 0) {
-            Some(i) => (&b[..i], Some(&b[i + 1..])),
-            None => (b, None),
-        };
-        let Ok(mut m) = MacroSpec::preset(&String::from_utf8_lossy(name)) else { return false };
-        if let Some(f) = fields.filter(|f| f.len() >= 32) {
-            let v = |i: usize| i32::from_le_bytes(f[4 * i..4 * i + 4].try_into().unwrap());
-            m.rows = v(0) as u32 as usize;
-            m.input_bits = v(1) as u32;
-            m.input_bits_per_cycle = v(2) as u32;
-            m.weight_bits = v(3) as u32;
-            m.adc.kmin = v(4);
-            m.adc.kmax = v(5);
-            m.arrays = v(6) as u32 as usize;
-            m.columns = v(7) as u32 as usize;
-        }
-        if m.validate().is_err() {
-            return false;
-        }
-        // A valid macro answers its questions without overflow.
-        let _ = (m.tiles(4096), m.cycles(), m.adcs(), m.adc.levels(), m.describe());
-        true
-    });
+            b
+        },
+        |b| {
+            let (name, fields) = match b.iter().position(|&c| c == 0) {
+                Some(i) => (&b[..i], Some(&b[i + 1..])),
+                None => (b, None),
+            };
+            let Ok(mut m) = MacroSpec::preset(&String::from_utf8_lossy(name)) else { return false };
+            if let Some(f) = fields.filter(|f| f.len() >= 32) {
+                let v = |i: usize| i32::from_le_bytes(f[4 * i..4 * i + 4].try_into().unwrap());
+                m.rows = v(0) as u32 as usize;
+                m.input_bits = v(1) as u32;
+                m.input_bits_per_cycle = v(2) as u32;
+                m.weight_bits = v(3) as u32;
+                m.adc.kmin = v(4);
+                m.adc.kmax = v(5);
+                m.arrays = v(6) as u32 as usize;
+                m.columns = v(7) as u32 as usize;
+            }
+            if m.validate().is_err() {
+                return false;
+            }
+            // A valid macro answers its questions without overflow.
+            let _ = (m.tiles(4096), m.cycles(), m.adcs(), m.adc.levels(), m.describe());
+            true
+        },
+    );
 }
 
 #[test]
@@ -336,24 +454,30 @@ fn data_archives() {
     let dir = common::tmpdir("fuzz-archive");
     let file = dir.join("fuzz.tar.gz");
     let seeds = corpus("archive");
-    fuzz("archive", seeds, false, |r, s| {
-        use std::io::{Read, Write};
-        if r.below(5) == 0 {
-            // The gzip bytes themselves.
-            let mut b = s.to_vec();
-            mutate_bytes(r, &mut b);
-            return b;
-        }
-        let mut tar = Vec::new();
-        flate2::read::GzDecoder::new(s).read_to_end(&mut tar).expect("seed archive inflates");
-        for _ in 0..1 + r.below(3) {
-            mutate_bytes(r, &mut tar);
-        }
-        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-        gz.write_all(&tar).unwrap();
-        gz.finish().unwrap()
-    }, |b| {
-        std::fs::write(&file, b).unwrap();
-        Dataset::load(&file, DatasetKind::Cifar10).is_ok()
-    });
+    fuzz(
+        "archive",
+        seeds,
+        false,
+        |r, s| {
+            use std::io::{Read, Write};
+            if r.below(5) == 0 {
+                // The gzip bytes themselves.
+                let mut b = s.to_vec();
+                mutate_bytes(r, &mut b);
+                return b;
+            }
+            let mut tar = Vec::new();
+            flate2::read::GzDecoder::new(s).read_to_end(&mut tar).expect("seed archive inflates");
+            for _ in 0..1 + r.below(3) {
+                mutate_bytes(r, &mut tar);
+            }
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(&tar).unwrap();
+            gz.finish().unwrap()
+        },
+        |b| {
+            std::fs::write(&file, b).unwrap();
+            Dataset::load(&file, DatasetKind::Cifar10).is_ok()
+        },
+    );
 }

@@ -6,8 +6,10 @@
 use dnat::cim::{Adc, Chip, CimRuntime, ErrorModel, Estimator, MacroSpec, ReadoutMode};
 use dnat::data::{Normalize, synthetic};
 use dnat::engine::{Mode, ParamStore, Tape, Var};
-use dnat::nn::{map_to_macro, ActQuantKind, BatchNorm2d, CimPlan, Conv2d, Conv2dConfig, Fwd, Network};
-use dnat::train::{recalibrate_bn, RecalImages};
+use dnat::nn::{
+    ActQuantKind, BatchNorm2d, CimPlan, Conv2d, Conv2dConfig, Fwd, Network, map_to_macro,
+};
+use dnat::train::{RecalImages, recalibrate_bn};
 use std::sync::Arc;
 
 /// A 1×1 CIM convolution (3 → 4 channels) followed by batchnorm.
@@ -25,12 +27,8 @@ impl Network for ConvBn {
 
 const GAINS: [f32; 4] = [0.6, 0.83, 1.0, 1.37];
 // Weight codes (every channel reaches ±7, so the per-channel scale is exact).
-const CODES: [[f32; 3]; 4] = [
-    [7.0, -3.0, 2.0],
-    [-7.0, 5.0, 1.0],
-    [3.0, 7.0, -6.0],
-    [1.0, -2.0, 7.0],
-];
+const CODES: [[f32; 3]; 4] =
+    [[7.0, -3.0, 2.0], [-7.0, 5.0, 1.0], [3.0, 7.0, -6.0], [1.0, -2.0, 7.0]];
 // A scale that keeps every channel's variance far above batchnorm's eps (1e-5), which
 // does not scale with the gain.
 const W_SCALE: f32 = 1.0;
@@ -57,34 +55,24 @@ fn forward(
 fn bn_recalibration_undoes_a_per_channel_gain() {
     let data = synthetic::dataset(96, 8, 3);
     // Pixels p/255 in [0, 1]: with PACT bounds [0, 1] the input codes are the pixel bytes.
-    let norm = Normalize {
-        mean: [0.0; 3],
-        std: [1.0; 3],
-    };
+    let norm = Normalize { mean: [0.0; 3], std: [1.0; 3] };
     let mut store = ParamStore::seeded(5);
     let conv = Conv2dConfig::new(3, 4, 1).init(&mut store, "conv");
     let bn = BatchNorm2d::new(&mut store, "bn", 4);
     map_to_macro(&mut store, &CimPlan::named(["conv"])).unwrap();
     let w: Vec<f32> = CODES.iter().flatten().map(|c| c * W_SCALE).collect();
-    store
-        .param_mut(conv.weight)
-        .value
-        .data_mut()
-        .copy_from_slice(&w);
+    store.param_mut(conv.weight).value.data_mut().copy_from_slice(&w);
     let q = store.layer(conv.layer).on_macro.unwrap();
     store.param_mut(q.hi).value.data_mut()[0] = 1.0;
     let net = ConvBn { conv, bn };
     // Every training image, un-augmented (the reference reads the raw pixels).
-    let all = RecalImages { split: &data.train, norm, augment: None, count: data.train.len(), seed: 0 };
+    let all =
+        RecalImages { split: &data.train, norm, augment: None, count: data.train.len(), seed: 0 };
 
     // An ADC of step 1 reads the ideal partial sums exactly; each channel has its own column.
     let spec = MacroSpec {
         name: "gain-only".into(),
-        adc: Adc {
-            kmin: -8192,
-            kmax: 8191,
-            step: 1.0,
-        },
+        adc: Adc { kmin: -8192, kmax: 8191, step: 1.0 },
         arrays: 1,
         columns: 4,
         ..MacroSpec::default()
@@ -97,11 +85,7 @@ fn bn_recalibration_undoes_a_per_channel_gain() {
     )
     .unwrap();
     rt.act_quant = ActQuantKind::Pact;
-    rt.chip = Some(Arc::new(Chip::from_columns(
-        1,
-        GAINS.to_vec(),
-        vec![0.0; 4],
-    )));
+    rt.chip = Some(Arc::new(Chip::from_columns(1, GAINS.to_vec(), vec![0.0; 4])));
 
     // The reference, with plain loops: ideal outputs y = s_w·s_x·Σ q·c over every pixel
     // of every image, normalised with their own mean and (unbiased) variance.
@@ -112,9 +96,8 @@ fn bn_recalibration_undoes_a_per_channel_gain() {
         let img = data.train.image(i);
         for (co, out) in ideal.iter_mut().enumerate() {
             for p in 0..pix {
-                let psum: f64 = (0..3)
-                    .map(|ci| img[ci * pix + p] as f64 * CODES[co][ci] as f64)
-                    .sum();
+                let psum: f64 =
+                    (0..3).map(|ci| img[ci * pix + p] as f64 * CODES[co][ci] as f64).sum();
                 out[i * pix + p] = W_SCALE as f64 * s_x * psum;
             }
         }
@@ -123,10 +106,7 @@ fn bn_recalibration_undoes_a_per_channel_gain() {
         .iter()
         .map(|v| {
             let m = v.iter().sum::<f64>() / v.len() as f64;
-            (
-                m,
-                v.iter().map(|a| (a - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64,
-            )
+            (m, v.iter().map(|a| (a - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64)
         })
         .collect();
     let reference = |co: usize, i: usize, p: usize| {
@@ -176,19 +156,11 @@ fn bn_recalibration_undoes_a_per_channel_gain() {
         &weights_before[..],
         "weights are not touched"
     );
-    assert_eq!(
-        store.param_mut(q.hi).value.data()[0],
-        1.0,
-        "quantizer bounds are not touched"
-    );
+    assert_eq!(store.param_mut(q.hi).value.data()[0], 1.0, "quantizer bounds are not touched");
 
     // Deterministic, and the batch split does not change the statistics beyond f32 rounding.
-    let snapshot = |s: &ParamStore| {
-        s.buffers()
-            .iter()
-            .map(|b| b.value.data().to_vec())
-            .collect::<Vec<_>>()
-    };
+    let snapshot =
+        |s: &ParamStore| s.buffers().iter().map(|b| b.value.data().to_vec()).collect::<Vec<_>>();
     let a = snapshot(&store);
     recalibrate_bn(&net, &mut store, &all, Some(&rt)).unwrap();
     assert_eq!(snapshot(&store), a);

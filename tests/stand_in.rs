@@ -9,9 +9,20 @@ use common::*;
 #[test]
 fn fp32_resnet20_golden_accuracy() {
     let Some(data) = stand_in() else { return };
-    for (file, key) in [("resnet20-fp32-s0.ckpt", "resnet20_fp32_s0_accuracy"), ("resnet20-fp32-e60-s0.ckpt", "resnet20_fp32_e60_s0_accuracy")] {
+    for (file, key) in [
+        ("resnet20-fp32-s0.ckpt", "resnet20_fp32_s0_accuracy"),
+        ("resnet20-fp32-e60-s0.ckpt", "resnet20_fp32_e60_s0_accuracy"),
+    ] {
         let ckpt = format!("{}/models/{file}", env!("CARGO_MANIFEST_DIR"));
-        let o = dnat(&["eval", "--checkpoint", &ckpt, "--data", data.to_str().unwrap(), "--json", "--quiet"]);
+        let o = dnat(&[
+            "eval",
+            "--checkpoint",
+            &ckpt,
+            "--data",
+            data.to_str().unwrap(),
+            "--json",
+            "--quiet",
+        ]);
         assert!(o.status.success(), "{}", stderr(&o));
         let acc = json_number(stdout(&o).lines().last().unwrap(), "accuracy");
         let want: f64 = golden("fp32.txt", key).parse().unwrap();
@@ -25,7 +36,15 @@ fn fp32_resnet20_golden_accuracy() {
 fn fp32_vgg8_golden_accuracy() {
     let Some(data) = stand_in() else { return };
     let ckpt = format!("{}/models/vgg8-fp32-e6-s0.ckpt", env!("CARGO_MANIFEST_DIR"));
-    let o = dnat(&["eval", "--checkpoint", &ckpt, "--data", data.to_str().unwrap(), "--json", "--quiet"]);
+    let o = dnat(&[
+        "eval",
+        "--checkpoint",
+        &ckpt,
+        "--data",
+        data.to_str().unwrap(),
+        "--json",
+        "--quiet",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let acc = json_number(stdout(&o).lines().last().unwrap(), "accuracy");
     let want: f64 = golden("fp32.txt", "vgg8_fp32_e6_s0_accuracy").parse().unwrap();
@@ -42,11 +61,31 @@ fn short_cli_run_is_thread_count_independent() {
     for t in ["1", "2"] {
         let out = d.join(format!("t{t}.ckpt"));
         let o = dnat_env(
-            &["train", "--model", "resnet20", "--epochs", "1", "--train-subset", "512", "--batch", "64", "--seed", "5", "--data", data.to_str().unwrap(), "--out", out.to_str().unwrap()],
+            &[
+                "train",
+                "--model",
+                "resnet20",
+                "--epochs",
+                "1",
+                "--train-subset",
+                "512",
+                "--batch",
+                "64",
+                "--seed",
+                "5",
+                "--data",
+                data.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
             &[("RAYON_NUM_THREADS", t)],
         );
         assert!(o.status.success(), "{}", stderr(&o));
-        assert!(stderr(&o).contains("CIFAR-10 stand-in"), "the run must say which archive it read:\n{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("CIFAR-10 stand-in"),
+            "the run must say which archive it read:\n{}",
+            stderr(&o)
+        );
         outs.push(std::fs::read(&out).unwrap());
     }
     assert_eq!(outs[0], outs[1], "checkpoints differ between RAYON_NUM_THREADS=1 and 2");

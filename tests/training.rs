@@ -3,10 +3,10 @@
 //! with the same bytes as an uninterrupted one.
 
 use dnat::cim::{Estimator, ReadoutMode};
-use dnat::data::{synthetic, DatasetKind};
+use dnat::data::{DatasetKind, synthetic};
 use dnat::io::Checkpoint;
 use dnat::nn::{ActQuantKind, Arch, CimPlan};
-use dnat::train::{train, ChipChoice, CimTraining, ReadoutSource, RunOptions, TrainConfig};
+use dnat::train::{ChipChoice, CimTraining, ReadoutSource, RunOptions, TrainConfig, train};
 
 mod common;
 use common::{check_golden, tmpdir};
@@ -35,7 +35,11 @@ fn learns_and_is_identical_at_one_and_two_threads() {
     let o1 = in_pool(1, || train(&cfg, &data, &p1, &quiet()).unwrap());
     in_pool(2, || train(&cfg, &data, &p2, &quiet()).unwrap());
     assert!(o1.test_accuracy > 40.0, "the synthetic task should be learnt: {}%", o1.test_accuracy);
-    assert_eq!(std::fs::read(&p1).unwrap(), std::fs::read(&p2).unwrap(), "checkpoints differ between 1 and 2 threads");
+    assert_eq!(
+        std::fs::read(&p1).unwrap(),
+        std::fs::read(&p2).unwrap(),
+        "checkpoints differ between 1 and 2 threads"
+    );
 }
 
 #[test]
@@ -57,29 +61,54 @@ fn resumed_run_ends_with_the_same_bytes() {
     assert!(first.checkpoint.optimizer.is_some() && ck.optimizer.is_none());
     let before = std::fs::read(&parts).unwrap();
     let done = train(&cfg, &data, &parts, &RunOptions { resume: true, ..quiet() }).unwrap();
-    assert_eq!((done.checkpoint.epochs_done, done.train_images_per_s, std::fs::read(&parts).unwrap()), (3, 0.0, before));
+    assert_eq!(
+        (done.checkpoint.epochs_done, done.train_images_per_s, std::fs::read(&parts).unwrap()),
+        (3, 0.0, before)
+    );
 
     // A different configuration refuses to resume from it.
     let mut other = cfg.clone();
     other.lr = 0.2;
-    let e = train(&other, &data, &parts, &RunOptions { resume: true, ..quiet() }).err().unwrap().to_string();
+    let e = train(&other, &data, &parts, &RunOptions { resume: true, ..quiet() })
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("cannot resume") && e.contains("lr"), "{e}");
     // Other data (another sha256) refuses too, naming both.
     let other_data = synthetic::dataset(320, 100, 5);
-    let e = train(&cfg, &other_data, &parts, &RunOptions { resume: true, ..quiet() }).err().unwrap().to_string();
-    assert!(e.contains("cannot resume") && e.contains("synthetic-seed-4") && e.contains("synthetic-seed-5"), "{e}");
+    let e = train(&cfg, &other_data, &parts, &RunOptions { resume: true, ..quiet() })
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("cannot resume")
+            && e.contains("synthetic-seed-4")
+            && e.contains("synthetic-seed-5"),
+        "{e}"
+    );
     // An unfinished run without optimizer state cannot resume; nor can a recalibrated model.
     let mut cut = Checkpoint::load(&parts).unwrap();
     (cut.epochs_done, cut.history) = (1, ck.history[..1].to_vec());
     cut.steps_done = first.checkpoint.steps_done;
     cut.save(&parts).unwrap();
-    let e = train(&cfg, &data, &parts, &RunOptions { resume: true, ..quiet() }).err().unwrap().to_string();
+    let e = train(&cfg, &data, &parts, &RunOptions { resume: true, ..quiet() })
+        .err()
+        .unwrap()
+        .to_string();
     assert!(e.contains("cannot resume: no optimizer state saved"), "{e}");
     let mut recal = ck.clone();
     recal.meta.push(("bn_recalibrated".into(), "chip 0 of moderate".into()));
     recal.save(&parts).unwrap();
-    let e = train(&cfg, &data, &parts, &RunOptions { resume: true, ..quiet() }).err().unwrap().to_string();
-    assert!(e.contains("cannot resume") && e.contains("recalibrated") && e.contains("chip 0 of moderate"), "{e}");
+    let e = train(&cfg, &data, &parts, &RunOptions { resume: true, ..quiet() })
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("cannot resume")
+            && e.contains("recalibrated")
+            && e.contains("chip 0 of moderate"),
+        "{e}"
+    );
 }
 
 /// A run cut off mid-epoch (twice), or checkpointing at every step, resumes to the same
@@ -92,20 +121,43 @@ fn a_run_cut_off_mid_epoch_resumes_to_the_same_bytes() {
     let cfg = config(3); // 10 steps an epoch
     let (whole, parts) = (dir.join("mid-whole.ckpt"), dir.join("mid-parts.ckpt"));
     train(&cfg, &data, &whole, &quiet()).unwrap();
-    let a = train(&cfg, &data, &parts, &RunOptions { stop_after_steps: Some(4), ..quiet() }).unwrap();
+    let a =
+        train(&cfg, &data, &parts, &RunOptions { stop_after_steps: Some(4), ..quiet() }).unwrap();
     assert_eq!((a.checkpoint.epochs_done, a.checkpoint.steps_done), (0, 4));
     assert!(Checkpoint::load(&parts).unwrap().meta("epoch_in_progress").is_some());
-    let b = train(&cfg, &data, &parts, &RunOptions { resume: true, stop_after_steps: Some(17), checkpoint_every: Some(std::time::Duration::ZERO), ..quiet() }).unwrap();
+    let b = train(
+        &cfg,
+        &data,
+        &parts,
+        &RunOptions {
+            resume: true,
+            stop_after_steps: Some(17),
+            checkpoint_every: Some(std::time::Duration::ZERO),
+            ..quiet()
+        },
+    )
+    .unwrap();
     assert_eq!((b.checkpoint.epochs_done, b.checkpoint.steps_done), (1, 17));
     // Asked to stop where it already is, a resumed run trains nothing.
     let before = std::fs::read(&parts).unwrap();
-    let again = train(&cfg, &data, &parts, &RunOptions { resume: true, stop_after_steps: Some(17), ..quiet() }).unwrap();
+    let again = train(
+        &cfg,
+        &data,
+        &parts,
+        &RunOptions { resume: true, stop_after_steps: Some(17), ..quiet() },
+    )
+    .unwrap();
     assert_eq!((again.stopped_at_step, std::fs::read(&parts).unwrap()), (Some(17), before));
     train(&cfg, &data, &parts, &RunOptions { resume: true, ..quiet() }).unwrap();
-    assert_eq!(std::fs::read(&whole).unwrap(), std::fs::read(&parts).unwrap(), "resumed mid-epoch, the run ends differently");
+    assert_eq!(
+        std::fs::read(&whole).unwrap(),
+        std::fs::read(&parts).unwrap(),
+        "resumed mid-epoch, the run ends differently"
+    );
     // A stop at an epoch's last step is that epoch's own checkpoint.
     let at_end = dir.join("mid-at-end.ckpt");
-    let c = train(&cfg, &data, &at_end, &RunOptions { stop_after_steps: Some(10), ..quiet() }).unwrap();
+    let c =
+        train(&cfg, &data, &at_end, &RunOptions { stop_after_steps: Some(10), ..quiet() }).unwrap();
     let ck = Checkpoint::load(&at_end).unwrap();
     assert_eq!((c.checkpoint.epochs_done, ck.epochs_done, ck.history.len()), (1, 1, 1));
     assert!(ck.meta("epoch_in_progress").is_none());
@@ -145,17 +197,24 @@ fn fp32_then_qat_then_dnat() {
     assert!(q.test_accuracy > 40.0, "QAT on the ideal macro: {}", q.test_accuracy);
     let ck = Checkpoint::load(&qat_out).unwrap();
     assert!(ck.spec.cim.is_some());
-    let bound = ck.store.params().iter().find(|p| p.name == "layer1.0.conv2.act_hi").unwrap().value.data()[0];
+    let bound =
+        ck.store.params().iter().find(|p| p.name == "layer1.0.conv2.act_hi").unwrap().value.data()
+            [0];
     assert!(bound > 0.0 && bound != 1.0, "bounds were calibrated and trained: {bound}");
 
     let mut dnat_cfg = config(2);
     dnat_cfg.init = Some(qat_out.to_str().unwrap().into());
     dnat_cfg.lr = 0.01;
     dnat_cfg.cim = Some(cim(ReadoutMode::Sampled, Estimator::Statistical { draws: 0 }, "moderate"));
-    let (a, b, c) = (dir.join("dnat-1.ckpt"), dir.join("dnat-2.ckpt"), dir.join("dnat-resumed.ckpt"));
+    let (a, b, c) =
+        (dir.join("dnat-1.ckpt"), dir.join("dnat-2.ckpt"), dir.join("dnat-resumed.ckpt"));
     in_pool(1, || train(&dnat_cfg, &data, &a, &quiet()).unwrap());
     in_pool(2, || train(&dnat_cfg, &data, &b, &quiet()).unwrap());
-    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap(), "D-NAT differs between 1 and 2 threads");
+    assert_eq!(
+        std::fs::read(&a).unwrap(),
+        std::fs::read(&b).unwrap(),
+        "D-NAT differs between 1 and 2 threads"
+    );
     train(&dnat_cfg, &data, &c, &RunOptions { stop_after: Some(1), ..quiet() }).unwrap();
     let d = train(&dnat_cfg, &data, &c, &RunOptions { resume: true, ..quiet() }).unwrap();
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&c).unwrap(), "resumed D-NAT differs");
@@ -197,15 +256,29 @@ fn vgg8_fp32_then_dnat_golden() {
     let dn_out = dir.join("vgg8-dnat.ckpt");
     let d = train(&dn, &data, &dn_out, &quiet()).unwrap();
     // Both learn (10 classes: chance is 10 %).
-    assert!(f.test_accuracy > 20.0 && d.test_accuracy > 20.0, "FP32 {} %, D-NAT {} %", f.test_accuracy, d.test_accuracy);
+    assert!(
+        f.test_accuracy > 20.0 && d.test_accuracy > 20.0,
+        "FP32 {} %, D-NAT {} %",
+        f.test_accuracy,
+        d.test_accuracy
+    );
     let ck = Checkpoint::load(&dn_out).unwrap();
-    let on_macro: Vec<_> = ck.store.params().iter().filter_map(|p| p.name.strip_suffix(".act_hi")).collect();
-    assert_eq!(on_macro, ["features.3", "features.7", "features.10", "features.14", "features.17", "classifier.0"]);
+    let on_macro: Vec<_> =
+        ck.store.params().iter().filter_map(|p| p.name.strip_suffix(".act_hi")).collect();
+    assert_eq!(
+        on_macro,
+        ["features.3", "features.7", "features.10", "features.14", "features.17", "classifier.0"]
+    );
     let got = [
         ("fp32_test_accuracy", format!("{}", f.test_accuracy)),
         ("fp32_train_loss_bits", format!("{:#010x}", f.checkpoint.history[0].train_loss.to_bits())),
         ("dnat_test_accuracy", format!("{}", d.test_accuracy)),
         ("dnat_train_loss_bits", format!("{:#010x}", ck.history[0].train_loss.to_bits())),
     ];
-    check_golden("vgg8-synthetic.txt", "tests/training.rs::vgg8_fp32_then_dnat_golden (synthetic data, seed 3)", "cargo test --release --test training vgg8_fp32_then_dnat_golden", &got);
+    check_golden(
+        "vgg8-synthetic.txt",
+        "tests/training.rs::vgg8_fp32_then_dnat_golden (synthetic data, seed 3)",
+        "cargo test --release --test training vgg8_fp32_then_dnat_golden",
+        &got,
+    );
 }

@@ -43,12 +43,7 @@ impl FixedPattern {
     }
     /// Errors unless every spread is finite and ≥ 0 and both gain spreads are below 0.5.
     pub fn validate(&self) -> std::result::Result<(), String> {
-        let all = [
-            self.column_gain,
-            self.column_offset,
-            self.chip_gain,
-            self.chip_offset,
-        ];
+        let all = [self.column_gain, self.column_offset, self.chip_gain, self.chip_offset];
         if all.iter().any(|v| !v.is_finite() || *v < 0.0)
             || self.column_gain >= 0.5
             || self.chip_gain >= 0.5
@@ -95,10 +90,7 @@ impl Chip {
             .map(|c| {
                 let mut r = stream(key(&[CHIP_TAG, seed, c as u64]));
                 let (zg, zo) = (normal(&mut r), normal(&mut r));
-                (
-                    (cg * (1.0 + p.column_gain * zg)) as f32,
-                    (co + p.column_offset * zo) as f32,
-                )
+                ((cg * (1.0 + p.column_gain * zg)) as f32, (co + p.column_offset * zo) as f32)
             })
             .unzip();
         Chip { seed, gain, offset }
@@ -109,11 +101,7 @@ impl Chip {
     }
     /// A chip given column by column (a measured chip's fitted gains and offsets).
     pub fn from_columns(seed: u64, gain: Vec<f32>, offset: Vec<f32>) -> Chip {
-        assert_eq!(
-            gain.len(),
-            offset.len(),
-            "one gain and one offset per column"
-        );
+        assert_eq!(gain.len(), offset.len(), "one gain and one offset per column");
         Chip { seed, gain, offset }
     }
     /// Gain and offset of ADC column `adc`.
@@ -146,17 +134,13 @@ mod tests {
         assert!((0..16).all(|c| small.column(c) == a.column(c)));
         // Draws run on rayon workers give the same chip.
         use rayon::prelude::*;
-        let par: Vec<Chip> = (0..4u64)
-            .into_par_iter()
-            .map(|_| Chip::draw(&p, 256, 7))
-            .collect();
+        let par: Vec<Chip> = (0..4u64).into_par_iter().map(|_| Chip::draw(&p, 256, 7)).collect();
         assert!(par.iter().all(|c| *c == a));
         let b = Chip::draw(&p, 256, 8);
         assert_ne!(a, b);
         // The spreads are what was asked for (256 columns: loose bounds).
-        let (g, o): (Vec<f64>, Vec<f64>) = (0..256)
-            .map(|c| (a.column(c).0 as f64, a.column(c).1 as f64))
-            .unzip();
+        let (g, o): (Vec<f64>, Vec<f64>) =
+            (0..256).map(|c| (a.column(c).0 as f64, a.column(c).1 as f64)).unzip();
         let sd = |v: &[f64]| {
             let m = v.iter().sum::<f64>() / v.len() as f64;
             (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64).sqrt()

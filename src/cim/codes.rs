@@ -25,7 +25,9 @@ impl CodeRange {
             return Err(Error::invalid(format!("{what} {lo}..={hi}: an empty range")));
         }
         if width > MAX_CODES {
-            return Err(Error::invalid(format!("{what} {lo}..={hi}: {width} codes, more than any ADC dnat models (65,536)")));
+            return Err(Error::invalid(format!(
+                "{what} {lo}..={hi}: {width} codes, more than any ADC dnat models (65,536)"
+            )));
         }
         Ok(CodeRange { lo, hi })
     }
@@ -51,7 +53,9 @@ mod tests {
 
     #[test]
     fn extreme_ranges_are_refused_by_name() {
-        for (lo, hi, msg) in [(i32::MIN, i32::MAX, "4294967296 codes"), (5, 4, "empty"), (0, 65_536, "65537 codes")] {
+        for (lo, hi, msg) in
+            [(i32::MIN, i32::MAX, "4294967296 codes"), (5, 4, "empty"), (0, 65_536, "65537 codes")]
+        {
             let e = CodeRange::new(lo, hi, "ideal codes").unwrap_err().to_string();
             assert!(e.contains("ideal codes") && e.contains(msg), "{e}");
         }

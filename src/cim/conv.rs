@@ -31,18 +31,17 @@
 //! depend on grouping or threads (and one channel's row of an image group is one run
 //! of consecutive operations); the saved slopes replay nothing at random.
 
-use super::psum::{self, CodePlane, PackedWeights};
 use super::Adc;
-use super::quant::{weight_codes, ActGrid};
 use super::profile::Timer;
+use super::psum::{self, CodePlane, PackedWeights};
+use super::quant::{ActGrid, weight_codes};
 use super::readout::{CimRuntime, DrawKey, DrawRun, Estimator, ReadoutMode};
-use crate::engine::gemm::{gemm, Kernel, MatRef};
+use crate::engine::gemm::{Kernel, MatRef, gemm};
 use crate::engine::ops::conv2d::{self, Conv2dCfg, ConvGeom};
-use crate::engine::{par, Tape, Tensor, Var};
+use crate::engine::{Tape, Tensor, Var, par};
 use crate::{Error, Result};
 use rayon::prelude::*;
 use std::sync::atomic::Ordering;
-
 
 /// One CIM layer's call: the shared runtime and this layer's id (part of the draw key).
 pub struct CimCall<'a> {
@@ -93,7 +92,9 @@ impl SlopeSource {
         };
         // The exact slope comes from the source's table (`check_source` made sure there
         // is one); `stat:S` estimates it per operation and uses only the saturated entry.
-        if let (ReadoutMode::Sampled | ReadoutMode::Expected, 0, Some(t)) = (rt.mode, draws, rt.readout.table()) {
+        if let (ReadoutMode::Sampled | ReadoutMode::Expected, 0, Some(t)) =
+            (rt.mode, draws, rt.readout.table())
+        {
             t.slope_run(&codes, &mut table[..codes.len()]);
         }
         table[codes.len()] = 0.0;
@@ -102,7 +103,14 @@ impl SlopeSource {
 
     /// `out += share · slope(code)` over one run of operations starting at `op0`;
     /// `scratch` holds the run's ideal codes and sampled slopes (`stat:S`).
-    fn accumulate(&self, out: &mut [f32], codes: &[u16], share: f32, op0: u64, scratch: &mut (Vec<i32>, Vec<f32>)) {
+    fn accumulate(
+        &self,
+        out: &mut [f32],
+        codes: &[u16],
+        share: f32,
+        op0: u64,
+        scratch: &mut (Vec<i32>, Vec<f32>),
+    ) {
         if self.draws == 0 {
             for (o, &c) in out.iter_mut().zip(codes) {
                 *o += share * self.table[c as usize];
@@ -133,26 +141,52 @@ impl SlopeSource {
 /// code beyond the ADC's ends (which also makes a NaN the lower one), then rounded,
 /// then clamped. AVX-512 and AVX2 paths do sixteen or eight at a time with the same IEEE
 /// operations, so the same codes (`adc_paths_are_the_scalar_conversion_exactly`).
-pub(super) fn adc_codes(sums: &[i32], scale: f32, offset: f32, adc: Adc, codes: &mut [i32], saved: Option<&mut [std::mem::MaybeUninit<u16>]>) {
+pub(super) fn adc_codes(
+    sums: &[i32],
+    scale: f32,
+    offset: f32,
+    adc: Adc,
+    codes: &mut [i32],
+    saved: Option<&mut [std::mem::MaybeUninit<u16>]>,
+) {
     adc_codes_on(crate::engine::gemm::kernel(), sums, scale, offset, adc, codes, saved)
 }
 
 /// [`adc_codes`] on the instruction set `isa` (the tests run every one the CPU has).
-pub(super) fn adc_codes_on(isa: Kernel, sums: &[i32], scale: f32, offset: f32, adc: Adc, codes: &mut [i32], mut saved: Option<&mut [std::mem::MaybeUninit<u16>]>) {
+pub(super) fn adc_codes_on(
+    isa: Kernel,
+    sums: &[i32],
+    scale: f32,
+    offset: f32,
+    adc: Adc,
+    codes: &mut [i32],
+    mut saved: Option<&mut [std::mem::MaybeUninit<u16>]>,
+) {
     assert!(isa.supported(), "{} is not supported by this CPU", isa.name());
     assert_eq!(sums.len(), codes.len());
     assert!(saved.as_ref().is_none_or(|s| s.len() == sums.len()));
     // One code beyond each end of the range stands for every saturated sum. The codes
     // must be exact in f32 for that (and for the conversion to be sound), and the
     // saturated marker must fit the saved codes.
-    assert!(adc.kmin.unsigned_abs() < 1 << 24 && adc.kmax.unsigned_abs() < 1 << 24, "ADC codes beyond ±2^24 (MacroSpec::validate refuses them)");
-    assert!(saved.is_none() || adc.levels() < u16::MAX as usize, "an ADC of {} levels does not fit two-byte saved codes", adc.levels());
+    assert!(
+        adc.kmin.unsigned_abs() < 1 << 24 && adc.kmax.unsigned_abs() < 1 << 24,
+        "ADC codes beyond ±2^24 (MacroSpec::validate refuses them)"
+    );
+    assert!(
+        saved.is_none() || adc.levels() < u16::MAX as usize,
+        "an ADC of {} levels does not fit two-byte saved codes",
+        adc.levels()
+    );
     let done = match isa {
         // SAFETY: the instruction set is present (asserted above); lengths asserted above.
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 => unsafe { adc_codes_avx512(sums, scale, offset, adc, codes, saved.as_deref_mut()) },
+        Kernel::Avx512 => unsafe {
+            adc_codes_avx512(sums, scale, offset, adc, codes, saved.as_deref_mut())
+        },
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 => unsafe { adc_codes_avx2(sums, scale, offset, adc, codes, saved.as_deref_mut()) },
+        Kernel::Avx2 => unsafe {
+            adc_codes_avx2(sums, scale, offset, adc, codes, saved.as_deref_mut())
+        },
         _ => 0,
     };
     let (below, above) = (adc.kmin as f32 - 1.0, adc.kmax as f32 + 1.0);
@@ -179,7 +213,14 @@ pub(super) fn adc_codes_on(isa: Kernel, sums: &[i32], scale: f32, offset: f32, a
 /// AVX-512F must be present; the slices as [`adc_codes`] asserts.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn adc_codes_avx512(sums: &[i32], scale: f32, offset: f32, adc: Adc, codes: &mut [i32], saved: Option<&mut [std::mem::MaybeUninit<u16>]>) -> usize {
+unsafe fn adc_codes_avx512(
+    sums: &[i32],
+    scale: f32,
+    offset: f32,
+    adc: Adc,
+    codes: &mut [i32],
+    saved: Option<&mut [std::mem::MaybeUninit<u16>]>,
+) -> usize {
     use std::arch::x86_64::*;
     let n = sums.len() / 16 * 16;
     let (below, above) = (adc.kmin as f32 - 1.0, adc.kmax as f32 + 1.0);
@@ -193,7 +234,9 @@ unsafe fn adc_codes_avx512(sums: &[i32], scale: f32, offset: f32, adc: Adc, code
         unsafe {
             let v = _mm512_cvtepi32_ps(_mm512_loadu_si512(sums.as_ptr().add(i) as *const _));
             let x = _mm512_add_ps(_mm512_mul_ps(v, scale), offset);
-            let r = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_min_ps(_mm512_max_ps(x, lo), hi));
+            let r = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm512_min_ps(_mm512_max_ps(x, lo), hi),
+            );
             let k = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(r, lo_in), hi_in));
             _mm512_storeu_si512(codes.as_mut_ptr().add(i) as *mut _, k);
             if let Some(s) = saved {
@@ -214,7 +257,14 @@ unsafe fn adc_codes_avx512(sums: &[i32], scale: f32, offset: f32, adc: Adc, code
 /// AVX2 must be present; the slices as [`adc_codes`] asserts.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn adc_codes_avx2(sums: &[i32], scale: f32, offset: f32, adc: Adc, codes: &mut [i32], saved: Option<&mut [std::mem::MaybeUninit<u16>]>) -> usize {
+unsafe fn adc_codes_avx2(
+    sums: &[i32],
+    scale: f32,
+    offset: f32,
+    adc: Adc,
+    codes: &mut [i32],
+    saved: Option<&mut [std::mem::MaybeUninit<u16>]>,
+) -> usize {
     use std::arch::x86_64::*;
     let n = sums.len() / 8 * 8;
     let (below, above) = (adc.kmin as f32 - 1.0, adc.kmax as f32 + 1.0);
@@ -228,11 +278,14 @@ unsafe fn adc_codes_avx2(sums: &[i32], scale: f32, offset: f32, adc: Adc, codes:
         unsafe {
             let v = _mm256_cvtepi32_ps(_mm256_loadu_si256(sums.as_ptr().add(i) as *const __m256i));
             let x = _mm256_add_ps(_mm256_mul_ps(v, scale), offset);
-            let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_min_ps(_mm256_max_ps(x, lo), hi));
+            let r = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
+                _mm256_min_ps(_mm256_max_ps(x, lo), hi),
+            );
             let k = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(r, lo_in), hi_in));
             _mm256_storeu_si256(codes.as_mut_ptr().add(i) as *mut __m256i, k);
             if let Some(s) = saved {
-                let inside = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_EQ_OQ>(r, _mm256_cvtepi32_ps(k)));
+                let inside =
+                    _mm256_castps_si256(_mm256_cmp_ps::<_CMP_EQ_OQ>(r, _mm256_cvtepi32_ps(k)));
                 let code = _mm256_blendv_epi8(saturated, _mm256_sub_epi32(k, kmin), inside);
                 // Within each 128-bit half: codes 0–3 (4–7) twice; keep one copy of each.
                 let packed = _mm256_permute4x64_epi64::<0b1000>(_mm256_packus_epi32(code, code));
@@ -251,18 +304,33 @@ pub(super) fn dy_times_slope(out: &mut [f32], dy: &[f32], codes: &[u16], table: 
 }
 
 /// [`dy_times_slope`] on the instruction set `isa` (the tests run every one the CPU has).
-pub(super) fn dy_times_slope_on(isa: Kernel, out: &mut [f32], dy: &[f32], codes: &[u16], table: &[f32], sh: f32) {
+pub(super) fn dy_times_slope_on(
+    isa: Kernel,
+    out: &mut [f32],
+    dy: &[f32],
+    codes: &[u16],
+    table: &[f32],
+    sh: f32,
+) {
     assert!(isa.supported(), "{} is not supported by this CPU", isa.name());
     assert!(out.len() == dy.len() && out.len() == codes.len());
     let max_code = codes.iter().copied().max().unwrap_or(0) as usize;
-    assert!(codes.is_empty() || max_code < table.len(), "saved code {max_code} beyond the slope table ({} entries)", table.len());
+    assert!(
+        codes.is_empty() || max_code < table.len(),
+        "saved code {max_code} beyond the slope table ({} entries)",
+        table.len()
+    );
     let done = match isa {
         // SAFETY: the instruction set is present; lengths and every code's bound asserted
         // above (the gathers' i32 indices reach every entry of a table this short).
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 if table.len() <= i32::MAX as usize => unsafe { dy_times_slope_avx512(out, dy, codes, table, sh) },
+        Kernel::Avx512 if table.len() <= i32::MAX as usize => unsafe {
+            dy_times_slope_avx512(out, dy, codes, table, sh)
+        },
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx2 if table.len() <= i32::MAX as usize => unsafe { dy_times_slope_avx2(out, dy, codes, table, sh) },
+        Kernel::Avx2 if table.len() <= i32::MAX as usize => unsafe {
+            dy_times_slope_avx2(out, dy, codes, table, sh)
+        },
         _ => 0,
     };
     for ((o, &d), &c) in out[done..].iter_mut().zip(&dy[done..]).zip(&codes[done..]) {
@@ -278,7 +346,13 @@ pub(super) fn dy_times_slope_on(isa: Kernel, out: &mut [f32], dy: &[f32], codes:
 /// `table.len()` ≤ `i32::MAX`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn dy_times_slope_avx512(out: &mut [f32], dy: &[f32], codes: &[u16], table: &[f32], sh: f32) -> usize {
+unsafe fn dy_times_slope_avx512(
+    out: &mut [f32],
+    dy: &[f32],
+    codes: &[u16],
+    table: &[f32],
+    sh: f32,
+) -> usize {
     use std::arch::x86_64::*;
     let n = out.len() / 16 * 16;
     let (shv, zero) = (_mm512_set1_ps(sh), _mm512_setzero_ps());
@@ -286,10 +360,14 @@ unsafe fn dy_times_slope_avx512(out: &mut [f32], dy: &[f32], codes: &[u16], tabl
         // SAFETY: i + 16 <= n <= every slice's length; codes < table.len() (the caller
         // asserted it).
         unsafe {
-            let c = _mm512_cvtepu16_epi32(_mm256_loadu_si256(codes.as_ptr().add(i) as *const __m256i));
+            let c =
+                _mm512_cvtepu16_epi32(_mm256_loadu_si256(codes.as_ptr().add(i) as *const __m256i));
             let slope = _mm512_i32gather_ps::<4>(c, table.as_ptr());
             let s = _mm512_add_ps(zero, _mm512_mul_ps(shv, slope));
-            _mm512_storeu_ps(out.as_mut_ptr().add(i), _mm512_mul_ps(_mm512_loadu_ps(dy.as_ptr().add(i)), s));
+            _mm512_storeu_ps(
+                out.as_mut_ptr().add(i),
+                _mm512_mul_ps(_mm512_loadu_ps(dy.as_ptr().add(i)), s),
+            );
         }
     }
     n
@@ -301,7 +379,13 @@ unsafe fn dy_times_slope_avx512(out: &mut [f32], dy: &[f32], codes: &[u16], tabl
 /// As [`dy_times_slope_avx512`], with AVX2 for AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn dy_times_slope_avx2(out: &mut [f32], dy: &[f32], codes: &[u16], table: &[f32], sh: f32) -> usize {
+unsafe fn dy_times_slope_avx2(
+    out: &mut [f32],
+    dy: &[f32],
+    codes: &[u16],
+    table: &[f32],
+    sh: f32,
+) -> usize {
     use std::arch::x86_64::*;
     let n = out.len() / 8 * 8;
     let (shv, zero) = (_mm256_set1_ps(sh), _mm256_setzero_ps());
@@ -312,7 +396,10 @@ unsafe fn dy_times_slope_avx2(out: &mut [f32], dy: &[f32], codes: &[u16], table:
             let c = _mm256_cvtepu16_epi32(_mm_loadu_si128(codes.as_ptr().add(i) as *const __m128i));
             let slope = _mm256_i32gather_ps::<4>(table.as_ptr(), c);
             let s = _mm256_add_ps(zero, _mm256_mul_ps(shv, slope));
-            _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_mul_ps(_mm256_loadu_ps(dy.as_ptr().add(i)), s));
+            _mm256_storeu_ps(
+                out.as_mut_ptr().add(i),
+                _mm256_mul_ps(_mm256_loadu_ps(dy.as_ptr().add(i)), s),
+            );
         }
     }
     n
@@ -362,7 +449,9 @@ fn group_forward(
     let code_planes: Vec<CodePlane> = {
         let _t = Timer::start(profile.map(|p| &p.partial_sums));
         let bits = |c: usize| (cycles > 1).then_some((c as u32 * b, b));
-        (0..cycles * planes).map(|i| CodePlane::new(g, qx, gi, bits(i / planes), (i % planes) as u32)).collect()
+        (0..cycles * planes)
+            .map(|i| CodePlane::new(g, qx, gi, bits(i / planes), (i % planes) as u32))
+            .collect()
     };
     let (mut words, path) = (Vec::new(), psum::Path::best_for(w_packed));
     let (mut codes, mut read) = (vec![0i32; cols], vec![0.0f32; cols]);
@@ -380,7 +469,16 @@ fn group_forward(
                     // Only the tile's own rows: a short last tile skips the zero words.
                     let quads = (r1 - r0).div_ceil(4);
                     code_planes[c * planes + plane].pack_tile(r0, r1, quads, &mut words);
-                    psum::plane_product(path, w_packed, t, &words, quads, cols, &mut psum, plane + 1 < planes);
+                    psum::plane_product(
+                        path,
+                        w_packed,
+                        t,
+                        &words,
+                        quads,
+                        cols,
+                        &mut psum,
+                        plane + 1 < planes,
+                    );
                 }
             }
             let weight = 2f32.powi((c as u32 * b) as i32) * adc.step;
@@ -397,7 +495,14 @@ fn group_forward(
                     Some(s) => {
                         debug_assert_eq!(s.len(), ((t * cycles + c) * cout + co) * cols);
                         let at = s.len();
-                        adc_codes(sums, scale, offset, adc, &mut codes, Some(&mut s.spare_capacity_mut()[..cols]));
+                        adc_codes(
+                            sums,
+                            scale,
+                            offset,
+                            adc,
+                            &mut codes,
+                            Some(&mut s.spare_capacity_mut()[..cols]),
+                        );
                         // SAFETY: `adc_codes` wrote all `cols` values after `at` (the
                         // capacity was reserved for every operation of the group).
                         unsafe { s.set_len(at + cols) };
@@ -409,9 +514,15 @@ fn group_forward(
                 let op0 = (((t * cycles + c) * cout + co) * g.n + first_image) as u64 * pix as u64;
                 let run = DrawRun { key, op0, stride: 1 };
                 match rt.mode {
-                    ReadoutMode::Ideal => read.iter_mut().zip(&codes).for_each(|(r, &kc)| *r = kc as f32),
+                    ReadoutMode::Ideal => {
+                        read.iter_mut().zip(&codes).for_each(|(r, &kc)| *r = kc as f32)
+                    }
                     ReadoutMode::Sampled => rt.readout.sample_run(&codes, run, &mut read),
-                    ReadoutMode::Expected => rt.readout.table().expect("CimRuntime::check_source: the expected mode has a table").mean_run(&codes, &mut read),
+                    ReadoutMode::Expected => rt
+                        .readout
+                        .table()
+                        .expect("CimRuntime::check_source: the expected mode has a table")
+                        .mean_run(&codes, &mut read),
                 }
                 for (a, &r) in acc[e0..e0 + cols].iter_mut().zip(&read) {
                     *a += weight * r;
@@ -423,18 +534,34 @@ fn group_forward(
 }
 
 /// CIM convolution. `x` must be E-PACT output on `grid`; `w` are latent weights.
-pub fn cim_conv2d(tape: &mut Tape, x: Var, w: Var, bias: Option<Var>, cfg: Conv2dCfg, grid: ActGrid, call: &CimCall) -> Result<Var> {
+pub fn cim_conv2d(
+    tape: &mut Tape,
+    x: Var,
+    w: Var,
+    bias: Option<Var>,
+    cfg: Conv2dCfg,
+    grid: ActGrid,
+    call: &CimCall,
+) -> Result<Var> {
     let spec = &call.rt.spec;
     spec.validate()?;
     call.rt.check_source()?;
     if grid.max_code != spec.input_max() {
-        return Err(Error::invalid(format!("CIM layer: activations have {} levels, the macro takes {}-bit inputs", grid.max_code + 1, spec.input_bits)));
+        return Err(Error::invalid(format!(
+            "CIM layer: activations have {} levels, the macro takes {}-bit inputs",
+            grid.max_code + 1,
+            spec.input_bits
+        )));
     }
     let g = ConvGeom::new(tape.value(x).shape(), tape.value(w).shape(), cfg)?;
     if let Some(b) = bias
         && tape.value(b).shape() != [g.cout]
     {
-        return Err(Error::invalid(format!("CIM conv: bias shape {:?}, expected [{}]", tape.value(b).shape(), g.cout)));
+        return Err(Error::invalid(format!(
+            "CIM conv: bias shape {:?}, expected [{}]",
+            tape.value(b).shape(),
+            g.cout
+        )));
     }
     let (w_codes, w_scale) = weight_codes(tape.value(w), spec);
     let k = g.k();
@@ -442,14 +569,24 @@ pub fn cim_conv2d(tape: &mut Tape, x: Var, w: Var, bias: Option<Var>, cfg: Conv2
     // Zero-point term per (channel, pixel): Σ of weight codes over valid window positions.
     let mask = valid_mask(&g);
     let mut zw = vec![0.0f32; g.cout * g.pixels()];
-    gemm(1.0, MatRef::rowmajor(&w_codes, g.cout, k), MatRef::rowmajor(&mask, k, g.pixels()), 0.0, &mut zw, g.pixels());
+    gemm(
+        1.0,
+        MatRef::rowmajor(&w_codes, g.cout, k),
+        MatRef::rowmajor(&mask, k, g.pixels()),
+        0.0,
+        &mut zw,
+        g.pixels(),
+    );
     let qx: Vec<f32> = tape.value(x).data().par_iter().map(|&v| grid.code(v)).collect();
     let w_packed = PackedWeights::new(&w_codes, g.cout, k, spec.rows);
     let want_codes = matches!(call.rt.estimator, Estimator::Statistical { .. })
         && tape.recording()
         && (tape.needs_grad(x) || tape.needs_grad(w));
     if want_codes && spec.adc.levels() >= u16::MAX as usize {
-        return Err(Error::invalid(format!("the statistical estimator saves codes in two bytes: an ADC of {} levels is too fine (at most 65,534)", spec.adc.levels())));
+        return Err(Error::invalid(format!(
+            "the statistical estimator saves codes in two bytes: an ADC of {} levels is too fine (at most 65,534)",
+            spec.adc.levels()
+        )));
     }
     let bias_v: Option<Vec<f32>> = bias.map(|b| tape.value(b).data().to_vec());
     // The convolution backward's groups (`statistical_backward` reads the codes by them).
@@ -486,7 +623,11 @@ pub fn cim_conv2d(tape: &mut Tape, x: Var, w: Var, bias: Option<Var>, cfg: Conv2
         grid,
         w_hat,
         mask,
-        codes: if want_codes { Some(codes.into_iter().map(|s| s.unwrap()).collect()) } else { None },
+        codes: if want_codes {
+            Some(codes.into_iter().map(|s| s.unwrap()).collect())
+        } else {
+            None
+        },
         slopes: want_codes.then(|| SlopeSource::new(call.rt, call.layer)),
         profile: call.rt.profile.clone(),
         rows: spec.rows,
@@ -496,7 +637,15 @@ pub fn cim_conv2d(tape: &mut Tape, x: Var, w: Var, bias: Option<Var>, cfg: Conv2
     Ok(tape.push(y, &inputs, move |gout, vals, sink| backward(saved, x, w, bias, gout, vals, sink)))
 }
 
-fn backward(s: Saved, x: Var, w: Var, bias: Option<Var>, gout: &Tensor, vals: &crate::engine::tape::Values, sink: &mut crate::engine::tape::GradSink) {
+fn backward(
+    s: Saved,
+    x: Var,
+    w: Var,
+    bias: Option<Var>,
+    gout: &Tensor,
+    vals: &crate::engine::tape::Values,
+    sink: &mut crate::engine::tape::GradSink,
+) {
     let g = s.g;
     let xv = vals.get(x).data();
     let dy = gout.data();
@@ -505,7 +654,9 @@ fn backward(s: Saved, x: Var, w: Var, bias: Option<Var>, gout: &Tensor, vals: &c
     let t = std::time::Instant::now();
     let slopes_before = s.profile.as_ref().map_or(0, |p| p.slopes.load(Ordering::Relaxed));
     let grads = match (&s.codes, &s.slopes) {
-        (Some(codes), Some(slopes)) => statistical_backward(&s, codes, slopes, xv, dy, sink.wants(x)),
+        (Some(codes), Some(slopes)) => {
+            statistical_backward(&s, codes, slopes, xv, dy, sink.wants(x))
+        }
         // STE: the plain convolution backward on (x̂, ŵ).
         _ => conv2d::backward(&g, xv, &s.w_hat, dy, sink.wants(x)),
     };
@@ -521,13 +672,22 @@ fn backward(s: Saved, x: Var, w: Var, bias: Option<Var>, gout: &Tensor, vals: &c
 /// codes and ŵ ([`conv2d::backward_in_bands`]), each tile's rows seeing its own output
 /// gradient `E = dY ∘ slope` (the slope of each of its macro operations, from the saved
 /// codes), then the zero-point part of the weight gradient.
-fn statistical_backward(s: &Saved, codes: &[Vec<u16>], slopes: &SlopeSource, x: &[f32], dy: &[f32], want_dx: bool) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
+fn statistical_backward(
+    s: &Saved,
+    codes: &[Vec<u16>],
+    slopes: &SlopeSource,
+    x: &[f32],
+    dy: &[f32],
+    want_dx: bool,
+) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
     let g = &s.g;
     let spec = &slopes.rt.spec;
     let (cycles, b) = (spec.cycles() as usize, spec.input_bits_per_cycle);
     let full = ((1u64 << spec.input_bits) - 1) as f32;
     // Cycle c's share of a tile's slope: the weight of its bits in the input code.
-    let share: Vec<f32> = (0..cycles).map(|c| ((1u64 << b) - 1) as f32 * 2f32.powi((c as u32 * b) as i32) / full).collect();
+    let share: Vec<f32> = (0..cycles)
+        .map(|c| ((1u64 << b) - 1) as f32 * 2f32.powi((c as u32 * b) as i32) / full)
+        .collect();
     let (k, pix, cout, gs) = (g.k(), g.pixels(), g.cout, g.group());
     let profile = slopes.rt.profile.as_deref();
     // Channel co of image i's dY, read in place (NCHW).
@@ -550,7 +710,13 @@ fn statistical_backward(s: &Saved, codes: &[Vec<u16>], slopes: &SlopeSource, x: 
                 let codes = &sc[(t * cout + co) * cols..][..cols];
                 for j in 0..gi {
                     let at = j * pix..(j + 1) * pix;
-                    dy_times_slope(&mut e[co * cols..][at.clone()], dy_row(i0 + j, co), &codes[at], table, sh);
+                    dy_times_slope(
+                        &mut e[co * cols..][at.clone()],
+                        dy_row(i0 + j, co),
+                        &codes[at],
+                        table,
+                        sh,
+                    );
                 }
                 continue;
             }
@@ -558,19 +724,33 @@ fn statistical_backward(s: &Saved, codes: &[Vec<u16>], slopes: &SlopeSource, x: 
             srow.resize(cols, 0.0f32);
             for (c, &sh) in share.iter().enumerate() {
                 let row = (t * cycles + c) * cout + co;
-                slopes.accumulate(&mut srow, &sc[row * cols..][..cols], sh * gain, (row * g.n + i0) as u64 * pix as u64, &mut scratch);
+                slopes.accumulate(
+                    &mut srow,
+                    &sc[row * cols..][..cols],
+                    sh * gain,
+                    (row * g.n + i0) as u64 * pix as u64,
+                    &mut scratch,
+                );
             }
             for j in 0..gi {
                 let at = j * pix..(j + 1) * pix;
-                for ((ev, &dv), &sv) in e[co * cols..][at.clone()].iter_mut().zip(dy_row(i0 + j, co)).zip(&srow[at]) {
+                for ((ev, &dv), &sv) in
+                    e[co * cols..][at.clone()].iter_mut().zip(dy_row(i0 + j, co)).zip(&srow[at])
+                {
                     *ev = dv * sv;
                 }
             }
         }
     };
     // The patches are the activation codes; dW comes out in steps of the grid.
-    let codes_of = |x: &[f32], q: &mut [f32]| q.iter_mut().zip(x).for_each(|(q, &v)| *q = s.grid.code(v));
-    let bands = conv2d::Bands { rows: s.rows, write: &tile_gradient, input: Some(&codes_of), dw_scale: s.grid.step };
+    let codes_of =
+        |x: &[f32], q: &mut [f32]| q.iter_mut().zip(x).for_each(|(q, &v)| *q = s.grid.code(v));
+    let bands = conv2d::Bands {
+        rows: s.rows,
+        write: &tile_gradient,
+        input: Some(&codes_of),
+        dw_scale: s.grid.step,
+    };
     let (dx, mut dw, db) = conv2d::backward_in_bands(g, x, &s.w_hat, dy, want_dx, Some(&bands));
     // Zero-point part: dW += lo · (Σ_images dY) · maskᵀ, the sum over images taken per
     // group and the groups' sums added in order.
@@ -586,13 +766,27 @@ fn statistical_backward(s: &Saved, codes: &[Vec<u16>], slopes: &SlopeSource, x: 
                 total.iter_mut().zip(&part).for_each(|(t, &p)| *t += p);
             }
         });
-        gemm(s.grid.lo, MatRef::rowmajor(&dsum, cout, pix), MatRef::rowmajor(&s.mask, k, pix).t(), 1.0, &mut dw, k);
+        gemm(
+            s.grid.lo,
+            MatRef::rowmajor(&dsum, cout, pix),
+            MatRef::rowmajor(&s.mask, k, pix).t(),
+            1.0,
+            &mut dw,
+            k,
+        );
     }
     (dx, dw, db)
 }
 
 /// CIM linear layer: a 1×1 convolution over a 1×1 image (`x` is (N, in), `w` (out, in)).
-pub fn cim_linear(tape: &mut Tape, x: Var, w: Var, bias: Option<Var>, grid: ActGrid, call: &CimCall) -> Result<Var> {
+pub fn cim_linear(
+    tape: &mut Tape,
+    x: Var,
+    w: Var,
+    bias: Option<Var>,
+    grid: ActGrid,
+    call: &CimCall,
+) -> Result<Var> {
     let (xs, ws) = (tape.value(x).shape().to_vec(), tape.value(w).shape().to_vec());
     if xs.len() != 2 || ws.len() != 2 || xs[1] != ws[1] {
         return Err(Error::invalid(format!("CIM linear: input {xs:?} does not fit weight {ws:?}")));

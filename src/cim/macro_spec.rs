@@ -132,20 +132,35 @@ impl MacroSpec {
         }
         let path = std::path::Path::new(spec);
         if spec.contains('=') && !path.is_file() {
-            return Self::from_pairs(spec.split(',').map(|kv| (0, kv))).map_err(|(_, e)| Error::invalid(format!("macro '{spec}': {e}")));
+            return Self::from_pairs(spec.split(',').map(|kv| (0, kv)))
+                .map_err(|(_, e)| Error::invalid(format!("macro '{spec}': {e}")));
         }
         if path.is_file() {
             let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-            let lines = text.lines().enumerate().map(|(i, l)| (i + 1, l.split('#').next().unwrap_or(""))).filter(|(_, l)| !l.trim().is_empty());
-            return Self::from_pairs(lines).map_err(|(line, e)| Error::format(path, if line > 0 { format!("line {line}: {e}") } else { e }));
+            let lines = text
+                .lines()
+                .enumerate()
+                .map(|(i, l)| (i + 1, l.split('#').next().unwrap_or("")))
+                .filter(|(_, l)| !l.trim().is_empty());
+            return Self::from_pairs(lines).map_err(|(line, e)| {
+                Error::format(path, if line > 0 { format!("line {line}: {e}") } else { e })
+            });
         }
-        Err(Error::invalid(format!("macro '{spec}' is neither a preset (default, paper-chip, bit-serial), a description (rows=64,adc_bits=9,…) nor an existing file")))
+        Err(Error::invalid(format!(
+            "macro '{spec}' is neither a preset (default, paper-chip, bit-serial), a description (rows=64,adc_bits=9,…) nor an existing file"
+        )))
     }
 
     /// Builds a macro from (line, `key=value`) pairs; errors carry the line (0: none).
-    fn from_pairs<'a>(pairs: impl Iterator<Item = (usize, &'a str)>) -> std::result::Result<Self, (usize, String)> {
+    fn from_pairs<'a>(
+        pairs: impl Iterator<Item = (usize, &'a str)>,
+    ) -> std::result::Result<Self, (usize, String)> {
         let pairs: Vec<(usize, &str, &str)> = pairs
-            .map(|(line, kv)| kv.split_once('=').map(|(k, v)| (line, k.trim(), v.trim())).ok_or((line, format!("'{}' is not key=value", kv.trim()))))
+            .map(|(line, kv)| {
+                kv.split_once('=')
+                    .map(|(k, v)| (line, k.trim(), v.trim()))
+                    .ok_or((line, format!("'{}' is not key=value", kv.trim())))
+            })
             .collect::<std::result::Result<_, _>>()?;
         let base = pairs.iter().find(|p| p.1 == "base").map_or("default", |p| p.2);
         let mut m = Self::preset(base).map_err(|e| (0, e.to_string()))?;
@@ -157,13 +172,31 @@ impl MacroSpec {
             if !seen.insert(k) {
                 return Err((line, format!("'{k}' is set twice")));
             }
-            let num = |v: &str| v.parse::<i64>().map_err(|_| (line, format!("{k} = '{v}' is not a whole number")));
-            let small = |v: &str, lo: i64, hi: i64| num(v).and_then(|n| if (lo..=hi).contains(&n) { Ok(n) } else { Err((line, format!("{k} = {n} is outside {lo}..={hi}"))) });
+            let num = |v: &str| {
+                v.parse::<i64>().map_err(|_| (line, format!("{k} = '{v}' is not a whole number")))
+            };
+            let small = |v: &str, lo: i64, hi: i64| {
+                num(v).and_then(|n| {
+                    if (lo..=hi).contains(&n) {
+                        Ok(n)
+                    } else {
+                        Err((line, format!("{k} = {n} is outside {lo}..={hi}")))
+                    }
+                })
+            };
             match k {
                 "base" => {}
                 "name" => {
-                    if v.is_empty() || v.chars().any(|c| c.is_control() || c.is_whitespace() || c == ',') {
-                        return Err((line, format!("name = '{}': no spaces, commas or control characters", v.escape_debug())));
+                    if v.is_empty()
+                        || v.chars().any(|c| c.is_control() || c.is_whitespace() || c == ',')
+                    {
+                        return Err((
+                            line,
+                            format!(
+                                "name = '{}': no spaces, commas or control characters",
+                                v.escape_debug()
+                            ),
+                        ));
                     }
                     m.name = v.to_string()
                 }
@@ -171,8 +204,18 @@ impl MacroSpec {
                 "input_bits" => m.input_bits = small(v, 1, 16)? as u32,
                 "weight_bits" => m.weight_bits = small(v, 1, 8)? as u32,
                 "bits_per_cycle" => m.input_bits_per_cycle = small(v, 1, 16)? as u32,
-                "adc_bits" if seen.contains("kmin") || seen.contains("kmax") => return Err((line, "adc_bits and kmin/kmax both set the ADC's codes: give one".into())),
-                "kmin" | "kmax" if seen.contains("adc_bits") => return Err((line, "adc_bits and kmin/kmax both set the ADC's codes: give one".into())),
+                "adc_bits" if seen.contains("kmin") || seen.contains("kmax") => {
+                    return Err((
+                        line,
+                        "adc_bits and kmin/kmax both set the ADC's codes: give one".into(),
+                    ));
+                }
+                "kmin" | "kmax" if seen.contains("adc_bits") => {
+                    return Err((
+                        line,
+                        "adc_bits and kmin/kmax both set the ADC's codes: give one".into(),
+                    ));
+                }
                 "adc_bits" => {
                     let b = small(v, 1, 16)? as u32;
                     (m.adc.kmin, m.adc.kmax) = (-(1i32 << (b - 1)), (1i32 << (b - 1)) - 1);
@@ -180,15 +223,26 @@ impl MacroSpec {
                 "kmin" => m.adc.kmin = small(v, -(1 << 24) + 1, (1 << 24) - 1)? as i32,
                 "kmax" => m.adc.kmax = small(v, -(1 << 24) + 1, (1 << 24) - 1)? as i32,
                 "step" => {
-                    let s: f32 = v.parse().map_err(|_| (line, format!("step = '{v}' is not a number")))?;
+                    let s: f32 =
+                        v.parse().map_err(|_| (line, format!("step = '{v}' is not a number")))?;
                     if !(s.is_normal() && s > 0.0) {
-                        return Err((line, format!("step = {v} must be a positive (normal) number")));
+                        return Err((
+                            line,
+                            format!("step = {v} must be a positive (normal) number"),
+                        ));
                     }
                     m.adc.step = s
                 }
                 "arrays" => m.arrays = small(v, 1, 1 << 20)? as usize,
                 "columns" => m.columns = small(v, 1, 1 << 20)? as usize,
-                _ => return Err((line, format!("unknown key '{k}' (base, name, rows, input_bits, weight_bits, bits_per_cycle, adc_bits, kmin, kmax, step, arrays, columns)"))),
+                _ => {
+                    return Err((
+                        line,
+                        format!(
+                            "unknown key '{k}' (base, name, rows, input_bits, weight_bits, bits_per_cycle, adc_bits, kmin, kmax, step, arrays, columns)"
+                        ),
+                    ));
+                }
             }
         }
         if one_readout && !seen.contains("bits_per_cycle") {
@@ -203,7 +257,16 @@ impl MacroSpec {
     pub fn to_description(&self) -> String {
         format!(
             "name={},rows={},input_bits={},weight_bits={},bits_per_cycle={},kmin={},kmax={},step={},arrays={},columns={}",
-            self.name, self.rows, self.input_bits, self.weight_bits, self.input_bits_per_cycle, self.adc.kmin, self.adc.kmax, self.adc.step, self.arrays, self.columns
+            self.name,
+            self.rows,
+            self.input_bits,
+            self.weight_bits,
+            self.input_bits_per_cycle,
+            self.adc.kmin,
+            self.adc.kmax,
+            self.adc.step,
+            self.arrays,
+            self.columns
         )
     }
 
@@ -214,7 +277,9 @@ impl MacroSpec {
             "default" | "dnat-w4a8" => Ok(MacroSpec::default()),
             "paper-chip" => Ok(MacroSpec::paper_chip()),
             "bit-serial" => Ok(MacroSpec::bit_serial()),
-            _ => Err(Error::invalid(format!("unknown macro '{name}' (known: default, paper-chip, bit-serial)"))),
+            _ => Err(Error::invalid(format!(
+                "unknown macro '{name}' (known: default, paper-chip, bit-serial)"
+            ))),
         }
     }
 
@@ -227,28 +292,47 @@ impl MacroSpec {
             return bad("rows must be ≥ 1".into());
         }
         if !(1..=16).contains(&self.input_bits) || !(1..=8).contains(&self.weight_bits) {
-            return bad(format!("input bits {} / weight bits {} out of range (1..=16 / 1..=8)", self.input_bits, self.weight_bits));
+            return bad(format!(
+                "input bits {} / weight bits {} out of range (1..=16 / 1..=8)",
+                self.input_bits, self.weight_bits
+            ));
         }
-        if self.input_bits_per_cycle == 0 || !self.input_bits.is_multiple_of(self.input_bits_per_cycle) {
-            return bad(format!("input bits per cycle {} must divide input bits {}", self.input_bits_per_cycle, self.input_bits));
+        if self.input_bits_per_cycle == 0
+            || !self.input_bits.is_multiple_of(self.input_bits_per_cycle)
+        {
+            return bad(format!(
+                "input bits per cycle {} must divide input bits {}",
+                self.input_bits_per_cycle, self.input_bits
+            ));
         }
         if self.arrays == 0 || self.columns == 0 || self.arrays * self.columns > 1 << 20 {
-            return bad(format!("{} arrays of {} columns: need 1..=2^20 ADC columns in all", self.arrays, self.columns));
+            return bad(format!(
+                "{} arrays of {} columns: need 1..=2^20 ADC columns in all",
+                self.arrays, self.columns
+            ));
         }
         // No 16-bit cap here (an ideal readout needs no table; error models and the saved
         // codes of the statistical estimator check their own limits); widths are i64.
         if self.adc.kmin > self.adc.kmax || !(self.adc.step.is_finite() && self.adc.step > 0.0) {
-            return bad(format!("ADC codes {}..={} with step {} are not a range", self.adc.kmin, self.adc.kmax, self.adc.step));
+            return bad(format!(
+                "ADC codes {}..={} with step {} are not a range",
+                self.adc.kmin, self.adc.kmax, self.adc.step
+            ));
         }
         // Codes are converted and compared in f32 (the readout path), so they must be
         // exact there: integers below 2^24 in magnitude.
         if self.adc.kmin.unsigned_abs() >= 1 << 24 || self.adc.kmax.unsigned_abs() >= 1 << 24 {
-            return bad(format!("ADC codes {}..={} would not be exact in f32; keep them within ±(2^24 − 1)", self.adc.kmin, self.adc.kmax));
+            return bad(format!(
+                "ADC codes {}..={} would not be exact in f32; keep them within ±(2^24 − 1)",
+                self.adc.kmin, self.adc.kmax
+            ));
         }
         // Partial sums must stay exact in f32 (integers below 2^24).
         let max_p = self.rows as f64 * self.cycle_max_input() as f64 * self.weight_max_abs() as f64;
         if max_p >= (1u64 << 24) as f64 {
-            return bad(format!("partial sums up to {max_p} would not be exact in f32; use fewer rows or bits"));
+            return bad(format!(
+                "partial sums up to {max_p} would not be exact in f32; use fewer rows or bits"
+            ));
         }
         Ok(())
     }
@@ -293,7 +377,16 @@ impl MacroSpec {
     pub fn describe(&self) -> String {
         format!(
             "{}: {} rows, {}-bit inputs ({} per cycle), {}-bit weights, ADC codes {}..={} step {}, {} arrays × {} ADC columns",
-            self.name, self.rows, self.input_bits, self.input_bits_per_cycle, self.weight_bits, self.adc.kmin, self.adc.kmax, self.adc.step, self.arrays, self.columns
+            self.name,
+            self.rows,
+            self.input_bits,
+            self.input_bits_per_cycle,
+            self.weight_bits,
+            self.adc.kmin,
+            self.adc.kmax,
+            self.adc.step,
+            self.arrays,
+            self.columns
         )
     }
 }
@@ -310,7 +403,10 @@ mod tests {
         let d = MacroSpec::default();
         assert_eq!((d.weight_min(), d.weight_max(), d.input_max(), d.cycles()), (-8, 7, 255, 1));
         let p = MacroSpec::paper_chip();
-        assert_eq!((p.weight_min(), p.weight_max(), p.input_max(), p.adc.levels()), (-1, 1, 127, 128));
+        assert_eq!(
+            (p.weight_min(), p.weight_max(), p.input_max(), p.adc.levels()),
+            (-1, 1, 127, 128)
+        );
         assert_eq!(MacroSpec::bit_serial().cycles(), 8);
         assert_eq!(d.adc.code(47.9), 1);
         assert_eq!(d.adc.code(-1e9), -256);
@@ -318,14 +414,20 @@ mod tests {
         bad.input_bits_per_cycle = 3;
         assert!(bad.validate().unwrap_err().to_string().contains("must divide"));
         // Tiles of one channel on different arrays; channels on columns modulo 64.
-        assert_eq!((d.adc_of(0, 5), d.adc_of(1, 5), d.adc_of(4, 5), d.adc_of(2, 69)), (5, 69, 5, 133));
+        assert_eq!(
+            (d.adc_of(0, 5), d.adc_of(1, 5), d.adc_of(4, 5), d.adc_of(2, 69)),
+            (5, 69, 5, 133)
+        );
         assert_eq!(d.adcs(), 256);
     }
 
     #[test]
     fn descriptions_and_files_parse_and_name_their_errors() {
         let m = MacroSpec::parse("rows=32,input_bits=8,weight_bits=4,adc_bits=7,step=64").unwrap();
-        assert_eq!((m.rows, m.adc.kmin, m.adc.kmax, m.adc.step, m.input_bits_per_cycle), (32, -64, 63, 64.0, 8));
+        assert_eq!(
+            (m.rows, m.adc.kmin, m.adc.kmax, m.adc.step, m.input_bits_per_cycle),
+            (32, -64, 63, 64.0, 8)
+        );
         assert_eq!(MacroSpec::parse(&m.to_description()).unwrap(), m);
         let b = MacroSpec::parse("base=bit-serial,rows=16").unwrap();
         assert_eq!((b.rows, b.input_bits_per_cycle, b.adc), (16, 1, MacroSpec::bit_serial().adc));
@@ -347,7 +449,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("dnat-macro-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join("chip.macro");
-        std::fs::write(&f, "# our test chip\nname = chip-a\nrows = 32\nadc_bits = 7 # signed\nstep = 64\n").unwrap();
+        std::fs::write(
+            &f,
+            "# our test chip\nname = chip-a\nrows = 32\nadc_bits = 7 # signed\nstep = 64\n",
+        )
+        .unwrap();
         let c = MacroSpec::parse(f.to_str().unwrap()).unwrap();
         assert_eq!((c.name.as_str(), c.rows, c.adc.kmax), ("chip-a", 32, 63));
         std::fs::write(&f, "rows = 32\nstep = -1\n").unwrap();

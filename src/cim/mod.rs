@@ -23,9 +23,11 @@ pub mod readout;
 
 pub use chip::{Chip, FixedPattern};
 pub use codes::CodeRange;
-pub use conv::{cim_conv2d, cim_linear, CimCall};
+pub use conv::{CimCall, cim_conv2d, cim_linear};
 pub use em::{ErrorModel, FillPolicy};
 pub use macro_spec::{Adc, MacroSpec};
 pub use profile::CimProfile;
-pub use quant::{epact, ActGrid};
-pub use readout::{CimRuntime, DrawKey, DrawRun, Estimator, Readout, ReadoutMode, ReadoutTable, SampleOnly};
+pub use quant::{ActGrid, epact};
+pub use readout::{
+    CimRuntime, DrawKey, DrawRun, Estimator, Readout, ReadoutMode, ReadoutTable, SampleOnly,
+};

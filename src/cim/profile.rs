@@ -29,7 +29,8 @@ pub const PARTS: [&str; 4] = ["partial_sums", "readout", "slopes", "backward_gem
 impl CimProfile {
     /// Seconds per part, in the order of [`PARTS`].
     pub fn seconds(&self) -> [f64; 4] {
-        [&self.partial_sums, &self.readout, &self.slopes, &self.backward_gemm].map(|c| c.load(Ordering::Relaxed) as f64 * 1e-9)
+        [&self.partial_sums, &self.readout, &self.slopes, &self.backward_gemm]
+            .map(|c| c.load(Ordering::Relaxed) as f64 * 1e-9)
     }
 }
 

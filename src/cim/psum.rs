@@ -48,10 +48,12 @@ impl PackedWeights {
             for co in 0..cout {
                 let src = &w_codes[co * k + r0..co * k + r1];
                 for (q, word) in words[(t * cout + co) * quads..][..quads].iter_mut().enumerate() {
-                    let byte = |b: usize| src.get(4 * q + b).map_or(0, |&w| {
-                        debug_assert!((-128.0..=127.0).contains(&w) && w.fract() == 0.0);
-                        w as i8 as u8 as u32
-                    });
+                    let byte = |b: usize| {
+                        src.get(4 * q + b).map_or(0, |&w| {
+                            debug_assert!((-128.0..=127.0).contains(&w) && w.fract() == 0.0);
+                            w as i8 as u8 as u32
+                        })
+                    };
                     *word = (byte(0) | byte(1) << 8 | byte(2) << 16 | byte(3) << 24) as i32;
                 }
             }
@@ -89,7 +91,13 @@ impl<'g> CodePlane<'g> {
     /// `codes` holds `images` NCHW images of input codes, integers in 0..2^16 stored as
     /// f32. `bits = Some((shift, width))` keeps those bits of each code (one cycle of a
     /// bit-serial macro); `plane` picks byte 0 or 1 of what is kept.
-    pub fn new(g: &'g ConvGeom, codes: &[f32], images: usize, bits: Option<(u32, u32)>, plane: u32) -> Self {
+    pub fn new(
+        g: &'g ConvGeom,
+        codes: &[f32],
+        images: usize,
+        bits: Option<(u32, u32)>,
+        plane: u32,
+    ) -> Self {
         assert!(codes.len() == images * g.in_size() && plane < 2);
         let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
         let (shift, mask) = bits.map_or((0, u32::MAX), |(s, w)| (s, (1u32 << w) - 1));
@@ -103,8 +111,12 @@ impl<'g> CodePlane<'g> {
         };
         let mut bytes = vec![0u8; images * g.cin * hp * wp];
         // An image of no pixels is all border (zeros).
-        for (plane_img, src) in bytes.chunks_exact_mut(hp * wp).zip(codes.chunks_exact((g.h * g.w).max(1))) {
-            for (dst, row) in plane_img[g.pad * wp..].chunks_exact_mut(wp).zip(src.chunks_exact(g.w)) {
+        for (plane_img, src) in
+            bytes.chunks_exact_mut(hp * wp).zip(codes.chunks_exact((g.h * g.w).max(1)))
+        {
+            for (dst, row) in
+                plane_img[g.pad * wp..].chunks_exact_mut(wp).zip(src.chunks_exact(g.w))
+            {
                 dst[g.pad..g.pad + g.w].iter_mut().zip(row).for_each(|(d, &v)| *d = byte(v));
             }
         }
@@ -126,21 +138,33 @@ impl<'g> CodePlane<'g> {
             // Where each of the word's four rows starts in an image: (ci, ky, kx) at output (0, 0).
             let start: [Option<usize>; 4] = std::array::from_fn(|b| {
                 let r = r0 + 4 * q + b;
-                (r < r1).then(|| ((r / (g.kh * g.kw) * self.hp + (r / g.kw) % g.kh) * self.wp) + r % g.kw)
+                (r < r1).then(|| {
+                    ((r / (g.kh * g.kw) * self.hp + (r / g.kw) % g.kh) * self.wp) + r % g.kw
+                })
             });
             for (j, out_img) in out.chunks_exact_mut(pix).enumerate() {
                 for (oy, o) in out_img.chunks_exact_mut(g.ow).enumerate() {
                     let at = j * image + oy * g.stride * self.wp;
-                    let row = |b: usize| start[b].map_or(&self.zeros[..], |s| &self.bytes[at + s..][..reach]);
+                    let row = |b: usize| {
+                        start[b].map_or(&self.zeros[..], |s| &self.bytes[at + s..][..reach])
+                    };
                     let (a0, a1, a2, a3) = (row(0), row(1), row(2), row(3));
                     if g.stride == 1 {
-                        for ((((o, &v0), &v1), &v2), &v3) in o.iter_mut().zip(a0).zip(a1).zip(a2).zip(a3) {
-                            *o = v0 as u32 | (v1 as u32) << 8 | (v2 as u32) << 16 | (v3 as u32) << 24;
+                        for ((((o, &v0), &v1), &v2), &v3) in
+                            o.iter_mut().zip(a0).zip(a1).zip(a2).zip(a3)
+                        {
+                            *o = v0 as u32
+                                | (v1 as u32) << 8
+                                | (v2 as u32) << 16
+                                | (v3 as u32) << 24;
                         }
                     } else {
                         for (x, o) in o.iter_mut().enumerate() {
                             let i = x * g.stride;
-                            *o = a0[i] as u32 | (a1[i] as u32) << 8 | (a2[i] as u32) << 16 | (a3[i] as u32) << 24;
+                            *o = a0[i] as u32
+                                | (a1[i] as u32) << 8
+                                | (a2[i] as u32) << 16
+                                | (a3[i] as u32) << 24;
                         }
                     }
                 }
@@ -170,7 +194,9 @@ impl Path {
     pub fn supported(self) -> bool {
         match self {
             #[cfg(target_arch = "x86_64")]
-            Path::Avx512Vnni => is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni"),
+            Path::Avx512Vnni => {
+                is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vnni")
+            }
             #[cfg(target_arch = "x86_64")]
             Path::Avx2BytePairs | Path::Avx2 => is_x86_feature_detected!("avx2"),
             #[cfg(not(target_arch = "x86_64"))]
@@ -187,7 +213,8 @@ impl Path {
     /// The fastest path this CPU runs exactly on these weights (the CPU's part decided once).
     pub fn best_for(w: &PackedWeights) -> Path {
         static SUPPORTED: std::sync::OnceLock<Vec<Path>> = std::sync::OnceLock::new();
-        let supported = SUPPORTED.get_or_init(|| Path::ALL.into_iter().filter(|p| p.supported()).collect());
+        let supported =
+            SUPPORTED.get_or_init(|| Path::ALL.into_iter().filter(|p| p.supported()).collect());
         supported.iter().copied().find(|p| p.exact_for(w.max_abs)).unwrap_or(Path::Portable)
     }
 }
@@ -197,11 +224,24 @@ impl Path {
 /// false`) or added to it. `quads` may be fewer than [`PackedWeights::quads`], for a
 /// tile shorter than the macro's rows (the rest of its words are zero).
 #[allow(clippy::too_many_arguments)]
-pub fn plane_product(path: Path, weights: &PackedWeights, t: usize, a: &[u32], quads: usize, cols: usize, out: &mut [i32], accumulate: bool) {
+pub fn plane_product(
+    path: Path,
+    weights: &PackedWeights,
+    t: usize,
+    a: &[u32],
+    quads: usize,
+    cols: usize,
+    out: &mut [i32],
+    accumulate: bool,
+) {
     let (w, ws, cout) = (weights.tile(t), weights.quads, weights.cout);
     assert!(quads <= ws && a.len() >= quads * cols && out.len() >= cout * cols);
     assert!(path.supported(), "partial-sum path {path:?} is not supported by this CPU");
-    assert!(path.exact_for(weights.max_abs), "{path:?} is not exact on weight codes up to ±{}", weights.max_abs);
+    assert!(
+        path.exact_for(weights.max_abs),
+        "{path:?} is not exact on weight codes up to ±{}",
+        weights.max_abs
+    );
     match path {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: supported (checked above); the slices hold the sizes asserted above.
@@ -211,7 +251,9 @@ pub fn plane_product(path: Path, weights: &PackedWeights, t: usize, a: &[u32], q
         Path::Avx2 => unsafe { x86::avx2(w, ws, a, cout, quads, cols, out, accumulate) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above (the weights' bound, asserted above, is for exact sums only).
-        Path::Avx2BytePairs => unsafe { x86::avx2_byte_pairs(w, ws, a, cout, quads, cols, out, accumulate) },
+        Path::Avx2BytePairs => unsafe {
+            x86::avx2_byte_pairs(w, ws, a, cout, quads, cols, out, accumulate)
+        },
         _ => portable(w, ws, a, cout, quads, cols, out, 0, accumulate),
     }
 }
@@ -224,7 +266,17 @@ fn dot4(a: u32, w: i32) -> i32 {
 
 /// Columns `j0..cols` of every channel, in i32 loops (also the vector paths' tails).
 #[allow(clippy::too_many_arguments)]
-fn portable(w: &[i32], ws: usize, a: &[u32], cout: usize, quads: usize, cols: usize, out: &mut [i32], j0: usize, accumulate: bool) {
+fn portable(
+    w: &[i32],
+    ws: usize,
+    a: &[u32],
+    cout: usize,
+    quads: usize,
+    cols: usize,
+    out: &mut [i32],
+    j0: usize,
+    accumulate: bool,
+) {
     for co in 0..cout {
         let o = &mut out[co * cols + j0..(co + 1) * cols];
         if !accumulate {
@@ -250,7 +302,16 @@ mod x86 {
     /// `cout·cols` (checked by `plane_product`).
     #[target_feature(enable = "avx512f,avx512vnni")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn vnni(w: &[i32], ws: usize, a: &[u32], cout: usize, quads: usize, cols: usize, out: &mut [i32], accumulate: bool) {
+    pub(super) unsafe fn vnni(
+        w: &[i32],
+        ws: usize,
+        a: &[u32],
+        cout: usize,
+        quads: usize,
+        cols: usize,
+        out: &mut [i32],
+        accumulate: bool,
+    ) {
         let mut co0 = 0;
         while co0 < cout {
             let rows = R.min(cout - co0);
@@ -259,7 +320,8 @@ mod x86 {
                 if rows == R {
                     vnni_block::<R>(w, ws, a, co0, quads, cols, out, accumulate)
                 } else {
-                    (co0..cout).for_each(|c| vnni_block::<1>(w, ws, a, c, quads, cols, out, accumulate))
+                    (co0..cout)
+                        .for_each(|c| vnni_block::<1>(w, ws, a, c, quads, cols, out, accumulate))
                 }
             }
             co0 += rows;
@@ -269,18 +331,38 @@ mod x86 {
     /// Channels `co0..co0 + N`, every column, 32 at a time (masked at the end).
     #[target_feature(enable = "avx512f,avx512vnni")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn vnni_block<const N: usize>(w: &[i32], ws: usize, a: &[u32], co0: usize, quads: usize, cols: usize, out: &mut [i32], accumulate: bool) {
+    unsafe fn vnni_block<const N: usize>(
+        w: &[i32],
+        ws: usize,
+        a: &[u32],
+        co0: usize,
+        quads: usize,
+        cols: usize,
+        out: &mut [i32],
+        accumulate: bool,
+    ) {
         let mut j0 = 0;
         while j0 < cols {
             let n = (cols - j0).min(32);
             let m0: __mmask16 = if n >= 16 { 0xFFFF } else { (1u16 << n) - 1 };
-            let m1: __mmask16 = if n >= 32 { 0xFFFF } else if n > 16 { (1u16 << (n - 16)) - 1 } else { 0 };
+            let m1: __mmask16 = if n >= 32 {
+                0xFFFF
+            } else if n > 16 {
+                (1u16 << (n - 16)) - 1
+            } else {
+                0
+            };
             let mut acc = [[_mm512_setzero_si512(); 2]; N];
             for q in 0..quads {
                 // Masked lanes are not read, so the pointers may point past the end.
                 let p = a.as_ptr().wrapping_add(q * cols + j0) as *const i32;
                 // SAFETY: the unmasked lanes are columns j0..j0 + n < cols of row q.
-                let (b0, b1) = unsafe { (_mm512_maskz_loadu_epi32(m0, p), _mm512_maskz_loadu_epi32(m1, p.wrapping_add(16))) };
+                let (b0, b1) = unsafe {
+                    (
+                        _mm512_maskz_loadu_epi32(m0, p),
+                        _mm512_maskz_loadu_epi32(m1, p.wrapping_add(16)),
+                    )
+                };
                 for (i, acc) in acc.iter_mut().enumerate() {
                     let wv = _mm512_set1_epi32(w[(co0 + i) * ws + q]);
                     acc[0] = _mm512_dpbusd_epi32(acc[0], b0, wv);
@@ -313,7 +395,16 @@ mod x86 {
     /// saturation; [`plane_product`] asserts it.)
     #[target_feature(enable = "avx2")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn avx2_byte_pairs(w: &[i32], ws: usize, a: &[u32], cout: usize, quads: usize, cols: usize, out: &mut [i32], accumulate: bool) {
+    pub(super) unsafe fn avx2_byte_pairs(
+        w: &[i32],
+        ws: usize,
+        a: &[u32],
+        cout: usize,
+        quads: usize,
+        cols: usize,
+        out: &mut [i32],
+        accumulate: bool,
+    ) {
         const R2: usize = 4;
         let (by16, by8) = (cols / 16 * 16, cols / 8 * 8);
         let mut co0 = 0;
@@ -322,11 +413,31 @@ mod x86 {
             unsafe {
                 if cout - co0 >= R2 {
                     byte_pairs_block::<R2, 2>(w, ws, a, co0, quads, cols, 0..by16, out, accumulate);
-                    byte_pairs_block::<R2, 1>(w, ws, a, co0, quads, cols, by16..by8, out, accumulate);
+                    byte_pairs_block::<R2, 1>(
+                        w,
+                        ws,
+                        a,
+                        co0,
+                        quads,
+                        cols,
+                        by16..by8,
+                        out,
+                        accumulate,
+                    );
                     co0 += R2;
                 } else {
                     byte_pairs_block::<1, 2>(w, ws, a, co0, quads, cols, 0..by16, out, accumulate);
-                    byte_pairs_block::<1, 1>(w, ws, a, co0, quads, cols, by16..by8, out, accumulate);
+                    byte_pairs_block::<1, 1>(
+                        w,
+                        ws,
+                        a,
+                        co0,
+                        quads,
+                        cols,
+                        by16..by8,
+                        out,
+                        accumulate,
+                    );
                     co0 += 1;
                 }
             }
@@ -342,17 +453,32 @@ mod x86 {
     /// As [`avx2_byte_pairs`]; `js` within `cols` in whole blocks, `co0 + N ≤ cout`.
     #[target_feature(enable = "avx2")]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn byte_pairs_block<const N: usize, const V: usize>(w: &[i32], ws: usize, a: &[u32], co0: usize, quads: usize, cols: usize, js: std::ops::Range<usize>, out: &mut [i32], accumulate: bool) {
+    unsafe fn byte_pairs_block<const N: usize, const V: usize>(
+        w: &[i32],
+        ws: usize,
+        a: &[u32],
+        co0: usize,
+        quads: usize,
+        cols: usize,
+        js: std::ops::Range<usize>,
+        out: &mut [i32],
+        accumulate: bool,
+    ) {
         let ones = _mm256_set1_epi16(1);
         for j0 in js.step_by(8 * V) {
             let mut acc = [[_mm256_setzero_si256(); V]; N];
             for q in 0..quads {
                 // SAFETY: columns j0..j0 + 8·V of row q (the caller's bounds).
-                let av: [__m256i; V] = std::array::from_fn(|v| unsafe { _mm256_loadu_si256(a.as_ptr().add(q * cols + j0 + 8 * v) as *const __m256i) });
+                let av: [__m256i; V] = std::array::from_fn(|v| unsafe {
+                    _mm256_loadu_si256(a.as_ptr().add(q * cols + j0 + 8 * v) as *const __m256i)
+                });
                 for (i, acc) in acc.iter_mut().enumerate() {
                     let wv = _mm256_set1_epi32(w[(co0 + i) * ws + q]);
                     for (acc, &av) in acc.iter_mut().zip(&av) {
-                        *acc = _mm256_add_epi32(*acc, _mm256_madd_epi16(_mm256_maddubs_epi16(av, wv), ones));
+                        *acc = _mm256_add_epi32(
+                            *acc,
+                            _mm256_madd_epi16(_mm256_maddubs_epi16(av, wv), ones),
+                        );
                     }
                 }
             }
@@ -361,7 +487,11 @@ mod x86 {
                     // SAFETY: columns j0 + 8v..+8 of channel co0 + i's row.
                     unsafe {
                         let o = out.as_mut_ptr().add((co0 + i) * cols + j0 + 8 * v) as *mut __m256i;
-                        let sums = if accumulate { _mm256_add_epi32(_mm256_loadu_si256(o), sums) } else { sums };
+                        let sums = if accumulate {
+                            _mm256_add_epi32(_mm256_loadu_si256(o), sums)
+                        } else {
+                            sums
+                        };
                         _mm256_storeu_si256(o, sums);
                     }
                 }
@@ -375,7 +505,16 @@ mod x86 {
     /// AVX2; sizes as for [`vnni`].
     #[target_feature(enable = "avx2")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn avx2(w: &[i32], ws: usize, a: &[u32], cout: usize, quads: usize, cols: usize, out: &mut [i32], accumulate: bool) {
+    pub(super) unsafe fn avx2(
+        w: &[i32],
+        ws: usize,
+        a: &[u32],
+        cout: usize,
+        quads: usize,
+        cols: usize,
+        out: &mut [i32],
+        accumulate: bool,
+    ) {
         const R2: usize = 4;
         let full = cols / 8 * 8;
         // Lane order after the final `hadd` of (columns 0–3, columns 4–7): 0 1 4 5 | 2 3 6 7.
@@ -391,7 +530,10 @@ mod x86 {
                     // SAFETY: columns j0..j0 + 8, within 0..full ≤ cols, of row q.
                     let (alo, ahi) = unsafe {
                         let p = a.as_ptr().add(q * cols + j0) as *const __m128i;
-                        (_mm256_cvtepu8_epi16(_mm_loadu_si128(p)), _mm256_cvtepu8_epi16(_mm_loadu_si128(p.add(1))))
+                        (
+                            _mm256_cvtepu8_epi16(_mm_loadu_si128(p)),
+                            _mm256_cvtepu8_epi16(_mm_loadu_si128(p.add(1))),
+                        )
                     };
                     for i in 0..rows {
                         // The word's four signed bytes as i16, repeated for four columns.
@@ -405,7 +547,11 @@ mod x86 {
                     // SAFETY: columns j0..j0 + 8 of channel co0 + i's row.
                     unsafe {
                         let o = out.as_mut_ptr().add((co0 + i) * cols + j0) as *mut __m256i;
-                        let sums = if accumulate { _mm256_add_epi32(_mm256_loadu_si256(o), sums) } else { sums };
+                        let sums = if accumulate {
+                            _mm256_add_epi32(_mm256_loadu_si256(o), sums)
+                        } else {
+                            sums
+                        };
                         _mm256_storeu_si256(o, sums);
                     }
                 }
@@ -421,12 +567,24 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::gemm::{gemm, MatRef};
+    use crate::engine::gemm::{MatRef, gemm};
 
     /// A stored `rows × cols` matrix of codes as the patch matrix of a 1×1 convolution
     /// over one image of `rows` channels and `1 × cols` pixels (which it is, as it is).
     fn as_image(rows: usize, cols: usize) -> ConvGeom {
-        ConvGeom { n: 1, cin: rows, h: 1, w: cols, cout: 1, kh: 1, kw: 1, stride: 1, pad: 0, oh: 1, ow: cols }
+        ConvGeom {
+            n: 1,
+            cin: rows,
+            h: 1,
+            w: cols,
+            cout: 1,
+            kh: 1,
+            kw: 1,
+            stride: 1,
+            pad: 0,
+            oh: 1,
+            ow: cols,
+        }
     }
 
     /// A xorshift64 stream: test data that needs no dependency.
@@ -447,50 +605,114 @@ mod tests {
     #[test]
     fn every_path_gives_the_exact_partial_sums() {
         let mut next = xorshift(0x2545_F491_4F6C_DD1Du64);
-        let shapes = [(1, 1, 1, 1, 255u32), (3, 10, 4, 7, 255), (8, 64, 64, 32, 255), (10, 150, 64, 33, 255), (17, 67, 67, 100, 255), (16, 144, 64, 1024, 255), (9, 37, 2, 19, 65535), (5, 64, 64, 40, 255)];
+        let shapes = [
+            (1, 1, 1, 1, 255u32),
+            (3, 10, 4, 7, 255),
+            (8, 64, 64, 32, 255),
+            (10, 150, 64, 33, 255),
+            (17, 67, 67, 100, 255),
+            (16, 144, 64, 1024, 255),
+            (9, 37, 2, 19, 65535),
+            (5, 64, 64, 40, 255),
+        ];
         // Weight codes of 8 bits (−128..=127), and within ±64 (what `vpmaddubsw` takes).
-        for (&(cout, k, rows, cols, input_max), (wlo, whi)) in shapes.iter().flat_map(|s| [(s, (-128, 127)), (s, (-64, 64))]) {
+        for (&(cout, k, rows, cols, input_max), (wlo, whi)) in
+            shapes.iter().flat_map(|s| [(s, (-128, 127)), (s, (-64, 64))])
+        {
             // Extremes often: 0, the largest input; the weights' ends.
-            let x: Vec<f32> = (0..k * cols).map(|_| match next() % 4 { 0 => 0, 1 => input_max, _ => (next() % (input_max as u64 + 1)) as u32 } as f32).collect();
-            let wc: Vec<f32> = (0..cout * k).map(|_| match next() % 4 { 0 => wlo, 1 => whi, _ => (next() % (whi - wlo + 1) as u64) as i32 + wlo } as f32).collect();
+            let x: Vec<f32> = (0..k * cols)
+                .map(|_| match next() % 4 {
+                    0 => 0,
+                    1 => input_max,
+                    _ => (next() % (input_max as u64 + 1)) as u32,
+                } as f32)
+                .collect();
+            let wc: Vec<f32> = (0..cout * k)
+                .map(|_| match next() % 4 {
+                    0 => wlo,
+                    1 => whi,
+                    _ => (next() % (whi - wlo + 1) as u64) as i32 + wlo,
+                } as f32)
+                .collect();
             let packed = PackedWeights::new(&wc, cout, k, rows);
             let planes = if input_max > 255 { 2 } else { 1 };
             for t in 0..k.div_ceil(rows) {
                 let (r0, r1) = (t * rows, ((t + 1) * rows).min(k));
                 let quads = (r1 - r0).div_ceil(4);
                 let want: Vec<i64> = (0..cout * cols)
-                    .map(|e| (r0..r1).map(|r| wc[(e / cols) * k + r] as i64 * x[r * cols + e % cols] as i64).sum())
+                    .map(|e| {
+                        (r0..r1)
+                            .map(|r| wc[(e / cols) * k + r] as i64 * x[r * cols + e % cols] as i64)
+                            .sum()
+                    })
                     .collect();
                 let mut by_gemm = vec![0.0f32; cout * cols];
-                gemm(1.0, MatRef { data: &wc[r0..], rows: cout, cols: r1 - r0, rs: k, cs: 1 }, MatRef::rowmajor(&x[r0 * cols..r1 * cols], r1 - r0, cols), 0.0, &mut by_gemm, cols);
-                assert!(want.iter().zip(&by_gemm).all(|(&w, &g)| w as f32 == g), "the f32 GEMM is exact on these codes");
+                gemm(
+                    1.0,
+                    MatRef { data: &wc[r0..], rows: cout, cols: r1 - r0, rs: k, cs: 1 },
+                    MatRef::rowmajor(&x[r0 * cols..r1 * cols], r1 - r0, cols),
+                    0.0,
+                    &mut by_gemm,
+                    cols,
+                );
+                assert!(
+                    want.iter().zip(&by_gemm).all(|(&w, &g)| w as f32 == g),
+                    "the f32 GEMM is exact on these codes"
+                );
                 let geom = as_image(r1 - r0, cols);
                 // The weights' own largest code decides which paths are exact on them.
                 let max_abs = wc.iter().fold(0, |m, &w| m.max(w.abs() as u32));
                 let best = Path::best_for(&packed);
                 assert!(best.exact_for(max_abs));
-                if max_abs <= BYTE_PAIR_MAX && Path::Avx2BytePairs.supported() && !Path::Avx512Vnni.supported() {
-                    assert_eq!(best, Path::Avx2BytePairs, "weights within ±{BYTE_PAIR_MAX} on an AVX2 CPU");
+                if max_abs <= BYTE_PAIR_MAX
+                    && Path::Avx2BytePairs.supported()
+                    && !Path::Avx512Vnni.supported()
+                {
+                    assert_eq!(
+                        best,
+                        Path::Avx2BytePairs,
+                        "weights within ±{BYTE_PAIR_MAX} on an AVX2 CPU"
+                    );
                 }
-                for path in Path::ALL.into_iter().filter(|p| p.supported() && p.exact_for(max_abs)) {
+                for path in Path::ALL.into_iter().filter(|p| p.supported() && p.exact_for(max_abs))
+                {
                     let mut words = Vec::new();
                     let mut total = vec![0i32; cout * cols];
                     for plane in 0..planes {
-                        CodePlane::new(&geom, &x[r0 * cols..r1 * cols], 1, None, plane).pack_tile(0, r1 - r0, quads, &mut words);
+                        CodePlane::new(&geom, &x[r0 * cols..r1 * cols], 1, None, plane).pack_tile(
+                            0,
+                            r1 - r0,
+                            quads,
+                            &mut words,
+                        );
                         let mut part = vec![7i32; cout * cols];
                         plane_product(path, &packed, t, &words, quads, cols, &mut part, false);
                         total.iter_mut().zip(&part).for_each(|(s, &p)| *s += p << (8 * plane));
                     }
                     for (e, (&got, &w)) in total.iter().zip(&want).enumerate() {
-                        assert_eq!(got as i64, w, "{path:?}: {cout}×{k} (tile {t} of {rows} rows) × {cols}, channel {} column {}", e / cols, e % cols);
+                        assert_eq!(
+                            got as i64,
+                            w,
+                            "{path:?}: {cout}×{k} (tile {t} of {rows} rows) × {cols}, channel {} column {}",
+                            e / cols,
+                            e % cols
+                        );
                     }
                     // Accumulating adds onto what is there.
-                    CodePlane::new(&geom, &x[r0 * cols..r1 * cols], 1, None, 0).pack_tile(0, r1 - r0, quads, &mut words);
+                    CodePlane::new(&geom, &x[r0 * cols..r1 * cols], 1, None, 0).pack_tile(
+                        0,
+                        r1 - r0,
+                        quads,
+                        &mut words,
+                    );
                     let mut twice = vec![0i32; cout * cols];
                     plane_product(path, &packed, t, &words, quads, cols, &mut twice, false);
                     let once = twice.clone();
                     plane_product(path, &packed, t, &words, quads, cols, &mut twice, true);
-                    assert!(twice.iter().zip(&once).all(|(&t2, &o)| t2 == 2 * o), "{path:?} accumulates");
+                    assert!(
+                        twice.iter().zip(&once).all(|(&t2, &o)| t2 == 2 * o),
+                        "{path:?} accumulates"
+                    );
                 }
             }
         }
@@ -503,7 +725,9 @@ mod tests {
         let codes = [f32::NAN, -3.0, 65_536.0, 1e30, f32::INFINITY, 255.0, 65_535.0, 258.0];
         let geom = as_image(1, codes.len());
         let mut words = Vec::new();
-        for (plane, want) in [(0, [0u32, 0, 255, 255, 255, 255, 255, 2]), (1, [0, 0, 255, 255, 255, 0, 255, 1])] {
+        for (plane, want) in
+            [(0, [0u32, 0, 255, 255, 255, 255, 255, 2]), (1, [0, 0, 255, 255, 255, 0, 255, 1])]
+        {
             CodePlane::new(&geom, &codes, 1, None, plane).pack_tile(0, 1, 1, &mut words);
             assert_eq!(words, want, "plane {plane}");
         }
@@ -520,7 +744,18 @@ mod tests {
             let packed = PackedWeights::new(&[wide, 1.0, 0.0, 0.0], 1, 4, 4);
             assert_ne!(Path::best_for(&packed), Path::Avx2BytePairs);
             let mut out = [0i32; 8];
-            let r = std::panic::catch_unwind(move || plane_product(Path::Avx2BytePairs, &packed, 0, &[u32::MAX; 8], 1, 8, &mut out, false));
+            let r = std::panic::catch_unwind(move || {
+                plane_product(
+                    Path::Avx2BytePairs,
+                    &packed,
+                    0,
+                    &[u32::MAX; 8],
+                    1,
+                    8,
+                    &mut out,
+                    false,
+                )
+            });
             assert!(r.is_err(), "weight {wide}");
         }
     }
@@ -533,15 +768,31 @@ mod tests {
     fn tiles_are_the_patch_rows_of_the_definition() {
         let mut next = xorshift(0x9E37_79B9_7F4A_7C15u64);
         // (images, cin, h, w, kh, kw, stride, pad)
-        for &(images, cin, h, w, kh, kw, stride, pad) in &[(1, 1, 1, 1, 1, 1, 1, 0), (2, 3, 5, 7, 3, 3, 1, 1), (3, 2, 8, 8, 3, 3, 2, 1), (1, 4, 6, 5, 5, 5, 1, 2), (2, 5, 4, 9, 1, 3, 2, 0), (1, 16, 8, 8, 3, 3, 1, 1)] {
-            let geom = ConvGeom::new(&[images, cin, h, w], &[1, cin, kh, kw], crate::engine::ops::conv2d::Conv2dCfg { stride, padding: pad }).unwrap();
+        for &(images, cin, h, w, kh, kw, stride, pad) in &[
+            (1, 1, 1, 1, 1, 1, 1, 0),
+            (2, 3, 5, 7, 3, 3, 1, 1),
+            (3, 2, 8, 8, 3, 3, 2, 1),
+            (1, 4, 6, 5, 5, 5, 1, 2),
+            (2, 5, 4, 9, 1, 3, 2, 0),
+            (1, 16, 8, 8, 3, 3, 1, 1),
+        ] {
+            let geom = ConvGeom::new(
+                &[images, cin, h, w],
+                &[1, cin, kh, kw],
+                crate::engine::ops::conv2d::Conv2dCfg { stride, padding: pad },
+            )
+            .unwrap();
             let (k, pix) = (geom.k(), geom.pixels());
             let cols = images * pix;
-            let codes: Vec<f32> = (0..images * geom.in_size()).map(|_| (next() % 65536) as f32).collect();
+            let codes: Vec<f32> =
+                (0..images * geom.in_size()).map(|_| (next() % 65536) as f32).collect();
             let code_at = |j: usize, r: usize, col: usize| -> u32 {
                 let (ci, ky, kx) = (r / (kh * kw), (r / kw) % kh, r % kw);
                 let (oy, ox) = (col / geom.ow, col % geom.ow);
-                let (iy, ix) = ((oy * stride + ky) as isize - pad as isize, (ox * stride + kx) as isize - pad as isize);
+                let (iy, ix) = (
+                    (oy * stride + ky) as isize - pad as isize,
+                    (ox * stride + kx) as isize - pad as isize,
+                );
                 if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
                     return 0;
                 }
@@ -563,7 +814,11 @@ mod tests {
                                     let kept = bits.map_or(v, |(s, wd)| (v >> s) & ((1 << wd) - 1));
                                     acc | ((kept >> (8 * plane)) & 0xFF) << (8 * b)
                                 });
-                                assert_eq!(words[q * cols + c], want, "{images}×{cin}×{h}×{w}, {kh}×{kw} s{stride} p{pad}, bits {bits:?} plane {plane}, rows {r0}..{r1}: quad {q} column {c}");
+                                assert_eq!(
+                                    words[q * cols + c],
+                                    want,
+                                    "{images}×{cin}×{h}×{w}, {kh}×{kw} s{stride} p{pad}, bits {bits:?} plane {plane}, rows {r0}..{r1}: quad {q} column {c}"
+                                );
                             }
                         }
                     }

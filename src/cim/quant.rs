@@ -60,7 +60,10 @@ impl ActGrid {
 fn scalar(tape: &Tape, v: Var, what: &str) -> Result<f32> {
     let t = tape.value(v);
     if t.len() != 1 || !t.data()[0].is_finite() {
-        return Err(Error::invalid(format!("E-PACT: {what} must be one finite number, got {:?}", t.data())));
+        return Err(Error::invalid(format!(
+            "E-PACT: {what} must be one finite number, got {:?}",
+            t.data()
+        )));
     }
     Ok(t.data()[0])
 }
@@ -96,10 +99,18 @@ pub fn epact(tape: &mut Tape, x: Var, lo: Var, hi: Var, bits: Option<u32>) -> Re
                         dh[i] += if v >= h && v > l { gv } else { 0.0 };
                     }
                 }
-                (dl.iter().map(|&v| v as f64).sum::<f64>(), dh.iter().map(|&v| v as f64).sum::<f64>())
+                (
+                    dl.iter().map(|&v| v as f64).sum::<f64>(),
+                    dh.iter().map(|&v| v as f64).sum::<f64>(),
+                )
             })
             .collect();
-        sink.accumulate(x, CHUNK, |i, len| gd[i * CHUNK..][..len].iter().zip(&xv[i * CHUNK..][..len]).map(move |(&gv, &v)| if v > l && v < h { gv } else { 0.0 }));
+        sink.accumulate(x, CHUNK, |i, len| {
+            gd[i * CHUNK..][..len]
+                .iter()
+                .zip(&xv[i * CHUNK..][..len])
+                .map(move |(&gv, &v)| if v > l && v < h { gv } else { 0.0 })
+        });
         let (dl, dh) = parts.iter().fold((0.0, 0.0), |a, p| (a.0 + p.0, a.1 + p.1));
         if sink.wants(lo) {
             sink.get(lo).data_mut()[0] += dl as f32;
@@ -170,7 +181,10 @@ mod tests {
         // Inputs away from the bounds (finite differences straddle no kink).
         let mut x = random(&[4, 30], 1);
         x.data_mut().iter_mut().for_each(|v| *v *= 2.0);
-        x.data_mut().iter_mut().filter(|v| (v.abs() - 0.5).abs() < 0.03 || (**v - 1.2).abs() < 0.03).for_each(|v| *v += 0.1);
+        x.data_mut()
+            .iter_mut()
+            .filter(|v| (v.abs() - 0.5).abs() < 0.03 || (**v - 1.2).abs() < 0.03)
+            .for_each(|v| *v += 0.1);
         let (lo, hi) = (Tensor::full(&[1], -0.5), Tensor::full(&[1], 1.2));
         check(&[x, lo, hi], |t, v| epact(t, v[0], v[1], v[2], None).unwrap(), 1e-2, 1e-3);
     }
@@ -180,12 +194,23 @@ mod tests {
         let x = random(&[1000], 2);
         let run = |bits| {
             let mut t = Tape::new(true);
-            let (xv, lo, hi) = (t.leaf(x.clone()), t.leaf(Tensor::full(&[1], -0.3)), t.leaf(Tensor::full(&[1], 0.8)));
+            let (xv, lo, hi) = (
+                t.leaf(x.clone()),
+                t.leaf(Tensor::full(&[1], -0.3)),
+                t.leaf(Tensor::full(&[1], 0.8)),
+            );
             let y = epact(&mut t, xv, lo, hi, bits).unwrap();
             let out = t.value(y).clone();
             let l = crate::engine::gradcheck::project(&mut t, y, random(&[1000], 3));
             let g = t.backward(l);
-            (out, [g.get(xv).unwrap().clone(), g.get(lo).unwrap().clone(), g.get(hi).unwrap().clone()])
+            (
+                out,
+                [
+                    g.get(xv).unwrap().clone(),
+                    g.get(lo).unwrap().clone(),
+                    g.get(hi).unwrap().clone(),
+                ],
+            )
         };
         let (q, gq) = run(Some(8));
         let (_, gs) = run(None);

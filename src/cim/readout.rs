@@ -1,9 +1,9 @@
 //! How a CIM layer reads its macro: the [`Readout`] source, the forward mode, the
 //! backward estimator, and the draw keys that make every readout reproducible.
 
+use super::MacroSpec;
 use super::chip::{Chip, FixedPattern};
 use super::em::ErrorModel;
-use super::MacroSpec;
 use crate::rng::{key, mix64};
 use std::sync::Arc;
 
@@ -51,7 +51,14 @@ pub trait Readout: Send + Sync {
     /// codes[i] + 1` (clamped to `range`) with bits `run.key.backward(run.op(i), s)`.
     /// One call per run (as in forward), so a source can batch; the default pairs
     /// [`Readout::sample_pair`].
-    fn slope_draws_run(&self, codes: &[i32], range: (i32, i32), draws: u32, run: DrawRun, out: &mut [f32]) {
+    fn slope_draws_run(
+        &self,
+        codes: &[i32],
+        range: (i32, i32),
+        draws: u32,
+        run: DrawRun,
+        out: &mut [f32],
+    ) {
         if draws == 0 {
             // No draws, no estimate: the straight-through slope, as the table's path gives.
             out.fill(1.0);
@@ -119,7 +126,14 @@ impl Readout for ErrorModel {
     /// edges included), so `stat:S` averages to the central difference — which is
     /// `stat` wherever the table is well measured; where it is sparse, `stat` is smoothed
     /// over a wider window and `stat:S` is not.
-    fn slope_draws_run(&self, codes: &[i32], _range: (i32, i32), draws: u32, run: DrawRun, out: &mut [f32]) {
+    fn slope_draws_run(
+        &self,
+        codes: &[i32],
+        _range: (i32, i32),
+        draws: u32,
+        run: DrawRun,
+        out: &mut [f32],
+    ) {
         self.slope_stream(codes, run.key.backward_key(), run.op0, run.stride, draws, out)
     }
     fn table(&self) -> Option<&dyn ReadoutTable> {
@@ -201,7 +215,9 @@ impl ReadoutMode {
             "ideal" => Ok(ReadoutMode::Ideal),
             "sampled" => Ok(ReadoutMode::Sampled),
             "expected" => Ok(ReadoutMode::Expected),
-            _ => Err(crate::Error::invalid(format!("unknown readout mode '{s}' (ideal, sampled, expected)"))),
+            _ => Err(crate::Error::invalid(format!(
+                "unknown readout mode '{s}' (ideal, sampled, expected)"
+            ))),
         }
     }
 }
@@ -231,7 +247,9 @@ impl Estimator {
             None if s == "stat" => Ok(Estimator::Statistical { draws: 0 }),
             Some(("stat", n)) => match n.parse::<u32>() {
                 Ok(draws) if draws <= MAX_DRAWS => Ok(Estimator::Statistical { draws }),
-                _ => Err(crate::Error::invalid(format!("bad estimator '{s}': S must be a whole number from 0 (the exact slope, as `stat`) to {MAX_DRAWS}"))),
+                _ => Err(crate::Error::invalid(format!(
+                    "bad estimator '{s}': S must be a whole number from 0 (the exact slope, as `stat`) to {MAX_DRAWS}"
+                ))),
             },
             _ => Err(crate::Error::invalid(format!("unknown estimator '{s}' (ste, stat, stat:S)"))),
         }
@@ -271,15 +289,28 @@ impl CimRuntime {
     /// source must fit its ADC: every ideal code the ADC produces covered, and no
     /// measured code beyond the ADC's range (a model of another ADC would otherwise be
     /// clamped without a word).
-    pub fn new(spec: MacroSpec, readout: Arc<dyn Readout>, mode: ReadoutMode, estimator: Estimator) -> crate::Result<Self> {
+    pub fn new(
+        spec: MacroSpec,
+        readout: Arc<dyn Readout>,
+        mode: ReadoutMode,
+        estimator: Estimator,
+    ) -> crate::Result<Self> {
         spec.validate()?;
         let (lo, hi) = (spec.adc.kmin, spec.adc.kmax);
         if let Some(((kmin, kmax), (jmin, jmax))) = readout.code_ranges() {
             if kmin > lo || kmax < hi {
-                return Err(crate::Error::invalid(format!("error model '{}' covers ideal codes {kmin}..={kmax}; macro '{}' has an ADC producing {lo}..={hi}", readout.label(), spec.name)));
+                return Err(crate::Error::invalid(format!(
+                    "error model '{}' covers ideal codes {kmin}..={kmax}; macro '{}' has an ADC producing {lo}..={hi}",
+                    readout.label(),
+                    spec.name
+                )));
             }
             if jmin < lo || jmax > hi {
-                return Err(crate::Error::invalid(format!("error model '{}' reads codes {jmin}..={jmax}; macro '{}' has an ADC of {lo}..={hi}: a model of another ADC", readout.label(), spec.name)));
+                return Err(crate::Error::invalid(format!(
+                    "error model '{}' reads codes {jmin}..={jmax}; macro '{}' has an ADC of {lo}..={hi}: a model of another ADC",
+                    readout.label(),
+                    spec.name
+                )));
             }
         }
         let rt = CimRuntime {
@@ -307,7 +338,9 @@ impl CimRuntime {
         }
         let needs = match (self.mode, self.estimator) {
             (ReadoutMode::Expected, _) => "the `expected` readout mode",
-            (ReadoutMode::Sampled, Estimator::Statistical { draws: 0 }) => "the exact-slope estimator `stat`",
+            (ReadoutMode::Sampled, Estimator::Statistical { draws: 0 }) => {
+                "the exact-slope estimator `stat`"
+            }
             _ => return Ok(()),
         };
         Err(crate::Error::invalid(format!(
@@ -328,7 +361,9 @@ impl CimRuntime {
     #[inline]
     pub fn column(&self, tile: usize, channel: usize) -> (f32, f32) {
         match (&self.chip, self.mode) {
-            (Some(c), ReadoutMode::Sampled | ReadoutMode::Expected) => c.column(self.spec.adc_of(tile, channel)),
+            (Some(c), ReadoutMode::Sampled | ReadoutMode::Expected) => {
+                c.column(self.spec.adc_of(tile, channel))
+            }
             _ => (1.0, 0.0),
         }
     }
@@ -350,7 +385,10 @@ pub struct DrawKey {
 
 impl DrawKey {
     pub fn new(seed: u64, layer: u64, step: u64) -> Self {
-        DrawKey { forward: key(&[seed, layer, step, FORWARD_TAG]), backward: key(&[seed, layer, step, BACKWARD_TAG]) }
+        DrawKey {
+            forward: key(&[seed, layer, step, FORWARD_TAG]),
+            backward: key(&[seed, layer, step, BACKWARD_TAG]),
+        }
     }
     /// The forward draw of macro operation `op` (its global index in the layer): the
     /// `op`-th output of a SplitMix64 stream started at the layer's key.
@@ -428,7 +466,12 @@ mod tests {
     /// The estimator before coupling: independent draws at the two codes.
     fn independent_moments(m: &ErrorModel, k: i32, n: u64) -> (f64, f64) {
         let key = DrawKey::new(3, 1, 4);
-        let v: Vec<f64> = (0..n).map(|op| (m.sample(k + 1, key.backward(op, 0)) - m.sample(k - 1, key.backward(op, 1))) as f64 / 2.0).collect();
+        let v: Vec<f64> = (0..n)
+            .map(|op| {
+                (m.sample(k + 1, key.backward(op, 0)) - m.sample(k - 1, key.backward(op, 1))) as f64
+                    / 2.0
+            })
+            .collect();
         let mean = v.iter().sum::<f64>() / n as f64;
         (mean, v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64)
     }
@@ -450,15 +493,30 @@ mod tests {
             let (ms, vs) = slope_moments(&plain, k, n);
             let (mi, vi) = independent_moments(&m, k, n);
             // Unbiased: within 5 standard errors of the exact central difference.
-            for (mean, var, what) in [(mc, vc, "coupled"), (ms, vs, "sample-only"), (mi, vi, "independent")] {
+            for (mean, var, what) in
+                [(mc, vc, "coupled"), (ms, vs, "sample-only"), (mi, vi, "independent")]
+            {
                 let se = (var / n as f64).sqrt();
-                assert!((mean - exact).abs() <= 5.0 * se + 1e-6, "{what} at {k}: {mean} vs exact {exact} ± {se}");
+                assert!(
+                    (mean - exact).abs() <= 5.0 * se + 1e-6,
+                    "{what} at {k}: {mean} vs exact {exact} ± {se}"
+                );
             }
-            eprintln!("k {k}: exact {exact:.4} variance: coupled {vc:.4}, same bits {vs:.4}, independent {vi:.4}");
+            eprintln!(
+                "k {k}: exact {exact:.4} variance: coupled {vc:.4}, same bits {vs:.4}, independent {vi:.4}"
+            );
             (v_coupled, v_same_bits, v_indep) = (v_coupled + vc, v_same_bits + vs, v_indep + vi);
         }
-        eprintln!("variance vs independent draws: coupled 1/{:.1}, same bits 1/{:.1}", v_indep / v_coupled, v_indep / v_same_bits);
-        assert!(v_indep / v_coupled >= 8.0, "coupling reduced the variance only {:.1}×", v_indep / v_coupled);
+        eprintln!(
+            "variance vs independent draws: coupled 1/{:.1}, same bits 1/{:.1}",
+            v_indep / v_coupled,
+            v_indep / v_same_bits
+        );
+        assert!(
+            v_indep / v_coupled >= 8.0,
+            "coupling reduced the variance only {:.1}×",
+            v_indep / v_coupled
+        );
         assert!(v_same_bits <= v_indep, "same-bit pairs vary more than independent ones");
     }
 
@@ -475,24 +533,42 @@ mod tests {
         let moments = |src: &dyn Readout, k: i32, draws: u32| {
             let codes = vec![k; n as usize];
             let mut out = vec![0.0f32; codes.len()];
-            src.slope_draws_run(&codes, (-256, 255), draws, DrawRun { key: DrawKey::new(5, 2, 9), op0: 0, stride: 1 }, &mut out);
+            src.slope_draws_run(
+                &codes,
+                (-256, 255),
+                draws,
+                DrawRun { key: DrawKey::new(5, 2, 9), op0: 0, stride: 1 },
+                &mut out,
+            );
             let mean = out.iter().map(|&v| v as f64).sum::<f64>() / n as f64;
             (mean, out.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / (n - 1) as f64)
         };
         // Measured: 0.33 on the table (its pair-difference alias table is spread over
         // both halves of the word), 0.98 through sample-only (two rows' draws).
-        for (src, what, at_most) in [(&m as &dyn Readout, "table", 0.5), (&plain, "sample-only", 1.0)] {
+        for (src, what, at_most) in
+            [(&m as &dyn Readout, "table", 0.5), (&plain, "sample-only", 1.0)]
+        {
             let (mut v_lattice, mut v_independent) = (0.0, 0.0);
             for k in (-30..=30).step_by(5) {
                 let exact = (m.mean(k + 1) as f64 - m.mean(k - 1) as f64) / 2.0;
                 let (mean, var) = moments(src, k, draws);
                 let se = (var / n as f64).sqrt();
-                assert!((mean - exact).abs() <= 5.0 * se + 1e-6, "{what} at {k}: {mean} vs exact {exact} ± {se}");
+                assert!(
+                    (mean - exact).abs() <= 5.0 * se + 1e-6,
+                    "{what} at {k}: {mean} vs exact {exact} ± {se}"
+                );
                 v_lattice += var;
                 v_independent += moments(src, k, 1).1 / draws as f64;
             }
-            eprintln!("{what}: S = {draws} lattice variance / independent = {:.3}", v_lattice / v_independent);
-            assert!(v_lattice <= at_most * v_independent, "{what}: lattice draws vary {:.3}× as much as independent ones", v_lattice / v_independent);
+            eprintln!(
+                "{what}: S = {draws} lattice variance / independent = {:.3}",
+                v_lattice / v_independent
+            );
+            assert!(
+                v_lattice <= at_most * v_independent,
+                "{what}: lattice draws vary {:.3}× as much as independent ones",
+                v_lattice / v_independent
+            );
         }
     }
 
@@ -501,12 +577,34 @@ mod tests {
     fn runtime_checks_the_model_against_the_adc() {
         let seven_bit = MacroSpec::parse("adc_bits=7,step=128").unwrap();
         let wide = presets::preset("current-domain", (-256, 255)).unwrap();
-        let e = CimRuntime::new(seven_bit.clone(), Arc::new(wide), ReadoutMode::Sampled, Estimator::Ste).err().unwrap().to_string();
-        assert!(e.contains("reads codes") && e.contains("-64..=63") && e.contains("another ADC"), "{e}");
+        let e = CimRuntime::new(
+            seven_bit.clone(),
+            Arc::new(wide),
+            ReadoutMode::Sampled,
+            Estimator::Ste,
+        )
+        .err()
+        .unwrap()
+        .to_string();
+        assert!(
+            e.contains("reads codes") && e.contains("-64..=63") && e.contains("another ADC"),
+            "{e}"
+        );
         let narrow = presets::preset("current-domain", (-32, 31)).unwrap();
-        let e = CimRuntime::new(seven_bit.clone(), Arc::new(narrow), ReadoutMode::Sampled, Estimator::Ste).err().unwrap().to_string();
+        let e = CimRuntime::new(
+            seven_bit.clone(),
+            Arc::new(narrow),
+            ReadoutMode::Sampled,
+            Estimator::Ste,
+        )
+        .err()
+        .unwrap()
+        .to_string();
         assert!(e.contains("covers ideal codes -32..=31"), "{e}");
         let fits = presets::preset("current-domain", (-64, 63)).unwrap();
-        assert!(CimRuntime::new(seven_bit, Arc::new(fits), ReadoutMode::Sampled, Estimator::Ste).is_ok());
+        assert!(
+            CimRuntime::new(seven_bit, Arc::new(fits), ReadoutMode::Sampled, Estimator::Ste)
+                .is_ok()
+        );
     }
 }

@@ -1,6 +1,6 @@
+use crate::Result;
 use crate::nn::Arch;
 use crate::train::bench;
-use crate::Result;
 
 #[derive(argh::FromArgs)]
 #[argh(subcommand, name = "bench")]
@@ -50,16 +50,41 @@ pub struct BenchArgs {
 
 pub fn run(a: BenchArgs) -> Result<()> {
     use crate::train::config::MAX_BATCH;
-    if !(1..=MAX_BATCH).contains(&a.batch) || a.steps == 0 || a.steps > 100_000 || a.warmup > 100_000 {
-        return Err(crate::Error::invalid(format!("--batch must be 1 to {MAX_BATCH}, --steps 1 to 100000 and --warmup at most 100000")));
+    if !(1..=MAX_BATCH).contains(&a.batch)
+        || a.steps == 0
+        || a.steps > 100_000
+        || a.warmup > 100_000
+    {
+        return Err(crate::Error::invalid(format!(
+            "--batch must be 1 to {MAX_BATCH}, --steps 1 to 100000 and --warmup at most 100000"
+        )));
     }
-    crate::nn::ModelSpec::fp32(Arch::parse(&a.model)?, a.classes).validate().map_err(|e| crate::Error::invalid(format!("--classes: {e}")))?;
-    let rt = if a.cim { Some(super::cim_runtime(&a.r#macro, &a.error_model, &a.readout, &a.estimator, crate::train::ReadoutSource::parse(&a.readout_source)?)?) } else { None };
+    crate::nn::ModelSpec::fp32(Arch::parse(&a.model)?, a.classes)
+        .validate()
+        .map_err(|e| crate::Error::invalid(format!("--classes: {e}")))?;
+    let rt = if a.cim {
+        Some(super::cim_runtime(
+            &a.r#macro,
+            &a.error_model,
+            &a.readout,
+            &a.estimator,
+            crate::train::ReadoutSource::parse(&a.readout_source)?,
+        )?)
+    } else {
+        None
+    };
     let plan = super::cim_plan(&a.cim_layers)?;
     if !a.cim && a.cim_layers != "default" {
         return Err(crate::Error::invalid("--cim-layers needs --cim"));
     }
-    let r = bench::run(Arch::parse(&a.model)?, a.classes, a.batch, a.steps, a.warmup, rt.as_ref().map(|rt| (rt, &plan)))?;
+    let r = bench::run(
+        Arch::parse(&a.model)?,
+        a.classes,
+        a.batch,
+        a.steps,
+        a.warmup,
+        rt.as_ref().map(|rt| (rt, &plan)),
+    )?;
     println!("{}", r.table());
     if a.json {
         println!("{}", r.json());

@@ -2,7 +2,7 @@ use crate::Result;
 use crate::data::{Augment, DatasetKind, Normalize};
 use crate::io::checkpoint::{Checkpoint, restore_into};
 use crate::nn::build;
-use crate::train::{json, recalibrate_bn, RecalImages};
+use crate::train::{RecalImages, json, recalibrate_bn};
 use std::path::PathBuf;
 
 #[derive(argh::FromArgs)]
@@ -63,24 +63,31 @@ pub fn run(a: CalibrateArgs) -> Result<()> {
     restore_into(&ck.store, &mut store, &a.checkpoint)?;
     let data = super::load_data(a.data.as_deref(), kind, a.quiet)?;
     let rt = if a.cim {
-        let mut rt =
-            super::cim_runtime(&a.r#macro, &a.error_model, "sampled", "ste", crate::train::ReadoutSource::Table)?.on_chip(a.chip_seed);
+        let mut rt = super::cim_runtime(
+            &a.r#macro,
+            &a.error_model,
+            "sampled",
+            "ste",
+            crate::train::ReadoutSource::Table,
+        )?
+        .on_chip(a.chip_seed);
         rt.seed = a.seed;
         Some(rt)
     } else {
         None
     };
     let t = std::time::Instant::now();
-    let set = RecalImages { split: &data.train, norm: Normalize::for_dataset(kind), augment: (!a.no_augment).then(Augment::standard), count: a.images, seed: a.seed };
+    let set = RecalImages {
+        split: &data.train,
+        norm: Normalize::for_dataset(kind),
+        augment: (!a.no_augment).then(Augment::standard),
+        count: a.images,
+        seed: a.seed,
+    };
     let r = recalibrate_bn(net.as_ref(), &mut store, &set, rt.as_ref())?;
     let secs = t.elapsed().as_secs_f64();
     let on = rt.as_ref().map_or("digital forward".to_string(), |rt| {
-        format!(
-            "{} | {} | chip {}",
-            rt.spec.name,
-            rt.readout.label(),
-            a.chip_seed
-        )
+        format!("{} | {} | chip {}", rt.spec.name, rt.readout.label(), a.chip_seed)
     });
     ck.store = store;
     // A different model now: not a training run to resume.

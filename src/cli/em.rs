@@ -1,5 +1,5 @@
-use crate::cim::em::{fit, format, heatmap, FillPolicy, ModelInfo};
 use crate::cim::MacroSpec;
+use crate::cim::em::{FillPolicy, ModelInfo, fit, format, heatmap};
 use crate::io::atomic;
 use crate::{Error, Result};
 use std::path::PathBuf;
@@ -80,13 +80,25 @@ pub fn run(a: EmArgs) -> Result<()> {
             let spec = MacroSpec::parse(&f.r#macro)?;
             let text = std::fs::read_to_string(&f.log).map_err(|e| Error::io(&f.log, e))?;
             let log = fit::parse_log(&text, &f.log, f.values_step)?;
-            let name = f.name.unwrap_or_else(|| f.log.file_stem().map_or("measured".into(), |s| s.to_string_lossy().into_owned()));
+            let name = f.name.unwrap_or_else(|| {
+                f.log.file_stem().map_or("measured".into(), |s| s.to_string_lossy().into_owned())
+            });
             let info = ModelInfo { name, description: f.description, synthetic: f.synthetic };
-            let model = fit::fit(&log, (spec.adc.kmin, spec.adc.kmax), FillPolicy::parse(&f.fill)?, info, spec.adcs())
-                .map_err(|e| Error::format(&f.log, e.to_string()))?;
+            let model = fit::fit(
+                &log,
+                (spec.adc.kmin, spec.adc.kmax),
+                FillPolicy::parse(&f.fill)?,
+                info,
+                spec.adcs(),
+            )
+            .map_err(|e| Error::format(&f.log, e.to_string()))?;
             print!("{}", fit::report(&model));
             if !model.columns.is_empty() {
-                println!("per-column fit over {} ADC columns: {}", model.columns.len(), model.fixed_pattern.describe());
+                println!(
+                    "per-column fit over {} ADC columns: {}",
+                    model.columns.len(),
+                    model.fixed_pattern.describe()
+                );
             }
             println!("{} readouts fitted -> {}", log.pairs.len(), f.out.display());
             format::save(&model, &f.out)
@@ -98,7 +110,11 @@ pub fn run(a: EmArgs) -> Result<()> {
                     let spec = MacroSpec::parse(&s.r#macro)?;
                     crate::cim::em::presets::preset(name, (spec.adc.kmin, spec.adc.kmax))?
                 }
-                _ => return Err(Error::invalid("em show: give a model file or --preset NAME (one of them)")),
+                _ => {
+                    return Err(Error::invalid(
+                        "em show: give a model file or --preset NAME (one of them)",
+                    ));
+                }
             };
             print!("{}", fit::report(&model));
             let (k0, k1) = match s.zoom {
@@ -106,7 +122,9 @@ pub fn run(a: EmArgs) -> Result<()> {
                 Some(z) => return Err(Error::invalid(format!("--zoom must be ≥ 1, got {z}"))),
                 None => (model.kmin, model.kmax),
             };
-            let svg = s.svg.unwrap_or_else(|| PathBuf::from(format!("em-{}.svg", model.info.file_stem())));
+            let svg = s
+                .svg
+                .unwrap_or_else(|| PathBuf::from(format!("em-{}.svg", model.info.file_stem())));
             atomic::write(&svg, heatmap::svg(&model, k0, k1).as_bytes())?;
             println!("heat-map -> {}", svg.display());
             if let Some(p) = s.save {

@@ -1,9 +1,9 @@
+use crate::Result;
 use crate::data::{DatasetKind, Normalize};
-use crate::io::checkpoint::{restore_into, Checkpoint};
+use crate::io::checkpoint::{Checkpoint, restore_into};
 use crate::nn::build;
 use crate::train::eval::{fmt_spread, json_spread};
 use crate::train::{evaluate, evaluate_mc, json};
-use crate::Result;
 use std::path::PathBuf;
 
 #[derive(argh::FromArgs)]
@@ -52,20 +52,44 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let ck = Checkpoint::load(&a.checkpoint)?;
     let kind = DatasetKind::of_checkpoint(ck.spec.num_classes, &a.checkpoint)?;
     // Each read is a pass over the test split: bounded, so a typo cannot run for days.
-    if !(1..=1000).contains(&a.seeds) || !(1..=1000).contains(&a.chips) || a.seeds * a.chips > 10_000 {
-        return Err(crate::Error::invalid(format!("--seeds {} and --chips {}: each 1 to 1000, at most 10000 reads in all", a.seeds, a.chips)));
+    if !(1..=1000).contains(&a.seeds)
+        || !(1..=1000).contains(&a.chips)
+        || a.seeds * a.chips > 10_000
+    {
+        return Err(crate::Error::invalid(format!(
+            "--seeds {} and --chips {}: each 1 to 1000, at most 10000 reads in all",
+            a.seeds, a.chips
+        )));
     }
     let (net, mut store) = build(&ck.spec, 0)?;
     restore_into(&ck.store, &mut store, &a.checkpoint)?;
     let data = super::load_data(a.data.as_deref(), kind, a.quiet)?;
     if a.cim {
         if ck.spec.cim.is_none() {
-            return Err(crate::Error::format(&a.checkpoint, "has no CIM layers (an FP32 model): train it with --cim first"));
+            return Err(crate::Error::format(
+                &a.checkpoint,
+                "has no CIM layers (an FP32 model): train it with --cim first",
+            ));
         }
-        let mut rt = super::cim_runtime(&a.r#macro, &a.error_model, &a.readout, "ste", crate::train::ReadoutSource::Table)?;
+        let mut rt = super::cim_runtime(
+            &a.r#macro,
+            &a.error_model,
+            &a.readout,
+            "ste",
+            crate::train::ReadoutSource::Table,
+        )?;
         rt.seed = a.seed;
         let t = std::time::Instant::now();
-        let mc = evaluate_mc(net.as_ref(), &mut store, &data.test, Normalize::for_dataset(kind), &rt, a.chip_seed, a.chips, a.seeds)?;
+        let mc = evaluate_mc(
+            net.as_ref(),
+            &mut store,
+            &data.test,
+            Normalize::for_dataset(kind),
+            &rt,
+            a.chip_seed,
+            a.chips,
+            a.seeds,
+        )?;
         let (mean, std, accs) = (mc.mean, mc.std, mc.all());
         let what = format!("{} | {} | {:?} readout", rt.spec.name, rt.readout.label(), rt.mode);
         println!(
@@ -88,7 +112,10 @@ pub fn run(a: EvalArgs) -> Result<()> {
                     ("chips", a.chips.into()),
                     ("chip_std", json_spread(mc.chip_spread())),
                     ("read_std", json_spread(mc.read_spread())),
-                    ("per_seed", accs.iter().map(|a| format!("{a:.2}")).collect::<Vec<_>>().join(" ").into()),
+                    (
+                        "per_seed",
+                        accs.iter().map(|a| format!("{a:.2}")).collect::<Vec<_>>().join(" ").into()
+                    ),
                     ("cim", what.into()),
                     ("data", data.provenance.description.clone().into()),
                 ])
@@ -99,7 +126,14 @@ pub fn run(a: EvalArgs) -> Result<()> {
     let t = std::time::Instant::now();
     let r = evaluate(net.as_ref(), &mut store, &data.test, Normalize::for_dataset(kind), None)?;
     let secs = t.elapsed().as_secs_f64();
-    println!("{}: test accuracy {:.2}% ({} images, loss {:.4}, {:.0} images/s)", ck.spec.arch.name(), r.accuracy, r.images, r.loss, r.images as f64 / secs);
+    println!(
+        "{}: test accuracy {:.2}% ({} images, loss {:.4}, {:.0} images/s)",
+        ck.spec.arch.name(),
+        r.accuracy,
+        r.images,
+        r.loss,
+        r.images as f64 / secs
+    );
     if a.json {
         println!(
             "{}",

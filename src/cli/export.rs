@@ -1,6 +1,6 @@
 use crate::cim::MacroSpec;
 use crate::data::{DatasetKind, Normalize};
-use crate::io::checkpoint::{restore_into, Checkpoint};
+use crate::io::checkpoint::{Checkpoint, restore_into};
 use crate::io::deploy::{Body, DeployLayer, DeployModel, DeployOp};
 use crate::nn::build;
 use crate::{Error, Result};
@@ -25,10 +25,16 @@ pub struct ExportArgs {
 pub fn run(a: ExportArgs) -> Result<()> {
     let ck = Checkpoint::load(&a.checkpoint)?;
     if ck.spec.cim.is_none() {
-        return Err(Error::format(&a.checkpoint, "has no CIM layers (an FP32 model): train it with --cim first"));
+        return Err(Error::format(
+            &a.checkpoint,
+            "has no CIM layers (an FP32 model): train it with --cim first",
+        ));
     }
     // The training configuration names its macro: `cim = macro=NAME error_model=…`.
-    let trained_for = ck.meta("cim").and_then(|c| c.split_whitespace().find_map(|kv| kv.strip_prefix("macro="))).map(String::from);
+    let trained_for = ck
+        .meta("cim")
+        .and_then(|c| c.split_whitespace().find_map(|kv| kv.strip_prefix("macro=")))
+        .map(String::from);
     let name = a.r#macro.clone().or(trained_for.clone()).unwrap_or_else(|| "default".into());
     let spec = MacroSpec::parse(&name)?;
     // Another macro may take the model only on the same quantization grid: exporting to
@@ -48,10 +54,31 @@ pub fn run(a: ExportArgs) -> Result<()> {
     let kind = DatasetKind::of_checkpoint(ck.spec.num_classes, &a.checkpoint)?;
     let (net, mut store) = build(&ck.spec, 0)?;
     restore_into(&ck.store, &mut store, &a.checkpoint)?;
-    let m = DeployModel::from_network(net.as_ref(), ck.spec.arch.name(), &mut store, &spec, Normalize::for_dataset(kind))?;
+    let m = DeployModel::from_network(
+        net.as_ref(),
+        ck.spec.arch.name(),
+        &mut store,
+        &spec,
+        Normalize::for_dataset(kind),
+    )?;
     m.save(&a.out)?;
-    let layers: Vec<&DeployLayer> = m.nodes.iter().filter_map(|n| if let DeployOp::Conv(l) | DeployOp::Linear(l) = &n.op { Some(l) } else { None }).collect();
-    let on_macro: Vec<_> = layers.iter().filter_map(|l| if let Body::Macro { tiles, .. } = l.body { Some(tiles as usize * l.cout as usize) } else { None }).collect();
+    let layers: Vec<&DeployLayer> = m
+        .nodes
+        .iter()
+        .filter_map(|n| {
+            if let DeployOp::Conv(l) | DeployOp::Linear(l) = &n.op { Some(l) } else { None }
+        })
+        .collect();
+    let on_macro: Vec<_> = layers
+        .iter()
+        .filter_map(|l| {
+            if let Body::Macro { tiles, .. } = l.body {
+                Some(tiles as usize * l.cout as usize)
+            } else {
+                None
+            }
+        })
+        .collect();
     println!(
         "{}: {} nodes, {} layers ({} on the macro, {} macro tile columns), macro {} -> {} ({} bytes)",
         m.arch,

@@ -9,22 +9,33 @@ pub mod pipeline;
 pub mod train;
 pub mod weights;
 
+use crate::Result;
 use crate::cim::{CimRuntime, Estimator, MacroSpec, ReadoutMode};
+use crate::data::{Dataset, DatasetKind, resolve_data_path};
 use crate::nn::CimPlan;
 use crate::train::ReadoutSource;
-use crate::data::{resolve_data_path, Dataset, DatasetKind};
-use crate::Result;
 use argh::FromArgs;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 /// A CIM runtime from command-line words, the error model behind `source`.
-pub fn cim_runtime(macro_name: &str, model: &str, readout: &str, estimator: &str, source: ReadoutSource) -> Result<CimRuntime> {
+pub fn cim_runtime(
+    macro_name: &str,
+    model: &str,
+    readout: &str,
+    estimator: &str,
+    source: ReadoutSource,
+) -> Result<CimRuntime> {
     let spec = MacroSpec::parse(macro_name)?;
     spec.validate()?;
     let em = crate::cim::em::resolve(model, &spec)?;
-    CimRuntime::new(spec, source.wrap(Arc::new(em)), ReadoutMode::parse(readout)?, Estimator::parse(estimator)?)
+    CimRuntime::new(
+        spec,
+        source.wrap(Arc::new(em)),
+        ReadoutMode::parse(readout)?,
+        Estimator::parse(estimator)?,
+    )
 }
 
 /// The CIM plan of a `--cim-layers` flag, its errors naming the flag.
@@ -111,7 +122,10 @@ pub fn main() -> ExitCode {
             eprintln!("error: --threads must be 1 to 1024, got {t}");
             return ExitCode::from(2);
         }
-        rayon::ThreadPoolBuilder::new().num_threads(t).build_global().expect("thread pool set up once");
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(t)
+            .build_global()
+            .expect("thread pool set up once");
     }
     let result = match top.cmd {
         Cmd::Train(a) => train::run(a),
@@ -131,4 +145,3 @@ pub fn main() -> ExitCode {
         }
     }
 }
-

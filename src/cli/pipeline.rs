@@ -1,5 +1,5 @@
-use crate::pipeline::{self, report, PipelineConfig};
 use crate::Result;
+use crate::pipeline::{self, PipelineConfig, report};
 use std::path::PathBuf;
 
 #[derive(argh::FromArgs)]
@@ -35,7 +35,11 @@ pub fn run(a: PipelineArgs) -> Result<()> {
     report::write(&s, &out)?;
     println!("\n{}", report::table(&s));
     println!("{}\n", report::verdict(&s.main, s.quant_ideal));
-    println!("compute time {:.0} s; report, summary.json and pictures in {}", s.wall_s, out.display());
+    println!(
+        "compute time {:.0} s; report, summary.json and pictures in {}",
+        s.wall_s,
+        out.display()
+    );
     if a.json {
         println!("{}", report::summary_json(&s).replace('\n', ""));
     }

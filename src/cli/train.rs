@@ -1,11 +1,11 @@
+use crate::Result;
 use crate::cim::{Estimator, ReadoutMode};
 use crate::data::DatasetKind;
 use crate::nn::{ActQuantKind, Arch};
-use crate::train::{ChipChoice, CimTraining, ReadoutSource};
 use crate::optim::{OptimizerKind, Schedule};
 use crate::train::json;
-use crate::train::{train, RunOptions, TrainConfig};
-use crate::Result;
+use crate::train::{ChipChoice, CimTraining, ReadoutSource};
+use crate::train::{RunOptions, TrainConfig, train};
 use std::path::PathBuf;
 
 #[derive(argh::FromArgs)]
@@ -147,10 +147,20 @@ pub fn run(a: TrainArgs) -> Result<()> {
         });
     }
     if !(a.checkpoint_minutes >= 0.0 && a.checkpoint_minutes <= 1e6) {
-        return Err(crate::Error::invalid(format!("--checkpoint-minutes {}: expected 0 (end of epoch only) to 1000000", a.checkpoint_minutes)));
+        return Err(crate::Error::invalid(format!(
+            "--checkpoint-minutes {}: expected 0 (end of epoch only) to 1000000",
+            a.checkpoint_minutes
+        )));
     }
-    let checkpoint_every = (a.checkpoint_minutes > 0.0).then(|| std::time::Duration::from_secs_f64(a.checkpoint_minutes * 60.0));
-    let opts = RunOptions { resume: a.resume, stop_after: a.stop_after, stop_after_steps: a.stop_after_steps, checkpoint_every, quiet: a.quiet };
+    let checkpoint_every = (a.checkpoint_minutes > 0.0)
+        .then(|| std::time::Duration::from_secs_f64(a.checkpoint_minutes * 60.0));
+    let opts = RunOptions {
+        resume: a.resume,
+        stop_after: a.stop_after,
+        stop_after_steps: a.stop_after_steps,
+        checkpoint_every,
+        quiet: a.quiet,
+    };
     crate::train::trainer::check_run(&cfg, &a.out, &opts)?;
     let data = super::load_data(a.data.as_deref(), kind, a.quiet)?;
     let o = train(&cfg, &data, &a.out, &opts)?;
@@ -180,7 +190,14 @@ pub fn run(a: TrainArgs) -> Result<()> {
                 ("model", cfg.arch.name().into()),
                 ("epochs", (o.checkpoint.epochs_done as usize).into()),
                 // No accuracy for an epoch cut short (null), only for finished ones.
-                ("accuracy", if o.stopped_at_step.is_some() { f64::NAN.into() } else { o.test_accuracy.into() }),
+                (
+                    "accuracy",
+                    if o.stopped_at_step.is_some() {
+                        f64::NAN.into()
+                    } else {
+                        o.test_accuracy.into()
+                    }
+                ),
                 ("steps", o.checkpoint.steps_done.into()),
                 ("train_images_per_s", o.train_images_per_s.into()),
                 ("wall_s", o.wall_s.into()),

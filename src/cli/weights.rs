@@ -1,6 +1,6 @@
-use crate::io::checkpoint::{restore_into, Checkpoint};
+use crate::io::checkpoint::{Checkpoint, restore_into};
 use crate::io::{atomic, safetensors};
-use crate::nn::{build, Arch, ModelSpec};
+use crate::nn::{Arch, ModelSpec, build};
 use crate::{Error, Result};
 use std::path::PathBuf;
 
@@ -56,18 +56,30 @@ pub fn run(a: WeightsArgs) -> Result<()> {
             let (_, mut store) = build(&ck.spec, 0)?;
             restore_into(&ck.store, &mut store, &e.checkpoint)?;
             atomic::write(&e.out, &safetensors::export(&ck.spec, &store)?)?;
-            println!("wrote {} ({} parameters) -> {}", ck.spec.arch.name(), store.num_scalars(), e.out.display());
+            println!(
+                "wrote {} ({} parameters) -> {}",
+                ck.spec.arch.name(),
+                store.num_scalars(),
+                e.out.display()
+            );
         }
         Action::Import(i) => {
-            let bytes = std::fs::read(&i.safetensors).map_err(|err| Error::io(&i.safetensors, err))?;
+            let bytes =
+                std::fs::read(&i.safetensors).map_err(|err| Error::io(&i.safetensors, err))?;
             let spec = match (&i.model, safetensors::spec_from_metadata(&bytes, &i.safetensors)?) {
                 (Some(m), _) => {
                     let spec = ModelSpec::fp32(Arch::parse(m)?, i.classes);
-                    spec.validate().map_err(|e| Error::invalid(format!("--classes {}: {e}", i.classes)))?;
+                    spec.validate()
+                        .map_err(|e| Error::invalid(format!("--classes {}: {e}", i.classes)))?;
                     spec
                 }
                 (None, Some(s)) => s,
-                (None, None) => return Err(Error::format(&i.safetensors, "carries no dnat metadata: pass --model (and --classes)")),
+                (None, None) => {
+                    return Err(Error::format(
+                        &i.safetensors,
+                        "carries no dnat metadata: pass --model (and --classes)",
+                    ));
+                }
             };
             let store = safetensors::import(&bytes, &spec, &i.safetensors)?;
             let ck = Checkpoint {
@@ -80,7 +92,12 @@ pub fn run(a: WeightsArgs) -> Result<()> {
                 history: vec![],
             };
             ck.save(&i.out)?;
-            println!("imported {} from {} -> {}", spec.arch.name(), i.safetensors.display(), i.out.display());
+            println!(
+                "imported {} from {} -> {}",
+                spec.arch.name(),
+                i.safetensors.display(),
+                i.out.display()
+            );
         }
     }
     Ok(())

@@ -5,7 +5,7 @@
 //! whatever the thread count, and a run resumed at an epoch boundary sees exactly the
 //! data an uninterrupted run would have seen.
 
-use super::cifar::{DatasetKind, Split, IMAGE_BYTES};
+use super::cifar::{DatasetKind, IMAGE_BYTES, Split};
 use crate::engine::Tensor;
 use crate::rng::{self, KeyedRng};
 use rayon::prelude::*;
@@ -24,8 +24,12 @@ impl Normalize {
     /// The usual training-set statistics of each data set.
     pub fn for_dataset(kind: DatasetKind) -> Self {
         match kind {
-            DatasetKind::Cifar10 => Normalize { mean: [0.4914, 0.4822, 0.4465], std: [0.2470, 0.2435, 0.2616] },
-            DatasetKind::Cifar100 => Normalize { mean: [0.5071, 0.4865, 0.4409], std: [0.2673, 0.2564, 0.2762] },
+            DatasetKind::Cifar10 => {
+                Normalize { mean: [0.4914, 0.4822, 0.4465], std: [0.2470, 0.2435, 0.2616] }
+            }
+            DatasetKind::Cifar100 => {
+                Normalize { mean: [0.5071, 0.4865, 0.4409], std: [0.2673, 0.2564, 0.2762] }
+            }
         }
     }
     fn table(&self) -> [[f32; 256]; 3] {
@@ -98,11 +102,12 @@ impl<'a> Batcher<'a> {
                             for x in 0..32isize {
                                 let xf = if flip { 31 - x } else { x };
                                 let sx = xf + dx;
-                                out[c * 1024 + (y * 32 + x) as usize] = if (0..32).contains(&sy) && (0..32).contains(&sx) {
-                                    self.norm[c][plane[(sy * 32 + sx) as usize] as usize]
-                                } else {
-                                    zero
-                                };
+                                out[c * 1024 + (y * 32 + x) as usize] =
+                                    if (0..32).contains(&sy) && (0..32).contains(&sx) {
+                                        self.norm[c][plane[(sy * 32 + sx) as usize] as usize]
+                                    } else {
+                                        zero
+                                    };
                             }
                         }
                     }
@@ -119,7 +124,10 @@ mod tests {
     use super::*;
 
     fn split(n: usize) -> Split {
-        Split { images: (0..n * IMAGE_BYTES).map(|i| (i % 256) as u8).collect(), labels: (0..n).map(|i| (i % 10) as u8).collect() }
+        Split {
+            images: (0..n * IMAGE_BYTES).map(|i| (i % 256) as u8).collect(),
+            labels: (0..n).map(|i| (i % 10) as u8).collect(),
+        }
     }
 
     #[test]
@@ -135,7 +143,12 @@ mod tests {
     #[test]
     fn augmentation_is_keyed_and_epoch_dependent() {
         let s = split(4);
-        let b = Batcher::new(&s, Normalize::for_dataset(DatasetKind::Cifar10), Some(Augment::standard()), 9);
+        let b = Batcher::new(
+            &s,
+            Normalize::for_dataset(DatasetKind::Cifar10),
+            Some(Augment::standard()),
+            9,
+        );
         let (a1, _) = b.batch(&[0, 1, 2, 3], 5);
         let (a2, _) = b.batch(&[0, 1, 2, 3], 5);
         let (a3, _) = b.batch(&[0, 1, 2, 3], 6);

@@ -23,9 +23,18 @@ const MAX_INFLATED: u64 = 1 << 30;
 
 /// sha256 of the archives dnat recognises by name.
 pub const KNOWN_ARCHIVES: [(&str, &str); 3] = [
-    ("8592eb9ae28b6de5db44075f0c52fe69002a8bfb878f87b44cea959451558491", "CIFAR-10 stand-in (cifar-10-binary-jpeg75.tar.gz: JPEG q75 pixels)"),
-    ("c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd", "canonical CIFAR-10 (cifar-10-binary.tar.gz)"),
-    ("58a81ae192c23a4be8b1804d68e518ed807d710a4eb253b1f2a199162a40d8ec", "canonical CIFAR-100 (cifar-100-binary.tar.gz)"),
+    (
+        "8592eb9ae28b6de5db44075f0c52fe69002a8bfb878f87b44cea959451558491",
+        "CIFAR-10 stand-in (cifar-10-binary-jpeg75.tar.gz: JPEG q75 pixels)",
+    ),
+    (
+        "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd",
+        "canonical CIFAR-10 (cifar-10-binary.tar.gz)",
+    ),
+    (
+        "58a81ae192c23a4be8b1804d68e518ed807d710a4eb253b1f2a199162a40d8ec",
+        "canonical CIFAR-100 (cifar-100-binary.tar.gz)",
+    ),
 ];
 
 /// (file name, records it must hold) of one split.
@@ -66,7 +75,9 @@ impl DatasetKind {
     /// The data set a model with `classes` outputs is evaluated on (`None`: no data set
     /// dnat reads has that many classes).
     pub fn for_classes(classes: usize) -> Option<Self> {
-        [DatasetKind::Cifar10, DatasetKind::Cifar100].into_iter().find(|k| k.num_classes() == classes)
+        [DatasetKind::Cifar10, DatasetKind::Cifar100]
+            .into_iter()
+            .find(|k| k.num_classes() == classes)
     }
 
     /// [`DatasetKind::for_classes`] for the model in `checkpoint`, as an error naming it.
@@ -173,11 +184,7 @@ impl Dataset {
     /// Loads from a `.tar.gz` archive or a folder (the extracted archive, or the folder
     /// holding the record files). See [`super::resolve_data_path`] for finding `path`.
     pub fn load(path: &Path, kind: DatasetKind) -> Result<Self> {
-        if path.is_dir() {
-            load_folder(path, kind)
-        } else {
-            load_archive(path, kind)
-        }
+        if path.is_dir() { load_folder(path, kind) } else { load_archive(path, kind) }
     }
 }
 
@@ -205,28 +212,48 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 fn describe(sha: &str, fallback: &str) -> String {
-    KNOWN_ARCHIVES.iter().find(|(h, _)| *h == sha).map(|(_, d)| d.to_string()).unwrap_or_else(|| fallback.to_string())
+    KNOWN_ARCHIVES
+        .iter()
+        .find(|(h, _)| *h == sha)
+        .map(|(_, d)| d.to_string())
+        .unwrap_or_else(|| fallback.to_string())
 }
 
 /// Parses one record file's bytes into `split`, validating size, count and labels.
-fn parse_records(bytes: &[u8], kind: DatasetKind, expect: usize, file: &Path, split: &mut Split) -> Result<()> {
+fn parse_records(
+    bytes: &[u8],
+    kind: DatasetKind,
+    expect: usize,
+    file: &Path,
+    split: &mut Split,
+) -> Result<()> {
     let rb = kind.record_bytes();
     if !bytes.len().is_multiple_of(rb) {
         return Err(Error::format(
             file,
-            format!("{} bytes is not a whole number of {rb}-byte {} records (truncated or wrong dataset?)", bytes.len(), kind.name()),
+            format!(
+                "{} bytes is not a whole number of {rb}-byte {} records (truncated or wrong dataset?)",
+                bytes.len(),
+                kind.name()
+            ),
         ));
     }
     let n = bytes.len() / rb;
     if n != expect {
-        return Err(Error::format(file, format!("holds {n} records, the {} layout has {expect}", kind.name())));
+        return Err(Error::format(
+            file,
+            format!("holds {n} records, the {} layout has {expect}", kind.name()),
+        ));
     }
     let classes = kind.num_classes();
     split.images.reserve(n * IMAGE_BYTES);
     for (i, rec) in bytes.chunks_exact(rb).enumerate() {
         let label = rec[kind.label_bytes() - 1];
         if label as usize >= classes {
-            return Err(Error::format(file, format!("record {i} has label {label}, outside 0..{classes}")));
+            return Err(Error::format(
+                file,
+                format!("record {i} has label {label}, outside 0..{classes}"),
+            ));
         }
         split.labels.push(label);
         split.images.extend_from_slice(&rec[kind.label_bytes()..]);
@@ -240,7 +267,8 @@ fn load_archive(path: &Path, kind: DatasetKind) -> Result<Dataset> {
     let (train_files, test_files) = kind.files();
     let mut found: Vec<Option<Vec<u8>>> = vec![None; train_files.len() + test_files.len()];
     let names: Vec<&str> = train_files.iter().chain(&test_files).map(|(n, _)| *n).collect();
-    let sizes: Vec<usize> = train_files.iter().chain(&test_files).map(|(_, n)| n * kind.record_bytes()).collect();
+    let sizes: Vec<usize> =
+        train_files.iter().chain(&test_files).map(|(_, n)| n * kind.record_bytes()).collect();
     {
         // Bounded: an archive that inflates past MAX_INFLATED (a gzip bomb) is refused.
         let mut gz = GzDecoder::new(&mut hashing).take(MAX_INFLATED + 1);
@@ -255,7 +283,13 @@ fn load_archive(path: &Path, kind: DatasetKind) -> Result<Dataset> {
                 // The layout fixes every record file's size: a header claiming more is
                 // refused before anything is allocated for it.
                 if entry.size != sizes[i] as u64 {
-                    return Err(std::io::Error::other(format!("{} claims {} bytes, the {} layout has {}", entry.path, entry.size, kind.name(), sizes[i])));
+                    return Err(std::io::Error::other(format!(
+                        "{} claims {} bytes, the {} layout has {}",
+                        entry.path,
+                        entry.size,
+                        kind.name(),
+                        sizes[i]
+                    )));
                 }
                 let mut buf = Vec::with_capacity(sizes[i]);
                 r.read_to_end(&mut buf)?;
@@ -265,15 +299,29 @@ fn load_archive(path: &Path, kind: DatasetKind) -> Result<Dataset> {
         })
         .map_err(|msg| {
             // A bomb usually cuts the tar short at the bound: say which it was.
-            let why = if gz.limit() == 0 { format!("inflates past {} GiB (a gzip bomb?)", MAX_INFLATED >> 30) } else { msg };
+            let why = if gz.limit() == 0 {
+                format!("inflates past {} GiB (a gzip bomb?)", MAX_INFLATED >> 30)
+            } else {
+                msg
+            };
             Error::format(path, format!("not a readable {} archive: {why}", kind.name()))
         })?;
         // Read the gzip stream to its end: only there does the decoder check the CRC-32
         // and length of everything it inflated (a flipped byte, a cut-off file).
-        std::io::copy(&mut gz, &mut std::io::sink())
-            .map_err(|e| Error::format(path, format!("damaged gzip stream (checksum, length or truncation): {e}")))?;
+        std::io::copy(&mut gz, &mut std::io::sink()).map_err(|e| {
+            Error::format(
+                path,
+                format!("damaged gzip stream (checksum, length or truncation): {e}"),
+            )
+        })?;
         if gz.limit() == 0 {
-            return Err(Error::format(path, format!("inflates past {} GiB: not a CIFAR archive (a gzip bomb?)", MAX_INFLATED >> 30)));
+            return Err(Error::format(
+                path,
+                format!(
+                    "inflates past {} GiB: not a CIFAR archive (a gzip bomb?)",
+                    MAX_INFLATED >> 30
+                ),
+            ));
         }
     }
     // Hash the rest of the file (gzip trailer / padding) so the checksum is the file's.
@@ -283,18 +331,27 @@ fn load_archive(path: &Path, kind: DatasetKind) -> Result<Dataset> {
     let mut test = Split { images: Vec::new(), labels: Vec::new() };
     for (i, (name, expect)) in train_files.iter().chain(&test_files).enumerate() {
         let inner = path.join(kind.folder()).join(name);
-        let bytes = found[i]
-            .take()
-            .ok_or_else(|| Error::format(path, format!("archive has no {}/{name}", kind.folder())))?;
+        let bytes = found[i].take().ok_or_else(|| {
+            Error::format(path, format!("archive has no {}/{name}", kind.folder()))
+        })?;
         let split = if i < train_files.len() { &mut train } else { &mut test };
         parse_records(&bytes, kind, *expect, &inner, split)?;
     }
     let description = describe(&sha, "unrecognised archive (not one of the checksums dnat knows)");
-    Ok(Dataset { kind, train, test, provenance: Provenance { path: path.to_path_buf(), sha256: sha, description } })
+    Ok(Dataset {
+        kind,
+        train,
+        test,
+        provenance: Provenance { path: path.to_path_buf(), sha256: sha, description },
+    })
 }
 
 fn load_folder(path: &Path, kind: DatasetKind) -> Result<Dataset> {
-    let dir = if path.join(kind.folder()).is_dir() { path.join(kind.folder()) } else { path.to_path_buf() };
+    let dir = if path.join(kind.folder()).is_dir() {
+        path.join(kind.folder())
+    } else {
+        path.to_path_buf()
+    };
     let (train_files, test_files) = kind.files();
     let mut hash = Sha256::new();
     let mut train = Split { images: Vec::new(), labels: Vec::new() };
@@ -307,8 +364,14 @@ fn load_folder(path: &Path, kind: DatasetKind) -> Result<Dataset> {
         parse_records(&bytes, kind, *expect, &file, split)?;
     }
     let sha = hex(&hash.finalize());
-    let description = format!("extracted {} folder (sha256 over its record files in order)", kind.name());
-    Ok(Dataset { kind, train, test, provenance: Provenance { path: dir, sha256: sha, description } })
+    let description =
+        format!("extracted {} folder (sha256 over its record files in order)", kind.name());
+    Ok(Dataset {
+        kind,
+        train,
+        test,
+        provenance: Provenance { path: dir, sha256: sha, description },
+    })
 }
 
 #[cfg(test)]
@@ -327,8 +390,10 @@ mod tests {
     }
 
     fn archive(files: &[(&str, Vec<u8>)]) -> Vec<u8> {
-        let named: Vec<(String, &[u8])> =
-            files.iter().map(|(n, d)| (format!("cifar-10-batches-bin/{n}"), d.as_slice())).collect();
+        let named: Vec<(String, &[u8])> = files
+            .iter()
+            .map(|(n, d)| (format!("cifar-10-batches-bin/{n}"), d.as_slice()))
+            .collect();
         let refs: Vec<(&str, &[u8])> = named.iter().map(|(n, d)| (n.as_str(), *d)).collect();
         let tar = tar::tests::build(&refs);
         let mut gz = GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -337,10 +402,16 @@ mod tests {
     }
 
     fn full_files() -> Vec<(&'static str, Vec<u8>)> {
-        let mut v: Vec<(&str, Vec<u8>)> = ["data_batch_1.bin", "data_batch_2.bin", "data_batch_3.bin", "data_batch_4.bin", "data_batch_5.bin"]
-            .into_iter()
-            .map(|n| (n, records(10_000, |i| (i % 10) as u8)))
-            .collect();
+        let mut v: Vec<(&str, Vec<u8>)> = [
+            "data_batch_1.bin",
+            "data_batch_2.bin",
+            "data_batch_3.bin",
+            "data_batch_4.bin",
+            "data_batch_5.bin",
+        ]
+        .into_iter()
+        .map(|n| (n, records(10_000, |i| (i % 10) as u8)))
+        .collect();
         v.push(("test_batch.bin", records(10_000, |i| (i % 7) as u8)));
         v
     }
@@ -401,7 +472,11 @@ mod tests {
         let mut flipped = bytes.clone();
         let n = flipped.len();
         flipped[n - 6] ^= 0x40;
-        for (name, b) in [("flipped.tar.gz", &flipped[..]), ("cut1.tar.gz", &bytes[..n - 1]), ("cut8.tar.gz", &bytes[..n - 8])] {
+        for (name, b) in [
+            ("flipped.tar.gz", &flipped[..]),
+            ("cut1.tar.gz", &bytes[..n - 1]),
+            ("cut8.tar.gz", &bytes[..n - 8]),
+        ] {
             let p = dir.join(name);
             std::fs::write(&p, b).unwrap();
             let e = Dataset::load(&p, DatasetKind::Cifar10).unwrap_err().to_string();
@@ -419,7 +494,8 @@ mod tests {
         let e = Dataset::load(&p, DatasetKind::Cifar10).unwrap_err().to_string();
         assert!(e.contains("random.tar.gz"), "{e}");
         // Missing file.
-        let e = Dataset::load(&dir.join("nope.tar.gz"), DatasetKind::Cifar10).unwrap_err().to_string();
+        let e =
+            Dataset::load(&dir.join("nope.tar.gz"), DatasetKind::Cifar10).unwrap_err().to_string();
         assert!(e.contains("nope.tar.gz"), "{e}");
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -24,7 +24,8 @@ fn find_in(dir: &Path, kind: DatasetKind) -> Option<PathBuf> {
 
 /// Resolves the path the data set is read from (an archive or a folder).
 pub fn resolve_data_path(flag: Option<&Path>, kind: DatasetKind) -> Result<PathBuf> {
-    let explicit = flag.map(Path::to_path_buf).or_else(|| std::env::var_os("DNAT_DATA").map(PathBuf::from));
+    let explicit =
+        flag.map(Path::to_path_buf).or_else(|| std::env::var_os("DNAT_DATA").map(PathBuf::from));
     if let Some(p) = explicit {
         if !p.exists() {
             return Err(Error::invalid(format!("data path {} does not exist", p.display())));

@@ -4,7 +4,7 @@
 //! Class `c` is a colour gradient whose direction and hue depend on `c`, with a bright
 //! square at a class-dependent place, shifted and noised per image.
 
-use super::cifar::{Dataset, DatasetKind, Provenance, Split, IMAGE_BYTES};
+use super::cifar::{Dataset, DatasetKind, IMAGE_BYTES, Provenance, Split};
 use crate::rng::KeyedRng;
 
 fn split(n: usize, seed: u64, tag: u64) -> Split {
@@ -46,7 +46,9 @@ pub fn dataset(n_train: usize, n_test: usize, seed: u64) -> Dataset {
         provenance: Provenance {
             path: "synthetic".into(),
             sha256: format!("synthetic-seed-{seed}"),
-            description: format!("synthetic CIFAR-shaped data (seed {seed}, {n_train} train / {n_test} test)"),
+            description: format!(
+                "synthetic CIFAR-shaped data (seed {seed}, {n_train} train / {n_test} test)"
+            ),
         },
     }
 }

@@ -38,9 +38,15 @@ pub fn for_each_file<R: Read>(
         if header.iter().all(|&b| b == 0) {
             return Ok(());
         }
-        let computed: u64 = header.iter().enumerate().map(|(i, &b)| if (148..156).contains(&i) { 32 } else { b as u64 }).sum();
+        let computed: u64 = header
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| if (148..156).contains(&i) { 32 } else { b as u64 })
+            .sum();
         if octal(&header[148..156]) != Some(computed) {
-            return Err("corrupt tar header (checksum mismatch): not a tar archive, or damaged".into());
+            return Err(
+                "corrupt tar header (checksum mismatch): not a tar archive, or damaged".into()
+            );
         }
         let size = octal(&header[124..136]).ok_or("corrupt tar header (size field)")?;
         let kind = header[156];
@@ -69,12 +75,14 @@ pub fn for_each_file<R: Read>(
             _ => {}
         }
         // Skip what the visitor left unread, then the padding to the next block.
-        std::io::copy(&mut body, &mut std::io::sink()).map_err(|e| format!("truncated tar archive: {e}"))?;
+        std::io::copy(&mut body, &mut std::io::sink())
+            .map_err(|e| format!("truncated tar archive: {e}"))?;
         if body.limit() != 0 {
             return Err(format!("truncated tar archive inside {name}"));
         }
         let pad = padded - size;
-        let skipped = std::io::copy(&mut (&mut r).take(pad), &mut std::io::sink()).map_err(|e| format!("truncated tar archive: {e}"))?;
+        let skipped = std::io::copy(&mut (&mut r).take(pad), &mut std::io::sink())
+            .map_err(|e| format!("truncated tar archive: {e}"))?;
         if skipped != pad {
             return Err(format!("truncated tar archive after {name}"));
         }

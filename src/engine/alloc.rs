@@ -40,7 +40,11 @@ fn apply() -> bool {
         const M_MMAP_MAX: i32 = -4;
         const M_ARENA_MAX: i32 = -8;
         // SAFETY: mallopt only changes allocator parameters; called before heavy use.
-        unsafe { mallopt(M_MMAP_MAX, 0) == 1 && mallopt(M_TRIM_THRESHOLD, i32::MAX) == 1 && mallopt(M_ARENA_MAX, 1) == 1 }
+        unsafe {
+            mallopt(M_MMAP_MAX, 0) == 1
+                && mallopt(M_TRIM_THRESHOLD, i32::MAX) == 1
+                && mallopt(M_ARENA_MAX, 1) == 1
+        }
     }
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
     {

@@ -9,7 +9,8 @@ use crate::rng::KeyedRng;
 
 /// A scalar `Σ r·y`: the projection used to turn any output into a loss.
 pub fn project(tape: &mut Tape, y: Var, r: Tensor) -> Var {
-    let val: f64 = tape.value(y).data().iter().zip(r.data()).map(|(a, b)| *a as f64 * *b as f64).sum();
+    let val: f64 =
+        tape.value(y).data().iter().zip(r.data()).map(|(a, b)| *a as f64 * *b as f64).sum();
     tape.push(Tensor::scalar(val as f32), &[y], move |g, _vals, sink| {
         let gs = g.data()[0];
         let dy = sink.get(y);
@@ -48,10 +49,12 @@ where
     };
 
     for (which, input) in inputs.iter().enumerate() {
-        let analytic = grads.get(vars[which]).cloned().unwrap_or_else(|| Tensor::zeros(input.shape()));
+        let analytic =
+            grads.get(vars[which]).cloned().unwrap_or_else(|| Tensor::zeros(input.shape()));
         let n = input.len();
         // Every element of small inputs, a fixed spread sample of large ones.
-        let picks: Vec<usize> = if n <= 256 { (0..n).collect() } else { (0..256).map(|i| i * n / 256).collect() };
+        let picks: Vec<usize> =
+            if n <= 256 { (0..n).collect() } else { (0..256).map(|i| i * n / 256).collect() };
         for idx in picks {
             let mut xs = inputs.to_vec();
             xs[which].data_mut()[idx] = input.data()[idx] + eps;

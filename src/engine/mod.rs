@@ -20,8 +20,10 @@ pub mod scratch;
 pub mod tape;
 pub mod tensor;
 
+pub use param::{
+    BufferId, LayerId, LayerKind, MacroSlot, ParamGroup, ParamId, ParamStore, WeightLayer,
+};
 pub use tape::{Gradients, Tape, Var};
-pub use param::{BufferId, LayerId, LayerKind, MacroSlot, ParamGroup, ParamId, ParamStore, WeightLayer};
 pub use tensor::Tensor;
 
 /// Whether a forward pass trains (batch statistics, stochastic ops drawn) or evaluates.

@@ -26,7 +26,12 @@ pub fn sum_in_order(out: &mut [f32], parts: &[Vec<f32>]) {
 /// Output slots for `groups` parallel pieces: disjoint `chunk`-sized pieces of `buf`
 /// when the output is wanted (empty pieces when `chunk` is 0: images of no pixels),
 /// `None`s otherwise (so one parallel loop serves both).
-pub fn optional_chunks(buf: &mut [f32], chunk: usize, groups: usize, wanted: bool) -> Vec<Option<&mut [f32]>> {
+pub fn optional_chunks(
+    buf: &mut [f32],
+    chunk: usize,
+    groups: usize,
+    wanted: bool,
+) -> Vec<Option<&mut [f32]>> {
     match (wanted, chunk) {
         (false, _) => (0..groups).map(|_| None).collect(),
         (true, 0) => (0..groups).map(|_| Some(Default::default())).collect(),
@@ -53,7 +58,11 @@ pub fn zeros(n: usize) -> Vec<f32> {
 /// `len` of them (a chunk that yields fewer panics; nothing unwritten is ever read).
 /// For element-wise ops whose output is wholly written: zeroing it first (`zeros`) is a
 /// second pass over memory. The chunks depend on `n` and `chunk` only.
-pub fn from_chunks<I: Iterator<Item = f32>>(n: usize, chunk: usize, fill: impl Fn(usize, usize) -> I + Sync + Send) -> Vec<f32> {
+pub fn from_chunks<I: Iterator<Item = f32>>(
+    n: usize,
+    chunk: usize,
+    fill: impl Fn(usize, usize) -> I + Sync + Send,
+) -> Vec<f32> {
     use rayon::prelude::*;
     let mut v: Vec<f32> = Vec::with_capacity(n);
     v.spare_capacity_mut()[..n].par_chunks_mut(chunk.max(1)).enumerate().for_each(|(i, out)| {
@@ -62,7 +71,12 @@ pub fn from_chunks<I: Iterator<Item = f32>>(n: usize, chunk: usize, fill: impl F
             o.write(x);
             written += 1;
         }
-        assert_eq!(written, out.len(), "par::from_chunks: chunk {i} yielded {written} of {} values", out.len());
+        assert_eq!(
+            written,
+            out.len(),
+            "par::from_chunks: chunk {i} yielded {written} of {} values",
+            out.len()
+        );
     });
     // SAFETY: each of the first n elements lies in one chunk, and every chunk was
     // written whole (asserted; a panic above leaves the length at 0).

@@ -132,7 +132,12 @@ impl ParamStore {
     }
     /// An empty store whose layers draw their initial weights from `seed`.
     pub fn seeded(seed: u64) -> Self {
-        ParamStore { params: Vec::new(), buffers: Vec::new(), init_rng: crate::rng::stream(seed), layers: Vec::new() }
+        ParamStore {
+            params: Vec::new(),
+            buffers: Vec::new(),
+            init_rng: crate::rng::stream(seed),
+            layers: Vec::new(),
+        }
     }
     /// The initialisation stream (layers' `init` draw from it).
     pub fn init_rng(&mut self) -> &mut Xoshiro256PlusPlus {
@@ -140,9 +145,17 @@ impl ParamStore {
     }
     /// Adds a parameter. Names are unique (checkpoints and safetensors address by
     /// name): a second one of a name is a bug in the network's builder, and panics.
-    pub fn add_param(&mut self, name: impl Into<String>, value: Tensor, group: ParamGroup) -> ParamId {
+    pub fn add_param(
+        &mut self,
+        name: impl Into<String>,
+        value: Tensor,
+        group: ParamGroup,
+    ) -> ParamId {
         let name = name.into();
-        assert!(!self.params.iter().any(|p| p.name == name), "parameter '{name}' added twice: layer names must be unique");
+        assert!(
+            !self.params.iter().any(|p| p.name == name),
+            "parameter '{name}' added twice: layer names must be unique"
+        );
         let grad = Tensor::zeros(value.shape());
         self.params.push(Param { name, value, grad, group });
         ParamId(self.params.len() - 1)
@@ -150,14 +163,20 @@ impl ParamStore {
     /// Adds a buffer (names unique, as for parameters).
     pub fn add_buffer(&mut self, name: impl Into<String>, value: Tensor) -> BufferId {
         let name = name.into();
-        assert!(!self.buffers.iter().any(|b| b.name == name), "buffer '{name}' added twice: layer names must be unique");
+        assert!(
+            !self.buffers.iter().any(|b| b.name == name),
+            "buffer '{name}' added twice: layer names must be unique"
+        );
         self.buffers.push(Buffer { name, value });
         BufferId(self.buffers.len() - 1)
     }
     /// Records a weight layer (its parameters are added by the caller). Names are
     /// unique, as for parameters.
     pub fn add_layer(&mut self, name: &str, kind: LayerKind) -> LayerId {
-        assert!(!self.layers.iter().any(|l| l.name == name), "layer '{name}' added twice: layer names must be unique");
+        assert!(
+            !self.layers.iter().any(|l| l.name == name),
+            "layer '{name}' added twice: layer names must be unique"
+        );
         self.layers.push(WeightLayer { name: name.to_string(), kind, on_macro: None });
         LayerId(self.layers.len() - 1)
     }
@@ -176,15 +195,21 @@ impl ParamStore {
         let name = self.layers[id.0].name.clone();
         assert!(self.layers[id.0].on_macro.is_none(), "layer '{name}' mapped onto the macro twice");
         let next = self.layers.iter().filter(|l| l.on_macro.is_some()).count() as u64;
-        let lo = self.add_param(format!("{name}.act_lo"), Tensor::zeros(&[1]), ParamGroup::QuantBound);
-        let hi = self.add_param(format!("{name}.act_hi"), Tensor::full(&[1], 1.0), ParamGroup::QuantBound);
+        let lo =
+            self.add_param(format!("{name}.act_lo"), Tensor::zeros(&[1]), ParamGroup::QuantBound);
+        let hi = self.add_param(
+            format!("{name}.act_hi"),
+            Tensor::full(&[1], 1.0),
+            ParamGroup::QuantBound,
+        );
         let slot = MacroSlot { lo, hi, id: next };
         self.layers[id.0].on_macro = Some(slot);
         slot
     }
     /// The names of the layers mapped onto the macro, in id order.
     pub fn cim_layers(&self) -> Vec<String> {
-        let mut on: Vec<_> = self.layers.iter().filter_map(|l| l.on_macro.map(|m| (m.id, l.name.clone()))).collect();
+        let mut on: Vec<_> =
+            self.layers.iter().filter_map(|l| l.on_macro.map(|m| (m.id, l.name.clone()))).collect();
         on.sort();
         on.into_iter().map(|(_, n)| n).collect()
     }

@@ -38,7 +38,9 @@ impl Scratch {
         // after the first step, and small requests do not take the large buffers.
         let mut buf = POOL
             .with_borrow_mut(|pool| {
-                let fits = (0..pool.len()).filter(|&i| pool[i].len() >= len).min_by_key(|&i| pool[i].len());
+                let fits = (0..pool.len())
+                    .filter(|&i| pool[i].len() >= len)
+                    .min_by_key(|&i| pool[i].len());
                 let pick = fits.or_else(|| (0..pool.len()).max_by_key(|&i| pool[i].len()))?;
                 Some(pool.swap_remove(pick))
             })

@@ -8,8 +8,8 @@
 //! own backward has run (no later node can need it), which keeps peak memory near one
 //! forward pass.
 
-use super::param::{ParamId, ParamStore};
 use super::Tensor;
+use super::param::{ParamId, ParamStore};
 
 /// A handle to a node on a [`Tape`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -63,24 +63,37 @@ impl GradSink<'_> {
     /// written once as `0.0 + d` — the bits of adding onto the zero-filled buffer
     /// [`GradSink::get`] makes — with no zero fill and no second pass; a later one is
     /// added in place. The chunks depend on the size and `chunk` only.
-    pub fn accumulate<I: Iterator<Item = f32>>(&mut self, v: Var, chunk: usize, fill: impl Fn(usize, usize) -> I + Sync + Send) {
+    pub fn accumulate<I: Iterator<Item = f32>>(
+        &mut self,
+        v: Var,
+        chunk: usize,
+        fill: impl Fn(usize, usize) -> I + Sync + Send,
+    ) {
         use rayon::prelude::*;
         if !self.wants(v) {
             return;
         }
         let shape = self.shapes[v.0].shape();
         match &mut self.grads[v.0] {
-            Some(grad) => grad.data_mut().par_chunks_mut(chunk.max(1)).enumerate().for_each(|(i, out)| {
-                let (mut added, len) = (0, out.len());
-                for (o, d) in out.iter_mut().zip(fill(i, len)) {
-                    *o += d;
-                    added += 1;
-                }
-                assert_eq!(added, len, "GradSink::accumulate: chunk {i} yielded {added} of {len} values");
-            }),
+            Some(grad) => {
+                grad.data_mut().par_chunks_mut(chunk.max(1)).enumerate().for_each(|(i, out)| {
+                    let (mut added, len) = (0, out.len());
+                    for (o, d) in out.iter_mut().zip(fill(i, len)) {
+                        *o += d;
+                        added += 1;
+                    }
+                    assert_eq!(
+                        added, len,
+                        "GradSink::accumulate: chunk {i} yielded {added} of {len} values"
+                    );
+                })
+            }
             slot @ None => {
                 let n = shape.iter().product();
-                *slot = Some(Tensor::new(shape, super::par::from_chunks(n, chunk, |i, len| fill(i, len).map(|d| 0.0 + d))));
+                *slot = Some(Tensor::new(
+                    shape,
+                    super::par::from_chunks(n, chunk, |i, len| fill(i, len).map(|d| 0.0 + d)),
+                ));
             }
         }
     }
@@ -127,7 +140,13 @@ impl Gradients {
 impl Tape {
     /// A tape that records backward closures (training) or not (evaluation).
     pub fn new(recording: bool) -> Self {
-        Tape { values: Vec::new(), meta: Vec::new(), backward: Vec::new(), params: Vec::new(), recording }
+        Tape {
+            values: Vec::new(),
+            meta: Vec::new(),
+            backward: Vec::new(),
+            params: Vec::new(),
+            recording,
+        }
     }
     pub fn recording(&self) -> bool {
         self.recording
@@ -219,7 +238,9 @@ mod tests {
                 let want: Vec<u32> = d.iter().map(|&v| ((0.0 + v) + v).to_bits()).collect();
                 assert_eq!(twice, want, "chunk {chunk}: added");
             });
-            let loss = tape.push(Tensor::new(&[1], vec![0.0]), &[y], move |_, _, sink| sink.get(y).data_mut().fill(1.0));
+            let loss = tape.push(Tensor::new(&[1], vec![0.0]), &[y], move |_, _, sink| {
+                sink.get(y).data_mut().fill(1.0)
+            });
             tape.backward(loss);
         }
     }
@@ -233,7 +254,9 @@ mod tests {
             sink.get(x);
             sink.accumulate(x, 2, |_, _| std::iter::once(1.0));
         });
-        let loss = tape.push(Tensor::new(&[1], vec![0.0]), &[y], move |_, _, sink| sink.get(y).data_mut().fill(1.0));
+        let loss = tape.push(Tensor::new(&[1], vec![0.0]), &[y], move |_, _, sink| {
+            sink.get(y).data_mut().fill(1.0)
+        });
         tape.backward(loss);
     }
 }

@@ -8,7 +8,9 @@ use std::path::Path;
 
 fn split(path: &Path) -> Result<(&Path, String)> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().ok_or_else(|| Error::invalid(format!("{} is not a file path", path.display())))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::invalid(format!("{} is not a file path", path.display())))?;
     Ok((dir, name.to_string_lossy().into_owned()))
 }
 
@@ -22,7 +24,9 @@ fn remove_stale(dir: &Path, name: &str) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for e in entries.flatten() {
         let file = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = file.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let Some(pid) = file.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
         if pid != std::process::id() && !process_alive(pid) {
             let _ = std::fs::remove_file(e.path());
         }
@@ -44,7 +48,11 @@ pub fn check_writable(path: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(path, e))?;
     let probe = dir.join(format!(".{name}.probe.{}", std::process::id()));
     // create_new: never follow a planted symlink or truncate someone else's file.
-    std::fs::OpenOptions::new().write(true).create_new(true).open(&probe).map_err(|e| Error::io(path, e))?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .map_err(|e| Error::io(path, e))?;
     std::fs::remove_file(&probe).map_err(|e| Error::io(&probe, e))
 }
 

@@ -244,9 +244,16 @@ fn parse_payload(p: &[u8], version: u32) -> std::result::Result<Checkpoint, Pars
     let cim = if version >= 2 {
         match c.read_u8().map_err(eof)? {
             0 => None,
-            1 => Some(CimPlan::Edges { first_digital: c.read_u8().map_err(eof)? != 0, last_digital: c.read_u8().map_err(eof)? != 0 }),
+            1 => Some(CimPlan::Edges {
+                first_digital: c.read_u8().map_err(eof)? != 0,
+                last_digital: c.read_u8().map_err(eof)? != 0,
+            }),
             2 => {
-                let plan = CimPlan::Named((0..count(c)?).map(|_| get_str(c)).collect::<std::result::Result<Vec<_>, _>>()?);
+                let plan = CimPlan::Named(
+                    (0..count(c)?)
+                        .map(|_| get_str(c))
+                        .collect::<std::result::Result<Vec<_>, _>>()?,
+                );
                 plan.validate().map_err(|e| e.to_string())?;
                 Some(plan)
             }
@@ -266,7 +273,8 @@ fn parse_payload(p: &[u8], version: u32) -> std::result::Result<Checkpoint, Pars
     let mut store = ParamStore::new();
     for _ in 0..count(c)? {
         let name = get_str(c)?;
-        let group = ParamGroup::from_code(c.read_u8().map_err(eof)?).ok_or(format!("parameter {name}: unknown group"))?;
+        let group = ParamGroup::from_code(c.read_u8().map_err(eof)?)
+            .ok_or(format!("parameter {name}: unknown group"))?;
         store.add_param(name, get_tensor(c)?, group);
     }
     for _ in 0..count(c)? {
@@ -290,7 +298,13 @@ fn parse_payload(p: &[u8], version: u32) -> std::result::Result<Checkpoint, Pars
         let epoch = c.read_u32::<LE>().map_err(eof)?;
         let mut v = [0f32; 4];
         c.read_f32_into::<LE>(&mut v).map_err(eof)?;
-        history.push(EpochRecord { epoch, lr: v[0], train_loss: v[1], train_accuracy: v[2], test_accuracy: v[3] });
+        history.push(EpochRecord {
+            epoch,
+            lr: v[0],
+            train_loss: v[1],
+            train_accuracy: v[2],
+            test_accuracy: v[3],
+        });
     }
     if c.position() as usize != p.len() {
         return Err("trailing bytes after the last section".into());
@@ -314,16 +328,40 @@ pub fn restore_into(src: &ParamStore, dst: &mut ParamStore, path: &Path) -> Resu
         ));
     }
     for d in dst.params_mut() {
-        let s = src.params().iter().find(|s| s.name == d.name).ok_or_else(|| Error::format(path, format!("no parameter '{}'", d.name)))?;
+        let s = src
+            .params()
+            .iter()
+            .find(|s| s.name == d.name)
+            .ok_or_else(|| Error::format(path, format!("no parameter '{}'", d.name)))?;
         if s.value.shape() != d.value.shape() {
-            return Err(Error::format(path, format!("parameter '{}' has shape {:?}, the model needs {:?}", d.name, s.value.shape(), d.value.shape())));
+            return Err(Error::format(
+                path,
+                format!(
+                    "parameter '{}' has shape {:?}, the model needs {:?}",
+                    d.name,
+                    s.value.shape(),
+                    d.value.shape()
+                ),
+            ));
         }
         d.value = s.value.clone();
     }
     for d in dst.buffers_mut() {
-        let s = src.buffers().iter().find(|s| s.name == d.name).ok_or_else(|| Error::format(path, format!("no buffer '{}'", d.name)))?;
+        let s = src
+            .buffers()
+            .iter()
+            .find(|s| s.name == d.name)
+            .ok_or_else(|| Error::format(path, format!("no buffer '{}'", d.name)))?;
         if s.value.shape() != d.value.shape() {
-            return Err(Error::format(path, format!("buffer '{}' has shape {:?}, the model needs {:?}", d.name, s.value.shape(), d.value.shape())));
+            return Err(Error::format(
+                path,
+                format!(
+                    "buffer '{}' has shape {:?}, the model needs {:?}",
+                    d.name,
+                    s.value.shape(),
+                    d.value.shape()
+                ),
+            ));
         }
         d.value = s.value.clone();
     }
@@ -340,16 +378,38 @@ pub fn restore_weights(src: &ParamStore, dst: &mut ParamStore, path: &Path) -> R
         match src.params().iter().find(|s| s.name == d.name) {
             Some(s) if s.value.shape() == d.value.shape() => d.value = s.value.clone(),
             Some(s) => {
-                return Err(Error::format(path, format!("parameter '{}' has shape {:?}, the model needs {:?}", d.name, s.value.shape(), d.value.shape())));
+                return Err(Error::format(
+                    path,
+                    format!(
+                        "parameter '{}' has shape {:?}, the model needs {:?}",
+                        d.name,
+                        s.value.shape(),
+                        d.value.shape()
+                    ),
+                ));
             }
-            None if d.name.ends_with(".act_lo") || d.name.ends_with(".act_hi") => all_bounds = false,
+            None if d.name.ends_with(".act_lo") || d.name.ends_with(".act_hi") => {
+                all_bounds = false
+            }
             None => return Err(Error::format(path, format!("no parameter '{}'", d.name))),
         }
     }
     for d in dst.buffers_mut() {
-        let s = src.buffers().iter().find(|s| s.name == d.name).ok_or_else(|| Error::format(path, format!("no buffer '{}'", d.name)))?;
+        let s = src
+            .buffers()
+            .iter()
+            .find(|s| s.name == d.name)
+            .ok_or_else(|| Error::format(path, format!("no buffer '{}'", d.name)))?;
         if s.value.shape() != d.value.shape() {
-            return Err(Error::format(path, format!("buffer '{}' has shape {:?}, the model needs {:?}", d.name, s.value.shape(), d.value.shape())));
+            return Err(Error::format(
+                path,
+                format!(
+                    "buffer '{}' has shape {:?}, the model needs {:?}",
+                    d.name,
+                    s.value.shape(),
+                    d.value.shape()
+                ),
+            ));
         }
         d.value = s.value.clone();
     }
@@ -362,9 +422,11 @@ mod tests {
     use crate::nn::build;
 
     fn sample() -> Checkpoint {
-        let spec = ModelSpec { arch: Arch::ResNet20, num_classes: 10, cim: Some(CimPlan::default()) };
+        let spec =
+            ModelSpec { arch: Arch::ResNet20, num_classes: 10, cim: Some(CimPlan::default()) };
         let (_, store) = build(&spec, 3).unwrap();
-        let slots = store.params().iter().map(|p| vec![Tensor::full(p.value.shape(), 0.5)]).collect();
+        let slots =
+            store.params().iter().map(|p| vec![Tensor::full(p.value.shape(), 0.5)]).collect();
         Checkpoint {
             spec,
             meta: vec![("seed".into(), "3".into())],
@@ -372,7 +434,13 @@ mod tests {
             steps_done: 10,
             store,
             optimizer: Some(OptimizerState { kind: "sgd".into(), steps: 10, slots }),
-            history: vec![EpochRecord { epoch: 1, lr: 0.1, train_loss: 2.0, train_accuracy: 10.0, test_accuracy: 11.0 }],
+            history: vec![EpochRecord {
+                epoch: 1,
+                lr: 0.1,
+                train_loss: 2.0,
+                train_accuracy: 10.0,
+                test_accuracy: 11.0,
+            }],
         }
     }
 
@@ -391,7 +459,9 @@ mod tests {
     fn damaged_files_are_clear_errors() {
         let b = sample().to_bytes();
         assert!(Checkpoint::from_bytes(&b[..b.len() - 10]).unwrap_err().contains("truncated"));
-        assert!(Checkpoint::from_bytes(b"hello world, this is not it").unwrap_err().contains("magic"));
+        assert!(
+            Checkpoint::from_bytes(b"hello world, this is not it").unwrap_err().contains("magic")
+        );
         let mut flipped = b.clone();
         let mid = flipped.len() / 2;
         flipped[mid] ^= 0x40;
@@ -412,7 +482,11 @@ mod tests {
     #[test]
     fn restore_checks_names_and_shapes() {
         let c = sample();
-        let (_, mut other) = build(&ModelSpec { arch: Arch::ResNet20, num_classes: 100, cim: Some(CimPlan::default()) }, 0).unwrap();
+        let (_, mut other) = build(
+            &ModelSpec { arch: Arch::ResNet20, num_classes: 100, cim: Some(CimPlan::default()) },
+            0,
+        )
+        .unwrap();
         let e = restore_into(&c.store, &mut other, Path::new("x.ckpt")).unwrap_err().to_string();
         assert!(e.contains("x.ckpt") && e.contains("linear.weight"), "{e}");
     }

@@ -53,12 +53,16 @@
 //! nothing else. A loaded model is checked whole: node kinds, inputs, and every shape
 //! from the input to logits of `num_classes`.
 
-use super::{atomic, checkpoint::{count, get_str, put_str}, framed};
+use super::{
+    atomic,
+    checkpoint::{count, get_str, put_str},
+    framed,
+};
 use crate::cim::macro_spec::Adc;
-use crate::cim::{quant::weight_codes, MacroSpec};
+use crate::cim::{MacroSpec, quant::weight_codes};
 use crate::data::Normalize;
-use crate::engine::{Mode, ParamId, ParamStore, Tape, Tensor};
 use crate::engine::MacroSlot;
+use crate::engine::{Mode, ParamId, ParamStore, Tape, Tensor};
 use crate::nn::{BatchNorm2d, Fwd, Network, Node, Trace};
 use crate::{Error, Result};
 use byteorder::{LittleEndian as LE, ReadBytesExt, WriteBytesExt};
@@ -172,7 +176,15 @@ pub enum Body {
     /// On the macro: the E-PACT input bounds `lo`, `hi`; `tiles` = ⌈K / rows⌉; weight `codes`
     /// laid out `[cout][tiles][rows]` (rows past K hold 0); and per output channel the weight
     /// scale s_w and the epilogue's `scale` and `shift` (formulas in the module docs).
-    Macro { lo: f32, hi: f32, tiles: u32, codes: Vec<i8>, weight_scale: Vec<f32>, scale: Vec<f32>, shift: Vec<f32> },
+    Macro {
+        lo: f32,
+        hi: f32,
+        tiles: u32,
+        codes: Vec<i8>,
+        weight_scale: Vec<f32>,
+        scale: Vec<f32>,
+        shift: Vec<f32>,
+    },
     /// Digital: `weight` row-major `[cout][K]` with K in (cin, ky, kx) order, and `bias` `[cout]`.
     Digital { weight: Vec<f32>, bias: Vec<f32> },
 }
@@ -188,14 +200,22 @@ impl DeployLayer {
 fn bn_affine(bn: Option<&BatchNorm2d>, store: &ParamStore, c: usize) -> (Vec<f32>, Vec<f32>) {
     let Some(bn) = bn else { return (vec![1.0; c], vec![0.0; c]) };
     let (gamma, beta) = (store.param(bn.weight).value.data(), store.param(bn.bias).value.data());
-    let (mean, var) = (store.buffer(bn.running_mean).value.data(), store.buffer(bn.running_var).value.data());
+    let (mean, var) =
+        (store.buffer(bn.running_mean).value.data(), store.buffer(bn.running_var).value.data());
     let g: Vec<f32> = (0..c).map(|i| gamma[i] / (var[i] + bn.eps).sqrt()).collect();
     let h = (0..c).map(|i| beta[i] - g[i] * mean[i]).collect();
     (g, h)
 }
 
 /// A conv or linear layer with the batchnorm folded into it (`bn`, when there is one).
-fn layer(store: &ParamStore, spec: &MacroSpec, weight: ParamId, bias: Option<ParamId>, cim: Option<&MacroSlot>, bn: Option<&BatchNorm2d>) -> (String, usize, usize, usize, Body) {
+fn layer(
+    store: &ParamStore,
+    spec: &MacroSpec,
+    weight: ParamId,
+    bias: Option<ParamId>,
+    cim: Option<&MacroSlot>,
+    bn: Option<&BatchNorm2d>,
+) -> (String, usize, usize, usize, Body) {
     let w = &store.param(weight).value;
     let name = store.param(weight).name.trim_end_matches(".weight").to_string();
     let shape = w.shape();
@@ -211,7 +231,8 @@ fn layer(store: &ParamStore, spec: &MacroSpec, weight: ParamId, bias: Option<Par
             let mut codes = vec![0i8; cout * tiles * spec.rows];
             for co in 0..cout {
                 for kk in 0..k {
-                    codes[(co * tiles + kk / spec.rows) * spec.rows + kk % spec.rows] = codes_f[co * k + kk] as i8;
+                    codes[(co * tiles + kk / spec.rows) * spec.rows + kk % spec.rows] =
+                        codes_f[co * k + kk] as i8;
                 }
             }
             Body::Macro {
@@ -225,10 +246,15 @@ fn layer(store: &ParamStore, spec: &MacroSpec, weight: ParamId, bias: Option<Par
             }
         }
         None => Body::Digital {
-            weight: w.data().chunks(k).enumerate().flat_map(|(c, row)| {
-                let gc = g[c];
-                row.iter().map(move |v| v * gc)
-            }).collect(),
+            weight: w
+                .data()
+                .chunks(k)
+                .enumerate()
+                .flat_map(|(c, row)| {
+                    let gc = g[c];
+                    row.iter().map(move |v| v * gc)
+                })
+                .collect(),
             bias: (0..cout).map(|c| g[c] * b[c] + h[c]).collect(),
         },
     };
@@ -239,7 +265,13 @@ impl DeployModel {
     /// Traces one eval-mode forward pass of `net` (architecture `arch`) on an
     /// [`INPUT`]-shaped image (nothing in `store` changes) and writes its graph; refuses
     /// a network whose pass uses an op the format cannot state.
-    pub fn from_network(net: &dyn Network, arch: &str, store: &mut ParamStore, spec: &MacroSpec, norm: Normalize) -> Result<Self> {
+    pub fn from_network(
+        net: &dyn Network,
+        arch: &str,
+        store: &mut ParamStore,
+        spec: &MacroSpec,
+        norm: Normalize,
+    ) -> Result<Self> {
         spec.validate()?;
         let mut tape = Tape::new(false);
         let [c, h, w] = INPUT.map(|v| v as usize);
@@ -250,7 +282,11 @@ impl DeployModel {
             cx.trace = Some(&mut trace);
             net.forward(&mut cx, x)?
         };
-        let cannot = |why: String| Error::invalid(format!("cannot export this network: {why}; the deployable format states the layers (Conv2d, Linear, BatchNorm2d) and the ops of Fwd (relu, add, max_pool2d, global_avg_pool, flatten, subsample_pad_channels)"));
+        let cannot = |why: String| {
+            Error::invalid(format!(
+                "cannot export this network: {why}; the deployable format states the layers (Conv2d, Linear, BatchNorm2d) and the ops of Fwd (relu, add, max_pool2d, global_avg_pool, flatten, subsample_pad_channels)"
+            ))
+        };
         if let Some(u) = trace.untraced.take() {
             return Err(cannot(u));
         }
@@ -285,14 +321,35 @@ impl DeployModel {
             let (dop, fold) = match &op.node {
                 Node::Conv { weight, bias, cfg, cim } => {
                     let bn = folded_into(i);
-                    let (name, cout, cin, kernel, body) = layer(store, spec, *weight, *bias, cim.as_ref(), bn);
-                    let l = DeployLayer { name, cout: cout as u32, cin: cin as u32, kernel: kernel as u32, stride: cfg.stride as u32, padding: cfg.padding as u32, body };
+                    let (name, cout, cin, kernel, body) =
+                        layer(store, spec, *weight, *bias, cim.as_ref(), bn);
+                    let l = DeployLayer {
+                        name,
+                        cout: cout as u32,
+                        cin: cin as u32,
+                        kernel: kernel as u32,
+                        stride: cfg.stride as u32,
+                        padding: cfg.padding as u32,
+                        body,
+                    };
                     (DeployOp::Conv(l), bn.is_some())
                 }
                 Node::Linear { weight, bias, cim } => {
                     let bn = folded_into(i);
-                    let (name, cout, cin, _, body) = layer(store, spec, *weight, *bias, cim.as_ref(), bn);
-                    (DeployOp::Linear(DeployLayer { name, cout: cout as u32, cin: cin as u32, kernel: 1, stride: 1, padding: 0, body }), bn.is_some())
+                    let (name, cout, cin, _, body) =
+                        layer(store, spec, *weight, *bias, cim.as_ref(), bn);
+                    (
+                        DeployOp::Linear(DeployLayer {
+                            name,
+                            cout: cout as u32,
+                            cin: cin as u32,
+                            kernel: 1,
+                            stride: 1,
+                            padding: 0,
+                            body,
+                        }),
+                        bn.is_some(),
+                    )
                 }
                 Node::BatchNorm(bn) => {
                     let c = store.param(bn.weight).value.len();
@@ -301,10 +358,14 @@ impl DeployModel {
                 }
                 Node::Relu => (DeployOp::Relu, false),
                 Node::Add => (DeployOp::Add, false),
-                Node::MaxPool { kernel, stride } => (DeployOp::MaxPool { kernel: *kernel as u32, stride: *stride as u32 }, false),
+                Node::MaxPool { kernel, stride } => {
+                    (DeployOp::MaxPool { kernel: *kernel as u32, stride: *stride as u32 }, false)
+                }
                 Node::GlobalAvgPool => (DeployOp::GlobalAvgPool, false),
                 Node::Flatten => (DeployOp::Flatten, false),
-                Node::SubsamplePad { stride, cout } => (DeployOp::SubsamplePad { stride: *stride as u32, cout: *cout as u32 }, false),
+                Node::SubsamplePad { stride, cout } => {
+                    (DeployOp::SubsamplePad { stride: *stride as u32, cout: *cout as u32 }, false)
+                }
             };
             nodes.push(DeployNode { inputs, op: dop });
             new_id[i + 1] = nodes.len() as u32;
@@ -316,9 +377,18 @@ impl DeployModel {
         }
         let num_classes = match tape.value(y).shape() {
             &[1, classes] => classes as u32,
-            other => return Err(cannot(format!("its output has shape {other:?}, not (1, classes)"))),
+            other => {
+                return Err(cannot(format!("its output has shape {other:?}, not (1, classes)")));
+            }
         };
-        let m = DeployModel { arch: arch.into(), num_classes, input: INPUT, norm, macro_spec: spec.clone(), nodes };
+        let m = DeployModel {
+            arch: arch.into(),
+            num_classes,
+            input: INPUT,
+            norm,
+            macro_spec: spec.clone(),
+            nodes,
+        };
         m.shapes().map_err(|e| cannot(format!("its graph does not check out ({e})")))?;
         Ok(m)
     }
@@ -333,7 +403,11 @@ impl DeployModel {
         let shapes = m.shapes().map_err(Error::invalid)?;
         let want: usize = shapes[0].iter().product();
         if image.len() != want {
-            return Err(Error::invalid(format!("deployable model: an image of {} values, the model takes {:?} = {want}", image.len(), shapes[0])));
+            return Err(Error::invalid(format!(
+                "deployable model: an image of {} values, the model takes {:?} = {want}",
+                image.len(),
+                shapes[0]
+            )));
         }
         let mut values: Vec<Vec<f32>> = vec![image.to_vec()];
         for (i, n) in m.nodes.iter().enumerate() {
@@ -342,13 +416,21 @@ impl DeployModel {
             let y: Vec<f32> = match &n.op {
                 DeployOp::Conv(l) | DeployOp::Linear(l) => {
                     let (h, w) = if xs.len() == 3 { (xs[1], xs[2]) } else { (1, 1) };
-                    let (oh, ow) = (shapes[i + 1].get(1).copied().unwrap_or(1), shapes[i + 1].get(2).copied().unwrap_or(1));
-                    let (k, kern, s, p) = (l.k(), l.kernel as usize, l.stride as usize, l.padding as isize);
+                    let (oh, ow) = (
+                        shapes[i + 1].get(1).copied().unwrap_or(1),
+                        shapes[i + 1].get(2).copied().unwrap_or(1),
+                    );
+                    let (k, kern, s, p) =
+                        (l.k(), l.kernel as usize, l.stride as usize, l.padding as isize);
                     // Input index of reduction row kk at output (oy, ox), None on padding.
                     let at = |kk: usize, oy: usize, ox: usize| {
                         let (ci, ky, kx) = (kk / (kern * kern), kk / kern % kern, kk % kern);
-                        let (iy, ix) = ((oy * s) as isize + ky as isize - p, (ox * s) as isize + kx as isize - p);
-                        (iy >= 0 && ix >= 0 && iy < h as isize && ix < w as isize).then(|| (ci * h + iy as usize) * w + ix as usize)
+                        let (iy, ix) = (
+                            (oy * s) as isize + ky as isize - p,
+                            (ox * s) as isize + kx as isize - p,
+                        );
+                        (iy >= 0 && ix >= 0 && iy < h as isize && ix < w as isize)
+                            .then(|| (ci * h + iy as usize) * w + ix as usize)
                     };
                     let mut y = vec![0.0f32; l.cout as usize * oh * ow];
                     for co in 0..l.cout as usize {
@@ -362,9 +444,15 @@ impl DeployModel {
                                             let mut psum = 0.0f32;
                                             for r in 0..spec.rows {
                                                 let kk = t * spec.rows + r;
-                                                let Some(idx) = at(kk, oy, ox).filter(|_| kk < k) else { continue };
-                                                let q = ((x[idx].clamp(*lo, *hi) - lo) / s_x).round_ties_even();
-                                                let wc = codes[(co * *tiles as usize + t) * spec.rows + r] as f32;
+                                                let Some(idx) = at(kk, oy, ox).filter(|_| kk < k)
+                                                else {
+                                                    continue;
+                                                };
+                                                let q = ((x[idx].clamp(*lo, *hi) - lo) / s_x)
+                                                    .round_ties_even();
+                                                let wc = codes
+                                                    [(co * *tiles as usize + t) * spec.rows + r]
+                                                    as f32;
                                                 psum += q * wc;
                                                 zero_point += wc;
                                             }
@@ -373,7 +461,13 @@ impl DeployModel {
                                         scale[co] * (s_x * readouts + lo * zero_point) + shift[co]
                                     }
                                     Body::Digital { weight, bias } => {
-                                        let dot: f64 = (0..k).filter_map(|kk| at(kk, oy, ox).map(|idx| weight[co * k + kk] as f64 * x[idx] as f64)).sum();
+                                        let dot: f64 = (0..k)
+                                            .filter_map(|kk| {
+                                                at(kk, oy, ox).map(|idx| {
+                                                    weight[co * k + kk] as f64 * x[idx] as f64
+                                                })
+                                            })
+                                            .sum();
                                         (dot + bias[co] as f64) as f32
                                     }
                                 };
@@ -387,10 +481,13 @@ impl DeployModel {
                     x.iter().enumerate().map(|(j, v)| scale[j / per] * v + shift[j / per]).collect()
                 }
                 DeployOp::Relu => x.iter().map(|v| v.max(0.0)).collect(),
-                DeployOp::Add => x.iter().zip(&values[n.inputs[1] as usize]).map(|(a, b)| a + b).collect(),
+                DeployOp::Add => {
+                    x.iter().zip(&values[n.inputs[1] as usize]).map(|(a, b)| a + b).collect()
+                }
                 DeployOp::MaxPool { kernel, stride } => {
                     let (c, h, w) = (xs[0], xs[1], xs[2]);
-                    let (k, s, oh, ow) = (*kernel as usize, *stride as usize, shapes[i + 1][1], shapes[i + 1][2]);
+                    let (k, s, oh, ow) =
+                        (*kernel as usize, *stride as usize, shapes[i + 1][1], shapes[i + 1][2]);
                     let mut y = vec![f32::NEG_INFINITY; c * oh * ow];
                     for ch in 0..c {
                         for oy in 0..oh {
@@ -398,7 +495,8 @@ impl DeployModel {
                                 for ky in 0..k {
                                     for kx in 0..k {
                                         let v = x[(ch * h + oy * s + ky) * w + ox * s + kx];
-                                        y[(ch * oh + oy) * ow + ox] = y[(ch * oh + oy) * ow + ox].max(v);
+                                        y[(ch * oh + oy) * ow + ox] =
+                                            y[(ch * oh + oy) * ow + ox].max(v);
                                     }
                                 }
                             }
@@ -406,7 +504,10 @@ impl DeployModel {
                     }
                     y
                 }
-                DeployOp::GlobalAvgPool => x.chunks(xs[1] * xs[2]).map(|c| (c.iter().map(|&v| v as f64).sum::<f64>() / c.len() as f64) as f32).collect(),
+                DeployOp::GlobalAvgPool => x
+                    .chunks(xs[1] * xs[2])
+                    .map(|c| (c.iter().map(|&v| v as f64).sum::<f64>() / c.len() as f64) as f32)
+                    .collect(),
                 DeployOp::Flatten => x.clone(),
                 DeployOp::SubsamplePad { stride, cout } => {
                     let (c, h, w, s) = (xs[0], xs[1], xs[2], *stride as usize);
@@ -415,7 +516,8 @@ impl DeployModel {
                     for ch in 0..c {
                         for oy in 0..oh {
                             for ox in 0..ow {
-                                y[((ch + pad) * oh + oy) * ow + ox] = x[(ch * h + oy * s) * w + ox * s];
+                                y[((ch + pad) * oh + oy) * ow + ox] =
+                                    x[(ch * h + oy * s) * w + ox * s];
                             }
                         }
                     }
@@ -442,17 +544,34 @@ impl DeployModel {
                 DeployOp::Conv(l) => {
                     let (k, s, p) = (l.kernel as usize, l.stride as usize, l.padding as usize);
                     match x.as_slice() {
-                        &[c, h, w] if c == l.cin as usize && h + 2 * p >= k && w + 2 * p >= k && s > 0 => vec![l.cout as usize, (h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1],
-                        _ => return Err(bad(format!("{} ({}→{}, kernel {k}, stride {s}, padding {p}) does not take input {x:?}", l.name, l.cin, l.cout))),
+                        &[c, h, w]
+                            if c == l.cin as usize && h + 2 * p >= k && w + 2 * p >= k && s > 0 =>
+                        {
+                            vec![l.cout as usize, (h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1]
+                        }
+                        _ => {
+                            return Err(bad(format!(
+                                "{} ({}→{}, kernel {k}, stride {s}, padding {p}) does not take input {x:?}",
+                                l.name, l.cin, l.cout
+                            )));
+                        }
                     }
                 }
                 DeployOp::Linear(l) => match x.as_slice() {
                     &[c] if c == l.cin as usize => vec![l.cout as usize],
-                    _ => return Err(bad(format!("{} ({}→{}) does not take input {x:?}", l.name, l.cin, l.cout))),
+                    _ => {
+                        return Err(bad(format!(
+                            "{} ({}→{}) does not take input {x:?}",
+                            l.name, l.cin, l.cout
+                        )));
+                    }
                 },
                 DeployOp::BatchNorm { scale, .. } => {
                     if x.first() != Some(&scale.len()) {
-                        return Err(bad(format!("{} channels do not fit input {x:?}", scale.len())));
+                        return Err(bad(format!(
+                            "{} channels do not fit input {x:?}",
+                            scale.len()
+                        )));
                     }
                     x
                 }
@@ -466,8 +585,14 @@ impl DeployModel {
                 DeployOp::MaxPool { kernel, stride } => {
                     let (k, s) = (*kernel as usize, *stride as usize);
                     match x.as_slice() {
-                        &[c, h, w] if k > 0 && s > 0 && h >= k && w >= k => vec![c, (h - k) / s + 1, (w - k) / s + 1],
-                        _ => return Err(bad(format!("window {k} stride {s} does not fit input {x:?}"))),
+                        &[c, h, w] if k > 0 && s > 0 && h >= k && w >= k => {
+                            vec![c, (h - k) / s + 1, (w - k) / s + 1]
+                        }
+                        _ => {
+                            return Err(bad(format!(
+                                "window {k} stride {s} does not fit input {x:?}"
+                            )));
+                        }
                     }
                 }
                 DeployOp::GlobalAvgPool => match x.as_slice() {
@@ -478,21 +603,34 @@ impl DeployModel {
                 DeployOp::SubsamplePad { stride, cout } => {
                     let (s, co) = (*stride as usize, *cout as usize);
                     match x.as_slice() {
-                        &[c, h, w] if s > 0 && co >= c && (co - c) % 2 == 0 => vec![co, h.div_ceil(s), w.div_ceil(s)],
-                        _ => return Err(bad(format!("cannot map {x:?} to {co} channels at stride {s}"))),
+                        &[c, h, w] if s > 0 && co >= c && (co - c) % 2 == 0 => {
+                            vec![co, h.div_ceil(s), w.div_ceil(s)]
+                        }
+                        _ => {
+                            return Err(bad(format!(
+                                "cannot map {x:?} to {co} channels at stride {s}"
+                            )));
+                        }
                     }
                 }
             };
             // Every value fits in memory (a corrupt padding or channel count must not
             // describe a tensor no program could hold).
-            if !y.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).is_some_and(|n| n > 0 && n <= MAX_VALUE_LEN) {
+            if !y
+                .iter()
+                .try_fold(1usize, |a, &d| a.checked_mul(d))
+                .is_some_and(|n| n > 0 && n <= MAX_VALUE_LEN)
+            {
                 return Err(bad(format!("implausible output shape {y:?}")));
             }
             shapes.push(y);
         }
         let last = shapes.last().unwrap();
         if last != &vec![self.num_classes as usize] {
-            return Err(format!("the last value has shape {last:?}, not {} logits", self.num_classes));
+            return Err(format!(
+                "the last value has shape {last:?}, not {} logits",
+                self.num_classes
+            ));
         }
         Ok(shapes)
     }
@@ -516,12 +654,14 @@ impl DeployModel {
         p.write_i32::<LE>(m.adc.kmax).unwrap();
         p.write_f32::<LE>(m.adc.step).unwrap();
         p.write_u32::<LE>(self.nodes.len() as u32).unwrap();
-        let f32s = |p: &mut Vec<u8>, v: &[f32]| v.iter().for_each(|x| p.write_f32::<LE>(*x).unwrap());
+        let f32s =
+            |p: &mut Vec<u8>, v: &[f32]| v.iter().for_each(|x| p.write_f32::<LE>(*x).unwrap());
         for n in &self.nodes {
             p.write_u8(n.op.kind()).unwrap();
             p.write_u8(n.inputs.len() as u8).unwrap();
             n.inputs.iter().for_each(|&v| p.write_u32::<LE>(v).unwrap());
-            let u32s = |p: &mut Vec<u8>, v: &[u32]| v.iter().for_each(|x| p.write_u32::<LE>(*x).unwrap());
+            let u32s =
+                |p: &mut Vec<u8>, v: &[u32]| v.iter().for_each(|x| p.write_u32::<LE>(*x).unwrap());
             match &n.op {
                 DeployOp::Conv(l) | DeployOp::Linear(l) => {
                     put_str(&mut p, &l.name);
@@ -581,7 +721,20 @@ impl DeployModel {
 }
 
 fn kind_name(kind: u8) -> &'static str {
-    ["conv", "linear", "batchnorm", "relu", "add", "max-pool", "global average pool", "flatten", "subsample + channel padding"].get(kind as usize).copied().unwrap_or("unknown")
+    [
+        "conv",
+        "linear",
+        "batchnorm",
+        "relu",
+        "add",
+        "max-pool",
+        "global average pool",
+        "flatten",
+        "subsample + channel padding",
+    ]
+    .get(kind as usize)
+    .copied()
+    .unwrap_or("unknown")
 }
 
 fn parse(p: &[u8]) -> std::result::Result<DeployModel, String> {
@@ -600,11 +753,24 @@ fn parse(p: &[u8]) -> std::result::Result<DeployModel, String> {
     let name = get_str(&mut c)?;
     let mut u = [0u32; 4];
     c.read_u32_into::<LE>(&mut u).map_err(|_| END)?;
-    let adc = Adc { kmin: c.read_i32::<LE>().map_err(|_| END)?, kmax: c.read_i32::<LE>().map_err(|_| END)?, step: c.read_f32::<LE>().map_err(|_| END)? };
+    let adc = Adc {
+        kmin: c.read_i32::<LE>().map_err(|_| END)?,
+        kmax: c.read_i32::<LE>().map_err(|_| END)?,
+        step: c.read_f32::<LE>().map_err(|_| END)?,
+    };
     // The array organisation (which ADC reads which tile) is not part of a deployable
     // model: the integer arithmetic does not depend on it. The default's stands in.
     let d = MacroSpec::default();
-    let macro_spec = MacroSpec { name, rows: u[0] as usize, input_bits: u[1], weight_bits: u[2], input_bits_per_cycle: u[3], adc, arrays: d.arrays, columns: d.columns };
+    let macro_spec = MacroSpec {
+        name,
+        rows: u[0] as usize,
+        input_bits: u[1],
+        weight_bits: u[2],
+        input_bits_per_cycle: u[3],
+        adc,
+        arrays: d.arrays,
+        columns: d.columns,
+    };
     macro_spec.validate().map_err(|e| e.to_string())?;
     let n = count(&mut c)?;
     let mut nodes = Vec::with_capacity(n.min(1 << 16));
@@ -632,7 +798,11 @@ fn parse(p: &[u8]) -> std::result::Result<DeployModel, String> {
         let op = match kind {
             0 | 1 => {
                 let name = get_str(&mut c)?;
-                let [cout, cin, kernel, stride, padding] = if kind == 0 { [u32(&mut c)?, u32(&mut c)?, u32(&mut c)?, u32(&mut c)?, u32(&mut c)?] } else { [u32(&mut c)?, u32(&mut c)?, 1, 1, 0] };
+                let [cout, cin, kernel, stride, padding] = if kind == 0 {
+                    [u32(&mut c)?, u32(&mut c)?, u32(&mut c)?, u32(&mut c)?, u32(&mut c)?]
+                } else {
+                    [u32(&mut c)?, u32(&mut c)?, 1, 1, 0]
+                };
                 let k = (cin as u64) * (kernel as u64) * (kernel as u64);
                 let (cout_u, k_u) = (cout as usize, k as usize);
                 if cout == 0 || k == 0 || k > 1 << 28 || cout > 1 << 20 {
@@ -643,22 +813,42 @@ fn parse(p: &[u8]) -> std::result::Result<DeployModel, String> {
                         let b = f32s(&mut c, 2)?;
                         let tiles = u32(&mut c)?;
                         if tiles as usize != macro_spec.tiles(k_u) {
-                            return Err(format!("layer {name}: {tiles} tiles, but K = {k} needs {}", macro_spec.tiles(k_u)));
+                            return Err(format!(
+                                "layer {name}: {tiles} tiles, but K = {k} needs {}",
+                                macro_spec.tiles(k_u)
+                            ));
                         }
                         let n_codes = cout_u * tiles as usize * macro_spec.rows;
                         if n_codes as u64 > c.get_ref().len() as u64 - c.position() {
-                            return Err(format!("layer {name}: weight codes run past the end of the payload"));
+                            return Err(format!(
+                                "layer {name}: weight codes run past the end of the payload"
+                            ));
                         }
                         let start = c.position() as usize;
-                        let codes: Vec<i8> = c.get_ref()[start..start + n_codes].iter().map(|&b| b as i8).collect();
+                        let codes: Vec<i8> =
+                            c.get_ref()[start..start + n_codes].iter().map(|&b| b as i8).collect();
                         c.set_position((start + n_codes) as u64);
-                        let (wmin, wmax) = (macro_spec.weight_min() as i8, macro_spec.weight_max() as i8);
+                        let (wmin, wmax) =
+                            (macro_spec.weight_min() as i8, macro_spec.weight_max() as i8);
                         if let Some(bad) = codes.iter().find(|&&w| w < wmin || w > wmax) {
-                            return Err(format!("layer {name}: weight code {bad} outside {wmin}..={wmax}"));
+                            return Err(format!(
+                                "layer {name}: weight code {bad} outside {wmin}..={wmax}"
+                            ));
                         }
-                        Body::Macro { lo: b[0], hi: b[1], tiles, codes, weight_scale: f32s(&mut c, cout_u)?, scale: f32s(&mut c, cout_u)?, shift: f32s(&mut c, cout_u)? }
+                        Body::Macro {
+                            lo: b[0],
+                            hi: b[1],
+                            tiles,
+                            codes,
+                            weight_scale: f32s(&mut c, cout_u)?,
+                            scale: f32s(&mut c, cout_u)?,
+                            shift: f32s(&mut c, cout_u)?,
+                        }
                     }
-                    0 => Body::Digital { weight: f32s(&mut c, cout_u * k_u)?, bias: f32s(&mut c, cout_u)? },
+                    0 => Body::Digital {
+                        weight: f32s(&mut c, cout_u * k_u)?,
+                        bias: f32s(&mut c, cout_u)?,
+                    },
                     other => return Err(format!("layer {name}: on_macro flag {other}")),
                 };
                 let l = DeployLayer { name, cout, cin, kernel, stride, padding, body };
@@ -677,7 +867,12 @@ fn parse(p: &[u8]) -> std::result::Result<DeployModel, String> {
             other => return Err(format!("node {i}: unknown kind {other}")),
         };
         if inputs.len() != op.arity() {
-            return Err(format!("node {i} ({}) reads {} values, not {}", kind_name(kind), inputs.len(), op.arity()));
+            return Err(format!(
+                "node {i} ({}) reads {} values, not {}",
+                kind_name(kind),
+                inputs.len(),
+                op.arity()
+            ));
         }
         nodes.push(DeployNode { inputs, op });
     }
@@ -697,8 +892,8 @@ mod tests {
     use super::*;
     use crate::cim::{CimRuntime, Estimator, ReadoutMode};
     use crate::data::DatasetKind;
-    use crate::engine::{gradcheck::random, Var};
-    use crate::nn::{build, Arch, CimPlan, ModelSpec};
+    use crate::engine::{Var, gradcheck::random};
+    use crate::nn::{Arch, CimPlan, ModelSpec, build};
     use std::sync::Arc;
 
     /// A CIM network whose batchnorms and bounds are not at their initial values.
@@ -710,18 +905,32 @@ mod tests {
             match p.name.rsplit('.').next().unwrap() {
                 "act_lo" => v[0] = -0.3,
                 "act_hi" => v[0] = 2.5,
-                "weight" | "bias" if v.len() <= 1024 => v.iter_mut().enumerate().for_each(|(j, x)| *x += 0.01 * ((i * 7 + j) % 13) as f32),
+                "weight" | "bias" if v.len() <= 1024 => v
+                    .iter_mut()
+                    .enumerate()
+                    .for_each(|(j, x)| *x += 0.01 * ((i * 7 + j) % 13) as f32),
                 _ => {}
             }
         }
         for (i, b) in store.buffers_mut().iter_mut().enumerate() {
-            b.value.data_mut().iter_mut().enumerate().for_each(|(j, x)| *x += 0.05 * ((i + j) % 5) as f32);
+            b.value
+                .data_mut()
+                .iter_mut()
+                .enumerate()
+                .for_each(|(j, x)| *x += 0.05 * ((i + j) % 5) as f32);
         }
         (net, store)
     }
 
     fn export(net: &dyn Network, store: &mut ParamStore) -> DeployModel {
-        DeployModel::from_network(net, "test", store, &MacroSpec::default(), Normalize::for_dataset(DatasetKind::Cifar10)).unwrap()
+        DeployModel::from_network(
+            net,
+            "test",
+            store,
+            &MacroSpec::default(),
+            Normalize::for_dataset(DatasetKind::Cifar10),
+        )
+        .unwrap()
     }
 
     fn count(m: &DeployModel, f: impl Fn(&DeployOp) -> bool) -> usize {
@@ -736,18 +945,37 @@ mod tests {
         // 19 convs (each with its batchnorm folded), 9 residual additions, 2 option-A
         // shortcuts, the pooling and the classifier; every ReLU.
         assert_eq!(count(&m, |o| matches!(o, DeployOp::Conv(_))), 19);
-        assert_eq!(count(&m, |o| matches!(o, DeployOp::BatchNorm { .. })), 0, "every batchnorm folds into its conv");
+        assert_eq!(
+            count(&m, |o| matches!(o, DeployOp::BatchNorm { .. })),
+            0,
+            "every batchnorm folds into its conv"
+        );
         assert_eq!(count(&m, |o| matches!(o, DeployOp::Add)), 9);
         assert_eq!(count(&m, |o| matches!(o, DeployOp::SubsamplePad { stride: 2, .. })), 2);
         assert_eq!(count(&m, |o| matches!(o, DeployOp::Relu)), 19);
         assert_eq!(count(&m, |o| matches!(o, DeployOp::GlobalAvgPool)), 1);
-        assert_eq!(count(&m, |o| matches!(o, DeployOp::Conv(DeployLayer { body: Body::Macro { .. }, .. }))), 18);
+        assert_eq!(
+            count(&m, |o| matches!(
+                o,
+                DeployOp::Conv(DeployLayer { body: Body::Macro { .. }, .. })
+            )),
+            18
+        );
         assert!(matches!(&m.nodes.last().unwrap().op, DeployOp::Linear(l) if l.name == "linear"));
         let bytes = m.to_bytes();
         assert_eq!(DeployModel::from_bytes(&bytes).unwrap(), m);
         // Codes are the layer's weight codes, laid out per tile (K = 144: 3 tiles of 64, the last 16 used).
-        let l = m.nodes.iter().find_map(|n| match &n.op { DeployOp::Conv(l) if l.name == "layer1.0.conv1" => Some(l), _ => None }).unwrap();
-        let Body::Macro { tiles, codes, .. } = &l.body else { panic!("layer1.0.conv1 is on the macro") };
+        let l = m
+            .nodes
+            .iter()
+            .find_map(|n| match &n.op {
+                DeployOp::Conv(l) if l.name == "layer1.0.conv1" => Some(l),
+                _ => None,
+            })
+            .unwrap();
+        let Body::Macro { tiles, codes, .. } = &l.body else {
+            panic!("layer1.0.conv1 is on the macro")
+        };
         let w = &store.params().iter().find(|p| p.name == "layer1.0.conv1.weight").unwrap().value;
         let (want, _) = weight_codes(w, &spec);
         assert_eq!(*tiles, 3);
@@ -755,7 +983,10 @@ mod tests {
             for kk in [0, 63, 64, 143] {
                 assert_eq!(codes[(co * 3 + kk / 64) * 64 + kk % 64] as f32, want[co * 144 + kk]);
             }
-            assert!(codes[(co * 3 + 2) * 64 + 16..(co * 3 + 3) * 64].iter().all(|&c| c == 0), "unused rows hold 0");
+            assert!(
+                codes[(co * 3 + 2) * 64 + 16..(co * 3 + 3) * 64].iter().all(|&c| c == 0),
+                "unused rows hold 0"
+            );
         }
         for cut in [bytes.len() - 1, 30] {
             assert!(DeployModel::from_bytes(&bytes[..cut]).is_err());
@@ -766,9 +997,17 @@ mod tests {
         // A graph that reads a value before it exists, or whose shapes do not chain, is refused by node.
         let mut ahead = m.clone();
         ahead.nodes[3].inputs[0] = 9;
-        assert!(DeployModel::from_bytes(&ahead.to_bytes()).unwrap_err().contains("node 3 reads value 9, which is not computed before it"));
+        assert!(
+            DeployModel::from_bytes(&ahead.to_bytes())
+                .unwrap_err()
+                .contains("node 3 reads value 9, which is not computed before it")
+        );
         let mut misfit = m.clone();
-        let pad = misfit.nodes.iter().position(|n| matches!(n.op, DeployOp::SubsamplePad { .. })).unwrap();
+        let pad = misfit
+            .nodes
+            .iter()
+            .position(|n| matches!(n.op, DeployOp::SubsamplePad { .. }))
+            .unwrap();
         misfit.nodes[pad].op = DeployOp::SubsamplePad { stride: 2, cout: 34 };
         let e = DeployModel::from_bytes(&misfit.to_bytes()).unwrap_err();
         assert!(e.contains("(add): adds [32, 16, 16] and [34, 16, 16]"), "{e}");
@@ -794,7 +1033,13 @@ mod tests {
             let (net, mut store) = trained_like(arch);
             let m = export(net.as_ref(), &mut store);
             let spec = MacroSpec::default();
-            let rt = CimRuntime::new(spec.clone(), Arc::new(crate::cim::em::ErrorModel::ideal(spec.adc.kmin, spec.adc.kmax)), ReadoutMode::Ideal, Estimator::Ste).unwrap();
+            let rt = CimRuntime::new(
+                spec.clone(),
+                Arc::new(crate::cim::em::ErrorModel::ideal(spec.adc.kmin, spec.adc.kmax)),
+                ReadoutMode::Ideal,
+                Estimator::Ste,
+            )
+            .unwrap();
             let x = random(&[1, 3, 32, 32], 9);
             let want = {
                 let mut tape = Tape::new(false);
@@ -805,15 +1050,23 @@ mod tests {
                 tape.value(y).data().to_vec()
             };
             let got = m.run(x.data()).unwrap();
-            assert!(m.run(&x.data()[1..]).unwrap_err().to_string().contains("an image of 3071 values"));
+            assert!(
+                m.run(&x.data()[1..]).unwrap_err().to_string().contains("an image of 3071 values")
+            );
             // The two compute the same integers (partial sums, ADC codes); the float
             // epilogues differ in summation order only, which on rare inputs moves a
             // value across an E-PACT rounding edge in a later layer (one code).
             let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
             let worst = got.iter().zip(&want).fold(0f32, |a, (g, w)| a.max((g - w).abs()));
-            eprintln!("{arch:?}: {} nodes, logits up to {scale:.4}, largest difference {worst:.2e}", m.nodes.len());
+            eprintln!(
+                "{arch:?}: {} nodes, logits up to {scale:.4}, largest difference {worst:.2e}",
+                m.nodes.len()
+            );
             for (j, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert!((g - w).abs() <= 1e-3 * (1.0 + scale), "{arch:?} logit {j}: file {g} vs network {w}");
+                assert!(
+                    (g - w).abs() <= 1e-3 * (1.0 + scale),
+                    "{arch:?} logit {j}: file {g} vs network {w}"
+                );
             }
         }
     }
@@ -830,7 +1083,20 @@ mod tests {
             }
         }
         let (net, mut store) = trained_like(Arch::ResNet20);
-        let e = DeployModel::from_network(&Sneaky(net), "sneaky", &mut store, &MacroSpec::default(), Normalize::for_dataset(DatasetKind::Cifar10)).unwrap_err().to_string();
-        assert!(e.contains("cannot export this network") && e.contains("op 0 (conv)") && e.contains("outside the layer API"), "{e}");
+        let e = DeployModel::from_network(
+            &Sneaky(net),
+            "sneaky",
+            &mut store,
+            &MacroSpec::default(),
+            Normalize::for_dataset(DatasetKind::Cifar10),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("cannot export this network")
+                && e.contains("op 0 (conv)")
+                && e.contains("outside the layer API"),
+            "{e}"
+        );
     }
 }

@@ -36,24 +36,41 @@ pub fn encode(magic: &[u8; 8], version: u32, payload: &[u8]) -> Vec<u8> {
 
 /// Checks the frame and returns (version, payload). `what` names the kind of file in
 /// messages ("checkpoint"); versions `1..=max_version` are accepted.
-pub fn decode(bytes: &[u8], magic: &[u8; 8], what: &str, max_version: u32) -> Result<(u32, Vec<u8>), String> {
+pub fn decode(
+    bytes: &[u8],
+    magic: &[u8; 8],
+    what: &str,
+    max_version: u32,
+) -> Result<(u32, Vec<u8>), String> {
     decode_at_most(bytes, magic, what, max_version, MAX_PAYLOAD)
 }
 
 /// [`decode`] with the inflated payload bounded by `max_payload` bytes.
-pub fn decode_at_most(bytes: &[u8], magic: &[u8; 8], what: &str, max_version: u32, max_payload: u64) -> Result<(u32, Vec<u8>), String> {
+pub fn decode_at_most(
+    bytes: &[u8],
+    magic: &[u8; 8],
+    what: &str,
+    max_version: u32,
+    max_payload: u64,
+) -> Result<(u32, Vec<u8>), String> {
     if bytes.len() < HEADER || &bytes[..8] != magic {
         return Err(format!("not a dnat {what} (bad magic bytes)"));
     }
-    let word = |a: usize, b: usize| bytes[a..b].iter().rev().fold(0u64, |acc, &x| acc << 8 | x as u64);
+    let word =
+        |a: usize, b: usize| bytes[a..b].iter().rev().fold(0u64, |acc, &x| acc << 8 | x as u64);
     let version = word(8, 12) as u32;
     if version == 0 || version > max_version {
-        return Err(format!("{what} format version {version}, this dnat reads versions 1 to {max_version}"));
+        return Err(format!(
+            "{what} format version {version}, this dnat reads versions 1 to {max_version}"
+        ));
     }
     let len = word(12, 20);
     let crc_want = word(20, 24) as u32;
     if (bytes.len() - HEADER) as u64 != len {
-        return Err(format!("truncated or padded {what}: header says {len} payload bytes, file has {}", bytes.len() - HEADER));
+        return Err(format!(
+            "truncated or padded {what}: header says {len} payload bytes, file has {}",
+            bytes.len() - HEADER
+        ));
     }
     // Inflate at most MAX_PAYLOAD bytes: a small file that inflates without end (a
     // compression bomb) is refused instead of filling memory.
@@ -63,7 +80,9 @@ pub fn decode_at_most(bytes: &[u8], magic: &[u8; 8], what: &str, max_version: u3
         .read_to_end(&mut payload)
         .map_err(|e| format!("corrupt {what} payload: {e}"))?;
     if payload.len() as u64 > max_payload {
-        return Err(format!("{what} payload inflates past {max_payload} bytes: not a dnat {what} (a compression bomb?)"));
+        return Err(format!(
+            "{what} payload inflates past {max_payload} bytes: not a dnat {what} (a compression bomb?)"
+        ));
     }
     let mut crc = flate2::Crc::new();
     crc.update(&payload);

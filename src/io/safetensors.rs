@@ -10,10 +10,10 @@
 //! `dnat_model` and `num_classes`, so an import needs no flags for files dnat wrote.
 
 use crate::engine::{ParamStore, Tensor};
-use crate::nn::{build, Arch, CimPlan, ModelSpec};
+use crate::nn::{Arch, CimPlan, ModelSpec, build};
 use crate::{Error, Result};
-use safetensors::tensor::{Dtype, TensorView};
 use safetensors::SafeTensors;
+use safetensors::tensor::{Dtype, TensorView};
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -32,12 +32,23 @@ pub fn export(spec: &ModelSpec, store: &ParamStore) -> Result<Vec<u8>> {
     for b in store.buffers() {
         owned.push((b.name.clone(), Dtype::F32, b.value.shape().to_vec(), f32_bytes(&b.value)));
         if let Some(bn) = b.name.strip_suffix(".running_mean") {
-            owned.push((format!("{bn}{BN_COUNTER}"), Dtype::I64, vec![], 0i64.to_le_bytes().to_vec()));
+            owned.push((
+                format!("{bn}{BN_COUNTER}"),
+                Dtype::I64,
+                vec![],
+                0i64.to_le_bytes().to_vec(),
+            ));
         }
     }
     let views: Vec<(String, TensorView)> = owned
         .iter()
-        .map(|(n, d, s, b)| Ok((n.clone(), TensorView::new(*d, s.clone(), b).map_err(|e| Error::invalid(format!("{n}: {e}")))?)))
+        .map(|(n, d, s, b)| {
+            Ok((
+                n.clone(),
+                TensorView::new(*d, s.clone(), b)
+                    .map_err(|e| Error::invalid(format!("{n}: {e}")))?,
+            ))
+        })
         .collect::<Result<_>>()?;
     let meta = HashMap::from([
         ("format".to_string(), "pt".to_string()),
@@ -48,23 +59,31 @@ pub fn export(spec: &ModelSpec, store: &ParamStore) -> Result<Vec<u8>> {
             spec.cim.as_ref().map_or("none".to_string(), CimPlan::describe),
         ),
     ]);
-    safetensors::serialize(views, Some(meta)).map_err(|e| Error::invalid(format!("safetensors export: {e}")))
+    safetensors::serialize(views, Some(meta))
+        .map_err(|e| Error::invalid(format!("safetensors export: {e}")))
 }
 
 /// The model a file was written for, from its metadata (files written by dnat).
 pub fn spec_from_metadata(bytes: &[u8], path: &Path) -> Result<Option<ModelSpec>> {
-    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| Error::format(path, format!("not a safetensors file: {e}")))?;
+    let (_, meta) = SafeTensors::read_metadata(bytes)
+        .map_err(|e| Error::format(path, format!("not a safetensors file: {e}")))?;
     let Some(m) = meta.metadata() else { return Ok(None) };
     match (m.get("dnat_model"), m.get("num_classes")) {
         (Some(a), Some(n)) => {
             let arch = Arch::parse(a).map_err(|e| Error::format(path, e.to_string()))?;
-            let num_classes = n.parse().map_err(|_| Error::format(path, format!("bad num_classes '{n}' in metadata")))?;
+            let num_classes = n
+                .parse()
+                .map_err(|_| Error::format(path, format!("bad num_classes '{n}' in metadata")))?;
             let cim = match m.get("dnat_cim_plan").map(String::as_str) {
                 None | Some("none") => None,
-                Some(p) => Some(CimPlan::parse(p).map_err(|e| Error::format(path, format!("metadata dnat_cim_plan: {e}")))?),
+                Some(p) => Some(
+                    CimPlan::parse(p)
+                        .map_err(|e| Error::format(path, format!("metadata dnat_cim_plan: {e}")))?,
+                ),
             };
             let spec = ModelSpec { arch, num_classes, cim };
-            spec.validate().map_err(|e| Error::format(path, format!("metadata num_classes: {e}")))?;
+            spec.validate()
+                .map_err(|e| Error::format(path, format!("metadata num_classes: {e}")))?;
             Ok(Some(spec))
         }
         _ => Ok(None),
@@ -74,18 +93,33 @@ pub fn spec_from_metadata(bytes: &[u8], path: &Path) -> Result<Option<ModelSpec>
 fn to_f32(view: &TensorView, name: &str, path: &Path) -> Result<Vec<f32>> {
     let d = view.data();
     Ok(match view.dtype() {
-        Dtype::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-        Dtype::F64 => d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect(),
-        other => return Err(Error::format(path, format!("tensor '{name}' has dtype {other:?}; dnat reads F32 or F64"))),
+        Dtype::F32 => {
+            d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        }
+        Dtype::F64 => {
+            d.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap()) as f32).collect()
+        }
+        other => {
+            return Err(Error::format(
+                path,
+                format!("tensor '{name}' has dtype {other:?}; dnat reads F32 or F64"),
+            ));
+        }
     })
 }
 
 /// Builds the model `spec` and fills it from a safetensors file: every parameter and
 /// buffer must be present with the right shape; unknown names are an error.
 pub fn import(bytes: &[u8], spec: &ModelSpec, path: &Path) -> Result<ParamStore> {
-    let st = SafeTensors::deserialize(bytes).map_err(|e| Error::format(path, format!("not a readable safetensors file: {e}")))?;
+    let st = SafeTensors::deserialize(bytes)
+        .map_err(|e| Error::format(path, format!("not a readable safetensors file: {e}")))?;
     let (_, mut store) = build(spec, 0)?;
-    let expected: Vec<String> = store.params().iter().map(|p| p.name.clone()).chain(store.buffers().iter().map(|b| b.name.clone())).collect();
+    let expected: Vec<String> = store
+        .params()
+        .iter()
+        .map(|p| p.name.clone())
+        .chain(store.buffers().iter().map(|b| b.name.clone()))
+        .collect();
     let mut unknown: Vec<String> = st
         .names()
         .into_iter()
@@ -99,12 +133,25 @@ pub fn import(bytes: &[u8], spec: &ModelSpec, path: &Path) -> Result<ParamStore>
         let total = unknown.len();
         let more = if total > 8 { format!(" and {} more", total - 8) } else { String::new() };
         unknown.truncate(8);
-        return Err(Error::format(path, format!("{total} tensors not in {}: {}{more}", spec.arch.name(), unknown.join(", "))));
+        return Err(Error::format(
+            path,
+            format!("{total} tensors not in {}: {}{more}", spec.arch.name(), unknown.join(", ")),
+        ));
     }
     let load = |name: &str, into: &mut Tensor| -> Result<()> {
-        let v = st.tensor(name).map_err(|_| Error::format(path, format!("missing tensor '{name}' ({} needs it)", spec.arch.name())))?;
+        let v = st.tensor(name).map_err(|_| {
+            Error::format(path, format!("missing tensor '{name}' ({} needs it)", spec.arch.name()))
+        })?;
         if v.shape() != into.shape() {
-            return Err(Error::format(path, format!("tensor '{name}' has shape {:?}, {} needs {:?}", v.shape(), spec.arch.name(), into.shape())));
+            return Err(Error::format(
+                path,
+                format!(
+                    "tensor '{name}' has shape {:?}, {} needs {:?}",
+                    v.shape(),
+                    spec.arch.name(),
+                    into.shape()
+                ),
+            ));
         }
         let data = to_f32(&v, name, path)?;
         if data.iter().any(|x| !x.is_finite()) {
@@ -143,7 +190,10 @@ mod tests {
         assert!(e.contains("not in vgg8") && e.contains("more"), "{e}");
         // The same message every time (names sorted, not in hash-map order).
         for _ in 0..3 {
-            assert_eq!(import(&bytes, &ModelSpec::fp32(Arch::Vgg8, 10), p).unwrap_err().to_string(), e);
+            assert_eq!(
+                import(&bytes, &ModelSpec::fp32(Arch::Vgg8, 10), p).unwrap_err().to_string(),
+                e
+            );
         }
         let e = import(&bytes[..bytes.len() / 2], &spec, p).unwrap_err().to_string();
         assert!(e.contains("w.safetensors"), "{e}");

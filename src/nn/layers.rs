@@ -1,12 +1,15 @@
 //! Conv2d, BatchNorm2d and Linear: parameter handles plus a forward on the tape; the
 //! parameter-free ops a network calls on its [`Fwd`] context.
 
-use crate::cim::{self, quant::ActGrid, CimCall, CimRuntime};
-use crate::engine::ops::{self, BatchNormState, Conv2dCfg};
-use crate::engine::{BufferId, LayerId, LayerKind, MacroSlot, Mode, ParamGroup, ParamId, ParamStore, Tape, Tensor, Var};
 use super::trace::{Node, Trace};
-use crate::rng::{normal, Xoshiro256PlusPlus};
 use crate::Result;
+use crate::cim::{self, CimCall, CimRuntime, quant::ActGrid};
+use crate::engine::ops::{self, BatchNormState, Conv2dCfg};
+use crate::engine::{
+    BufferId, LayerId, LayerKind, MacroSlot, Mode, ParamGroup, ParamId, ParamStore, Tape, Tensor,
+    Var,
+};
+use crate::rng::{Xoshiro256PlusPlus, normal};
 
 /// Input activations seen by each quantized layer during a calibration pass:
 /// `(lower-bound id, upper-bound id, values)`.
@@ -98,7 +101,9 @@ impl ActQuantKind {
         match s {
             "epact" => Ok(ActQuantKind::EPact),
             "pact" => Ok(ActQuantKind::Pact),
-            o => Err(crate::Error::invalid(format!("unknown activation quantizer '{o}' (epact or pact)"))),
+            o => Err(crate::Error::invalid(format!(
+                "unknown activation quantizer '{o}' (epact or pact)"
+            ))),
         }
     }
     /// The name [`ActQuantKind::parse`] reads.
@@ -128,7 +133,15 @@ fn quantize(slot: MacroSlot, cx: &mut Fwd, rt: &CimRuntime, x: Var) -> Result<(V
 type MacroOp<'o> = &'o dyn Fn(&mut Tape, Var, Var, Option<Var>, ActGrid, &CimCall) -> Result<Var>;
 type DigitalOp<'o> = &'o dyn Fn(&mut Tape, Var, Var, Option<Var>) -> Result<Var>;
 
-fn run_layer(cx: &mut Fwd, x: Var, weight: ParamId, bias: Option<ParamId>, layer: LayerId, on_macro: MacroOp, digital: DigitalOp) -> Result<Var> {
+fn run_layer(
+    cx: &mut Fwd,
+    x: Var,
+    weight: ParamId,
+    bias: Option<ParamId>,
+    layer: LayerId,
+    on_macro: MacroOp,
+    digital: DigitalOp,
+) -> Result<Var> {
     let (slot, rt) = (cx.store.layer(layer).on_macro, cx.cim);
     match (slot, rt) {
         (Some(slot), Some(rt)) => {
@@ -198,8 +211,15 @@ impl Conv2dConfig {
         let shape = [cout, cin, kernel, kernel];
         let w = kaiming(&shape, cin * kernel * kernel, store.init_rng());
         let weight = store.add_param(format!("{name}.weight"), w, ParamGroup::Weight);
-        let bias = bias.then(|| store.add_param(format!("{name}.bias"), Tensor::zeros(&[cout]), ParamGroup::NoDecay));
-        Conv2d { weight, bias, cfg: Conv2dCfg { stride, padding }, layer: store.add_layer(name, LayerKind::Conv) }
+        let bias = bias.then(|| {
+            store.add_param(format!("{name}.bias"), Tensor::zeros(&[cout]), ParamGroup::NoDecay)
+        });
+        Conv2d {
+            weight,
+            bias,
+            cfg: Conv2dCfg { stride, padding },
+            layer: store.add_layer(name, LayerKind::Conv),
+        }
     }
 }
 
@@ -263,7 +283,10 @@ pub struct LayerStats {
 impl BnStats {
     fn add(&mut self, mean_id: BufferId, var_id: BufferId, x: &Tensor) -> Result<()> {
         if x.shape().len() != 4 {
-            return Err(crate::Error::invalid(format!("batchnorm2d needs NCHW input, got {:?}", x.shape())));
+            return Err(crate::Error::invalid(format!(
+                "batchnorm2d needs NCHW input, got {:?}",
+                x.shape()
+            )));
         }
         let (n, c, h, w) = x.nchw();
         let stats = ops::batchnorm::channel_stats(x.data(), n, c, h * w);
@@ -271,7 +294,13 @@ impl BnStats {
         let slot = match self.layers.iter().position(|l| l.running_mean == mean_id) {
             Some(i) => &mut self.layers[i],
             None => {
-                self.layers.push(LayerStats { running_mean: mean_id, running_var: var_id, count: 0.0, mean: vec![0.0; c], m2: vec![0.0; c] });
+                self.layers.push(LayerStats {
+                    running_mean: mean_id,
+                    running_var: var_id,
+                    count: 0.0,
+                    mean: vec![0.0; c],
+                    m2: vec![0.0; c],
+                });
                 self.layers.last_mut().unwrap()
             }
         };
@@ -319,7 +348,11 @@ impl BatchNorm2d {
     /// PyTorch defaults: γ = 1, β = 0, momentum 0.1, eps 1e-5.
     pub fn new(store: &mut ParamStore, name: &str, c: usize) -> Self {
         BatchNorm2d {
-            weight: store.add_param(format!("{name}.weight"), Tensor::full(&[c], 1.0), ParamGroup::NoDecay),
+            weight: store.add_param(
+                format!("{name}.weight"),
+                Tensor::full(&[c], 1.0),
+                ParamGroup::NoDecay,
+            ),
             bias: store.add_param(format!("{name}.bias"), Tensor::zeros(&[c]), ParamGroup::NoDecay),
             running_mean: store.add_buffer(format!("{name}.running_mean"), Tensor::zeros(&[c])),
             running_var: store.add_buffer(format!("{name}.running_var"), Tensor::full(&[c], 1.0)),
@@ -343,9 +376,25 @@ impl BatchNorm2d {
         let g = cx.tape.param(cx.store, self.weight);
         let b = cx.tape.param(cx.store, self.bias);
         let (rm, rv) = cx.store.buffer_pair_mut(self.running_mean, self.running_var);
-        let st = BatchNormState { running_mean: rm, running_var: rv, momentum: self.momentum, eps: self.eps, relu };
+        let st = BatchNormState {
+            running_mean: rm,
+            running_var: rv,
+            momentum: self.momentum,
+            eps: self.eps,
+            relu,
+        };
         let y = ops::batch_norm2d(cx.tape, x, g, b, st, cx.mode)?;
-        cx.note(|| if relu { vec![Node::BatchNorm(self.clone()), Node::Relu] } else { vec![Node::BatchNorm(self.clone())] }, &[x], y);
+        cx.note(
+            || {
+                if relu {
+                    vec![Node::BatchNorm(self.clone()), Node::Relu]
+                } else {
+                    vec![Node::BatchNorm(self.clone())]
+                }
+            },
+            &[x],
+            y,
+        );
         Ok(y)
     }
 }
@@ -367,13 +416,18 @@ impl Linear {
     pub fn init(store: &mut ParamStore, name: &str, fin: usize, fout: usize) -> Self {
         let w = kaiming(&[fout, fin], fin, store.init_rng());
         let weight = store.add_param(format!("{name}.weight"), w, ParamGroup::Weight);
-        let bias = Some(store.add_param(format!("{name}.bias"), Tensor::zeros(&[fout]), ParamGroup::NoDecay));
+        let bias = Some(store.add_param(
+            format!("{name}.bias"),
+            Tensor::zeros(&[fout]),
+            ParamGroup::NoDecay,
+        ));
         Linear { weight, bias, layer: store.add_layer(name, LayerKind::Linear) }
     }
     /// (N, fin) → (N, fout): on the macro when mapped and the pass has a CIM runtime,
     /// else in FP32.
     pub fn forward(&self, cx: &mut Fwd, x: Var) -> Result<Var> {
-        let y = run_layer(cx, x, self.weight, self.bias, self.layer, &cim::cim_linear, &ops::linear)?;
+        let y =
+            run_layer(cx, x, self.weight, self.bias, self.layer, &cim::cim_linear, &ops::linear)?;
         let cim = cx.store.layer(self.layer).on_macro;
         cx.note(|| vec![Node::Linear { weight: self.weight, bias: self.bias, cim }], &[x], y);
         Ok(y)

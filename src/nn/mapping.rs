@@ -45,8 +45,14 @@ impl CimPlan {
         if patterns.is_empty() {
             return Err(Error::invalid("CIM plan: no layer pattern"));
         }
-        match patterns.iter().find(|p| p.is_empty() || p.len() > 256 || p.chars().any(|c| c.is_whitespace() || c == ',' || c == '|')) {
-            Some(p) => Err(Error::invalid(format!("CIM plan: layer pattern {p:?} (1 to 256 characters, no whitespace, ',' or '|')"))),
+        match patterns.iter().find(|p| {
+            p.is_empty()
+                || p.len() > 256
+                || p.chars().any(|c| c.is_whitespace() || c == ',' || c == '|')
+        }) {
+            Some(p) => Err(Error::invalid(format!(
+                "CIM plan: layer pattern {p:?} (1 to 256 characters, no whitespace, ',' or '|')"
+            ))),
             None => Ok(()),
         }
     }
@@ -54,7 +60,9 @@ impl CimPlan {
     /// metadata, reports).
     pub fn describe(&self) -> String {
         match self {
-            CimPlan::Edges { first_digital, last_digital } => format!("first_digital={first_digital},last_digital={last_digital}"),
+            CimPlan::Edges { first_digital, last_digital } => {
+                format!("first_digital={first_digital},last_digital={last_digital}")
+            }
             CimPlan::Named(p) => format!("layers={}", p.join("|")),
         }
     }
@@ -89,14 +97,20 @@ impl CimPlan {
             return Ok(plan);
         }
         let flag = |key: &str| -> Result<bool> {
-            let v = s.split(',').find_map(|kv| kv.strip_prefix(key).and_then(|r| r.strip_prefix('=')));
+            let v =
+                s.split(',').find_map(|kv| kv.strip_prefix(key).and_then(|r| r.strip_prefix('=')));
             match v {
                 Some("true") => Ok(true),
                 Some("false") => Ok(false),
-                _ => Err(Error::invalid(format!("CIM plan '{s}': expected first_digital=true|false,last_digital=true|false or layers=pattern|…"))),
+                _ => Err(Error::invalid(format!(
+                    "CIM plan '{s}': expected first_digital=true|false,last_digital=true|false or layers=pattern|…"
+                ))),
             }
         };
-        Ok(CimPlan::Edges { first_digital: flag("first_digital")?, last_digital: flag("last_digital")? })
+        Ok(CimPlan::Edges {
+            first_digital: flag("first_digital")?,
+            last_digital: flag("last_digital")?,
+        })
     }
 }
 
@@ -111,20 +125,35 @@ pub fn map_to_macro(store: &mut ParamStore, plan: &CimPlan) -> Result<Vec<String
         return Err(Error::invalid("no convolution or linear layer to map onto the macro"));
     }
     let chosen: Vec<usize> = match plan {
-        CimPlan::Edges { first_digital, last_digital } => (0..n).filter(|&i| !(i == 0 && *first_digital) && !(i == n - 1 && *last_digital)).collect(),
+        CimPlan::Edges { first_digital, last_digital } => (0..n)
+            .filter(|&i| !(i == 0 && *first_digital) && !(i == n - 1 && *last_digital))
+            .collect(),
         CimPlan::Named(patterns) => {
-            if let Some(p) = patterns.iter().find(|p| !store.layers().iter().any(|l| matches(p, &l.name))) {
+            if let Some(p) =
+                patterns.iter().find(|p| !store.layers().iter().any(|l| matches(p, &l.name)))
+            {
                 let names: Vec<_> = store.layers().iter().map(|l| l.name.as_str()).collect();
-                return Err(Error::invalid(format!("CIM plan: no layer matches '{p}' (the layers: {})", names.join(", "))));
+                return Err(Error::invalid(format!(
+                    "CIM plan: no layer matches '{p}' (the layers: {})",
+                    names.join(", ")
+                )));
             }
-            (0..n).filter(|&i| patterns.iter().any(|p| matches(p, &store.layers()[i].name))).collect()
+            (0..n)
+                .filter(|&i| patterns.iter().any(|p| matches(p, &store.layers()[i].name)))
+                .collect()
         }
     };
     if chosen.is_empty() {
-        return Err(Error::invalid(format!("CIM plan {}: maps no layer onto the macro", plan.describe())));
+        return Err(Error::invalid(format!(
+            "CIM plan {}: maps no layer onto the macro",
+            plan.describe()
+        )));
     }
     if let Some(&i) = chosen.iter().find(|&&i| store.layers()[i].on_macro.is_some()) {
-        return Err(Error::invalid(format!("layer '{}' is already on the macro", store.layers()[i].name)));
+        return Err(Error::invalid(format!(
+            "layer '{}' is already on the macro",
+            store.layers()[i].name
+        )));
     }
     Ok(chosen
         .into_iter()
@@ -172,13 +201,24 @@ mod tests {
     #[test]
     fn plans_pick_the_documented_layers_in_build_order() {
         let mut s = store();
-        assert_eq!(map_to_macro(&mut s, &CimPlan::default()).unwrap(), ["block.0.conv", "block.1.conv", "block.1.skip"]);
+        assert_eq!(
+            map_to_macro(&mut s, &CimPlan::default()).unwrap(),
+            ["block.0.conv", "block.1.conv", "block.1.skip"]
+        );
         assert_eq!(s.cim_layers(), ["block.0.conv", "block.1.conv", "block.1.skip"]);
         let mut s = store();
-        assert_eq!(map_to_macro(&mut s, &CimPlan::named(["block.*.conv", "head"])).unwrap(), ["block.0.conv", "block.1.conv", "head"]);
+        assert_eq!(
+            map_to_macro(&mut s, &CimPlan::named(["block.*.conv", "head"])).unwrap(),
+            ["block.0.conv", "block.1.conv", "head"]
+        );
         assert!(s.params().iter().any(|p| p.name == "head.act_hi"));
         assert_eq!(map_to_macro(&mut store(), &CimPlan::all()).unwrap().len(), 5);
-        assert!(matches("*", "x") && matches("a*c*e", "abcde") && !matches("a*c*e", "abde") && !matches("ab*ba", "aba"));
+        assert!(
+            matches("*", "x")
+                && matches("a*c*e", "abcde")
+                && !matches("a*c*e", "abde")
+                && !matches("ab*ba", "aba")
+        );
     }
 
     #[test]
@@ -191,16 +231,41 @@ mod tests {
         assert!(e.contains("'head' is already on the macro"), "{e}");
         let mut one = ParamStore::new();
         Linear::init(&mut one, "only", 2, 2);
-        assert!(map_to_macro(&mut one, &CimPlan::default()).unwrap_err().to_string().contains("maps no layer"));
-        assert!(map_to_macro(&mut ParamStore::new(), &CimPlan::all()).unwrap_err().to_string().contains("no convolution or linear layer"));
-        for plan in [CimPlan::default(), CimPlan::all(), CimPlan::named(["a.*", "b"]), CimPlan::Edges { first_digital: false, last_digital: true }] {
+        assert!(
+            map_to_macro(&mut one, &CimPlan::default())
+                .unwrap_err()
+                .to_string()
+                .contains("maps no layer")
+        );
+        assert!(
+            map_to_macro(&mut ParamStore::new(), &CimPlan::all())
+                .unwrap_err()
+                .to_string()
+                .contains("no convolution or linear layer")
+        );
+        for plan in [
+            CimPlan::default(),
+            CimPlan::all(),
+            CimPlan::named(["a.*", "b"]),
+            CimPlan::Edges { first_digital: false, last_digital: true },
+        ] {
             assert_eq!(CimPlan::parse(&plan.describe()).unwrap(), plan);
             assert_eq!(CimPlan::from_words(&plan.words()).unwrap(), plan);
         }
         assert!(CimPlan::from_words("a,,b").unwrap_err().to_string().contains("layer pattern"));
-        assert!(CimPlan::parse("first_digital=yes").is_err() && CimPlan::parse("layers=a||b").is_err());
-        for bad in [CimPlan::named(Vec::<String>::new()), CimPlan::named(["a|b"]), CimPlan::named(["a b"]), CimPlan::named([""])] {
-            assert!(map_to_macro(&mut store(), &bad).unwrap_err().to_string().contains("CIM plan"), "{bad:?}");
+        assert!(
+            CimPlan::parse("first_digital=yes").is_err() && CimPlan::parse("layers=a||b").is_err()
+        );
+        for bad in [
+            CimPlan::named(Vec::<String>::new()),
+            CimPlan::named(["a|b"]),
+            CimPlan::named(["a b"]),
+            CimPlan::named([""]),
+        ] {
+            assert!(
+                map_to_macro(&mut store(), &bad).unwrap_err().to_string().contains("CIM plan"),
+                "{bad:?}"
+            );
         }
     }
 }

@@ -10,6 +10,6 @@ pub mod models;
 pub mod trace;
 
 pub use layers::{ActQuantKind, BatchNorm2d, Calibration, Conv2d, Conv2dConfig, Fwd, Linear};
-pub use mapping::{map_to_macro, CimPlan};
-pub use models::{build, register, Arch, Builder, ModelSpec, Network};
+pub use mapping::{CimPlan, map_to_macro};
+pub use models::{Arch, Builder, ModelSpec, Network, build, register};
 pub use trace::{Node, Trace};

@@ -14,7 +14,7 @@
 //! PyTorch `state_dict` of the same architecture maps one to one.
 
 use super::layers::{BatchNorm2d, Conv2d, Conv2dConfig, Fwd, Linear};
-use super::mapping::{map_to_macro, CimPlan};
+use super::mapping::{CimPlan, map_to_macro};
 use crate::engine::{ParamStore, Var};
 use crate::{Error, Result};
 use std::sync::{OnceLock, RwLock};
@@ -82,7 +82,9 @@ pub fn register(name: &'static str, builder: Builder) -> Result<Arch> {
         return Err(Error::invalid(format!("model '{name}' is already known")));
     }
     if !valid_name(name) {
-        return Err(Error::invalid(format!("model name '{name}': use 1 to 64 letters, digits, '-', '_' or '.'")));
+        return Err(Error::invalid(format!(
+            "model name '{name}': use 1 to 64 letters, digits, '-', '_' or '.'"
+        )));
     }
     reg.push((name, builder));
     Ok(Arch::Custom(name))
@@ -90,7 +92,9 @@ pub fn register(name: &'static str, builder: Builder) -> Result<Arch> {
 
 /// Whether `name` can name an architecture: 1 to 64 ASCII letters, digits, `-`, `_`, `.`.
 pub fn valid_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    !name.is_empty()
+        && name.len() <= 64
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
 }
 
 /// Everything needed to rebuild a network's structure.
@@ -113,7 +117,10 @@ impl ModelSpec {
     /// At least 2 and at most [`MAX_CLASSES`] classes.
     pub fn validate(&self) -> std::result::Result<(), String> {
         if !(2..=MAX_CLASSES).contains(&self.num_classes) {
-            return Err(format!("{} classes: a classifier needs 2 to {MAX_CLASSES}", self.num_classes));
+            return Err(format!(
+                "{} classes: a classifier needs 2 to {MAX_CLASSES}",
+                self.num_classes
+            ));
         }
         Ok(())
     }
@@ -149,7 +156,9 @@ pub fn build(spec: &ModelSpec, seed: u64) -> Result<(Box<dyn Network>, ParamStor
             let reg = registry().read().unwrap_or_else(|e| e.into_inner());
             let builder = reg.iter().find(|(n, _)| *n == name).map(|(_, b)| *b);
             drop(reg);
-            builder.ok_or_else(|| Error::invalid(format!("model '{name}' is not registered")))?(&mut store, c)
+            builder.ok_or_else(|| Error::invalid(format!("model '{name}' is not registered")))?(
+                &mut store, c,
+            )
         }
     };
     if let Some(plan) = &spec.cim {
@@ -161,7 +170,10 @@ pub fn build(spec: &ModelSpec, seed: u64) -> Result<(Box<dyn Network>, ParamStor
 enum Shortcut {
     Identity,
     /// Option A: parameter-free subsample + channel zero-padding.
-    PadA { stride: usize, cout: usize },
+    PadA {
+        stride: usize,
+        cout: usize,
+    },
     /// Option B: 1×1 convolution + BN.
     Projection(Conv2d, BatchNorm2d),
 }
@@ -215,7 +227,9 @@ impl ResNet {
             for b in 0..depth {
                 let stride = if stage > 0 && b == 0 { 2 } else { 1 };
                 let name = format!("layer{}.{b}", stage + 1);
-                let conv1 = Conv2dConfig::new(cin, cout, 3).stride(stride).init(store, &format!("{name}.conv1"));
+                let conv1 = Conv2dConfig::new(cin, cout, 3)
+                    .stride(stride)
+                    .init(store, &format!("{name}.conv1"));
                 let bn1 = BatchNorm2d::new(store, &format!("{name}.bn1"), cout);
                 let conv2 = Conv2dConfig::new(cout, cout, 3).init(store, &format!("{name}.conv2"));
                 let bn2 = BatchNorm2d::new(store, &format!("{name}.bn2"), cout);
@@ -224,8 +238,13 @@ impl ResNet {
                 } else if option_a {
                     Shortcut::PadA { stride, cout }
                 } else {
-                    let conv = Conv2dConfig::new(cin, cout, 1).stride(stride).init(store, &format!("{name}.shortcut.0"));
-                    Shortcut::Projection(conv, BatchNorm2d::new(store, &format!("{name}.shortcut.1"), cout))
+                    let conv = Conv2dConfig::new(cin, cout, 1)
+                        .stride(stride)
+                        .init(store, &format!("{name}.shortcut.0"));
+                    Shortcut::Projection(
+                        conv,
+                        BatchNorm2d::new(store, &format!("{name}.shortcut.1"), cout),
+                    )
                 };
                 blocks.push(BasicBlock { conv1, bn1, conv2, bn2, shortcut });
                 cin = cout;
@@ -264,7 +283,10 @@ impl Vgg {
         const M: usize = 0;
         let (cfg, hidden): (&[usize], &[usize]) = match arch {
             Arch::Vgg8 => (&[128, 128, M, 256, 256, M, 512, 512, M], &[1024]),
-            Arch::Vgg16 => (&[64, 64, M, 128, 128, M, 256, 256, 256, M, 512, 512, 512, M, 512, 512, 512, M], &[]),
+            Arch::Vgg16 => (
+                &[64, 64, M, 128, 128, M, 256, 256, 256, M, 512, 512, 512, M, 512, 512, 512, M],
+                &[],
+            ),
             _ => unreachable!("not a VGG"),
         };
         let mut features = Vec::new();
@@ -292,7 +314,8 @@ impl Vgg {
             cidx += 2;
             fin = h;
         }
-        classifier.push((Linear::init(store, &format!("classifier.{cidx}"), fin, num_classes), false));
+        classifier
+            .push((Linear::init(store, &format!("classifier.{cidx}"), fin, num_classes), false));
         Vgg { features, classifier }
     }
 }
@@ -326,7 +349,8 @@ mod tests {
 
     #[test]
     fn parameter_counts_match_the_literature() {
-        let count = |arch, classes| build(&ModelSpec::fp32(arch, classes), 0).unwrap().1.num_scalars();
+        let count =
+            |arch, classes| build(&ModelSpec::fp32(arch, classes), 0).unwrap().1.num_scalars();
         // ResNet20 (option A): 269,722 as printed by the reference PyTorch implementation; ResNet34 CIFAR: 21.3 M; VGG16 CIFAR: 14.7 M.
         assert_eq!(count(Arch::ResNet20, 10), 269_722);
         assert_eq!(count(Arch::Vgg8, 10), 12_978_058);
@@ -340,17 +364,29 @@ mod tests {
     fn cim_plan_maps_the_documented_layers() {
         let cim = |arch, plan| {
             let (_, s) = build(&ModelSpec { arch, num_classes: 10, cim: Some(plan) }, 0).unwrap();
-            s.params().iter().filter(|p| p.name.ends_with(".act_hi")).map(|p| p.name.clone()).collect::<Vec<_>>()
+            s.params()
+                .iter()
+                .filter(|p| p.name.ends_with(".act_hi"))
+                .map(|p| p.name.clone())
+                .collect::<Vec<_>>()
         };
         let r20 = cim(Arch::ResNet20, CimPlan::default());
         assert_eq!(r20.len(), 18, "every block conv, not conv1 nor linear: {r20:?}");
         assert!(!r20.iter().any(|n| n.starts_with("conv1") || n.starts_with("linear")));
         assert_eq!(cim(Arch::ResNet20, CimPlan::all()).len(), 20);
         assert_eq!(cim(Arch::Vgg8, CimPlan::default()).len(), 6, "5 convs + fc 8192→1024");
-        assert_eq!(cim(Arch::ResNet34, CimPlan::default()).len(), 32 + 3, "block convs + 3 projections");
+        assert_eq!(
+            cim(Arch::ResNet34, CimPlan::default()).len(),
+            32 + 3,
+            "block convs + 3 projections"
+        );
         // FP32 weights keep their names and initial values when the plan adds bounds.
         let (_, a) = build(&ModelSpec::fp32(Arch::ResNet20, 10), 4).unwrap();
-        let (_, b) = build(&ModelSpec { arch: Arch::ResNet20, num_classes: 10, cim: Some(CimPlan::default()) }, 4).unwrap();
+        let (_, b) = build(
+            &ModelSpec { arch: Arch::ResNet20, num_classes: 10, cim: Some(CimPlan::default()) },
+            4,
+        )
+        .unwrap();
         for p in a.params() {
             assert_eq!(b.params().iter().find(|q| q.name == p.name).unwrap().value, p.value);
         }
@@ -361,15 +397,20 @@ mod tests {
     /// time.
     #[test]
     fn cim_layer_ids_are_unique_and_stable() {
-        let spec = ModelSpec { arch: Arch::ResNet20, num_classes: 10, cim: Some(CimPlan::default()) };
+        let spec =
+            ModelSpec { arch: Arch::ResNet20, num_classes: 10, cim: Some(CimPlan::default()) };
         let (_, a) = build(&spec, 1).unwrap();
         let (_, b) = build(&spec, 2).unwrap();
         assert_eq!(a.cim_layers(), b.cim_layers());
         assert_eq!(a.cim_layers().len(), 18);
-        assert_eq!((a.cim_layers()[0].as_str(), a.cim_layers()[17].as_str()), ("layer1.0.conv1", "layer3.2.conv2"));
+        assert_eq!(
+            (a.cim_layers()[0].as_str(), a.cim_layers()[17].as_str()),
+            ("layer1.0.conv1", "layer3.2.conv2")
+        );
         let mut store = ParamStore::new();
         Conv2dConfig::new(3, 4, 3).init(&mut store, "c");
-        let again = std::panic::catch_unwind(move || Conv2dConfig::new(3, 4, 3).init(&mut store, "c"));
+        let again =
+            std::panic::catch_unwind(move || Conv2dConfig::new(3, 4, 3).init(&mut store, "c"));
         let msg = again.unwrap_err().downcast::<String>().unwrap();
         assert!(msg.contains("parameter 'c.weight' added twice"), "{msg}");
     }
@@ -401,6 +442,9 @@ mod tests {
     #[test]
     fn unknown_model_is_a_clear_error() {
         let e = Arch::parse("resnet21").unwrap_err().to_string();
-        assert!(e.contains("unknown model 'resnet21'") && e.contains("resnet20, resnet34, vgg8, vgg16"), "{e}");
+        assert!(
+            e.contains("unknown model 'resnet21'") && e.contains("resnet20, resnet34, vgg8, vgg16"),
+            "{e}"
+        );
     }
 }

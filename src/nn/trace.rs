@@ -98,14 +98,19 @@ impl Trace {
                 Some(&id) => first_inputs.push(id),
                 None => {
                     if self.untraced.is_none() {
-                        self.untraced = Some(format!("the input of op {} ({}) comes from an op outside the layer API", self.ops.len(), nodes[0].name()));
+                        self.untraced = Some(format!(
+                            "the input of op {} ({}) comes from an op outside the layer API",
+                            self.ops.len(),
+                            nodes[0].name()
+                        ));
                     }
                     first_inputs.push(UNKNOWN);
                 }
             }
         }
         for (j, node) in nodes.into_iter().enumerate() {
-            let inputs = if j == 0 { std::mem::take(&mut first_inputs) } else { vec![self.ops.len()] };
+            let inputs =
+                if j == 0 { std::mem::take(&mut first_inputs) } else { vec![self.ops.len()] };
             self.ops.push(TracedOp { node, inputs });
         }
         self.ids.insert(output, self.ops.len());

@@ -73,14 +73,25 @@ impl Optimizer {
     /// A fresh optimizer (zero state, no steps) for the parameters now in `store`: map layers
     /// onto the macro first, since [`Optimizer::step`] panics if parameters were added since.
     pub fn new(kind: OptimizerKind, groups: Groups, store: &ParamStore) -> Self {
-        let state = store.params().iter().map(|p| (0..kind.slots()).map(|_| Tensor::zeros(p.value.shape())).collect()).collect();
+        let state = store
+            .params()
+            .iter()
+            .map(|p| (0..kind.slots()).map(|_| Tensor::zeros(p.value.shape())).collect())
+            .collect();
         Optimizer { kind, groups, state, steps: 0 }
     }
 
     /// Replaces the state (from a checkpoint), checking it fits the parameters.
-    pub fn set_state(&mut self, state: Vec<Vec<Tensor>>, steps: u64, store: &ParamStore) -> Result<()> {
+    pub fn set_state(
+        &mut self,
+        state: Vec<Vec<Tensor>>,
+        steps: u64,
+        store: &ParamStore,
+    ) -> Result<()> {
         if state.len() != store.params().len()
-            || state.iter().zip(store.params()).any(|(s, p)| s.len() != self.kind.slots() || s.iter().any(|t| t.shape() != p.value.shape()))
+            || state.iter().zip(store.params()).any(|(s, p)| {
+                s.len() != self.kind.slots() || s.iter().any(|t| t.shape() != p.value.shape())
+            })
         {
             return Err(Error::invalid("optimizer state does not fit the model's parameters"));
         }
@@ -93,14 +104,20 @@ impl Optimizer {
     pub fn step(&mut self, store: &mut ParamStore, lr: f32) {
         // A parameter added after the optimizer was made (a layer mapped onto the macro
         // later, say) would silently never train.
-        assert_eq!(self.state.len(), store.params().len(), "the optimizer was made for another set of parameters: map layers onto the macro before making it");
+        assert_eq!(
+            self.state.len(),
+            store.params().len(),
+            "the optimizer was made for another set of parameters: map layers onto the macro before making it"
+        );
         self.steps += 1;
         let t = self.steps as i32;
         for (p, slots) in store.params_mut().iter_mut().zip(&mut self.state) {
             let (lr, wd) = match p.group {
                 ParamGroup::Weight => (lr, self.groups.weight_decay),
                 ParamGroup::NoDecay => (lr, 0.0),
-                ParamGroup::QuantBound => (lr * self.groups.bound_lr_scale, self.groups.bound_decay),
+                ParamGroup::QuantBound => {
+                    (lr * self.groups.bound_lr_scale, self.groups.bound_decay)
+                }
             };
             let (w, g) = (p.value.data_mut(), p.grad.data());
             match self.kind {
@@ -145,13 +162,15 @@ mod tests {
         // PyTorch: d = g + wd·w; buf = μ·buf + d; step = d + μ·buf (Nesterov).
         let mut s = store(2.0, ParamGroup::Weight);
         let groups = Groups { weight_decay: 0.1, ..Default::default() };
-        let mut o = Optimizer::new(OptimizerKind::Sgd { momentum: 0.9, nesterov: true }, groups, &s);
+        let mut o =
+            Optimizer::new(OptimizerKind::Sgd { momentum: 0.9, nesterov: true }, groups, &s);
         o.step(&mut s, 0.5);
         // d = 1.2, buf = 1.2, step = 1.2 + 1.08 = 2.28, w = 2 − 1.14 = 0.86
         assert!((s.params()[0].value.data()[0] - 0.86).abs() < 1e-6);
         // No decay on NoDecay parameters.
         let mut s = store(2.0, ParamGroup::NoDecay);
-        let mut o = Optimizer::new(OptimizerKind::Sgd { momentum: 0.0, nesterov: false }, groups, &s);
+        let mut o =
+            Optimizer::new(OptimizerKind::Sgd { momentum: 0.0, nesterov: false }, groups, &s);
         o.step(&mut s, 0.5);
         assert!((s.params()[0].value.data()[0] - 1.5).abs() < 1e-6);
     }
@@ -160,7 +179,8 @@ mod tests {
     fn adam_first_step_is_lr_sized_and_bounds_use_their_scale() {
         let mut s = store(1.0, ParamGroup::QuantBound);
         let groups = Groups { weight_decay: 0.0, bound_lr_scale: 0.1, bound_decay: 0.0 };
-        let mut o = Optimizer::new(OptimizerKind::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8 }, groups, &s);
+        let mut o =
+            Optimizer::new(OptimizerKind::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8 }, groups, &s);
         o.step(&mut s, 0.01);
         assert!((s.params()[0].value.data()[0] - (1.0 - 0.001)).abs() < 1e-6);
     }

@@ -10,7 +10,7 @@
 //! dnat_epochs = 3
 //! ```
 
-use crate::cim::{em, Estimator, MacroSpec};
+use crate::cim::{Estimator, MacroSpec, em};
 use crate::data::DatasetKind;
 use crate::nn::{ActQuantKind, Arch, CimPlan};
 use crate::train::{ChipChoice, ReadoutSource};
@@ -126,10 +126,13 @@ impl PipelineConfig {
     /// `--set`, for ablations of one setting).
     pub fn load_with(path: &Path, overrides: &[String]) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let (mut c, mut lines) = Self::parse_lines(&text).map_err(|(line, msg)| Error::format(path, format!("line {line}: {msg}")))?;
+        let (mut c, mut lines) = Self::parse_lines(&text)
+            .map_err(|(line, msg)| Error::format(path, format!("line {line}: {msg}")))?;
         let mut set_by_flag = std::collections::HashMap::new();
         for o in overrides {
-            let (k, v) = o.split_once('=').ok_or_else(|| Error::invalid(format!("--set '{o}': expected key=value")))?;
+            let (k, v) = o
+                .split_once('=')
+                .ok_or_else(|| Error::invalid(format!("--set '{o}': expected key=value")))?;
             c.set(k.trim(), v.trim()).map_err(|m| Error::invalid(format!("--set '{o}': {m}")))?;
             lines.remove(k.trim());
             set_by_flag.insert(k.trim().to_string(), o.clone());
@@ -152,7 +155,10 @@ impl PipelineConfig {
     }
 
     /// The configuration and the line that set each key.
-    fn parse_lines(text: &str) -> std::result::Result<(Self, std::collections::HashMap<String, usize>), (usize, String)> {
+    fn parse_lines(
+        text: &str,
+    ) -> std::result::Result<(Self, std::collections::HashMap<String, usize>), (usize, String)>
+    {
         let mut c = PipelineConfig::default();
         let mut lines = std::collections::HashMap::new();
         for (i, raw) in text.lines().enumerate() {
@@ -161,7 +167,9 @@ impl PipelineConfig {
                 continue;
             }
             let err = |m: String| (i + 1, m);
-            let (k, v) = line.split_once('=').ok_or_else(|| err(format!("expected `key = value`, got '{line}'")))?;
+            let (k, v) = line
+                .split_once('=')
+                .ok_or_else(|| err(format!("expected `key = value`, got '{line}'")))?;
             let (k, v) = (k.trim(), v.trim());
             if lines.insert(k.to_string(), i + 1).is_some() {
                 return Err(err(format!("'{k}' is set twice")));
@@ -188,9 +196,13 @@ impl PipelineConfig {
         }
         match k {
             "name" => {
-                let ok = !v.is_empty() && !v.starts_with('.') && v.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
+                let ok = !v.is_empty()
+                    && !v.starts_with('.')
+                    && v.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c));
                 if !ok {
-                    return Err(format!("name = '{v}': use letters, digits, '.', '-', '_' (not starting with '.'); it names the results directory"));
+                    return Err(format!(
+                        "name = '{v}': use letters, digits, '.', '-', '_' (not starting with '.'); it names the results directory"
+                    ));
                 }
                 self.name = v.to_string()
             }
@@ -203,7 +215,9 @@ impl PipelineConfig {
             "macro" => self.macro_name = v.to_string(),
             "error_model" => self.error_model = v.to_string(),
             "act_quant" => self.act_quant = e(ActQuantKind::parse(v))?,
-            "qat_checkpoint" => self.qat_checkpoint = (!v.is_empty() && v != "none").then(|| PathBuf::from(v)),
+            "qat_checkpoint" => {
+                self.qat_checkpoint = (!v.is_empty() && v != "none").then(|| PathBuf::from(v))
+            }
             "qat_epochs" => self.qat_epochs = num(k, v)?,
             "qat_lr" => self.qat_lr = num(k, v)?,
             "dnat_epochs" => self.dnat_epochs = num(k, v)?,
@@ -215,21 +229,34 @@ impl PipelineConfig {
             "mc_seeds" => self.mc_seeds = num(k, v)?,
             "mc_chips" => self.mc_chips = num(k, v)?,
             "bnrecal_images" => self.bnrecal_images = num(k, v)?,
-            "natste" => self.natste = v.parse().map_err(|_| format!("natste = '{v}': expected true or false"))?,
+            "natste" => {
+                self.natste =
+                    v.parse().map_err(|_| format!("natste = '{v}': expected true or false"))?
+            }
             "dnat_chip" => self.dnat_chip = e(ChipChoice::parse(v))?,
-            "sweep" => self.sweep = v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+            "sweep" => {
+                self.sweep =
+                    v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()
+            }
             "sweep_dnat_epochs" => self.sweep_dnat_epochs = num(k, v)?,
             "train_subset" => self.train_subset = subset(k, v)?,
             "test_subset" => self.test_subset = subset(k, v)?,
             "batch" => self.batch = num(k, v)?,
-            _ => return Err(format!("unknown key '{k}' (see src/pipeline/config.rs for the keys)")),
+            _ => {
+                return Err(format!("unknown key '{k}' (see src/pipeline/config.rs for the keys)"));
+            }
         }
         Ok(())
     }
 
     /// Checks the values together; an error names the key it is about.
     fn validate(&self) -> std::result::Result<(), (&'static str, String)> {
-        let positive = [("qat_epochs", self.qat_epochs), ("dnat_epochs", self.dnat_epochs), ("fp32_epochs", self.fp32_epochs), ("batch", self.batch)];
+        let positive = [
+            ("qat_epochs", self.qat_epochs),
+            ("dnat_epochs", self.dnat_epochs),
+            ("fp32_epochs", self.fp32_epochs),
+            ("batch", self.batch),
+        ];
         if let Some((k, _)) = positive.iter().find(|(_, v)| *v == 0) {
             return Err((k, format!("{k} must be at least 1")));
         }
@@ -238,7 +265,9 @@ impl PipelineConfig {
                 return Err((k, format!("{k} must be 1 to 1000")));
             }
         }
-        if self.readout_source == ReadoutSource::SampleOnly && self.estimator == (Estimator::Statistical { draws: 0 }) {
+        if self.readout_source == ReadoutSource::SampleOnly
+            && self.estimator == (Estimator::Statistical { draws: 0 })
+        {
             return Err(("readout_source", "readout_source = sample-only has no table for the exact slope `stat`: use estimator = stat:S (or ste)".into()));
         }
         if self.bnrecal_images < 2 {
@@ -247,7 +276,11 @@ impl PipelineConfig {
         // Named layers must be the network's (checked by building it: milliseconds for
         // ResNet20); first/last-layer plans hold on every network of three layers or more.
         if matches!(self.cim_layers, CimPlan::Named(_)) {
-            let spec = crate::nn::ModelSpec { arch: self.arch, num_classes: self.dataset.num_classes(), cim: Some(self.cim_layers.clone()) };
+            let spec = crate::nn::ModelSpec {
+                arch: self.arch,
+                num_classes: self.dataset.num_classes(),
+                cim: Some(self.cim_layers.clone()),
+            };
             if let Err(e) = crate::nn::build(&spec, 0) {
                 return Err(("cim_layers", e.to_string()));
             }
@@ -255,7 +288,12 @@ impl PipelineConfig {
         if !self.sweep.is_empty() && self.sweep_dnat_epochs == 0 {
             return Err(("sweep_dnat_epochs", "sweep_dnat_epochs must be at least 1".into()));
         }
-        for (k, lr) in [("fp32_lr", self.fp32_lr), ("qat_lr", self.qat_lr), ("dnat_lr", self.dnat_lr), ("bound_lr_scale", self.bound_lr_scale)] {
+        for (k, lr) in [
+            ("fp32_lr", self.fp32_lr),
+            ("qat_lr", self.qat_lr),
+            ("dnat_lr", self.dnat_lr),
+            ("bound_lr_scale", self.bound_lr_scale),
+        ] {
             if !(lr.is_finite() && lr > 0.0) {
                 return Err((k, format!("{k} must be a positive number")));
             }
@@ -268,7 +306,8 @@ impl PipelineConfig {
         // Resolve the macro and every error model now, so a typo fails before hours of training.
         let spec = MacroSpec::parse(&self.macro_name).map_err(|e| ("macro", e.to_string()))?;
         spec.validate().map_err(|e| ("macro", e.to_string()))?;
-        em::resolve(&self.error_model, &spec).map_err(|e| ("error_model", format!("error model: {e}")))?;
+        em::resolve(&self.error_model, &spec)
+            .map_err(|e| ("error_model", format!("error model: {e}")))?;
         for m in &self.sweep {
             em::resolve(m, &spec).map_err(|e| ("sweep", format!("error model: {e}")))?;
         }
@@ -289,7 +328,10 @@ impl PipelineConfig {
             ("macro", self.macro_name.clone()),
             ("error_model", self.error_model.clone()),
             ("act_quant", self.act_quant.name().into()),
-            ("qat_checkpoint", self.qat_checkpoint.as_ref().map_or("none".into(), |p| p.display().to_string())),
+            (
+                "qat_checkpoint",
+                self.qat_checkpoint.as_ref().map_or("none".into(), |p| p.display().to_string()),
+            ),
             ("qat_epochs", self.qat_epochs.to_string()),
             ("qat_lr", self.qat_lr.to_string()),
             ("dnat_epochs", self.dnat_epochs.to_string()),
@@ -353,11 +395,17 @@ mod tests {
         let e = PipelineConfig::load(&p).unwrap_err().to_string();
         assert!(e.contains("bad.conf") && e.contains("line 1"), "{e}");
         std::fs::write(&p, "mc_seeds = 3\n").unwrap();
-        let c = PipelineConfig::load_with(&p, &["estimator=ste".into(), "mc_seeds = 2".into()]).unwrap();
+        let c = PipelineConfig::load_with(&p, &["estimator=ste".into(), "mc_seeds = 2".into()])
+            .unwrap();
         assert_eq!((c.estimator, c.mc_seeds), (Estimator::Ste, 2));
         std::fs::write(&p, "seed = 1\nqat_lr = -1\n").unwrap();
         let e = PipelineConfig::load(&p).unwrap_err().to_string();
-        assert!(e.contains("bad.conf") && e.contains("line 2") && e.contains("qat_lr must be a positive number"), "{e}");
+        assert!(
+            e.contains("bad.conf")
+                && e.contains("line 2")
+                && e.contains("qat_lr must be a positive number"),
+            "{e}"
+        );
         std::fs::write(&p, "mc_seeds = 3\n").unwrap();
         for (o, msg) in [
             ("estimator", "expected key=value"),
@@ -367,13 +415,23 @@ mod tests {
             ("name=a\nb", "control character"),
             ("readout_source=chip", "expected 'table' or 'sample-only'"),
             ("cim_layers=layer9.*", "no layer matches 'layer9.*'"),
-            ("readout_source=sample-only", "--set 'readout_source=sample-only': readout_source = sample-only has no table"),
+            (
+                "readout_source=sample-only",
+                "--set 'readout_source=sample-only': readout_source = sample-only has no table",
+            ),
         ] {
             let e = PipelineConfig::load_with(&p, &[o.into()]).unwrap_err().to_string();
             assert!(e.contains(msg), "{o}: {e}");
         }
-        let c = PipelineConfig::load_with(&p, &["readout_source=sample-only".into(), "estimator=stat:4".into()]).unwrap();
-        assert_eq!((c.readout_source, c.estimator), (ReadoutSource::SampleOnly, Estimator::Statistical { draws: 4 }));
+        let c = PipelineConfig::load_with(
+            &p,
+            &["readout_source=sample-only".into(), "estimator=stat:4".into()],
+        )
+        .unwrap();
+        assert_eq!(
+            (c.readout_source, c.estimator),
+            (ReadoutSource::SampleOnly, Estimator::Statistical { draws: 4 })
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -386,9 +444,13 @@ mod tests {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "conf") {
-                let c = PipelineConfig::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                let c = PipelineConfig::load(&path)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
                 if c.arch == Arch::Vgg8 {
-                    assert_eq!(c.cim_layers.words(), "features.3, features.7, features.10, features.14, features.17");
+                    assert_eq!(
+                        c.cim_layers.words(),
+                        "features.3, features.7, features.10, features.14, features.17"
+                    );
                 }
                 n += 1;
             }

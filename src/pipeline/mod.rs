@@ -32,13 +32,16 @@ pub mod report;
 
 pub use config::PipelineConfig;
 
-use crate::cim::{em, CimRuntime, Estimator, ReadoutMode};
+use crate::cim::{CimRuntime, Estimator, ReadoutMode, em};
 use crate::data::{Augment, Dataset, Normalize, Split};
-use crate::io::checkpoint::{restore_into, Checkpoint, EpochRecord};
-use crate::nn::{build, CimPlan};
-use crate::train::eval::fmt_spread;
-use crate::train::{evaluate, noise_seed, recalibrate_bn, train, CimTraining, McAccuracy, ReadoutSource, RecalImages, RunOptions, TrainConfig};
+use crate::io::checkpoint::{Checkpoint, EpochRecord, restore_into};
+use crate::nn::{CimPlan, build};
 use crate::optim::Schedule;
+use crate::train::eval::fmt_spread;
+use crate::train::{
+    CimTraining, McAccuracy, ReadoutSource, RecalImages, RunOptions, TrainConfig, evaluate,
+    noise_seed, recalibrate_bn, train,
+};
 use crate::{Error, Result};
 use record::Record;
 use std::path::{Path, PathBuf};
@@ -126,7 +129,11 @@ struct Run<'a> {
 /// written by [`report::write`].
 pub fn run(cfg: &PipelineConfig, data: &Dataset, out: &Path, quiet: bool) -> Result<Summary> {
     if data.kind != cfg.dataset {
-        return Err(Error::invalid(format!("the pipeline is configured for {} but the data set read is {}", cfg.dataset.name(), data.kind.name())));
+        return Err(Error::invalid(format!(
+            "the pipeline is configured for {} but the data set read is {}",
+            cfg.dataset.name(),
+            data.kind.name()
+        )));
     }
     let work = out.join("work");
     std::fs::create_dir_all(&work).map_err(|e| Error::io(&work, e))?;
@@ -144,12 +151,16 @@ pub fn run(cfg: &PipelineConfig, data: &Dataset, out: &Path, quiet: bool) -> Res
     r.say(format_args!("(a) FP32: {fp32:.2}%"));
     // (b) QAT on the ideal macro, (c) its ideal accuracy.
     let qat = r.qat_checkpoint(&fp32_ckpt)?;
-    let quant_ideal = r.scalar_stage("quant_ideal", || r.eval_seed(&qat, "ideal", ReadoutMode::Ideal, None, EVAL_SEED0))?;
+    let quant_ideal = r.scalar_stage("quant_ideal", || {
+        r.eval_seed(&qat, "ideal", ReadoutMode::Ideal, None, EVAL_SEED0)
+    })?;
     r.say(format_args!("(c) quantized, ideal macro: {quant_ideal:.2}%"));
     // (d)–(f′) on the main error model.
     let main = r.compare(&cfg.error_model, &qat, "dnat", cfg.dnat_epochs)?;
     let dnat_ckpt = r.work.join("dnat.ckpt");
-    let dnat_on_ideal = r.scalar_stage("dnat_on_ideal", || r.eval_seed(&dnat_ckpt, "ideal", ReadoutMode::Ideal, None, EVAL_SEED0))?;
+    let dnat_on_ideal = r.scalar_stage("dnat_on_ideal", || {
+        r.eval_seed(&dnat_ckpt, "ideal", ReadoutMode::Ideal, None, EVAL_SEED0)
+    })?;
     r.say(format_args!("(g) D-NAT model on the ideal macro: {dnat_on_ideal:.2}%"));
 
     // Severity sweep.
@@ -158,7 +169,15 @@ pub fn run(cfg: &PipelineConfig, data: &Dataset, out: &Path, quiet: bool) -> Res
         let point = if m == "ideal" {
             // On the ideal macro every method is the QAT model.
             let a = McAccuracy::of_reads(vec![quant_ideal]);
-            Comparison { error_model: m.clone(), naive: a.clone(), bnrecal: a.clone(), natste: cfg.natste.then(|| a.clone()), dnat: a.clone(), dnat_bnrecal: a, dnat_epochs: 0 }
+            Comparison {
+                error_model: m.clone(),
+                naive: a.clone(),
+                bnrecal: a.clone(),
+                natste: cfg.natste.then(|| a.clone()),
+                dnat: a.clone(),
+                dnat_bnrecal: a,
+                dnat_epochs: 0,
+            }
         } else if *m == cfg.error_model {
             main.clone()
         } else {
@@ -189,7 +208,11 @@ pub fn run(cfg: &PipelineConfig, data: &Dataset, out: &Path, quiet: bool) -> Res
         fixed_pattern: if model.columns.is_empty() {
             model.fixed_pattern.describe()
         } else {
-            format!("{} (fitted over the {} columns of the measured chip, which is chip 0)", model.fixed_pattern.describe(), model.columns.len())
+            format!(
+                "{} (fitted over the {} columns of the measured chip, which is chip 0)",
+                model.fixed_pattern.describe(),
+                model.columns.len()
+            )
         },
         macro_description: spec.describe(),
         test_images: r.test.len(),
@@ -199,7 +222,13 @@ pub fn run(cfg: &PipelineConfig, data: &Dataset, out: &Path, quiet: bool) -> Res
 /// `mean ± std (chip σ, read σ)` for progress lines (the report's tables print `mean ± std`).
 pub fn pm_spread(a: &McAccuracy) -> String {
     if a.all().len() > 1 {
-        format!("{:.2} ± {:.2} (chip σ {}, read σ {})", a.mean, a.std, fmt_spread(a.chip_spread()), fmt_spread(a.read_spread()))
+        format!(
+            "{:.2} ± {:.2} (chip σ {}, read σ {})",
+            a.mean,
+            a.std,
+            fmt_spread(a.chip_spread()),
+            fmt_spread(a.read_spread())
+        )
     } else {
         format!("{:.2}", a.mean)
     }
@@ -209,7 +238,9 @@ pub fn pm_spread(a: &McAccuracy) -> String {
 pub fn slug(s: &str) -> String {
     let name = Path::new(s).file_name().map_or(s.to_string(), |n| n.to_string_lossy().into_owned());
     let name = if em::presets::is_preset(s) { s.to_string() } else { name };
-    name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' }).collect()
+    name.chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '_' })
+        .collect()
 }
 
 impl Run<'_> {
@@ -227,7 +258,8 @@ impl Run<'_> {
         }
         want.set("data_sha256", self.data.provenance.sha256.clone());
         if self.cfg.fp32_checkpoint.exists() {
-            let bytes = std::fs::read(&self.cfg.fp32_checkpoint).map_err(|e| Error::io(&self.cfg.fp32_checkpoint, e))?;
+            let bytes = std::fs::read(&self.cfg.fp32_checkpoint)
+                .map_err(|e| Error::io(&self.cfg.fp32_checkpoint, e))?;
             want.set("fp32_sha256", crate::data::cifar::sha256_hex(&bytes));
         }
         if let Some(p) = self.cfg.qat_checkpoint.as_ref().filter(|p| p.exists()) {
@@ -245,7 +277,10 @@ impl Run<'_> {
             if let Some((k, a, b)) = have.first_difference(&want) {
                 return Err(Error::format(
                     &path,
-                    format!("this work directory belongs to another configuration ({k} = {a}, now {b}); delete {} or choose another --out", self.work.display()),
+                    format!(
+                        "this work directory belongs to another configuration ({k} = {a}, now {b}); delete {} or choose another --out",
+                        self.work.display()
+                    ),
                 ));
             }
             return Ok(());
@@ -262,15 +297,22 @@ impl Run<'_> {
     }
 
     fn wall_s(&self) -> Result<f64> {
-        Ok(Record::load(&self.work.join("time.rec"))?.and_then(|r| r.get_f64("compute_s")).unwrap_or(0.0))
+        Ok(Record::load(&self.work.join("time.rec"))?
+            .and_then(|r| r.get_f64("compute_s"))
+            .unwrap_or(0.0))
     }
 
     fn fp32_checkpoint(&self) -> Result<PathBuf> {
         if self.cfg.fp32_checkpoint.exists() {
             return Ok(self.cfg.fp32_checkpoint.clone());
         }
-        self.say(format_args!("(a) {} not found: training the FP32 model ({} epochs)", self.cfg.fp32_checkpoint.display(), self.cfg.fp32_epochs));
-        let mut tc = TrainConfig::new(self.cfg.arch, self.cfg.dataset, self.cfg.fp32_epochs, self.cfg.seed);
+        self.say(format_args!(
+            "(a) {} not found: training the FP32 model ({} epochs)",
+            self.cfg.fp32_checkpoint.display(),
+            self.cfg.fp32_epochs
+        ));
+        let mut tc =
+            TrainConfig::new(self.cfg.arch, self.cfg.dataset, self.cfg.fp32_epochs, self.cfg.seed);
         tc.batch = self.cfg.batch;
         tc.lr = self.cfg.fp32_lr;
         tc.train_subset = self.cfg.train_subset;
@@ -286,26 +328,49 @@ impl Run<'_> {
         };
         let ck = Checkpoint::load(p)?;
         let difference = crate::train::trainer::first_config_difference(&ck, &tc)
-            .or_else(|| (ck.epochs_done as usize != tc.epochs).then(|| ("epochs done".into(), ck.epochs_done.to_string(), tc.epochs.to_string())))
             .or_else(|| {
-                let (have, want) = (ck.meta("data_sha256").unwrap_or("(missing)"), &self.data.provenance.sha256);
+                (ck.epochs_done as usize != tc.epochs).then(|| {
+                    ("epochs done".into(), ck.epochs_done.to_string(), tc.epochs.to_string())
+                })
+            })
+            .or_else(|| {
+                let (have, want) =
+                    (ck.meta("data_sha256").unwrap_or("(missing)"), &self.data.provenance.sha256);
                 (have != want).then(|| ("data_sha256".into(), have.to_string(), want.clone()))
             });
         if let Some((k, have, want)) = difference {
             return Err(Error::format(
                 p,
-                format!("is not this configuration's QAT model: it was trained with {k} = {have}, stage (b) would use {want} (set qat_checkpoint = none to train it)"),
+                format!(
+                    "is not this configuration's QAT model: it was trained with {k} = {have}, stage (b) would use {want} (set qat_checkpoint = none to train it)"
+                ),
             ));
         }
-        self.say(format_args!("(b) W4A8 QAT, ideal macro: {} (committed; trained by this configuration's stage (b))", p.display()));
+        self.say(format_args!(
+            "(b) W4A8 QAT, ideal macro: {} (committed; trained by this configuration's stage (b))",
+            p.display()
+        ));
         Ok(p.clone())
     }
 
     fn qat_config(&self, fp32: &Path) -> TrainConfig {
-        self.cim_config(fp32, "ideal", ReadoutMode::Ideal, Estimator::Ste, self.cfg.qat_epochs, self.cfg.qat_lr)
+        self.cim_config(
+            fp32,
+            "ideal",
+            ReadoutMode::Ideal,
+            Estimator::Ste,
+            self.cfg.qat_epochs,
+            self.cfg.qat_lr,
+        )
     }
 
-    fn nat_config(&self, qat: &Path, error_model: &str, estimator: Estimator, epochs: usize) -> TrainConfig {
+    fn nat_config(
+        &self,
+        qat: &Path,
+        error_model: &str,
+        estimator: Estimator,
+        epochs: usize,
+    ) -> TrainConfig {
         self.cim_config(qat, error_model, ReadoutMode::Sampled, estimator, epochs, self.cfg.dnat_lr)
     }
 
@@ -315,22 +380,42 @@ impl Run<'_> {
         let sm = slug(m);
         let naive = self.mc_stage(&format!("naive-{sm}"), m, &|_| Ok(qat.to_path_buf()))?;
         self.say(format_args!("(d) without NAT, {m}: {}", pm_spread(&naive)));
-        let bnrecal = self.mc_stage(&format!("bnrecal-{sm}"), m, &|c| self.bnrecal_stage(qat, &format!("bnrecal-{sm}"), m, c))?;
+        let bnrecal = self.mc_stage(&format!("bnrecal-{sm}"), m, &|c| {
+            self.bnrecal_stage(qat, &format!("bnrecal-{sm}"), m, c)
+        })?;
         self.say(format_args!("(d′) BN recalibration, {m}: {}", pm_spread(&bnrecal)));
         let natste = if self.cfg.natste {
-            let ck = self.train_stage(&format!("natste-{sm}"), &format!("(e) NAT-STE on {m}"), self.nat_config(qat, m, Estimator::Ste, epochs))?;
+            let ck = self.train_stage(
+                &format!("natste-{sm}"),
+                &format!("(e) NAT-STE on {m}"),
+                self.nat_config(qat, m, Estimator::Ste, epochs),
+            )?;
             let a = self.mc_stage(&format!("natste-{sm}"), m, &|_| Ok(ck.clone()))?;
             self.say(format_args!("(e) NAT-STE, {m}: {}", pm_spread(&a)));
             Some(a)
         } else {
             None
         };
-        let ck = self.train_stage(dnat_name, &format!("(f) D-NAT on {m}"), self.nat_config(qat, m, self.cfg.estimator, epochs))?;
+        let ck = self.train_stage(
+            dnat_name,
+            &format!("(f) D-NAT on {m}"),
+            self.nat_config(qat, m, self.cfg.estimator, epochs),
+        )?;
         let dnat = self.mc_stage(&format!("dnat-{sm}"), m, &|_| Ok(ck.clone()))?;
         self.say(format_args!("(f) D-NAT, {m}: {}", pm_spread(&dnat)));
-        let dnat_bnrecal = self.mc_stage(&format!("dnat-bnrecal-{sm}"), m, &|c| self.bnrecal_stage(&ck, &format!("dnat-bnrecal-{sm}"), m, c))?;
+        let dnat_bnrecal = self.mc_stage(&format!("dnat-bnrecal-{sm}"), m, &|c| {
+            self.bnrecal_stage(&ck, &format!("dnat-bnrecal-{sm}"), m, c)
+        })?;
         self.say(format_args!("(f′) D-NAT + BN recalibration, {m}: {}", pm_spread(&dnat_bnrecal)));
-        Ok(Comparison { error_model: m.to_string(), naive, bnrecal, natste, dnat, dnat_bnrecal, dnat_epochs: epochs })
+        Ok(Comparison {
+            error_model: m.to_string(),
+            naive,
+            bnrecal,
+            natste,
+            dnat,
+            dnat_bnrecal,
+            dnat_epochs: epochs,
+        })
     }
 
     /// `src` with its batchnorm statistics re-estimated on chip `chip` of `m`:
@@ -345,17 +430,29 @@ impl Run<'_> {
         let plan = ck.spec.cim.clone().ok_or_else(|| Error::format(src, "has no CIM layers"))?;
         let (net, mut store) = build(&ck.spec, 0)?;
         restore_into(&ck.store, &mut store, src)?;
-        let rt = self.cim_training(m, ReadoutMode::Sampled, plan).runtime(crate::rng::key(&[RECAL_TAG, chip]))?.on_chip(chip);
+        let rt = self
+            .cim_training(m, ReadoutMode::Sampled, plan)
+            .runtime(crate::rng::key(&[RECAL_TAG, chip]))?
+            .on_chip(chip);
         let mut train = self.data.train.clone();
         if let Some(n) = self.cfg.train_subset {
             train.truncate(n);
         }
         let images = self.cfg.bnrecal_images.min(train.len());
-        let set = RecalImages { split: &train, norm: Normalize::for_dataset(self.cfg.dataset), augment: Some(Augment::standard()), count: images, seed: self.cfg.seed };
+        let set = RecalImages {
+            split: &train,
+            norm: Normalize::for_dataset(self.cfg.dataset),
+            augment: Some(Augment::standard()),
+            count: images,
+            seed: self.cfg.seed,
+        };
         recalibrate_bn(net.as_ref(), &mut store, &set, Some(&rt))?;
         ck.store = store;
         ck.optimizer = None;
-        ck.meta.push((crate::train::BN_RECALIBRATED.into(), format!("error_model={m} chip={chip} images={images}")));
+        ck.meta.push((
+            crate::train::BN_RECALIBRATED.into(),
+            format!("error_model={m} chip={chip} images={images}"),
+        ));
         ck.save(&out)?;
         self.add_time(t.elapsed().as_secs_f64())?;
         Ok(out)
@@ -372,12 +469,24 @@ impl Run<'_> {
             chip: self.cfg.dnat_chip,
             // The ideal macro never reads the source (QAT's model is the same either way,
             // so a committed QAT checkpoint serves both).
-            source: if readout == ReadoutMode::Ideal { ReadoutSource::Table } else { self.cfg.readout_source },
+            source: if readout == ReadoutMode::Ideal {
+                ReadoutSource::Table
+            } else {
+                self.cfg.readout_source
+            },
         }
     }
 
     /// Fine-tuning on the macro from `init`: SGD + Nesterov, cosine decay from `lr`.
-    fn cim_config(&self, init: &Path, error_model: &str, readout: ReadoutMode, estimator: Estimator, epochs: usize, lr: f32) -> TrainConfig {
+    fn cim_config(
+        &self,
+        init: &Path,
+        error_model: &str,
+        readout: ReadoutMode,
+        estimator: Estimator,
+        epochs: usize,
+        lr: f32,
+    ) -> TrainConfig {
         let mut tc = TrainConfig::new(self.cfg.arch, self.cfg.dataset, epochs, self.cfg.seed);
         tc.batch = self.cfg.batch;
         tc.lr = lr;
@@ -385,7 +494,10 @@ impl Run<'_> {
         tc.train_subset = self.cfg.train_subset;
         tc.groups.bound_lr_scale = self.cfg.bound_lr_scale;
         tc.init = Some(init.display().to_string());
-        tc.cim = Some(CimTraining { estimator, ..self.cim_training(error_model, readout, self.cfg.cim_layers.clone()) });
+        tc.cim = Some(CimTraining {
+            estimator,
+            ..self.cim_training(error_model, readout, self.cfg.cim_layers.clone())
+        });
         tc
     }
 
@@ -397,7 +509,12 @@ impl Run<'_> {
         }
         self.say(format_args!("{what}: {} epochs → {}", tc.epochs, out.display()));
         let t = Instant::now();
-        let opts = RunOptions { resume: true, checkpoint_every: Some(crate::train::trainer::CHECKPOINT_EVERY), quiet: self.quiet, ..Default::default() };
+        let opts = RunOptions {
+            resume: true,
+            checkpoint_every: Some(crate::train::trainer::CHECKPOINT_EVERY),
+            quiet: self.quiet,
+            ..Default::default()
+        };
         let o = train(&tc, self.data, &out, &opts)?;
         self.add_time(t.elapsed().as_secs_f64())?;
         self.say(format_args!("{what}: done, test accuracy {:.2}%", o.test_accuracy));
@@ -421,7 +538,12 @@ impl Run<'_> {
 
     /// Monte-Carlo evaluation over C chips × R reads, each recorded as it finishes;
     /// `ckpt(c)` is the model read on chip `c`.
-    fn mc_stage(&self, name: &str, error_model: &str, ckpt: &dyn Fn(u64) -> Result<PathBuf>) -> Result<McAccuracy> {
+    fn mc_stage(
+        &self,
+        name: &str,
+        error_model: &str,
+        ckpt: &dyn Fn(u64) -> Result<PathBuf>,
+    ) -> Result<McAccuracy> {
         let path = self.work.join(format!("{name}.rec"));
         let mut rec = Record::load(&path)?.unwrap_or_default();
         let (chips, reads) = (self.cfg.mc_chips, self.cfg.mc_seeds);
@@ -436,9 +558,19 @@ impl Run<'_> {
                 }
                 let model = ckpt(c)?;
                 let t = Instant::now();
-                let a = self.eval_seed(&model, error_model, ReadoutMode::Sampled, Some(c), noise_seed(EVAL_SEED0, c, r, reads))?;
+                let a = self.eval_seed(
+                    &model,
+                    error_model,
+                    ReadoutMode::Sampled,
+                    Some(c),
+                    noise_seed(EVAL_SEED0, c, r, reads),
+                )?;
                 self.add_time(t.elapsed().as_secs_f64())?;
-                self.say(format_args!("  {name}: chip {c}, read {}/{reads}: {a:.2}% ({:.0} s)", r + 1, t.elapsed().as_secs_f64()));
+                self.say(format_args!(
+                    "  {name}: chip {c}, read {}/{reads}: {a:.2}% ({:.0} s)",
+                    r + 1,
+                    t.elapsed().as_secs_f64()
+                ));
                 rec.set(&key, format!("{a}"));
                 rec.save(&path)?;
                 accs.push(a);
@@ -449,7 +581,14 @@ impl Run<'_> {
     }
 
     /// One evaluation of `ckpt` on chip `chip` (`None`: the nominal chip) with noise seed `seed`.
-    fn eval_seed(&self, ckpt: &Path, error_model: &str, readout: ReadoutMode, chip: Option<u64>, seed: u64) -> Result<f64> {
+    fn eval_seed(
+        &self,
+        ckpt: &Path,
+        error_model: &str,
+        readout: ReadoutMode,
+        chip: Option<u64>,
+        seed: u64,
+    ) -> Result<f64> {
         let ck = Checkpoint::load(ckpt)?;
         let plan = ck.spec.cim.clone().ok_or_else(|| Error::format(ckpt, "has no CIM layers"))?;
         let (net, mut store) = build(&ck.spec, 0)?;
@@ -459,16 +598,36 @@ impl Run<'_> {
             Some(c) => base.on_chip(c),
             None => CimRuntime { chip: None, ..base },
         };
-        Ok(evaluate(net.as_ref(), &mut store, &self.test, Normalize::for_dataset(self.cfg.dataset), Some(&rt))?.accuracy)
+        Ok(evaluate(
+            net.as_ref(),
+            &mut store,
+            &self.test,
+            Normalize::for_dataset(self.cfg.dataset),
+            Some(&rt),
+        )?
+        .accuracy)
     }
 
     fn eval_digital(&self, ckpt: &Path) -> Result<f64> {
         let ck = Checkpoint::load(ckpt)?;
-        if ck.spec.arch != self.cfg.arch || ck.spec.num_classes != self.cfg.dataset.num_classes() || ck.spec.cim.is_some() {
-            return Err(Error::format(ckpt, format!("is not an FP32 {} for {}", self.cfg.arch.name(), self.cfg.dataset.name())));
+        if ck.spec.arch != self.cfg.arch
+            || ck.spec.num_classes != self.cfg.dataset.num_classes()
+            || ck.spec.cim.is_some()
+        {
+            return Err(Error::format(
+                ckpt,
+                format!("is not an FP32 {} for {}", self.cfg.arch.name(), self.cfg.dataset.name()),
+            ));
         }
         let (net, mut store) = build(&ck.spec, 0)?;
         restore_into(&ck.store, &mut store, ckpt)?;
-        Ok(evaluate(net.as_ref(), &mut store, &self.test, Normalize::for_dataset(self.cfg.dataset), None)?.accuracy)
+        Ok(evaluate(
+            net.as_ref(),
+            &mut store,
+            &self.test,
+            Normalize::for_dataset(self.cfg.dataset),
+            None,
+        )?
+        .accuracy)
     }
 }

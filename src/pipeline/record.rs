@@ -13,7 +13,10 @@ pub struct Record {
 impl Record {
     pub fn set(&mut self, key: &str, value: impl Into<String>) {
         let value = value.into();
-        assert!(!key.contains('=') && !key.contains('\n') && !value.contains('\n'), "record keys and values are single-line");
+        assert!(
+            !key.contains('=') && !key.contains('\n') && !value.contains('\n'),
+            "record keys and values are single-line"
+        );
         match self.entries.iter_mut().find(|(k, _)| k == key) {
             Some(e) => e.1 = value,
             None => self.entries.push((key.to_string(), value)),
@@ -34,7 +37,11 @@ impl Record {
         for k in keys {
             let (a, b) = (self.get(k), other.get(k));
             if a != b {
-                return Some((k.clone(), a.unwrap_or("(missing)").into(), b.unwrap_or("(missing)").into()));
+                return Some((
+                    k.clone(),
+                    a.unwrap_or("(missing)").into(),
+                    b.unwrap_or("(missing)").into(),
+                ));
             }
         }
         None
@@ -49,7 +56,9 @@ impl Record {
         };
         let mut r = Record::default();
         for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let (k, v) = line.split_once(" = ").ok_or_else(|| Error::format(path, format!("line {}: expected `key = value`", i + 1)))?;
+            let (k, v) = line.split_once(" = ").ok_or_else(|| {
+                Error::format(path, format!("line {}: expected `key = value`", i + 1))
+            })?;
             r.entries.push((k.to_string(), v.to_string()));
         }
         Ok(Some(r))
@@ -80,7 +89,10 @@ mod tests {
         assert_eq!(back.get_f64("seed1000"), Some(18.25));
         let mut other = r.clone();
         other.set("model", "vgg8");
-        assert_eq!(r.first_difference(&other), Some(("model".into(), "resnet20".into(), "vgg8".into())));
+        assert_eq!(
+            r.first_difference(&other),
+            Some(("model".into(), "resnet20".into(), "vgg8".into()))
+        );
         other.set("extra", "1");
         other.set("model", "resnet20");
         assert_eq!(r.first_difference(&other).unwrap().0, "extra");

@@ -4,13 +4,13 @@
 
 use super::plot::{self, Chart, Series};
 use super::{Comparison, Summary};
-use crate::train::eval::{fmt_spread, json_spread};
-use crate::train::McAccuracy;
-use crate::cim::{em, MacroSpec};
+use crate::Result;
+use crate::cim::{MacroSpec, em};
 use crate::io::atomic;
 use crate::nn::Arch;
+use crate::train::McAccuracy;
+use crate::train::eval::{fmt_spread, json_spread};
 use crate::train::json;
-use crate::Result;
 use std::fmt::Write;
 use std::path::Path;
 
@@ -26,7 +26,11 @@ pub fn paper_recovery(arch: Arch) -> Option<f64> {
 }
 
 fn pm(a: &McAccuracy) -> String {
-    if a.all().len() > 1 { format!("{:.2} ± {:.2}", a.mean, a.std) } else { format!("{:.2}", a.mean) }
+    if a.all().len() > 1 {
+        format!("{:.2} ± {:.2}", a.mean, a.std)
+    } else {
+        format!("{:.2}", a.mean)
+    }
 }
 
 fn opt_pm(a: &Option<McAccuracy>) -> String {
@@ -71,17 +75,29 @@ pub fn verdict(c: &Comparison, quant_ideal: f64) -> String {
     let res = c.resolution();
     let to_ideal = quant_ideal - c.dnat.mean;
     let what = if gain.abs() <= res {
-        format!("D-NAT adds nothing measurable over BN recalibration on `{}`: {gain:+.2} points, within the spread (±{res:.2}, twice the larger std over chips and reads)", c.error_model)
+        format!(
+            "D-NAT adds nothing measurable over BN recalibration on `{}`: {gain:+.2} points, within the spread (±{res:.2}, twice the larger std over chips and reads)",
+            c.error_model
+        )
     } else if gain > 0.0 {
-        format!("D-NAT adds {gain:+.2} points over BN recalibration on `{}` (more than the spread, ±{res:.2})", c.error_model)
+        format!(
+            "D-NAT adds {gain:+.2} points over BN recalibration on `{}` (more than the spread, ±{res:.2})",
+            c.error_model
+        )
     } else {
-        format!("D-NAT is {:.2} points *below* BN recalibration on `{}` (more than the spread, ±{res:.2}): the cheap fix wins here", -gain, c.error_model)
+        format!(
+            "D-NAT is {:.2} points *below* BN recalibration on `{}` (more than the spread, ±{res:.2}): the cheap fix wins here",
+            -gain, c.error_model
+        )
     };
-    let mut v = format!("{what}; D-NAT stands {to_ideal:.2} points below the ideal quantized bound ({quant_ideal:.2} %).");
+    let mut v = format!(
+        "{what}; D-NAT stands {to_ideal:.2} points below the ideal quantized bound ({quant_ideal:.2} %)."
+    );
     if let Some(n) = &c.natste {
         let _ = write!(v, " NAT with STE reaches {} (D-NAT {:+.2}).", pm(n), c.dnat.mean - n.mean);
     }
-    let _ = write!(v, " Recalibrating D-NAT's batchnorm on each chip gives {}.", pm(&c.dnat_bnrecal));
+    let _ =
+        write!(v, " Recalibrating D-NAT's batchnorm on each chip gives {}.", pm(&c.dnat_bnrecal));
     v
 }
 
@@ -112,7 +128,8 @@ pub fn summary_json(s: &Summary) -> String {
         .sweep
         .iter()
         .map(|p| {
-            let mut v: Vec<(String, json::Value)> = vec![("error_model".into(), p.error_model.clone().into())];
+            let mut v: Vec<(String, json::Value)> =
+                vec![("error_model".into(), p.error_model.clone().into())];
             v.extend(comparison(p, ""));
             v.push(("dnat_epochs".into(), p.dnat_epochs.into()));
             json::object(v)
@@ -149,7 +166,11 @@ pub fn summary_json(s: &Summary) -> String {
 }
 
 fn per_chip(a: &McAccuracy) -> json::Value {
-    let chips: Vec<String> = a.per_chip.iter().map(|r| format!("[{}]", r.iter().map(|v| format!("{v}")).collect::<Vec<_>>().join(", "))).collect();
+    let chips: Vec<String> = a
+        .per_chip
+        .iter()
+        .map(|r| format!("[{}]", r.iter().map(|v| format!("{v}")).collect::<Vec<_>>().join(", ")))
+        .collect();
     json::Value::Raw(format!("[{}]", chips.join(", ")))
 }
 
@@ -172,12 +193,20 @@ fn markdown(s: &Summary) -> String {
     let c = &s.config;
     let mut m = String::new();
     let _ = writeln!(m, "# {} — D-NAT on {} / {}\n", c.name, c.arch.name(), c.dataset.name());
-    let _ = writeln!(m, "Written by `dnat pipeline`; every number below was measured by this run ({} test images).\n", s.test_images);
+    let _ = writeln!(
+        m,
+        "Written by `dnat pipeline`; every number below was measured by this run ({} test images).\n",
+        s.test_images
+    );
     let _ = writeln!(m, "{}", table(s));
     let _ = writeln!(m, "**What D-NAT adds.** {}\n", verdict(&s.main, s.quant_ideal));
     let _ = writeln!(m, "- Data: {} (sha256 `{}`).", s.data, s.data_sha256);
     let _ = writeln!(m, "- Macro: {}.", s.macro_description);
-    let _ = writeln!(m, "- Error model `{}`: {} — {}.", c.error_model, s.error_model_label, s.error_model_description);
+    let _ = writeln!(
+        m,
+        "- Error model `{}`: {} — {}.",
+        c.error_model, s.error_model_label, s.error_model_description
+    );
     let _ = writeln!(m, "- Chips: {}.", s.fixed_pattern);
     let _ = writeln!(
         m,
@@ -190,9 +219,17 @@ fn markdown(s: &Summary) -> String {
         c.dnat_epochs,
         c.dnat_chip.describe()
     );
-    let _ = writeln!(m, "- Compute time: {:.0} s ({:.1} min), summed over the invocations that did the work.\n", s.wall_s, s.wall_s / 60.0);
+    let _ = writeln!(
+        m,
+        "- Compute time: {:.0} s ({:.1} min), summed over the invocations that did the work.\n",
+        s.wall_s,
+        s.wall_s / 60.0
+    );
     let _ = writeln!(m, "## Spread: chip to chip, read to read\n");
-    let _ = writeln!(m, "| model | mean | std (all) | chip-to-chip σ | read-to-read σ | per chip (reads) |\n|---|---|---|---|---|---|");
+    let _ = writeln!(
+        m,
+        "| model | mean | std (all) | chip-to-chip σ | read-to-read σ | per chip (reads) |\n|---|---|---|---|---|---|"
+    );
     let rows: Vec<(&str, Option<&McAccuracy>)> = vec![
         ("without NAT", Some(&s.main.naive)),
         ("naive + BN recalibration", Some(&s.main.bnrecal)),
@@ -204,7 +241,11 @@ fn markdown(s: &Summary) -> String {
         if let Some(a) = a {
             let chips: Vec<Vec<f64>> = a.per_chip.iter().map(|r| round2(r)).collect();
             let (chip, read) = (fmt_spread(a.chip_spread()), fmt_spread(a.read_spread()));
-            let _ = writeln!(m, "| {name} | {:.2} | {:.2} | {chip} | {read} | {:?} |", a.mean, a.std, chips);
+            let _ = writeln!(
+                m,
+                "| {name} | {:.2} | {:.2} | {chip} | {read} | {:?} |",
+                a.mean, a.std, chips
+            );
         }
     }
     if let crate::train::ChipChoice::One(t) = c.dnat_chip
@@ -213,7 +254,13 @@ fn markdown(s: &Summary) -> String {
     {
         let d = &s.main.dnat;
         let unseen = |a: &McAccuracy| {
-            let v: Vec<f64> = a.per_chip.iter().enumerate().filter(|(i, _)| *i as u64 != t).flat_map(|(_, r)| r.iter().copied()).collect();
+            let v: Vec<f64> = a
+                .per_chip
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| *i as u64 != t)
+                .flat_map(|(_, r)| r.iter().copied())
+                .collect();
             v.iter().sum::<f64>() / v.len() as f64
         };
         let own = d.per_chip[t as usize].iter().sum::<f64>() / d.per_chip[t as usize].len() as f64;
@@ -233,7 +280,10 @@ fn markdown(s: &Summary) -> String {
     );
     if !s.sweep.is_empty() {
         let _ = writeln!(m, "## Severity sweep\n");
-        let _ = writeln!(m, "| error model | without NAT | naive + BN recal. | NAT-STE | D-NAT | D-NAT + BN recal. | D-NAT − BN recal. | NAT epochs |\n|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(
+            m,
+            "| error model | without NAT | naive + BN recal. | NAT-STE | D-NAT | D-NAT + BN recal. | D-NAT − BN recal. | NAT epochs |\n|---|---|---|---|---|---|---|---|"
+        );
         for p in &s.sweep {
             let _ = writeln!(
                 m,
@@ -255,14 +305,27 @@ fn markdown(s: &Summary) -> String {
         let _ = writeln!(m, "\n![severity](severity.svg)\n");
     }
     let _ = writeln!(m, "## Training\n\n![accuracy per epoch](accuracy-per-epoch.svg)\n");
-    let _ = writeln!(m, "| stage | epoch | lr | train loss | train acc. | test acc. |\n|---|---|---|---|---|---|");
+    let _ = writeln!(
+        m,
+        "| stage | epoch | lr | train loss | train acc. | test acc. |\n|---|---|---|---|---|---|"
+    );
     for (name, h) in &s.history {
         for e in h {
-            let _ = writeln!(m, "| {name} | {} | {:.5} | {:.4} | {:.2} | {:.2} |", e.epoch, e.lr, e.train_loss, e.train_accuracy, e.test_accuracy);
+            let _ = writeln!(
+                m,
+                "| {name} | {} | {:.5} | {:.4} | {:.2} | {:.2} |",
+                e.epoch, e.lr, e.train_loss, e.train_accuracy, e.test_accuracy
+            );
         }
     }
-    let _ = writeln!(m, "\nD-NAT's per-epoch test accuracy is on the non-ideal macro with one fixed noise seed.\n");
-    let _ = writeln!(m, "## Error model\n\n![error model](error-model.svg)\n\n## Configuration\n\n```text");
+    let _ = writeln!(
+        m,
+        "\nD-NAT's per-epoch test accuracy is on the non-ideal macro with one fixed noise seed.\n"
+    );
+    let _ = writeln!(
+        m,
+        "## Error model\n\n![error model](error-model.svg)\n\n## Configuration\n\n```text"
+    );
     for (k, v) in c.describe() {
         let _ = writeln!(m, "{k} = {v}");
     }
@@ -285,17 +348,33 @@ fn epochs_chart(s: &Summary) -> String {
         marks.push((x, name.split(' ').next().unwrap_or(name).to_string()));
         let start = if qat { s.fp32 } else { s.main.naive.mean };
         let mut points = vec![(x, start, 0.0)];
-        points.extend(h.iter().enumerate().map(|(i, e)| (x + 1.0 + i as f64, e.test_accuracy as f64, 0.0)));
+        points.extend(
+            h.iter().enumerate().map(|(i, e)| (x + 1.0 + i as f64, e.test_accuracy as f64, 0.0)),
+        );
         x += h.len() as f64;
-        series.push(Series { name: (*name).to_string(), points, color: if qat { "#2a9d4b" } else { "#2f6fd0" }, dashed: false });
+        series.push(Series {
+            name: (*name).to_string(),
+            points,
+            color: if qat { "#2a9d4b" } else { "#2f6fd0" },
+            dashed: false,
+        });
     }
-    let flat = |name: &str, y: f64, color| Series { name: name.into(), points: vec![(0.0, y, 0.0), (x.max(1.0), y, 0.0)], color, dashed: true };
+    let flat = |name: &str, y: f64, color| Series {
+        name: name.into(),
+        points: vec![(0.0, y, 0.0), (x.max(1.0), y, 0.0)],
+        color,
+        dashed: true,
+    };
     series.push(flat("FP32", s.fp32, "#555555"));
     series.push(flat("quantized, ideal", s.quant_ideal, "#8fcf9f"));
     series.push(flat("without NAT (mean)", s.main.naive.mean, "#d04030"));
     series.push(flat("naive + BN recal. (mean)", s.main.bnrecal.mean, "#e09020"));
     plot::svg(&Chart {
-        title: format!("{} / {}: test accuracy through QAT and D-NAT", s.config.arch.name(), s.config.dataset.name()),
+        title: format!(
+            "{} / {}: test accuracy through QAT and D-NAT",
+            s.config.arch.name(),
+            s.config.dataset.name()
+        ),
         x_label: "epoch (QAT on the ideal macro, then D-NAT on the non-ideal one)".into(),
         y_label: "test accuracy (%)".into(),
         x_ticks: vec![],
@@ -306,22 +385,66 @@ fn epochs_chart(s: &Summary) -> String {
 }
 
 fn severity_chart(s: &Summary) -> String {
-    let xs = |f: &dyn Fn(&Comparison) -> Option<&McAccuracy>| s.sweep.iter().enumerate().filter_map(|(i, p)| f(p).map(|a| (i as f64, a.mean, a.std))).collect();
+    let xs = |f: &dyn Fn(&Comparison) -> Option<&McAccuracy>| {
+        s.sweep
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| f(p).map(|a| (i as f64, a.mean, a.std)))
+            .collect()
+    };
     let mut series = vec![
-        Series { name: "without NAT".into(), points: xs(&|p| Some(&p.naive)), color: "#d04030", dashed: true },
-        Series { name: "naive + BN recal.".into(), points: xs(&|p| Some(&p.bnrecal)), color: "#e09020", dashed: true },
-        Series { name: "D-NAT".into(), points: xs(&|p| Some(&p.dnat)), color: "#2f6fd0", dashed: false },
-        Series { name: "D-NAT + BN recal.".into(), points: xs(&|p| Some(&p.dnat_bnrecal)), color: "#7f4fc0", dashed: false },
+        Series {
+            name: "without NAT".into(),
+            points: xs(&|p| Some(&p.naive)),
+            color: "#d04030",
+            dashed: true,
+        },
+        Series {
+            name: "naive + BN recal.".into(),
+            points: xs(&|p| Some(&p.bnrecal)),
+            color: "#e09020",
+            dashed: true,
+        },
+        Series {
+            name: "D-NAT".into(),
+            points: xs(&|p| Some(&p.dnat)),
+            color: "#2f6fd0",
+            dashed: false,
+        },
+        Series {
+            name: "D-NAT + BN recal.".into(),
+            points: xs(&|p| Some(&p.dnat_bnrecal)),
+            color: "#7f4fc0",
+            dashed: false,
+        },
     ];
     if s.config.natste {
-        series.push(Series { name: "NAT-STE".into(), points: xs(&|p| p.natste.as_ref()), color: "#30a0a0", dashed: false });
+        series.push(Series {
+            name: "NAT-STE".into(),
+            points: xs(&|p| p.natste.as_ref()),
+            color: "#30a0a0",
+            dashed: false,
+        });
     }
-    series.push(Series { name: "quantized, ideal".into(), points: vec![(0.0, s.quant_ideal, 0.0), ((s.sweep.len() as f64 - 1.0).max(1.0), s.quant_ideal, 0.0)], color: "#2a9d4b", dashed: true });
+    series.push(Series {
+        name: "quantized, ideal".into(),
+        points: vec![
+            (0.0, s.quant_ideal, 0.0),
+            ((s.sweep.len() as f64 - 1.0).max(1.0), s.quant_ideal, 0.0),
+        ],
+        color: "#2a9d4b",
+        dashed: true,
+    });
     plot::svg(&Chart {
         title: format!("{}: accuracy vs error model, every baseline", s.config.arch.name()),
         x_label: "error model".into(),
         y_label: "test accuracy (%), mean ± std over chips and reads".into(),
-        x_ticks: s.sweep.iter().enumerate().map(|(i, p)| (i as f64, p.error_model.split(':').next().unwrap_or("").to_string())).collect(),
+        x_ticks: s
+            .sweep
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (i as f64, p.error_model.split(':').next().unwrap_or("").to_string()))
+            .collect(),
         x_marks: vec![],
         y_range: (0.0, 100.0),
         series,

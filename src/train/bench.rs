@@ -2,15 +2,15 @@
 //! data of CIFAR shape, plus the process's peak memory.
 
 use super::json;
+use crate::Result;
+use crate::cim::profile::PARTS;
+use crate::cim::{CimProfile, CimRuntime};
 use crate::engine::gradcheck::random;
 use crate::engine::ops::softmax_cross_entropy;
 use crate::engine::{Mode, Tape};
-use crate::cim::profile::PARTS;
-use crate::cim::{CimProfile, CimRuntime};
-use std::sync::Arc;
-use crate::nn::{build, Arch, CimPlan, Fwd, ModelSpec};
+use crate::nn::{Arch, CimPlan, Fwd, ModelSpec, build};
 use crate::optim::{Groups, Optimizer, OptimizerKind};
-use crate::Result;
+use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Clone, Debug)]
@@ -34,18 +34,33 @@ pub struct BenchResult {
 pub fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
 /// Times `steps` training steps (after `warmup`) and as many eval forwards; the
 /// median step is reported, which is robust to a noisy shared machine. With `cim`, the
 /// plan's layers run on the macro with that runtime, in training and in evaluation.
-pub fn run(arch: Arch, num_classes: usize, batch: usize, steps: usize, warmup: usize, cim: Option<(&CimRuntime, &CimPlan)>) -> Result<BenchResult> {
+pub fn run(
+    arch: Arch,
+    num_classes: usize,
+    batch: usize,
+    steps: usize,
+    warmup: usize,
+    cim: Option<(&CimRuntime, &CimPlan)>,
+) -> Result<BenchResult> {
     let spec = ModelSpec { arch, num_classes, cim: cim.map(|(_, plan)| plan.clone()) };
     let cim = cim.map(|(rt, _)| rt);
     let (net, mut store) = build(&spec, 1)?;
-    let mut opt = Optimizer::new(OptimizerKind::Sgd { momentum: 0.9, nesterov: true }, Groups::default(), &store);
+    let mut opt = Optimizer::new(
+        OptimizerKind::Sgd { momentum: 0.9, nesterov: true },
+        Groups::default(),
+        &store,
+    );
     let x = random(&[batch, 3, 32, 32], 5);
     let labels: Vec<u32> = (0..batch as u32).map(|i| i % num_classes as u32).collect();
     let mut train_times = Vec::new();
@@ -58,7 +73,11 @@ pub fn run(arch: Arch, num_classes: usize, batch: usize, steps: usize, warmup: u
         let t = Instant::now();
         let mut tape = Tape::new(true);
         let xv = tape.constant(x.clone());
-        let rt = cim.map(|rt| CimRuntime { step: i as u64, profile: Some(profile.clone()), ..rt.clone() });
+        let rt = cim.map(|rt| CimRuntime {
+            step: i as u64,
+            profile: Some(profile.clone()),
+            ..rt.clone()
+        });
         let mut cx = Fwd::new(&mut tape, &mut store, Mode::Train);
         cx.cim = rt.as_ref();
         let logits = net.forward(&mut cx, xv)?;
@@ -70,7 +89,8 @@ pub fn run(arch: Arch, num_classes: usize, batch: usize, steps: usize, warmup: u
             train_times.push(t.elapsed().as_secs_f64());
         }
     }
-    let readouts_before = cim.map_or(0, |rt| rt.readouts.load(std::sync::atomic::Ordering::Relaxed));
+    let readouts_before =
+        cim.map_or(0, |rt| rt.readouts.load(std::sync::atomic::Ordering::Relaxed));
     let mut eval_times = Vec::new();
     for i in 0..warmup + steps {
         let t = Instant::now();
@@ -91,7 +111,11 @@ pub fn run(arch: Arch, num_classes: usize, batch: usize, steps: usize, warmup: u
     let threads = rayon::current_num_threads() as f64;
     let breakdown = cim.map(|_| {
         let spent = profile.seconds();
-        let mut parts: Vec<(&'static str, f64)> = PARTS.iter().zip(spent.iter().zip(&profile_before)).map(|(&name, (a, b))| (name, (a - b) / steps as f64 / threads * 1e3)).collect();
+        let mut parts: Vec<(&'static str, f64)> = PARTS
+            .iter()
+            .zip(spent.iter().zip(&profile_before))
+            .map(|(&name, (a, b))| (name, (a - b) / steps as f64 / threads * 1e3))
+            .collect();
         let cim_ms: f64 = parts.iter().map(|p| p.1).sum();
         parts.push(("rest", mean_step * 1e3 - cim_ms));
         parts
@@ -127,10 +151,19 @@ impl BenchResult {
     pub fn table(&self) -> String {
         let mut t = format!(
             "model     batch threads  train step ms  train img/s  eval img/s  peak RSS MiB\n{:<9} {:>5} {:>7} {:>14.1} {:>12.1} {:>11.1} {:>13.0}",
-            self.model, self.batch, self.threads, self.train_step_ms, self.train_images_per_s, self.eval_images_per_s, self.peak_rss_mb
+            self.model,
+            self.batch,
+            self.threads,
+            self.train_step_ms,
+            self.train_images_per_s,
+            self.eval_images_per_s,
+            self.peak_rss_mb
         );
         if let Some((what, rate)) = &self.cim {
-            t.push_str(&format!("\nCIM: {what}\nreadouts drawn: {:.1} M/s (training step)", rate / 1e6));
+            t.push_str(&format!(
+                "\nCIM: {what}\nreadouts drawn: {:.1} M/s (training step)",
+                rate / 1e6
+            ));
         }
         if let Some(parts) = &self.breakdown {
             let total: f64 = parts.iter().map(|p| p.1).sum();
@@ -153,7 +186,12 @@ impl BenchResult {
             ("cim", self.cim.is_some().into()),
             ("cim_setup", self.cim.as_ref().map_or(String::new(), |c| c.0.clone()).into()),
             ("readouts_per_s", self.cim.as_ref().map_or(0.0, |c| c.1).into()),
-            ("step_breakdown_ms", json::Value::Raw(json::object(self.breakdown.iter().flatten().map(|&(k, v)| (k, v.into())).collect()))),
+            (
+                "step_breakdown_ms",
+                json::Value::Raw(json::object(
+                    self.breakdown.iter().flatten().map(|&(k, v)| (k, v.into())).collect(),
+                )),
+            ),
         ])
     }
 }

@@ -1,7 +1,7 @@
 //! The training configuration, stored in every checkpoint (as key/value strings) so
 //! that a resumed run can check it continues the same experiment.
 
-use crate::cim::{em, CimRuntime, Estimator, MacroSpec, Readout, ReadoutMode, SampleOnly};
+use crate::cim::{CimRuntime, Estimator, MacroSpec, Readout, ReadoutMode, SampleOnly, em};
 use crate::data::DatasetKind;
 use crate::nn::{ActQuantKind, Arch, CimPlan, ModelSpec};
 use crate::optim::{Groups, OptimizerKind, Schedule};
@@ -48,7 +48,9 @@ impl ReadoutSource {
         match s {
             "table" => Ok(ReadoutSource::Table),
             "sample-only" => Ok(ReadoutSource::SampleOnly),
-            _ => Err(Error::invalid(format!("readout source '{s}': expected 'table' or 'sample-only'"))),
+            _ => Err(Error::invalid(format!(
+                "readout source '{s}': expected 'table' or 'sample-only'"
+            ))),
         }
     }
     /// The name [`ReadoutSource::parse`] reads.
@@ -82,7 +84,11 @@ impl ChipChoice {
     pub fn parse(s: &str) -> Result<Self> {
         match s {
             "population" => Ok(ChipChoice::Population),
-            n => n.parse().map(ChipChoice::One).map_err(|_| Error::invalid(format!("chip '{s}': expected a chip seed (a whole number) or 'population'"))),
+            n => n.parse().map(ChipChoice::One).map_err(|_| {
+                Error::invalid(format!(
+                    "chip '{s}': expected a chip seed (a whole number) or 'population'"
+                ))
+            }),
         }
     }
     /// The chip seed, or `population`, as [`ChipChoice::parse`] reads it.
@@ -118,7 +124,10 @@ impl CimTraining {
     /// checkpoints record it: a file edited between two runs is not the same model.
     pub fn error_model_sha256(&self) -> Result<String> {
         let spec = MacroSpec::parse(&self.macro_name)?;
-        Ok(crate::data::cifar::sha256_hex(&em::format::to_binary(&em::resolve(&self.error_model, &spec)?)))
+        Ok(crate::data::cifar::sha256_hex(&em::format::to_binary(&em::resolve(
+            &self.error_model,
+            &spec,
+        )?)))
     }
 
     /// The macro as checkpoints record it: a preset by its name; a description or a
@@ -126,7 +135,8 @@ impl CimTraining {
     pub fn macro_recorded(&self) -> String {
         match MacroSpec::preset(&self.macro_name) {
             Ok(_) => self.macro_name.clone(),
-            Err(_) => MacroSpec::parse(&self.macro_name).map_or_else(|_| self.macro_name.clone(), |m| m.to_description()),
+            Err(_) => MacroSpec::parse(&self.macro_name)
+                .map_or_else(|_| self.macro_name.clone(), |m| m.to_description()),
         }
     }
 
@@ -136,7 +146,8 @@ impl CimTraining {
         let spec = MacroSpec::parse(&self.macro_name)?;
         spec.validate()?;
         let model = em::resolve(&self.error_model, &spec)?;
-        let mut rt = CimRuntime::new(spec, self.source.wrap(Arc::new(model)), self.readout, self.estimator)?;
+        let mut rt =
+            CimRuntime::new(spec, self.source.wrap(Arc::new(model)), self.readout, self.estimator)?;
         rt.seed = seed;
         rt.act_quant = self.act_quant;
         Ok(match self.chip {
@@ -153,7 +164,6 @@ impl CimTraining {
         }
     }
 }
-
 
 /// Largest batch and epoch count a run accepts (sizes are checked before allocating).
 pub const MAX_BATCH: usize = 1 << 16;
@@ -219,7 +229,11 @@ impl TrainConfig {
     /// The network this configuration trains: its architecture, the data set's class
     /// count, the CIM plan.
     pub fn spec(&self) -> ModelSpec {
-        ModelSpec { arch: self.arch, num_classes: self.dataset.num_classes(), cim: self.cim.as_ref().map(|c| c.plan.clone()) }
+        ModelSpec {
+            arch: self.arch,
+            num_classes: self.dataset.num_classes(),
+            cim: self.cim.as_ref().map(|c| c.plan.clone()),
+        }
     }
 
     /// Every numeric setting finite and in range, each error naming its flag.
@@ -228,21 +242,32 @@ impl TrainConfig {
             return Err(Error::invalid("--epochs must be at least 1"));
         }
         if !(1..=MAX_BATCH).contains(&self.batch) {
-            return Err(Error::invalid(format!("--batch {}: must be 1 to {MAX_BATCH}", self.batch)));
+            return Err(Error::invalid(format!(
+                "--batch {}: must be 1 to {MAX_BATCH}",
+                self.batch
+            )));
         }
         if self.epochs > MAX_EPOCHS {
             return Err(Error::invalid(format!("--epochs {}: at most {MAX_EPOCHS}", self.epochs)));
         }
         // Every other number the optimizer reads: finite and of the right sign.
-        for (flag, v) in [("--weight-decay", self.groups.weight_decay), ("--bound-decay", self.groups.bound_decay)] {
+        for (flag, v) in [
+            ("--weight-decay", self.groups.weight_decay),
+            ("--bound-decay", self.groups.bound_decay),
+        ] {
             if !(v.is_finite() && v >= 0.0) {
                 return Err(Error::invalid(format!("{flag} must be a number ≥ 0, got {v}")));
             }
         }
         if !(self.groups.bound_lr_scale.is_finite() && self.groups.bound_lr_scale >= 0.0) {
-            return Err(Error::invalid(format!("--bound-lr-scale must be a number ≥ 0 (0 freezes the bounds), got {}", self.groups.bound_lr_scale)));
+            return Err(Error::invalid(format!(
+                "--bound-lr-scale must be a number ≥ 0 (0 freezes the bounds), got {}",
+                self.groups.bound_lr_scale
+            )));
         }
-        self.schedule.validate().map_err(|m| Error::invalid(format!("--schedule {}: {m}", self.schedule.describe())))?;
+        self.schedule
+            .validate()
+            .map_err(|m| Error::invalid(format!("--schedule {}: {m}", self.schedule.describe())))?;
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return Err(Error::invalid(format!("--lr must be a positive number, got {}", self.lr)));
         }
@@ -258,8 +283,12 @@ impl TrainConfig {
     /// Key/value form, in a fixed order (stored in checkpoints).
     pub fn to_meta(&self) -> Vec<(String, String)> {
         let opt = match self.optimizer {
-            OptimizerKind::Sgd { momentum, nesterov } => format!("sgd momentum={momentum} nesterov={nesterov}"),
-            OptimizerKind::Adam { beta1, beta2, eps } => format!("adam beta1={beta1} beta2={beta2} eps={eps}"),
+            OptimizerKind::Sgd { momentum, nesterov } => {
+                format!("sgd momentum={momentum} nesterov={nesterov}")
+            }
+            OptimizerKind::Adam { beta1, beta2, eps } => {
+                format!("adam beta1={beta1} beta2={beta2} eps={eps}")
+            }
         };
         [
             ("model", self.arch.name().to_string()),

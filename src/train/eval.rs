@@ -1,12 +1,12 @@
 //! Evaluation: accuracy and mean loss over a split, batchnorm in eval mode, nothing
 //! recorded for backward.
 
+use crate::Result;
 use crate::cim::CimRuntime;
 use crate::data::{Batcher, Normalize, Split};
 use crate::engine::ops::softmax_cross_entropy;
 use crate::engine::{Mode, ParamStore, Tape};
 use crate::nn::{Fwd, Network};
-use crate::Result;
 
 /// Accuracy and mean loss over a split.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -28,7 +28,11 @@ pub fn count_correct(logits: &[f32], classes: usize, labels: &[u32]) -> usize {
         .chunks(classes)
         .zip(labels)
         .filter(|&(row, &l)| {
-            let best = row.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0;
+            let best = row
+                .iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b })
+                .0;
             best == l as usize
         })
         .count()
@@ -36,7 +40,13 @@ pub fn count_correct(logits: &[f32], classes: usize, labels: &[u32]) -> usize {
 
 /// Accuracy over a split; with `cim`, the network's CIM layers run on the macro (batch
 /// `b` of the evaluation is pass `step = b` of the runtime's seed).
-pub fn evaluate(net: &dyn Network, store: &mut ParamStore, split: &Split, norm: Normalize, cim: Option<&CimRuntime>) -> Result<EvalResult> {
+pub fn evaluate(
+    net: &dyn Network,
+    store: &mut ParamStore,
+    split: &Split,
+    norm: Normalize,
+    cim: Option<&CimRuntime>,
+) -> Result<EvalResult> {
     crate::engine::alloc::tune_allocator();
     let batcher = Batcher::new(split, norm, None, 0);
     let (mut correct, mut loss_sum) = (0usize, 0.0f64);
@@ -55,7 +65,11 @@ pub fn evaluate(net: &dyn Network, store: &mut ParamStore, split: &Split, norm: 
         loss_sum += tape.value(l).data()[0] as f64 * chunk.len() as f64;
     }
     let n = split.len().max(1);
-    Ok(EvalResult { accuracy: 100.0 * correct as f64 / n as f64, loss: loss_sum / n as f64, images: split.len() })
+    Ok(EvalResult {
+        accuracy: 100.0 * correct as f64 / n as f64,
+        loss: loss_sum / n as f64,
+        images: split.len(),
+    })
 }
 
 /// Accuracy over chip instances and reads: `per_chip[c][r]` is chip `c` read with
@@ -79,7 +93,11 @@ pub struct McAccuracy {
 fn mean_std(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;
     let mean = v.iter().sum::<f64>() / n;
-    let std = if v.len() > 1 { (v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt() } else { 0.0 };
+    let std = if v.len() > 1 {
+        (v.iter().map(|a| (a - mean).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+    } else {
+        0.0
+    };
     (mean, std)
 }
 
@@ -141,7 +159,16 @@ pub fn noise_seed(seed0: u64, chip: u64, read: u64, reads: u64) -> u64 {
 /// Monte-Carlo evaluation on a non-ideal macro: chips `chip0..chip0 + chips`, each
 /// read `reads` times with noise seeds [`noise_seed`]`(rt.seed, c, r, reads)`.
 #[allow(clippy::too_many_arguments)]
-pub fn evaluate_mc(net: &dyn Network, store: &mut ParamStore, split: &Split, norm: Normalize, rt: &CimRuntime, chip0: u64, chips: u64, reads: u64) -> Result<McAccuracy> {
+pub fn evaluate_mc(
+    net: &dyn Network,
+    store: &mut ParamStore,
+    split: &Split,
+    norm: Normalize,
+    rt: &CimRuntime,
+    chip0: u64,
+    chips: u64,
+    reads: u64,
+) -> Result<McAccuracy> {
     let mut per_chip = Vec::new();
     for c in 0..chips {
         let on_chip = rt.on_chip(chip0 + c);
@@ -170,7 +197,16 @@ mod tests {
         let reads = McAccuracy::of_reads(vec![80.0, 81.0]);
         assert_eq!(reads.chip_spread(), None);
         assert!((reads.read_spread().unwrap() - 0.5f64.sqrt()).abs() < 1e-12);
-        assert_eq!((fmt_spread(None), fmt_spread(Some(1.234))), ("—".to_string(), "1.23".to_string()));
-        assert_eq!(super::super::json::object(vec![("a", json_spread(None)), ("b", json_spread(Some(0.5)))]), r#"{"a": null, "b": 0.5}"#);
+        assert_eq!(
+            (fmt_spread(None), fmt_spread(Some(1.234))),
+            ("—".to_string(), "1.23".to_string())
+        );
+        assert_eq!(
+            super::super::json::object(vec![
+                ("a", json_spread(None)),
+                ("b", json_spread(Some(0.5)))
+            ]),
+            r#"{"a": null, "b": 0.5}"#
+        );
     }
 }

@@ -10,6 +10,6 @@ pub mod trainer;
 
 pub use config::TrainConfig;
 pub use config::{ChipChoice, CimTraining, ReadoutSource};
-pub use eval::{evaluate, evaluate_mc, noise_seed, EvalResult, McAccuracy};
-pub use recalibrate::{recalibrate_bn, RecalImages, Recalibration, BN_RECALIBRATED};
-pub use trainer::{train, RunOptions, TrainOutcome};
+pub use eval::{EvalResult, McAccuracy, evaluate, evaluate_mc, noise_seed};
+pub use recalibrate::{BN_RECALIBRATED, RecalImages, Recalibration, recalibrate_bn};
+pub use trainer::{RunOptions, TrainOutcome, train};

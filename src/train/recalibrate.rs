@@ -57,7 +57,12 @@ pub struct RecalImages<'a> {
 /// CIM layers reading the macro `cim` (batch `b` is pass `step = b` of its seeds;
 /// `None`: a digital forward). Parameters are not touched; only the running mean and
 /// variance buffers change.
-pub fn recalibrate_bn(net: &dyn Network, store: &mut ParamStore, images: &RecalImages, cim: Option<&CimRuntime>) -> Result<Recalibration> {
+pub fn recalibrate_bn(
+    net: &dyn Network,
+    store: &mut ParamStore,
+    images: &RecalImages,
+    cim: Option<&CimRuntime>,
+) -> Result<Recalibration> {
     let RecalImages { split, norm, augment, count: images, seed } = *images;
     if images < 2 || images > split.len() {
         return Err(Error::invalid(format!(
@@ -74,18 +79,12 @@ pub fn recalibrate_bn(net: &dyn Network, store: &mut ParamStore, images: &RecalI
         let (x, _) = batcher.batch(chunk, 0);
         let mut tape = Tape::new(false);
         let xv = tape.constant(x);
-        let rt = cim.map(|rt| CimRuntime {
-            step: b as u64,
-            ..rt.clone()
-        });
+        let rt = cim.map(|rt| CimRuntime { step: b as u64, ..rt.clone() });
         let mut cx = Fwd::new(&mut tape, store, Mode::Train);
         cx.cim = rt.as_ref();
         cx.bn_stats = Some(&mut acc);
         net.forward(&mut cx, xv)?;
     }
     acc.write(store);
-    Ok(Recalibration {
-        images,
-        layers: acc.layers.len(),
-    })
+    Ok(Recalibration { images, layers: acc.layers.len() })
 }

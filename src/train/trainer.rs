@@ -8,15 +8,17 @@
 
 use super::config::TrainConfig;
 use super::eval::{count_correct, evaluate};
-use super::progress::{fmt_duration, Progress};
+use super::progress::{Progress, fmt_duration};
+use crate::cim::{CimRuntime, quant};
 use crate::data::{Augment, Batcher, Dataset, Normalize};
 use crate::engine::ops::softmax_cross_entropy;
 use crate::engine::{Mode, Tape};
-use crate::cim::{quant, CimRuntime};
-use crate::io::checkpoint::{restore_into, restore_weights, Checkpoint, EpochRecord, OptimizerState};
-use crate::nn::{build, ActQuantKind, Calibration, Fwd, Network};
-use crate::rng;
+use crate::io::checkpoint::{
+    Checkpoint, EpochRecord, OptimizerState, restore_into, restore_weights,
+};
+use crate::nn::{ActQuantKind, Calibration, Fwd, Network, build};
 use crate::optim::Optimizer;
+use crate::rng;
 use crate::{Error, Result};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -56,7 +58,12 @@ struct EpochSums {
 
 impl EpochSums {
     fn record(&self) -> String {
-        format!("loss_bits={:016x},correct={},seen={}", self.loss.to_bits(), self.correct, self.seen)
+        format!(
+            "loss_bits={:016x},correct={},seen={}",
+            self.loss.to_bits(),
+            self.correct,
+            self.seen
+        )
     }
     fn parse(s: &str) -> Option<Self> {
         let field = |k: &str| s.split(',').find_map(|kv| kv.strip_prefix(k)?.strip_prefix('='));
@@ -89,14 +96,25 @@ pub struct TrainOutcome {
 /// remain, none once the run is finished. A finished run cannot be continued (a longer
 /// run is another configuration, and its schedule differs from the first step), so the
 /// state would only double the file (SGD's momentum is as large as the weights).
-fn optimizer_to_keep(ck: &Checkpoint, cfg: &TrainConfig, opt: &Optimizer) -> Option<OptimizerState> {
+fn optimizer_to_keep(
+    ck: &Checkpoint,
+    cfg: &TrainConfig,
+    opt: &Optimizer,
+) -> Option<OptimizerState> {
     let finished = ck.epochs_done as usize >= cfg.epochs;
-    (!finished).then(|| OptimizerState { kind: cfg.optimizer.name().into(), steps: opt.steps, slots: opt.state.clone() })
+    (!finished).then(|| OptimizerState {
+        kind: cfg.optimizer.name().into(),
+        steps: opt.steps,
+        slots: opt.state.clone(),
+    })
 }
 
 /// The first setting in which `ck`'s recorded training configuration differs from
 /// `cfg`: (key, recorded value or `(missing)`, `cfg`'s value).
-pub fn first_config_difference(ck: &Checkpoint, cfg: &TrainConfig) -> Option<(String, String, String)> {
+pub fn first_config_difference(
+    ck: &Checkpoint,
+    cfg: &TrainConfig,
+) -> Option<(String, String, String)> {
     cfg.to_meta().into_iter().find_map(|(k, v)| match ck.meta(&k) {
         Some(have) if have == v => None,
         have => Some((k.clone(), have.unwrap_or("(missing)").to_string(), v)),
@@ -106,7 +124,10 @@ pub fn first_config_difference(ck: &Checkpoint, cfg: &TrainConfig) -> Option<(St
 fn check_resumable(ck: &Checkpoint, cfg: &TrainConfig, out: &Path) -> Result<()> {
     match first_config_difference(ck, cfg) {
         None => Ok(()),
-        Some((k, have, want)) => Err(Error::format(out, format!("cannot resume: checkpoint has {k} = {have}, this run asks for {want}"))),
+        Some((k, have, want)) => Err(Error::format(
+            out,
+            format!("cannot resume: checkpoint has {k} = {have}, this run asks for {want}"),
+        )),
     }
 }
 
@@ -115,10 +136,14 @@ fn check_resumable(ck: &Checkpoint, cfg: &TrainConfig, out: &Path) -> Result<()>
 pub fn check_run(cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<()> {
     cfg.validate()?;
     if opts.stop_after == Some(0) {
-        return Err(Error::invalid("--stop-after must be at least 1 (epochs to run before stopping)"));
+        return Err(Error::invalid(
+            "--stop-after must be at least 1 (epochs to run before stopping)",
+        ));
     }
     if opts.stop_after_steps == Some(0) {
-        return Err(Error::invalid("--stop-after-steps must be at least 1 (training steps to run before stopping)"));
+        return Err(Error::invalid(
+            "--stop-after-steps must be at least 1 (training steps to run before stopping)",
+        ));
     }
     if let Some(c) = &cfg.cim {
         c.runtime(cfg.seed)?; // the macro and the error model resolve (milliseconds)
@@ -129,7 +154,12 @@ pub fn check_run(cfg: &TrainConfig, out: &Path, opts: &RunOptions) -> Result<()>
 
 /// Trains `cfg` on `data`, checkpointing to `out` after every epoch (and within epochs
 /// as `opts` asks); with `opts.resume`, continues the run `out` holds.
-pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -> Result<TrainOutcome> {
+pub fn train(
+    cfg: &TrainConfig,
+    data: &Dataset,
+    out: &Path,
+    opts: &RunOptions,
+) -> Result<TrainOutcome> {
     check_run(cfg, out, opts)?;
     crate::engine::alloc::tune_allocator();
     if data.kind != cfg.dataset {
@@ -158,23 +188,45 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -
     if let Some(h) = &em_sha {
         meta.push(("error_model_sha256".into(), h.clone()));
     }
-    let mut ck = Checkpoint { spec: cfg.spec(), meta, epochs_done: 0, steps_done: 0, store: store.clone(), optimizer: None, history: vec![] };
+    let mut ck = Checkpoint {
+        spec: cfg.spec(),
+        meta,
+        epochs_done: 0,
+        steps_done: 0,
+        store: store.clone(),
+        optimizer: None,
+        history: vec![],
+    };
 
     let mut resumed_sums: Option<EpochSums> = None;
     if opts.resume && out.exists() {
         let prev = Checkpoint::load(out)?;
         check_resumable(&prev, cfg, out)?;
         if let Some(how) = prev.meta(super::BN_RECALIBRATED) {
-            return Err(Error::format(out, format!("cannot resume: its batchnorm was recalibrated after training ({how}); it is another model now")));
+            return Err(Error::format(
+                out,
+                format!(
+                    "cannot resume: its batchnorm was recalibrated after training ({how}); it is another model now"
+                ),
+            ));
         }
-        let (have, want) = (prev.meta("data_sha256").unwrap_or("(missing)"), &data.provenance.sha256);
+        let (have, want) =
+            (prev.meta("data_sha256").unwrap_or("(missing)"), &data.provenance.sha256);
         if have != want {
-            return Err(Error::format(out, format!("cannot resume: trained on data with sha256 {have}, this run reads {want}")));
+            return Err(Error::format(
+                out,
+                format!("cannot resume: trained on data with sha256 {have}, this run reads {want}"),
+            ));
         }
         // (Checkpoints written before the error model's hash was recorded resume on trust.)
         if let (Some(have), Some(want)) = (prev.meta("error_model_sha256"), &em_sha) {
             if have != want {
-                return Err(Error::format(out, format!("cannot resume: trained through an error model with sha256 {have}, this run's has {want} (the file changed?)")));
+                return Err(Error::format(
+                    out,
+                    format!(
+                        "cannot resume: trained through an error model with sha256 {have}, this run's has {want} (the file changed?)"
+                    ),
+                ));
             }
         }
         restore_into(&prev.store, &mut store, out)?;
@@ -183,17 +235,32 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -
                 // Slots follow the checkpoint's parameter order; this build's may differ
                 // (the quantizer bounds of checkpoints written before layers were mapped
                 // after building sit beside their weights), so they are matched by name.
-                let slot_of = |name: &str| prev.store.params().iter().position(|p| p.name == name).and_then(|i| o.slots.get(i).cloned());
-                let slots = store.params().iter().map(|p| slot_of(&p.name)).collect::<Option<Vec<_>>>();
-                let slots = slots.ok_or_else(|| Error::format(out, "cannot resume: the optimizer state does not cover every parameter"))?;
-                opt.set_state(slots, o.steps, &store).map_err(|e| Error::format(out, e.to_string()))?;
+                let slot_of = |name: &str| {
+                    prev.store
+                        .params()
+                        .iter()
+                        .position(|p| p.name == name)
+                        .and_then(|i| o.slots.get(i).cloned())
+                };
+                let slots =
+                    store.params().iter().map(|p| slot_of(&p.name)).collect::<Option<Vec<_>>>();
+                let slots = slots.ok_or_else(|| {
+                    Error::format(
+                        out,
+                        "cannot resume: the optimizer state does not cover every parameter",
+                    )
+                })?;
+                opt.set_state(slots, o.steps, &store)
+                    .map_err(|e| Error::format(out, e.to_string()))?;
             }
             // A finished run keeps none (see `optimizer_to_keep`): there is nothing to train.
             None if prev.epochs_done as usize >= cfg.epochs => {}
             None => return Err(Error::format(out, "cannot resume: no optimizer state saved")),
         }
         if let Some(p) = prev.meta(EPOCH_IN_PROGRESS) {
-            resumed_sums = Some(EpochSums::parse(p).ok_or_else(|| Error::format(out, format!("cannot resume: unreadable {EPOCH_IN_PROGRESS} '{p}'")))?);
+            resumed_sums = Some(EpochSums::parse(p).ok_or_else(|| {
+                Error::format(out, format!("cannot resume: unreadable {EPOCH_IN_PROGRESS} '{p}'"))
+            })?);
         }
         ck.epochs_done = prev.epochs_done;
         ck.steps_done = prev.steps_done;
@@ -201,8 +268,19 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -
         bounds_known = true;
         if !opts.quiet {
             match resumed_sums {
-                Some(_) => eprintln!("resuming {} within epoch {} of {} (step {})", out.display(), ck.epochs_done + 1, cfg.epochs, ck.steps_done),
-                None => eprintln!("resuming {} from epoch {} of {}", out.display(), ck.epochs_done, cfg.epochs),
+                Some(_) => eprintln!(
+                    "resuming {} within epoch {} of {} (step {})",
+                    out.display(),
+                    ck.epochs_done + 1,
+                    cfg.epochs,
+                    ck.steps_done
+                ),
+                None => eprintln!(
+                    "resuming {} from epoch {} of {}",
+                    out.display(),
+                    ck.epochs_done,
+                    cfg.epochs
+                ),
             }
         }
     }
@@ -221,18 +299,40 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -
     let mut test_accuracy = ck.history.last().map_or(0.0, |h| h.test_accuracy as f64);
     // A checkpoint written mid-epoch is at step `steps_done` of epoch `epochs_done + 1`,
     // its running sums over the `skip` full batches before it.
-    let skip = (ck.steps_done as usize).checked_sub(ck.epochs_done as usize * steps_per_epoch).filter(|&s| s < steps_per_epoch);
+    let skip = (ck.steps_done as usize)
+        .checked_sub(ck.epochs_done as usize * steps_per_epoch)
+        .filter(|&s| s < steps_per_epoch);
     let skip = match (skip, resumed_sums) {
         (Some(0), None) => 0,
-        (Some(s), Some(sums)) if s > 0 && sums.seen == s * cfg.batch && sums.correct <= sums.seen => s,
-        _ => return Err(Error::format(out, format!("cannot resume: {} steps done does not fit epoch {} of {steps_per_epoch} steps and its recorded sums", ck.steps_done, ck.epochs_done + 1))),
+        (Some(s), Some(sums))
+            if s > 0 && sums.seen == s * cfg.batch && sums.correct <= sums.seen =>
+        {
+            s
+        }
+        _ => {
+            return Err(Error::format(
+                out,
+                format!(
+                    "cannot resume: {} steps done does not fit epoch {} of {steps_per_epoch} steps and its recorded sums",
+                    ck.steps_done,
+                    ck.epochs_done + 1
+                ),
+            ));
+        }
     };
     if opts.stop_after_steps.is_some_and(|n| ck.steps_done >= n) {
         // Already there: nothing to train (as --stop-after at a finished epoch).
         let stopped_at_step = (skip > 0).then_some(ck.steps_done);
         ck.store = store;
         ck.optimizer = optimizer_to_keep(&ck, cfg, &opt);
-        return Ok(TrainOutcome { checkpoint: ck, net, test_accuracy, stopped_at_step, train_images_per_s: 0.0, wall_s: t_start.elapsed().as_secs_f64() });
+        return Ok(TrainOutcome {
+            checkpoint: ck,
+            net,
+            test_accuracy,
+            stopped_at_step,
+            train_images_per_s: 0.0,
+            wall_s: t_start.elapsed().as_secs_f64(),
+        });
     }
     let mut last_save = Instant::now();
     let last_epoch = opts.stop_after.map_or(cfg.epochs, |s| s.min(cfg.epochs));
@@ -244,7 +344,8 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -
         let t_epoch = Instant::now();
         let order = batcher.epoch_order(epoch as u64);
         let first_step = if epoch == first_epoch { skip } else { 0 };
-        let mut sums = if first_step > 0 { resumed_sums.unwrap_or_default() } else { EpochSums::default() };
+        let mut sums =
+            if first_step > 0 { resumed_sums.unwrap_or_default() } else { EpochSums::default() };
         let seen_before = sums.seen;
         let mut lr = 0.0;
         for (bi, idx) in order.chunks(cfg.batch).enumerate().skip(first_step) {
@@ -253,7 +354,8 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -
             let (x, labels) = batcher.batch(idx, epoch as u64);
             let mut tape = Tape::new(true);
             let xv = tape.constant(x);
-            let rt = rt_base.as_ref().zip(cfg.cim.as_ref()).map(|(rt, c)| c.runtime_at(rt, step as u64));
+            let rt =
+                rt_base.as_ref().zip(cfg.cim.as_ref()).map(|(rt, c)| c.runtime_at(rt, step as u64));
             let mut cx = Fwd::new(&mut tape, &mut store, Mode::Train);
             cx.cim = rt.as_ref();
             let logits = net.forward(&mut cx, xv)?;
@@ -262,7 +364,10 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -
             let loss = softmax_cross_entropy(&mut tape, logits, &labels, cfg.label_smoothing)?;
             let lv = tape.value(loss).data()[0];
             if !lv.is_finite() {
-                return Err(Error::invalid(format!("training diverged: loss is {lv} at epoch {}, step {bi}; lower --lr", epoch + 1)));
+                return Err(Error::invalid(format!(
+                    "training diverged: loss is {lv} at epoch {}, step {bi}; lower --lr",
+                    epoch + 1
+                )));
             }
             sums.loss += lv as f64 * idx.len() as f64;
             sums.seen += idx.len();
@@ -274,28 +379,54 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -
             // Mid-epoch: checkpoint when it is time, or stop here when asked (at an
             // epoch's last step the epoch's own checkpoint follows).
             let stop_now = opts.stop_after_steps.is_some_and(|n| ck.steps_done >= n);
-            if bi + 1 < steps_per_epoch && (stop_now || opts.checkpoint_every.is_some_and(|d| last_save.elapsed() >= d)) {
+            if bi + 1 < steps_per_epoch
+                && (stop_now || opts.checkpoint_every.is_some_and(|d| last_save.elapsed() >= d))
+            {
                 let mut meta = ck.meta.clone();
                 meta.push((EPOCH_IN_PROGRESS.into(), sums.record()));
                 let optimizer = optimizer_to_keep(&ck, cfg, &opt); // mid-epoch: always kept
-                let (epochs_done, steps_done, history) = (ck.epochs_done, ck.steps_done, ck.history.clone());
-                let mut part = Checkpoint { spec: ck.spec.clone(), meta, epochs_done, steps_done, store: store.clone(), optimizer, history };
+                let (epochs_done, steps_done, history) =
+                    (ck.epochs_done, ck.steps_done, ck.history.clone());
+                let mut part = Checkpoint {
+                    spec: ck.spec.clone(),
+                    meta,
+                    epochs_done,
+                    steps_done,
+                    store: store.clone(),
+                    optimizer,
+                    history,
+                };
                 part.save(out)?;
                 last_save = Instant::now();
                 if stop_now {
                     if !opts.quiet {
-                        eprintln!("stopped at step {} (epoch {}, step {} of {steps_per_epoch}); resume with --resume", ck.steps_done, epoch + 1, bi + 1);
+                        eprintln!(
+                            "stopped at step {} (epoch {}, step {} of {steps_per_epoch}); resume with --resume",
+                            ck.steps_done,
+                            epoch + 1,
+                            bi + 1
+                        );
                     }
                     part.store = store;
-                    let rate = (images_done + sums.seen - seen_before) as f64 / (train_secs + t_epoch.elapsed().as_secs_f64()).max(1e-9);
+                    let rate = (images_done + sums.seen - seen_before) as f64
+                        / (train_secs + t_epoch.elapsed().as_secs_f64()).max(1e-9);
                     let wall_s = t_start.elapsed().as_secs_f64();
-                    return Ok(TrainOutcome { checkpoint: part, net, test_accuracy, stopped_at_step: Some(ck.steps_done), train_images_per_s: rate, wall_s });
+                    return Ok(TrainOutcome {
+                        checkpoint: part,
+                        net,
+                        test_accuracy,
+                        stopped_at_step: Some(ck.steps_done),
+                        train_images_per_s: rate,
+                        wall_s,
+                    });
                 }
             }
 
             let el = t_epoch.elapsed().as_secs_f64();
             let rate = (sums.seen - seen_before) as f64 / el.max(1e-9);
-            let remaining = (total_steps.min(last_epoch * steps_per_epoch) - step - 1) as f64 * cfg.batch as f64 / rate;
+            let remaining = (total_steps.min(last_epoch * steps_per_epoch) - step - 1) as f64
+                * cfg.batch as f64
+                / rate;
             progress.tick(false, || {
                 format!(
                     "epoch {}/{} step {}/{} loss {:.4} acc {:.2}% lr {:.4} {:.0} img/s ETA {}",
@@ -362,7 +493,13 @@ pub fn train(cfg: &TrainConfig, data: &Dataset, out: &Path, opts: &RunOptions) -
 /// Initial quantizer bounds from activation statistics: one FP32 forward (eval mode,
 /// so batchnorm statistics are untouched) over the first batch of epoch 0, each CIM
 /// layer's bounds set to the 0.1 % / 99.9 % quantiles of its inputs (PACT: lower 0).
-fn calibrate(net: &dyn Network, store: &mut crate::engine::ParamStore, batcher: &Batcher, cfg: &TrainConfig, quiet: bool) -> Result<()> {
+fn calibrate(
+    net: &dyn Network,
+    store: &mut crate::engine::ParamStore,
+    batcher: &Batcher,
+    cfg: &TrainConfig,
+    quiet: bool,
+) -> Result<()> {
     let order = batcher.epoch_order(0);
     let (x, _) = batcher.batch(&order[..cfg.batch.min(order.len())], 0);
     let mut seen: Calibration = Vec::new();
@@ -381,7 +518,11 @@ fn calibrate(net: &dyn Network, store: &mut crate::engine::ParamStore, batcher: 
         store.param_mut(*hi).value.data_mut()[0] = h.max(l + quant::MIN_RANGE);
     }
     if !quiet {
-        eprintln!("calibrated the quantizer bounds of {} CIM layers on {} images", seen.len(), cfg.batch.min(order.len()));
+        eprintln!(
+            "calibrated the quantizer bounds of {} CIM layers on {} images",
+            seen.len(),
+            cfg.batch.min(order.len())
+        );
     }
     Ok(())
 }

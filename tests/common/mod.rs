@@ -62,11 +62,15 @@ impl Drop for TempDir {
 
 /// The CIFAR-10 stand-in beside the checkout, if this machine has it.
 pub fn stand_in() -> Option<PathBuf> {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/datasets/cifar-10-binary-jpeg75.tar.gz");
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/datasets/cifar-10-binary-jpeg75.tar.gz");
     if p.is_file() {
         Some(p)
     } else {
-        eprintln!("SKIPPED: the CIFAR-10 stand-in is not at {} (tests on it run where it is)", p.display());
+        eprintln!(
+            "SKIPPED: the CIFAR-10 stand-in is not at {} (tests on it run where it is)",
+            p.display()
+        );
         None
     }
 }
@@ -77,7 +81,9 @@ pub fn golden(file: &str, key: &str) -> String {
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     text.lines()
         .filter(|l| !l.trim_start().starts_with('#'))
-        .find_map(|l| l.split_once('=').filter(|(k, _)| k.trim() == key).map(|(_, v)| v.trim().to_string()))
+        .find_map(|l| {
+            l.split_once('=').filter(|(k, _)| k.trim() == key).map(|(_, v)| v.trim().to_string())
+        })
         .unwrap_or_else(|| panic!("{}: no key {key}", path.display()))
 }
 
@@ -106,6 +112,11 @@ pub fn check_golden(file: &str, about: &str, produced_by: &str, got: &[(&str, St
         return;
     }
     for (k, v) in got {
-        assert_eq!(v, &golden(file, k), "golden value {k} of {} changed (re-bless with: DNAT_BLESS=1 {produced_by})", path.display());
+        assert_eq!(
+            v,
+            &golden(file, k),
+            "golden value {k} of {} changed (re-bless with: DNAT_BLESS=1 {produced_by})",
+            path.display()
+        );
     }
 }

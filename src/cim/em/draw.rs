@@ -29,35 +29,68 @@ const PHI: u64 = 0x9E37_79B9_7F4A_7C15;
 /// `op_i = first + i·stride` (`mix64` adds φ before finalising), as an i64 lane.
 #[cfg(target_arch = "x86_64")]
 fn hash_input(key: u64, first: u64, stride: u64, i: u64) -> i64 {
-    key.wrapping_add(first.wrapping_add(i.wrapping_mul(stride)).wrapping_mul(PHI)).wrapping_add(PHI) as i64
+    key.wrapping_add(first.wrapping_add(i.wrapping_mul(stride)).wrapping_mul(PHI)).wrapping_add(PHI)
+        as i64
 }
 
 impl ErrorModel {
     /// `out[i] = sample(codes[i], mix64(key + (first + i·stride)·φ))` as f32.
-    pub(crate) fn sample_stream(&self, codes: &[i32], key: u64, first: u64, stride: u64, out: &mut [f32]) {
+    pub(crate) fn sample_stream(
+        &self,
+        codes: &[i32],
+        key: u64,
+        first: u64,
+        stride: u64,
+        out: &mut [f32],
+    ) {
         self.sample_stream_on(crate::engine::gemm::kernel(), codes, key, first, stride, out)
     }
 
     /// [`ErrorModel::sample_stream`] on the instruction set `isa` (the tests run every one
     /// the CPU has).
-    pub(crate) fn sample_stream_on(&self, isa: Kernel, codes: &[i32], key: u64, first: u64, stride: u64, out: &mut [f32]) {
+    pub(crate) fn sample_stream_on(
+        &self,
+        isa: Kernel,
+        codes: &[i32],
+        key: u64,
+        first: u64,
+        stride: u64,
+        out: &mut [f32],
+    ) {
         assert_eq!(codes.len(), out.len());
         assert!(isa.supported(), "{} is not supported by this CPU", isa.name());
         let done = match isa {
             // SAFETY: the CPU has AVX-512 F (supported) and DQ (checked here); every gather
             // index is a clamped row or an entry of that row (see `avx512::stream`).
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 if self.gather_indexable() && avx512_available() => unsafe { avx512::stream(self, codes, key, first, stride, out) },
+            Kernel::Avx512 if self.gather_indexable() && avx512_available() => unsafe {
+                avx512::stream(self, codes, key, first, stride, out)
+            },
             // SAFETY: the CPU has AVX2 (supported); the indices as above (see `avx2::stream`).
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 if self.gather_indexable() => unsafe { avx2::stream(self, codes, key, first, stride, out) },
+            Kernel::Avx2 if self.gather_indexable() => unsafe {
+                avx2::stream(self, codes, key, first, stride, out)
+            },
             _ => 0,
         };
-        self.stream_portable(&codes[done..], key, first.wrapping_add((done as u64).wrapping_mul(stride)), stride, &mut out[done..])
+        self.stream_portable(
+            &codes[done..],
+            key,
+            first.wrapping_add((done as u64).wrapping_mul(stride)),
+            stride,
+            &mut out[done..],
+        )
     }
 
     /// The portable path (also the vector paths' tails).
-    pub(crate) fn stream_portable(&self, codes: &[i32], key: u64, first: u64, stride: u64, out: &mut [f32]) {
+    pub(crate) fn stream_portable(
+        &self,
+        codes: &[i32],
+        key: u64,
+        first: u64,
+        stride: u64,
+        out: &mut [f32],
+    ) {
         const BLOCK: usize = 256;
         let mut bits = [0u64; BLOCK];
         let mut slot = [0u32; BLOCK];
@@ -65,7 +98,9 @@ impl ErrorModel {
             let op0 = first.wrapping_add(((b * BLOCK) as u64).wrapping_mul(stride));
             let n = cs.len();
             for (i, v) in bits[..n].iter_mut().enumerate() {
-                *v = mix64(key.wrapping_add(op0.wrapping_add((i as u64).wrapping_mul(stride)).wrapping_mul(PHI)));
+                *v = mix64(key.wrapping_add(
+                    op0.wrapping_add((i as u64).wrapping_mul(stride)).wrapping_mul(PHI),
+                ));
             }
             // Phase 1: which table entry each draw lands on; phase 2: keep or alias.
             // Two simple loops overlap their loads better than one long chain.
@@ -82,14 +117,31 @@ impl ErrorModel {
     /// pair differences ([`ErrorModel::pair_difference`]) over the pair's spacing, the
     /// draws keyed as [`crate::cim::DrawKey::backward`] (one hash per operation, then a
     /// lattice step per draw); 1 on a one-code model.
-    pub(crate) fn slope_stream(&self, codes: &[i32], key: u64, first: u64, stride: u64, draws: u32, out: &mut [f32]) {
+    pub(crate) fn slope_stream(
+        &self,
+        codes: &[i32],
+        key: u64,
+        first: u64,
+        stride: u64,
+        draws: u32,
+        out: &mut [f32],
+    ) {
         self.slope_stream_on(crate::engine::gemm::kernel(), codes, key, first, stride, draws, out)
     }
 
     /// [`ErrorModel::slope_stream`] on the instruction set `isa` (the tests run every one
     /// the CPU has).
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn slope_stream_on(&self, isa: Kernel, codes: &[i32], key: u64, first: u64, stride: u64, draws: u32, out: &mut [f32]) {
+    pub(crate) fn slope_stream_on(
+        &self,
+        isa: Kernel,
+        codes: &[i32],
+        key: u64,
+        first: u64,
+        stride: u64,
+        draws: u32,
+        out: &mut [f32],
+    ) {
         assert_eq!(codes.len(), out.len());
         assert!(isa.supported(), "{} is not supported by this CPU", isa.name());
         if draws == 0 {
@@ -104,17 +156,36 @@ impl ErrorModel {
             // SAFETY: AVX-512 F (supported) and DQ (checked here) are present; indices are
             // clamped rows and entries of their rows; the sums cannot overflow (above).
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 if vector && avx512_available() => unsafe { avx512::slopes(self, codes, key, first, stride, draws, out) },
+            Kernel::Avx512 if vector && avx512_available() => unsafe {
+                avx512::slopes(self, codes, key, first, stride, draws, out)
+            },
             // SAFETY: AVX2 is present (supported); the rest as above.
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 if vector => unsafe { avx2::slopes(self, codes, key, first, stride, draws, out) },
+            Kernel::Avx2 if vector => unsafe {
+                avx2::slopes(self, codes, key, first, stride, draws, out)
+            },
             _ => 0,
         };
-        self.slopes_portable(&codes[done..], key, first.wrapping_add((done as u64).wrapping_mul(stride)), stride, draws, &mut out[done..])
+        self.slopes_portable(
+            &codes[done..],
+            key,
+            first.wrapping_add((done as u64).wrapping_mul(stride)),
+            stride,
+            draws,
+            &mut out[done..],
+        )
     }
 
     /// The portable path of [`ErrorModel::slope_stream`] (also its tail).
-    pub(crate) fn slopes_portable(&self, codes: &[i32], key: u64, first: u64, stride: u64, draws: u32, out: &mut [f32]) {
+    pub(crate) fn slopes_portable(
+        &self,
+        codes: &[i32],
+        key: u64,
+        first: u64,
+        stride: u64,
+        draws: u32,
+        out: &mut [f32],
+    ) {
         for (i, (o, &kc)) in out.iter_mut().zip(codes).enumerate() {
             let op = first.wrapping_add((i as u64).wrapping_mul(stride));
             let mut bits = mix64(key.wrapping_add(op.wrapping_mul(PHI)));
@@ -161,7 +232,14 @@ mod avx512 {
     /// # Safety
     /// The CPU must support AVX-512 F and DQ, and `m.gather_indexable()` must hold.
     #[target_feature(enable = "avx512f,avx512dq")]
-    pub(super) unsafe fn stream(m: &ErrorModel, codes: &[i32], key: u64, first: u64, stride: u64, out: &mut [f32]) -> usize {
+    pub(super) unsafe fn stream(
+        m: &ErrorModel,
+        codes: &[i32],
+        key: u64,
+        first: u64,
+        stride: u64,
+        out: &mut [f32],
+    ) -> usize {
         let n = codes.len() / 8 * 8;
         let (kmin, kmax) = (_mm256_set1_epi32(m.kmin), _mm256_set1_epi32(m.kmax));
         let low32 = _mm512_set1_epi64(0xFFFF_FFFF);
@@ -170,7 +248,16 @@ mod avx512 {
         let span = m.span.as_ptr() as *const i64;
         let flat = m.flat.as_ptr() as *const i64;
         let lane = |i| super::hash_input(key, first, stride, i);
-        let mut z = _mm512_set_epi64(lane(7), lane(6), lane(5), lane(4), lane(3), lane(2), lane(1), lane(0));
+        let mut z = _mm512_set_epi64(
+            lane(7),
+            lane(6),
+            lane(5),
+            lane(4),
+            lane(3),
+            lane(2),
+            lane(1),
+            lane(0),
+        );
         let advance = _mm512_set1_epi64(stride.wrapping_mul(8).wrapping_mul(PHI) as i64);
         let mut i = 0;
         while i < n {
@@ -184,15 +271,22 @@ mod avx512 {
             // SAFETY: row < span.len() (clamped above).
             let sw = unsafe { _mm512_i32gather_epi64::<8>(row, span) };
             // Column = (high 32 bits × width) >> 32 (vpmuludq: 32 × 32 → 64 bits).
-            let col = _mm512_srli_epi64::<32>(_mm512_mul_epu32(_mm512_srli_epi64::<32>(bits), _mm512_srli_epi64::<32>(sw)));
+            let col = _mm512_srli_epi64::<32>(_mm512_mul_epu32(
+                _mm512_srli_epi64::<32>(bits),
+                _mm512_srli_epi64::<32>(sw),
+            ));
             let slot = _mm512_cvtepi64_epi32(_mm512_add_epi64(_mm512_and_si512(sw, low32), col));
             // AliasEntry { keep, own, alias }: one 64-bit word per entry.
             // SAFETY: slot = start + column < start + width <= flat.len().
             let e = unsafe { _mm512_i32gather_epi64::<8>(slot, flat) };
-            let take_alias = _mm512_cmpge_epu64_mask(_mm512_and_si512(bits, low32), _mm512_and_si512(e, low32));
+            let take_alias =
+                _mm512_cmpge_epu64_mask(_mm512_and_si512(bits, low32), _mm512_and_si512(e, low32));
             let own = _mm512_and_si512(_mm512_srli_epi64::<32>(e), low16);
             let alias = _mm512_srli_epi64::<48>(e);
-            let j = _mm256_add_epi32(_mm512_cvtepi64_epi32(_mm512_mask_blend_epi64(take_alias, own, alias)), jmin);
+            let j = _mm256_add_epi32(
+                _mm512_cvtepi64_epi32(_mm512_mask_blend_epi64(take_alias, own, alias)),
+                jmin,
+            );
             // SAFETY: i + 8 <= n <= out.len().
             unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(i), _mm256_cvtepi32_ps(j)) };
             i += 8;
@@ -206,14 +300,32 @@ mod avx512 {
     /// The CPU must support AVX-512 F and DQ; `draws ≤ 2^16`, and every entry index fits
     /// an i32 (the slots are narrowed to i32 for the gather).
     #[target_feature(enable = "avx512f,avx512dq")]
-    pub(super) unsafe fn slopes(m: &ErrorModel, codes: &[i32], key: u64, first: u64, stride: u64, draws: u32, out: &mut [f32]) -> usize {
+    pub(super) unsafe fn slopes(
+        m: &ErrorModel,
+        codes: &[i32],
+        key: u64,
+        first: u64,
+        stride: u64,
+        draws: u32,
+        out: &mut [f32],
+    ) -> usize {
         let n = codes.len() / 8 * 8;
         let (kmin, kmax) = (_mm256_set1_epi32(m.kmin), _mm256_set1_epi32(m.kmax));
         let low32 = _mm512_set1_epi64(0xFFFF_FFFF);
         let p = &m.pair_diff;
-        let (span, entries, spacing) = (p.span.as_ptr() as *const i64, p.entries.as_ptr() as *const i64, p.spacing.as_ptr());
+        let (span, entries, spacing) =
+            (p.span.as_ptr() as *const i64, p.entries.as_ptr() as *const i64, p.spacing.as_ptr());
         let lane = |i| super::hash_input(key, first, stride, i);
-        let mut z = _mm512_set_epi64(lane(7), lane(6), lane(5), lane(4), lane(3), lane(2), lane(1), lane(0));
+        let mut z = _mm512_set_epi64(
+            lane(7),
+            lane(6),
+            lane(5),
+            lane(4),
+            lane(3),
+            lane(2),
+            lane(1),
+            lane(0),
+        );
         let advance = _mm512_set1_epi64(stride.wrapping_mul(8).wrapping_mul(PHI) as i64);
         let lattice = _mm512_set1_epi64(LATTICE_STEP as i64);
         let scale = _mm256_set1_ps(draws as f32);
@@ -223,21 +335,30 @@ mod avx512 {
             let k = unsafe { _mm256_loadu_si256(codes.as_ptr().add(i) as *const __m256i) };
             let row = _mm256_sub_epi32(_mm256_min_epi32(_mm256_max_epi32(k, kmin), kmax), kmin);
             // SAFETY: row < span.len() = spacing.len() (clamped above).
-            let (sw, sp) = unsafe { (_mm512_i32gather_epi64::<8>(row, span), _mm256_i32gather_epi32::<4>(spacing, row)) };
+            let (sw, sp) = unsafe {
+                (_mm512_i32gather_epi64::<8>(row, span), _mm256_i32gather_epi32::<4>(spacing, row))
+            };
             let (start, width) = (_mm512_and_si512(sw, low32), _mm512_srli_epi64::<32>(sw));
             let mut bits = finalise(z);
             z = _mm512_add_epi64(z, advance);
             let mut diff = _mm256_setzero_si256();
             for _ in 0..draws {
-                let col = _mm512_srli_epi64::<32>(_mm512_mul_epu32(_mm512_srli_epi64::<32>(bits), width));
+                let col =
+                    _mm512_srli_epi64::<32>(_mm512_mul_epu32(_mm512_srli_epi64::<32>(bits), width));
                 let slot = _mm512_cvtepi64_epi32(_mm512_add_epi64(start, col));
                 // SAFETY: slot = start + column < start + width <= entries.len().
                 let e = unsafe { _mm512_i32gather_epi64::<8>(slot, entries) };
-                let take_alias = _mm512_cmpge_epu64_mask(_mm512_and_si512(bits, low32), _mm512_and_si512(e, low32));
+                let take_alias = _mm512_cmpge_epu64_mask(
+                    _mm512_and_si512(bits, low32),
+                    _mm512_and_si512(e, low32),
+                );
                 // own: bits 32..48, alias: bits 48..64, both signed 16-bit.
                 let own = _mm512_srai_epi64::<48>(_mm512_slli_epi64::<16>(e));
                 let alias = _mm512_srai_epi64::<48>(e);
-                diff = _mm256_add_epi32(diff, _mm512_cvtepi64_epi32(_mm512_mask_blend_epi64(take_alias, own, alias)));
+                diff = _mm256_add_epi32(
+                    diff,
+                    _mm512_cvtepi64_epi32(_mm512_mask_blend_epi64(take_alias, own, alias)),
+                );
                 bits = _mm512_add_epi64(bits, lattice);
             }
             // diff / (draws · spacing), as the portable path rounds it; 1 where spacing is 0.
@@ -264,7 +385,10 @@ mod avx2 {
     #[target_feature(enable = "avx2")]
     fn mul_lo(a: __m256i, c: u64) -> __m256i {
         let (cl, ch) = (_mm256_set1_epi64x(c as i64), _mm256_set1_epi64x((c >> 32) as i64));
-        let cross = _mm256_add_epi64(_mm256_mul_epu32(_mm256_srli_epi64::<32>(a), cl), _mm256_mul_epu32(a, ch));
+        let cross = _mm256_add_epi64(
+            _mm256_mul_epu32(_mm256_srli_epi64::<32>(a), cl),
+            _mm256_mul_epu32(a, ch),
+        );
         _mm256_add_epi64(_mm256_mul_epu32(a, cl), _mm256_slli_epi64::<32>(cross))
     }
 
@@ -283,7 +407,14 @@ mod avx2 {
     /// # Safety
     /// The CPU must support AVX2, and `m.gather_indexable()` must hold.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn stream(m: &ErrorModel, codes: &[i32], key: u64, first: u64, stride: u64, out: &mut [f32]) -> usize {
+    pub(super) unsafe fn stream(
+        m: &ErrorModel,
+        codes: &[i32],
+        key: u64,
+        first: u64,
+        stride: u64,
+        out: &mut [f32],
+    ) -> usize {
         let n = codes.len() / 4 * 4;
         let (kmin, kmax) = (_mm_set1_epi32(m.kmin), _mm_set1_epi32(m.kmax));
         let low32 = _mm256_set1_epi64x(0xFFFF_FFFF);
@@ -305,17 +436,26 @@ mod avx2 {
             let row = _mm_sub_epi32(_mm_min_epi32(_mm_max_epi32(k, kmin), kmax), kmin);
             // SAFETY: row < span.len() (clamped above).
             let sw = unsafe { _mm256_i32gather_epi64::<8>(span, row) };
-            let col = _mm256_srli_epi64::<32>(_mm256_mul_epu32(_mm256_srli_epi64::<32>(bits), _mm256_srli_epi64::<32>(sw)));
+            let col = _mm256_srli_epi64::<32>(_mm256_mul_epu32(
+                _mm256_srli_epi64::<32>(bits),
+                _mm256_srli_epi64::<32>(sw),
+            ));
             let slot = _mm256_add_epi64(_mm256_and_si256(sw, low32), col);
             // SAFETY: slot = start + column < start + width <= flat.len().
             let e = unsafe { _mm256_i64gather_epi64::<8>(flat, slot) };
             // Both sides below 2^32, so the signed 64-bit compare is the unsigned one.
-            let keep_own = _mm256_cmpgt_epi64(_mm256_and_si256(e, low32), _mm256_and_si256(bits, low32));
+            let keep_own =
+                _mm256_cmpgt_epi64(_mm256_and_si256(e, low32), _mm256_and_si256(bits, low32));
             let own = _mm256_and_si256(_mm256_srli_epi64::<32>(e), low16);
             let alias = _mm256_srli_epi64::<48>(e);
-            let j = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(_mm256_blendv_epi8(alias, own, keep_own), evens));
+            let j = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(
+                _mm256_blendv_epi8(alias, own, keep_own),
+                evens,
+            ));
             // SAFETY: i + 4 <= n <= out.len().
-            unsafe { _mm_storeu_ps(out.as_mut_ptr().add(i), _mm_cvtepi32_ps(_mm_add_epi32(j, jmin))) };
+            unsafe {
+                _mm_storeu_ps(out.as_mut_ptr().add(i), _mm_cvtepi32_ps(_mm_add_epi32(j, jmin)))
+            };
             i += 4;
         }
         n
@@ -326,13 +466,22 @@ mod avx2 {
     /// # Safety
     /// The CPU must support AVX2; `draws ≤ 2^16`.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn slopes(m: &ErrorModel, codes: &[i32], key: u64, first: u64, stride: u64, draws: u32, out: &mut [f32]) -> usize {
+    pub(super) unsafe fn slopes(
+        m: &ErrorModel,
+        codes: &[i32],
+        key: u64,
+        first: u64,
+        stride: u64,
+        draws: u32,
+        out: &mut [f32],
+    ) -> usize {
         let n = codes.len() / 4 * 4;
         let (kmin, kmax) = (_mm_set1_epi32(m.kmin), _mm_set1_epi32(m.kmax));
         let low32 = _mm256_set1_epi64x(0xFFFF_FFFF);
         let evens = _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6);
         let p = &m.pair_diff;
-        let (span, entries, spacing) = (p.span.as_ptr() as *const i64, p.entries.as_ptr() as *const i64, p.spacing.as_ptr());
+        let (span, entries, spacing) =
+            (p.span.as_ptr() as *const i64, p.entries.as_ptr() as *const i64, p.spacing.as_ptr());
         let lane = |i| super::hash_input(key, first, stride, i);
         let mut z = _mm256_setr_epi64x(lane(0), lane(1), lane(2), lane(3));
         let advance = _mm256_set1_epi64x(stride.wrapping_mul(4).wrapping_mul(PHI) as i64);
@@ -344,23 +493,30 @@ mod avx2 {
             let k = unsafe { _mm_loadu_si128(codes.as_ptr().add(i) as *const __m128i) };
             let row = _mm_sub_epi32(_mm_min_epi32(_mm_max_epi32(k, kmin), kmax), kmin);
             // SAFETY: row < span.len() = spacing.len() (clamped above).
-            let (sw, sp) = unsafe { (_mm256_i32gather_epi64::<8>(span, row), _mm_i32gather_epi32::<4>(spacing, row)) };
+            let (sw, sp) = unsafe {
+                (_mm256_i32gather_epi64::<8>(span, row), _mm_i32gather_epi32::<4>(spacing, row))
+            };
             let (start, width) = (_mm256_and_si256(sw, low32), _mm256_srli_epi64::<32>(sw));
             let mut bits = finalise(z);
             z = _mm256_add_epi64(z, advance);
             let mut diff = _mm_setzero_si128();
             for _ in 0..draws {
-                let col = _mm256_srli_epi64::<32>(_mm256_mul_epu32(_mm256_srli_epi64::<32>(bits), width));
+                let col =
+                    _mm256_srli_epi64::<32>(_mm256_mul_epu32(_mm256_srli_epi64::<32>(bits), width));
                 let slot = _mm256_add_epi64(start, col);
                 // SAFETY: slot = start + column < start + width <= entries.len().
                 let e = unsafe { _mm256_i64gather_epi64::<8>(entries, slot) };
                 // Both sides below 2^32, so the signed 64-bit compare is the unsigned one.
-                let keep_own = _mm256_cmpgt_epi64(_mm256_and_si256(e, low32), _mm256_and_si256(bits, low32));
+                let keep_own =
+                    _mm256_cmpgt_epi64(_mm256_and_si256(e, low32), _mm256_and_si256(bits, low32));
                 // own: bits 32..48, alias: bits 48..64, both signed 16-bit; as the low 32
                 // bits of each lane, sign-extended (only those are kept below).
                 let own = _mm256_srai_epi32::<16>(_mm256_srli_epi64::<16>(e));
                 let alias = _mm256_srai_epi32::<16>(_mm256_srli_epi64::<32>(e));
-                let d = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(_mm256_blendv_epi8(alias, own, keep_own), evens));
+                let d = _mm256_castsi256_si128(_mm256_permutevar8x32_epi32(
+                    _mm256_blendv_epi8(alias, own, keep_own),
+                    evens,
+                ));
                 diff = _mm_add_epi32(diff, d);
                 bits = _mm256_add_epi64(bits, lattice);
             }
@@ -379,8 +535,8 @@ mod avx2 {
 
 #[cfg(test)]
 mod tests {
-    use crate::cim::em::presets;
     use crate::cim::DrawKey;
+    use crate::cim::em::presets;
     use crate::engine::gemm::Kernel;
 
     /// Every path the CPU has (AVX-512, AVX2, portable) equals the portable one bit for
@@ -398,13 +554,22 @@ mod tests {
                 m.stream_portable(&codes, key.forward_key(), first, stride, &mut b);
                 for (i, (&x, &y)) in a.iter().zip(&b).enumerate() {
                     let want = m.sample(codes[i], key.forward(first + i as u64 * stride)) as f32;
-                    assert_eq!((x, y), (want, want), "{name}: draw {i} (first {first}, stride {stride})");
+                    assert_eq!(
+                        (x, y),
+                        (want, want),
+                        "{name}: draw {i} (first {first}, stride {stride})"
+                    );
                 }
                 // Every instruction set's path, not only the one dispatched.
                 for isa in Kernel::ALL.into_iter().filter(|k| k.supported()) {
                     a.fill(f32::NAN);
                     m.sample_stream_on(isa, &codes, key.forward_key(), first, stride, &mut a);
-                    assert_eq!(a, b, "{name}: the {} path (first {first}, stride {stride})", isa.name());
+                    assert_eq!(
+                        a,
+                        b,
+                        "{name}: the {} path (first {first}, stride {stride})",
+                        isa.name()
+                    );
                 }
                 // The sampled slopes (stat:S) likewise, against pair_difference at DrawKey::backward.
                 for draws in [1u32, 4] {
@@ -417,13 +582,31 @@ mod tests {
                             let (d, spacing) = m.pair_difference(codes[i], key.backward(op, s));
                             (diff, sp) = (diff + d as i64, spacing);
                         }
-                        let want = if sp == 0 { 1.0 } else { diff as f32 / (draws as f32 * sp as f32) };
-                        assert_eq!((x.to_bits(), y.to_bits()), (want.to_bits(), want.to_bits()), "{name}: slope {i} (S = {draws})");
+                        let want =
+                            if sp == 0 { 1.0 } else { diff as f32 / (draws as f32 * sp as f32) };
+                        assert_eq!(
+                            (x.to_bits(), y.to_bits()),
+                            (want.to_bits(), want.to_bits()),
+                            "{name}: slope {i} (S = {draws})"
+                        );
                     }
                     for isa in Kernel::ALL.into_iter().filter(|k| k.supported()) {
                         a.fill(f32::NAN);
-                        m.slope_stream_on(isa, &codes, key.backward_key(), first, stride, draws, &mut a);
-                        assert_eq!(a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{name}: the {} slopes (S = {draws})", isa.name());
+                        m.slope_stream_on(
+                            isa,
+                            &codes,
+                            key.backward_key(),
+                            first,
+                            stride,
+                            draws,
+                            &mut a,
+                        );
+                        assert_eq!(
+                            a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                            b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                            "{name}: the {} slopes (S = {draws})",
+                            isa.name()
+                        );
                     }
                 }
             }

@@ -44,7 +44,9 @@ pub fn parse_log(text: &str, path: &Path, values_step: Option<f64>) -> Result<Lo
     if let Some(step) = values_step
         && !(step.is_finite() && step > 0.0)
     {
-        return Err(Error::invalid(format!("--values-step {step}: the ADC step must be a positive number")));
+        return Err(Error::invalid(format!(
+            "--values-step {step}: the ADC step must be a positive number"
+        )));
     }
     let mut pairs = Vec::new();
     let mut columns: Vec<u32> = Vec::new();
@@ -62,25 +64,47 @@ pub fn parse_log(text: &str, path: &Path, values_step: Option<f64>) -> Result<Lo
             Some(lay) => lay,
             None => {
                 // The first line: a header of names (CSV style), or data.
-                if f.iter().all(|t| t.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')) {
+                if f.iter()
+                    .all(|t| t.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_'))
+                {
                     layout = Some(Layout::from_header(&f).map_err(err)?);
                     continue;
                 }
                 if !(2..=3).contains(&f.len()) {
-                    return Err(err(format!("expected 'ideal measured' or 'ideal measured column', or a header line naming them, got '{l}'")));
+                    return Err(err(format!(
+                        "expected 'ideal measured' or 'ideal measured column', or a header line naming them, got '{l}'"
+                    )));
                 }
-                layout.insert(Layout { named: false, width: f.len(), ideal: 0, measured: 1, column: (f.len() == 3).then_some(2) })
+                layout.insert(Layout {
+                    named: false,
+                    width: f.len(),
+                    ideal: 0,
+                    measured: 1,
+                    column: (f.len() == 3).then_some(2),
+                })
             }
         };
         if f.len() != lay.width {
-            return Err(err(format!("{} fields, but the log's {} has {}: every line has the same fields", f.len(), if lay.named { "header" } else { "first line" }, lay.width)));
+            return Err(err(format!(
+                "{} fields, but the log's {} has {}: every line has the same fields",
+                f.len(),
+                if lay.named { "header" } else { "first line" },
+                lay.width
+            )));
         }
         if let Some(c) = lay.column {
-            columns.push(f[c].parse().map_err(|_| err(format!("column '{}' is not a whole number", f[c])))?);
+            columns.push(
+                f[c].parse()
+                    .map_err(|_| err(format!("column '{}' is not a whole number", f[c])))?,
+            );
         }
         let code = |s: &str| -> Result<i32> {
             match values_step {
-                None => s.parse::<i32>().map_err(|_| err(format!("'{s}' is not an integer ADC code (use --values-step for readout values)"))),
+                None => s.parse::<i32>().map_err(|_| {
+                    err(format!(
+                        "'{s}' is not an integer ADC code (use --values-step for readout values)"
+                    ))
+                }),
                 Some(step) => {
                     let v: f64 = s.parse().map_err(|_| err(format!("'{s}' is not a number")))?;
                     if !v.is_finite() {
@@ -88,7 +112,9 @@ pub fn parse_log(text: &str, path: &Path, values_step: Option<f64>) -> Result<Lo
                     }
                     let k = (v / step).round();
                     if k.abs() > i32::MAX as f64 {
-                        return Err(err(format!("readout value '{s}' is {k:e} ADC codes at step {step}: beyond any ADC")));
+                        return Err(err(format!(
+                            "readout value '{s}' is {k:e} ADC codes at step {step}: beyond any ADC"
+                        )));
                     }
                     Ok(k as i32)
                 }
@@ -119,7 +145,12 @@ impl Layout {
     /// any order; other named fields (a temperature, a timestamp) are ignored.
     fn from_header(names: &[&str]) -> std::result::Result<Self, String> {
         let find = |aliases: &[&str]| -> std::result::Result<Option<usize>, String> {
-            let hits: Vec<usize> = names.iter().enumerate().filter(|(_, n)| aliases.contains(&n.to_ascii_lowercase().as_str())).map(|(i, _)| i).collect();
+            let hits: Vec<usize> = names
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| aliases.contains(&n.to_ascii_lowercase().as_str()))
+                .map(|(i, _)| i)
+                .collect();
             match hits.len() {
                 0 => Ok(None),
                 1 => Ok(Some(hits[0])),
@@ -130,8 +161,13 @@ impl Layout {
         let measured = find(&["measured", "j", "measured_code", "readout", "actual"])?;
         let column = find(&["column", "col", "adc"])?;
         match (ideal, measured) {
-            (Some(ideal), Some(measured)) => Ok(Layout { named: true, width: names.len(), ideal, measured, column }),
-            _ => Err(format!("header '{}' must name an ideal field (ideal, k) and a measured one (measured, j, readout)", names.join(","))),
+            (Some(ideal), Some(measured)) => {
+                Ok(Layout { named: true, width: names.len(), ideal, measured, column })
+            }
+            _ => Err(format!(
+                "header '{}' must name an ideal field (ideal, k) and a measured one (measured, j, readout)",
+                names.join(",")
+            )),
         }
     }
 }
@@ -161,9 +197,13 @@ pub fn fit_columns(log: &Log, adcs: usize) -> Result<Vec<(f32, f32)>> {
         return Err(Error::invalid(format!("column {c} is beyond the macro's {adcs} ADC columns")));
     }
     let all = log.pairs.iter().map(|&(k, j)| (k as f64, j as f64));
-    let (a, b) = line(all).ok_or_else(|| Error::invalid("the log measures a single ideal code: no transfer to fit"))?;
+    let (a, b) = line(all).ok_or_else(|| {
+        Error::invalid("the log measures a single ideal code: no transfer to fit")
+    })?;
     if b.abs() < 1e-6 {
-        return Err(Error::invalid("the measured codes do not follow the ideal ones (slope 0): no gain to fit"));
+        return Err(Error::invalid(
+            "the measured codes do not follow the ideal ones (slope 0): no gain to fit",
+        ));
     }
     let mut by_col: Vec<Vec<(f64, f64)>> = vec![Vec::new(); adcs];
     for (&(k, j), &c) in log.pairs.iter().zip(cols) {
@@ -171,9 +211,11 @@ pub fn fit_columns(log: &Log, adcs: usize) -> Result<Vec<(f32, f32)>> {
     }
     Ok(by_col
         .iter()
-        .map(|pts| match (pts.len() >= MIN_COLUMN_READS).then(|| line(pts.iter().copied())).flatten() {
-            Some((ac, bc)) => ((bc / b) as f32, ((ac - a) / b) as f32),
-            None => (1.0, 0.0),
+        .map(|pts| {
+            match (pts.len() >= MIN_COLUMN_READS).then(|| line(pts.iter().copied())).flatten() {
+                Some((ac, bc)) => ((bc / b) as f32, ((ac - a) / b) as f32),
+                None => (1.0, 0.0),
+            }
         })
         .collect())
 }
@@ -181,16 +223,31 @@ pub fn fit_columns(log: &Log, adcs: usize) -> Result<Vec<(f32, f32)>> {
 /// Fits a model over the ideal code range `codes` (the macro's ADC), whose measured
 /// codes must lie in the same range. A per-column log (over the macro's `adcs`
 /// columns) gives a per-column model.
-pub fn fit(log: &Log, codes: (i32, i32), fill: FillPolicy, info: ModelInfo, adcs: usize) -> Result<ErrorModel> {
+pub fn fit(
+    log: &Log,
+    codes: (i32, i32),
+    fill: FillPolicy,
+    info: ModelInfo,
+    adcs: usize,
+) -> Result<ErrorModel> {
     // A readout beyond the ADC's codes comes from another ADC (or a wrong --values-step).
     if let Some(&(k, j)) = log.pairs.iter().find(|p| p.1 < codes.0 || p.1 > codes.1) {
-        return Err(Error::invalid(format!("measured code {j} (ideal {k}) is beyond the macro's ADC codes {}..={}: a log of another ADC?", codes.0, codes.1)));
+        return Err(Error::invalid(format!(
+            "measured code {j} (ideal {k}) is beyond the macro's ADC codes {}..={}: a log of another ADC?",
+            codes.0, codes.1
+        )));
     }
     let pairs = &log.pairs;
     // Measured codes lie in the ADC's range (checked above): the model reads over all of it.
     let (jmin, jmax) = codes;
     let Some(cols) = &log.columns else {
-        return ErrorModel::from_counts(info, codes, (jmin, jmax), fill, pairs.iter().map(|&(k, j)| (k, j, 1.0)));
+        return ErrorModel::from_counts(
+            info,
+            codes,
+            (jmin, jmax),
+            fill,
+            pairs.iter().map(|&(k, j)| (k, j, 1.0)),
+        );
     };
     let fitted = fit_columns(log, adcs)?;
     let corrected = pairs.iter().zip(cols).map(|(&(k, j), &c)| {
@@ -206,7 +263,12 @@ pub fn fit(log: &Log, codes: (i32, i32), fill: FillPolicy, info: ModelInfo, adcs
 pub fn report(m: &ErrorModel) -> String {
     let mut s = String::new();
     let label = m.label();
-    writeln!(s, "D-MAC-EM {label}: ideal codes {}..={}, measured codes {}..={}", m.kmin, m.kmax, m.jmin, m.jmax).unwrap();
+    writeln!(
+        s,
+        "D-MAC-EM {label}: ideal codes {}..={}, measured codes {}..={}",
+        m.kmin, m.kmax, m.jmin, m.jmax
+    )
+    .unwrap();
     if !m.info.description.is_empty() {
         writeln!(s, "  {}", m.info.description).unwrap();
     }
@@ -233,11 +295,19 @@ pub fn report(m: &ErrorModel) -> String {
         tv / total
     )
     .unwrap();
-    writeln!(s, "{:>8} {:>12} {:>10} {:>10} {:>10}", "ideal", "count", "mean", "mean-ideal", "std").unwrap();
+    writeln!(s, "{:>8} {:>12} {:>10} {:>10} {:>10}", "ideal", "count", "mean", "mean-ideal", "std")
+        .unwrap();
     let stride = (per_code.len() / 40).max(1);
     for (i, &(k, n)) in per_code.iter().enumerate() {
         if i % stride == 0 || i + 1 == per_code.len() {
-            writeln!(s, "{k:>8} {n:>12.0} {:>10.3} {:>+10.3} {:>10.3}", m.mean(k), m.mean(k) as f64 - k as f64, m.std(k)).unwrap();
+            writeln!(
+                s,
+                "{k:>8} {n:>12.0} {:>10.3} {:>+10.3} {:>10.3}",
+                m.mean(k),
+                m.mean(k) as f64 - k as f64,
+                m.std(k)
+            )
+            .unwrap();
         }
     }
     if per_code.len() > 40 {
@@ -247,7 +317,15 @@ pub fn report(m: &ErrorModel) -> String {
     if un.is_empty() {
         writeln!(s, "every ideal code was measured").unwrap();
     } else {
-        writeln!(s, "{} of {} ideal codes never measured ({}), filled by policy '{}'", un.len(), m.kmax - m.kmin + 1, ranges(&un), m.fill.name()).unwrap();
+        writeln!(
+            s,
+            "{} of {} ideal codes never measured ({}), filled by policy '{}'",
+            un.len(),
+            m.kmax - m.kmin + 1,
+            ranges(&un),
+            m.fill.name()
+        )
+        .unwrap();
     }
     s
 }
@@ -287,10 +365,18 @@ mod tests {
         let info = ModelInfo { name: "refit".into(), description: String::new(), synthetic: true };
         let m = fit(&log, (-32, 31), FillPolicy::Reject, info, 256).unwrap();
         for k in -32..=31 {
-            assert!((m.mean(k) - truth.mean(k)).abs() < 0.15, "code {k}: {} vs {}", m.mean(k), truth.mean(k));
+            assert!(
+                (m.mean(k) - truth.mean(k)).abs() < 0.15,
+                "code {k}: {} vs {}",
+                m.mean(k),
+                truth.mean(k)
+            );
             // Total variation distance between fitted and true PMFs (the std is too
             // tail-sensitive to compare at 4,000 draws: one charge-loss draw moves it).
-            let tv: f64 = (truth.jmin..=truth.jmax).map(|j| (m.prob(k, j) - truth.prob(k, j)).abs()).sum::<f64>() / 2.0;
+            let tv: f64 = (truth.jmin..=truth.jmax)
+                .map(|j| (m.prob(k, j) - truth.prob(k, j)).abs())
+                .sum::<f64>()
+                / 2.0;
             assert!(tv < 0.04, "code {k}: total variation {tv}");
         }
         let rep = report(&m);
@@ -304,7 +390,11 @@ mod tests {
     fn per_column_fit_recovers_column_gains_and_offsets() {
         let gains = [0.95f32, 1.05, 0.98, 1.02, 0.97, 1.03, 1.0, 1.0];
         let offsets = [0.6f32, -0.6, 0.3, -0.3, 0.0, 0.9, -0.9, 0.0];
-        let shared = presets::preset("charge-domain:col_gain=0,col_offset=0,chip_gain=0,chip_offset=0", (-64, 63)).unwrap();
+        let shared = presets::preset(
+            "charge-domain:col_gain=0,col_offset=0,chip_gain=0,chip_offset=0",
+            (-64, 63),
+        )
+        .unwrap();
         let mut r = KeyedRng::new(&[9]);
         let mut log = String::new();
         for (c, (&g, &o)) in gains.iter().zip(&offsets).enumerate() {
@@ -328,9 +418,19 @@ mod tests {
         // The correction maps the integer ideal code, not the analog sum behind it, so the
         // shared rows are smeared by up to half a code: their means agree to ~0.25.
         for k in -30..=30 {
-            assert!((m.mean(k) - shared.mean(k)).abs() < 0.25, "code {k}: {} vs {}", m.mean(k), shared.mean(k));
+            assert!(
+                (m.mean(k) - shared.mean(k)).abs() < 0.25,
+                "code {k}: {} vs {}",
+                m.mean(k),
+                shared.mean(k)
+            );
         }
-        assert!((m.fixed_pattern.column_gain - 0.03).abs() < 0.01 && m.fixed_pattern.column_offset > 0.3, "{:?}", m.fixed_pattern);
+        assert!(
+            (m.fixed_pattern.column_gain - 0.03).abs() < 0.01
+                && m.fixed_pattern.column_offset > 0.3,
+            "{:?}",
+            m.fixed_pattern
+        );
         // The measured chip is chip 0, column for column; other chips are drawn.
         use crate::cim::Readout;
         let chip = m.chip(8, 0).unwrap();
@@ -343,7 +443,11 @@ mod tests {
             let p = dir.join(f);
             crate::cim::em::format::save(&m, &p).unwrap();
             let back = crate::cim::em::format::load(&p).unwrap();
-            assert_eq!((back.columns.clone(), back.fixed_pattern), (m.columns.clone(), m.fixed_pattern), "{f}");
+            assert_eq!(
+                (back.columns.clone(), back.fixed_pattern),
+                (m.columns.clone(), m.fixed_pattern),
+                "{f}"
+            );
         }
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -354,18 +458,43 @@ mod tests {
         let log = parse_log("0 0\n0 1 # noisy\n2,2\n", p, None).unwrap();
         let info = ModelInfo { name: "g".into(), description: String::new(), synthetic: false };
         let m = fit(&log, (0, 5), FillPolicy::Nearest, info, 256).unwrap();
-        assert!(report(&m).contains("4 of 6 ideal codes never measured (1, 3..5), filled by policy 'nearest'"));
-        assert!(parse_log("1 2 3 4\n", p, None).unwrap_err().to_string().contains("chip.log: line 1"));
+        assert!(
+            report(&m).contains(
+                "4 of 6 ideal codes never measured (1, 3..5), filled by policy 'nearest'"
+            )
+        );
+        assert!(
+            parse_log("1 2 3 4\n", p, None).unwrap_err().to_string().contains("chip.log: line 1")
+        );
         assert!(parse_log("1.5 2\n", p, None).unwrap_err().to_string().contains("not an integer"));
         assert_eq!(parse_log("64.0 -31.9\n", p, Some(32.0)).unwrap().pairs, vec![(2, -1)]);
         assert_eq!(parse_log("1 2 7\n3 3 0\n", p, None).unwrap().columns, Some(vec![7, 0]));
-        assert!(parse_log("1 2 7\n3 3\n", p, None).unwrap_err().to_string().contains("line 2: 2 fields"));
+        assert!(
+            parse_log("1 2 7\n3 3\n", p, None)
+                .unwrap_err()
+                .to_string()
+                .contains("line 2: 2 fields")
+        );
         assert!(parse_log("1 2 x\n", p, None).unwrap_err().to_string().contains("column 'x'"));
         let cols = parse_log("1 1 300\n2 2 300\n", p, None).unwrap();
-        assert!(fit(&cols, (0, 5), FillPolicy::Nearest, ModelInfo { name: "c".into(), description: String::new(), synthetic: false }, 256).unwrap_err().to_string().contains("column 300"));
-        assert!(parse_log("# nothing\n", p, None).unwrap_err().to_string().contains("no measurements"));
+        assert!(
+            fit(
+                &cols,
+                (0, 5),
+                FillPolicy::Nearest,
+                ModelInfo { name: "c".into(), description: String::new(), synthetic: false },
+                256
+            )
+            .unwrap_err()
+            .to_string()
+            .contains("column 300")
+        );
+        assert!(
+            parse_log("# nothing\n", p, None).unwrap_err().to_string().contains("no measurements")
+        );
         // A CSV header names the fields, in any order, and may carry fields dnat ignores.
-        let named = parse_log("temp_C,readout,adc,ideal\n25.1,3,7,2\n25.3,4,0,4\n", p, None).unwrap();
+        let named =
+            parse_log("temp_C,readout,adc,ideal\n25.1,3,7,2\n25.3,4,0,4\n", p, None).unwrap();
         assert_eq!((named.pairs, named.columns), (vec![(2, 3), (4, 4)], Some(vec![7, 0])));
         assert_eq!(parse_log("k j\n1 1\n", p, None).unwrap().pairs, vec![(1, 1)]);
         for (text, msg) in [

@@ -48,7 +48,11 @@ const TEXT_FORMAT: &str = "dnat-dmacem-text 1";
 
 pub fn to_text(m: &ErrorModel) -> String {
     let mut s = String::new();
-    writeln!(s, "# D-MAC-EM counts table (dnat). One line per (ideal ADC code, measured ADC code) pair.").unwrap();
+    writeln!(
+        s,
+        "# D-MAC-EM counts table (dnat). One line per (ideal ADC code, measured ADC code) pair."
+    )
+    .unwrap();
     writeln!(s, "format: {TEXT_FORMAT}").unwrap();
     writeln!(s, "name: {}", m.info.name).unwrap();
     writeln!(s, "synthetic: {}", m.info.synthetic).unwrap();
@@ -58,7 +62,12 @@ pub fn to_text(m: &ErrorModel) -> String {
     writeln!(s, "fill: {}", m.fill.name()).unwrap();
     let p = m.fixed_pattern;
     if !p.is_zero() {
-        writeln!(s, "fixed_pattern: column_gain={} column_offset={} chip_gain={} chip_offset={}", p.column_gain, p.column_offset, p.chip_gain, p.chip_offset).unwrap();
+        writeln!(
+            s,
+            "fixed_pattern: column_gain={} column_offset={} chip_gain={} chip_offset={}",
+            p.column_gain, p.column_offset, p.chip_gain, p.chip_offset
+        )
+        .unwrap();
     }
     for (c, (g, o)) in m.columns.iter().enumerate() {
         writeln!(s, "column: {c} {g} {o}").unwrap();
@@ -79,31 +88,50 @@ pub fn from_text(text: &str, path: &Path) -> Result<ErrorModel> {
         if l.is_empty() || l.starts_with('#') {
             continue;
         }
-        if l.split([' ', '\t', ',']).filter(|t| !t.is_empty()).collect::<Vec<_>>() == ["ideal", "measured", "count"] {
+        if l.split([' ', '\t', ',']).filter(|t| !t.is_empty()).collect::<Vec<_>>()
+            == ["ideal", "measured", "count"]
+        {
             body_start = Some(n);
             break;
         }
-        let (k, v) = l.split_once(':').ok_or_else(|| err(n, format!("expected 'key: value' or the 'ideal measured count' line, got '{l}'")))?;
+        let (k, v) = l.split_once(':').ok_or_else(|| {
+            err(n, format!("expected 'key: value' or the 'ideal measured count' line, got '{l}'"))
+        })?;
         header.push((k.trim().to_string(), v.trim().to_string()));
     }
     if body_start.is_none() {
-        return Err(Error::format(path, "no 'ideal measured count' line: truncated, or not a D-MAC-EM counts table"));
+        return Err(Error::format(
+            path,
+            "no 'ideal measured count' line: truncated, or not a D-MAC-EM counts table",
+        ));
     }
     let get = |key: &str| -> Result<&str> {
-        header.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str()).ok_or_else(|| Error::format(path, format!("header has no '{key}:' line")))
+        header
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .ok_or_else(|| Error::format(path, format!("header has no '{key}:' line")))
     };
     if get("format")? != TEXT_FORMAT {
-        return Err(Error::format(path, format!("format '{}' is not '{TEXT_FORMAT}'", get("format")?)));
+        return Err(Error::format(
+            path,
+            format!("format '{}' is not '{TEXT_FORMAT}'", get("format")?),
+        ));
     }
     let pair = |key: &str| -> Result<(i32, i32)> {
         let v = get(key)?;
         let p: Vec<&str> = v.split_whitespace().collect();
         match p.as_slice() {
             [a, b] => Ok((
-                a.parse().map_err(|_| Error::format(path, format!("{key}: '{a}' is not an integer")))?,
-                b.parse().map_err(|_| Error::format(path, format!("{key}: '{b}' is not an integer")))?,
+                a.parse()
+                    .map_err(|_| Error::format(path, format!("{key}: '{a}' is not an integer")))?,
+                b.parse()
+                    .map_err(|_| Error::format(path, format!("{key}: '{b}' is not an integer")))?,
             )),
-            _ => Err(Error::format(path, format!("{key}: expected two integers (first and last code), got '{v}'"))),
+            _ => Err(Error::format(
+                path,
+                format!("{key}: expected two integers (first and last code), got '{v}'"),
+            )),
         }
     };
     let synthetic = match get("synthetic")? {
@@ -111,7 +139,11 @@ pub fn from_text(text: &str, path: &Path) -> Result<ErrorModel> {
         "false" | "no" => false,
         o => return Err(Error::format(path, format!("synthetic: '{o}' is not true or false"))),
     };
-    let info = ModelInfo { name: get("name")?.to_string(), description: get("description").unwrap_or("").to_string(), synthetic };
+    let info = ModelInfo {
+        name: get("name")?.to_string(),
+        description: get("description").unwrap_or("").to_string(),
+        synthetic,
+    };
     let fill = FillPolicy::parse(get("fill")?).map_err(|e| Error::format(path, e.to_string()))?;
     let (kr, jr) = (pair("ideal_codes")?, pair("measured_codes")?);
     let mut entries = Vec::new();
@@ -123,22 +155,40 @@ pub fn from_text(text: &str, path: &Path) -> Result<ErrorModel> {
         if f.len() != 3 {
             return Err(err(n, format!("expected 'ideal measured count', got '{l}'")));
         }
-        let k: i32 = f[0].parse().map_err(|_| err(n, format!("ideal code '{}' is not an integer", f[0])))?;
-        let j: i32 = f[1].parse().map_err(|_| err(n, format!("measured code '{}' is not an integer", f[1])))?;
-        let c: f64 = f[2].parse().map_err(|_| err(n, format!("count '{}' is not a number", f[2])))?;
+        let k: i32 =
+            f[0].parse().map_err(|_| err(n, format!("ideal code '{}' is not an integer", f[0])))?;
+        let j: i32 = f[1]
+            .parse()
+            .map_err(|_| err(n, format!("measured code '{}' is not an integer", f[1])))?;
+        let c: f64 =
+            f[2].parse().map_err(|_| err(n, format!("count '{}' is not a number", f[2])))?;
         entries.push((k, j, c));
     }
-    let mut m = ErrorModel::from_counts(info, kr, jr, fill, entries).map_err(|e| Error::format(path, e.to_string()))?;
+    let mut m = ErrorModel::from_counts(info, kr, jr, fill, entries)
+        .map_err(|e| Error::format(path, e.to_string()))?;
     if let Some((_, v)) = header.iter().find(|(k, _)| k == "fixed_pattern") {
-        m.fixed_pattern = parse_fixed_pattern(v).map_err(|e| Error::format(path, format!("fixed_pattern: {e}")))?;
+        m.fixed_pattern = parse_fixed_pattern(v)
+            .map_err(|e| Error::format(path, format!("fixed_pattern: {e}")))?;
     }
     // `column: INDEX GAIN OFFSET`, one per ADC column, in order from 0.
     let mut columns = Vec::new();
     for (_, v) in header.iter().filter(|(k, _)| k == "column") {
         let f: Vec<&str> = v.split_whitespace().collect();
-        let bad = || Error::format(path, format!("column: '{v}' is not 'INDEX GAIN OFFSET' with INDEX {} next", columns.len()));
+        let bad = || {
+            Error::format(
+                path,
+                format!(
+                    "column: '{v}' is not 'INDEX GAIN OFFSET' with INDEX {} next",
+                    columns.len()
+                ),
+            )
+        };
         let [i, g, o] = f[..] else { return Err(bad()) };
-        let (i, g, o): (usize, f32, f32) = (i.parse().map_err(|_| bad())?, g.parse().map_err(|_| bad())?, o.parse().map_err(|_| bad())?);
+        let (i, g, o): (usize, f32, f32) = (
+            i.parse().map_err(|_| bad())?,
+            g.parse().map_err(|_| bad())?,
+            o.parse().map_err(|_| bad())?,
+        );
         if i != columns.len() || !(g.is_finite() && g > 0.0 && o.is_finite()) {
             return Err(bad());
         }
@@ -166,7 +216,11 @@ fn parse_fixed_pattern(v: &str) -> std::result::Result<crate::cim::FixedPattern,
             "column_offset" => &mut p.column_offset,
             "chip_gain" => &mut p.chip_gain,
             "chip_offset" => &mut p.chip_offset,
-            o => return Err(format!("unknown key '{o}' (column_gain, column_offset, chip_gain, chip_offset)")),
+            o => {
+                return Err(format!(
+                    "unknown key '{o}' (column_gain, column_offset, chip_gain, chip_offset)"
+                ));
+            }
         } = x;
     }
     p.validate()?;
@@ -205,7 +259,8 @@ pub fn to_binary(m: &ErrorModel) -> Vec<u8> {
 pub fn from_binary(bytes: &[u8], path: &Path) -> Result<ErrorModel> {
     let bad = |m: &str| Error::format(path, m.to_string());
     // The framing every dnat binary file shares: magic, version, length, CRC-32, zlib.
-    let (version, p) = crate::io::framed::decode(bytes, MAGIC, "binary D-MAC-EM file", 2).map_err(|m| bad(&m))?;
+    let (version, p) =
+        crate::io::framed::decode(bytes, MAGIC, "binary D-MAC-EM file", 2).map_err(|m| bad(&m))?;
     let c = &mut Cursor::new(&p[..]);
     let eof = |_| bad("truncated payload");
     let mut strings = Vec::new();
@@ -223,10 +278,13 @@ pub fn from_binary(bytes: &[u8], path: &Path) -> Result<ErrorModel> {
     for v in &mut r {
         *v = c.read_i32::<LE>().map_err(eof)?;
     }
-    let fill = FillPolicy::from_code(c.read_u8().map_err(eof)?).ok_or_else(|| bad("unknown fill policy code"))?;
+    let fill = FillPolicy::from_code(c.read_u8().map_err(eof)?)
+        .ok_or_else(|| bad("unknown fill policy code"))?;
     let mut fp = crate::cim::FixedPattern::default();
     if version >= 2 {
-        for v in [&mut fp.column_gain, &mut fp.column_offset, &mut fp.chip_gain, &mut fp.chip_offset] {
+        for v in
+            [&mut fp.column_gain, &mut fp.column_offset, &mut fp.chip_gain, &mut fp.chip_offset]
+        {
             *v = c.read_f64::<LE>().map_err(eof)?;
         }
         fp.validate().map_err(|e| bad(&format!("fixed pattern: {e}")))?;
@@ -251,10 +309,15 @@ pub fn from_binary(bytes: &[u8], path: &Path) -> Result<ErrorModel> {
     }
     let mut entries = Vec::with_capacity(n);
     for _ in 0..n {
-        entries.push((c.read_i32::<LE>().map_err(eof)?, c.read_i32::<LE>().map_err(eof)?, c.read_f64::<LE>().map_err(eof)?));
+        entries.push((
+            c.read_i32::<LE>().map_err(eof)?,
+            c.read_i32::<LE>().map_err(eof)?,
+            c.read_f64::<LE>().map_err(eof)?,
+        ));
     }
     let info = ModelInfo { name: strings[0].clone(), description: strings[1].clone(), synthetic };
-    let mut m = ErrorModel::from_counts(info, (r[0], r[1]), (r[2], r[3]), fill, entries).map_err(|e| Error::format(path, e.to_string()))?;
+    let mut m = ErrorModel::from_counts(info, (r[0], r[1]), (r[2], r[3]), fill, entries)
+        .map_err(|e| Error::format(path, e.to_string()))?;
     m.fixed_pattern = fp;
     m.columns = columns;
     Ok(m)
@@ -266,7 +329,9 @@ pub fn load(path: &Path) -> Result<ErrorModel> {
     if bytes.starts_with(MAGIC) {
         from_binary(&bytes, path)
     } else {
-        let text = std::str::from_utf8(&bytes).map_err(|_| Error::format(path, "neither a binary D-MAC-EM file nor a UTF-8 counts table"))?;
+        let text = std::str::from_utf8(&bytes).map_err(|_| {
+            Error::format(path, "neither a binary D-MAC-EM file nor a UTF-8 counts table")
+        })?;
         from_text(text, path)
     }
 }
@@ -292,7 +357,10 @@ mod tests {
         for x in [&t, &b] {
             assert_eq!(x.counts(), m.counts());
             assert_eq!(x.info, m.info);
-            assert_eq!((x.kmin, x.kmax, x.jmin, x.jmax, x.fill), (m.kmin, m.kmax, m.jmin, m.jmax, m.fill));
+            assert_eq!(
+                (x.kmin, x.kmax, x.jmin, x.jmax, x.fill),
+                (m.kmin, m.kmax, m.jmin, m.jmax, m.fill)
+            );
         }
     }
 
@@ -303,7 +371,9 @@ mod tests {
         let text = to_text(&m);
         let e = from_text(&text[..text.len() / 3], p).unwrap_err().to_string();
         assert!(e.contains("chip.dmacem"), "{e}");
-        let e = from_text(&text.replace("ideal measured count", "ideal measured count\n1 2"), p).unwrap_err().to_string();
+        let e = from_text(&text.replace("ideal measured count", "ideal measured count\n1 2"), p)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("expected 'ideal measured count'"), "{e}");
         let e = from_text(&text.replacen("\n-16 ", "\n-99 ", 1), p).unwrap_err().to_string();
         assert!(e.contains("unknown ideal code -99"), "{e}");
@@ -312,7 +382,9 @@ mod tests {
         let e = from_text(&format!("{text}3 3 inf\n"), p).unwrap_err().to_string();
         assert!(e.contains("finite"), "{e}");
         let bin = to_binary(&m);
-        assert!(from_binary(&bin[..bin.len() - 3], p).unwrap_err().to_string().contains("truncated"));
+        assert!(
+            from_binary(&bin[..bin.len() - 3], p).unwrap_err().to_string().contains("truncated")
+        );
         let mut flipped = bin.clone();
         let n = flipped.len();
         flipped[n - 5] ^= 1;
@@ -322,7 +394,8 @@ mod tests {
             let mut junk = bin[..24].to_vec();
             junk.extend((0..bin.len() - 24).map(|_| r.next_u64() as u8));
             assert!(from_binary(&junk, p).is_err());
-            let txt: String = (0..200).map(|_| (b' ' + (r.next_u64() % 90) as u8) as char).collect();
+            let txt: String =
+                (0..200).map(|_| (b' ' + (r.next_u64() % 90) as u8) as char).collect();
             assert!(from_text(&txt, p).is_err());
         }
     }

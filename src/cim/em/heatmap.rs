@@ -32,17 +32,48 @@ pub fn svg(m: &ErrorModel, k0: i32, k1: i32) -> String {
             // log10 p in [-6, 0] → colour ramp from pale yellow to dark purple.
             let t = ((p.log10() + 6.0) / 6.0).clamp(0.0, 1.0);
             let (r, g, b) = (255.0 - 200.0 * t, 245.0 - 230.0 * t, 200.0 - 80.0 * t);
-            writeln!(s, r#"<rect x="{}" y="{}" width="{px}" height="{px}" fill="rgb({:.0},{:.0},{:.0})"/>"#, left + cx * px, top + size - (cy + 1) * px, r, g, b).unwrap();
+            writeln!(
+                s,
+                r#"<rect x="{}" y="{}" width="{px}" height="{px}" fill="rgb({:.0},{:.0},{:.0})"/>"#,
+                left + cx * px,
+                top + size - (cy + 1) * px,
+                r,
+                g,
+                b
+            )
+            .unwrap();
         }
     }
     writeln!(s, r#"<line x1="{left}" y1="{}" x2="{}" y2="{top}" stroke="gray" stroke-dasharray="4 3" stroke-width="1"/>"#, top + size, left + size).unwrap();
-    writeln!(s, r#"<rect x="{left}" y="{top}" width="{size}" height="{size}" fill="none" stroke="black"/>"#).unwrap();
-    writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle">ideal ADC code</text>"#, left + size / 2, top + size + 40).unwrap();
+    writeln!(
+        s,
+        r#"<rect x="{left}" y="{top}" width="{size}" height="{size}" fill="none" stroke="black"/>"#
+    )
+    .unwrap();
+    writeln!(
+        s,
+        r#"<text x="{}" y="{}" text-anchor="middle">ideal ADC code</text>"#,
+        left + size / 2,
+        top + size + 40
+    )
+    .unwrap();
     // Tick labels at both ends and at code 0.
     let pos = |k: i32| ((k - k0) / bin) * px + px / 2;
     for k in [k0, 0, k1].into_iter().filter(|k| (k0..=k1).contains(k)) {
-        writeln!(s, r#"<text x="{}" y="{}" text-anchor="middle">{k}</text>"#, left + pos(k), top + size + 16).unwrap();
-        writeln!(s, r#"<text x="{}" y="{}" text-anchor="end">{k}</text>"#, left - 6, top + size - pos(k) + 4).unwrap();
+        writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="middle">{k}</text>"#,
+            left + pos(k),
+            top + size + 16
+        )
+        .unwrap();
+        writeln!(
+            s,
+            r#"<text x="{}" y="{}" text-anchor="end">{k}</text>"#,
+            left - 6,
+            top + size - pos(k) + 4
+        )
+        .unwrap();
     }
     writeln!(s, r#"<text x="20" y="{}" transform="rotate(-90 20 {})" text-anchor="middle">measured ADC code</text>"#, top + size / 2, top + size / 2).unwrap();
     for (i, label) in ["1", "1e-2", "1e-4", "1e-6"].iter().enumerate() {

@@ -38,12 +38,24 @@ pub fn resolve(name_or_path: &str, spec: &crate::cim::MacroSpec) -> crate::Resul
     }
     let m = format::load(path)?;
     if !m.columns.is_empty() && m.columns.len() != spec.adcs() {
-        return Err(Error::format(path, format!("measures {} ADC columns, the macro has {} ({} arrays × {} columns)", m.columns.len(), spec.adcs(), spec.arrays, spec.columns)));
+        return Err(Error::format(
+            path,
+            format!(
+                "measures {} ADC columns, the macro has {} ({} arrays × {} columns)",
+                m.columns.len(),
+                spec.adcs(),
+                spec.arrays,
+                spec.columns
+            ),
+        ));
     }
     if m.kmin > spec.adc.kmin || m.kmax < spec.adc.kmax {
         return Err(Error::format(
             path,
-            format!("covers ideal codes {}..={}, the macro's ADC produces {}..={}", m.kmin, m.kmax, spec.adc.kmin, spec.adc.kmax),
+            format!(
+                "covers ideal codes {}..={}, the macro's ADC produces {}..={}",
+                m.kmin, m.kmax, spec.adc.kmin, spec.adc.kmax
+            ),
         ));
     }
     Ok(m)

@@ -53,12 +53,31 @@ use crate::cim::CodeRange;
 use crate::cim::FixedPattern;
 use crate::{Error, Result};
 
-pub const PRESETS: [&str; 6] = ["ideal", "current-domain", "charge-domain", "mild", "moderate", "severe"];
+pub const PRESETS: [&str; 6] =
+    ["ideal", "current-domain", "charge-domain", "mild", "moderate", "severe"];
 
 /// Every parameter a spec can override.
 pub const KEYS: [&str; 20] = [
-    "gain", "offset", "inl", "dnl", "sigma0", "sigma1", "tail", "tail_mean", "sat", "compress", "knee", "heavy", "heavy_scale", "outlier", "outlier_size", "stuck", "col_gain",
-    "col_offset", "chip_gain", "chip_offset",
+    "gain",
+    "offset",
+    "inl",
+    "dnl",
+    "sigma0",
+    "sigma1",
+    "tail",
+    "tail_mean",
+    "sat",
+    "compress",
+    "knee",
+    "heavy",
+    "heavy_scale",
+    "outlier",
+    "outlier_size",
+    "stuck",
+    "col_gain",
+    "col_offset",
+    "chip_gain",
+    "chip_offset",
 ];
 
 /// The fields the affine presets (`mild`, `moderate`, `severe`) leave at zero (or
@@ -147,9 +166,42 @@ pub struct Synthetic {
 impl Synthetic {
     pub fn named(name: &str) -> Option<Self> {
         Some(match name {
-            "mild" => Synthetic { gain: 0.85, offset: -0.5, inl: 2.0, dnl: 0.3, sigma0: 0.3, sigma1: 0.2, tail: 0.02, tail_mean: 2.0, sat: 0.9, ..AFFINE },
-            "moderate" => Synthetic { gain: 0.75, offset: -1.0, inl: 4.0, dnl: 0.5, sigma0: 0.4, sigma1: 0.25, tail: 0.05, tail_mean: 3.0, sat: 0.75, ..AFFINE },
-            "severe" => Synthetic { gain: 0.6, offset: -2.0, inl: 8.0, dnl: 1.0, sigma0: 0.8, sigma1: 0.5, tail: 0.08, tail_mean: 6.0, sat: 0.6, ..AFFINE },
+            "mild" => Synthetic {
+                gain: 0.85,
+                offset: -0.5,
+                inl: 2.0,
+                dnl: 0.3,
+                sigma0: 0.3,
+                sigma1: 0.2,
+                tail: 0.02,
+                tail_mean: 2.0,
+                sat: 0.9,
+                ..AFFINE
+            },
+            "moderate" => Synthetic {
+                gain: 0.75,
+                offset: -1.0,
+                inl: 4.0,
+                dnl: 0.5,
+                sigma0: 0.4,
+                sigma1: 0.25,
+                tail: 0.05,
+                tail_mean: 3.0,
+                sat: 0.75,
+                ..AFFINE
+            },
+            "severe" => Synthetic {
+                gain: 0.6,
+                offset: -2.0,
+                inl: 8.0,
+                dnl: 1.0,
+                sigma0: 0.8,
+                sigma1: 0.5,
+                tail: 0.08,
+                tail_mean: 6.0,
+                sat: 0.6,
+                ..AFFINE
+            },
             "current-domain" => CURRENT_DOMAIN,
             "charge-domain" => Synthetic {
                 gain: 0.98,
@@ -195,21 +247,40 @@ impl Synthetic {
         ];
         for (k, v, lo, lo_ok, hi) in ranges {
             if !(v.is_finite() && (v > lo || (lo_ok && v == lo)) && v <= hi) {
-                return Err(format!("{k} = {v} is outside {lo} {} {k} ≤ {hi}", if lo_ok { "≤" } else { "<" }));
+                return Err(format!(
+                    "{k} = {v} is outside {lo} {} {k} ≤ {hi}",
+                    if lo_ok { "≤" } else { "<" }
+                ));
             }
         }
         if self.outlier + self.stuck >= 1.0 {
-            return Err(format!("outlier + stuck = {} must stay below 1", self.outlier + self.stuck));
+            return Err(format!(
+                "outlier + stuck = {} must stay below 1",
+                self.outlier + self.stuck
+            ));
         }
         self.fixed_pattern().validate().map_err(|e| e.to_string())
     }
     pub fn fixed_pattern(&self) -> FixedPattern {
-        FixedPattern { column_gain: self.col_gain, column_offset: self.col_offset, chip_gain: self.chip_gain, chip_offset: self.chip_offset }
+        FixedPattern {
+            column_gain: self.col_gain,
+            column_offset: self.col_offset,
+            chip_gain: self.chip_gain,
+            chip_offset: self.chip_offset,
+        }
     }
     pub fn describe(&self) -> String {
         let mut d = format!(
             "SYNTHETIC fabricated-like model: gain {}, offset {} codes, INL bow {} codes, DNL ripple {} codes, noise σ = {} + {}·√|k| codes, charge-loss tail p = {} (mean {} codes), saturation at {}·full scale",
-            self.gain, self.offset, self.inl, self.dnl, self.sigma0, self.sigma1, self.tail, self.tail_mean, self.sat
+            self.gain,
+            self.offset,
+            self.inl,
+            self.dnl,
+            self.sigma0,
+            self.sigma1,
+            self.tail,
+            self.tail_mean,
+            self.sat
         );
         if self.compress > 0.0 {
             d += &format!(", compressive transfer k/(1 + {}·|k|/{})", self.compress, self.knee);
@@ -233,7 +304,10 @@ impl Synthetic {
     pub fn build(&self, name: &str, (kmin, kmax): (i32, i32)) -> Result<ErrorModel> {
         let fs = kmin.unsigned_abs().max(kmax.unsigned_abs()).max(1) as f64;
         // Saturation at sat·full scale, never beyond the ADC's own codes.
-        let (jlo, jhi) = (((-self.sat * fs).floor() as i32).max(kmin), ((self.sat * fs).ceil() as i32).min(kmax));
+        let (jlo, jhi) = (
+            ((-self.sat * fs).floor() as i32).max(kmin),
+            ((self.sat * fs).ceil() as i32).min(kmax),
+        );
         // Readouts stay within the ADC's codes (saturation clamps them there).
         let (jmin, jmax) = (kmin, kmax);
         // Sized by this range below: refuse it before any row is built.
@@ -251,23 +325,36 @@ impl Synthetic {
         let mut entries = Vec::new();
         for k in kmin..=kmax {
             let kf = k as f64;
-            let bent = if self.compress > 0.0 { kf / (1.0 + self.compress * kf.abs() / self.knee) } else { kf };
-            let v = self.gain * bent + self.offset + self.inl * (std::f64::consts::PI * kf / fs).sin() + self.dnl * (std::f64::consts::TAU * kf / 16.0).sin();
+            let bent = if self.compress > 0.0 {
+                kf / (1.0 + self.compress * kf.abs() / self.knee)
+            } else {
+                kf
+            };
+            let v = self.gain * bent
+                + self.offset
+                + self.inl * (std::f64::consts::PI * kf / fs).sin()
+                + self.dnl * (std::f64::consts::TAU * kf / 16.0).sin();
             let sigma = self.sigma0 + self.sigma1 * kf.abs().sqrt();
             let mut row = vec![0.0f64; (jmax - jmin + 1) as usize];
-            let span = (6.0 * sigma * self.heavy_scale.max(1.0) + 10.0 * self.tail_mean).ceil() as i32 + 2;
-            let (c0, c1) = ((v.round() as i32 - span).max(jmin - span), (v.round() as i32 + span).min(jmax + span));
+            let span =
+                (6.0 * sigma * self.heavy_scale.max(1.0) + 10.0 * self.tail_mean).ceil() as i32 + 2;
+            let (c0, c1) = (
+                (v.round() as i32 - span).max(jmin - span),
+                (v.round() as i32 + span).min(jmax + span),
+            );
             for j in c0..=c1 {
                 let (a, b) = (j as f64 - 0.5, j as f64 + 0.5);
                 let mut gauss = normal_cdf((b - v) / sigma) - normal_cdf((a - v) / sigma);
                 if self.heavy > 0.0 {
                     let wide = self.heavy_scale * sigma;
-                    gauss = (1.0 - self.heavy) * gauss + self.heavy * (normal_cdf((b - v) / wide) - normal_cdf((a - v) / wide));
+                    gauss = (1.0 - self.heavy) * gauss
+                        + self.heavy * (normal_cdf((b - v) / wide) - normal_cdf((a - v) / wide));
                 }
                 // Charge loss toward zero: displacement e ~ Exp(mean), readout v − s·e.
                 let s = if v >= 0.0 { 1.0 } else { -1.0 };
                 let (e_lo, e_hi) = if s > 0.0 { (v - b, v - a) } else { (a - v, b - v) };
-                let exp_cdf = |e: f64| if e <= 0.0 { 0.0 } else { 1.0 - (-e / self.tail_mean).exp() };
+                let exp_cdf =
+                    |e: f64| if e <= 0.0 { 0.0 } else { 1.0 - (-e / self.tail_mean).exp() };
                 let tail = exp_cdf(e_hi) - exp_cdf(e_lo);
                 let p = (1.0 - self.tail) * gauss + self.tail * tail;
                 row[(j.clamp(jlo.max(jmin), jhi.min(jmax)) - jmin) as usize] += p;
@@ -293,8 +380,10 @@ impl Synthetic {
                 }
             }
         }
-        let info = ModelInfo { name: name.to_string(), description: self.describe(), synthetic: true };
-        let mut m = ErrorModel::from_counts(info, (kmin, kmax), (jmin, jmax), FillPolicy::Reject, entries)?;
+        let info =
+            ModelInfo { name: name.to_string(), description: self.describe(), synthetic: true };
+        let mut m =
+            ErrorModel::from_counts(info, (kmin, kmax), (jmin, jmax), FillPolicy::Reject, entries)?;
         m.fixed_pattern = self.fixed_pattern();
         Ok(m)
     }
@@ -312,7 +401,11 @@ fn erfc(x: f64) -> f64 {
         * (-z * z - 1.26551223
             + t * (1.00002368
                 + t * (0.37409196
-                    + t * (0.09678418 + t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))))
+                    + t * (0.09678418
+                        + t * (-0.18628806
+                            + t * (0.27886807
+                                + t * (-1.13520398
+                                    + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))))
             .exp();
     if x >= 0.0 { r } else { 2.0 - r }
 }
@@ -327,8 +420,12 @@ impl Synthetic {
         let mut p = Synthetic::named(name)?;
         for kv in overrides.split(',').filter(|s| !s.trim().is_empty()) {
             let bad = |m: &str| Some(Err(Error::invalid(format!("error model '{spec}': {m}"))));
-            let Some((k, v)) = kv.split_once('=') else { return bad(&format!("'{kv}' is not key=value")) };
-            let Ok(v) = v.trim().parse::<f64>() else { return bad(&format!("'{v}' is not a number")) };
+            let Some((k, v)) = kv.split_once('=') else {
+                return bad(&format!("'{kv}' is not key=value"));
+            };
+            let Ok(v) = v.trim().parse::<f64>() else {
+                return bad(&format!("'{v}' is not a number"));
+            };
             let slot = match k.trim() {
                 "gain" => &mut p.gain,
                 "offset" => &mut p.offset,
@@ -367,7 +464,12 @@ pub fn preset(name: &str, codes: (i32, i32)) -> Result<ErrorModel> {
     if name == "ideal" {
         return Ok(ErrorModel::ideal(codes.0, codes.1));
     }
-    let p = Synthetic::parse(name).ok_or_else(|| Error::invalid(format!("unknown error-model preset '{name}' (known: {})", PRESETS.join(", "))))??;
+    let p = Synthetic::parse(name).ok_or_else(|| {
+        Error::invalid(format!(
+            "unknown error-model preset '{name}' (known: {})",
+            PRESETS.join(", ")
+        ))
+    })??;
     p.build(name, codes)
 }
 
@@ -391,7 +493,10 @@ mod tests {
             // Noise grows with the code.
             assert!(m.std(100) > m.std(10) && m.std(10) > m.std(0) * 0.99, "{name}");
             // Mean squared readout error at typical codes grows with severity.
-            let err: f64 = (-60..=60).map(|k| (m.mean(k) as f64 - k as f64).powi(2) + m.std(k).powi(2)).sum::<f64>() / 121.0;
+            let err: f64 = (-60..=60)
+                .map(|k| (m.mean(k) as f64 - k as f64).powi(2) + m.std(k).powi(2))
+                .sum::<f64>()
+                / 121.0;
             assert!(err > prev_err, "{name}: {err} vs {prev_err}");
             prev_err = err;
         }
@@ -400,15 +505,29 @@ mod tests {
         assert!(severe.jmax >= 154 && severe.prob(255, 160) == 0.0 && severe.mean(255) <= 154.0);
         // Skewed toward zero (charge loss): mean below the Gaussian centre at positive codes.
         assert!(preset("ideal", codes).unwrap().mean(7) == 7.0);
-        assert!(preset("hot", codes).unwrap_err().to_string().contains("unknown error-model preset 'hot'"));
+        assert!(
+            preset("hot", codes)
+                .unwrap_err()
+                .to_string()
+                .contains("unknown error-model preset 'hot'")
+        );
     }
 
     #[test]
     fn presets_take_overrides() {
         let p = Synthetic::parse("moderate:offset=6, sigma1=0.5").unwrap().unwrap();
-        assert_eq!((p.offset, p.sigma1, p.gain), (6.0, 0.5, Synthetic::named("moderate").unwrap().gain));
+        assert_eq!(
+            (p.offset, p.sigma1, p.gain),
+            (6.0, 0.5, Synthetic::named("moderate").unwrap().gain)
+        );
         assert!(Synthetic::parse("warm:offset=1").is_none());
-        for (spec, msg) in [("mild:offset", "not key=value"), ("mild:offset=x", "not a number"), ("mild:heat=1", "unknown parameter 'heat'"), ("mild:sigma0=0", "sigma0 = 0 is outside 0 < sigma0"), ("mild:sat=1e6", "sat = 1000000")] {
+        for (spec, msg) in [
+            ("mild:offset", "not key=value"),
+            ("mild:offset=x", "not a number"),
+            ("mild:heat=1", "unknown parameter 'heat'"),
+            ("mild:sigma0=0", "sigma0 = 0 is outside 0 < sigma0"),
+            ("mild:sat=1e6", "sat = 1000000"),
+        ] {
             let e = Synthetic::parse(spec).unwrap().unwrap_err().to_string();
             assert!(e.contains(msg), "{spec}: {e}");
         }
@@ -416,7 +535,9 @@ mod tests {
         let started = std::time::Instant::now();
         let e = preset("mild:sigma0=60000", (-256, 255)).unwrap_err().to_string();
         assert!(e.contains("too wide to tabulate") && started.elapsed().as_secs() < 2, "{e}");
-        assert!(is_preset("severe:gain=0.5") && is_preset("ideal") && !is_preset("models/chip.dmem"));
+        assert!(
+            is_preset("severe:gain=0.5") && is_preset("ideal") && !is_preset("models/chip.dmem")
+        );
         let m = preset("mild:offset=4", (-256, 255)).unwrap();
         let shift = m.mean(0) - preset("mild", (-256, 255)).unwrap().mean(0);
         assert!((shift - 4.5).abs() < 0.3, "{shift}");
@@ -424,7 +545,13 @@ mod tests {
 
     #[test]
     fn erfc_is_accurate() {
-        for (x, want) in [(0.0, 1.0), (0.5, 0.4795001221869535), (1.0, 0.15729920705028513), (2.0, 0.004677734981047266), (-1.0, 1.8427007929497148)] {
+        for (x, want) in [
+            (0.0, 1.0),
+            (0.5, 0.4795001221869535),
+            (1.0, 0.15729920705028513),
+            (2.0, 0.004677734981047266),
+            (-1.0, 1.8427007929497148),
+        ] {
             assert!((erfc(x) - want).abs() < 2e-7, "erfc({x})");
         }
     }

@@ -32,7 +32,9 @@ impl FillPolicy {
             "nearest" => Ok(FillPolicy::Nearest),
             "identity" => Ok(FillPolicy::Identity),
             "reject" => Ok(FillPolicy::Reject),
-            _ => Err(Error::invalid(format!("unknown fill policy '{s}' (nearest, identity, reject)"))),
+            _ => Err(Error::invalid(format!(
+                "unknown fill policy '{s}' (nearest, identity, reject)"
+            ))),
         }
     }
     /// The policy's byte in the binary error-model format: 0 nearest, 1 identity, 2 reject.
@@ -45,7 +47,9 @@ impl FillPolicy {
     }
     /// The policy of a binary-format byte (`None`: an unknown byte).
     pub fn from_code(c: u8) -> Option<Self> {
-        [FillPolicy::Nearest, FillPolicy::Identity, FillPolicy::Reject].into_iter().find(|p| p.code() == c)
+        [FillPolicy::Nearest, FillPolicy::Identity, FillPolicy::Reject]
+            .into_iter()
+            .find(|p| p.code() == c)
     }
 }
 
@@ -66,11 +70,17 @@ impl ModelInfo {
     /// and a name of at most 200 characters.
     pub fn validate(&self) -> Result<()> {
         if self.name.is_empty() || self.name.chars().count() > 200 {
-            return Err(Error::invalid(format!("error-model name '{}': needs 1 to 200 characters", self.name.escape_debug())));
+            return Err(Error::invalid(format!(
+                "error-model name '{}': needs 1 to 200 characters",
+                self.name.escape_debug()
+            )));
         }
         for (what, s) in [("name", &self.name), ("description", &self.description)] {
             if s.chars().any(char::is_control) {
-                return Err(Error::invalid(format!("error-model {what} '{}' contains a control character (a newline, tab, …)", s.escape_debug())));
+                return Err(Error::invalid(format!(
+                    "error-model {what} '{}' contains a control character (a newline, tab, …)",
+                    s.escape_debug()
+                )));
             }
         }
         Ok(())
@@ -79,7 +89,13 @@ impl ModelInfo {
     /// The name as a file-name stem: letters, digits, `.`, `-`, `_` kept, anything else
     /// (a path separator, say) replaced by `_`, never starting with a dot.
     pub fn file_stem(&self) -> String {
-        let s: String = self.name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' { c } else { '_' }).collect();
+        let s: String = self
+            .name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' || c == '_' { c } else { '_' }
+            })
+            .collect();
         if s.starts_with('.') { format!("_{s}") } else { s }
     }
 }
@@ -168,7 +184,10 @@ fn pair_differences(span: &[RowSpan], cdf: &[u32], flat: &[AliasEntry]) -> PairD
     let mut out = PairDifferences::default();
     let row = |r: usize| {
         let s = span[r];
-        (&cdf[s.start as usize..(s.start + s.width) as usize], &flat[s.start as usize..(s.start + s.width) as usize])
+        (
+            &cdf[s.start as usize..(s.start + s.width) as usize],
+            &flat[s.start as usize..(s.start + s.width) as usize],
+        )
     };
     for i in 0..nk {
         let (a, b) = (i.saturating_sub(1), (i + 1).min(nk - 1));
@@ -177,7 +196,8 @@ fn pair_differences(span: &[RowSpan], cdf: &[u32], flat: &[AliasEntry]) -> PairD
         let ((ca, fa), (cb, fb)) = (row(a), row(b));
         // The law, dense over every difference the two supports allow.
         let dmin = fb[0].own as i32 - fa[fa.len() - 1].own as i32;
-        let mut mass = vec![0.0f64; (fb[fb.len() - 1].own as i32 - fa[0].own as i32 - dmin + 1) as usize];
+        let mut mass =
+            vec![0.0f64; (fb[fb.len() - 1].own as i32 - fa[0].own as i32 - dmin + 1) as usize];
         let (mut ia, mut ib, mut x0) = (0usize, 0usize, 0u64);
         while x0 < 1 << 32 {
             // Row r's quantile on [x0, ·) is its first entry whose CDF exceeds x0 (the
@@ -194,14 +214,23 @@ fn pair_differences(span: &[RowSpan], cdf: &[u32], flat: &[AliasEntry]) -> PairD
                 ib += 1;
             }
         }
-        let law: Vec<(i32, f64)> = mass.iter().enumerate().filter(|e| *e.1 > 0.0).map(|(o, &m)| (dmin + o as i32, m)).collect();
+        let law: Vec<(i32, f64)> = mass
+            .iter()
+            .enumerate()
+            .filter(|e| *e.1 > 0.0)
+            .map(|(o, &m)| (dmin + o as i32, m))
+            .collect();
         let p: Vec<f64> = law.iter().map(|e| e.1 / 4_294_967_296.0).collect();
         let (keep, alias) = alias_table(&p);
         out.span.push(RowSpan { start: out.entries.len() as u32, width: law.len() as u32 });
         for (c, (&kp, &al)) in keep.iter().zip(&alias).enumerate() {
             // Differences fit in i16: `from_counts` refuses tables where they could not.
             let d16 = |d: i32| d.clamp(i16::MIN as i32, i16::MAX as i32) as i16;
-            out.entries.push(DiffEntry { keep: kp.min(u32::MAX as u64) as u32, own: d16(law[c].0), alias: d16(law[al as usize].0) });
+            out.entries.push(DiffEntry {
+                keep: kp.min(u32::MAX as u64) as u32,
+                own: d16(law[c].0),
+                alias: d16(law[al as usize].0),
+            });
         }
         out.spacing.push((b - a) as i32);
     }
@@ -240,11 +269,20 @@ fn smoothed_slope(rows: &[Row], i: usize) -> f32 {
             .map(|x| {
                 let r = &rows[x];
                 let d2 = (x as f64 - xbar).powi(2);
-                if d2 == 0.0 { 0.0 } else if r.reads > 0.0 { d2 * r.var.max(1.0 / 12.0) / r.reads } else { f64::INFINITY }
+                if d2 == 0.0 {
+                    0.0
+                } else if r.reads > 0.0 {
+                    d2 * r.var.max(1.0 / 12.0) / r.reads
+                } else {
+                    f64::INFINITY
+                }
             })
             .sum::<f64>()
             / (sxx * sxx);
-        if var_slope <= SLOPE_SE_TARGET * SLOPE_SE_TARGET || w == MAX_SLOPE_HALF_WIDTH || (a == 0 && b == nk - 1) {
+        if var_slope <= SLOPE_SE_TARGET * SLOPE_SE_TARGET
+            || w == MAX_SLOPE_HALF_WIDTH
+            || (a == 0 && b == nk - 1)
+        {
             if w == 1 {
                 // The central (one-sided at the ends) difference, computed as such.
                 return ((rows[b].mean - rows[a].mean) / (b - a) as f64) as f32;
@@ -305,17 +343,26 @@ impl ErrorModel {
         entries: impl IntoIterator<Item = (i32, i32, f64)>,
     ) -> Result<Self> {
         info.validate()?;
-        let (nk, nj) = (CodeRange::new(kmin, kmax, "ideal codes")?.len(), CodeRange::new(jmin, jmax, "measured codes")?.len());
+        let (nk, nj) = (
+            CodeRange::new(kmin, kmax, "ideal codes")?.len(),
+            CodeRange::new(jmin, jmax, "measured codes")?.len(),
+        );
         let mut counts: Vec<(i32, i32, f64)> = Vec::new();
         for (k, j, c) in entries {
             if k < kmin || k > kmax {
-                return Err(Error::invalid(format!("unknown ideal code {k} (the model covers {kmin}..={kmax})")));
+                return Err(Error::invalid(format!(
+                    "unknown ideal code {k} (the model covers {kmin}..={kmax})"
+                )));
             }
             if j < jmin || j > jmax {
-                return Err(Error::invalid(format!("unknown measured code {j} for ideal code {k} (measured codes are {jmin}..={jmax})")));
+                return Err(Error::invalid(format!(
+                    "unknown measured code {j} for ideal code {k} (measured codes are {jmin}..={jmax})"
+                )));
             }
             if !c.is_finite() || c < 0.0 {
-                return Err(Error::invalid(format!("count {c} for ideal {k}, measured {j}: counts must be finite and ≥ 0")));
+                return Err(Error::invalid(format!(
+                    "count {c} for ideal {k}, measured {j}: counts must be finite and ≥ 0"
+                )));
             }
             if c > 0.0 {
                 counts.push((k, j, c));
@@ -340,11 +387,15 @@ impl ErrorModel {
             if let Some(r) = r
                 && !r.iter().sum::<f64>().is_finite()
             {
-                return Err(Error::invalid(format!("the counts of ideal code {} sum to infinity: scale them down", kmin + i as i32)));
+                return Err(Error::invalid(format!(
+                    "the counts of ideal code {} sum to infinity: scale them down",
+                    kmin + i as i32
+                )));
             }
         }
         let measured: Vec<bool> = pmf.iter().map(|r| r.is_some()).collect();
-        let missing: Vec<i32> = (0..nk).filter(|&i| !measured[i]).map(|i| kmin + i as i32).collect();
+        let missing: Vec<i32> =
+            (0..nk).filter(|&i| !measured[i]).map(|i| kmin + i as i32).collect();
         if missing.len() == nk {
             return Err(Error::invalid("the model has no counts at all"));
         }
@@ -365,7 +416,10 @@ impl ErrorModel {
             match fill {
                 FillPolicy::Identity => row[(k.clamp(jmin, jmax) - jmin) as usize] = 1.0,
                 FillPolicy::Nearest | FillPolicy::Reject => {
-                    let src = *measured_rows.iter().min_by_key(|&&m| ((m as i64 - i as i64).abs(), m)).unwrap();
+                    let src = *measured_rows
+                        .iter()
+                        .min_by_key(|&&m| ((m as i64 - i as i64).abs(), m))
+                        .unwrap();
                     let shift = i as i64 - src as i64;
                     let srow = pmf[src].as_ref().unwrap();
                     for (jj, &p) in srow.iter().enumerate() {
@@ -386,10 +440,24 @@ impl ErrorModel {
                 let last = r.iter().rposition(|&v| v > 0.0).unwrap();
                 let prob: Vec<f64> = r[first..=last].iter().map(|&v| v / total).collect();
                 let jlo = jmin + first as i32;
-                let mean: f64 = prob.iter().enumerate().map(|(o, &p)| p * (jlo + o as i32) as f64).sum();
-                let var: f64 = prob.iter().enumerate().map(|(o, &p)| p * ((jlo + o as i32) as f64 - mean).powi(2)).sum();
+                let mean: f64 =
+                    prob.iter().enumerate().map(|(o, &p)| p * (jlo + o as i32) as f64).sum();
+                let var: f64 = prob
+                    .iter()
+                    .enumerate()
+                    .map(|(o, &p)| p * ((jlo + o as i32) as f64 - mean).powi(2))
+                    .sum();
                 let (keep, alias) = alias_table(&prob);
-                Row { jlo, prob, keep, alias, mean, var, measured: measured[i], reads: if measured[i] { total } else { 0.0 } }
+                Row {
+                    jlo,
+                    prob,
+                    keep,
+                    alias,
+                    mean,
+                    var,
+                    measured: measured[i],
+                    reads: if measured[i] { total } else { 0.0 },
+                }
             })
             .collect();
         let mean_f32: Vec<f32> = rows.iter().map(|r| r.mean as f32).collect();
@@ -416,7 +484,11 @@ impl ErrorModel {
             for (c, &p) in r.prob.iter().enumerate() {
                 cum += p;
                 let last = c + 1 == r.prob.len();
-                cdf.push(if last { u32::MAX } else { (cum * 4_294_967_296.0).round().min(u32::MAX as f64) as u32 });
+                cdf.push(if last {
+                    u32::MAX
+                } else {
+                    (cum * 4_294_967_296.0).round().min(u32::MAX as f64) as u32
+                });
             }
         }
         // The pair differences of neighbouring rows must fit an i16 (the sampled slope's
@@ -434,13 +506,41 @@ impl ErrorModel {
             }
         }
         let pair_diff = pair_differences(&span, &cdf, &flat);
-        Ok(ErrorModel { info, kmin, kmax, jmin, jmax, fill, fixed_pattern: Default::default(), columns: Vec::new(), counts, rows, slope, mean_f32, flat, span, cdf, pair_diff })
+        Ok(ErrorModel {
+            info,
+            kmin,
+            kmax,
+            jmin,
+            jmax,
+            fill,
+            fixed_pattern: Default::default(),
+            columns: Vec::new(),
+            counts,
+            rows,
+            slope,
+            mean_f32,
+            flat,
+            span,
+            cdf,
+            pair_diff,
+        })
     }
 
     /// The ideal (identity) model over a code range: ADC quantization only.
     pub fn ideal(kmin: i32, kmax: i32) -> Self {
-        let info = ModelInfo { name: "ideal".into(), description: "identity readout: ADC quantization only".into(), synthetic: false };
-        Self::from_counts(info, (kmin, kmax), (kmin, kmax), FillPolicy::Identity, (kmin..=kmax).map(|k| (k, k, 1.0))).unwrap()
+        let info = ModelInfo {
+            name: "ideal".into(),
+            description: "identity readout: ADC quantization only".into(),
+            synthetic: false,
+        };
+        Self::from_counts(
+            info,
+            (kmin, kmax),
+            (kmin, kmax),
+            FillPolicy::Identity,
+            (kmin..=kmax).map(|k| (k, k, 1.0)),
+        )
+        .unwrap()
     }
 
     #[inline]
@@ -459,7 +559,8 @@ impl ErrorModel {
     /// The alias-table entry a draw lands on (first half of [`ErrorModel::sample`]).
     #[inline(always)]
     pub(crate) fn alias_slot(&self, k: i32, bits: u64) -> u32 {
-        let RowSpan { start, width } = self.span[(k.clamp(self.kmin, self.kmax) - self.kmin) as usize];
+        let RowSpan { start, width } =
+            self.span[(k.clamp(self.kmin, self.kmax) - self.kmin) as usize];
         start + (((bits >> 32) * width as u64) >> 32) as u32
     }
 
@@ -476,7 +577,8 @@ impl ErrorModel {
     /// inverse CDF). Draws at neighbouring codes from the same `x` are coupled (common
     /// random numbers): their difference has far less variance than independent draws'.
     pub fn quantile(&self, k: i32, x: u32) -> i32 {
-        let RowSpan { start, width } = self.span[(k.clamp(self.kmin, self.kmax) - self.kmin) as usize];
+        let RowSpan { start, width } =
+            self.span[(k.clamp(self.kmin, self.kmax) - self.kmin) as usize];
         let row = &self.cdf[start as usize..(start + width) as usize];
         let c = row.partition_point(|&t| t <= x).min(row.len() - 1);
         self.jmin + self.flat[start as usize + c].own as i32
@@ -543,11 +645,19 @@ impl ErrorModel {
     /// Sets a measured chip's columns, and the column spread of the fixed pattern to
     /// theirs (sample std over the columns that differ from nominal).
     pub fn set_columns(&mut self, columns: Vec<(f32, f32)>) {
-        let fitted: Vec<(f64, f64)> = columns.iter().filter(|&&c| c != (1.0, 0.0)).map(|&(g, o)| (g as f64, o as f64)).collect();
+        let fitted: Vec<(f64, f64)> = columns
+            .iter()
+            .filter(|&&c| c != (1.0, 0.0))
+            .map(|&(g, o)| (g as f64, o as f64))
+            .collect();
         let sd = |v: Vec<f64>| {
             let n = v.len() as f64;
             let m = v.iter().sum::<f64>() / n;
-            if v.len() > 1 { (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt() } else { 0.0 }
+            if v.len() > 1 {
+                (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)).sqrt()
+            } else {
+                0.0
+            }
         };
         self.fixed_pattern.column_gain = sd(fitted.iter().map(|c| c.0).collect());
         self.fixed_pattern.column_offset = sd(fitted.iter().map(|c| c.1).collect());
@@ -556,7 +666,11 @@ impl ErrorModel {
 
     /// The name, followed by " (synthetic)" for a synthetic model.
     pub fn label(&self) -> String {
-        if self.info.synthetic { format!("{} (synthetic)", self.info.name) } else { self.info.name.clone() }
+        if self.info.synthetic {
+            format!("{} (synthetic)", self.info.name)
+        } else {
+            self.info.name.clone()
+        }
     }
 }
 
@@ -572,8 +686,10 @@ mod tests {
     #[test]
     fn sampled_frequencies_match_the_pmf() {
         // A skewed, non-Gaussian row: chi-square against the PMF at a fixed seed.
-        let entries = vec![(0, -2, 5.0), (0, -1, 30.0), (0, 0, 50.0), (0, 1, 10.0), (0, 3, 5.0), (1, 1, 1.0)];
-        let m = ErrorModel::from_counts(info(), (0, 1), (-3, 3), FillPolicy::Reject, entries).unwrap();
+        let entries =
+            vec![(0, -2, 5.0), (0, -1, 30.0), (0, 0, 50.0), (0, 1, 10.0), (0, 3, 5.0), (1, 1, 1.0)];
+        let m =
+            ErrorModel::from_counts(info(), (0, 1), (-3, 3), FillPolicy::Reject, entries).unwrap();
         let n = 200_000;
         let mut hist = [0usize; 7];
         let mut r = KeyedRng::new(&[42]);
@@ -599,7 +715,9 @@ mod tests {
 
     #[test]
     fn validation_names_the_problem() {
-        let e = |entries: Vec<(i32, i32, f64)>, fill| ErrorModel::from_counts(info(), (0, 3), (0, 3), fill, entries).unwrap_err().to_string();
+        let e = |entries: Vec<(i32, i32, f64)>, fill| {
+            ErrorModel::from_counts(info(), (0, 3), (0, 3), fill, entries).unwrap_err().to_string()
+        };
         assert!(e(vec![(4, 0, 1.0)], FillPolicy::Nearest).contains("unknown ideal code 4"));
         assert!(e(vec![(0, 9, 1.0)], FillPolicy::Nearest).contains("unknown measured code 9"));
         assert!(e(vec![(0, 0, -1.0)], FillPolicy::Nearest).contains("must be finite and ≥ 0"));
@@ -607,25 +725,53 @@ mod tests {
         assert!(e(vec![(0, 0, 0.0)], FillPolicy::Nearest).contains("no counts"));
         assert!(e(vec![(0, 0, 1.0)], FillPolicy::Reject).contains("never measured"));
         // Finite counts whose sum is not (hostile-input issue: a NaN PMF read as 10 %).
-        assert!(e(vec![(2, 0, 1e308), (2, 1, 1e308)], FillPolicy::Nearest).contains("ideal code 2 sum to infinity"));
-        assert!(e(vec![(2, 0, 1e308), (2, 0, 1e308)], FillPolicy::Nearest).contains("sum to infinity"));
+        assert!(
+            e(vec![(2, 0, 1e308), (2, 1, 1e308)], FillPolicy::Nearest)
+                .contains("ideal code 2 sum to infinity")
+        );
+        assert!(
+            e(vec![(2, 0, 1e308), (2, 0, 1e308)], FillPolicy::Nearest).contains("sum to infinity")
+        );
         // Code ranges wider than 16 bits, whose width wraps in i32 arithmetic.
-        let wide = ErrorModel::from_counts(info(), (i32::MIN, i32::MAX), (0, 3), FillPolicy::Nearest, vec![(0, 0, 1.0)]).unwrap_err().to_string();
-        assert!(wide.contains("ideal codes -2147483648..=2147483647") && wide.contains("4294967296 codes"), "{wide}");
-        let wide = ErrorModel::from_counts(info(), (0, 3), (i32::MIN, i32::MAX), FillPolicy::Nearest, vec![(0, 0, 1.0)]).unwrap_err().to_string();
+        let wide = ErrorModel::from_counts(
+            info(),
+            (i32::MIN, i32::MAX),
+            (0, 3),
+            FillPolicy::Nearest,
+            vec![(0, 0, 1.0)],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            wide.contains("ideal codes -2147483648..=2147483647")
+                && wide.contains("4294967296 codes"),
+            "{wide}"
+        );
+        let wide = ErrorModel::from_counts(
+            info(),
+            (0, 3),
+            (i32::MIN, i32::MAX),
+            FillPolicy::Nearest,
+            vec![(0, 0, 1.0)],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(wide.contains("measured codes"), "{wide}");
     }
 
     #[test]
     fn fill_policies() {
         let entries = vec![(1, 0, 1.0), (1, 1, 3.0)]; // code 1 reads 1 (75%) or 0 (25%)
-        let near = ErrorModel::from_counts(info(), (0, 3), (0, 3), FillPolicy::Nearest, entries.clone()).unwrap();
+        let near =
+            ErrorModel::from_counts(info(), (0, 3), (0, 3), FillPolicy::Nearest, entries.clone())
+                .unwrap();
         // Code 3 copies code 1's offsets (0 or −1): reads 3 or 2.
         assert!((near.prob(3, 3) - 0.75).abs() < 1e-12 && (near.prob(3, 2) - 0.25).abs() < 1e-12);
         // Code 0: shifted left, the −1 offset piles up on the range edge (code 0).
         assert!((near.prob(0, 0) - 1.0).abs() < 1e-12);
         assert_eq!(near.unmeasured(), vec![0, 2, 3]);
-        let id = ErrorModel::from_counts(info(), (0, 3), (0, 3), FillPolicy::Identity, entries).unwrap();
+        let id =
+            ErrorModel::from_counts(info(), (0, 3), (0, 3), FillPolicy::Identity, entries).unwrap();
         assert_eq!(id.prob(2, 2), 1.0);
     }
 
@@ -636,13 +782,18 @@ mod tests {
     fn slopes_are_central_differences_or_smoothed_where_sparse() {
         let m = crate::cim::em::presets::preset("current-domain", (-256, 255)).unwrap();
         for k in -255..=254 {
-            let central = ((m.rows[(k + 1 - m.kmin) as usize].mean - m.rows[(k - 1 - m.kmin) as usize].mean) / 2.0) as f32;
+            let central = ((m.rows[(k + 1 - m.kmin) as usize].mean
+                - m.rows[(k - 1 - m.kmin) as usize].mean)
+                / 2.0) as f32;
             assert_eq!(m.slope(k).to_bits(), central.to_bits(), "code {k}");
         }
         // A sparse measurement of j = round(0.8·k + noise), σ = 1.5 codes, 6 reads a code.
         let mut r = crate::rng::KeyedRng::new(&[17]);
         let normal = |r: &mut crate::rng::KeyedRng| {
-            let (u, v) = ((r.next_u64() >> 11) as f64 / (1u64 << 53) as f64, (r.next_u64() >> 11) as f64 / (1u64 << 53) as f64);
+            let (u, v) = (
+                (r.next_u64() >> 11) as f64 / (1u64 << 53) as f64,
+                (r.next_u64() >> 11) as f64 / (1u64 << 53) as f64,
+            );
             (-2.0 * (u.max(1e-300)).ln()).sqrt() * (std::f64::consts::TAU * v).cos()
         };
         let mut entries = Vec::new();
@@ -651,15 +802,22 @@ mod tests {
                 entries.push((k, (0.8 * k as f64 + 1.5 * normal(&mut r)).round() as i32, 1.0));
             }
         }
-        let sparse = ErrorModel::from_counts(info(), (-40, 40), (-60, 60), FillPolicy::Nearest, entries).unwrap();
+        let sparse =
+            ErrorModel::from_counts(info(), (-40, 40), (-60, 60), FillPolicy::Nearest, entries)
+                .unwrap();
         let (mut raw_err, mut fit_err) = (0.0, 0.0);
         for k in -35..=35 {
-            let raw = (sparse.rows[(k + 1 + 40) as usize].mean - sparse.rows[(k - 1 + 40) as usize].mean) / 2.0;
+            let raw = (sparse.rows[(k + 1 + 40) as usize].mean
+                - sparse.rows[(k - 1 + 40) as usize].mean)
+                / 2.0;
             raw_err += (raw - 0.8).powi(2);
             fit_err += (sparse.slope(k) as f64 - 0.8).powi(2);
             assert!(sparse.slope(k) >= 0.0, "negative slope at {k}");
         }
-        assert!(fit_err * 4.0 <= raw_err, "smoothed squared error {fit_err:.3} vs raw {raw_err:.3}");
+        assert!(
+            fit_err * 4.0 <= raw_err,
+            "smoothed squared error {fit_err:.3} vs raw {raw_err:.3}"
+        );
     }
 
     /// The inverse CDF picks the first entry whose cumulative probability exceeds the
@@ -673,7 +831,11 @@ mod tests {
             let row = m.span[(k - m.kmin) as usize];
             let cdf = &m.cdf[row.start as usize..(row.start + row.width) as usize];
             let c = cdf.partition_point(|&t| t <= x).min(cdf.len() - 1);
-            assert_eq!(m.quantile(k, x), m.jmin + m.flat[row.start as usize + c].own as i32, "code {k}, x {x}");
+            assert_eq!(
+                m.quantile(k, x),
+                m.jmin + m.flat[row.start as usize + c].own as i32,
+                "code {k}, x {x}"
+            );
         }
         // Frequencies at one code against its probabilities (5 standard errors).
         let n = 200_000;
@@ -684,7 +846,11 @@ mod tests {
         for (&j, &c) in &hist {
             let p = m.prob(20, j);
             let se = (p * (1.0 - p) / n as f64).sqrt();
-            assert!((c as f64 / n as f64 - p).abs() <= 5.0 * se + 1e-5, "j {j}: {} vs {p}", c as f64 / n as f64);
+            assert!(
+                (c as f64 / n as f64 - p).abs() <= 5.0 * se + 1e-5,
+                "j {j}: {} vs {p}",
+                c as f64 / n as f64
+            );
         }
     }
 
@@ -698,4 +864,3 @@ mod tests {
         }
     }
 }
-

@@ -15,7 +15,8 @@ pub const NR: usize = 32;
 
 /// `C[0..MR][0..NR] (row stride ldc) = (load ? C : 0) + Apanel · B` where the A panel
 /// holds `kc` steps `a[p·MR + i]` and step p's NR values of B start at `b.step(p)`.
-pub type KernelFn<B> = unsafe fn(kc: usize, a: *const f32, b: B, c: *mut f32, ldc: usize, load: bool);
+pub type KernelFn<B> =
+    unsafe fn(kc: usize, a: *const f32, b: B, c: *mut f32, ldc: usize, load: bool);
 
 /// Where each reduction step's NR values of `B` lie. The kernels are generic over it,
 /// so one body serves a packed panel and a direct convolution's image rows.
@@ -192,7 +193,12 @@ unsafe fn avx512<B: BSteps>(kc: usize, a: *const f32, b: B, c: *mut f32, ldc: us
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn avx512_steps<B: BSteps>(acc: &mut [[std::arch::x86_64::__m512; NR / 16]; MR], ps: std::ops::Range<usize>, a: *const f32, b: B) {
+unsafe fn avx512_steps<B: BSteps>(
+    acc: &mut [[std::arch::x86_64::__m512; NR / 16]; MR],
+    ps: std::ops::Range<usize>,
+    a: *const f32,
+    b: B,
+) {
     use std::arch::x86_64::*;
     for p in ps {
         // SAFETY: step p of A and of B is readable (caller).
@@ -214,7 +220,8 @@ unsafe fn avx512_steps<B: BSteps>(acc: &mut [[std::arch::x86_64::__m512; NR / 16
 /// `len` steps each: every chain starts from zero, and the tile is `0 + chain₀ +
 /// chain₁ + …`, added in order — the sum a product followed by a scatter-add (col2im)
 /// computes, in one pass.
-pub type SegmentedFn<B> = unsafe fn(segments: usize, len: usize, a: *const f32, b: B, c: *mut f32, ldc: usize);
+pub type SegmentedFn<B> =
+    unsafe fn(segments: usize, len: usize, a: *const f32, b: B, c: *mut f32, ldc: usize);
 
 impl Kernel {
     /// The segmented kernel's entry point. Callers must have checked [`Kernel::supported`].
@@ -232,7 +239,14 @@ impl Kernel {
 /// The reference segmented kernel: each segment through [`generic`] into a scratch
 /// tile, then added into `c` element by element.
 #[inline(always)]
-unsafe fn generic_segmented<B: BSteps>(segments: usize, len: usize, a: *const f32, b: B, c: *mut f32, ldc: usize) {
+unsafe fn generic_segmented<B: BSteps>(
+    segments: usize,
+    len: usize,
+    a: *const f32,
+    b: B,
+    c: *mut f32,
+    ldc: usize,
+) {
     let mut chain = [0.0f32; MR * NR];
     for s in 0..segments {
         let first = s * len;
@@ -261,13 +275,27 @@ impl<B: BSteps> BSteps for Shifted<B> {
     }
 }
 
-unsafe fn portable_segmented<B: BSteps>(segments: usize, len: usize, a: *const f32, b: B, c: *mut f32, ldc: usize) {
+unsafe fn portable_segmented<B: BSteps>(
+    segments: usize,
+    len: usize,
+    a: *const f32,
+    b: B,
+    c: *mut f32,
+    ldc: usize,
+) {
     unsafe { generic_segmented(segments, len, a, b, c, ldc) }
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn avx2_segmented<B: BSteps>(segments: usize, len: usize, a: *const f32, b: B, c: *mut f32, ldc: usize) {
+unsafe fn avx2_segmented<B: BSteps>(
+    segments: usize,
+    len: usize,
+    a: *const f32,
+    b: B,
+    c: *mut f32,
+    ldc: usize,
+) {
     unsafe { generic_segmented(segments, len, a, b, c, ldc) }
 }
 
@@ -275,7 +303,14 @@ unsafe fn avx2_segmented<B: BSteps>(segments: usize, len: usize, a: *const f32, 
 /// the segments in the tile itself (registers for both would spill).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn avx512_segmented<B: BSteps>(segments: usize, len: usize, a: *const f32, b: B, c: *mut f32, ldc: usize) {
+unsafe fn avx512_segmented<B: BSteps>(
+    segments: usize,
+    len: usize,
+    a: *const f32,
+    b: B,
+    c: *mut f32,
+    ldc: usize,
+) {
     use std::arch::x86_64::*;
     const V: usize = NR / 16;
     // SAFETY (whole body): the caller guarantees an MR × NR tile at c with row stride

@@ -94,7 +94,15 @@ pub fn gemm(alpha: f32, a: MatRef, b: MatRef, beta: f32, c: &mut [f32], ldc: usi
 
 /// [`gemm`] with a given micro-kernel (benchmarks compare them; the bits are the same).
 /// Panics when this CPU cannot run `kern`.
-pub fn gemm_with(kern: Kernel, alpha: f32, a: MatRef, b: MatRef, beta: f32, c: &mut [f32], ldc: usize) {
+pub fn gemm_with(
+    kern: Kernel,
+    alpha: f32,
+    a: MatRef,
+    b: MatRef,
+    beta: f32,
+    c: &mut [f32],
+    ldc: usize,
+) {
     assert!(kern.supported(), "GEMM kernel `{}` is not supported by this CPU", kern.name());
     let (m, k, n) = (a.rows, a.cols, b.cols);
     assert_eq!(k, b.rows, "gemm inner dimensions differ: {k} vs {}", b.rows);
@@ -122,7 +130,14 @@ pub fn gemm_with(kern: Kernel, alpha: f32, a: MatRef, b: MatRef, beta: f32, c: &
 /// output straight into NCHW, with no patch matrix and no reordering copies.
 pub fn matmul(a: &(impl Operand + ?Sized), b: &(impl Operand + ?Sized), out: &mut OutView) {
     assert_eq!(a.cols(), b.rows(), "matmul inner dimensions differ: {} vs {}", a.cols(), b.rows());
-    assert!(a.rows() == out.rows && b.cols() == out.cols, "matmul output is {}×{}, product is {}×{}", out.rows, out.cols, a.rows(), b.cols());
+    assert!(
+        a.rows() == out.rows && b.cols() == out.cols,
+        "matmul output is {}×{}, product is {}×{}",
+        out.rows,
+        out.cols,
+        a.rows(),
+        b.cols()
+    );
     if out.rows > 0 && out.cols > 0 {
         product(kernel(), a, b, out);
     }
@@ -163,7 +178,11 @@ impl RowOffsets {
     }
     /// Rows summed in chains of `len` (which must divide their number).
     pub fn segmented(offsets: Vec<usize>, len: usize) -> RowOffsets {
-        assert!(len > 0 && offsets.len().is_multiple_of(len), "segments of {len} rows do not divide {}", offsets.len());
+        assert!(
+            len > 0 && offsets.len().is_multiple_of(len),
+            "segments of {len} rows do not divide {}",
+            offsets.len()
+        );
         RowOffsets { segment: Some(len), ..RowOffsets::new(offsets) }
     }
 }
@@ -176,16 +195,39 @@ impl RowOffsets {
 /// or, for [`RowOffsets::segmented`] rows, `0 + chain₀ + chain₁ + …` over the segments
 /// in order, each chain from zero: the bits of [`matmul`] for each segment's rows
 /// followed by adding the products into a zeroed output one after another.
-pub fn offset_tile(a: &PackedA, panel: usize, src: &[f32], q0: usize, b: &RowOffsets, c: &mut [f32], ldc: usize) {
+pub fn offset_tile(
+    a: &PackedA,
+    panel: usize,
+    src: &[f32],
+    q0: usize,
+    b: &RowOffsets,
+    c: &mut [f32],
+    ldc: usize,
+) {
     offset_tile_with(kernel(), a, panel, src, q0, b, c, ldc)
 }
 
 /// [`offset_tile`] with a given micro-kernel (the bits are the same). Panics when this
 /// CPU cannot run `kern`.
 #[allow(clippy::too_many_arguments)]
-pub fn offset_tile_with(kern: Kernel, a: &PackedA, panel: usize, src: &[f32], q0: usize, b: &RowOffsets, c: &mut [f32], ldc: usize) {
+pub fn offset_tile_with(
+    kern: Kernel,
+    a: &PackedA,
+    panel: usize,
+    src: &[f32],
+    q0: usize,
+    b: &RowOffsets,
+    c: &mut [f32],
+    ldc: usize,
+) {
     assert!(kern.supported(), "GEMM kernel `{}` is not supported by this CPU", kern.name());
-    assert_eq!(a.k, b.offsets.len(), "offset_tile: A has {} columns, B {} rows", a.k, b.offsets.len());
+    assert_eq!(
+        a.k,
+        b.offsets.len(),
+        "offset_tile: A has {} columns, B {} rows",
+        a.k,
+        b.offsets.len()
+    );
     assert!(panel < a.rows.div_ceil(MR), "offset_tile: panel {panel} of {} rows", a.rows);
     assert!(a.k == 0 || q0 + b.max + NR <= src.len(), "offset_tile: B's rows run past the source");
     assert!(ldc >= NR && (MR - 1) * ldc + NR <= c.len(), "offset_tile: output out of bounds");
@@ -197,8 +239,17 @@ pub fn offset_tile_with(kern: Kernel, a: &PackedA, panel: usize, src: &[f32], q0
     // made).
     unsafe {
         match b.segment {
-            None => kern.function::<Offsets>()(a.k, apanel.as_ptr(), steps, c.as_mut_ptr(), ldc, false),
-            Some(len) => kern.segmented::<Offsets>()(a.k / len, len, apanel.as_ptr(), steps, c.as_mut_ptr(), ldc),
+            None => {
+                kern.function::<Offsets>()(a.k, apanel.as_ptr(), steps, c.as_mut_ptr(), ldc, false)
+            }
+            Some(len) => kern.segmented::<Offsets>()(
+                a.k / len,
+                len,
+                apanel.as_ptr(),
+                steps,
+                c.as_mut_ptr(),
+                ldc,
+            ),
         }
     }
 }
@@ -228,7 +279,7 @@ impl Operand for MatRef<'_> {
     }
 }
 
-pub use pack::{interleave_rows, RowSource, Rows};
+pub use pack::{RowSource, Rows, interleave_rows};
 
 impl RowSource for MatRef<'_> {
     fn rows(&self) -> usize {
@@ -266,7 +317,14 @@ impl<'a> OutView<'a> {
     pub fn images(data: &'a mut [f32], images: usize, channels: usize, pixels: usize) -> Self {
         Self::new(data, channels, images * pixels, pixels, pixels.max(1), channels * pixels)
     }
-    fn new(data: &'a mut [f32], rows: usize, cols: usize, ld: usize, block: usize, block_stride: usize) -> Self {
+    fn new(
+        data: &'a mut [f32],
+        rows: usize,
+        cols: usize,
+        ld: usize,
+        block: usize,
+        block_stride: usize,
+    ) -> Self {
         let v = OutView { data, rows, cols, ld, block, block_stride };
         if rows > 0 && cols > 0 {
             assert!(ld >= block.min(cols), "output view: rows overlap");
@@ -282,7 +340,12 @@ impl<'a> OutView<'a> {
 }
 
 /// `C = A·B` (shapes already checked, non-empty), with the given micro-kernel.
-fn product(kern: Kernel, a: &(impl Operand + ?Sized), b: &(impl Operand + ?Sized), c: &mut OutView) {
+fn product(
+    kern: Kernel,
+    a: &(impl Operand + ?Sized),
+    b: &(impl Operand + ?Sized),
+    c: &mut OutView,
+) {
     let (m, k, n) = (a.rows(), a.cols(), b.cols());
     if k == 0 {
         for i in 0..m {
@@ -317,7 +380,16 @@ fn product(kern: Kernel, a: &(impl Operand + ?Sized), b: &(impl Operand + ?Sized
                                 // lie in one block of the view, inside `data` (checked
                                 // when the view was made); panels hold kc steps; `kern`
                                 // is supported (checked when it was chosen).
-                                unsafe { run(kc, apanel.as_ptr(), Panel(bpanel.as_ptr()), c.data[at..].as_mut_ptr(), c.ld, load) };
+                                unsafe {
+                                    run(
+                                        kc,
+                                        apanel.as_ptr(),
+                                        Panel(bpanel.as_ptr()),
+                                        c.data[at..].as_mut_ptr(),
+                                        c.ld,
+                                        load,
+                                    )
+                                };
                             } else {
                                 // Edge tile, or one that crosses a block: through a
                                 // full-size scratch tile, element by element.
@@ -330,7 +402,16 @@ fn product(kern: Kernel, a: &(impl Operand + ?Sized), b: &(impl Operand + ?Sized
                                     }
                                 }
                                 // SAFETY: as above, with the tile as C (stride NR).
-                                unsafe { run(kc, apanel.as_ptr(), Panel(bpanel.as_ptr()), tile.as_mut_ptr(), NR, load) };
+                                unsafe {
+                                    run(
+                                        kc,
+                                        apanel.as_ptr(),
+                                        Panel(bpanel.as_ptr()),
+                                        tile.as_mut_ptr(),
+                                        NR,
+                                        load,
+                                    )
+                                };
                                 for r in 0..rows {
                                     for q in 0..cols {
                                         let o = c.offset(ci + r, cj + q);
@@ -390,19 +471,43 @@ mod tests {
     /// transposed views of either operand.
     #[test]
     fn every_kernel_computes_the_defined_chains_exactly() {
-        let shapes = [(1, 1, 1), (5, 7, 3), (8, 256, 48), (17, 300, 50), (16, 1024, 144), (200, 20, 2400), (64, 576, 1024)];
+        let shapes = [
+            (1, 1, 1),
+            (5, 7, 3),
+            (8, 256, 48),
+            (17, 300, 50),
+            (16, 1024, 144),
+            (200, 20, 2400),
+            (64, 576, 1024),
+        ];
         for kern in Kernel::ALL.into_iter().filter(|k| k.supported()) {
             for &(m, k, n) in &shapes {
                 for (ta, tb) in [(false, false), (true, false), (false, true), (true, true)] {
-                    let av: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1000) as f32 / 250.0 - 2.0) * 1.3e-1).collect();
-                    let bv: Vec<f32> = (0..k * n).map(|i| ((i * 104729 % 997) as f32 / 300.0 - 1.6).sin()).collect();
-                    let a = if ta { MatRef::rowmajor(&av, k, m).t() } else { MatRef::rowmajor(&av, m, k) };
-                    let b = if tb { MatRef::rowmajor(&bv, n, k).t() } else { MatRef::rowmajor(&bv, k, n) };
+                    let av: Vec<f32> = (0..m * k)
+                        .map(|i| ((i * 7919 % 1000) as f32 / 250.0 - 2.0) * 1.3e-1)
+                        .collect();
+                    let bv: Vec<f32> = (0..k * n)
+                        .map(|i| ((i * 104729 % 997) as f32 / 300.0 - 1.6).sin())
+                        .collect();
+                    let a = if ta {
+                        MatRef::rowmajor(&av, k, m).t()
+                    } else {
+                        MatRef::rowmajor(&av, m, k)
+                    };
+                    let b = if tb {
+                        MatRef::rowmajor(&bv, n, k).t()
+                    } else {
+                        MatRef::rowmajor(&bv, k, n)
+                    };
                     let want = fma_chains(&a, &b);
                     let mut got = vec![f32::NAN; m * n];
                     product(kern, &a, &b, &mut OutView::rowmajor(&mut got, m, n, n));
                     let same = got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits());
-                    assert!(same, "kernel {} differs from the FMA chains at {m}×{k}×{n} (ta {ta}, tb {tb})", kern.name());
+                    assert!(
+                        same,
+                        "kernel {} differs from the FMA chains at {m}×{k}×{n} (ta {ta}, tb {tb})",
+                        kern.name()
+                    );
                 }
             }
         }
@@ -414,24 +519,43 @@ mod tests {
     #[test]
     fn offset_tiles_are_the_defined_chains_exactly() {
         let (m, k, seg) = (13, 60, 12);
-        let av: Vec<f32> = (0..m * k).map(|i| ((i * 7919 % 1000) as f32 / 250.0 - 2.0) * 1.3e-1).collect();
-        let src: Vec<f32> = (0..400).map(|i| ((i * 104729 % 997) as f32 / 300.0 - 1.6).sin()).collect();
+        let av: Vec<f32> =
+            (0..m * k).map(|i| ((i * 7919 % 1000) as f32 / 250.0 - 2.0) * 1.3e-1).collect();
+        let src: Vec<f32> =
+            (0..400).map(|i| ((i * 104729 % 997) as f32 / 300.0 - 1.6).sin()).collect();
         let offsets: Vec<usize> = (0..k).map(|p| (p * 37) % 300).collect();
         let a = PackedA::new(&MatRef::rowmajor(&av, m, k));
         let q0 = 17;
         let b_at = |p: usize, j: usize| src[q0 + offsets[p] + j];
         for kern in Kernel::ALL.into_iter().filter(|k| k.supported()) {
             for segmented in [false, true] {
-                let rows = if segmented { RowOffsets::segmented(offsets.clone(), seg) } else { RowOffsets::new(offsets.clone()) };
+                let rows = if segmented {
+                    RowOffsets::segmented(offsets.clone(), seg)
+                } else {
+                    RowOffsets::new(offsets.clone())
+                };
                 for panel in 0..m.div_ceil(MR) {
                     let mut got = vec![f32::NAN; MR * NR];
                     offset_tile_with(kern, &a, panel, &src, q0, &rows, &mut got, NR);
                     for i in 0..MR {
                         for j in 0..NR {
                             let r = panel * MR + i;
-                            let chain = |ps: std::ops::Range<usize>| ps.fold(0.0f32, |acc, p| if r < m { av[r * k + p] } else { 0.0 }.mul_add(b_at(p, j), acc));
-                            let want = if segmented { (0..k / seg).fold(0.0f32, |s, t| s + chain(t * seg..(t + 1) * seg)) } else { chain(0..k) };
-                            assert_eq!(got[i * NR + j].to_bits(), want.to_bits(), "kernel {} segmented {segmented} row {r} column {j}", kern.name());
+                            let chain = |ps: std::ops::Range<usize>| {
+                                ps.fold(0.0f32, |acc, p| {
+                                    if r < m { av[r * k + p] } else { 0.0 }.mul_add(b_at(p, j), acc)
+                                })
+                            };
+                            let want = if segmented {
+                                (0..k / seg).fold(0.0f32, |s, t| s + chain(t * seg..(t + 1) * seg))
+                            } else {
+                                chain(0..k)
+                            };
+                            assert_eq!(
+                                got[i * NR + j].to_bits(),
+                                want.to_bits(),
+                                "kernel {} segmented {segmented} row {r} column {j}",
+                                kern.name()
+                            );
                         }
                     }
                 }
@@ -449,7 +573,10 @@ mod tests {
         let want = fma_chains(&MatRef::rowmajor(&a, m, k), &MatRef::rowmajor(&b, k, n));
         for i in 0..m {
             assert_eq!(&c[i * ldc..i * ldc + n], &want[i * n..(i + 1) * n]);
-            assert!(c[i * ldc + n..(i + 1) * ldc].iter().all(|&v| v == 7.0), "padding columns touched");
+            assert!(
+                c[i * ldc + n..(i + 1) * ldc].iter().all(|&v| v == 7.0),
+                "padding columns touched"
+            );
         }
     }
 
@@ -473,7 +600,10 @@ mod tests {
         matmul(&Rows(at), &Rows(bt), &mut OutView::rowmajor(&mut got, m, n, n));
         assert_eq!(got, want);
         // Views strided both ways (every other element of a buffer twice the size).
-        let (a2, b2): (Vec<f32>, Vec<f32>) = (av.iter().flat_map(|&v| [v, f32::NAN]).collect(), bv.iter().flat_map(|&v| [v, f32::NAN]).collect());
+        let (a2, b2): (Vec<f32>, Vec<f32>) = (
+            av.iter().flat_map(|&v| [v, f32::NAN]).collect(),
+            bv.iter().flat_map(|&v| [v, f32::NAN]).collect(),
+        );
         let a2v = MatRef { data: &a2, rows: m, cols: k, rs: 2 * k, cs: 2 };
         let b2v = MatRef { data: &b2, rows: k, cols: n, rs: 2 * n, cs: 2 };
         gemm(1.0, a2v, b2v, 0.0, &mut got, n);
@@ -483,7 +613,10 @@ mod tests {
         matmul(&a, &Rows(b), &mut OutView::images(&mut nchw, 5, m, 14));
         for i in 0..m {
             for j in 0..n {
-                assert_eq!(nchw[((j / 14) * m + i) * 14 + j % 14].to_bits(), want[i * n + j].to_bits());
+                assert_eq!(
+                    nchw[((j / 14) * m + i) * 14 + j % 14].to_bits(),
+                    want[i * n + j].to_bits()
+                );
             }
         }
     }

@@ -21,7 +21,9 @@ pub fn pack_b(b: &MatRef, p0: usize, kc: usize, j0: usize, nc: usize, dst: &mut 
 /// Panels `width` columns wide: `dst[q·kc·width + p·width + j] = B[p0 + p][j0 + q·width + j]`,
 /// zero beyond column `j0 + nc`.
 fn panels(b: &MatRef, p0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32], width: usize) {
-    for (q, panel) in dst[..nc.div_ceil(width) * kc * width].chunks_exact_mut(kc * width).enumerate() {
+    for (q, panel) in
+        dst[..nc.div_ceil(width) * kc * width].chunks_exact_mut(kc * width).enumerate()
+    {
         let cols = width.min(nc - q * width);
         let c0 = j0 + q * width;
         if b.cs == 1 {
@@ -57,7 +59,14 @@ pub struct Rows<S>(pub S);
 
 /// Panel layout from `rows` source rows of `kc` values, `ld` apart:
 /// `panel[p·width + j] = src[j·ld + p]`, zero for `j ≥ rows` (see [`interleave_rows`]).
-pub(super) fn interleave(src: &[f32], ld: usize, rows: usize, kc: usize, panel: &mut [f32], width: usize) {
+pub(super) fn interleave(
+    src: &[f32],
+    ld: usize,
+    rows: usize,
+    kc: usize,
+    panel: &mut [f32],
+    width: usize,
+) {
     assert!(rows <= MAX_ROWS, "interleave: {rows} rows, at most {MAX_ROWS}");
     let mut starts = [0usize; MAX_ROWS];
     starts[..rows].iter_mut().enumerate().for_each(|(j, s)| *s = j * ld);
@@ -78,22 +87,36 @@ pub fn interleave_rows(src: &[f32], starts: &[usize], kc: usize, panel: &mut [f3
 }
 
 /// [`interleave_rows`] on the instruction set `isa` (the tests run every one the CPU has).
-pub(super) fn interleave_rows_on(isa: Kernel, src: &[f32], starts: &[usize], kc: usize, panel: &mut [f32], width: usize) {
+pub(super) fn interleave_rows_on(
+    isa: Kernel,
+    src: &[f32],
+    starts: &[usize],
+    kc: usize,
+    panel: &mut [f32],
+    width: usize,
+) {
     assert!(isa.supported(), "{} is not supported by this CPU", isa.name());
     let rows = starts.len();
     assert!(rows <= width && width <= MAX_ROWS && panel.len() >= kc * width);
-    assert!(kc == 0 || starts.iter().all(|&s| s + kc <= src.len()), "interleave: a row runs past the source");
+    assert!(
+        kc == 0 || starts.iter().all(|&s| s + kc <= src.len()),
+        "interleave: a row runs past the source"
+    );
     match isa {
         // SAFETY: AVX-512F is present (supported); the bounds the kernels rely on (rows ≤
         // width, every row's kc steps inside src, kc·width) are asserted above.
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512 if width == 8 => unsafe { interleave8_avx512(src, starts, kc, panel) },
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 if width.is_multiple_of(16) => unsafe { interleave_avx512(src, starts, width, kc, panel) },
+        Kernel::Avx512 if width.is_multiple_of(16) => unsafe {
+            interleave_avx512(src, starts, width, kc, panel)
+        },
         // SAFETY: AVX2 is present (supported, or checked here on an AVX-512 CPU); the
         // bounds as above.
         #[cfg(target_arch = "x86_64")]
-        Kernel::Avx512 | Kernel::Avx2 if width.is_multiple_of(8) && is_x86_feature_detected!("avx2") => unsafe { interleave_avx2(src, starts, width, kc, panel) },
+        Kernel::Avx512 | Kernel::Avx2
+            if width.is_multiple_of(8) && is_x86_feature_detected!("avx2") =>
+        unsafe { interleave_avx2(src, starts, width, kc, panel) },
         _ => interleave_portable(src, starts, kc, panel, width),
     }
 }
@@ -122,7 +145,13 @@ fn interleave_portable(src: &[f32], starts: &[usize], kc: usize, panel: &mut [f3
 /// AVX-512F; `p0 < kc`; every row j holds steps up to `kc` in `src` from `starts[j]`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn load_block<const R: usize>(src: &[f32], starts: &[usize], kc: usize, j0: usize, p0: usize) -> [std::arch::x86_64::__m512; R] {
+unsafe fn load_block<const R: usize>(
+    src: &[f32],
+    starts: &[usize],
+    kc: usize,
+    j0: usize,
+    p0: usize,
+) -> [std::arch::x86_64::__m512; R] {
     use std::arch::x86_64::*;
     let steps: u16 = if kc - p0 >= 16 { u16::MAX } else { (1u16 << (kc - p0)) - 1 };
     std::array::from_fn(|j| {
@@ -141,7 +170,9 @@ unsafe fn load_block<const R: usize>(src: &[f32], starts: &[usize], kc: usize, j
 #[cfg(target_arch = "x86_64")]
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn lane_transpose<const R: usize>(r: [std::arch::x86_64::__m512; R]) -> [std::arch::x86_64::__m512; R] {
+fn lane_transpose<const R: usize>(
+    r: [std::arch::x86_64::__m512; R],
+) -> [std::arch::x86_64::__m512; R] {
     use std::arch::x86_64::*;
     const { assert!(R % 4 == 0) };
     // t[2q], t[2q + 1]: rows 2q and 2q + 1 interleaved, steps 4l, 4l + 1 / 4l + 2, 4l + 3.
@@ -154,7 +185,11 @@ fn lane_transpose<const R: usize>(r: [std::arch::x86_64::__m512; R]) -> [std::ar
         // u[4q + e] from t[4q + (e / 2)] and t[4q + 2 + (e / 2)], low or high halves.
         let (q, e) = (i / 4, i % 4);
         let (a, c) = (pd(t[4 * q + e / 2]), pd(t[4 * q + 2 + e / 2]));
-        _mm512_castpd_ps(if e % 2 == 0 { _mm512_unpacklo_pd(a, c) } else { _mm512_unpackhi_pd(a, c) })
+        _mm512_castpd_ps(if e % 2 == 0 {
+            _mm512_unpacklo_pd(a, c)
+        } else {
+            _mm512_unpackhi_pd(a, c)
+        })
     })
 }
 
@@ -168,7 +203,13 @@ fn lane_transpose<const R: usize>(r: [std::arch::x86_64::__m512; R]) -> [std::ar
 /// [`interleave_rows`] asserts, and `panel` at least `kc·width` long.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn interleave_avx512(src: &[f32], starts: &[usize], width: usize, kc: usize, panel: &mut [f32]) {
+unsafe fn interleave_avx512(
+    src: &[f32],
+    starts: &[usize],
+    width: usize,
+    kc: usize,
+    panel: &mut [f32],
+) {
     use std::arch::x86_64::*;
     for j0 in (0..width).step_by(16) {
         for p0 in (0..kc).step_by(16) {
@@ -250,7 +291,13 @@ unsafe fn interleave8_avx512(src: &[f32], starts: &[usize], kc: usize, panel: &m
 /// [`interleave_rows`] asserts, and `panel` at least `kc·width` long.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn interleave_avx2(src: &[f32], starts: &[usize], width: usize, kc: usize, panel: &mut [f32]) {
+unsafe fn interleave_avx2(
+    src: &[f32],
+    starts: &[usize],
+    width: usize,
+    kc: usize,
+    panel: &mut [f32],
+) {
     use std::arch::x86_64::*;
     let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
     for p0 in (0..kc).step_by(8) {
@@ -271,7 +318,11 @@ unsafe fn interleave_avx2(src: &[f32], starts: &[usize], width: usize, kc: usize
             let u: [__m256; 8] = std::array::from_fn(|i| {
                 let (h, e) = (i / 4, i % 4);
                 let (a, c) = (t[4 * h + e / 2], t[4 * h + 2 + e / 2]);
-                if e % 2 == 0 { _mm256_shuffle_ps::<0x44>(a, c) } else { _mm256_shuffle_ps::<0xee>(a, c) }
+                if e % 2 == 0 {
+                    _mm256_shuffle_ps::<0x44>(a, c)
+                } else {
+                    _mm256_shuffle_ps::<0xee>(a, c)
+                }
             });
             for e in 0..4 {
                 // Step p0 + e: lane 0 of rows 0..4 and of rows 4..8; step p0 + 4 + e: lane 1.
@@ -330,14 +381,32 @@ mod tests {
     /// out the same panel and writes nothing beyond its kc steps.
     #[test]
     fn every_transpose_path_lays_out_the_panel() {
-        for (rows, kc, width) in [(32, 48, 32), (32, 37, 32), (16, 16, 16), (5, 20, 8), (32, 3, 32), (8, 48, 8), (8, 37, 8), (8, 16, 8), (8, 15, 8), (8, 1, 8), (3, 33, 8), (27, 50, 32), (17, 7, 32), (1, 16, 16), (0, 9, 8)] {
+        for (rows, kc, width) in [
+            (32, 48, 32),
+            (32, 37, 32),
+            (16, 16, 16),
+            (5, 20, 8),
+            (32, 3, 32),
+            (8, 48, 8),
+            (8, 37, 8),
+            (8, 16, 8),
+            (8, 15, 8),
+            (8, 1, 8),
+            (3, 33, 8),
+            (27, 50, 32),
+            (17, 7, 32),
+            (1, 16, 16),
+            (0, 9, 8),
+        ] {
             let ld = kc + 3;
             let src: Vec<f32> = (0..rows * ld + 40).map(|i| i as f32).collect();
             let strided: Vec<usize> = (0..rows).map(|j| j * ld).collect();
-            let scattered: Vec<usize> = (0..rows).map(|j| (j * 7919) % (rows * ld + 40 - kc)).collect();
+            let scattered: Vec<usize> =
+                (0..rows).map(|j| (j * 7919) % (rows * ld + 40 - kc)).collect();
             for starts in [&strided, &scattered] {
                 // Every instruction set the CPU has (portable included), and the scalar loop.
-                let isas = Kernel::ALL.into_iter().filter(|k| k.supported()).map(Some).chain([None]);
+                let isas =
+                    Kernel::ALL.into_iter().filter(|k| k.supported()).map(Some).chain([None]);
                 for isa in isas {
                     let path = isa.map_or("scalar loop", |k| k.name());
                     let mut panel = vec![f32::NAN; kc * width + 5];
@@ -348,18 +417,28 @@ mod tests {
                     for p in 0..kc {
                         for j in 0..width {
                             let want = if j < rows { src[starts[j] + p] } else { 0.0 };
-                            assert_eq!(panel[p * width + j], want, "{path}: step {p} row {j} ({rows}×{kc}, width {width}, starts {starts:?})");
+                            assert_eq!(
+                                panel[p * width + j],
+                                want,
+                                "{path}: step {p} row {j} ({rows}×{kc}, width {width}, starts {starts:?})"
+                            );
                         }
                     }
                     // Nothing written beyond the kc steps.
-                    assert!(panel[kc * width..].iter().all(|v| v.is_nan()), "{path}: wrote beyond {kc} steps ({rows} rows, width {width})");
+                    assert!(
+                        panel[kc * width..].iter().all(|v| v.is_nan()),
+                        "{path}: wrote beyond {kc} steps ({rows} rows, width {width})"
+                    );
                 }
             }
             // The constant-stride form is the same layout.
             let (mut a, mut b) = (vec![f32::NAN; kc * width], vec![f32::NAN; kc * width]);
             interleave(&src, ld, rows, kc, &mut a, width);
             interleave_rows(&src, &strided, kc, &mut b, width);
-            assert_eq!(a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), b.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+            assert_eq!(
+                a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                b.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+            );
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Element-wise sum of two tensors of the same shape (residual connections).
 
-use crate::engine::{par, Tape, Tensor, Var};
+use crate::engine::{Tape, Tensor, Var, par};
 
 const CHUNK: usize = 1 << 14;
 
@@ -8,7 +8,9 @@ pub fn add(tape: &mut Tape, a: Var, b: Var) -> Var {
     let (av, bv) = (tape.value(a), tape.value(b));
     assert_eq!(av.shape(), bv.shape(), "add: shapes {:?} and {:?} differ", av.shape(), bv.shape());
     let (ad, bd) = (av.data(), bv.data());
-    let y = par::from_chunks(ad.len(), CHUNK, |i, len| ad[i * CHUNK..][..len].iter().zip(&bd[i * CHUNK..][..len]).map(|(&p, &q)| p + q));
+    let y = par::from_chunks(ad.len(), CHUNK, |i, len| {
+        ad[i * CHUNK..][..len].iter().zip(&bd[i * CHUNK..][..len]).map(|(&p, &q)| p + q)
+    });
     let y = Tensor::new(av.shape(), y);
     tape.push(y, &[a, b], move |g, _vals, sink| {
         let g = g.data();
@@ -24,7 +26,12 @@ mod tests {
 
     #[test]
     fn gradient() {
-        check(&[random(&[3, 4], 1), random(&[3, 4], 2)], |t, v| super::add(t, v[0], v[1]), 1e-2, 1e-3);
+        check(
+            &[random(&[3, 4], 1), random(&[3, 4], 2)],
+            |t, v| super::add(t, v[0], v[1]),
+            1e-2,
+            1e-3,
+        );
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! new value); eval mode normalises with the running statistics. Statistics are
 //! accumulated in f64, one channel per task, so they do not depend on thread count.
 
-use crate::engine::{par, Mode, Tape, Tensor, Var};
+use crate::engine::{Mode, Tape, Tensor, Var, par};
 use crate::{Error, Result};
 use rayon::prelude::*;
 
@@ -34,7 +34,11 @@ pub fn channel_stats(x: &[f32], n: usize, c: usize, hw: usize) -> Vec<(f64, f64)
 
 /// One pair of sums per channel, in parallel over blocks of four channels: by `four`
 /// (the lockstep path) where it runs on this CPU, else channel by channel by `one`.
-fn by_channel_blocks(c: usize, four: impl Fn(usize) -> Option<[(f64, f64); 4]> + Sync, one: impl Fn(usize) -> (f64, f64) + Sync) -> Vec<(f64, f64)> {
+fn by_channel_blocks(
+    c: usize,
+    four: impl Fn(usize) -> Option<[(f64, f64); 4]> + Sync,
+    one: impl Fn(usize) -> (f64, f64) + Sync,
+) -> Vec<(f64, f64)> {
     (0..c.div_ceil(4))
         .into_par_iter()
         .flat_map_iter(|b| {
@@ -56,7 +60,10 @@ fn plain_stats(x: &[f32], n: usize, c: usize, hw: usize, ch: usize) -> (f64, f64
     let m = s / (n * hw) as f64;
     let mut q = 0.0f64;
     for i in 0..n {
-        q += x[(i * c + ch) * hw..][..hw].iter().map(|&v| (v as f64 - m) * (v as f64 - m)).sum::<f64>();
+        q += x[(i * c + ch) * hw..][..hw]
+            .iter()
+            .map(|&v| (v as f64 - m) * (v as f64 - m))
+            .sum::<f64>();
     }
     (m, q / (n * hw) as f64)
 }
@@ -81,7 +88,11 @@ impl GradSums<'_> {
     /// x̂ = (x − mean)·invstd in f32. Four channels in lockstep where AVX is present.
     fn all(&self) -> Vec<(f64, f64)> {
         let (n, c, hw) = (self.n, self.c, self.hw);
-        assert!(self.g.len() >= n * c * hw && self.out.len() >= n * c * hw && self.x.len() >= n * c * hw);
+        assert!(
+            self.g.len() >= n * c * hw
+                && self.out.len() >= n * c * hw
+                && self.x.len() >= n * c * hw
+        );
         assert!(self.mean.len() >= c && self.invstd.len() >= c);
         by_channel_blocks(c, |ch0| lockstep::grad_sums(self, ch0), |ch| self.plain(ch))
     }
@@ -111,7 +122,13 @@ mod lockstep {
     use super::GradSums;
 
     /// [`super::channel_stats`] of channels `ch0..ch0 + 4`, where the CPU has AVX.
-    pub(super) fn stats(x: &[f32], n: usize, c: usize, hw: usize, ch0: usize) -> Option<[(f64, f64); 4]> {
+    pub(super) fn stats(
+        x: &[f32],
+        n: usize,
+        c: usize,
+        hw: usize,
+        ch0: usize,
+    ) -> Option<[(f64, f64); 4]> {
         assert!(ch0 + 4 <= c && x.len() >= n * c * hw);
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx") {
@@ -124,7 +141,14 @@ mod lockstep {
     /// [`GradSums::all`] of channels `ch0..ch0 + 4`, where the CPU has AVX.
     pub(super) fn grad_sums(s: &GradSums, ch0: usize) -> Option<[(f64, f64); 4]> {
         let len = s.n * s.c * s.hw;
-        assert!(ch0 + 4 <= s.c && s.g.len() >= len && s.out.len() >= len && s.x.len() >= len && s.mean.len() >= s.c && s.invstd.len() >= s.c);
+        assert!(
+            ch0 + 4 <= s.c
+                && s.g.len() >= len
+                && s.out.len() >= len
+                && s.x.len() >= len
+                && s.mean.len() >= s.c
+                && s.invstd.len() >= s.c
+        );
         #[cfg(target_arch = "x86_64")]
         if is_x86_feature_detected!("avx") {
             // SAFETY: AVX is present; the slices' sizes are asserted above.
@@ -172,7 +196,11 @@ mod lockstep {
         /// AVX; the planes have equal lengths.
         #[inline]
         #[target_feature(enable = "avx")]
-        unsafe fn plane_sums(planes: [&[f32]; 4], term4: impl Fn(usize, __m128) -> __m256d, term: impl Fn(usize, f32) -> f64) -> [f64; 4] {
+        unsafe fn plane_sums(
+            planes: [&[f32]; 4],
+            term4: impl Fn(usize, __m128) -> __m256d,
+            term: impl Fn(usize, f32) -> f64,
+        ) -> [f64; 4] {
             let hw = planes[0].len();
             let mut t = _mm256_set1_pd(-0.0);
             let mut p = 0;
@@ -200,13 +228,22 @@ mod lockstep {
         /// # Safety
         /// AVX; `x` holds n planes of hw for each of c > ch0 + 3 channels.
         #[target_feature(enable = "avx")]
-        pub(super) unsafe fn stats(x: &[f32], n: usize, c: usize, hw: usize, ch0: usize) -> [(f64, f64); 4] {
-            let planes = |i: usize| -> [&[f32]; 4] { std::array::from_fn(|q| &x[(i * c + ch0 + q) * hw..][..hw]) };
+        pub(super) unsafe fn stats(
+            x: &[f32],
+            n: usize,
+            c: usize,
+            hw: usize,
+            ch0: usize,
+        ) -> [(f64, f64); 4] {
+            let planes = |i: usize| -> [&[f32]; 4] {
+                std::array::from_fn(|q| &x[(i * c + ch0 + q) * hw..][..hw])
+            };
             let count = (n * hw) as f64;
             let mut s = [0.0f64; 4];
             for i in 0..n {
                 // SAFETY: AVX (caller); planes of equal length.
-                let t = unsafe { plane_sums(planes(i), |_, v| _mm256_cvtps_pd(v), |_, v| v as f64) };
+                let t =
+                    unsafe { plane_sums(planes(i), |_, v| _mm256_cvtps_pd(v), |_, v| v as f64) };
                 (0..4).for_each(|q| s[q] += t[q]);
             }
             let m = s.map(|s| s / count);
@@ -217,7 +254,9 @@ mod lockstep {
                     _mm256_mul_pd(d, d)
                 };
                 // SAFETY: as above.
-                let t = unsafe { plane_sums(planes(i), sq4, |q, v| (v as f64 - m[q]) * (v as f64 - m[q])) };
+                let t = unsafe {
+                    plane_sums(planes(i), sq4, |q, v| (v as f64 - m[q]) * (v as f64 - m[q]))
+                };
                 (0..4).for_each(|q| var[q] += t[q]);
             }
             std::array::from_fn(|q| (m[q], var[q] / count))
@@ -248,7 +287,11 @@ mod lockstep {
                     let mut dx = [_mm256_setzero_pd(); 4];
                     for q in 0..4 {
                         // dy where the output is positive (or always, without ReLU), else 0.
-                        let dq = if s.relu { _mm_and_ps(gv[q], _mm_cmpgt_ps(yv[q], zero)) } else { gv[q] };
+                        let dq = if s.relu {
+                            _mm_and_ps(gv[q], _mm_cmpgt_ps(yv[q], zero))
+                        } else {
+                            gv[q]
+                        };
                         let xhat = _mm_mul_ps(_mm_sub_ps(xv[q], mu[q]), is[q]);
                         d[q] = _mm256_cvtps_pd(dq);
                         dx[q] = _mm256_mul_pd(d[q], _mm256_cvtps_pd(xhat));
@@ -262,21 +305,31 @@ mod lockstep {
                 if p < s.hw {
                     // The chains leave the vectors for the tail and come back after it.
                     // SAFETY: four f64 each.
-                    unsafe { (_mm256_storeu_pd(tail_dy.as_mut_ptr(), sdy), _mm256_storeu_pd(tail_dyx.as_mut_ptr(), sdyx)) };
+                    unsafe {
+                        (
+                            _mm256_storeu_pd(tail_dy.as_mut_ptr(), sdy),
+                            _mm256_storeu_pd(tail_dyx.as_mut_ptr(), sdyx),
+                        )
+                    };
                     for q in 0..4 {
                         for k in p..s.hw {
                             let d = if !s.relu || y[q][k] > 0.0 { g[q][k] } else { 0.0 };
                             tail_dy[q] += d as f64;
-                            tail_dyx[q] += d as f64 * ((x[q][k] - s.mean[ch0 + q]) * s.invstd[ch0 + q]) as f64;
+                            tail_dyx[q] +=
+                                d as f64 * ((x[q][k] - s.mean[ch0 + q]) * s.invstd[ch0 + q]) as f64;
                         }
                     }
                     // SAFETY: four f64 each.
-                    (sdy, sdyx) = unsafe { (_mm256_loadu_pd(tail_dy.as_ptr()), _mm256_loadu_pd(tail_dyx.as_ptr())) };
+                    (sdy, sdyx) = unsafe {
+                        (_mm256_loadu_pd(tail_dy.as_ptr()), _mm256_loadu_pd(tail_dyx.as_ptr()))
+                    };
                 }
             }
             let (mut a, mut b) = ([0.0f64; 4], [0.0f64; 4]);
             // SAFETY: four f64 each.
-            unsafe { (_mm256_storeu_pd(a.as_mut_ptr(), sdy), _mm256_storeu_pd(b.as_mut_ptr(), sdyx)) };
+            unsafe {
+                (_mm256_storeu_pd(a.as_mut_ptr(), sdy), _mm256_storeu_pd(b.as_mut_ptr(), sdyx))
+            };
             std::array::from_fn(|q| (a[q], b[q]))
         }
     }
@@ -284,7 +337,14 @@ mod lockstep {
 
 /// y = (x − mean)·invstd·γ + β. Saved for backward: mean and invstd (the affine
 /// parameters and x are read from the tape).
-pub fn batch_norm2d(tape: &mut Tape, x: Var, gamma: Var, beta: Var, state: BatchNormState, mode: Mode) -> Result<Var> {
+pub fn batch_norm2d(
+    tape: &mut Tape,
+    x: Var,
+    gamma: Var,
+    beta: Var,
+    state: BatchNormState,
+    mode: Mode,
+) -> Result<Var> {
     let xv = tape.value(x);
     if xv.shape().len() != 4 {
         return Err(Error::invalid(format!("batchnorm2d needs NCHW input, got {:?}", xv.shape())));
@@ -293,7 +353,10 @@ pub fn batch_norm2d(tape: &mut Tape, x: Var, gamma: Var, beta: Var, state: Batch
     let hw = h * w;
     for (what, t) in [("weight", tape.value(gamma)), ("bias", tape.value(beta))] {
         if t.shape() != [c] {
-            return Err(Error::invalid(format!("batchnorm2d: {what} shape {:?}, expected [{c}]", t.shape())));
+            return Err(Error::invalid(format!(
+                "batchnorm2d: {what} shape {:?}, expected [{c}]",
+                t.shape()
+            )));
         }
     }
     let (mean, invstd): (Vec<f32>, Vec<f32>) = match mode {
@@ -308,7 +371,10 @@ pub fn batch_norm2d(tape: &mut Tape, x: Var, gamma: Var, beta: Var, state: Batch
                 let rv = &mut state.running_var.data_mut()[ch];
                 *rv = ((1.0 - m) * *rv as f64 + m * unbiased) as f32;
             }
-            stats.iter().map(|&(mu, var)| (mu as f32, (1.0 / (var + state.eps as f64).sqrt()) as f32)).unzip()
+            stats
+                .iter()
+                .map(|&(mu, var)| (mu as f32, (1.0 / (var + state.eps as f64).sqrt()) as f32))
+                .unzip()
         }
         Mode::Eval => state
             .running_mean
@@ -327,7 +393,9 @@ pub fn batch_norm2d(tape: &mut Tape, x: Var, gamma: Var, beta: Var, state: Batch
     let xd = xv.data();
     let y = par::from_chunks(xd.len(), hw, |i, len| {
         let (s, t) = (scale[i % c], shift[i % c]);
-        xd[i * hw..][..len].iter().map(move |&v| if relu { (v * s + t).max(0.0) } else { v * s + t })
+        xd[i * hw..][..len]
+            .iter()
+            .map(move |&v| if relu { (v * s + t).max(0.0) } else { v * s + t })
     });
     let y = Tensor::new(xv.shape(), y);
     Ok(tape.push(y, &[x, gamma, beta], move |gout, vals, sink| {
@@ -336,9 +404,15 @@ pub fn batch_norm2d(tape: &mut Tape, x: Var, gamma: Var, beta: Var, state: Batch
         // dy at elements `r`: through the fused ReLU, the gradient passes where the
         // output is positive (read in place: no masked copy).
         let (g, out) = (gout.data(), vals.output().data());
-        let dy = move |r: std::ops::Range<usize>| g[r.clone()].iter().zip(&out[r]).map(move |(&g, &y)| if !relu || y > 0.0 { g } else { 0.0 });
+        let dy = move |r: std::ops::Range<usize>| {
+            g[r.clone()]
+                .iter()
+                .zip(&out[r])
+                .map(move |(&g, &y)| if !relu || y > 0.0 { g } else { 0.0 })
+        };
         // Σ dy and Σ dy·x̂ per channel.
-        let sums = GradSums { g, out, x: xv.data(), mean: &mean, invstd: &invstd, relu, n, c, hw }.all();
+        let sums =
+            GradSums { g, out, x: xv.data(), mean: &mean, invstd: &invstd, relu, n, c, hw }.all();
         if sink.wants(x) {
             let m = (n * hw) as f32;
             // Train: dx = γ·invstd/M · (M·dy − Σdy − x̂·Σdy·x̂); eval: dx = γ·invstd·dy.
@@ -387,7 +461,13 @@ mod tests {
         move |t, v| {
             let mut rm = random(&[3], 9);
             let mut rv = Tensor::full(&[3], 1.5);
-            let st = BatchNormState { running_mean: &mut rm, running_var: &mut rv, momentum: 0.1, eps: 1e-5, relu };
+            let st = BatchNormState {
+                running_mean: &mut rm,
+                running_var: &mut rv,
+                momentum: 0.1,
+                eps: 1e-5,
+                relu,
+            };
             batch_norm2d(t, v[0], v[1], v[2], st, mode).unwrap()
         }
     }
@@ -400,29 +480,51 @@ mod tests {
     fn lockstep_sums_are_the_plain_chains() {
         for (n, c, hw) in [(3, 1, 5), (2, 6, 7), (4, 7, 9), (2, 16, 33), (3, 8, 64)] {
             let wide = |t: Tensor| -> Vec<f32> {
-                t.data().iter().enumerate().map(|(i, &v)| match i % 7 {
-                    0 => -0.0,
-                    1 => v * 1e4,
-                    2 => v * 1e-5,
-                    3 => 0.0,
-                    _ => v,
-                }).collect()
+                t.data()
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &v)| match i % 7 {
+                        0 => -0.0,
+                        1 => v * 1e4,
+                        2 => v * 1e-5,
+                        3 => 0.0,
+                        _ => v,
+                    })
+                    .collect()
             };
             let x = wide(random(&[n, c, hw], 11));
             let got = channel_stats(&x, n, c, hw);
             for ch in 0..c {
                 let plane = |i: usize| &x[(i * c + ch) * hw..][..hw];
-                let s: f64 = (0..n).fold(0.0, |s, i| s + plane(i).iter().map(|&v| v as f64).sum::<f64>());
+                let s: f64 =
+                    (0..n).fold(0.0, |s, i| s + plane(i).iter().map(|&v| v as f64).sum::<f64>());
                 let m = s / (n * hw) as f64;
-                let q: f64 = (0..n).fold(0.0, |q, i| q + plane(i).iter().map(|&v| (v as f64 - m) * (v as f64 - m)).sum::<f64>());
+                let q: f64 = (0..n).fold(0.0, |q, i| {
+                    q + plane(i).iter().map(|&v| (v as f64 - m) * (v as f64 - m)).sum::<f64>()
+                });
                 let want = (m, q / (n * hw) as f64);
-                assert_eq!((got[ch].0.to_bits(), got[ch].1.to_bits()), (want.0.to_bits(), want.1.to_bits()), "stats {n}×{c}×{hw} channel {ch}");
+                assert_eq!(
+                    (got[ch].0.to_bits(), got[ch].1.to_bits()),
+                    (want.0.to_bits(), want.1.to_bits()),
+                    "stats {n}×{c}×{hw} channel {ch}"
+                );
             }
             let (g, y) = (wide(random(&[n, c, hw], 12)), wide(random(&[n, c, hw], 13)));
             let mean: Vec<f32> = got.iter().map(|s| s.0 as f32).collect();
             let invstd: Vec<f32> = got.iter().map(|s| (1.0 / (s.1 + 1e-5).sqrt()) as f32).collect();
             for relu in [false, true] {
-                let sums = GradSums { g: &g, out: &y, x: &x, mean: &mean, invstd: &invstd, relu, n, c, hw }.all();
+                let sums = GradSums {
+                    g: &g,
+                    out: &y,
+                    x: &x,
+                    mean: &mean,
+                    invstd: &invstd,
+                    relu,
+                    n,
+                    c,
+                    hw,
+                }
+                .all();
                 for ch in 0..c {
                     let (mut sdy, mut sdyx) = (0.0f64, 0.0f64);
                     for i in 0..n {
@@ -433,7 +535,11 @@ mod tests {
                             sdyx += d as f64 * ((x[at] - mean[ch]) * invstd[ch]) as f64;
                         }
                     }
-                    assert_eq!((sums[ch].0.to_bits(), sums[ch].1.to_bits()), (sdy.to_bits(), sdyx.to_bits()), "sums {n}×{c}×{hw} channel {ch} (relu {relu})");
+                    assert_eq!(
+                        (sums[ch].0.to_bits(), sums[ch].1.to_bits()),
+                        (sdy.to_bits(), sdyx.to_bits()),
+                        "sums {n}×{c}×{hw} channel {ch} (relu {relu})"
+                    );
                 }
             }
         }
@@ -473,7 +579,13 @@ mod tests {
         let g = t.constant(Tensor::full(&[2], 1.0));
         let b = t.constant(Tensor::zeros(&[2]));
         let (mut rm, mut rv) = (Tensor::zeros(&[2]), Tensor::full(&[2], 1.0));
-        let st = BatchNormState { running_mean: &mut rm, running_var: &mut rv, momentum: 1.0, eps: 0.0, relu: false };
+        let st = BatchNormState {
+            running_mean: &mut rm,
+            running_var: &mut rv,
+            momentum: 1.0,
+            eps: 0.0,
+            relu: false,
+        };
         let y = batch_norm2d(&mut t, xv, g, b, st, Mode::Train).unwrap();
         let stats = channel_stats(t.value(y).data(), 5, 2, 16);
         for (m, v) in stats {

@@ -5,17 +5,30 @@ use crate::{Error, Result};
 
 /// Mean over the batch of −Σ_c t_c·log softmax(z)_c, with t = (1−ε)·onehot + ε/C.
 /// Backward: (softmax(z) − t)/N. Labels are data, not tape values.
-pub fn softmax_cross_entropy(tape: &mut Tape, logits: Var, labels: &[u32], smoothing: f32) -> Result<Var> {
+pub fn softmax_cross_entropy(
+    tape: &mut Tape,
+    logits: Var,
+    labels: &[u32],
+    smoothing: f32,
+) -> Result<Var> {
     let z = tape.value(logits);
     if z.shape().len() != 2 || z.shape()[0] != labels.len() {
-        return Err(Error::invalid(format!("cross-entropy: logits {:?} for {} labels", z.shape(), labels.len())));
+        return Err(Error::invalid(format!(
+            "cross-entropy: logits {:?} for {} labels",
+            z.shape(),
+            labels.len()
+        )));
     }
     let (n, c) = (z.shape()[0], z.shape()[1]);
     if let Some(&bad) = labels.iter().find(|&&l| l as usize >= c) {
-        return Err(Error::invalid(format!("cross-entropy: label {bad} out of range for {c} classes")));
+        return Err(Error::invalid(format!(
+            "cross-entropy: label {bad} out of range for {c} classes"
+        )));
     }
     if !(0.0..1.0).contains(&smoothing) {
-        return Err(Error::invalid(format!("cross-entropy: label smoothing {smoothing} not in [0, 1)")));
+        return Err(Error::invalid(format!(
+            "cross-entropy: label smoothing {smoothing} not in [0, 1)"
+        )));
     }
     let mut probs = vec![0.0f32; n * c];
     let mut total = 0.0f64;
@@ -27,7 +40,8 @@ pub fn softmax_cross_entropy(tape: &mut Tape, logits: Var, labels: &[u32], smoot
         for (j, &v) in row.iter().enumerate() {
             let logp = v as f64 - lse;
             probs[i * c + j] = logp.exp() as f32;
-            let t = smoothing as f64 / c as f64 + if j == labels[i] as usize { 1.0 - smoothing as f64 } else { 0.0 };
+            let t = smoothing as f64 / c as f64
+                + if j == labels[i] as usize { 1.0 - smoothing as f64 } else { 0.0 };
             li -= t * logp;
         }
         total += li;
@@ -39,7 +53,8 @@ pub fn softmax_cross_entropy(tape: &mut Tape, logits: Var, labels: &[u32], smoot
         let dz = sink.get(logits);
         for (i, row) in dz.data_mut().chunks_mut(c).enumerate() {
             for (j, d) in row.iter_mut().enumerate() {
-                let t = smoothing / c as f32 + if j == labels[i] as usize { 1.0 - smoothing } else { 0.0 };
+                let t = smoothing / c as f32
+                    + if j == labels[i] as usize { 1.0 - smoothing } else { 0.0 };
                 *d += (probs[i * c + j] - t) * scale;
             }
         }
@@ -54,7 +69,12 @@ mod tests {
     #[test]
     fn gradient() {
         for eps in [0.0, 0.1] {
-            check(&[random(&[4, 5], 1)], move |t, v| super::softmax_cross_entropy(t, v[0], &[0, 4, 2, 2], eps).unwrap(), 1e-2, 1e-3);
+            check(
+                &[random(&[4, 5], 1)],
+                move |t, v| super::softmax_cross_entropy(t, v[0], &[0, 4, 2, 2], eps).unwrap(),
+                1e-2,
+                1e-3,
+            );
         }
     }
 

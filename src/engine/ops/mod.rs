@@ -14,8 +14,8 @@ pub mod relu;
 pub mod shape;
 
 pub use add::add;
-pub use batchnorm::{batch_norm2d, BatchNormState};
-pub use conv2d::{conv2d, Conv2dCfg};
+pub use batchnorm::{BatchNormState, batch_norm2d};
+pub use conv2d::{Conv2dCfg, conv2d};
 pub use linear::linear;
 pub use loss::softmax_cross_entropy;
 pub use pool::{global_avg_pool, max_pool2d};

@@ -1,6 +1,6 @@
 //! Max pooling (window k, stride s, no padding) and global average pooling.
 
-use crate::engine::{par, Tape, Tensor, Var};
+use crate::engine::{Tape, Tensor, Var, par};
 use crate::{Error, Result};
 use rayon::prelude::*;
 
@@ -8,14 +8,19 @@ use rayon::prelude::*;
 pub fn max_pool2d(tape: &mut Tape, x: Var, k: usize, s: usize) -> Result<Var> {
     let xv = tape.value(x);
     if xv.shape().len() != 4 || k == 0 || s == 0 || xv.shape()[2] < k || xv.shape()[3] < k {
-        return Err(Error::invalid(format!("max_pool2d: window {k} stride {s} does not fit input {:?}", xv.shape())));
+        return Err(Error::invalid(format!(
+            "max_pool2d: window {k} stride {s} does not fit input {:?}",
+            xv.shape()
+        )));
     }
     let (n, c, h, w) = xv.nchw();
     let (oh, ow) = ((h - k) / s + 1, (w - k) / s + 1);
     let mut y = par::zeros(n * c * oh * ow);
     let mut arg = vec![0u32; y.len()];
-    y.par_chunks_mut(oh * ow).zip(arg.par_chunks_mut(oh * ow)).zip(xv.data().par_chunks(h * w)).for_each(
-        |((yp, ap), xp)| {
+    y.par_chunks_mut(oh * ow)
+        .zip(arg.par_chunks_mut(oh * ow))
+        .zip(xv.data().par_chunks(h * w))
+        .for_each(|((yp, ap), xp)| {
             for oy in 0..oh {
                 for ox in 0..ow {
                     let (mut best, mut bi) = (f32::NEG_INFINITY, 0usize);
@@ -32,18 +37,19 @@ pub fn max_pool2d(tape: &mut Tape, x: Var, k: usize, s: usize) -> Result<Var> {
                     ap[oy * ow + ox] = bi as u32;
                 }
             }
-        },
-    );
+        });
     let y = Tensor::new(&[n, c, oh, ow], y);
     Ok(tape.push(y, &[x], move |g, _vals, sink| {
         let dx = sink.get(x);
-        dx.data_mut().par_chunks_mut(h * w).zip(g.data().par_chunks(oh * ow)).zip(arg.par_chunks(oh * ow)).for_each(
-            |((dp, gp), ap)| {
+        dx.data_mut()
+            .par_chunks_mut(h * w)
+            .zip(g.data().par_chunks(oh * ow))
+            .zip(arg.par_chunks(oh * ow))
+            .for_each(|((dp, gp), ap)| {
                 for (gv, &a) in gp.iter().zip(ap) {
                     dp[a as usize] += *gv;
                 }
-            },
-        );
+            });
     }))
 }
 
@@ -51,7 +57,10 @@ pub fn max_pool2d(tape: &mut Tape, x: Var, k: usize, s: usize) -> Result<Var> {
 pub fn global_avg_pool(tape: &mut Tape, x: Var) -> Result<Var> {
     let xv = tape.value(x);
     if xv.shape().len() != 4 {
-        return Err(Error::invalid(format!("global_avg_pool needs NCHW input, got {:?}", xv.shape())));
+        return Err(Error::invalid(format!(
+            "global_avg_pool needs NCHW input, got {:?}",
+            xv.shape()
+        )));
     }
     let (n, c, h, w) = xv.nchw();
     let hw = h * w;
@@ -82,6 +91,11 @@ mod tests {
 
     #[test]
     fn avg_pool_gradient() {
-        check(&[random(&[2, 3, 3, 4], 2)], |t, v| super::global_avg_pool(t, v[0]).unwrap(), 1e-2, 1e-3);
+        check(
+            &[random(&[2, 3, 3, 4], 2)],
+            |t, v| super::global_avg_pool(t, v[0]).unwrap(),
+            1e-2,
+            1e-3,
+        );
     }
 }

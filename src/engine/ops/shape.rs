@@ -1,6 +1,6 @@
 //! Shape ops: flatten, and the parameter-free "option A" ResNet shortcut.
 
-use crate::engine::{par, Tape, Tensor, Var};
+use crate::engine::{Tape, Tensor, Var, par};
 use crate::{Error, Result};
 use rayon::prelude::*;
 
@@ -24,38 +24,50 @@ pub fn flatten(tape: &mut Tape, x: Var) -> Result<Var> {
 /// pixel and zero-pad the channels evenly on both sides up to `cout`.
 pub fn subsample_pad_channels(tape: &mut Tape, x: Var, stride: usize, cout: usize) -> Result<Var> {
     let xv = tape.value(x);
-    if xv.shape().len() != 4 || stride == 0 || cout < xv.shape()[1] || !(cout - xv.shape()[1]).is_multiple_of(2) {
-        return Err(Error::invalid(format!("shortcut: cannot map {:?} to {cout} channels at stride {stride}", xv.shape())));
+    if xv.shape().len() != 4
+        || stride == 0
+        || cout < xv.shape()[1]
+        || !(cout - xv.shape()[1]).is_multiple_of(2)
+    {
+        return Err(Error::invalid(format!(
+            "shortcut: cannot map {:?} to {cout} channels at stride {stride}",
+            xv.shape()
+        )));
     }
     let (n, c, h, w) = xv.nchw();
     let (oh, ow) = (h.div_ceil(stride), w.div_ceil(stride));
     let lo = (cout - c) / 2;
     let mut y = par::zeros(n * cout * oh * ow);
     // One image per piece, both ways (every element is written by one piece).
-    y.par_chunks_mut((cout * oh * ow).max(1)).zip(xv.data().par_chunks((c * h * w).max(1))).for_each(|(yi, xi)| {
-        for ch in 0..c {
-            let src = &xi[ch * h * w..][..h * w];
-            let dst = &mut yi[(ch + lo) * oh * ow..][..oh * ow];
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    dst[oy * ow + ox] = src[oy * stride * w + ox * stride];
-                }
-            }
-        }
-    });
-    Ok(tape.push(Tensor::new(&[n, cout, oh, ow], y), &[x], move |g, _vals, sink| {
-        let dx = sink.get(x);
-        dx.data_mut().par_chunks_mut((c * h * w).max(1)).zip(g.data().par_chunks((cout * oh * ow).max(1))).for_each(|(di, gi)| {
+    y.par_chunks_mut((cout * oh * ow).max(1))
+        .zip(xv.data().par_chunks((c * h * w).max(1)))
+        .for_each(|(yi, xi)| {
             for ch in 0..c {
-                let dst = &mut di[ch * h * w..][..h * w];
-                let src = &gi[(ch + lo) * oh * ow..][..oh * ow];
+                let src = &xi[ch * h * w..][..h * w];
+                let dst = &mut yi[(ch + lo) * oh * ow..][..oh * ow];
                 for oy in 0..oh {
                     for ox in 0..ow {
-                        dst[oy * stride * w + ox * stride] += src[oy * ow + ox];
+                        dst[oy * ow + ox] = src[oy * stride * w + ox * stride];
                     }
                 }
             }
         });
+    Ok(tape.push(Tensor::new(&[n, cout, oh, ow], y), &[x], move |g, _vals, sink| {
+        let dx = sink.get(x);
+        dx.data_mut()
+            .par_chunks_mut((c * h * w).max(1))
+            .zip(g.data().par_chunks((cout * oh * ow).max(1)))
+            .for_each(|(di, gi)| {
+                for ch in 0..c {
+                    let dst = &mut di[ch * h * w..][..h * w];
+                    let src = &gi[(ch + lo) * oh * ow..][..oh * ow];
+                    for oy in 0..oh {
+                        for ox in 0..ow {
+                            dst[oy * stride * w + ox * stride] += src[oy * ow + ox];
+                        }
+                    }
+                }
+            });
     }))
 }
 
@@ -66,6 +78,11 @@ mod tests {
     #[test]
     fn gradients() {
         check(&[random(&[2, 3, 2, 2], 1)], |t, v| super::flatten(t, v[0]).unwrap(), 1e-2, 1e-3);
-        check(&[random(&[2, 2, 5, 4], 2)], |t, v| super::subsample_pad_channels(t, v[0], 2, 6).unwrap(), 1e-2, 1e-3);
+        check(
+            &[random(&[2, 2, 5, 4], 2)],
+            |t, v| super::subsample_pad_channels(t, v[0], 2, 6).unwrap(),
+            1e-2,
+            1e-3,
+        );
     }
 }

@@ -28,7 +28,9 @@
 //! exactly (`tests::direct_paths_are_the_defined_chains_exactly`).
 
 use super::ConvGeom;
-use crate::engine::gemm::{interleave_rows, offset_tile, MatRef, Operand, PackedA, RowOffsets, MR, NR};
+use crate::engine::gemm::{
+    MR, MatRef, NR, Operand, PackedA, RowOffsets, interleave_rows, offset_tile,
+};
 use crate::engine::scratch::Scratch;
 
 /// Whether [`forward_group`] computes this convolution: stride 1, a kernel larger than
@@ -65,14 +67,32 @@ impl Plan {
     }
     /// The forward: x (Cin planes) padded by `pad`, to Cout planes.
     fn forward(g: &ConvGeom) -> Plan {
-        Plan { in_c: g.cin, in_h: g.h, in_w: g.w, pad_y: g.pad, pad_x: g.pad, out_c: g.cout, out_h: g.oh, out_w: g.ow }
+        Plan {
+            in_c: g.cin,
+            in_h: g.h,
+            in_w: g.w,
+            pad_y: g.pad,
+            pad_x: g.pad,
+            out_c: g.cout,
+            out_h: g.oh,
+            out_w: g.ow,
+        }
     }
     /// The data gradient: dY (Cout planes) padded by `k − 1 − pad`, to Cin planes. Input
     /// pixel (iy, ix) sits at (iy, ix) of that grid, and the output it fed through kernel
     /// tap (ky, kx), (iy + pad − ky, ix + pad − kx), at (iy + kh − 1 − ky, ix + kw − 1 − kx).
     fn data_gradient(g: &ConvGeom) -> Plan {
         let (pad_y, pad_x) = (g.kh - 1 - g.pad, g.kw - 1 - g.pad);
-        Plan { in_c: g.cout, in_h: g.oh, in_w: g.ow, pad_y, pad_x, out_c: g.cin, out_h: g.h, out_w: g.w }
+        Plan {
+            in_c: g.cout,
+            in_h: g.oh,
+            in_w: g.ow,
+            pad_y,
+            pad_x,
+            out_c: g.cin,
+            out_h: g.h,
+            out_w: g.w,
+        }
     }
 }
 
@@ -91,7 +111,11 @@ impl DirectWeights {
     pub fn forward(g: &ConvGeom, w: &[f32]) -> DirectWeights {
         let plan = Plan::forward(g);
         let packed = PackedA::new(&MatRef::rowmajor(w, g.cout, g.k()));
-        DirectWeights { packed, rows: RowOffsets::new(patch_row_offsets(g)), tiles: tiles(plan.out_h, plan.out_w, plan.padded().1) }
+        DirectWeights {
+            packed,
+            rows: RowOffsets::new(patch_row_offsets(g)),
+            tiles: tiles(plan.out_h, plan.out_w, plan.padded().1),
+        }
     }
 
     /// For [`data_gradient_group`]: `Wᵀ` with the reduction ordered tap-major,
@@ -114,20 +138,37 @@ impl DirectWeights {
             }
         }
         let packed = PackedA::new(&MatRef::rowmajor(&a, g.cin, taps * g.cout));
-        DirectWeights { packed, rows: RowOffsets::segmented(offsets, g.cout), tiles: tiles(plan.out_h, plan.out_w, wp) }
+        DirectWeights {
+            packed,
+            rows: RowOffsets::segmented(offsets, g.cout),
+            tiles: tiles(plan.out_h, plan.out_w, wp),
+        }
     }
 }
 
 /// `y = conv(x) (+ bias)` for the `gi` consecutive NCHW images of `xg`, into `yg`
 /// (every element written).
-pub fn forward_group(g: &ConvGeom, wd: &DirectWeights, xg: &[f32], gi: usize, bias: Option<&[f32]>, yg: &mut [f32]) {
+pub fn forward_group(
+    g: &ConvGeom,
+    wd: &DirectWeights,
+    xg: &[f32],
+    gi: usize,
+    bias: Option<&[f32]>,
+    yg: &mut [f32],
+) {
     debug_assert!(applies(g));
     run(&Plan::forward(g), wd, xg, gi, bias, yg);
 }
 
 /// The data gradient `dx` of the `gi` consecutive images whose output gradient is
 /// `dyg`, into `dxg` (every element written): the bits of `col2im(Wᵀ·dY)` into zeros.
-pub fn data_gradient_group(g: &ConvGeom, wd: &DirectWeights, dyg: &[f32], gi: usize, dxg: &mut [f32]) {
+pub fn data_gradient_group(
+    g: &ConvGeom,
+    wd: &DirectWeights,
+    dyg: &[f32],
+    gi: usize,
+    dxg: &mut [f32],
+) {
     debug_assert!(applies_to_data_gradient(g));
     run(&Plan::data_gradient(g), wd, dyg, gi, None, dxg);
 }
@@ -137,7 +178,14 @@ pub fn data_gradient_group(g: &ConvGeom, wd: &DirectWeights, dyg: &[f32], gi: us
 /// are covered by NR consecutive grid positions at a time, several rows per tile. A
 /// tile whose NR outputs lie in one row, for MR channels that exist, is written by the
 /// kernel in place; any other goes through a scratch tile and is copied out run by run.
-fn run(plan: &Plan, wd: &DirectWeights, src: &[f32], gi: usize, bias: Option<&[f32]>, out: &mut [f32]) {
+fn run(
+    plan: &Plan,
+    wd: &DirectWeights,
+    src: &[f32],
+    gi: usize,
+    bias: Option<&[f32]>,
+    out: &mut [f32],
+) {
     let (hp, wp) = plan.padded();
     let plane = hp * wp;
     let image = plan.in_c * plane;
@@ -226,7 +274,9 @@ fn tiles(oh: usize, ow: usize, wp: usize) -> Vec<Tile> {
 /// ([`Plan::forward`]): `ci·Hp·Wp + ky·Wp + kx`, in the patch rows' order.
 fn patch_row_offsets(g: &ConvGeom) -> Vec<usize> {
     let (hp, wp) = Plan::forward(g).padded();
-    (0..g.k()).map(|r| (r / (g.kh * g.kw)) * hp * wp + ((r / g.kw) % g.kh) * wp + r % g.kw).collect()
+    (0..g.k())
+        .map(|r| (r / (g.kh * g.kw)) * hp * wp + ((r / g.kw) % g.kh) * wp + r % g.kw)
+        .collect()
 }
 
 /// Every `h × w` plane of `src` into `dst` with `pad_y` zero rows above and below and
@@ -238,7 +288,13 @@ fn pad_planes(src: &[f32], h: usize, w: usize, pad_y: usize, pad_x: usize, dst: 
         return;
     }
     let plane = (h + 2 * pad_y) * (w + 2 * pad_x);
-    assert_eq!(src.len() / (h * w) * plane, dst.len(), "pad_planes: {} values into {}", src.len(), dst.len());
+    assert_eq!(
+        src.len() / (h * w) * plane,
+        dst.len(),
+        "pad_planes: {} values into {}",
+        src.len(),
+        dst.len()
+    );
     for (s, d) in src.chunks_exact(h * w).zip(dst.chunks_exact_mut(plane)) {
         pad_plane(s, w, pad_y, pad_x, d);
     }
@@ -285,12 +341,26 @@ impl PaddedImages {
     /// The `gi` consecutive NCHW images of `xg`, padded for convolution `g` (stride 1).
     pub fn new(g: &ConvGeom, xg: &[f32], gi: usize) -> PaddedImages {
         assert_eq!(g.stride, 1, "patches are runs of padded pixels only at stride 1");
-        assert_eq!(xg.len(), gi * g.in_size(), "PaddedImages: {} values for {gi} images of {}", xg.len(), g.in_size());
+        assert_eq!(
+            xg.len(),
+            gi * g.in_size(),
+            "PaddedImages: {} values for {gi} images of {}",
+            xg.len(),
+            g.in_size()
+        );
         let (hp, wp) = Plan::forward(g).padded();
         // A scratch buffer holds what its last user left: `pad_planes` writes every value.
         let mut data = Scratch::take(gi * g.cin * hp * wp);
         pad_planes(xg, g.h, g.w, g.pad, g.pad, &mut data);
-        PaddedImages { data, image: g.cin * hp * wp, wp, oh: g.oh, ow: g.ow, positions: gi * g.oh * g.ow, offsets: patch_row_offsets(g) }
+        PaddedImages {
+            data,
+            image: g.cin * hp * wp,
+            wp,
+            oh: g.oh,
+            ow: g.ow,
+            positions: gi * g.oh * g.ow,
+            offsets: patch_row_offsets(g),
+        }
     }
 
     /// `colᵀ` for patch rows `rows`, `[images·pixels][rows]`: the `B` of the weight
@@ -350,7 +420,13 @@ impl Operand for PatchColumnsT<'_> {
                 let (base, left) = self.src.at(p);
                 let run = left.min(p0 + kc - p);
                 starts.iter_mut().zip(offs).for_each(|(s, &o)| *s = base + o);
-                interleave_rows(&self.src.data, &starts[..offs.len()], run, &mut panel[(p - p0) * NR..], NR);
+                interleave_rows(
+                    &self.src.data,
+                    &starts[..offs.len()],
+                    run,
+                    &mut panel[(p - p0) * NR..],
+                    NR,
+                );
                 p += run;
             }
         }
@@ -359,7 +435,7 @@ impl Operand for PatchColumnsT<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{backward, forward, Conv2dCfg, ConvGeom};
+    use super::super::{Conv2dCfg, ConvGeom, backward, forward};
     use crate::engine::gemm::MatRef;
     use crate::engine::gradcheck::random;
 
@@ -375,14 +451,27 @@ mod tests {
                         for ci in 0..g.cin {
                             for ky in 0..g.kh {
                                 for kx in 0..g.kw {
-                                    let (iy, ix) = ((oy + ky) as isize - g.pad as isize, (ox + kx) as isize - g.pad as isize);
-                                    let inside = iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w;
-                                    let v = if inside { x[((n * g.cin + ci) * g.h + iy as usize) * g.w + ix as usize] } else { 0.0 };
-                                    acc = w[((co * g.cin + ci) * g.kh + ky) * g.kw + kx].mul_add(v, acc);
+                                    let (iy, ix) = (
+                                        (oy + ky) as isize - g.pad as isize,
+                                        (ox + kx) as isize - g.pad as isize,
+                                    );
+                                    let inside = iy >= 0
+                                        && ix >= 0
+                                        && (iy as usize) < g.h
+                                        && (ix as usize) < g.w;
+                                    let v = if inside {
+                                        x[((n * g.cin + ci) * g.h + iy as usize) * g.w
+                                            + ix as usize]
+                                    } else {
+                                        0.0
+                                    };
+                                    acc = w[((co * g.cin + ci) * g.kh + ky) * g.kw + kx]
+                                        .mul_add(v, acc);
                                 }
                             }
                         }
-                        y[((n * g.cout + co) * g.oh + oy) * g.ow + ox] = bias.map_or(acc, |b| acc + b[co]);
+                        y[((n * g.cout + co) * g.oh + oy) * g.ow + ox] =
+                            bias.map_or(acc, |b| acc + b[co]);
                     }
                 }
             }
@@ -401,16 +490,23 @@ mod tests {
                     for kx in 0..g.kw {
                         for oy in 0..g.oh {
                             for ox in 0..g.ow {
-                                let (iy, ix) = ((oy + ky) as isize - g.pad as isize, (ox + kx) as isize - g.pad as isize);
+                                let (iy, ix) = (
+                                    (oy + ky) as isize - g.pad as isize,
+                                    (ox + kx) as isize - g.pad as isize,
+                                );
                                 if iy < 0 || ix < 0 || iy as usize >= g.h || ix as usize >= g.w {
                                     continue;
                                 }
                                 let mut acc = 0.0f32;
                                 for co in 0..g.cout {
                                     let wv = w[((co * g.cin + ci) * g.kh + ky) * g.kw + kx];
-                                    acc = wv.mul_add(dy[((n * g.cout + co) * g.oh + oy) * g.ow + ox], acc);
+                                    acc = wv.mul_add(
+                                        dy[((n * g.cout + co) * g.oh + oy) * g.ow + ox],
+                                        acc,
+                                    );
                                 }
-                                dx[((n * g.cin + ci) * g.h + iy as usize) * g.w + ix as usize] += acc;
+                                dx[((n * g.cin + ci) * g.h + iy as usize) * g.w + ix as usize] +=
+                                    acc;
                             }
                         }
                     }
@@ -428,7 +524,7 @@ mod tests {
     /// images (all border), packed after a scratch buffer was left full of NaNs.
     #[test]
     fn patch_columns_pack_as_the_stored_patch_matrix() {
-        use crate::engine::gemm::{Operand, MR, NR};
+        use crate::engine::gemm::{MR, NR, Operand};
         use crate::engine::ops::conv2d::group_columns;
         let cases: [([usize; 4], [usize; 4], usize); 9] = [
             ([3, 2, 5, 9], [4, 2, 3, 3], 1),
@@ -455,7 +551,13 @@ mod tests {
                 let read = padded.columns_t(rows.clone());
                 assert_eq!((read.rows(), read.cols()), (positions, rows.len()));
                 let w = rows.len();
-                for (p0, kc) in [(0, positions), (3, positions - 5), (g.ow - 1, 2), (positions - 1, 1), (g.pixels() - 2, 5)] {
+                for (p0, kc) in [
+                    (0, positions),
+                    (3, positions - 5),
+                    (g.ow - 1, 2),
+                    (positions - 1, 1),
+                    (g.pixels() - 2, 5),
+                ] {
                     for (j0, nc) in [(0, w), (1, w - 1), (w - 1, 1)] {
                         if nc == 0 || j0 + nc > w {
                             continue;
@@ -465,14 +567,22 @@ mod tests {
                         read.pack_b(p0, kc, j0, nc, &mut got);
                         stored.pack_b(p0, kc, j0, nc, &mut want);
                         let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-                        assert_eq!(bits(&got), bits(&want), "B: {xs:?} * {ws:?} pad {pad}, rows {rows:?}, steps {p0}+{kc}, columns {j0}+{nc}");
+                        assert_eq!(
+                            bits(&got),
+                            bits(&want),
+                            "B: {xs:?} * {ws:?} pad {pad}, rows {rows:?}, steps {p0}+{kc}, columns {j0}+{nc}"
+                        );
                         // As A: positions are its rows, patch rows its reduction.
                         let (i0, mc, q0, qc) = (p0, kc.min(2 * MR + 3), j0, nc);
                         let len = mc.div_ceil(MR) * qc * MR + 7;
                         let (mut got, mut want) = (vec![f32::NAN; len], vec![f32::NAN; len]);
                         read.pack_a(i0, mc, q0, qc, &mut got);
                         stored.pack_a(i0, mc, q0, qc, &mut want);
-                        assert_eq!(bits(&got), bits(&want), "A: {xs:?} * {ws:?} pad {pad}, rows {rows:?}, positions {i0}+{mc}, patch rows {q0}+{qc}");
+                        assert_eq!(
+                            bits(&got),
+                            bits(&want),
+                            "A: {xs:?} * {ws:?} pad {pad}, rows {rows:?}, positions {i0}+{mc}, patch rows {q0}+{qc}"
+                        );
                     }
                 }
             }
@@ -502,12 +612,18 @@ mod tests {
         for (i, (xs, ws, pad)) in cases.into_iter().enumerate() {
             let g = ConvGeom::new(&xs, &ws, Conv2dCfg { stride: 1, padding: pad }).unwrap();
             assert!(super::applies(&g), "case {i} should take the direct path");
-            let (x, w, b) = (random(&xs, 10 + i as u64), random(&ws, 20 + i as u64), random(&[ws[0]], 30));
+            let (x, w, b) =
+                (random(&xs, 10 + i as u64), random(&ws, 20 + i as u64), random(&[ws[0]], 30));
             for bias in [None, Some(b.data())] {
                 let got = forward(&g, x.data(), w.data(), bias);
                 let want = fma_chains(&g, x.data(), w.data(), bias);
                 for (at, (g, w)) in got.iter().zip(&want).enumerate() {
-                    assert_eq!(g.to_bits(), w.to_bits(), "case {i} ({xs:?} * {ws:?}, pad {pad}, bias {}) element {at}", bias.is_some());
+                    assert_eq!(
+                        g.to_bits(),
+                        w.to_bits(),
+                        "case {i} ({xs:?} * {ws:?}, pad {pad}, bias {}) element {at}",
+                        bias.is_some()
+                    );
                 }
             }
             if super::applies_to_data_gradient(&g) {
@@ -515,7 +631,11 @@ mod tests {
                 let (dx, ..) = backward(&g, x.data(), w.data(), dy.data(), true);
                 let want = scattered_chains(&g, w.data(), dy.data());
                 for (at, (g, w)) in dx.unwrap().iter().zip(&want).enumerate() {
-                    assert_eq!(g.to_bits(), w.to_bits(), "data gradient, case {i} ({xs:?} * {ws:?}, pad {pad}) element {at}");
+                    assert_eq!(
+                        g.to_bits(),
+                        w.to_bits(),
+                        "data gradient, case {i} ({xs:?} * {ws:?}, pad {pad}) element {at}"
+                    );
                 }
             }
         }

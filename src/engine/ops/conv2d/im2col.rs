@@ -87,11 +87,16 @@ pub fn group_columns(g: &ConvGeom, xg: &[f32], gi: usize, rows: Range<usize>) ->
     let (pix, cols) = (g.pixels(), gi * g.pixels());
     let mut col = Scratch::take(rows.len() * cols);
     for j in 0..gi {
-        im2col(g, &xg[j * g.in_size()..(j + 1) * g.in_size()], &mut col[j * pix..], cols, rows.clone());
+        im2col(
+            g,
+            &xg[j * g.in_size()..(j + 1) * g.in_size()],
+            &mut col[j * pix..],
+            cols,
+            rows.clone(),
+        );
     }
     col
 }
-
 
 /// The patch matrix of `images` consecutive NCHW images, read on demand.
 pub struct Patches<'a> {
@@ -176,7 +181,8 @@ impl RowSource for ImageRows<'_> {
         while d < dst.len() {
             let (img, px) = (c / self.pixels, c % self.pixels);
             let run = (self.pixels - px).min(dst.len() - d);
-            dst[d..d + run].copy_from_slice(&self.data[(img * self.channels + r) * self.pixels + px..][..run]);
+            dst[d..d + run]
+                .copy_from_slice(&self.data[(img * self.channels + r) * self.pixels + px..][..run]);
             c += run;
             d += run;
         }
@@ -206,7 +212,11 @@ mod tests {
                 for c0 in 0..cols {
                     for len in 1..=(cols - c0).min(16) {
                         patches.read_row(r, c0, &mut buf[..len]);
-                        assert_eq!(&buf[..len], &col[r * cols + c0..][..len], "stride {stride} row {r} columns {c0}+{len}");
+                        assert_eq!(
+                            &buf[..len],
+                            &col[r * cols + c0..][..len],
+                            "stride {stride} row {r} columns {c0}+{len}"
+                        );
                     }
                 }
             }

@@ -20,9 +20,9 @@ mod direct;
 mod im2col;
 
 pub use direct::PaddedImages;
-pub use im2col::{col2im, group_columns, im2col, ImageRows, Patches};
+pub use im2col::{ImageRows, Patches, col2im, group_columns, im2col};
 
-use crate::engine::gemm::{matmul, MatRef, Operand, OutView, Rows};
+use crate::engine::gemm::{MatRef, Operand, OutView, Rows, matmul};
 use crate::engine::par;
 use crate::engine::scratch::Scratch;
 use crate::engine::tape::{GradSink, Values};
@@ -65,10 +65,15 @@ pub struct ConvGeom {
 impl ConvGeom {
     pub fn new(x: &[usize], w: &[usize], cfg: Conv2dCfg) -> Result<Self> {
         if x.len() != 4 || w.len() != 4 {
-            return Err(Error::invalid(format!("conv2d needs NCHW input and 4-d weight, got {x:?} and {w:?}")));
+            return Err(Error::invalid(format!(
+                "conv2d needs NCHW input and 4-d weight, got {x:?} and {w:?}"
+            )));
         }
         if x[1] != w[1] {
-            return Err(Error::invalid(format!("conv2d: input has {} channels, weight expects {}", x[1], w[1])));
+            return Err(Error::invalid(format!(
+                "conv2d: input has {} channels, weight expects {}",
+                x[1], w[1]
+            )));
         }
         if cfg.stride == 0 {
             return Err(Error::invalid("conv2d: stride must be ≥ 1"));
@@ -76,11 +81,15 @@ impl ConvGeom {
         // An empty batch is a batch, and an empty image with padding is all padding;
         // no channels or an empty kernel is a mistake.
         if x[1] == 0 || w[0] == 0 || w[2] == 0 || w[3] == 0 {
-            return Err(Error::invalid(format!("conv2d: empty channels or kernel: input {x:?}, weight {w:?}")));
+            return Err(Error::invalid(format!(
+                "conv2d: empty channels or kernel: input {x:?}, weight {w:?}"
+            )));
         }
         let (h, wd, kh, kw, p) = (x[2], x[3], w[2], w[3], cfg.padding);
         if h + 2 * p < kh || wd + 2 * p < kw {
-            return Err(Error::invalid(format!("conv2d: kernel {kh}×{kw} larger than padded input {h}×{wd}")));
+            return Err(Error::invalid(format!(
+                "conv2d: kernel {kh}×{kw} larger than padded input {h}×{wd}"
+            )));
         }
         Ok(ConvGeom {
             n: x[0],
@@ -143,7 +152,11 @@ pub fn forward(g: &ConvGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<
         let wm = MatRef::rowmajor(w, g.cout, k);
         let mut out = OutView::images(yg, gi, g.cout, pix);
         if pointwise {
-            matmul(&wm, &Rows(ImageRows { data: xg, images: gi, channels: g.cin, pixels: pix }), &mut out);
+            matmul(
+                &wm,
+                &Rows(ImageRows { data: xg, images: gi, channels: g.cin, pixels: pix }),
+                &mut out,
+            );
         } else {
             matmul(&wm, &Rows(Patches { g, x: xg, images: gi }), &mut out);
         }
@@ -157,7 +170,13 @@ pub fn forward(g: &ConvGeom, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<
 }
 
 /// Gradients of a convolution: `(dx if wanted, dW, dbias)`.
-pub fn backward(g: &ConvGeom, x: &[f32], w: &[f32], dy: &[f32], want_dx: bool) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
+pub fn backward(
+    g: &ConvGeom,
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    want_dx: bool,
+) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
     backward_in_bands(g, x, w, dy, want_dx, None)
 }
 
@@ -183,11 +202,19 @@ pub struct Bands<'a> {
 /// both products run band by band on that band's gradient (`dW`'s columns of the band,
 /// and the band's patch rows of `dx` added onto it before the next band's — col2im adds
 /// rows in order either way, so one band gives the bits of the whole product).
-pub fn backward_in_bands(g: &ConvGeom, x: &[f32], w: &[f32], dy: &[f32], want_dx: bool, bands: Option<&Bands>) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
+pub fn backward_in_bands(
+    g: &ConvGeom,
+    x: &[f32],
+    w: &[f32],
+    dy: &[f32],
+    want_dx: bool,
+    bands: Option<&Bands>,
+) -> (Option<Vec<f32>>, Vec<f32>, Vec<f32>) {
     let gs = g.group();
     let (k, pix) = (g.k(), g.pixels());
     let ngroups = g.n.div_ceil(gs);
-    let direct_dx = (want_dx && bands.is_none() && direct::applies_to_data_gradient(g)).then(|| direct::DirectWeights::data_gradient(g, w));
+    let direct_dx = (want_dx && bands.is_none() && direct::applies_to_data_gradient(g))
+        .then(|| direct::DirectWeights::data_gradient(g, w));
     let mut dx = if want_dx { par::zeros(g.n * g.in_size()) } else { Vec::new() };
     let dx_chunks = par::optional_chunks(&mut dx, gs * g.in_size(), ngroups, want_dx);
     let partials: Vec<(Vec<f32>, Vec<f32>)> = dx_chunks
@@ -208,7 +235,11 @@ pub fn backward_in_bands(g: &ConvGeom, x: &[f32], w: &[f32], dy: &[f32], want_dx
             let dym = Rows(ImageRows { data: dyg, images: gi, channels: g.cout, pixels: pix });
             // dbias: sums of dY per output channel, image by image.
             let db: Vec<f32> = (0..g.cout)
-                .map(|co| (0..gi).fold(0.0f32, |s, j| dyg[(j * g.cout + co) * pix..][..pix].iter().fold(s, |s, &v| s + v)))
+                .map(|co| {
+                    (0..gi).fold(0.0f32, |s, j| {
+                        dyg[(j * g.cout + co) * pix..][..pix].iter().fold(s, |s, &v| s + v)
+                    })
+                })
                 .collect();
             // dW partial = dY · colᵀ. Packing colᵀ is a transpose (16 × 16 in registers),
             // of runs of padded pixels where they are long enough (no patch matrix), else of the patch
@@ -219,16 +250,32 @@ pub fn backward_in_bands(g: &ConvGeom, x: &[f32], w: &[f32], dy: &[f32], want_dx
                 let mut out = OutView::rowmajor(&mut dw[rows.start..], g.cout, rows.len(), k);
                 match &padded {
                     Some(p) => matmul(grad, &p.columns_t(rows), &mut out),
-                    None => matmul(grad, &MatRef::rowmajor(&group_columns(g, xg, gi, rows.clone()), rows.len(), cols).t(), &mut out),
+                    None => matmul(
+                        grad,
+                        &MatRef::rowmajor(
+                            &group_columns(g, xg, gi, rows.clone()),
+                            rows.len(),
+                            cols,
+                        )
+                        .t(),
+                        &mut out,
+                    ),
                 }
             };
             // dx += col2im(W[:, rows]ᵀ · grad) for patch rows `rows`.
             let data_gradient = |grad: &dyn Operand, rows: Range<usize>, dxg: &mut [f32]| {
                 let mut dcol = Scratch::take(rows.len() * cols); // written whole by the product
-                let wt = MatRef { data: &w[rows.start..], rows: g.cout, cols: rows.len(), rs: k, cs: 1 };
+                let wt =
+                    MatRef { data: &w[rows.start..], rows: g.cout, cols: rows.len(), rs: k, cs: 1 };
                 matmul(&wt.t(), grad, &mut OutView::rowmajor(&mut dcol, rows.len(), cols, cols));
                 for j in 0..gi {
-                    col2im(g, &dcol[j * pix..], cols, rows.clone(), &mut dxg[j * g.in_size()..(j + 1) * g.in_size()]);
+                    col2im(
+                        g,
+                        &dcol[j * pix..],
+                        cols,
+                        rows.clone(),
+                        &mut dxg[j * g.in_size()..(j + 1) * g.in_size()],
+                    );
                 }
             };
             match bands {
@@ -276,20 +323,31 @@ pub fn conv2d(tape: &mut Tape, x: Var, w: Var, bias: Option<Var>, cfg: Conv2dCfg
     if let Some(b) = bias
         && tape.value(b).shape() != [g.cout]
     {
-        return Err(Error::invalid(format!("conv2d: bias shape {:?}, expected [{}]", tape.value(b).shape(), g.cout)));
+        return Err(Error::invalid(format!(
+            "conv2d: bias shape {:?}, expected [{}]",
+            tape.value(b).shape(),
+            g.cout
+        )));
     }
-    let y = forward(&g, tape.value(x).data(), tape.value(w).data(), bias.map(|b| tape.value(b).data()));
+    let y =
+        forward(&g, tape.value(x).data(), tape.value(w).data(), bias.map(|b| tape.value(b).data()));
     let y = Tensor::new(&[g.n, g.cout, g.oh, g.ow], y);
     let mut inputs = vec![x, w];
     inputs.extend(bias);
     Ok(tape.push(y, &inputs, move |gout, vals, sink| {
-        let grads = backward(&g, vals.get(x).data(), vals.get(w).data(), gout.data(), sink.wants(x));
+        let grads =
+            backward(&g, vals.get(x).data(), vals.get(w).data(), gout.data(), sink.wants(x));
         add_grads(sink, vals, (x, w, bias), grads);
     }))
 }
 
 /// Hands a convolution's `(dx, dW, dbias)` to the sink, for the inputs that want them.
-pub fn add_grads(sink: &mut GradSink, vals: &Values, (x, w, bias): (Var, Var, Option<Var>), (dx, dw, db): (Option<Vec<f32>>, Vec<f32>, Vec<f32>)) {
+pub fn add_grads(
+    sink: &mut GradSink,
+    vals: &Values,
+    (x, w, bias): (Var, Var, Option<Var>),
+    (dx, dw, db): (Option<Vec<f32>>, Vec<f32>, Vec<f32>),
+) {
     if let Some(dx) = dx {
         sink.add(x, Tensor::new(vals.get(x).shape(), dx));
     }
@@ -323,10 +381,16 @@ mod tests {
                                 for kx in 0..g.kw {
                                     let iy = (oy * g.stride + ky) as isize - g.pad as isize;
                                     let ix = (ox * g.stride + kx) as isize - g.pad as isize;
-                                    if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
-                                        s += x.data()[((n * g.cin + ci) * g.h + iy as usize) * g.w + ix as usize]
+                                    if iy >= 0
+                                        && ix >= 0
+                                        && (iy as usize) < g.h
+                                        && (ix as usize) < g.w
+                                    {
+                                        s += x.data()[((n * g.cin + ci) * g.h + iy as usize) * g.w
+                                            + ix as usize]
                                             as f64
-                                            * w.data()[((co * g.cin + ci) * g.kh + ky) * g.kw + kx] as f64;
+                                            * w.data()[((co * g.cin + ci) * g.kh + ky) * g.kw + kx]
+                                                as f64;
                                     }
                                 }
                             }
@@ -400,14 +464,31 @@ mod tests {
             let (gs, pix) = (g.group(), g.pixels());
             for i0 in (0..g.n).step_by(gs) {
                 let gi = gs.min(g.n - i0);
-                let col = group_columns(&g, &x.data()[i0 * g.in_size()..(i0 + gi) * g.in_size()], gi, 0..g.k());
+                let col = group_columns(
+                    &g,
+                    &x.data()[i0 * g.in_size()..(i0 + gi) * g.in_size()],
+                    gi,
+                    0..g.k(),
+                );
                 let mut c = vec![0.0f32; g.cout * gi * pix];
-                gemm(1.0, MatRef::rowmajor(w.data(), g.cout, g.k()), MatRef::rowmajor(&col, g.k(), gi * pix), 0.0, &mut c, gi * pix);
+                gemm(
+                    1.0,
+                    MatRef::rowmajor(w.data(), g.cout, g.k()),
+                    MatRef::rowmajor(&col, g.k(), gi * pix),
+                    0.0,
+                    &mut c,
+                    gi * pix,
+                );
                 for j in 0..gi {
                     for co in 0..g.cout {
                         for p in 0..pix {
                             let got = y[((i0 + j) * g.cout + co) * pix + p];
-                            assert_eq!(got.to_bits(), c[co * gi * pix + j * pix + p].to_bits(), "{xs:?} image {} channel {co} pixel {p}", i0 + j);
+                            assert_eq!(
+                                got.to_bits(),
+                                c[co * gi * pix + j * pix + p].to_bits(),
+                                "{xs:?} image {} channel {co} pixel {p}",
+                                i0 + j
+                            );
                         }
                     }
                 }
@@ -431,9 +512,19 @@ mod tests {
     #[test]
     fn empty_shapes_are_refused_or_computed() {
         let cfg = Conv2dCfg { stride: 1, padding: 1 };
-        for (x, w) in [([2, 0, 8, 8], [4, 0, 3, 3]), ([2, 3, 8, 8], [0, 3, 3, 3]), ([2, 3, 8, 8], [4, 3, 0, 3]), ([2, 3, 8, 8], [4, 3, 3, 0])] {
+        for (x, w) in [
+            ([2, 0, 8, 8], [4, 0, 3, 3]),
+            ([2, 3, 8, 8], [0, 3, 3, 3]),
+            ([2, 3, 8, 8], [4, 3, 0, 3]),
+            ([2, 3, 8, 8], [4, 3, 3, 0]),
+        ] {
             let err = ConvGeom::new(&x, &w, cfg).unwrap_err().to_string();
-            assert!(err.contains("empty") && err.contains(&format!("{x:?}")) && err.contains(&format!("{w:?}")), "{err}");
+            assert!(
+                err.contains("empty")
+                    && err.contains(&format!("{x:?}"))
+                    && err.contains(&format!("{w:?}")),
+                "{err}"
+            );
         }
         let g = ConvGeom::new(&[0, 3, 8, 8], &[4, 3, 3, 3], cfg).unwrap();
         let w = vec![0.5f32; 4 * 27];
@@ -443,7 +534,8 @@ mod tests {
         // Images of no pixels, padded by 1: a 1 × 1 kernel sees a 2 × 2 border of zeros.
         for (shape, kernel) in [([3, 2, 0, 0], [4, 2, 1, 1]), ([2, 2, 0, 5], [3, 2, 1, 3])] {
             let g = ConvGeom::new(&shape, &kernel, cfg).unwrap();
-            let w: Vec<f32> = (0..kernel.iter().product::<usize>()).map(|i| i as f32 - 2.5).collect();
+            let w: Vec<f32> =
+                (0..kernel.iter().product::<usize>()).map(|i| i as f32 - 2.5).collect();
             let bias: Vec<f32> = (0..g.cout).map(|c| c as f32 + 0.25).collect();
             let y = forward(&g, &[], &w, Some(&bias));
             assert_eq!(y.len(), g.n * g.out_size());
@@ -452,7 +544,11 @@ mod tests {
             }
             let dy: Vec<f32> = (0..y.len()).map(|i| (i % 7) as f32 - 3.0).collect();
             let (dx, dw, db) = backward(&g, &[], &w, &dy, true);
-            let db_ref: Vec<f32> = (0..g.cout).map(|co| (0..g.n).flat_map(|j| &dy[(j * g.cout + co) * g.pixels()..][..g.pixels()]).sum()).collect();
+            let db_ref: Vec<f32> = (0..g.cout)
+                .map(|co| {
+                    (0..g.n).flat_map(|j| &dy[(j * g.cout + co) * g.pixels()..][..g.pixels()]).sum()
+                })
+                .collect();
             assert_eq!((dx.unwrap().len(), dw, db), (0, vec![0.0; w.len()], db_ref));
         }
     }
@@ -477,7 +573,9 @@ mod tests {
             let w = random(&ws, 6);
             let dy = random(&[g.n, g.cout, g.oh, g.ow], 7);
             // Band t sees dY scaled by (1 + t/4) per element, a different E per band.
-            let e_of = |t: usize, co: usize, q: usize| dy.data()[((q / pix) * g.cout + co) * pix + q % pix] * (1.0 + t as f32 / 4.0);
+            let e_of = |t: usize, co: usize, q: usize| {
+                dy.data()[((q / pix) * g.cout + co) * pix + q % pix] * (1.0 + t as f32 / 4.0)
+            };
             let write = |i0: usize, gi: usize, t: usize, e: &mut [f32]| {
                 for co in 0..g.cout {
                     for q in 0..gi * pix {
@@ -486,14 +584,20 @@ mod tests {
                 }
             };
             let bands = Bands { rows: band, write: &write, input: None, dw_scale: 1.0 };
-            let (dx, _, _) = backward_in_bands(&g, x.data(), w.data(), dy.data(), true, Some(&bands));
+            let (dx, _, _) =
+                backward_in_bands(&g, x.data(), w.data(), dy.data(), true, Some(&bands));
             let mut want = vec![0.0f32; g.n * g.in_size()];
             for r in 0..k {
                 let (ci, ky, kx) = (r / (g.kh * g.kw), (r / g.kw) % g.kh, r % g.kw);
                 for q in 0..cols {
-                    let d = (0..g.cout).fold(0.0f32, |acc, co| w.data()[co * k + r].mul_add(e_of(r / band, co, q), acc));
+                    let d = (0..g.cout).fold(0.0f32, |acc, co| {
+                        w.data()[co * k + r].mul_add(e_of(r / band, co, q), acc)
+                    });
                     let (j, oy, ox) = (q / pix, (q % pix) / g.ow, q % g.ow);
-                    let (iy, ix) = ((oy * stride + ky) as isize - pad as isize, (ox * stride + kx) as isize - pad as isize);
+                    let (iy, ix) = (
+                        (oy * stride + ky) as isize - pad as isize,
+                        (ox * stride + kx) as isize - pad as isize,
+                    );
                     if iy >= 0 && ix >= 0 && (iy as usize) < g.h && (ix as usize) < g.w {
                         want[((j * g.cin + ci) * g.h + iy as usize) * g.w + ix as usize] += d;
                     }
@@ -501,7 +605,11 @@ mod tests {
             }
             let got = dx.unwrap();
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&got), bits(&want), "{xs:?} {ws:?} stride {stride} pad {pad} bands of {band}");
+            assert_eq!(
+                bits(&got),
+                bits(&want),
+                "{xs:?} {ws:?} stride {stride} pad {pad} bands of {band}"
+            );
         }
     }
 }
