@@ -48,7 +48,9 @@ fn custom_network_trains_reloads_and_exports() {
 /// not know that network, says so rather than calling the file corrupt.
 #[test]
 fn a_registered_network_gets_every_subcommand() {
-    let Some(data) = common::stand_in() else { return };
+    let Some(data) = common::stand_in() else {
+        return;
+    };
     let dir = common::tmpdir("custom-cli");
     let (ckpt, deploy, data) =
         (dir.join("t.ckpt"), dir.join("t.deploy"), data.to_str().unwrap().to_string());

@@ -424,7 +424,9 @@ fn macro_descriptions() {
                 Some(i) => (&b[..i], Some(&b[i + 1..])),
                 None => (b, None),
             };
-            let Ok(mut m) = MacroSpec::preset(&String::from_utf8_lossy(name)) else { return false };
+            let Ok(mut m) = MacroSpec::preset(&String::from_utf8_lossy(name)) else {
+                return false;
+            };
             if let Some(f) = fields.filter(|f| f.len() >= 32) {
                 let v = |i: usize| i32::from_le_bytes(f[4 * i..4 * i + 4].try_into().unwrap());
                 m.rows = v(0) as u32 as usize;

@@ -33,6 +33,7 @@ impl CodeRange {
     }
 
     /// Number of codes (≥ 1, ≤ 65,536).
+    #[allow(clippy::len_without_is_empty)] // a range always holds at least one code
     pub fn len(&self) -> usize {
         (self.hi as i64 - self.lo as i64 + 1) as usize
     }

@@ -46,6 +46,7 @@ fn on_grid(shape: &[usize], grid: ActGrid, seed: u64) -> Tensor {
 /// applies its gain and offset to `P/step` before rounding. With `draws`, each code is
 /// read out as the model's draw at `key.forward(op)`, `op` the operation's index
 /// `(((t·cycles + c)·Cout + co)·N + n)·pixels + pixel` (the sampled mode).
+#[allow(clippy::too_many_arguments)] // the layer's own inputs, one by one, as the reference sees them
 fn reference(
     x: &Tensor,
     w: &Tensor,
@@ -781,7 +782,7 @@ fn slope_times_dy_refuses_a_code_beyond_the_table() {
     let (table, dy) = (vec![1.0f32; 10], vec![1.0f32; 32]);
     let mut codes = vec![3u16; 32];
     codes[5] = 10;
-    super::conv::dy_times_slope(&mut vec![0.0; 32], &dy, &codes, &table, 1.0);
+    super::conv::dy_times_slope(&mut [0.0; 32], &dy, &codes, &table, 1.0);
 }
 
 /// Images of no pixels, padded: every window is padding, so every partial sum is 0 and

@@ -104,6 +104,8 @@ impl<'g> CodePlane<'g> {
         // Exact on the integer codes, which are below 2^16; anything else is first clamped
         // to 0..=65535 (NaN to 0: `f32::max` ignores it). In range, the conversion needs no
         // saturating fix-ups, so it vectorises (`vcvttps2dq`), where `as` went value by value.
+        // `clamp` would pass NaN through, and NaN must not reach `to_int_unchecked`.
+        #[allow(clippy::manual_clamp)]
         let byte = |v: f32| {
             // SAFETY: the clamped value is finite and within 0..=65535, so it fits an i32.
             let code = unsafe { v.max(0.0).min(65535.0).to_int_unchecked::<i32>() } as u32;

@@ -125,7 +125,9 @@ pub fn run(a: TrainArgs) -> Result<()> {
     cfg.optimizer = match a.optimizer.as_str() {
         "sgd" => OptimizerKind::Sgd { momentum: 0.9, nesterov: true },
         "adam" => OptimizerKind::Adam { beta1: 0.9, beta2: 0.999, eps: 1e-8 },
-        o => return Err(crate::Error::invalid(format!("unknown optimizer '{o}' (sgd or adam)"))),
+        o => {
+            return Err(crate::Error::invalid(format!("unknown optimizer '{o}' (sgd or adam)")));
+        }
     };
     cfg.groups.weight_decay = a.weight_decay;
     cfg.label_smoothing = a.label_smoothing;

@@ -21,7 +21,9 @@ fn split(path: &Path) -> Result<(&Path, String)> {
 /// not be written concurrently.
 fn remove_stale(dir: &Path, name: &str) {
     let prefix = format!(".{name}.tmp.");
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let file = e.file_name().to_string_lossy().into_owned();
         let Some(pid) = file.strip_prefix(&prefix).and_then(|p| p.parse::<u32>().ok()) else {

@@ -198,7 +198,9 @@ impl DeployLayer {
 
 /// Batchnorm as `g·z + h` per channel (identity without one).
 fn bn_affine(bn: Option<&BatchNorm2d>, store: &ParamStore, c: usize) -> (Vec<f32>, Vec<f32>) {
-    let Some(bn) = bn else { return (vec![1.0; c], vec![0.0; c]) };
+    let Some(bn) = bn else {
+        return (vec![1.0; c], vec![0.0; c]);
+    };
     let (gamma, beta) = (store.param(bn.weight).value.data(), store.param(bn.bias).value.data());
     let (mean, var) =
         (store.buffer(bn.running_mean).value.data(), store.buffer(bn.running_var).value.data());

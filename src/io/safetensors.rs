@@ -67,7 +67,9 @@ pub fn export(spec: &ModelSpec, store: &ParamStore) -> Result<Vec<u8>> {
 pub fn spec_from_metadata(bytes: &[u8], path: &Path) -> Result<Option<ModelSpec>> {
     let (_, meta) = SafeTensors::read_metadata(bytes)
         .map_err(|e| Error::format(path, format!("not a safetensors file: {e}")))?;
-    let Some(m) = meta.metadata() else { return Ok(None) };
+    let Some(m) = meta.metadata() else {
+        return Ok(None);
+    };
     match (m.get("dnat_model"), m.get("num_classes")) {
         (Some(a), Some(n)) => {
             let arch = Arch::parse(a).map_err(|e| Error::format(path, e.to_string()))?;

@@ -41,7 +41,9 @@ impl CimPlan {
     /// A named plan has at least one pattern, and each is 1 to 256 characters without
     /// whitespace, `,` or `|` (which separate patterns where plans are written down).
     pub fn validate(&self) -> Result<()> {
-        let CimPlan::Named(patterns) = self else { return Ok(()) };
+        let CimPlan::Named(patterns) = self else {
+            return Ok(());
+        };
         if patterns.is_empty() {
             return Err(Error::invalid("CIM plan: no layer pattern"));
         }
@@ -126,7 +128,7 @@ pub fn map_to_macro(store: &mut ParamStore, plan: &CimPlan) -> Result<Vec<String
     }
     let chosen: Vec<usize> = match plan {
         CimPlan::Edges { first_digital, last_digital } => (0..n)
-            .filter(|&i| !(i == 0 && *first_digital) && !(i == n - 1 && *last_digital))
+            .filter(|&i| (i != 0 || !*first_digital) && (i != n - 1 || !*last_digital))
             .collect(),
         CimPlan::Named(patterns) => {
             if let Some(p) =

@@ -219,15 +219,15 @@ pub fn train(
             ));
         }
         // (Checkpoints written before the error model's hash was recorded resume on trust.)
-        if let (Some(have), Some(want)) = (prev.meta("error_model_sha256"), &em_sha) {
-            if have != want {
-                return Err(Error::format(
-                    out,
-                    format!(
-                        "cannot resume: trained through an error model with sha256 {have}, this run's has {want} (the file changed?)"
-                    ),
-                ));
-            }
+        if let (Some(have), Some(want)) = (prev.meta("error_model_sha256"), &em_sha)
+            && have != want
+        {
+            return Err(Error::format(
+                out,
+                format!(
+                    "cannot resume: trained through an error model with sha256 {have}, this run's has {want} (the file changed?)"
+                ),
+            ));
         }
         restore_into(&prev.store, &mut store, out)?;
         match prev.optimizer.as_ref() {
@@ -255,7 +255,9 @@ pub fn train(
             }
             // A finished run keeps none (see `optimizer_to_keep`): there is nothing to train.
             None if prev.epochs_done as usize >= cfg.epochs => {}
-            None => return Err(Error::format(out, "cannot resume: no optimizer state saved")),
+            None => {
+                return Err(Error::format(out, "cannot resume: no optimizer state saved"));
+            }
         }
         if let Some(p) = prev.meta(EPOCH_IN_PROGRESS) {
             resumed_sums = Some(EpochSums::parse(p).ok_or_else(|| {

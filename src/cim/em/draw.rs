@@ -547,7 +547,7 @@ mod tests {
         let key = DrawKey::new(7, 3, 11);
         for name in presets::PRESETS {
             let m = presets::preset(name, (-256, 255)).unwrap();
-            let codes: Vec<i32> = (0..1003).map(|i| ((i * 7919) % 700) as i32 - 350).collect();
+            let codes: Vec<i32> = (0..1003).map(|i| ((i * 7919) % 700) - 350).collect();
             for (first, stride) in [(0u64, 1u64), (12_345, 1), (99, 37)] {
                 let (mut a, mut b) = (vec![0.0f32; codes.len()], vec![0.0f32; codes.len()]);
                 m.sample_stream(&codes, key.forward_key(), first, stride, &mut a);

@@ -137,7 +137,9 @@ pub fn from_text(text: &str, path: &Path) -> Result<ErrorModel> {
     let synthetic = match get("synthetic")? {
         "true" | "yes" => true,
         "false" | "no" => false,
-        o => return Err(Error::format(path, format!("synthetic: '{o}' is not true or false"))),
+        o => {
+            return Err(Error::format(path, format!("synthetic: '{o}' is not true or false")));
+        }
     };
     let info = ModelInfo {
         name: get("name")?.to_string(),

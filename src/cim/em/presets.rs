@@ -353,8 +353,9 @@ impl Synthetic {
                 // Charge loss toward zero: displacement e ~ Exp(mean), readout v − s·e.
                 let s = if v >= 0.0 { 1.0 } else { -1.0 };
                 let (e_lo, e_hi) = if s > 0.0 { (v - b, v - a) } else { (a - v, b - v) };
-                let exp_cdf =
-                    |e: f64| if e <= 0.0 { 0.0 } else { 1.0 - (-e / self.tail_mean).exp() };
+                let exp_cdf = |e: f64| {
+                    if e <= 0.0 { 0.0 } else { 1.0 - (-e / self.tail_mean).exp() }
+                };
                 let tail = exp_cdf(e_hi) - exp_cdf(e_lo);
                 let p = (1.0 - self.tail) * gauss + self.tail * tail;
                 row[(j.clamp(jlo.max(jmin), jhi.min(jmax)) - jmin) as usize] += p;
@@ -447,7 +448,9 @@ impl Synthetic {
                 "col_offset" => &mut p.col_offset,
                 "chip_gain" => &mut p.chip_gain,
                 "chip_offset" => &mut p.chip_offset,
-                other => return bad(&format!("unknown parameter '{other}' ({})", KEYS.join(", "))),
+                other => {
+                    return bad(&format!("unknown parameter '{other}' ({})", KEYS.join(", ")));
+                }
             };
             *slot = v;
         }

@@ -203,7 +203,9 @@ fn pair_differences(span: &[RowSpan], cdf: &[u32], flat: &[AliasEntry]) -> PairD
             // Row r's quantile on [x0, ·) is its first entry whose CDF exceeds x0 (the
             // last entry's CDF, u32::MAX, stands for 2^32).
             // Entry i holds x in [cdf[i−1], cdf[i]); the last one, up to 2^32.
-            let end = |c: &[u32], i: usize| if i + 1 == c.len() { 1u64 << 32 } else { c[i] as u64 };
+            let end = |c: &[u32], i: usize| {
+                if i + 1 == c.len() { 1u64 << 32 } else { c[i] as u64 }
+            };
             let x1 = end(ca, ia).min(end(cb, ib));
             mass[(fb[ib].own as i32 - fa[ia].own as i32 - dmin) as usize] += (x1 - x0) as f64;
             x0 = x1;

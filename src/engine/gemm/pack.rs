@@ -174,7 +174,7 @@ fn lane_transpose<const R: usize>(
     r: [std::arch::x86_64::__m512; R],
 ) -> [std::arch::x86_64::__m512; R] {
     use std::arch::x86_64::*;
-    const { assert!(R % 4 == 0) };
+    const { assert!(R.is_multiple_of(4)) };
     // t[2q], t[2q + 1]: rows 2q and 2q + 1 interleaved, steps 4l, 4l + 1 / 4l + 2, 4l + 3.
     let t: [__m512; R] = std::array::from_fn(|i| {
         let (a, b) = (r[i & !1], r[i | 1]);

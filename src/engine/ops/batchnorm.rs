@@ -393,9 +393,11 @@ pub fn batch_norm2d(
     let xd = xv.data();
     let y = par::from_chunks(xd.len(), hw, |i, len| {
         let (s, t) = (scale[i % c], shift[i % c]);
-        xd[i * hw..][..len]
-            .iter()
-            .map(move |&v| if relu { (v * s + t).max(0.0) } else { v * s + t })
+        xd[i * hw..][..len].iter().map(
+            move |&v| {
+                if relu { (v * s + t).max(0.0) } else { v * s + t }
+            },
+        )
     });
     let y = Tensor::new(xv.shape(), y);
     Ok(tape.push(y, &[x, gamma, beta], move |gout, vals, sink| {

@@ -180,6 +180,11 @@ pub fn backward(
     backward_in_bands(g, x, w, dy, want_dx, None)
 }
 
+/// `write(i0, gi, band, e)` of [`Bands`].
+pub type BandWriter<'a> = dyn Fn(usize, usize, usize, &mut [f32]) + Sync + 'a;
+/// `input(x, out)` of [`Bands`].
+pub type BandInput<'a> = dyn Fn(&[f32], &mut [f32]) + Sync + 'a;
+
 /// The output gradient as the reduction rows see it when it differs between bands of
 /// rows: a CIM layer's tiles, each of whose readouts' slopes modulate dY
 /// (`cim::conv`). [`backward_in_bands`] takes it.
@@ -188,10 +193,10 @@ pub struct Bands<'a> {
     pub rows: usize,
     /// `write(i0, gi, band, e)`: band `band`'s output gradient for the group of `gi`
     /// images from image `i0`, `e[Cout][gi·OH·OW]` (every value written).
-    pub write: &'a (dyn Fn(usize, usize, usize, &mut [f32]) + Sync),
+    pub write: &'a BandWriter<'a>,
     /// `input(x, out)`: what the weight gradient's patches are read from, made per
     /// image group from its images (a CIM layer's activation codes); `None`: `x`.
-    pub input: Option<&'a (dyn Fn(&[f32], &mut [f32]) + Sync)>,
+    pub input: Option<&'a BandInput<'a>>,
     /// Each group's weight-gradient partial is multiplied by this before the partials
     /// are added (a CIM layer's gradient comes out in steps of its activation grid).
     pub dw_scale: f32,
