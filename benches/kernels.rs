@@ -9,8 +9,8 @@
 use criterion::{BenchmarkId, Criterion, Throughput};
 use dnat::engine::gradcheck::random;
 use dnat::engine::ops::conv2d::{self, Conv2dCfg, ConvGeom};
-use dnat::nn::{Arch, CimPlan};
-use dnat::train::bench as step_bench;
+use dnat::nn::CimPlan;
+use dnat::train::bench::{self as step_bench, BenchConfig};
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -204,7 +204,17 @@ fn main() {
         }
     }
     c.bench_function("step/resnet20 train+eval b128", |b| {
-        b.iter(|| black_box(step_bench::run(Arch::ResNet20, 10, BATCH, 1, 0, None).unwrap()))
+        b.iter(|| {
+            black_box(
+                step_bench::run(&BenchConfig {
+                    batch: BATCH,
+                    steps: 1,
+                    warmup: 0,
+                    ..Default::default()
+                })
+                .unwrap(),
+            )
+        })
     });
     c.final_summary();
 
@@ -242,14 +252,25 @@ fn main() {
         parts.push(format!("\"convs\": [{}]", json.join(", ")));
     }
     if wants("step") {
-        let step = step_bench::run(Arch::ResNet20, 10, BATCH, 5, 1, None).unwrap();
+        let step = step_bench::run(&BenchConfig {
+            batch: BATCH,
+            steps: 5,
+            warmup: 1,
+            ..Default::default()
+        })
+        .unwrap();
         println!("{}", step.table());
         parts.push(format!("\"step\": {}", step.json()));
         // The D-NAT step: current-domain readouts, the exact-slope estimator, and where its time goes.
         let rt = dnat_runtime();
-        let cim_step =
-            step_bench::run(Arch::ResNet20, 10, BATCH, 5, 1, Some((&rt, &CimPlan::default())))
-                .unwrap();
+        let cim_step = step_bench::run(&BenchConfig {
+            batch: BATCH,
+            steps: 5,
+            warmup: 1,
+            cim: Some((&rt, &CimPlan::default())),
+            ..Default::default()
+        })
+        .unwrap();
         println!(
             "{}\nCIM step / FP32 step: {:.2}x",
             cim_step.table(),

@@ -2,78 +2,68 @@
 //! written with dnat's layers, registered by name, its middle layers mapped onto a
 //! 32-row macro with a 7-bit ADC, trained with D-NAT through an error model, evaluated
 //! over chips and reads, saved, reloaded to the same bits, and exported. Run: `cargo run
-//! --release --example custom_network` (tiny synthetic data; `cargo test` runs it).
+//! --release --example custom_network` (synthetic data; `cargo test` runs it).
 
 use dnat::prelude::*;
 
 /// Four conv-BN-ReLU-pool stages and a classifier.
-struct SmallCnn {
-    stages: Vec<(Conv2d, BatchNorm2d)>,
-    fc: Linear,
-}
+struct SmallCnn(Vec<(Conv2d, BatchNorm2d)>, Linear);
 
 impl Network for SmallCnn {
     fn forward(&self, cx: &mut Fwd, mut x: Var) -> Result<Var> {
-        for (conv, bn) in &self.stages {
+        for (conv, bn) in &self.0 {
             let h = conv.forward(cx, x)?;
             let h = bn.forward_relu(cx, h)?;
             x = cx.max_pool2d(h, 2, 2)?;
         }
         let h = cx.flatten(x)?;
-        self.fc.forward(cx, h)
+        self.1.forward(cx, h)
     }
 }
 
 /// The layers, by name (`stage0` … `stage3`, `fc`): what the registry builds from.
 fn small_cnn(store: &mut ParamStore, classes: usize) -> Box<dyn Network> {
-    let widths = [3, 16, 32, 32, 64];
+    let w = [3, 16, 32, 32, 64];
     let stages = (0..4)
         .map(|i| {
-            (
-                Conv2dConfig::new(widths[i], widths[i + 1], 3).init(store, &format!("stage{i}")),
-                BatchNorm2d::new(store, &format!("bn{i}"), widths[i + 1]),
-            )
+            let conv = Conv2dConfig::new(w[i], w[i + 1], 3).init(store, &format!("stage{i}"));
+            (conv, BatchNorm2d::new(store, &format!("bn{i}"), w[i + 1]))
         })
         .collect();
-    Box::new(SmallCnn { stages, fc: Linear::init(store, "fc", 64 * 2 * 2, classes) })
+    Box::new(SmallCnn(stages, Linear::init(store, "fc", 64 * 2 * 2, classes)))
 }
 
 fn main() -> Result<()> {
+    let data = synthetic::dataset(2048, 500, 7);
+    let norm = Normalize::for_dataset(DatasetKind::Cifar10);
     let arch = register("small-cnn", small_cnn)?;
-    let (data, norm) =
-        (synthetic::dataset(256, 128, 7), Normalize::for_dataset(DatasetKind::Cifar10));
-    let mut cfg = TrainConfig::new(arch, DatasetKind::Cifar10, 2, 0);
-    (cfg.batch, cfg.lr) = (32, 0.05);
+    let mut cfg = TrainConfig::new(arch, DatasetKind::Cifar10, 3, 0);
+    (cfg.batch, cfg.lr) = (64, 0.05);
     // Stages 1-3 on the macro (stage0 sees raw pixels, fc makes the logits: digital).
-    cfg.cim = Some(CimTraining {
-        plan: CimPlan::named(["stage1", "stage2", "stage3"]),
-        ..CimTraining::new("rows=32,adc_bits=7,step=64", "moderate")
-    });
+    let cim = CimTraining::new("rows=32,adc_bits=7,step=64", "moderate");
+    cfg.cim = Some(cim.clone().on_layers(CimPlan::named(["stage1", "stage2", "stage3"])));
     let path = std::env::temp_dir().join(format!("small-cnn-{}.ckpt", std::process::id()));
-    let out = train(&cfg, &data, &path, &RunOptions { quiet: true, ..Default::default() })?;
-    let (rt, mut store) = (cfg.cim.as_ref().unwrap().runtime(1)?, out.checkpoint.store.clone());
-    let mc = evaluate_mc(out.net.as_ref(), &mut store, &data.test, norm, &rt, 0, 2, 3)?;
-    println!(
-        "D-NAT, 2 chips x 3 reads: {:.2} ± {:.2} % (chip σ {:.2}, read σ {:.2})",
-        mc.mean, mc.std, mc.chip_std, mc.read_std
-    );
+    let out = train(&cfg, &data, &path, &RunOptions::quiet())?;
+
+    // Two chips, three reads each (chance is 10 %).
+    let (rt, plan) = (cim.runtime(1)?, McPlan::chips(2).reads(3));
+    let (net, mut store) = out.checkpoint.network()?;
+    let mc = evaluate_mc(net.as_ref(), &mut store, &data.test, norm, &rt, plan)?;
+    let (m, s, c, r) = (mc.mean, mc.std, mc.chip_std, mc.read_std);
+    println!("D-NAT, 2 chips x 3 reads: {m:.2} ± {s:.2} % (chip σ {c:.2}, read σ {r:.2})");
 
     // Reload the checkpoint by its architecture's name: the same accuracies, to the bit.
-    let ck = Checkpoint::load(&path)?;
-    let (net, mut again) = build(&ck.spec, 0)?;
-    restore_into(&ck.store, &mut again, &path)?;
-    assert_eq!(
-        evaluate_mc(net.as_ref(), &mut again, &data.test, norm, &rt, 0, 2, 3)?.per_chip,
-        mc.per_chip
-    );
-    // The deployable graph (pooling and flatten included): read back, it computes the same logits.
-    let (export, model) = (
-        path.with_extension("dnatdeploy"),
-        DeployModel::from_network(net.as_ref(), ck.spec.arch.name(), &mut again, &rt.spec, norm)?,
-    );
+    let (net, mut again) = Checkpoint::load(&path)?.network()?;
+    let reloaded = evaluate_mc(net.as_ref(), &mut again, &data.test, norm, &rt, plan)?;
+    assert_eq!(reloaded.per_chip, mc.per_chip);
+
+    // The deployable graph (pooling and flatten included): read back, the same logits.
+    let export = path.with_extension("dnatdeploy");
+    let model = DeployModel::from_checkpoint(&out.checkpoint, None)?;
     model.save(&export)?;
     let image = Batcher::new(&data.test, norm, None, 0).batch(&[0], 0).0; // the first test image
     assert_eq!(DeployModel::load(&export)?.run(image.data())?, model.run(image.data())?);
     println!("{} nodes exported for {}", model.nodes.len(), rt.spec.to_description());
-    [path, export].iter().try_for_each(|p| std::fs::remove_file(p).map_err(|e| Error::io(p, e)))
+    std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+    std::fs::remove_file(&export).map_err(|e| Error::io(&export, e))
 }

@@ -3,14 +3,8 @@
 //! [-- chip.log]` (without a log, one is synthesised: a chip reading 0.9·k − 1 codes with
 //! noise, 64 ADC columns of its own gain). `cargo test` runs it on tiny synthetic data.
 
-use dnat::cim::em::{FillPolicy, ModelInfo, fit, format};
-use dnat::cim::{Estimator, MacroSpec, ReadoutMode};
-use dnat::data::{DatasetKind, Normalize, synthetic};
-use dnat::io::checkpoint::restore_into;
-use dnat::nn::{ActQuantKind, Arch, CimPlan, build};
-use dnat::train::{
-    ChipChoice, CimTraining, ReadoutSource, RunOptions, TrainConfig, evaluate_mc, train,
-};
+use dnat::cim::em::format;
+use dnat::prelude::*;
 use std::path::Path;
 
 fn main() -> dnat::Result<()> {
@@ -39,61 +33,42 @@ fn run(dir: &Path) -> dnat::Result<()> {
 
     // 2. Fit it for the macro it was measured on (here the default 64-row, 9-bit-ADC one).
     let spec = MacroSpec::parse("default")?;
-    let text = std::fs::read_to_string(&log_path).map_err(|e| dnat::Error::io(&log_path, e))?;
-    let log = fit::parse_log(&text, &log_path, None)?;
+    let log = fit::Log::read(&log_path, None)?;
     let info =
         ModelInfo { name: "my-chip".into(), description: "example log".into(), synthetic: true };
-    let model =
-        fit::fit(&log, (spec.adc.kmin, spec.adc.kmax), FillPolicy::Nearest, info, spec.adcs())?;
+    let model = fit::fit(&log, &spec, info, FillPolicy::Nearest)?;
     print!("{}", fit::report(&model));
     println!(
         "per-column fit over {} ADC columns: {}",
         model.columns.len(),
         model.fixed_pattern.describe()
     );
+    // Saved for `dnat em show` and the command line; training takes the model itself.
     let model_path = dir.join("my-chip.txt");
     format::save(&model, &model_path)?;
+    let label = model.label();
 
     // 3. D-NAT through it: a W4A8 ResNet20 trained with the chip's readouts in the loop
     //    (a real run starts from a QAT checkpoint with `cfg.init` and the real data set).
     let data = synthetic::dataset(256, 128, 7);
     let mut cfg = TrainConfig::new(Arch::ResNet20, DatasetKind::Cifar10, 1, 0);
     (cfg.batch, cfg.lr) = (32, 0.02);
-    cfg.cim = Some(CimTraining {
-        macro_name: "default".into(),
-        error_model: model_path.display().to_string(),
-        readout: ReadoutMode::Sampled,
-        estimator: Estimator::Statistical { draws: 0 },
-        act_quant: ActQuantKind::EPact,
-        plan: CimPlan::default(),
-        chip: ChipChoice::One(0), // the measured chip (chip 0 of a per-column model)
-        source: ReadoutSource::Table,
-    });
+    // Sampled readouts, the statistical estimator, E-PACT, on chip 0 — the measured chip
+    // of a per-column model (`CimTraining`'s fields say how to change each).
+    cfg.cim = Some(CimTraining::new("default", model));
     let ckpt = dir.join("dnat.ckpt");
     let outcome = train(&cfg, &data, &ckpt, &RunOptions { quiet: true, ..Default::default() })?;
 
     // 4. Accuracy on the measured chip and two more drawn from its fitted spread, 2 reads each.
-    let (net, mut store) = build(&outcome.checkpoint.spec, 0)?;
-    restore_into(&outcome.checkpoint.store, &mut store, &ckpt)?;
+    let (net, mut store) = outcome.checkpoint.network()?;
     let rt = cfg.cim.as_ref().unwrap().runtime(1)?;
-    let mc = evaluate_mc(
-        net.as_ref(),
-        &mut store,
-        &data.test,
-        Normalize::for_dataset(DatasetKind::Cifar10),
-        &rt,
-        0,
-        3,
-        2,
-    )?;
+    let norm = Normalize::for_dataset(DatasetKind::Cifar10);
+    let plan = McPlan { chips: 3, reads: 2, ..Default::default() };
+    let mc = evaluate_mc(net.as_ref(), &mut store, &data.test, norm, &rt, plan)?;
     // (One epoch from scratch on 256 synthetic images: the numbers show the flow only.)
     println!(
-        "D-NAT through {}: {:.2} ± {:.2} % (chip σ {:.2}, read σ {:.2})",
-        model_path.display(),
-        mc.mean,
-        mc.std,
-        mc.chip_std,
-        mc.read_std
+        "D-NAT through {label}: {:.2} ± {:.2} % (chip σ {:.2}, read σ {:.2})",
+        mc.mean, mc.std, mc.chip_std, mc.read_std
     );
     Ok(())
 }

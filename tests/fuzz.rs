@@ -323,18 +323,11 @@ fn fit_logs() {
     fuzz("fit-log", corpus("fit-log"), true, text_target, |b| {
         let text = String::from_utf8_lossy(b);
         let step = if text.contains("step 32") { Some(32.0) } else { None };
-        match fit::parse_log(&text, Path::new("fuzz.log"), step) {
+        match fit::Log::parse(&text, step) {
             Ok(log) => {
                 let info =
                     ModelInfo { name: "fuzz".into(), description: String::new(), synthetic: false };
-                fit::fit(
-                    &log,
-                    (spec.adc.kmin, spec.adc.kmax),
-                    FillPolicy::Nearest,
-                    info,
-                    spec.adcs(),
-                )
-                .is_ok()
+                fit::fit(&log, &spec, info, FillPolicy::Nearest).is_ok()
             }
             Err(_) => false,
         }

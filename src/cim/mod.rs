@@ -12,8 +12,6 @@
 pub mod chip;
 pub mod codes;
 pub mod conv;
-#[cfg(test)]
-mod conv_tests;
 pub mod em;
 pub mod macro_spec;
 pub mod profile;

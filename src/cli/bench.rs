@@ -77,14 +77,14 @@ pub fn run(a: BenchArgs) -> Result<()> {
     if !a.cim && a.cim_layers != "default" {
         return Err(crate::Error::invalid("--cim-layers needs --cim"));
     }
-    let r = bench::run(
-        Arch::parse(&a.model)?,
-        a.classes,
-        a.batch,
-        a.steps,
-        a.warmup,
-        rt.as_ref().map(|rt| (rt, &plan)),
-    )?;
+    let r = bench::run(&bench::BenchConfig {
+        arch: Arch::parse(&a.model)?,
+        classes: a.classes,
+        batch: a.batch,
+        steps: a.steps,
+        warmup: a.warmup,
+        cim: rt.as_ref().map(|rt| (rt, &plan)),
+    })?;
     println!("{}", r.table());
     if a.json {
         println!("{}", r.json());

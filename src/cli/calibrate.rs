@@ -1,7 +1,6 @@
 use crate::Result;
 use crate::data::{Augment, DatasetKind, Normalize};
-use crate::io::checkpoint::{Checkpoint, restore_into};
-use crate::nn::build;
+use crate::io::checkpoint::Checkpoint;
 use crate::train::{RecalImages, json, recalibrate_bn};
 use std::path::PathBuf;
 
@@ -59,8 +58,7 @@ pub fn run(a: CalibrateArgs) -> Result<()> {
             "has no CIM layers (an FP32 model): --cim needs a model trained with --cim",
         ));
     }
-    let (net, mut store) = build(&ck.spec, 0)?;
-    restore_into(&ck.store, &mut store, &a.checkpoint)?;
+    let (net, mut store) = super::network_of(&ck, &a.checkpoint)?;
     let data = super::load_data(a.data.as_deref(), kind, a.quiet)?;
     let rt = if a.cim {
         let mut rt = super::cim_runtime(

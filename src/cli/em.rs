@@ -78,20 +78,13 @@ pub fn run(a: EmArgs) -> Result<()> {
     match a.action {
         Action::Fit(f) => {
             let spec = MacroSpec::parse(&f.r#macro)?;
-            let text = std::fs::read_to_string(&f.log).map_err(|e| Error::io(&f.log, e))?;
-            let log = fit::parse_log(&text, &f.log, f.values_step)?;
+            let log = fit::Log::read(&f.log, f.values_step)?;
             let name = f.name.unwrap_or_else(|| {
                 f.log.file_stem().map_or("measured".into(), |s| s.to_string_lossy().into_owned())
             });
             let info = ModelInfo { name, description: f.description, synthetic: f.synthetic };
-            let model = fit::fit(
-                &log,
-                (spec.adc.kmin, spec.adc.kmax),
-                FillPolicy::parse(&f.fill)?,
-                info,
-                spec.adcs(),
-            )
-            .map_err(|e| Error::format(&f.log, e.to_string()))?;
+            let model = fit::fit(&log, &spec, info, FillPolicy::parse(&f.fill)?)
+                .map_err(|e| Error::format(&f.log, e.to_string()))?;
             print!("{}", fit::report(&model));
             if !model.columns.is_empty() {
                 println!(

@@ -1,9 +1,8 @@
 use crate::Result;
 use crate::data::{DatasetKind, Normalize};
-use crate::io::checkpoint::{Checkpoint, restore_into};
-use crate::nn::build;
+use crate::io::checkpoint::Checkpoint;
 use crate::train::eval::{fmt_spread, json_spread};
-use crate::train::{evaluate, evaluate_mc, json};
+use crate::train::{McPlan, evaluate, evaluate_mc, json};
 use std::path::PathBuf;
 
 #[derive(argh::FromArgs)]
@@ -61,8 +60,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
             a.seeds, a.chips
         )));
     }
-    let (net, mut store) = build(&ck.spec, 0)?;
-    restore_into(&ck.store, &mut store, &a.checkpoint)?;
+    let (net, mut store) = super::network_of(&ck, &a.checkpoint)?;
     let data = super::load_data(a.data.as_deref(), kind, a.quiet)?;
     if a.cim {
         if ck.spec.cim.is_none() {
@@ -86,10 +84,15 @@ pub fn run(a: EvalArgs) -> Result<()> {
             &data.test,
             Normalize::for_dataset(kind),
             &rt,
-            a.chip_seed,
-            a.chips,
-            a.seeds,
+            McPlan { first_chip: a.chip_seed, chips: a.chips, reads: a.seeds },
         )?;
+        if mc.chips_identical && !a.quiet {
+            eprintln!(
+                "note: error model '{}' has no fixed pattern, so the {} chips are one nominal chip: their spread is read noise",
+                rt.readout.label(),
+                a.chips
+            );
+        }
         let (mean, std, accs) = (mc.mean, mc.std, mc.all());
         let what = format!("{} | {} | {:?} readout", rt.spec.name, rt.readout.label(), rt.mode);
         println!(

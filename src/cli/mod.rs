@@ -12,7 +12,9 @@ pub mod weights;
 use crate::Result;
 use crate::cim::{CimRuntime, Estimator, MacroSpec, ReadoutMode};
 use crate::data::{Dataset, DatasetKind, resolve_data_path};
-use crate::nn::CimPlan;
+use crate::engine::ParamStore;
+use crate::io::checkpoint::Checkpoint;
+use crate::nn::{CimPlan, Network};
 use crate::train::ReadoutSource;
 use argh::FromArgs;
 use std::path::Path;
@@ -44,6 +46,12 @@ pub fn cim_plan(words: &str) -> Result<CimPlan> {
 }
 
 /// Finds and loads the data set, saying which one was read.
+/// The network of checkpoint `ck`, read from `path` ([`Checkpoint::network`]; a mismatch
+/// names the file).
+pub fn network_of(ck: &Checkpoint, path: &Path) -> Result<(Box<dyn Network>, ParamStore)> {
+    ck.network().map_err(|e| crate::Error::format(path, e.to_string()))
+}
+
 pub fn load_data(flag: Option<&Path>, kind: DatasetKind, quiet: bool) -> Result<Dataset> {
     let path = resolve_data_path(flag, kind)?;
     let t = std::time::Instant::now();

@@ -139,7 +139,7 @@ pub fn run(a: TrainArgs) -> Result<()> {
     if a.cim {
         cfg.cim = Some(CimTraining {
             macro_name: a.r#macro.clone(),
-            error_model: a.error_model.clone(),
+            error_model: a.error_model.clone().into(),
             readout: ReadoutMode::parse(&a.readout)?,
             estimator: Estimator::parse(&a.estimator)?,
             act_quant: ActQuantKind::parse(&a.act_quant)?,

@@ -1,6 +1,6 @@
-use crate::io::checkpoint::{Checkpoint, restore_into};
+use crate::io::checkpoint::Checkpoint;
 use crate::io::{atomic, safetensors};
-use crate::nn::{Arch, ModelSpec, build};
+use crate::nn::{Arch, ModelSpec};
 use crate::{Error, Result};
 use std::path::PathBuf;
 
@@ -53,8 +53,7 @@ pub fn run(a: WeightsArgs) -> Result<()> {
     match a.action {
         Action::Export(e) => {
             let ck = Checkpoint::load(&e.checkpoint)?;
-            let (_, mut store) = build(&ck.spec, 0)?;
-            restore_into(&ck.store, &mut store, &e.checkpoint)?;
+            let (_, store) = super::network_of(&ck, &e.checkpoint)?;
             atomic::write(&e.out, &safetensors::export(&ck.spec, &store)?)?;
             println!(
                 "wrote {} ({} parameters) -> {}",

@@ -12,7 +12,7 @@
 
 use super::{atomic, framed};
 use crate::engine::{ParamGroup, ParamStore, Tensor};
-use crate::nn::{Arch, CimPlan, ModelSpec};
+use crate::nn::{Arch, CimPlan, ModelSpec, Network, build};
 use crate::{Error, Result};
 use byteorder::{LittleEndian as LE, ReadBytesExt, WriteBytesExt};
 use std::io::{Cursor, Read};
@@ -72,6 +72,31 @@ pub struct OptimizerState {
 }
 
 impl Checkpoint {
+    /// The network this checkpoint holds, rebuilt by its architecture's name (built-in
+    /// or [registered](crate::nn::register)) with the checkpoint's parameters and
+    /// buffers: ready to evaluate, recalibrate, export or train on.
+    pub fn network(&self) -> Result<(Box<dyn Network>, ParamStore)> {
+        let (net, mut store) = build(&self.spec, 0)?;
+        copy_tensors(&self.store, &mut store).map_err(|msg| {
+            Error::invalid(format!(
+                "checkpoint of '{}' does not fit its network: {msg}",
+                self.spec.arch.name()
+            ))
+        })?;
+        Ok((net, store))
+    }
+
+    /// The macro a CIM checkpoint was trained for, as its training configuration
+    /// records it (`cim = macro=… error_model=…`); the default macro for a record
+    /// that names none.
+    pub fn trained_macro(&self) -> Result<crate::cim::MacroSpec> {
+        let name = self
+            .meta("cim")
+            .and_then(|c| c.split_whitespace().find_map(|kv| kv.strip_prefix("macro=")))
+            .unwrap_or("default");
+        crate::cim::MacroSpec::parse(name)
+    }
+
     /// The value recorded under `key` in `meta`, if any.
     pub fn meta(&self, key: &str) -> Option<&str> {
         self.meta.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
@@ -313,18 +338,22 @@ fn parse_payload(p: &[u8], version: u32) -> std::result::Result<Checkpoint, Pars
 }
 
 /// Copies a checkpoint's parameters and buffers into a freshly built model's store,
-/// matching by name and shape; every tensor of the model must be present.
+/// matching by name and shape; every tensor of the model must be present (a mismatch
+/// is an error naming `path`).
 pub fn restore_into(src: &ParamStore, dst: &mut ParamStore, path: &Path) -> Result<()> {
+    copy_tensors(src, dst).map_err(|msg| Error::format(path, msg))
+}
+
+/// Copies `src`'s parameters and buffers into `dst`, matching by name and shape; every
+/// tensor of `dst` must be present.
+fn copy_tensors(src: &ParamStore, dst: &mut ParamStore) -> std::result::Result<(), String> {
     if src.params().len() != dst.params().len() || src.buffers().len() != dst.buffers().len() {
-        return Err(Error::format(
-            path,
-            format!(
-                "holds {} parameters and {} buffers, the model has {} and {}",
-                src.params().len(),
-                src.buffers().len(),
-                dst.params().len(),
-                dst.buffers().len()
-            ),
+        return Err(format!(
+            "holds {} parameters and {} buffers, the model has {} and {}",
+            src.params().len(),
+            src.buffers().len(),
+            dst.params().len(),
+            dst.buffers().len()
         ));
     }
     for d in dst.params_mut() {
@@ -332,16 +361,13 @@ pub fn restore_into(src: &ParamStore, dst: &mut ParamStore, path: &Path) -> Resu
             .params()
             .iter()
             .find(|s| s.name == d.name)
-            .ok_or_else(|| Error::format(path, format!("no parameter '{}'", d.name)))?;
+            .ok_or_else(|| format!("no parameter '{}'", d.name))?;
         if s.value.shape() != d.value.shape() {
-            return Err(Error::format(
-                path,
-                format!(
-                    "parameter '{}' has shape {:?}, the model needs {:?}",
-                    d.name,
-                    s.value.shape(),
-                    d.value.shape()
-                ),
+            return Err(format!(
+                "parameter '{}' has shape {:?}, the model needs {:?}",
+                d.name,
+                s.value.shape(),
+                d.value.shape()
             ));
         }
         d.value = s.value.clone();
@@ -351,16 +377,13 @@ pub fn restore_into(src: &ParamStore, dst: &mut ParamStore, path: &Path) -> Resu
             .buffers()
             .iter()
             .find(|s| s.name == d.name)
-            .ok_or_else(|| Error::format(path, format!("no buffer '{}'", d.name)))?;
+            .ok_or_else(|| format!("no buffer '{}'", d.name))?;
         if s.value.shape() != d.value.shape() {
-            return Err(Error::format(
-                path,
-                format!(
-                    "buffer '{}' has shape {:?}, the model needs {:?}",
-                    d.name,
-                    s.value.shape(),
-                    d.value.shape()
-                ),
+            return Err(format!(
+                "buffer '{}' has shape {:?}, the model needs {:?}",
+                d.name,
+                s.value.shape(),
+                d.value.shape()
             ));
         }
         d.value = s.value.clone();

@@ -42,17 +42,43 @@ pub fn peak_rss_mb() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// What [`run`] measures: `BenchConfig { batch: 64, ..Default::default() }`.
+#[derive(Clone, Copy)]
+pub struct BenchConfig<'a> {
+    /// The network.
+    pub arch: Arch,
+    /// Classes of its output layer.
+    pub classes: usize,
+    /// Images per step.
+    pub batch: usize,
+    /// Timed steps (the median is reported).
+    pub steps: usize,
+    /// Untimed steps before them.
+    pub warmup: usize,
+    /// The runtime and the layers on the macro; `None`: FP32.
+    pub cim: Option<(&'a CimRuntime, &'a CimPlan)>,
+}
+
+impl Default for BenchConfig<'_> {
+    /// ResNet20 for 10 classes, batch 128, 10 steps after 2 of warm-up, FP32 (as
+    /// `dnat bench`).
+    fn default() -> Self {
+        BenchConfig {
+            arch: Arch::ResNet20,
+            classes: 10,
+            batch: 128,
+            steps: 10,
+            warmup: 2,
+            cim: None,
+        }
+    }
+}
+
 /// Times `steps` training steps (after `warmup`) and as many eval forwards; the
 /// median step is reported, which is robust to a noisy shared machine. With `cim`, the
 /// plan's layers run on the macro with that runtime, in training and in evaluation.
-pub fn run(
-    arch: Arch,
-    num_classes: usize,
-    batch: usize,
-    steps: usize,
-    warmup: usize,
-    cim: Option<(&CimRuntime, &CimPlan)>,
-) -> Result<BenchResult> {
+pub fn run(cfg: &BenchConfig) -> Result<BenchResult> {
+    let BenchConfig { arch, classes: num_classes, batch, steps, warmup, cim } = *cfg;
     let spec = ModelSpec { arch, num_classes, cim: cim.map(|(_, plan)| plan.clone()) };
     let cim = cim.map(|(rt, _)| rt);
     let (net, mut store) = build(&spec, 1)?;

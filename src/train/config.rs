@@ -15,8 +15,8 @@ use std::sync::Arc;
 pub struct CimTraining {
     /// A macro: a preset, a description or a file (see [`MacroSpec::parse`]).
     pub macro_name: String,
-    /// An error-model preset name or file path (see [`em::resolve`]).
-    pub error_model: String,
+    /// The error model: a preset or file, a model in memory, or any readout source.
+    pub error_model: ErrorModelSource,
     /// The forward mode of the CIM layers: ideal, sampled or expected readouts.
     pub readout: ReadoutMode,
     /// The backward estimator through the readout.
@@ -29,6 +29,101 @@ pub struct CimTraining {
     pub chip: ChipChoice,
     /// The error model with its table, or behind [`SampleOnly`] (sampling only).
     pub source: ReadoutSource,
+}
+
+/// The error model a CIM run reads through: by name (a preset, a preset with overrides
+/// such as `current-domain:col_gain=0.05`, or a D-MAC-EM file; see [`em::resolve`]), a
+/// model built in memory (fitted from a log, say), or any [`Readout`] source.
+/// `"moderate".into()`, `model.into()` and `Arc::new(source).into()` make one.
+///
+/// Checkpoints record a named model by its name, the others by their label, and every
+/// [`ErrorModel`] by the SHA-256 of its content, so a resumed run refuses a changed
+/// model; a [`Readout`] source without a table has no content to hash and resumes on
+/// its label alone.
+#[derive(Clone)]
+pub enum ErrorModelSource {
+    /// A preset (with overrides) or a D-MAC-EM file path.
+    Named(String),
+    /// A D-MAC-EM in memory.
+    Model(Arc<em::ErrorModel>),
+    /// Any readout source (a replay of recorded readouts, say).
+    Readout(Arc<dyn Readout>),
+}
+
+impl ErrorModelSource {
+    /// The source for the macro `spec` (a named model is resolved against its ADC).
+    pub fn readout(&self, spec: &MacroSpec) -> Result<Arc<dyn Readout>> {
+        Ok(match self {
+            ErrorModelSource::Named(name) => Arc::new(em::resolve(name, spec)?),
+            ErrorModelSource::Model(m) => m.clone(),
+            ErrorModelSource::Readout(r) => r.clone(),
+        })
+    }
+    /// The SHA-256 of the model's content (its binary D-MAC-EM form); `None` for a
+    /// [`Readout`] source, which has no content to hash.
+    pub fn sha256(&self, spec: &MacroSpec) -> Result<Option<String>> {
+        let hash = |m: &em::ErrorModel| crate::data::cifar::sha256_hex(&em::format::to_binary(m));
+        Ok(match self {
+            ErrorModelSource::Named(name) => Some(hash(&em::resolve(name, spec)?)),
+            ErrorModelSource::Model(m) => Some(hash(m)),
+            ErrorModelSource::Readout(_) => None,
+        })
+    }
+    /// How checkpoints record it: the name, or `value:LABEL` (whitespace as `_`) for a
+    /// model or source given as a value.
+    pub fn describe(&self) -> String {
+        let value = |label: String| format!("value:{}", label.replace(char::is_whitespace, "_"));
+        match self {
+            ErrorModelSource::Named(name) => name.clone(),
+            ErrorModelSource::Model(m) => value(Readout::label(m.as_ref())),
+            ErrorModelSource::Readout(r) => value(r.label()),
+        }
+    }
+}
+
+impl std::fmt::Debug for ErrorModelSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+/// Named models are equal by name; models and sources given as values only when they
+/// are the same value.
+impl PartialEq for ErrorModelSource {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (ErrorModelSource::Named(a), ErrorModelSource::Named(b)) => a == b,
+            (ErrorModelSource::Model(a), ErrorModelSource::Model(b)) => Arc::ptr_eq(a, b),
+            (ErrorModelSource::Readout(a), ErrorModelSource::Readout(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl From<&str> for ErrorModelSource {
+    fn from(name: &str) -> Self {
+        ErrorModelSource::Named(name.into())
+    }
+}
+impl From<String> for ErrorModelSource {
+    fn from(name: String) -> Self {
+        ErrorModelSource::Named(name)
+    }
+}
+impl From<em::ErrorModel> for ErrorModelSource {
+    fn from(model: em::ErrorModel) -> Self {
+        ErrorModelSource::Model(Arc::new(model))
+    }
+}
+impl From<Arc<em::ErrorModel>> for ErrorModelSource {
+    fn from(model: Arc<em::ErrorModel>) -> Self {
+        ErrorModelSource::Model(model)
+    }
+}
+impl From<Arc<dyn Readout>> for ErrorModelSource {
+    fn from(source: Arc<dyn Readout>) -> Self {
+        ErrorModelSource::Readout(source)
+    }
 }
 
 /// Where a CIM run's readouts come from.
@@ -105,9 +200,10 @@ const POPULATION_TAG: u64 = 0x909;
 impl CimTraining {
     /// D-NAT on `macro_name` (a preset, a description such as
     /// `rows=32,adc_bits=7,step=64`, or a file) through `error_model` (a preset or a
-    /// D-MAC-EM file): sampled readouts, the statistical estimator with the table's
-    /// slope, E-PACT, first and last layer digital, chip 0, the model's table.
-    pub fn new(macro_name: &str, error_model: &str) -> Self {
+    /// D-MAC-EM file by name, a fitted [`ErrorModel`](em::ErrorModel), or any readout
+    /// source: [`ErrorModelSource`]): sampled readouts, the statistical estimator with
+    /// the table's slope, E-PACT, first and last layer digital, chip 0, the model's table.
+    pub fn new(macro_name: &str, error_model: impl Into<ErrorModelSource>) -> Self {
         CimTraining {
             macro_name: macro_name.into(),
             error_model: error_model.into(),
@@ -120,14 +216,16 @@ impl CimTraining {
         }
     }
 
+    /// The same training with the layers of `plan` on the macro.
+    pub fn on_layers(self, plan: CimPlan) -> Self {
+        CimTraining { plan, ..self }
+    }
+
     /// The SHA-256 of the error model's content (its binary D-MAC-EM form), as
-    /// checkpoints record it: a file edited between two runs is not the same model.
-    pub fn error_model_sha256(&self) -> Result<String> {
-        let spec = MacroSpec::parse(&self.macro_name)?;
-        Ok(crate::data::cifar::sha256_hex(&em::format::to_binary(&em::resolve(
-            &self.error_model,
-            &spec,
-        )?)))
+    /// checkpoints record it: a file edited between two runs is not the same model
+    /// (`None` for a readout source without a table; see [`ErrorModelSource`]).
+    pub fn error_model_sha256(&self) -> Result<Option<String>> {
+        self.error_model.sha256(&MacroSpec::parse(&self.macro_name)?)
     }
 
     /// The macro as checkpoints record it: a preset by its name; a description or a
@@ -145,9 +243,8 @@ impl CimTraining {
     pub fn runtime(&self, seed: u64) -> Result<CimRuntime> {
         let spec = MacroSpec::parse(&self.macro_name)?;
         spec.validate()?;
-        let model = em::resolve(&self.error_model, &spec)?;
-        let mut rt =
-            CimRuntime::new(spec, self.source.wrap(Arc::new(model)), self.readout, self.estimator)?;
+        let model = self.error_model.readout(&spec)?;
+        let mut rt = CimRuntime::new(spec, self.source.wrap(model), self.readout, self.estimator)?;
         rt.seed = seed;
         rt.act_quant = self.act_quant;
         Ok(match self.chip {
@@ -312,7 +409,7 @@ impl TrainConfig {
                     format!(
                         "macro={} error_model={} readout={:?} estimator={} act_quant={:?} {} chip={}",
                         c.macro_recorded(),
-                        c.error_model,
+                        c.error_model.describe(),
                         c.readout,
                         c.estimator.describe(),
                         c.act_quant,

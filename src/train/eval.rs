@@ -88,6 +88,9 @@ pub struct McAccuracy {
     pub read_std: f64,
     /// Accuracy in percent of each evaluation: `per_chip[c][r]` is chip `c`, read `r`.
     pub per_chip: Vec<Vec<f64>>,
+    /// Several chips were evaluated, but the error model has no fixed pattern, so they
+    /// are one and the same nominal chip: `chip_std` measures read noise only.
+    pub chips_identical: bool,
 }
 
 fn mean_std(v: &[f64]) -> (f64, f64) {
@@ -114,7 +117,7 @@ impl McAccuracy {
             dof += r.len().saturating_sub(1);
         }
         let read_std = if dof > 0 { (ss / dof as f64).sqrt() } else { 0.0 };
-        McAccuracy { mean, std, chip_std, read_std, per_chip }
+        McAccuracy { mean, std, chip_std, read_std, per_chip, chips_identical: false }
     }
     /// Reads of one chip.
     pub fn of_reads(reads: Vec<f64>) -> Self {
@@ -156,22 +159,64 @@ pub fn noise_seed(seed0: u64, chip: u64, read: u64, reads: u64) -> u64 {
     seed0 + chip * reads + read
 }
 
-/// Monte-Carlo evaluation on a non-ideal macro: chips `chip0..chip0 + chips`, each
-/// read `reads` times with noise seeds [`noise_seed`]`(rt.seed, c, r, reads)`.
-#[allow(clippy::too_many_arguments)]
+/// Which chip instances a Monte-Carlo evaluation reads, and how often each:
+/// `McPlan { chips: 3, reads: 2, ..Default::default() }` is chips 0, 1, 2, twice each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct McPlan {
+    /// The first chip seed (chips `first_chip .. first_chip + chips`).
+    pub first_chip: u64,
+    /// Chip instances (≥ 1).
+    pub chips: u64,
+    /// Reads of each chip, each with its own noise seed (≥ 1).
+    pub reads: u64,
+}
+
+impl McPlan {
+    /// Chips `0..chips`, read once each: `McPlan::chips(3).reads(2)`.
+    pub fn chips(chips: u64) -> Self {
+        McPlan { chips, ..Default::default() }
+    }
+    /// The same chips, each read `reads` times.
+    pub fn reads(self, reads: u64) -> Self {
+        McPlan { reads, ..self }
+    }
+    /// The same number of chips, from chip seed `first_chip` on.
+    pub fn starting_at(self, first_chip: u64) -> Self {
+        McPlan { first_chip, ..self }
+    }
+}
+
+impl Default for McPlan {
+    /// Chip 0, read once.
+    fn default() -> Self {
+        McPlan { first_chip: 0, chips: 1, reads: 1 }
+    }
+}
+
+/// Monte-Carlo evaluation on a non-ideal macro: the chips of `plan`, each read
+/// `plan.reads` times with noise seeds [`noise_seed`]`(rt.seed, c, r, reads)`.
+/// [`McAccuracy::chips_identical`] says when the error model has no fixed pattern, so
+/// that the chips differ only by read noise.
 pub fn evaluate_mc(
     net: &dyn Network,
     store: &mut ParamStore,
     split: &Split,
     norm: Normalize,
     rt: &CimRuntime,
-    chip0: u64,
-    chips: u64,
-    reads: u64,
+    plan: McPlan,
 ) -> Result<McAccuracy> {
+    if plan.chips == 0 || plan.reads == 0 {
+        return Err(crate::Error::invalid(format!(
+            "a Monte-Carlo evaluation of {} chips × {} reads evaluates nothing",
+            plan.chips, plan.reads
+        )));
+    }
+    let McPlan { first_chip: chip0, chips, reads } = plan;
     let mut per_chip = Vec::new();
+    let mut nominal = true;
     for c in 0..chips {
         let on_chip = rt.on_chip(chip0 + c);
+        nominal &= on_chip.chip.is_none();
         let mut accs = Vec::new();
         for r in 0..reads {
             let run = CimRuntime { seed: noise_seed(rt.seed, c, r, reads), ..on_chip.clone() };
@@ -179,7 +224,7 @@ pub fn evaluate_mc(
         }
         per_chip.push(accs);
     }
-    Ok(McAccuracy::of(per_chip))
+    Ok(McAccuracy { chips_identical: nominal && chips > 1, ..McAccuracy::of(per_chip) })
 }
 
 #[cfg(test)]

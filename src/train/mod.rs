@@ -9,7 +9,7 @@ pub mod recalibrate;
 pub mod trainer;
 
 pub use config::TrainConfig;
-pub use config::{ChipChoice, CimTraining, ReadoutSource};
-pub use eval::{EvalResult, McAccuracy, evaluate, evaluate_mc, noise_seed};
+pub use config::{ChipChoice, CimTraining, ErrorModelSource, ReadoutSource};
+pub use eval::{EvalResult, McAccuracy, McPlan, evaluate, evaluate_mc, noise_seed};
 pub use recalibrate::{BN_RECALIBRATED, RecalImages, Recalibration, recalibrate_bn};
 pub use trainer::{RunOptions, TrainOutcome, train};

@@ -6,16 +6,14 @@
 //! the interrupted one stopped and ends with the same bits. (The last epoch's
 //! checkpoint keeps no optimizer state: nothing is left to resume.)
 
+mod epoch;
+
 use super::config::TrainConfig;
-use super::eval::{count_correct, evaluate};
-use super::progress::{Progress, fmt_duration};
+use super::progress::Progress;
 use crate::cim::{CimRuntime, quant};
 use crate::data::{Augment, Batcher, Dataset, Normalize};
-use crate::engine::ops::softmax_cross_entropy;
-use crate::engine::{Mode, Tape};
-use crate::io::checkpoint::{
-    Checkpoint, EpochRecord, OptimizerState, restore_into, restore_weights,
-};
+use crate::engine::{Mode, ParamStore, Tape};
+use crate::io::checkpoint::{Checkpoint, OptimizerState, restore_into, restore_weights};
 use crate::nn::{ActQuantKind, Calibration, Fwd, Network, build};
 use crate::optim::Optimizer;
 use crate::rng;
@@ -38,6 +36,13 @@ pub struct RunOptions {
     pub checkpoint_every: Option<Duration>,
     /// No progress output on stderr.
     pub quiet: bool,
+}
+
+impl RunOptions {
+    /// The defaults, without progress output (for programs and tests).
+    pub fn quiet() -> Self {
+        RunOptions { quiet: true, ..Default::default() }
+    }
 }
 
 /// How often the pipeline's training stages and `dnat train` (by default) checkpoint
@@ -166,40 +171,158 @@ pub fn train(
         return Err(Error::invalid("the data set read does not match the configuration"));
     }
     let t_start = Instant::now();
-    let (net, mut store) = build(&cfg.spec(), cfg.seed)?;
-    // Start from another checkpoint's weights (the FP32 model before QAT, say).
-    let mut bounds_known = cfg.cim.is_none();
-    if let Some(init) = &cfg.init {
-        let p = Path::new(init);
-        bounds_known |= restore_weights(&Checkpoint::load(p)?.store, &mut store, p)?;
-    }
-    let rt_base: Option<CimRuntime> = cfg.cim.as_ref().map(|c| c.runtime(cfg.seed)).transpose()?;
-    // Evaluations during training read the macro with draws of their own, fixed seed.
-    // (A population run is evaluated on chip 0.)
-    let rt_eval = rt_base.as_ref().map(|rt| {
-        let rt = if rt.chip.is_none() { rt.on_chip(0) } else { rt.clone() };
-        CimRuntime { seed: rng::key(&[cfg.seed, 0xE7A1]), ..rt }
-    });
-    let mut opt = Optimizer::new(cfg.optimizer, cfg.groups, &store);
-    let mut meta = cfg.to_meta();
-    meta.push(("data".into(), data.provenance.description.clone()));
-    meta.push(("data_sha256".into(), data.provenance.sha256.clone()));
-    let em_sha = cfg.cim.as_ref().map(|c| c.error_model_sha256()).transpose()?;
-    if let Some(h) = &em_sha {
-        meta.push(("error_model_sha256".into(), h.clone()));
-    }
-    let mut ck = Checkpoint {
-        spec: cfg.spec(),
-        meta,
-        epochs_done: 0,
-        steps_done: 0,
-        store: store.clone(),
-        optimizer: None,
-        history: vec![],
-    };
-
+    let (mut run, mut bounds_known) = Run::start(cfg, data, out, opts)?;
     let mut resumed_sums: Option<EpochSums> = None;
     if opts.resume && out.exists() {
+        resumed_sums = run.resume()?;
+        bounds_known = true;
+    }
+
+    let mut train_split = data.train.clone();
+    if let Some(n) = cfg.train_subset {
+        train_split.truncate(n);
+    }
+    let norm = Normalize::for_dataset(cfg.dataset);
+    let batcher = Batcher::new(&train_split, norm, cfg.augment.then(Augment::standard), cfg.seed);
+    if !bounds_known {
+        calibrate(run.net.as_ref(), &mut run.store, &batcher, cfg, opts.quiet)?;
+    }
+    let steps_per_epoch = train_split.len().div_ceil(cfg.batch);
+    let total_steps = steps_per_epoch * cfg.epochs;
+    let test_accuracy = run.ck.history.last().map_or(0.0, |h| h.test_accuracy as f64);
+    let skip = run.resume_step(resumed_sums, steps_per_epoch)?;
+    if opts.stop_after_steps.is_some_and(|n| run.ck.steps_done >= n) {
+        // Already there: nothing to train (as --stop-after at a finished epoch).
+        let stopped_at_step = (skip > 0).then_some(run.ck.steps_done);
+        return Ok(run.finish(test_accuracy, stopped_at_step, 0.0, t_start));
+    }
+    let mut e = Epochs {
+        batcher,
+        norm,
+        steps_per_epoch,
+        total_steps,
+        last_save: Instant::now(),
+        last_epoch: opts.stop_after.map_or(cfg.epochs, |s| s.min(cfg.epochs)),
+        progress: Progress::new(opts.quiet),
+        images_done: 0,
+        train_secs: 0.0,
+        test_accuracy,
+    };
+
+    let first_epoch = run.ck.epochs_done as usize;
+    for epoch in first_epoch..e.last_epoch {
+        let first_step = if epoch == first_epoch { skip } else { 0 };
+        let sums =
+            if first_step > 0 { resumed_sums.unwrap_or_default() } else { EpochSums::default() };
+        if let Some((mut part, rate)) = run.epoch(&mut e, epoch, first_step, sums)? {
+            part.store = run.store;
+            let wall_s = t_start.elapsed().as_secs_f64();
+            return Ok(TrainOutcome {
+                checkpoint: part,
+                net: run.net,
+                test_accuracy: e.test_accuracy,
+                stopped_at_step: Some(run.ck.steps_done),
+                train_images_per_s: rate,
+                wall_s,
+            });
+        }
+        if opts.stop_after_steps.is_some_and(|n| run.ck.steps_done >= n) {
+            break;
+        }
+    }
+    let rate = if e.train_secs > 0.0 { e.images_done as f64 / e.train_secs } else { 0.0 };
+    Ok(run.finish(e.test_accuracy, None, rate, t_start))
+}
+
+/// A run being trained: its configuration and options, the network with its parameters
+/// and optimizer, and the checkpoint that records its progress.
+struct Run<'a> {
+    cfg: &'a TrainConfig,
+    data: &'a Dataset,
+    out: &'a Path,
+    opts: &'a RunOptions,
+    net: Box<dyn Network>,
+    store: ParamStore,
+    opt: Optimizer,
+    ck: Checkpoint,
+    /// The macro training reads (`None`: a digital network); each step's draws are its own.
+    rt_base: Option<CimRuntime>,
+    /// The macro evaluations during training read.
+    rt_eval: Option<CimRuntime>,
+    /// The error model's sha256, recorded in the checkpoint's meta.
+    em_sha: Option<String>,
+}
+
+/// The epoch loop's batches and schedule, and what it carries from one epoch to the next.
+struct Epochs<'b> {
+    batcher: Batcher<'b>,
+    norm: Normalize,
+    steps_per_epoch: usize,
+    total_steps: usize,
+    /// When the last checkpoint was written.
+    last_save: Instant,
+    /// The epoch this invocation stops before.
+    last_epoch: usize,
+    progress: Progress,
+    /// Images trained on by this invocation, and the time it took.
+    images_done: usize,
+    train_secs: f64,
+    /// After the last finished epoch (0 before the first).
+    test_accuracy: f64,
+}
+
+impl<'a> Run<'a> {
+    /// The network (with `cfg.init`'s weights, when given), the runtimes, the optimizer and
+    /// a checkpoint of no progress; and whether the quantizer bounds are known already
+    /// (else they are calibrated).
+    fn start(
+        cfg: &'a TrainConfig,
+        data: &'a Dataset,
+        out: &'a Path,
+        opts: &'a RunOptions,
+    ) -> Result<(Self, bool)> {
+        let (net, mut store) = build(&cfg.spec(), cfg.seed)?;
+        // Start from another checkpoint's weights (the FP32 model before QAT, say).
+        let mut bounds_known = cfg.cim.is_none();
+        if let Some(init) = &cfg.init {
+            let p = Path::new(init);
+            bounds_known |= restore_weights(&Checkpoint::load(p)?.store, &mut store, p)?;
+        }
+        let rt_base: Option<CimRuntime> =
+            cfg.cim.as_ref().map(|c| c.runtime(cfg.seed)).transpose()?;
+        // Evaluations during training read the macro with draws of their own, fixed seed.
+        // (A population run is evaluated on chip 0.)
+        let rt_eval = rt_base.as_ref().map(|rt| {
+            let rt = if rt.chip.is_none() { rt.on_chip(0) } else { rt.clone() };
+            CimRuntime { seed: rng::key(&[cfg.seed, 0xE7A1]), ..rt }
+        });
+        let opt = Optimizer::new(cfg.optimizer, cfg.groups, &store);
+        let mut meta = cfg.to_meta();
+        meta.push(("data".into(), data.provenance.description.clone()));
+        meta.push(("data_sha256".into(), data.provenance.sha256.clone()));
+        let em_sha = cfg.cim.as_ref().map(|c| c.error_model_sha256()).transpose()?.flatten();
+        if let Some(h) = &em_sha {
+            meta.push(("error_model_sha256".into(), h.clone()));
+        }
+        let ck = Checkpoint {
+            spec: cfg.spec(),
+            meta,
+            epochs_done: 0,
+            steps_done: 0,
+            store: store.clone(),
+            optimizer: None,
+            history: vec![],
+        };
+        let run = Run { cfg, data, out, opts, net, store, opt, ck, rt_base, rt_eval, em_sha };
+        Ok((run, bounds_known))
+    }
+
+    /// Continues the run `out` holds, refused unless it is this configuration's, on the
+    /// same data and error model, and not recalibrated since: its parameters, optimizer
+    /// state and progress. Returns the running sums of the epoch it stopped within.
+    fn resume(&mut self) -> Result<Option<EpochSums>> {
+        let (cfg, data, out, opts) = (self.cfg, self.data, self.out, self.opts);
+        let mut resumed_sums: Option<EpochSums> = None;
         let prev = Checkpoint::load(out)?;
         check_resumable(&prev, cfg, out)?;
         if let Some(how) = prev.meta(super::BN_RECALIBRATED) {
@@ -219,7 +342,7 @@ pub fn train(
             ));
         }
         // (Checkpoints written before the error model's hash was recorded resume on trust.)
-        if let (Some(have), Some(want)) = (prev.meta("error_model_sha256"), &em_sha)
+        if let (Some(have), Some(want)) = (prev.meta("error_model_sha256"), &self.em_sha)
             && have != want
         {
             return Err(Error::format(
@@ -229,7 +352,7 @@ pub fn train(
                 ),
             ));
         }
-        restore_into(&prev.store, &mut store, out)?;
+        restore_into(&prev.store, &mut self.store, out)?;
         match prev.optimizer.as_ref() {
             Some(o) => {
                 // Slots follow the checkpoint's parameter order; this build's may differ
@@ -242,15 +365,20 @@ pub fn train(
                         .position(|p| p.name == name)
                         .and_then(|i| o.slots.get(i).cloned())
                 };
-                let slots =
-                    store.params().iter().map(|p| slot_of(&p.name)).collect::<Option<Vec<_>>>();
+                let slots = self
+                    .store
+                    .params()
+                    .iter()
+                    .map(|p| slot_of(&p.name))
+                    .collect::<Option<Vec<_>>>();
                 let slots = slots.ok_or_else(|| {
                     Error::format(
                         out,
                         "cannot resume: the optimizer state does not cover every parameter",
                     )
                 })?;
-                opt.set_state(slots, o.steps, &store)
+                self.opt
+                    .set_state(slots, o.steps, &self.store)
                     .map_err(|e| Error::format(out, e.to_string()))?;
             }
             // A finished run keeps none (see `optimizer_to_keep`): there is nothing to train.
@@ -264,10 +392,10 @@ pub fn train(
                 Error::format(out, format!("cannot resume: unreadable {EPOCH_IN_PROGRESS} '{p}'"))
             })?);
         }
+        let ck = &mut self.ck;
         ck.epochs_done = prev.epochs_done;
         ck.steps_done = prev.steps_done;
         ck.history = prev.history;
-        bounds_known = true;
         if !opts.quiet {
             match resumed_sums {
                 Some(_) => eprintln!(
@@ -285,211 +413,61 @@ pub fn train(
                 ),
             }
         }
+        Ok(resumed_sums)
     }
 
-    let mut train_split = data.train.clone();
-    if let Some(n) = cfg.train_subset {
-        train_split.truncate(n);
-    }
-    let norm = Normalize::for_dataset(cfg.dataset);
-    let batcher = Batcher::new(&train_split, norm, cfg.augment.then(Augment::standard), cfg.seed);
-    if !bounds_known {
-        calibrate(net.as_ref(), &mut store, &batcher, cfg, opts.quiet)?;
-    }
-    let steps_per_epoch = train_split.len().div_ceil(cfg.batch);
-    let total_steps = steps_per_epoch * cfg.epochs;
-    let mut test_accuracy = ck.history.last().map_or(0.0, |h| h.test_accuracy as f64);
-    // A checkpoint written mid-epoch is at step `steps_done` of epoch `epochs_done + 1`,
-    // its running sums over the `skip` full batches before it.
-    let skip = (ck.steps_done as usize)
-        .checked_sub(ck.epochs_done as usize * steps_per_epoch)
-        .filter(|&s| s < steps_per_epoch);
-    let skip = match (skip, resumed_sums) {
-        (Some(0), None) => 0,
-        (Some(s), Some(sums))
-            if s > 0 && sums.seen == s * cfg.batch && sums.correct <= sums.seen =>
-        {
-            s
-        }
-        _ => {
-            return Err(Error::format(
-                out,
+    /// The step of its epoch the run resumes at (0: the epoch's start), checked against
+    /// the running sums a checkpoint written mid-epoch recorded.
+    fn resume_step(
+        &self,
+        resumed_sums: Option<EpochSums>,
+        steps_per_epoch: usize,
+    ) -> Result<usize> {
+        let (cfg, ck) = (self.cfg, &self.ck);
+        // A checkpoint written mid-epoch is at step `steps_done` of epoch `epochs_done + 1`,
+        // its running sums over the `skip` full batches before it.
+        let skip = (ck.steps_done as usize)
+            .checked_sub(ck.epochs_done as usize * steps_per_epoch)
+            .filter(|&s| s < steps_per_epoch);
+        match (skip, resumed_sums) {
+            (Some(0), None) => Ok(0),
+            (Some(s), Some(sums))
+                if s > 0 && sums.seen == s * cfg.batch && sums.correct <= sums.seen =>
+            {
+                Ok(s)
+            }
+            _ => Err(Error::format(
+                self.out,
                 format!(
                     "cannot resume: {} steps done does not fit epoch {} of {steps_per_epoch} steps and its recorded sums",
                     ck.steps_done,
                     ck.epochs_done + 1
                 ),
-            ));
+            )),
         }
-    };
-    if opts.stop_after_steps.is_some_and(|n| ck.steps_done >= n) {
-        // Already there: nothing to train (as --stop-after at a finished epoch).
-        let stopped_at_step = (skip > 0).then_some(ck.steps_done);
-        ck.store = store;
-        ck.optimizer = optimizer_to_keep(&ck, cfg, &opt);
-        return Ok(TrainOutcome {
+    }
+
+    /// What the run ends with: its checkpoint holding the final parameters (and the
+    /// optimizer state while epochs remain).
+    fn finish(
+        self,
+        test_accuracy: f64,
+        stopped_at_step: Option<u64>,
+        train_images_per_s: f64,
+        t_start: Instant,
+    ) -> TrainOutcome {
+        let mut ck = self.ck;
+        ck.store = self.store;
+        ck.optimizer = optimizer_to_keep(&ck, self.cfg, &self.opt);
+        TrainOutcome {
             checkpoint: ck,
-            net,
+            net: self.net,
             test_accuracy,
             stopped_at_step,
-            train_images_per_s: 0.0,
+            train_images_per_s,
             wall_s: t_start.elapsed().as_secs_f64(),
-        });
-    }
-    let mut last_save = Instant::now();
-    let last_epoch = opts.stop_after.map_or(cfg.epochs, |s| s.min(cfg.epochs));
-    let mut progress = Progress::new(opts.quiet);
-    let (mut images_done, mut train_secs) = (0usize, 0.0f64);
-
-    let first_epoch = ck.epochs_done as usize;
-    for epoch in first_epoch..last_epoch {
-        let t_epoch = Instant::now();
-        let order = batcher.epoch_order(epoch as u64);
-        let first_step = if epoch == first_epoch { skip } else { 0 };
-        let mut sums =
-            if first_step > 0 { resumed_sums.unwrap_or_default() } else { EpochSums::default() };
-        let seen_before = sums.seen;
-        let mut lr = 0.0;
-        for (bi, idx) in order.chunks(cfg.batch).enumerate().skip(first_step) {
-            let step = epoch * steps_per_epoch + bi;
-            lr = cfg.schedule.lr(cfg.lr, step, total_steps, steps_per_epoch);
-            let (x, labels) = batcher.batch(idx, epoch as u64);
-            let mut tape = Tape::new(true);
-            let xv = tape.constant(x);
-            let rt =
-                rt_base.as_ref().zip(cfg.cim.as_ref()).map(|(rt, c)| c.runtime_at(rt, step as u64));
-            let mut cx = Fwd::new(&mut tape, &mut store, Mode::Train);
-            cx.cim = rt.as_ref();
-            let logits = net.forward(&mut cx, xv)?;
-            let classes = tape.value(logits).shape()[1];
-            sums.correct += count_correct(tape.value(logits).data(), classes, &labels);
-            let loss = softmax_cross_entropy(&mut tape, logits, &labels, cfg.label_smoothing)?;
-            let lv = tape.value(loss).data()[0];
-            if !lv.is_finite() {
-                return Err(Error::invalid(format!(
-                    "training diverged: loss is {lv} at epoch {}, step {bi}; lower --lr",
-                    epoch + 1
-                )));
-            }
-            sums.loss += lv as f64 * idx.len() as f64;
-            sums.seen += idx.len();
-            store.zero_grads();
-            tape.backward(loss).accumulate_into(&mut store);
-            opt.step(&mut store, lr);
-            ck.steps_done += 1;
-
-            // Mid-epoch: checkpoint when it is time, or stop here when asked (at an
-            // epoch's last step the epoch's own checkpoint follows).
-            let stop_now = opts.stop_after_steps.is_some_and(|n| ck.steps_done >= n);
-            if bi + 1 < steps_per_epoch
-                && (stop_now || opts.checkpoint_every.is_some_and(|d| last_save.elapsed() >= d))
-            {
-                let mut meta = ck.meta.clone();
-                meta.push((EPOCH_IN_PROGRESS.into(), sums.record()));
-                let optimizer = optimizer_to_keep(&ck, cfg, &opt); // mid-epoch: always kept
-                let (epochs_done, steps_done, history) =
-                    (ck.epochs_done, ck.steps_done, ck.history.clone());
-                let mut part = Checkpoint {
-                    spec: ck.spec.clone(),
-                    meta,
-                    epochs_done,
-                    steps_done,
-                    store: store.clone(),
-                    optimizer,
-                    history,
-                };
-                part.save(out)?;
-                last_save = Instant::now();
-                if stop_now {
-                    if !opts.quiet {
-                        eprintln!(
-                            "stopped at step {} (epoch {}, step {} of {steps_per_epoch}); resume with --resume",
-                            ck.steps_done,
-                            epoch + 1,
-                            bi + 1
-                        );
-                    }
-                    part.store = store;
-                    let rate = (images_done + sums.seen - seen_before) as f64
-                        / (train_secs + t_epoch.elapsed().as_secs_f64()).max(1e-9);
-                    let wall_s = t_start.elapsed().as_secs_f64();
-                    return Ok(TrainOutcome {
-                        checkpoint: part,
-                        net,
-                        test_accuracy,
-                        stopped_at_step: Some(ck.steps_done),
-                        train_images_per_s: rate,
-                        wall_s,
-                    });
-                }
-            }
-
-            let el = t_epoch.elapsed().as_secs_f64();
-            let rate = (sums.seen - seen_before) as f64 / el.max(1e-9);
-            let remaining = (total_steps.min(last_epoch * steps_per_epoch) - step - 1) as f64
-                * cfg.batch as f64
-                / rate;
-            progress.tick(false, || {
-                format!(
-                    "epoch {}/{} step {}/{} loss {:.4} acc {:.2}% lr {:.4} {:.0} img/s ETA {}",
-                    epoch + 1,
-                    cfg.epochs,
-                    bi + 1,
-                    steps_per_epoch,
-                    sums.loss / sums.seen as f64,
-                    100.0 * sums.correct as f64 / sums.seen as f64,
-                    lr,
-                    rate,
-                    fmt_duration(remaining)
-                )
-            });
-        }
-        let epoch_train_secs = t_epoch.elapsed().as_secs_f64();
-        let seen = sums.seen - seen_before;
-        images_done += seen;
-        train_secs += epoch_train_secs;
-        let ev = evaluate(net.as_ref(), &mut store, &data.test, norm, rt_eval.as_ref())?;
-        test_accuracy = ev.accuracy;
-        let rec = EpochRecord {
-            epoch: epoch as u32 + 1,
-            lr,
-            train_loss: (sums.loss / sums.seen as f64) as f32,
-            train_accuracy: (100.0 * sums.correct as f64 / sums.seen as f64) as f32,
-            test_accuracy: ev.accuracy as f32,
-        };
-        progress.tick(true, || {
-            format!(
-                "epoch {}/{} done: train loss {:.4} acc {:.2}% | test loss {:.4} acc {:.2}% | {:.0} img/s | {}",
-                epoch + 1,
-                cfg.epochs,
-                rec.train_loss,
-                rec.train_accuracy,
-                ev.loss,
-                ev.accuracy,
-                seen as f64 / epoch_train_secs,
-                fmt_duration(t_epoch.elapsed().as_secs_f64())
-            )
-        });
-        ck.history.push(rec);
-        ck.epochs_done = epoch as u32 + 1;
-        ck.store = store.clone();
-        ck.optimizer = optimizer_to_keep(&ck, cfg, &opt);
-        ck.save(out)?;
-        last_save = Instant::now();
-        if opts.stop_after_steps.is_some_and(|n| ck.steps_done >= n) {
-            break;
         }
     }
-    ck.store = store;
-    ck.optimizer = optimizer_to_keep(&ck, cfg, &opt);
-    Ok(TrainOutcome {
-        checkpoint: ck,
-        net,
-        test_accuracy,
-        stopped_at_step: None,
-        train_images_per_s: if train_secs > 0.0 { images_done as f64 / train_secs } else { 0.0 },
-        wall_s: t_start.elapsed().as_secs_f64(),
-    })
 }
 
 /// Initial quantizer bounds from activation statistics: one FP32 forward (eval mode,

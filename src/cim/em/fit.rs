@@ -23,6 +23,7 @@
 //! from it).
 
 use super::table::{ErrorModel, FillPolicy, ModelInfo};
+use crate::cim::MacroSpec;
 use crate::{Error, Result};
 use std::fmt::Write;
 use std::path::Path;
@@ -31,16 +32,39 @@ use std::path::Path;
 /// the column of each.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Log {
+    /// (ideal code, measured code), one pair per readout, in the log's order.
     pub pairs: Vec<(i32, i32)>,
+    /// The ADC column that read each pair (a per-column log), or `None`.
     pub columns: Option<Vec<u32>>,
+}
+
+impl Log {
+    /// Parses a log held in memory (errors say `log line N: …`). With `values_step`,
+    /// the fields are readout values, divided by that ADC step and rounded to codes.
+    pub fn parse(text: &str, values_step: Option<f64>) -> Result<Log> {
+        parse_with(text, None, values_step)
+    }
+    /// Reads and parses the log in file `path` (errors name the file and line).
+    pub fn read(path: &Path, values_step: Option<f64>) -> Result<Log> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        parse_with(&text, Some(path), values_step)
+    }
+}
+
+/// An error in the log at `path` (in memory: `log …`).
+fn located(path: Option<&Path>, msg: String) -> Error {
+    match path {
+        Some(p) => Error::format(p, msg),
+        None => Error::invalid(format!("log {msg}")),
+    }
 }
 
 /// Columns with fewer reads than this are taken as nominal by the per-column fit.
 pub const MIN_COLUMN_READS: usize = 20;
 
 /// Parses a measurement log: lines of `ideal measured` or, all of them,
-/// `ideal measured column`.
-pub fn parse_log(text: &str, path: &Path, values_step: Option<f64>) -> Result<Log> {
+/// `ideal measured column`; errors name `path`, or say `log` without one.
+fn parse_with(text: &str, path: Option<&Path>, values_step: Option<f64>) -> Result<Log> {
     if let Some(step) = values_step
         && !(step.is_finite() && step > 0.0)
     {
@@ -59,7 +83,7 @@ pub fn parse_log(text: &str, path: &Path, values_step: Option<f64>) -> Result<Lo
             continue;
         }
         let f: Vec<&str> = l.split([' ', '\t', ',']).filter(|t| !t.is_empty()).collect();
-        let err = |m: String| Error::format(path, format!("line {}: {m}", i + 1));
+        let err = |m: String| located(path, format!("line {}: {m}", i + 1));
         let lay = match &layout {
             Some(lay) => lay,
             None => {
@@ -123,7 +147,7 @@ pub fn parse_log(text: &str, path: &Path, values_step: Option<f64>) -> Result<Lo
         pairs.push((code(f[lay.ideal])?, code(f[lay.measured])?));
     }
     if pairs.is_empty() {
-        return Err(Error::format(path, "no measurements in the log"));
+        return Err(located(path, "no measurements in the log".into()));
     }
     let per_column = layout.is_some_and(|l| l.column.is_some());
     Ok(Log { pairs, columns: per_column.then_some(columns) })
@@ -220,10 +244,16 @@ pub fn fit_columns(log: &Log, adcs: usize) -> Result<Vec<(f32, f32)>> {
         .collect())
 }
 
-/// Fits a model over the ideal code range `codes` (the macro's ADC), whose measured
-/// codes must lie in the same range. A per-column log (over the macro's `adcs`
-/// columns) gives a per-column model.
-pub fn fit(
+/// Fits the D-MAC-EM of a log measured on macro `spec`: over its ADC's ideal codes,
+/// every measured code within the same range; a per-column log (columns of the
+/// macro's `arrays × columns` ADCs) gives a per-column model. `fill` says what rows
+/// never measured read.
+pub fn fit(log: &Log, spec: &MacroSpec, info: ModelInfo, fill: FillPolicy) -> Result<ErrorModel> {
+    fit_codes(log, (spec.adc.kmin, spec.adc.kmax), fill, info, spec.adcs())
+}
+
+/// [`fit`] over the ideal code range `codes`, a per-column log over `adcs` columns.
+fn fit_codes(
     log: &Log,
     codes: (i32, i32),
     fill: FillPolicy,

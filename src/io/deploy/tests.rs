@@ -1,10 +1,11 @@
-//! Tests of `deploy.rs`.
+//! Tests of `mod.rs` and the files beside it.
 
 use super::*;
+use crate::cim::quant::weight_codes;
 use crate::cim::{CimRuntime, Estimator, ReadoutMode};
 use crate::data::DatasetKind;
-use crate::engine::{Var, gradcheck::random};
-use crate::nn::{Arch, CimPlan, ModelSpec, build};
+use crate::engine::{Mode, ParamStore, Tape, Var, gradcheck::random};
+use crate::nn::{Arch, CimPlan, Fwd, ModelSpec, Network, build};
 use std::sync::Arc;
 
 /// A CIM network whose batchnorms and bounds are not at their initial values.

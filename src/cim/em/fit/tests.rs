@@ -14,9 +14,9 @@ fn fitting_samples_of_a_model_recovers_it() {
             writeln!(log, "{k}, {}", truth.sample(k, r.next_u64())).unwrap();
         }
     }
-    let log = parse_log(&log, Path::new("log.txt"), None).unwrap();
+    let log = parse_with(&log, Some(Path::new("log.txt")), None).unwrap();
     let info = ModelInfo { name: "refit".into(), description: String::new(), synthetic: true };
-    let m = fit(&log, (-32, 31), FillPolicy::Reject, info, 256).unwrap();
+    let m = fit_codes(&log, (-32, 31), FillPolicy::Reject, info, 256).unwrap();
     for k in -32..=31 {
         assert!(
             (m.mean(k) - truth.mean(k)).abs() < 0.15,
@@ -60,9 +60,9 @@ fn per_column_fit_recovers_column_gains_and_offsets() {
             }
         }
     }
-    let log = parse_log(&log, Path::new("chip.log"), None).unwrap();
+    let log = parse_with(&log, Some(Path::new("chip.log")), None).unwrap();
     let info = ModelInfo { name: "cols".into(), description: String::new(), synthetic: true };
-    let m = fit(&log, (-64, 63), FillPolicy::Nearest, info, 8).unwrap();
+    let m = fit_codes(&log, (-64, 63), FillPolicy::Nearest, info, 8).unwrap();
     for (c, &(g, o)) in m.columns.iter().enumerate() {
         assert!((g - gains[c]).abs() < 0.005, "column {c}: gain {g} vs {}", gains[c]);
         assert!((o - offsets[c]).abs() < 0.08, "column {c}: offset {o} vs {}", offsets[c]);
@@ -106,24 +106,34 @@ fn per_column_fit_recovers_column_gains_and_offsets() {
 #[test]
 fn logs_with_gaps_and_errors() {
     let p = Path::new("chip.log");
-    let log = parse_log("0 0\n0 1 # noisy\n2,2\n", p, None).unwrap();
+    let log = parse_with("0 0\n0 1 # noisy\n2,2\n", Some(p), None).unwrap();
     let info = ModelInfo { name: "g".into(), description: String::new(), synthetic: false };
-    let m = fit(&log, (0, 5), FillPolicy::Nearest, info, 256).unwrap();
+    let m = fit_codes(&log, (0, 5), FillPolicy::Nearest, info, 256).unwrap();
     assert!(
         report(&m)
             .contains("4 of 6 ideal codes never measured (1, 3..5), filled by policy 'nearest'")
     );
-    assert!(parse_log("1 2 3 4\n", p, None).unwrap_err().to_string().contains("chip.log: line 1"));
-    assert!(parse_log("1.5 2\n", p, None).unwrap_err().to_string().contains("not an integer"));
-    assert_eq!(parse_log("64.0 -31.9\n", p, Some(32.0)).unwrap().pairs, vec![(2, -1)]);
-    assert_eq!(parse_log("1 2 7\n3 3 0\n", p, None).unwrap().columns, Some(vec![7, 0]));
     assert!(
-        parse_log("1 2 7\n3 3\n", p, None).unwrap_err().to_string().contains("line 2: 2 fields")
+        parse_with("1 2 3 4\n", Some(p), None)
+            .unwrap_err()
+            .to_string()
+            .contains("chip.log: line 1")
     );
-    assert!(parse_log("1 2 x\n", p, None).unwrap_err().to_string().contains("column 'x'"));
-    let cols = parse_log("1 1 300\n2 2 300\n", p, None).unwrap();
     assert!(
-        fit(
+        parse_with("1.5 2\n", Some(p), None).unwrap_err().to_string().contains("not an integer")
+    );
+    assert_eq!(parse_with("64.0 -31.9\n", Some(p), Some(32.0)).unwrap().pairs, vec![(2, -1)]);
+    assert_eq!(parse_with("1 2 7\n3 3 0\n", Some(p), None).unwrap().columns, Some(vec![7, 0]));
+    assert!(
+        parse_with("1 2 7\n3 3\n", Some(p), None)
+            .unwrap_err()
+            .to_string()
+            .contains("line 2: 2 fields")
+    );
+    assert!(parse_with("1 2 x\n", Some(p), None).unwrap_err().to_string().contains("column 'x'"));
+    let cols = parse_with("1 1 300\n2 2 300\n", Some(p), None).unwrap();
+    assert!(
+        fit_codes(
             &cols,
             (0, 5),
             FillPolicy::Nearest,
@@ -134,17 +144,40 @@ fn logs_with_gaps_and_errors() {
         .to_string()
         .contains("column 300")
     );
-    assert!(parse_log("# nothing\n", p, None).unwrap_err().to_string().contains("no measurements"));
+    assert!(
+        parse_with("# nothing\n", Some(p), None)
+            .unwrap_err()
+            .to_string()
+            .contains("no measurements")
+    );
     // A CSV header names the fields, in any order, and may carry fields dnat ignores.
-    let named = parse_log("temp_C,readout,adc,ideal\n25.1,3,7,2\n25.3,4,0,4\n", p, None).unwrap();
+    let named =
+        parse_with("temp_C,readout,adc,ideal\n25.1,3,7,2\n25.3,4,0,4\n", Some(p), None).unwrap();
     assert_eq!((named.pairs, named.columns), (vec![(2, 3), (4, 4)], Some(vec![7, 0])));
-    assert_eq!(parse_log("k j\n1 1\n", p, None).unwrap().pairs, vec![(1, 1)]);
+    assert_eq!(parse_with("k j\n1 1\n", Some(p), None).unwrap().pairs, vec![(1, 1)]);
     for (text, msg) in [
         ("ideal,temperature\n1,2\n", "must name an ideal field"),
         ("ideal,measured,k\n1,2,3\n", "names the ideal field twice"),
         ("ideal,measured\n1,2,3\n", "line 2: 3 fields, but the log's header has 2"),
     ] {
-        let e = parse_log(text, p, None).unwrap_err().to_string();
+        let e = parse_with(text, Some(p), None).unwrap_err().to_string();
         assert!(e.contains(msg), "{text:?}: {e}");
     }
+}
+
+/// A log in memory parses without a file name; its errors say `log line N`, and a file
+/// read from disk is named in its own.
+#[test]
+fn a_log_in_memory_or_on_disk() {
+    let log = Log::parse("ideal,measured\n3,4\n", None).unwrap();
+    assert_eq!((log.pairs, log.columns), (vec![(3, 4)], None));
+    let e = Log::parse("1 2\n1.5 2\n", None).unwrap_err().to_string();
+    assert!(e.starts_with("log line 2: "), "{e}");
+    let dir = std::env::temp_dir().join(format!("dnat-fit-log-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("chip.log");
+    std::fs::write(&path, "1 2\nx 2\n").unwrap();
+    let e = Log::read(&path, None).unwrap_err().to_string();
+    assert!(e.starts_with(&format!("{}: line 2: ", path.display())), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
 }
