@@ -19,19 +19,23 @@
 //!     }
 //! }
 //! fn tiny(store: &mut ParamStore, classes: usize) -> Box<dyn Network> {
-//!     let conv = Conv2dConfig::new(3, 8, 3).init(store, "conv");
-//!     let bn = BatchNorm2d::new(store, "bn", 8);
-//!     Box::new(Tiny { conv, bn, fc: Linear::init(store, "fc", 8, classes) })
+//!     let conv = Conv2dConfig::new(3, 16, 3).init(store, "conv");
+//!     let bn = BatchNorm2d::new(store, "bn", 16);
+//!     Box::new(Tiny { conv, bn, fc: Linear::init(store, "fc", 16, classes) })
 //! }
 //!
 //! let arch = register("tiny", tiny)?;
-//! let mut cfg = TrainConfig::new(arch, DatasetKind::Cifar10, 1, 0);
-//! cfg.batch = 32;
+//! let mut cfg = TrainConfig::new(arch, DatasetKind::Cifar10, 4, 0);
+//! cfg.batch = 64;
 //! // `conv` and `fc` on a 32-row macro with a 7-bit ADC, read through the `moderate` model.
-//! cfg.cim = Some(CimTraining { plan: CimPlan::all(), ..CimTraining::new("rows=32,adc_bits=7,step=64", "moderate") });
+//! let cim = CimTraining::new("rows=32,adc_bits=7,step=64", "moderate");
+//! cfg.cim = Some(cim.on_layers(CimPlan::all()));
 //! let path = std::env::temp_dir().join(format!("tiny-{}.ckpt", std::process::id()));
-//! let out = train(&cfg, &synthetic::dataset(64, 32, 1), &path, &RunOptions { quiet: true, ..Default::default() })?;
-//! assert_eq!(Checkpoint::load(&path)?.spec.arch.name(), "tiny");
+//! // 2,048 synthetic images: enough to learn (on a few hundred, accuracy stays at chance).
+//! let out = train(&cfg, &synthetic::dataset(2048, 500, 1), &path, &RunOptions::quiet())?;
+//! let accuracy = out.checkpoint.history.last().unwrap().test_accuracy;
+//! assert!(accuracy > 30.0, "{accuracy} %: chance is 10 %");
+//! assert_eq!(Checkpoint::load(&path)?.network()?.1.params().len(), out.checkpoint.store.params().len());
 //! # std::fs::remove_file(&path).unwrap();
 //! # Ok::<(), dnat::Error>(())
 //! ```
