@@ -143,7 +143,7 @@ fn run_layer(
     digital: DigitalOp,
 ) -> Result<Var> {
     let (slot, rt) = (cx.store.layer(layer).on_macro, cx.cim);
-    match (slot, rt) {
+    let y = match (slot, rt) {
         (Some(slot), Some(rt)) => {
             let (xq, grid) = quantize(slot, cx, rt, x)?;
             let w = cx.tape.param(cx.store, weight);
@@ -158,7 +158,14 @@ fn run_layer(
             let b = bias.map(|b| cx.tape.param(cx.store, b));
             digital(cx.tape, x, w, b)
         }
-    }
+    };
+    // A shape or argument error names the layer it happened in.
+    y.map_err(|e| match e {
+        crate::Error::Invalid(msg) => {
+            crate::Error::Invalid(format!("layer '{}': {msg}", cx.store.layer(layer).name))
+        }
+        e => e,
+    })
 }
 
 /// Kaiming-normal initialisation for a ReLU network: std = √(2 / fan_in).
@@ -431,5 +438,26 @@ impl Linear {
         let cim = cx.store.layer(self.layer).on_macro;
         cx.note(|| vec![Node::Linear { weight: self.weight, bias: self.bias, cim }], &[x], y);
         Ok(y)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Mode, Tape};
+
+    /// A layer given an input of the wrong shape says which layer it is.
+    #[test]
+    fn shape_errors_name_the_layer() {
+        let mut store = ParamStore::new();
+        let fc = Linear::init(&mut store, "head.fc", 16, 10);
+        let mut tape = Tape::new(false);
+        let x = tape.constant(Tensor::zeros(&[2, 32]));
+        let mut cx = Fwd::new(&mut tape, &mut store, Mode::Eval);
+        let e = fc.forward(&mut cx, x).unwrap_err().to_string();
+        assert!(
+            e.starts_with("layer 'head.fc': linear: input [2, 32] does not fit weight [10, 16]"),
+            "{e}"
+        );
     }
 }
