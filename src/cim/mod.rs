@@ -10,6 +10,7 @@
 //! * [`conv`] — the `CimConv2d` / `CimLinear` ops: tiles, partial sums, readouts.
 
 pub mod chip;
+pub mod clip;
 pub mod codes;
 pub mod conv;
 pub mod em;
@@ -20,6 +21,7 @@ pub mod quant;
 pub mod readout;
 
 pub use chip::{Chip, FixedPattern};
+pub use clip::{ClipCounts, LayerClip};
 pub use codes::CodeRange;
 pub use conv::{CimCall, cim_conv2d, cim_linear};
 pub use em::{ErrorModel, FillPolicy};

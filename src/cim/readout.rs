@@ -282,6 +282,9 @@ pub struct CimRuntime {
     pub chip: Option<Arc<Chip>>,
     /// When set, the layers add the CPU time of each part of their work to it.
     pub profile: Option<Arc<super::CimProfile>>,
+    /// When set, the layers count their macro operations and those whose partial sum
+    /// clipped (beyond the ADC's range), per layer.
+    pub clips: Option<Arc<super::ClipCounts>>,
 }
 
 impl CimRuntime {
@@ -324,6 +327,7 @@ impl CimRuntime {
             readouts: Arc::new(std::sync::atomic::AtomicU64::new(0)),
             chip: None,
             profile: None,
+            clips: None,
         };
         rt.check_source()?;
         Ok(rt)

@@ -34,6 +34,7 @@
 mod adc;
 mod backward;
 
+use super::clip;
 use super::profile::Timer;
 use super::psum::{self, CodePlane, PackedWeights};
 use super::quant::{ActGrid, weight_codes};
@@ -122,6 +123,7 @@ fn group_forward(
     let (mut words, path) = (Vec::new(), psum::Path::best_for(w_packed));
     let (mut codes, mut read) = (vec![0i32; cols], vec![0.0f32; cols]);
     let inv_step = 1.0 / adc.step;
+    let mut clipped = 0u64;
     for t in 0..tiles {
         let (r0, r1) = (t * spec.rows, ((t + 1) * spec.rows).min(k));
         for c in 0..cycles {
@@ -175,6 +177,9 @@ fn group_forward(
                     }
                     None => adc_codes(sums, scale, offset, adc, &mut codes, None),
                 }
+                if rt.clips.is_some() {
+                    clipped += clip::count_clipped(sums, scale, offset, adc.kmin, adc.kmax);
+                }
                 // This group's images are consecutive in the numbering, so one channel's
                 // row of the group is one run of consecutive operations.
                 let op0 = (((t * cycles + c) * cout + co) * g.n + first_image) as u64 * pix as u64;
@@ -195,6 +200,9 @@ fn group_forward(
                 }
             }
         }
+    }
+    if let Some(c) = &rt.clips {
+        c.add(call.layer, (tiles * cycles * cout * cols) as u64, clipped);
     }
     (acc, saved)
 }

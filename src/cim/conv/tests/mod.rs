@@ -65,6 +65,23 @@ fn reference(
     chip: Option<&Chip>,
     draws: Option<(&ErrorModel, DrawKey)>,
 ) -> Vec<f64> {
+    reference_and_clips(x, w, b, cfg, grid, spec, chip, draws).0
+}
+
+/// [`reference`], and how many of its macro operations clipped (their rounded
+/// `P/step` beyond the ADC's range).
+#[allow(clippy::too_many_arguments)] // as `reference`
+fn reference_and_clips(
+    x: &Tensor,
+    w: &Tensor,
+    b: &Tensor,
+    cfg: Conv2dCfg,
+    grid: ActGrid,
+    spec: &MacroSpec,
+    chip: Option<&Chip>,
+    draws: Option<(&ErrorModel, DrawKey)>,
+) -> (Vec<f64>, u64) {
+    let mut clipped = 0u64;
     let g = ConvGeom::new(x.shape(), w.shape(), cfg).unwrap();
     let (codes, scales) = quant::weight_codes(w, spec);
     let k = g.k();
@@ -103,6 +120,7 @@ fn reference(
                             let u = (gain as f64 * p as f64 / spec.adc.step as f64 + offset as f64)
                                 .round_ties_even() as i64;
                             let mut code = u.clamp(spec.adc.kmin as i64, spec.adc.kmax as i64);
+                            clipped += (code != u) as u64;
                             if let Some((model, key)) = draws {
                                 let op = ((((t * spec.cycles() as usize + c as usize) * g.cout
                                     + co)
@@ -123,7 +141,7 @@ fn reference(
             }
         }
     }
-    y
+    (y, clipped)
 }
 
 fn forward(
@@ -371,4 +389,46 @@ fn images_of_no_pixels_are_all_padding() {
     let g = t.backward(l);
     assert_eq!(g.get(wv).unwrap().data(), &[0.0; 15][..]);
     assert!(g.get(xv).is_none_or(|d| d.data().is_empty()));
+}
+
+/// The layers' clip counts are the reference's: every operation counted once, the
+/// clipped ones those whose rounded partial sum lies beyond the ADC's range — on a
+/// chip's columns, bit-serial and in one readout, and the same at 1 thread and at 2.
+#[test]
+fn clip_counts_are_the_reference_counts() {
+    let chip = Chip::of_pattern(
+        &FixedPattern { column_gain: 0.1, column_offset: 0.7, ..Default::default() },
+        4 * 64,
+        5,
+    )
+    .unwrap();
+    for (sp, bits) in [(spec(16, 8.0, -64, 63, 8), 8), (spec(7, 1.0, -8, 7, 1), 1)] {
+        let grid = ActGrid::new(-0.5, 1.0, 8);
+        let cfg = Conv2dCfg { stride: 1, padding: 1 };
+        let (x, w, b) =
+            (on_grid(&[3, 5, 6, 6], grid, 1), random(&[7, 5, 3, 3], 2), random(&[7], 3));
+        let (_, want) = reference_and_clips(&x, &w, &b, cfg, grid, &sp, Some(&chip), None);
+        let model = ErrorModel::ideal(sp.adc.kmin, sp.adc.kmax);
+        let base = runtime(sp.clone(), model, ReadoutMode::Ideal, Estimator::Ste);
+        let counts: Vec<(u64, u64)> = [1, 2]
+            .into_iter()
+            .map(|threads| {
+                let clips = Arc::new(ClipCounts::default());
+                let rt = CimRuntime {
+                    chip: Some(Arc::new(chip.clone())),
+                    mode: ReadoutMode::Sampled,
+                    clips: Some(clips.clone()),
+                    ..base.clone()
+                };
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                pool.install(|| forward(&rt, &x, &w, &b, cfg, grid));
+                let got = clips.per_layer(&["a".into(), "b".into(), "c".into(), "conv".into()]);
+                assert_eq!(got.len(), 1, "only layer 3 read");
+                (got[0].ops, got[0].clipped)
+            })
+            .collect();
+        let ops = (sp.tiles(5 * 9) * (8 / bits) as usize * 7 * 3 * 36) as u64;
+        assert_eq!(counts, vec![(ops, want); 2], "bits per cycle {bits}");
+        assert!(want > 0 && want < ops, "the case clips some operations: {want} of {ops}");
+    }
 }
