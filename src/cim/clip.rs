@@ -69,7 +69,7 @@ pub fn report(layers: &[LayerClip]) -> String {
 }
 
 /// The counts as JSON: `[{"layer": …, "ops": …, "clipped": …, "percent": …}, …]`.
-pub fn json(layers: &[LayerClip]) -> String {
+pub fn json(layers: &[LayerClip]) -> crate::train::json::Value {
     use crate::train::json::{Value, object};
     let items: Vec<String> = layers
         .iter()
@@ -82,7 +82,7 @@ pub fn json(layers: &[LayerClip]) -> String {
             ])
         })
         .collect();
-    format!("[{}]", items.join(", "))
+    Value::Raw(format!("[{}]", items.join(", ")))
 }
 
 /// How many of `sums` (partial sums of one column, read as `sums[i]·scale + offset` in

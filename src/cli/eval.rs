@@ -1,9 +1,11 @@
 use crate::Result;
+use crate::cim::{ClipCounts, clip};
 use crate::data::{DatasetKind, Normalize};
 use crate::io::checkpoint::Checkpoint;
 use crate::train::eval::{fmt_spread, json_spread};
 use crate::train::{McPlan, evaluate, evaluate_mc, json};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 #[derive(argh::FromArgs)]
 #[argh(subcommand, name = "eval")]
@@ -77,6 +79,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
             crate::train::ReadoutSource::Table,
         )?;
         rt.seed = a.seed;
+        let clips = Arc::new(ClipCounts::default());
+        rt.clips = Some(clips.clone());
         let t = std::time::Instant::now();
         let mc = evaluate_mc(
             net.as_ref(),
@@ -104,6 +108,8 @@ pub fn run(a: EvalArgs) -> Result<()> {
             fmt_spread(mc.read_spread()),
             t.elapsed().as_secs_f64()
         );
+        let clipped = clips.per_layer(&store.cim_layers());
+        print!("{}", clip::report(&clipped));
         if a.json {
             println!(
                 "{}",
@@ -120,6 +126,7 @@ pub fn run(a: EvalArgs) -> Result<()> {
                         accs.iter().map(|a| format!("{a:.2}")).collect::<Vec<_>>().join(" ").into()
                     ),
                     ("cim", what.into()),
+                    ("clipped", clip::json(&clipped)),
                     ("data", data.provenance.description.clone().into()),
                 ])
             );

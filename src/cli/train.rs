@@ -185,11 +185,15 @@ pub fn run(a: TrainArgs) -> Result<()> {
             a.out.display()
         ),
     }
+    if !o.clipped.is_empty() {
+        print!("{}", crate::cim::clip::report(&o.clipped));
+    }
     if a.json {
         println!(
             "{}",
             json::object(vec![
                 ("model", cfg.arch.name().into()),
+                ("clipped", crate::cim::clip::json(&o.clipped)),
                 ("epochs", (o.checkpoint.epochs_done as usize).into()),
                 // No accuracy for an epoch cut short (null), only for finished ones.
                 (

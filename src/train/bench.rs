@@ -4,7 +4,7 @@
 use super::json;
 use crate::Result;
 use crate::cim::profile::PARTS;
-use crate::cim::{CimProfile, CimRuntime};
+use crate::cim::{CimProfile, CimRuntime, ClipCounts, LayerClip, clip};
 use crate::engine::gradcheck::random;
 use crate::engine::ops::softmax_cross_entropy;
 use crate::engine::{Mode, Tape};
@@ -28,6 +28,9 @@ pub struct BenchResult {
     /// into the CIM layers' parts ([`crate::cim::profile::PARTS`], each its thread time
     /// over the thread count) and the rest, which includes the threads' idle time.
     pub breakdown: Option<Vec<(&'static str, f64)>>,
+    /// For CIM runs: per layer, the partial sums of one evaluation forward that clipped
+    /// (beyond the ADC's range).
+    pub clipped: Vec<LayerClip>,
 }
 
 /// Peak resident set size of this process (VmHWM), in MiB; 0 where unknown.
@@ -129,6 +132,20 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchResult> {
             eval_times.push(t.elapsed().as_secs_f64());
         }
     }
+    // One more, untimed, evaluation forward counts the clipped partial sums per layer.
+    let clipped = match cim {
+        Some(rt) => {
+            let clips = Arc::new(ClipCounts::default());
+            let rt = CimRuntime { clips: Some(clips.clone()), ..rt.clone() };
+            let mut tape = Tape::new(false);
+            let xv = tape.constant(x.clone());
+            let mut cx = Fwd::new(&mut tape, &mut store, Mode::Eval);
+            cx.cim = Some(&rt);
+            net.forward(&mut cx, xv)?;
+            clips.per_layer(&store.cim_layers())
+        }
+        None => Vec::new(),
+    };
     let median = |v: &mut Vec<f64>| {
         v.sort_by(|a, b| a.total_cmp(b));
         v[v.len() / 2]
@@ -170,6 +187,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchResult> {
         peak_rss_mb: peak_rss_mb(),
         cim,
         breakdown,
+        clipped,
     })
 }
 
@@ -198,6 +216,10 @@ impl BenchResult {
                 t.push_str(&format!("\n  {name:<14} {ms:>9.1}  {:>5.1} %", 100.0 * ms / total));
             }
         }
+        if !self.clipped.is_empty() {
+            t.push('\n');
+            t.push_str(clip::report(&self.clipped).trim_end());
+        }
         t
     }
     pub fn json(&self) -> String {
@@ -212,6 +234,7 @@ impl BenchResult {
             ("cim", self.cim.is_some().into()),
             ("cim_setup", self.cim.as_ref().map_or(String::new(), |c| c.0.clone()).into()),
             ("readouts_per_s", self.cim.as_ref().map_or(0.0, |c| c.1).into()),
+            ("clipped", clip::json(&self.clipped)),
             (
                 "step_breakdown_ms",
                 json::Value::Raw(json::object(

@@ -10,7 +10,7 @@ mod epoch;
 
 use super::config::TrainConfig;
 use super::progress::Progress;
-use crate::cim::{CimRuntime, quant};
+use crate::cim::{CimRuntime, LayerClip, quant};
 use crate::data::{Augment, Batcher, Dataset, Normalize};
 use crate::engine::{Mode, ParamStore, Tape};
 use crate::io::checkpoint::{Checkpoint, OptimizerState, restore_into, restore_weights};
@@ -95,6 +95,9 @@ pub struct TrainOutcome {
     pub train_images_per_s: f64,
     /// Wall time of this invocation in seconds, evaluation and checkpoints included.
     pub wall_s: f64,
+    /// Per CIM layer, the partial sums that clipped (beyond the ADC's range) in the last
+    /// test evaluation of this invocation; empty for a digital network or none run.
+    pub clipped: Vec<LayerClip>,
 }
 
 /// The optimizer state a checkpoint at `ck`'s progress keeps: all of it while epochs
@@ -194,7 +197,7 @@ pub fn train(
     if opts.stop_after_steps.is_some_and(|n| run.ck.steps_done >= n) {
         // Already there: nothing to train (as --stop-after at a finished epoch).
         let stopped_at_step = (skip > 0).then_some(run.ck.steps_done);
-        return Ok(run.finish(test_accuracy, stopped_at_step, 0.0, t_start));
+        return Ok(run.finish(test_accuracy, stopped_at_step, 0.0, t_start, Vec::new()));
     }
     let mut e = Epochs {
         batcher,
@@ -207,6 +210,7 @@ pub fn train(
         images_done: 0,
         train_secs: 0.0,
         test_accuracy,
+        clipped: Vec::new(),
     };
 
     let first_epoch = run.ck.epochs_done as usize;
@@ -224,6 +228,7 @@ pub fn train(
                 stopped_at_step: Some(run.ck.steps_done),
                 train_images_per_s: rate,
                 wall_s,
+                clipped: e.clipped,
             });
         }
         if opts.stop_after_steps.is_some_and(|n| run.ck.steps_done >= n) {
@@ -231,7 +236,7 @@ pub fn train(
         }
     }
     let rate = if e.train_secs > 0.0 { e.images_done as f64 / e.train_secs } else { 0.0 };
-    Ok(run.finish(e.test_accuracy, None, rate, t_start))
+    Ok(run.finish(e.test_accuracy, None, rate, t_start, e.clipped))
 }
 
 /// A run being trained: its configuration and options, the network with its parameters
@@ -269,6 +274,8 @@ struct Epochs<'b> {
     train_secs: f64,
     /// After the last finished epoch (0 before the first).
     test_accuracy: f64,
+    /// The clipped partial sums of the last test evaluation, per CIM layer.
+    clipped: Vec<LayerClip>,
 }
 
 impl<'a> Run<'a> {
@@ -455,6 +462,7 @@ impl<'a> Run<'a> {
         stopped_at_step: Option<u64>,
         train_images_per_s: f64,
         t_start: Instant,
+        clipped: Vec<LayerClip>,
     ) -> TrainOutcome {
         let mut ck = self.ck;
         ck.store = self.store;
@@ -466,6 +474,7 @@ impl<'a> Run<'a> {
             stopped_at_step,
             train_images_per_s,
             wall_s: t_start.elapsed().as_secs_f64(),
+            clipped,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! evaluation and checkpoint that end it.
 
 use super::{EPOCH_IN_PROGRESS, EpochSums, Epochs, Run, optimizer_to_keep};
+use crate::cim::{CimRuntime, ClipCounts};
 use crate::engine::ops::softmax_cross_entropy;
 use crate::engine::{Mode, Tape};
 use crate::io::checkpoint::{Checkpoint, EpochRecord};
@@ -9,6 +10,7 @@ use crate::nn::Fwd;
 use crate::train::eval::{count_correct, evaluate};
 use crate::train::progress::fmt_duration;
 use crate::{Error, Result};
+use std::sync::Arc;
 use std::time::Instant;
 
 impl Run<'_> {
@@ -81,13 +83,19 @@ impl Run<'_> {
         let seen = sums.seen - seen_before;
         e.images_done += seen;
         e.train_secs += epoch_train_secs;
+        let clips = self.rt_eval.as_ref().map(|_| Arc::new(ClipCounts::default()));
+        let rt_eval =
+            self.rt_eval.as_ref().map(|rt| CimRuntime { clips: clips.clone(), ..rt.clone() });
         let ev = evaluate(
             self.net.as_ref(),
             &mut self.store,
             &self.data.test,
             e.norm,
-            self.rt_eval.as_ref(),
+            rt_eval.as_ref(),
         )?;
+        if let Some(c) = clips {
+            e.clipped = c.per_layer(&self.store.cim_layers());
+        }
         e.test_accuracy = ev.accuracy;
         let rec = EpochRecord {
             epoch: epoch as u32 + 1,
