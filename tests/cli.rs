@@ -178,6 +178,41 @@ fn bench_prints_a_table_and_a_json_line() {
     );
 }
 
+/// With `--cim`, bench reports each CIM layer's clipped partial sums: one line per
+/// layer of ResNet20's default plan (18 convolutions), and the same in its JSON.
+#[test]
+fn bench_reports_the_clipped_partial_sums_per_layer() {
+    let o = dnat(&[
+        "bench",
+        "--model",
+        "resnet20",
+        "--batch",
+        "4",
+        "--steps",
+        "1",
+        "--warmup",
+        "0",
+        "--cim",
+        "--macro",
+        "rows=64,adc_bits=6,step=32",
+        "--error-model",
+        "ideal",
+        "--readout",
+        "ideal",
+        "--estimator",
+        "ste",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let report: Vec<&str> =
+        out.lines().skip_while(|l| !l.starts_with("partial sums beyond the ADC's range")).collect();
+    assert_eq!(report.iter().filter(|l| l.contains(" %  (")).count(), 18, "{out}");
+    assert!(report[1].trim_start().starts_with("layer1.0.conv1 "), "{out}");
+    let last = out.lines().last().unwrap();
+    assert_eq!(last.matches("\"clipped\": ").count(), 19, "{last}");
+}
+
 /// The hostile-input cases, one per failure class: each is refused by name, before any
 /// work, with nothing written; names cannot inject lines or escape the directory.
 #[test]

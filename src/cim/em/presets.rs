@@ -53,6 +53,7 @@ use crate::cim::CodeRange;
 use crate::cim::FixedPattern;
 use crate::{Error, Result};
 
+/// The names of the shipped presets: `ideal` and the synthetic ones.
 pub const PRESETS: [&str; 6] =
     ["ideal", "current-domain", "charge-domain", "mild", "moderate", "severe"];
 
@@ -132,38 +133,54 @@ const CURRENT_DOMAIN: Synthetic = Synthetic {
 /// Parameters of a synthetic model (codes are ADC codes).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Synthetic {
+    /// Gain of the transfer (1: none), in (0, 16].
     pub gain: f64,
+    /// Offset of the transfer, in ADC codes.
     pub offset: f64,
+    /// Amplitude of the bow-shaped integral nonlinearity `inl·sin(π·k/F)`, in ADC codes.
     pub inl: f64,
+    /// Amplitude of the code-periodic ripple `dnl·sin(2π·k/16)`, in ADC codes.
     pub dnl: f64,
+    /// Read-noise σ at code 0, in ADC codes (> 0).
     pub sigma0: f64,
+    /// Growth of the read-noise σ with the code: `σ(k) = sigma0 + sigma1·√|k|`.
     pub sigma1: f64,
+    /// Probability of a charge-loss event, which pulls the readout toward zero.
     pub tail: f64,
+    /// Mean of the exponential charge-loss displacement, in ADC codes.
     pub tail_mean: f64,
+    /// Saturation: measured codes are clipped to `±sat·F`, in (0, 1] of full scale.
     pub sat: f64,
     /// Compressive transfer (current-domain macros): the code `k` is first bent to
     /// `k / (1 + compress·|k|/knee)`, so it loses `compress/(1+compress)` of itself at
     /// `|k| = knee` codes (0: linear).
     pub compress: f64,
+    /// The `|k|` at which `compress` is measured, in ADC codes.
     pub knee: f64,
     /// Heavy-tailed read noise: with probability `heavy` the noise has `heavy_scale`
     /// times its σ (a Gaussian scale mixture; 0: Gaussian).
     pub heavy: f64,
+    /// σ multiplier of the heavy-tailed reads, in [1, 100].
     pub heavy_scale: f64,
     /// Outlier readouts: with probability `outlier`, an error of ±1..=`outlier_size`
     /// codes (uniform) around the transfer.
     pub outlier: f64,
+    /// Largest outlier error, in ADC codes, in [1, 64].
     pub outlier_size: f64,
     /// Stuck readouts: with probability `stuck` the readout is code 0 (a failed sense).
     pub stuck: f64,
     /// Fixed-pattern spread per ADC column and per chip (see [`crate::cim::chip`]).
     pub col_gain: f64,
+    /// Offset spread (σ) of each ADC column within a chip, in ADC codes.
     pub col_offset: f64,
+    /// Relative gain spread (σ) shared by all columns of a chip, from chip to chip.
     pub chip_gain: f64,
+    /// Offset spread (σ) shared by all columns of a chip, in ADC codes.
     pub chip_offset: f64,
 }
 
 impl Synthetic {
+    /// The parameters of a synthetic preset by name (`None` for `ideal` and unknown names).
     pub fn named(name: &str) -> Option<Self> {
         Some(match name {
             "mild" => Synthetic {
@@ -261,6 +278,7 @@ impl Synthetic {
         }
         self.fixed_pattern().validate().map_err(|e| e.to_string())
     }
+    /// The column and chip spreads as a [`FixedPattern`].
     pub fn fixed_pattern(&self) -> FixedPattern {
         FixedPattern {
             column_gain: self.col_gain,
@@ -269,6 +287,7 @@ impl Synthetic {
             chip_offset: self.chip_offset,
         }
     }
+    /// The parameters in one line, for people, labelled SYNTHETIC.
     pub fn describe(&self) -> String {
         let mut d = format!(
             "SYNTHETIC fabricated-like model: gain {}, offset {} codes, INL bow {} codes, DNL ripple {} codes, noise σ = {} + {}·√|k| codes, charge-loss tail p = {} (mean {} codes), saturation at {}·full scale",
