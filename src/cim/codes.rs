@@ -11,9 +11,12 @@ use crate::{Error, Result};
 /// The widest code range dnat models (a 16-bit ADC).
 pub const MAX_CODES: i64 = 1 << 16;
 
+/// An inclusive range of codes `lo..=hi`, validated by [`CodeRange::new`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CodeRange {
+    /// Lowest code of the range.
     pub lo: i32,
+    /// Highest code of the range (inclusive).
     pub hi: i32,
 }
 
@@ -38,6 +41,7 @@ impl CodeRange {
         (self.hi as i64 - self.lo as i64 + 1) as usize
     }
 
+    /// Whether `k` lies in `lo..=hi`.
     pub fn contains(&self, k: i32) -> bool {
         (self.lo..=self.hi).contains(&k)
     }

@@ -39,6 +39,7 @@ impl CimProfile {
 pub struct Timer<'a>(Option<(&'a AtomicU64, Instant)>);
 
 impl<'a> Timer<'a> {
+    /// Starts timing into `counter` (reads the clock only when it is `Some`).
     #[inline]
     pub fn start(counter: Option<&'a AtomicU64>) -> Self {
         Timer(counter.map(|c| (c, Instant::now())))

@@ -179,10 +179,13 @@ impl<'g> CodePlane<'g> {
 /// on weight codes within ±[`BYTE_PAIR_MAX`], the only ones it is chosen for).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Path {
+    /// `vpdpbusd` (AVX-512 VNNI): four u8 × s8 products into each i32 lane.
     Avx512Vnni,
     /// `vpmaddubsw`: for weight codes within ±[`BYTE_PAIR_MAX`] only.
     Avx2BytePairs,
+    /// Bytes widened to i16, then `vpmaddwd` (AVX2): exact for any 8-bit weights.
     Avx2,
+    /// The same sums in plain i32 loops, on any CPU.
     Portable,
 }
 
@@ -191,8 +194,10 @@ pub enum Path {
 pub const BYTE_PAIR_MAX: u32 = 64;
 
 impl Path {
+    /// Every path, fastest first.
     pub const ALL: [Path; 4] = [Path::Avx512Vnni, Path::Avx2BytePairs, Path::Avx2, Path::Portable];
 
+    /// Whether this CPU can run the path.
     pub fn supported(self) -> bool {
         match self {
             #[cfg(target_arch = "x86_64")]

@@ -210,6 +210,7 @@ pub enum ReadoutMode {
 }
 
 impl ReadoutMode {
+    /// `ideal`, `sampled` or `expected`.
     pub fn parse(s: &str) -> crate::Result<Self> {
         match s {
             "ideal" => Ok(ReadoutMode::Ideal),
@@ -236,7 +237,11 @@ pub enum Estimator {
     /// ([`Readout::slope_draws_run`]: common random numbers, about 18× less variance than
     /// independent draws on `current-domain`). Zero where the partial sum lies beyond
     /// the ADC range (saturated).
-    Statistical { draws: u32 },
+    Statistical {
+        /// Coupled pair differences per macro operation (0: the exact slope), at most
+        /// [`MAX_DRAWS`].
+        draws: u32,
+    },
 }
 
 impl Estimator {
@@ -254,6 +259,7 @@ impl Estimator {
             _ => Err(crate::Error::invalid(format!("unknown estimator '{s}' (ste, stat, stat:S)"))),
         }
     }
+    /// The spec [`Estimator::parse`] reads back: `ste` or `stat:S`.
     pub fn describe(&self) -> String {
         match self {
             Estimator::Ste => "ste".into(),
@@ -265,9 +271,13 @@ impl Estimator {
 /// Everything the CIM layers of one forward pass share.
 #[derive(Clone)]
 pub struct CimRuntime {
+    /// The macro the layers are mapped onto.
     pub spec: MacroSpec,
+    /// Where the readouts come from (the error model, or another source).
     pub readout: Arc<dyn Readout>,
+    /// The forward mode.
     pub mode: ReadoutMode,
+    /// The backward estimator through the readout.
     pub estimator: Estimator,
     /// Run seed: with `step`, it keys every draw of the pass.
     pub seed: u64,
@@ -388,6 +398,7 @@ pub struct DrawKey {
 }
 
 impl DrawKey {
+    /// The keys of layer `layer`'s draws at step `step` of the run seeded `seed`.
     pub fn new(seed: u64, layer: u64, step: u64) -> Self {
         DrawKey {
             forward: key(&[seed, layer, step, FORWARD_TAG]),
@@ -439,12 +450,16 @@ impl DrawKey {
 /// pixels of one channel and tile), with the layer's draw key.
 #[derive(Clone, Copy, Debug)]
 pub struct DrawRun {
+    /// The layer's draw key.
     pub key: DrawKey,
+    /// Number of the run's first macro operation.
     pub op0: u64,
+    /// Step between the numbers of consecutive operations of the run.
     pub stride: u64,
 }
 
 impl DrawRun {
+    /// Number of the run's `i`-th operation: `op0 + i·stride`.
     #[inline]
     pub fn op(&self, i: usize) -> u64 {
         self.op0 + i as u64 * self.stride

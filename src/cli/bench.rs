@@ -1,3 +1,5 @@
+//! `dnat bench`: training-step and evaluation throughput and peak memory of a model.
+
 use crate::Result;
 use crate::nn::Arch;
 use crate::train::bench;
@@ -48,6 +50,7 @@ pub struct BenchArgs {
     json: bool,
 }
 
+/// Runs `dnat bench`: prints the result table (and JSON with `--json`).
 pub fn run(a: BenchArgs) -> Result<()> {
     use crate::train::config::MAX_BATCH;
     if !(1..=MAX_BATCH).contains(&a.batch)

@@ -1,3 +1,5 @@
+//! `dnat calibrate`: batchnorm recalibration of a checkpoint through the (non-ideal) macro.
+
 use crate::Result;
 use crate::data::{Augment, DatasetKind, Normalize};
 use crate::io::checkpoint::Checkpoint;
@@ -47,10 +49,12 @@ pub struct CalibrateArgs {
     quiet: bool,
 }
 
+/// Runs `dnat calibrate`: writes the recalibrated checkpoint to `--out`, its optimizer
+/// state dropped (a different model, not a run to resume).
 pub fn run(a: CalibrateArgs) -> Result<()> {
     // The output is written after the forward passes: check it can be, first.
     crate::io::atomic::check_writable(&a.out)?;
-    let mut ck = Checkpoint::load(&a.checkpoint)?;
+    let (mut ck, net, mut store) = Checkpoint::load_network(&a.checkpoint)?;
     let kind = DatasetKind::of_checkpoint(ck.spec.num_classes, &a.checkpoint)?;
     if a.cim && ck.spec.cim.is_none() {
         return Err(crate::Error::format(
@@ -58,7 +62,6 @@ pub fn run(a: CalibrateArgs) -> Result<()> {
             "has no CIM layers (an FP32 model): --cim needs a model trained with --cim",
         ));
     }
-    let (net, mut store) = super::network_of(&ck, &a.checkpoint)?;
     let data = super::load_data(a.data.as_deref(), kind, a.quiet)?;
     let rt = if a.cim {
         let mut rt = super::cim_runtime(

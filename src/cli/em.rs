@@ -1,3 +1,5 @@
+//! `dnat em`: fit a D-MAC-EM error model from a measurement log, or show one.
+
 use crate::cim::MacroSpec;
 use crate::cim::em::{FillPolicy, ModelInfo, fit, format, heatmap};
 use crate::io::atomic;
@@ -74,6 +76,7 @@ struct ShowArgs {
     save: Option<PathBuf>,
 }
 
+/// Runs `dnat em fit` or `dnat em show`.
 pub fn run(a: EmArgs) -> Result<()> {
     match a.action {
         Action::Fit(f) => {

@@ -1,3 +1,6 @@
+//! `dnat eval`: test accuracy of a checkpoint, digital or on the macro (Monte-Carlo over
+//! chips and read seeds).
+
 use crate::Result;
 use crate::cim::{ClipCounts, clip};
 use crate::data::{DatasetKind, Normalize};
@@ -49,8 +52,9 @@ pub struct EvalArgs {
     quiet: bool,
 }
 
+/// Runs `dnat eval`: prints the accuracy (and JSON with `--json`).
 pub fn run(a: EvalArgs) -> Result<()> {
-    let ck = Checkpoint::load(&a.checkpoint)?;
+    let (ck, net, mut store) = Checkpoint::load_network(&a.checkpoint)?;
     let kind = DatasetKind::of_checkpoint(ck.spec.num_classes, &a.checkpoint)?;
     // Each read is a pass over the test split: bounded, so a typo cannot run for days.
     if !(1..=1000).contains(&a.seeds)
@@ -62,7 +66,6 @@ pub fn run(a: EvalArgs) -> Result<()> {
             a.seeds, a.chips
         )));
     }
-    let (net, mut store) = super::network_of(&ck, &a.checkpoint)?;
     let data = super::load_data(a.data.as_deref(), kind, a.quiet)?;
     if a.cim {
         if ck.spec.cim.is_none() {

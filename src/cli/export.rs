@@ -1,3 +1,5 @@
+//! `dnat export`: the deployable integer model of a CIM checkpoint.
+
 use crate::cim::MacroSpec;
 use crate::io::checkpoint::Checkpoint;
 use crate::io::deploy::{Body, DeployLayer, DeployModel, DeployOp};
@@ -20,6 +22,7 @@ pub struct ExportArgs {
     r#macro: Option<String>,
 }
 
+/// Runs `dnat export`: writes the deploy model to `--out` and prints a one-line summary.
 pub fn run(a: ExportArgs) -> Result<()> {
     let ck = Checkpoint::load(&a.checkpoint)?;
     let on = a.r#macro.as_deref().map(MacroSpec::parse).transpose()?;

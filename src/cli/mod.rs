@@ -12,9 +12,7 @@ pub mod weights;
 use crate::Result;
 use crate::cim::{CimRuntime, Estimator, MacroSpec, ReadoutMode};
 use crate::data::{Dataset, DatasetKind, resolve_data_path};
-use crate::engine::ParamStore;
-use crate::io::checkpoint::Checkpoint;
-use crate::nn::{CimPlan, Network};
+use crate::nn::CimPlan;
 use crate::train::ReadoutSource;
 use argh::FromArgs;
 use std::path::Path;
@@ -43,13 +41,6 @@ pub fn cim_runtime(
 /// The CIM plan of a `--cim-layers` flag, its errors naming the flag.
 pub fn cim_plan(words: &str) -> Result<CimPlan> {
     CimPlan::from_words(words).map_err(|e| crate::Error::invalid(format!("--cim-layers: {e}")))
-}
-
-/// Finds and loads the data set, saying which one was read.
-/// The network of checkpoint `ck`, read from `path` ([`Checkpoint::network`]; a mismatch
-/// names the file).
-pub fn network_of(ck: &Checkpoint, path: &Path) -> Result<(Box<dyn Network>, ParamStore)> {
-    ck.network().map_err(|e| crate::Error::format(path, e.to_string()))
 }
 
 pub fn load_data(flag: Option<&Path>, kind: DatasetKind, quiet: bool) -> Result<Dataset> {

@@ -1,3 +1,5 @@
+//! `dnat pipeline`: run or resume the D-NAT pipeline of a config file, then its report.
+
 use crate::Result;
 use crate::pipeline::{self, PipelineConfig, report};
 use std::path::PathBuf;
@@ -27,6 +29,7 @@ pub struct PipelineArgs {
     quiet: bool,
 }
 
+/// Runs `dnat pipeline`: the stages, then the report (default folder `results/NAME`).
 pub fn run(a: PipelineArgs) -> Result<()> {
     let cfg = PipelineConfig::load_with(&a.config, &a.set)?;
     let out = a.out.unwrap_or_else(|| PathBuf::from("results").join(&cfg.name));

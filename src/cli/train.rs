@@ -1,3 +1,5 @@
+//! `dnat train`: train a network (FP32, QAT or D-NAT) and checkpoint it every epoch.
+
 use crate::Result;
 use crate::cim::{Estimator, ReadoutMode};
 use crate::data::DatasetKind;
@@ -116,6 +118,7 @@ pub struct TrainArgs {
     quiet: bool,
 }
 
+/// Runs `dnat train`.
 pub fn run(a: TrainArgs) -> Result<()> {
     let kind = DatasetKind::parse(&a.dataset)?;
     let mut cfg = TrainConfig::new(Arch::parse(&a.model)?, kind, a.epochs, a.seed);

@@ -1,3 +1,5 @@
+//! `dnat weights`: export weights to, or import them from, PyTorch safetensors.
+
 use crate::io::checkpoint::Checkpoint;
 use crate::io::{atomic, safetensors};
 use crate::nn::{Arch, ModelSpec};
@@ -49,11 +51,11 @@ struct ImportArgs {
     out: PathBuf,
 }
 
+/// Runs `dnat weights export` or `dnat weights import`.
 pub fn run(a: WeightsArgs) -> Result<()> {
     match a.action {
         Action::Export(e) => {
-            let ck = Checkpoint::load(&e.checkpoint)?;
-            let (_, store) = super::network_of(&ck, &e.checkpoint)?;
+            let (ck, _, store) = Checkpoint::load_network(&e.checkpoint)?;
             atomic::write(&e.out, &safetensors::export(&ck.spec, &store)?)?;
             println!(
                 "wrote {} ({} parameters) -> {}",

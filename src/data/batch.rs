@@ -16,7 +16,9 @@ const AUGMENT_TAG: u64 = 0xA116;
 /// Per-channel normalisation: (pixel/255 − mean) / std.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Normalize {
+    /// Per-channel mean (R, G, B) of pixel/255.
     pub mean: [f32; 3],
+    /// Per-channel standard deviation (R, G, B) of pixel/255.
     pub std: [f32; 3],
 }
 
@@ -46,7 +48,9 @@ impl Normalize {
 /// Random crop after zero-padding by `pad` pixels, and random horizontal flip.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Augment {
+    /// Zero padding on each side before the 32×32 crop, in pixels (0: no crop).
     pub pad: usize,
+    /// Flip each image horizontally with probability 1/2.
     pub flip: bool,
 }
 
@@ -57,7 +61,9 @@ impl Augment {
     }
 }
 
+/// Makes normalised (and optionally augmented) batches of one split, keyed by a seed.
 pub struct Batcher<'a> {
+    /// The split the images come from.
     pub split: &'a Split,
     norm: [[f32; 256]; 3],
     augment: Option<Augment>,
@@ -65,6 +71,8 @@ pub struct Batcher<'a> {
 }
 
 impl<'a> Batcher<'a> {
+    /// A batcher over `split` (`augment`: `None` for evaluation); `seed` keys the epoch
+    /// orders and the augmentation.
     pub fn new(split: &'a Split, norm: Normalize, augment: Option<Augment>, seed: u64) -> Self {
         Batcher { split, norm: norm.table(), augment, seed }
     }

@@ -3,8 +3,11 @@
 
 use std::io::Read;
 
+/// A regular file of the archive.
 pub struct Entry {
+    /// Its path in the archive (the ustar prefix joined to the name).
     pub path: String,
+    /// Its size, in bytes.
     pub size: u64,
 }
 

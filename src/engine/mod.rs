@@ -29,6 +29,8 @@ pub use tensor::Tensor;
 /// Whether a forward pass trains (batch statistics, stochastic ops drawn) or evaluates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mode {
+    /// Training: batchnorm uses and updates the batch statistics.
     Train,
+    /// Evaluation: batchnorm uses its running statistics.
     Eval,
 }

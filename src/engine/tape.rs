@@ -23,6 +23,7 @@ struct Meta {
     needs_grad: bool,
 }
 
+/// The values and backward closures of one forward pass, in creation order.
 pub struct Tape {
     values: Vec<Tensor>,
     meta: Vec<Meta>,
@@ -124,6 +125,7 @@ pub struct Gradients {
 }
 
 impl Gradients {
+    /// The gradient of leaf `v` (`None` when it needs none or none reached it).
     pub fn get(&self, v: Var) -> Option<&Tensor> {
         self.grads[v.0].as_ref()
     }
@@ -148,6 +150,7 @@ impl Tape {
             recording,
         }
     }
+    /// Whether the tape records backward closures.
     pub fn recording(&self) -> bool {
         self.recording
     }
@@ -172,9 +175,11 @@ impl Tape {
         self.params.push((v, id));
         v
     }
+    /// The value of node `v`.
     pub fn value(&self, v: Var) -> &Tensor {
         &self.values[v.0]
     }
+    /// Whether node `v` needs a gradient (it depends on a leaf and the tape records).
     pub fn needs_grad(&self, v: Var) -> bool {
         self.meta[v.0].needs_grad
     }

@@ -58,6 +58,8 @@ pub fn check_writable(path: &Path) -> Result<()> {
     std::fs::remove_file(&probe).map_err(|e| Error::io(&probe, e))
 }
 
+/// Writes `bytes` to `path` atomically: `.NAME.tmp.PID` beside it, synced, renamed over it
+/// (the directory created if missing; stale temporary files of dead writers removed).
 pub fn write(path: &Path, bytes: &[u8]) -> Result<()> {
     let (dir, name) = split(path)?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;

@@ -72,6 +72,14 @@ pub struct OptimizerState {
 }
 
 impl Checkpoint {
+    /// Loads the checkpoint in `path` and rebuilds its network ([`Checkpoint::network`]):
+    /// every error names the file.
+    pub fn load_network(path: &Path) -> Result<(Checkpoint, Box<dyn Network>, ParamStore)> {
+        let ck = Self::load(path)?;
+        let (net, store) = ck.network().map_err(|e| Error::format(path, e.to_string()))?;
+        Ok((ck, net, store))
+    }
+
     /// The network this checkpoint holds, rebuilt by its architecture's name (built-in
     /// or [registered](crate::nn::register)) with the checkpoint's parameters and
     /// buffers: ready to evaluate, recalibrate, export or train on.

@@ -19,6 +19,7 @@ const HEADER: usize = 24;
 /// The largest payload a dnat file may inflate to (VGG16 with optimizer state is ~0.5 GiB).
 pub const MAX_PAYLOAD: u64 = 4 << 30;
 
+/// `payload` framed under `magic` and `version`: the header, then the payload zlib-compressed.
 pub fn encode(magic: &[u8; 8], version: u32, payload: &[u8]) -> Vec<u8> {
     let mut crc = flate2::Crc::new();
     crc.update(payload);

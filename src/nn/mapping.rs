@@ -15,7 +15,12 @@ pub enum CimPlan {
     /// Every convolution and linear layer, except — as is usual in the CIM literature,
     /// since they hold few weights and see raw pixels or produce the logits — the first
     /// and the last layer made, where the flags say so.
-    Edges { first_digital: bool, last_digital: bool },
+    Edges {
+        /// Keep the first layer made digital.
+        first_digital: bool,
+        /// Keep the last layer made digital.
+        last_digital: bool,
+    },
     /// The layers whose names match one of these patterns (`*` matches any run of
     /// characters: `layer*.conv1`, `features.*`); each pattern must match a layer.
     Named(Vec<String>),
@@ -92,6 +97,7 @@ impl CimPlan {
             }
         }
     }
+    /// Reads [`CimPlan::describe`]: `first_digital=…,last_digital=…` or `layers=P|Q|…`.
     pub fn parse(s: &str) -> Result<Self> {
         if let Some(list) = s.strip_prefix("layers=") {
             let plan = CimPlan::named(list.split('|'));

@@ -20,10 +20,26 @@ pub enum Node {
     /// A 2-D convolution of an NCHW value: `weight` (cout, cin, kernel, kernel), the optional
     /// `bias`, stride and padding in `cfg`, and `cim` the layer's macro slot when it is
     /// mapped onto the macro (`None`: digital).
-    Conv { weight: ParamId, bias: Option<ParamId>, cfg: Conv2dCfg, cim: Option<MacroSlot> },
+    Conv {
+        /// The weight, (cout, cin, kernel, kernel).
+        weight: ParamId,
+        /// The bias, (cout), if any.
+        bias: Option<ParamId>,
+        /// Stride and padding.
+        cfg: Conv2dCfg,
+        /// The layer's macro slot when it is mapped onto the macro (`None`: digital).
+        cim: Option<MacroSlot>,
+    },
     /// A fully connected layer on an (N, fin) value: `weight` (fout, fin), the optional
     /// `bias`, and `cim` the layer's macro slot when it is mapped onto the macro (`None`: digital).
-    Linear { weight: ParamId, bias: Option<ParamId>, cim: Option<MacroSlot> },
+    Linear {
+        /// The weight, (fout, fin).
+        weight: ParamId,
+        /// The bias, (fout), if any.
+        bias: Option<ParamId>,
+        /// The layer's macro slot when it is mapped onto the macro (`None`: digital).
+        cim: Option<MacroSlot>,
+    },
     /// A batchnorm layer (its parameters and running-statistics buffers).
     BatchNorm(BatchNorm2d),
     /// max(x, 0), elementwise.
@@ -31,14 +47,24 @@ pub enum Node {
     /// Elementwise sum of two values of one shape (a residual connection).
     Add,
     /// The maximum over `kernel`×`kernel` windows every `stride` pixels (no padding).
-    MaxPool { kernel: usize, stride: usize },
+    MaxPool {
+        /// Window side, in pixels.
+        kernel: usize,
+        /// Step between windows, in pixels.
+        stride: usize,
+    },
     /// (N, C, H, W) → (N, C): the mean over each channel's pixels.
     GlobalAvgPool,
     /// (N, C, H, W) → (N, C·H·W).
     Flatten,
     /// The option-A shortcut: every `stride`-th pixel, channels zero-padded to `cout`
     /// (half before, half after).
-    SubsamplePad { stride: usize, cout: usize },
+    SubsamplePad {
+        /// Subsampling step, in pixels.
+        stride: usize,
+        /// Output channels (≥ the input's).
+        cout: usize,
+    },
 }
 
 impl Node {

@@ -16,10 +16,22 @@ use crate::{Error, Result};
 pub enum OptimizerKind {
     /// SGD with momentum coefficient `momentum` (0: none), Nesterov's variant when
     /// `nesterov`; PyTorch's formulation.
-    Sgd { momentum: f32, nesterov: bool },
+    Sgd {
+        /// Momentum coefficient (0: none).
+        momentum: f32,
+        /// Nesterov's variant.
+        nesterov: bool,
+    },
     /// Adam with bias correction: moment decay rates `beta1`, `beta2`, and `eps` added to
     /// the denominator.
-    Adam { beta1: f32, beta2: f32, eps: f32 },
+    Adam {
+        /// Decay rate of the first moment (mean of the gradients).
+        beta1: f32,
+        /// Decay rate of the second moment (mean of the squared gradients).
+        beta2: f32,
+        /// Added to the denominator, for stability.
+        eps: f32,
+    },
 }
 
 impl OptimizerKind {

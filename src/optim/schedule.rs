@@ -2,23 +2,31 @@
 
 use crate::{Error, Result};
 
+/// How the learning rate changes over a run, from the base rate.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Schedule {
+    /// The base rate throughout.
     Constant,
     /// Multiply by `gamma` at each epoch in `milestones`.
     Step {
+        /// Epochs (0-based, ascending) from which one more factor `gamma` applies.
         milestones: Vec<usize>,
+        /// Factor per milestone passed, in (0, 1e6].
         gamma: f32,
     },
     /// Linear warm-up over `warmup_epochs`, then cosine decay to 0.
     Cosine {
+        /// Length of the linear warm-up, in epochs (≥ 0, may be fractional).
         warmup_epochs: f32,
     },
     /// One-cycle: warm up from lr/`div` to lr over `pct_start` of the run (cosine),
     /// then anneal (cosine) to lr/(div·`final_div`).
     OneCycle {
+        /// Fraction of the run spent warming up, in [0, 1).
         pct_start: f32,
+        /// The starting rate is lr/`div` (≥ 1).
         div: f32,
+        /// The final rate is lr/(`div`·`final_div`) (≥ 1).
         final_div: f32,
     },
 }
@@ -87,6 +95,8 @@ impl Schedule {
         }
     }
 
+    /// The schedule in [`Schedule::parse`]'s words; a one-cycle schedule is named without
+    /// its parameters (`onecycle` parses to the defaults).
     pub fn describe(&self) -> String {
         match self {
             Schedule::Constant => "constant".into(),

@@ -5,8 +5,8 @@ use super::record::Record;
 use super::{Comparison, EVAL_SEED0, PipelineConfig, RECAL_TAG, Run, pm_spread, slug};
 use crate::cim::{CimRuntime, Estimator, ReadoutMode};
 use crate::data::{Augment, Normalize};
-use crate::io::checkpoint::{Checkpoint, restore_into};
-use crate::nn::{CimPlan, build};
+use crate::io::checkpoint::Checkpoint;
+use crate::nn::CimPlan;
 use crate::optim::Schedule;
 use crate::train::{
     CimTraining, McAccuracy, ReadoutSource, RecalImages, RunOptions, TrainConfig, evaluate,
@@ -205,10 +205,8 @@ impl Run<'_> {
             return Ok(out);
         }
         let t = Instant::now();
-        let mut ck = Checkpoint::load(src)?;
+        let (mut ck, net, mut store) = Checkpoint::load_network(src)?;
         let plan = ck.spec.cim.clone().ok_or_else(|| Error::format(src, "has no CIM layers"))?;
-        let (net, mut store) = build(&ck.spec, 0)?;
-        restore_into(&ck.store, &mut store, src)?;
         let rt = self
             .cim_training(m, ReadoutMode::Sampled, plan)
             .runtime(crate::rng::key(&[RECAL_TAG, chip]))?
@@ -368,10 +366,8 @@ impl Run<'_> {
         chip: Option<u64>,
         seed: u64,
     ) -> Result<f64> {
-        let ck = Checkpoint::load(ckpt)?;
+        let (ck, net, mut store) = Checkpoint::load_network(ckpt)?;
         let plan = ck.spec.cim.clone().ok_or_else(|| Error::format(ckpt, "has no CIM layers"))?;
-        let (net, mut store) = build(&ck.spec, 0)?;
-        restore_into(&ck.store, &mut store, ckpt)?;
         let base = self.cim_training(error_model, readout, plan).runtime(seed)?;
         let rt = match chip {
             Some(c) => base.on_chip(c),
@@ -388,7 +384,7 @@ impl Run<'_> {
     }
 
     pub(super) fn eval_digital(&self, ckpt: &Path) -> Result<f64> {
-        let ck = Checkpoint::load(ckpt)?;
+        let (ck, net, mut store) = Checkpoint::load_network(ckpt)?;
         if ck.spec.arch != self.cfg.arch
             || ck.spec.num_classes != self.cfg.dataset.num_classes()
             || ck.spec.cim.is_some()
@@ -398,8 +394,6 @@ impl Run<'_> {
                 format!("is not an FP32 {} for {}", self.cfg.arch.name(), self.cfg.dataset.name()),
             ));
         }
-        let (net, mut store) = build(&ck.spec, 0)?;
-        restore_into(&ck.store, &mut store, ckpt)?;
         Ok(evaluate(
             net.as_ref(),
             &mut store,

@@ -46,6 +46,7 @@ use std::path::Path;
 const MAGIC: &[u8; 8] = b"DNATDMEM";
 const TEXT_FORMAT: &str = "dnat-dmacem-text 1";
 
+/// The counts table of `m` (module docs), one line per (ideal, measured) pair.
 pub fn to_text(m: &ErrorModel) -> String {
     let mut s = String::new();
     writeln!(
@@ -79,6 +80,7 @@ pub fn to_text(m: &ErrorModel) -> String {
     s
 }
 
+/// Parses a counts table; `path` names the file in errors, which give the line.
 pub fn from_text(text: &str, path: &Path) -> Result<ErrorModel> {
     let err = |line: usize, msg: String| Error::format(path, format!("line {line}: {msg}"));
     let mut header: Vec<(String, String)> = Vec::new();
@@ -229,6 +231,7 @@ fn parse_fixed_pattern(v: &str) -> std::result::Result<crate::cim::FixedPattern,
     Ok(p)
 }
 
+/// The binary form of `m`, version 2 (module docs).
 pub fn to_binary(m: &ErrorModel) -> Vec<u8> {
     let mut p = Vec::new();
     for s in [&m.info.name, &m.info.description] {
@@ -258,6 +261,7 @@ pub fn to_binary(m: &ErrorModel) -> Vec<u8> {
     crate::io::framed::encode(MAGIC, 2, &p)
 }
 
+/// Parses the binary form (version 1 or 2); `path` names the file in errors.
 pub fn from_binary(bytes: &[u8], path: &Path) -> Result<ErrorModel> {
     let bad = |m: &str| Error::format(path, m.to_string());
     // The framing every dnat binary file shares: magic, version, length, CRC-32, zlib.

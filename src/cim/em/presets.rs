@@ -170,6 +170,7 @@ pub struct Synthetic {
     /// Stuck readouts: with probability `stuck` the readout is code 0 (a failed sense).
     pub stuck: f64,
     /// Fixed-pattern spread per ADC column and per chip (see [`crate::cim::chip`]).
+    /// This one: the relative gain spread (σ) of each ADC column around its chip's gain.
     pub col_gain: f64,
     /// Offset spread (σ) of each ADC column within a chip, in ADC codes.
     pub col_offset: f64,

@@ -69,8 +69,10 @@ pub enum Kernel {
 }
 
 impl Kernel {
+    /// Every kernel, fastest first.
     pub const ALL: [Kernel; 3] = [Kernel::Avx512, Kernel::Avx2, Kernel::Portable];
 
+    /// The kernel's name: `avx512`, `avx2` or `portable`.
     pub fn name(self) -> &'static str {
         match self {
             Kernel::Avx512 => "avx512",
@@ -79,6 +81,7 @@ impl Kernel {
         }
     }
 
+    /// The kernel named `s` ([`Kernel::name`]).
     pub fn parse(s: &str) -> Option<Kernel> {
         Kernel::ALL.into_iter().find(|k| k.name() == s)
     }

@@ -34,10 +34,15 @@ const NC: usize = 64 * NR;
 /// A read-only strided matrix view.
 #[derive(Clone, Copy)]
 pub struct MatRef<'a> {
+    /// The buffer the view reads; element (i, j) is `data[i·rs + j·cs]`.
     pub data: &'a [f32],
+    /// Number of rows.
     pub rows: usize,
+    /// Number of columns.
     pub cols: usize,
+    /// Row stride, in elements.
     pub rs: usize,
+    /// Column stride, in elements.
     pub cs: usize,
 }
 
@@ -152,6 +157,7 @@ pub struct PackedA {
 }
 
 impl PackedA {
+    /// Packs `a` whole (all rows, the full reduction) into MR-row panels.
     pub fn new(a: &MatRef) -> PackedA {
         a.check();
         let mut panels = vec![0.0f32; a.rows.div_ceil(MR) * MR * a.cols];
@@ -256,7 +262,9 @@ pub fn offset_tile_with(
 
 /// A matrix the product can pack into the kernels' panels (module `pack`).
 pub trait Operand {
+    /// Number of rows.
     fn rows(&self) -> usize;
+    /// Number of columns.
     fn cols(&self) -> usize;
     /// Rows `i0..i0+mc`, columns `p0..p0+kc` as MR-row panels: panel q holds `dst[q·kc·MR + p·MR + i] = A[i0 + q·MR + i][p0 + p]`.
     fn pack_a(&self, i0: usize, mc: usize, p0: usize, kc: usize, dst: &mut [f32]);

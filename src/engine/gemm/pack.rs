@@ -48,7 +48,9 @@ fn panels(b: &MatRef, p0: usize, kc: usize, j0: usize, nc: usize, dst: &mut [f32
 /// A matrix that is read one row segment at a time, never stored whole: the im2col
 /// patches of a convolution, a group of NCHW images seen as `[C][images·pixels]`.
 pub trait RowSource {
+    /// Number of rows.
     fn rows(&self) -> usize;
+    /// Number of columns.
     fn cols(&self) -> usize;
     /// `dst[t] = self[r][c0 + t]` for every `t < dst.len()`.
     fn read_row(&self, r: usize, c0: usize, dst: &mut [f32]);

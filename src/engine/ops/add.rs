@@ -4,6 +4,7 @@ use crate::engine::{Tape, Tensor, Var, par};
 
 const CHUNK: usize = 1 << 14;
 
+/// `a + b`, recorded on the tape. Panics when the shapes differ.
 pub fn add(tape: &mut Tape, a: Var, b: Var) -> Var {
     let (av, bv) = (tape.value(a), tape.value(b));
     assert_eq!(av.shape(), bv.shape(), "add: shapes {:?} and {:?} differ", av.shape(), bv.shape());

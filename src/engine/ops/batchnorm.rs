@@ -12,9 +12,13 @@ use rayon::prelude::*;
 
 /// The running statistics a batchnorm layer carries between batches.
 pub struct BatchNormState<'a> {
+    /// Running per-channel mean, (C); updated in train mode.
     pub running_mean: &'a mut Tensor,
+    /// Running per-channel (unbiased) variance, (C); updated in train mode.
     pub running_var: &'a mut Tensor,
+    /// Weight of the batch's statistics in the running update (PyTorch's `momentum`).
     pub momentum: f32,
+    /// Added to the variance before its square root.
     pub eps: f32,
     /// Apply ReLU to the output (fused).
     pub relu: bool,

@@ -34,6 +34,8 @@ pub fn forward(
     y
 }
 
+/// `x·wᵀ + bias` on the tape: x (N, in), w (out, in), bias (out) → (N, out); errors on
+/// other shapes.
 pub fn linear(tape: &mut Tape, x: Var, w: Var, bias: Option<Var>) -> Result<Var> {
     let (xs, ws) = (tape.value(x).shape(), tape.value(w).shape());
     if xs.len() != 2 || ws.len() != 2 || xs[1] != ws[1] {

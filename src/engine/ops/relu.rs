@@ -4,6 +4,7 @@ use crate::engine::{Tape, Tensor, Var, par};
 
 const CHUNK: usize = 1 << 14;
 
+/// `max(x, 0)` element-wise, recorded on the tape.
 pub fn relu(tape: &mut Tape, x: Var) -> Var {
     let xv = tape.value(x);
     let xd = xv.data();

@@ -107,21 +107,36 @@ pub enum DeployOp {
     /// A layer with `kernel = 1`, `stride = 1`, `padding = 0` on a (cin) vector.
     Linear(DeployLayer),
     /// A batchnorm not folded into a layer: `y = scale[c]·x + shift[c]` per channel.
-    BatchNorm { scale: Vec<f32>, shift: Vec<f32> },
+    BatchNorm {
+        /// Per-channel factor, `[channels]`.
+        scale: Vec<f32>,
+        /// Per-channel offset, `[channels]`.
+        shift: Vec<f32>,
+    },
     /// max(x, 0), elementwise.
     Relu,
     /// The elementwise sum of two values of one shape (a residual connection).
     Add,
     /// The maximum over `kernel`×`kernel` windows every `stride` pixels, no padding: output
     /// side `(side − kernel)/stride + 1`.
-    MaxPool { kernel: u32, stride: u32 },
+    MaxPool {
+        /// Window side, in pixels.
+        kernel: u32,
+        /// Step between windows, in pixels.
+        stride: u32,
+    },
     /// (C, H, W) → (C): the mean of each channel.
     GlobalAvgPool,
     /// (C, H, W) → (C·H·W), in (c, y, x) order.
     Flatten,
     /// The ResNet option-A shortcut: every `stride`-th pixel (side ⌈side/stride⌉), channels
     /// zero-padded to `cout`, (cout − cin)/2 of them before the input's.
-    SubsamplePad { stride: u32, cout: u32 },
+    SubsamplePad {
+        /// Subsampling step, in pixels.
+        stride: u32,
+        /// Output channels (≥ the input's).
+        cout: u32,
+    },
 }
 
 impl DeployOp {
@@ -171,16 +186,28 @@ pub enum Body {
     /// laid out `[cout][tiles][rows]` (rows past K hold 0); and per output channel the weight
     /// scale s_w and the epilogue's `scale` and `shift` (formulas in the module docs).
     Macro {
+        /// E-PACT lower input bound.
         lo: f32,
+        /// E-PACT upper input bound.
         hi: f32,
+        /// Tiles of the reduction axis, ⌈K / rows⌉.
         tiles: u32,
+        /// Signed weight codes, `[cout][tiles][rows]`; rows past K hold 0.
         codes: Vec<i8>,
+        /// Weight scale s_w per output channel, `[cout]`.
         weight_scale: Vec<f32>,
+        /// Epilogue factor per output channel, `[cout]` (`g·s_w`).
         scale: Vec<f32>,
+        /// Epilogue offset per output channel, `[cout]` (`g·bias + h`).
         shift: Vec<f32>,
     },
     /// Digital: `weight` row-major `[cout][K]` with K in (cin, ky, kx) order, and `bias` `[cout]`.
-    Digital { weight: Vec<f32>, bias: Vec<f32> },
+    Digital {
+        /// Weights, row-major `[cout][K]`, K in (cin, ky, kx) order.
+        weight: Vec<f32>,
+        /// Bias, `[cout]`.
+        bias: Vec<f32>,
+    },
 }
 
 impl DeployLayer {

@@ -100,8 +100,11 @@ pub fn group_columns(g: &ConvGeom, xg: &[f32], gi: usize, rows: Range<usize>) ->
 
 /// The patch matrix of `images` consecutive NCHW images, read on demand.
 pub struct Patches<'a> {
+    /// The convolution's shapes.
     pub g: &'a ConvGeom,
+    /// The images, NCHW, from the group's first.
     pub x: &'a [f32],
+    /// Images in the group.
     pub images: usize,
 }
 
@@ -163,9 +166,13 @@ impl RowSource for Patches<'_> {
 /// `images` consecutive NCHW images of `channels × pixels`, as the matrix
 /// `[channels][images·pixels]` (the layout of a convolution's product).
 pub struct ImageRows<'a> {
+    /// The images, NCHW.
     pub data: &'a [f32],
+    /// Number of images.
     pub images: usize,
+    /// Channels per image (the matrix's rows).
     pub channels: usize,
+    /// Pixels per channel plane.
     pub pixels: usize,
 }
 

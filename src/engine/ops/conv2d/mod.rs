@@ -34,9 +34,12 @@ use std::ops::Range;
 /// GEMM column count aimed for per image group.
 pub const TARGET_COLUMNS: usize = 1024;
 
+/// Stride and zero padding of a convolution (the same along H and W).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Conv2dCfg {
+    /// Step between output pixels, in input pixels (≥ 1).
     pub stride: usize,
+    /// Zero padding on each side, in pixels.
     pub padding: usize,
 }
 
@@ -49,20 +52,33 @@ impl Default for Conv2dCfg {
 /// The shapes of one convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ConvGeom {
+    /// Images in the batch (N).
     pub n: usize,
+    /// Input channels (Cin).
     pub cin: usize,
+    /// Input height, in pixels.
     pub h: usize,
+    /// Input width, in pixels.
     pub w: usize,
+    /// Output channels (Cout).
     pub cout: usize,
+    /// Kernel height.
     pub kh: usize,
+    /// Kernel width.
     pub kw: usize,
+    /// Stride, along H and W.
     pub stride: usize,
+    /// Zero padding on each side, in pixels.
     pub pad: usize,
+    /// Output height, `(h + 2·pad − kh) / stride + 1`.
     pub oh: usize,
+    /// Output width, `(w + 2·pad − kw) / stride + 1`.
     pub ow: usize,
 }
 
 impl ConvGeom {
+    /// The geometry of input shape `x` (N, Cin, H, W) and weight shape `w` (Cout, Cin, kh, kw);
+    /// errors when they do not fit together.
     pub fn new(x: &[usize], w: &[usize], cfg: Conv2dCfg) -> Result<Self> {
         if x.len() != 4 || w.len() != 4 {
             return Err(Error::invalid(format!(
@@ -109,18 +125,23 @@ impl ConvGeom {
     pub fn k(&self) -> usize {
         self.cin * self.kh * self.kw
     }
+    /// Output pixels per image and channel, OH·OW.
     pub fn pixels(&self) -> usize {
         self.oh * self.ow
     }
+    /// Input values per image, Cin·H·W.
     pub fn in_size(&self) -> usize {
         self.cin * self.h * self.w
     }
+    /// Output values per image, Cout·OH·OW.
     pub fn out_size(&self) -> usize {
         self.cout * self.pixels()
     }
+    /// Images per group, so a group's GEMM has about [`TARGET_COLUMNS`] columns.
     pub fn group(&self) -> usize {
         par::image_group(self.n, self.pixels(), TARGET_COLUMNS)
     }
+    /// Floating-point operations of the forward GEMMs over the batch, 2·N·Cout·OH·OW·K.
     pub fn flops(&self) -> f64 {
         2.0 * (self.n * self.out_size() * self.k()) as f64
     }
