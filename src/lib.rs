@@ -114,6 +114,8 @@
 //! # Ok::<(), dnat::Error>(())
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod cim;
 pub mod cli;
 pub mod data;

@@ -44,19 +44,23 @@ pub struct KeyedRng {
 }
 
 impl KeyedRng {
+    /// The sequence keyed by `parts` ([`key`]): the same parts give the same draws.
     pub fn new(parts: &[u64]) -> Self {
         KeyedRng { base: key(parts), counter: 0 }
     }
+    /// The next 64 random bits.
     #[inline]
     pub fn next_u64(&mut self) -> u64 {
         self.counter += 1;
         mix64(self.base ^ mix64(self.counter))
     }
+    /// A draw in `0..n`, for `n` < 2^32 (multiply-shift of 32 random bits; bias ≈ n/2^32).
     #[inline]
     pub fn below(&mut self, n: u64) -> u64 {
         // Multiply-shift: unbiased enough for n << 2^32 (augmentation offsets, shuffles).
         ((self.next_u64() >> 32) * n) >> 32
     }
+    /// A draw uniform in [0, 1) ([`unit_f32`]).
     #[inline]
     pub fn unit(&mut self) -> f32 {
         unit_f32(self.next_u64())

@@ -43,6 +43,7 @@ pub fn cim_plan(words: &str) -> Result<CimPlan> {
     CimPlan::from_words(words).map_err(|e| crate::Error::invalid(format!("--cim-layers: {e}")))
 }
 
+/// Finds and loads the data set, saying which one was read (on stderr, unless `quiet`).
 pub fn load_data(flag: Option<&Path>, kind: DatasetKind, quiet: bool) -> Result<Dataset> {
     let path = resolve_data_path(flag, kind)?;
     let t = std::time::Instant::now();

@@ -17,24 +17,31 @@ use crate::train::{ChipChoice, ReadoutSource};
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 
+/// Everything a pipeline run is set by; each field is the config key of the same name
+/// unless noted (`model`, `macro`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct PipelineConfig {
     /// Names the experiment in the report.
     pub name: String,
+    /// The network (`model`): resnet20, resnet34, vgg8, vgg16 or a registered name.
     pub arch: Arch,
+    /// The data set: cifar10 or cifar100.
     pub dataset: DatasetKind,
     /// Seed of every training stage (initialisation, order, augmentation, draws).
     pub seed: u64,
     /// Stage (a): an FP32 checkpoint to start from; trained with `fp32_epochs` when the
     /// file does not exist.
     pub fp32_checkpoint: PathBuf,
+    /// Epochs of the FP32 training, when stage (a) trains.
     pub fp32_epochs: usize,
     /// Peak learning rate of that FP32 training (one-cycle).
     pub fp32_lr: f32,
+    /// The macro (`macro`): a preset name, a description or a file ([`MacroSpec::parse`]).
     pub macro_name: String,
     /// The non-ideal macro of stages (d)–(f): a preset, a preset with overrides
     /// (`moderate:offset=6`) or a D-MAC-EM file.
     pub error_model: String,
+    /// The activation quantizer of the CIM layers: `epact` or `pact`.
     pub act_quant: ActQuantKind,
     /// Stage (b): a committed QAT checkpoint to start from (`none`: always train). It is
     /// used only when it exists and its recorded training configuration is the one
@@ -43,10 +50,13 @@ pub struct PipelineConfig {
     pub qat_checkpoint: Option<PathBuf>,
     /// Stage (b): W4A8 quantization-aware training on the ideal macro.
     pub qat_epochs: usize,
+    /// Initial learning rate of stage (b) (cosine decay).
     pub qat_lr: f32,
-    /// Stage (e): D-NAT fine-tuning with the error model in the loop.
+    /// Stage (f): D-NAT fine-tuning with the error model in the loop.
     pub dnat_epochs: usize,
+    /// Initial learning rate of NAT-STE and D-NAT (cosine decay).
     pub dnat_lr: f32,
+    /// D-NAT's backward estimator (`stat`, `stat:S`; NAT-STE always uses `ste`).
     pub estimator: Estimator,
     /// Where every CIM stage's readouts come from: `table` (the error model) or
     /// `sample-only` (the same model exposing only sampling, as a chip behind a link;
@@ -55,7 +65,7 @@ pub struct PipelineConfig {
     /// Which layers go on the macro in every CIM stage: `default` (all but the first
     /// and the last layer), `all`, or comma-separated layer-name patterns.
     pub cim_layers: CimPlan,
-    /// Learning-rate multiplier of the quantizer bounds in (b) and (e).
+    /// Learning-rate multiplier of the quantizer bounds in (b), (e) and (f).
     pub bound_lr_scale: f32,
     /// Monte-Carlo reads (noise seeds) R per chip of every non-ideal evaluation.
     pub mc_seeds: u64,
@@ -71,11 +81,13 @@ pub struct PipelineConfig {
     pub dnat_chip: ChipChoice,
     /// Error models of the severity sweep (naive and D-NAT on each); empty: no sweep.
     pub sweep: Vec<String>,
-    /// Epochs of each sweep D-NAT run (the main error model reuses stage (e)).
+    /// Epochs of each sweep D-NAT run (the main error model reuses stage (f)).
     pub sweep_dnat_epochs: usize,
     /// Train / test on the first N images only (short schedules, tests).
     pub train_subset: Option<usize>,
+    /// Evaluate on the first N test images only (`all`: the whole split).
     pub test_subset: Option<usize>,
+    /// Batch size of every training stage.
     pub batch: usize,
 }
 

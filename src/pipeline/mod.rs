@@ -22,8 +22,8 @@
 //! (a key added to the config format since the work was pinned counts as its default).
 //!
 //! Every non-ideal evaluation reads chips `0..C` (chip seeds) `R` times each, with
-//! noise seeds [`noise_seed`]`(EVAL_SEED0, c, r, R)`: the same chips and draws for every
-//! model, so the columns of a table differ only by the model.
+//! noise seeds [`noise_seed`](crate::train::noise_seed)`(EVAL_SEED0, c, r, R)`: the same
+//! chips and draws for every model, so the columns of a table differ only by the model.
 
 pub mod config;
 pub mod plot;
@@ -50,12 +50,15 @@ const RECAL_TAG: u64 = 0xBA7C;
 /// paper's comparison point and D-NAT, on the same chips and reads.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Comparison {
+    /// The error model's spec, as the config names it (preset or file).
     pub error_model: String,
+    /// The QAT model read on the non-ideal macro as it is (stage d).
     pub naive: McAccuracy,
     /// The naive model with batchnorm statistics re-estimated on each chip.
     pub bnrecal: McAccuracy,
     /// NAT with the straight-through estimator (when configured).
     pub natste: Option<McAccuracy>,
+    /// The D-NAT model (stage f).
     pub dnat: McAccuracy,
     /// The D-NAT model with batchnorm statistics re-estimated on each chip.
     pub dnat_bnrecal: McAccuracy,
@@ -78,8 +81,11 @@ impl Comparison {
 /// Everything the pipeline measured.
 #[derive(Clone, Debug)]
 pub struct Summary {
+    /// The configuration the pipeline ran.
     pub config: PipelineConfig,
+    /// Test accuracy of the FP32 model, in percent (stage a).
     pub fp32: f64,
+    /// Test accuracy of the QAT model on the ideal macro, in percent (stage c).
     pub quant_ideal: f64,
     /// The main error model's comparison.
     pub main: Comparison,
@@ -87,20 +93,26 @@ pub struct Summary {
     /// and E-PACT bounds were learned through the chip's errors, so this is typically
     /// far below `quant_ideal`: a D-NAT model belongs to its chip.
     pub dnat_on_ideal: f64,
+    /// One comparison per error model of the severity sweep, in config order.
     pub sweep: Vec<Comparison>,
     /// Per-epoch test accuracy of the fine-tuning stages: QAT (ideal macro), D-NAT
     /// (non-ideal macro, one fixed noise seed).
     pub history: Vec<(&'static str, Vec<EpochRecord>)>,
     /// Compute time summed over all invocations that did the work.
     pub wall_s: f64,
+    /// Description of the data set read.
     pub data: String,
+    /// sha256 of the data set read (archive, or record files in order), lowercase hex.
     pub data_sha256: String,
     /// The error model's label and description, the macro's description.
     pub error_model_label: String,
+    /// The error model's description.
     pub error_model_description: String,
     /// The error model's chip-to-chip and column-to-column spread, in words.
     pub fixed_pattern: String,
+    /// The macro's description ([`crate::cim::MacroSpec::describe`]).
     pub macro_description: String,
+    /// Test images each evaluation reads (after `test_subset`).
     pub test_images: usize,
 }
 

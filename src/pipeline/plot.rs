@@ -4,23 +4,33 @@
 
 use std::fmt::Write;
 
+/// One line of a chart: its points, drawn as a polyline with dots and error bars.
 pub struct Series {
+    /// Legend text.
     pub name: String,
     /// (x, y, error bar half-height; 0 = none).
     pub points: Vec<(f64, f64, f64)>,
+    /// SVG colour of line, dots and legend entry (e.g. `#d04030`).
     pub color: &'static str,
+    /// Draw the line dashed.
     pub dashed: bool,
 }
 
+/// A line chart: title, axes and the series drawn on them.
 pub struct Chart {
+    /// Title above the plot.
     pub title: String,
+    /// Caption of the x axis.
     pub x_label: String,
+    /// Caption of the y axis.
     pub y_label: String,
     /// Labelled x positions (empty: integer ticks chosen automatically).
     pub x_ticks: Vec<(f64, String)>,
     /// Vertical separators with a caption (e.g. where a training stage begins).
     pub x_marks: Vec<(f64, String)>,
+    /// Span of the y axis, (bottom, top); points outside it are drawn clamped to it.
     pub y_range: (f64, f64),
+    /// The lines, in legend order.
     pub series: Vec<Series>,
 }
 
@@ -31,6 +41,8 @@ const RIGHT: f64 = 190.0;
 const TOP: f64 = 40.0;
 const BOTTOM: f64 = 50.0;
 
+/// The chart as a standalone SVG document (640 × 360 px); the x axis spans every point,
+/// tick and mark.
 pub fn svg(c: &Chart) -> String {
     let xs = c
         .series

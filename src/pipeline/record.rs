@@ -5,12 +5,15 @@ use crate::io::atomic;
 use crate::{Error, Result};
 use std::path::Path;
 
+/// A stage's state file: `key = value` pairs in insertion order.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Record {
     entries: Vec<(String, String)>,
 }
 
 impl Record {
+    /// Sets `key` to `value`, in place if present, else appended. Panics on a key holding `=`
+    /// or a newline, or a value holding a newline.
     pub fn set(&mut self, key: &str, value: impl Into<String>) {
         let value = value.into();
         assert!(
@@ -23,10 +26,12 @@ impl Record {
         }
     }
 
+    /// The value of `key`, if set.
     pub fn get(&self, key: &str) -> Option<&str> {
         self.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
+    /// The value of `key` as a number (`None` when missing or not a number).
     pub fn get_f64(&self, key: &str) -> Option<f64> {
         self.get(key).and_then(|v| v.parse().ok())
     }
@@ -64,6 +69,7 @@ impl Record {
         Ok(Some(r))
     }
 
+    /// Writes the record to `path` atomically, one `key = value` line per entry.
     pub fn save(&self, path: &Path) -> Result<()> {
         let text: String = self.entries.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
         atomic::write(path, text.as_bytes())

@@ -101,6 +101,9 @@ pub fn verdict(c: &Comparison, quant_ideal: f64) -> String {
     v
 }
 
+/// The content of `summary.json`: every accuracy (mean, spreads, per chip) of the main
+/// comparison (suffix `_nonideal`) and of the sweep, the differences, the verdict and the
+/// run's provenance, as a pretty-printed JSON object.
 pub fn summary_json(s: &Summary) -> String {
     let acc = |prefix: &str, a: &McAccuracy| -> Vec<(String, json::Value)> {
         vec![

@@ -13,14 +13,22 @@ use crate::optim::{Groups, Optimizer, OptimizerKind};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// What [`run`] measured.
 #[derive(Clone, Debug)]
 pub struct BenchResult {
+    /// The architecture's name.
     pub model: String,
+    /// Images per step.
     pub batch: usize,
+    /// Worker threads (rayon's pool).
     pub threads: usize,
+    /// Median training step (forward, backward, optimizer update), in ms.
     pub train_step_ms: f64,
+    /// Training throughput at the median step, images/s.
     pub train_images_per_s: f64,
+    /// Evaluation-forward throughput at the median pass, images/s.
     pub eval_images_per_s: f64,
+    /// Peak resident memory of the process (`VmHWM`), in MiB; 0 where unknown.
     pub peak_rss_mb: f64,
     /// For CIM runs: the macro, readout source, mode and estimator, and readouts drawn per second.
     pub cim: Option<(String, f64)>,
@@ -192,6 +200,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchResult> {
 }
 
 impl BenchResult {
+    /// The result as a table for people, with the CIM lines when there are any.
     pub fn table(&self) -> String {
         let mut t = format!(
             "model     batch threads  train step ms  train img/s  eval img/s  peak RSS MiB\n{:<9} {:>5} {:>7} {:>14.1} {:>12.1} {:>11.1} {:>13.0}",
@@ -222,6 +231,7 @@ impl BenchResult {
         }
         t
     }
+    /// The result as one JSON object.
     pub fn json(&self) -> String {
         json::object(vec![
             ("model", self.model.clone().into()),

@@ -37,9 +37,9 @@ pub struct CimTraining {
 /// `"moderate".into()`, `model.into()` and `Arc::new(source).into()` make one.
 ///
 /// Checkpoints record a named model by its name, the others by their label, and every
-/// [`ErrorModel`] by the SHA-256 of its content, so a resumed run refuses a changed
-/// model; a [`Readout`] source without a table has no content to hash and resumes on
-/// its label alone.
+/// [`ErrorModel`](em::ErrorModel) by the SHA-256 of its content, so a resumed run
+/// refuses a changed model; a [`Readout`] source without a table has no content to hash
+/// and resumes on its label alone.
 #[derive(Clone)]
 pub enum ErrorModelSource {
     /// A preset (with overrides) or a D-MAC-EM file path.

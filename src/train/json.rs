@@ -1,9 +1,14 @@
 //! A tiny JSON object writer for the one-line machine-readable outputs.
 
+/// A JSON value as [`object`] writes it.
 pub enum Value {
+    /// A number; NaN and infinities are written `null`.
     Num(f64),
+    /// An integer.
     Int(i64),
+    /// A string, escaped on output.
     Str(String),
+    /// `true` or `false`.
     Bool(bool),
     /// Already-serialised JSON (a nested array or object).
     Raw(String),
@@ -45,6 +50,7 @@ impl From<bool> for Value {
     }
 }
 
+/// `s` escaped for inside a JSON string literal (quotes, backslashes, control characters).
 pub fn escape(s: &str) -> String {
     let mut o = String::with_capacity(s.len() + 2);
     for ch in s.chars() {

@@ -2,6 +2,7 @@
 
 use std::time::Instant;
 
+/// A duration for people, rounded to the second: `42s`, `3m07s`, `2h05m`.
 pub fn fmt_duration(secs: f64) -> String {
     let s = secs.max(0.0).round() as u64;
     if s >= 3600 {
@@ -17,10 +18,12 @@ pub fn fmt_duration(secs: f64) -> String {
 pub struct Progress {
     last: Instant,
     every_secs: f64,
+    /// Print nothing.
     pub quiet: bool,
 }
 
 impl Progress {
+    /// A printer that prints at most one line every 10 s (or none, when `quiet`).
     pub fn new(quiet: bool) -> Self {
         Progress { last: Instant::now(), every_secs: 10.0, quiet }
     }

@@ -36,6 +36,7 @@ pub const BN_RECALIBRATED: &str = "bn_recalibrated";
 /// What a recalibration did.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Recalibration {
+    /// Images read.
     pub images: usize,
     /// Batchnorm layers whose statistics were re-estimated.
     pub layers: usize,
@@ -46,10 +47,15 @@ pub struct Recalibration {
 /// module docs for why).
 #[derive(Clone, Copy)]
 pub struct RecalImages<'a> {
+    /// The split the images come from (the training split).
     pub split: &'a Split,
+    /// Input normalisation.
     pub norm: Normalize,
+    /// Augmentation applied to each image (`None`: the images as they are).
     pub augment: Option<Augment>,
+    /// Images read, 2 to the split's length.
     pub count: usize,
+    /// Keys the permutation and the augmentation.
     pub seed: u64,
 }
 

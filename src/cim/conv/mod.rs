@@ -49,7 +49,9 @@ use rayon::prelude::*;
 
 /// One CIM layer's call: the shared runtime and this layer's id (part of the draw key).
 pub struct CimCall<'a> {
+    /// The runtime every CIM layer of the pass shares.
     pub rt: &'a CimRuntime,
+    /// This layer's CIM id, part of its draw key.
     pub layer: u64,
 }
 
