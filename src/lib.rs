@@ -46,6 +46,9 @@
 //!
 //! # Where things are
 //!
+//! The guide to the command line, the macro and error model, the pipeline, file formats,
+//! determinism and speed is `docs/` in the repository (`docs/README.md` lists its pages).
+//!
 //! * [`prelude`] — the names above, in one `use`.
 //! * [`cli`] — the `dnat` command line, callable from a program that registered its own
 //!   architectures.
