@@ -130,6 +130,7 @@ pub mod optim;
 pub mod pipeline;
 pub mod prelude;
 pub mod rng;
+pub mod runtime;
 pub mod train;
 
 pub use error::{Error, Result};

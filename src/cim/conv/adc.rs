@@ -12,7 +12,7 @@ use crate::engine::gemm::Kernel;
 /// code beyond the ADC's ends (which also makes a NaN the lower one), then rounded,
 /// then clamped. AVX-512 and AVX2 paths do sixteen or eight at a time with the same IEEE
 /// operations, so the same codes (`adc_paths_are_the_scalar_conversion_exactly`).
-pub(super) fn adc_codes(
+pub(crate) fn adc_codes(
     sums: &[i32],
     scale: f32,
     offset: f32,

@@ -32,6 +32,7 @@
 //! of consecutive operations); the saved slopes replay nothing at random.
 
 mod adc;
+pub(crate) use adc::adc_codes;
 mod backward;
 
 use super::clip;
@@ -43,7 +44,6 @@ use crate::engine::gemm::{MatRef, gemm};
 use crate::engine::ops::conv2d::{self, Conv2dCfg, ConvGeom};
 use crate::engine::{Tape, Tensor, Var, par};
 use crate::{Error, Result};
-use adc::adc_codes;
 use backward::{SlopeSource, backward};
 use rayon::prelude::*;
 

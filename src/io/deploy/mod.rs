@@ -232,4 +232,4 @@ impl DeployModel {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

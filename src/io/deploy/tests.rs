@@ -9,7 +9,7 @@ use crate::nn::{Arch, CimPlan, Fwd, ModelSpec, Network, build};
 use std::sync::Arc;
 
 /// A CIM network whose batchnorms and bounds are not at their initial values.
-fn trained_like(arch: Arch) -> (Box<dyn Network>, ParamStore) {
+pub(crate) fn trained_like(arch: Arch) -> (Box<dyn Network>, ParamStore) {
     let spec = ModelSpec { arch, num_classes: 10, cim: Some(CimPlan::default()) };
     let (net, mut store) = build(&spec, 3).unwrap();
     for (i, p) in store.params_mut().iter_mut().enumerate() {
@@ -33,7 +33,7 @@ fn trained_like(arch: Arch) -> (Box<dyn Network>, ParamStore) {
     (net, store)
 }
 
-fn export(net: &dyn Network, store: &mut ParamStore) -> DeployModel {
+pub(crate) fn export(net: &dyn Network, store: &mut ParamStore) -> DeployModel {
     DeployModel::from_network(
         net,
         "test",

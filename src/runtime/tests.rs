@@ -1,0 +1,120 @@
+//! The runtime against the network it was exported from, on the ideal macro and
+//! through a simulated chip; batching and threads; a backend that lies.
+
+use super::*;
+use crate::cim::em::presets;
+use crate::cim::{CimRuntime, Estimator, MacroSpec, Readout, ReadoutMode};
+use crate::engine::{Mode, gradcheck::random};
+use crate::io::deploy::tests::{export, trained_like};
+use crate::nn::{Arch, Fwd};
+use std::sync::Arc;
+
+/// The network's own logits for `x`, its CIM layers reading through `rt`.
+fn network_logits(arch: Arch, rt: &CimRuntime, x: &Tensor) -> (DeployModel, Vec<f32>) {
+    let (net, mut store) = trained_like(arch);
+    let m = export(net.as_ref(), &mut store);
+    let mut tape = Tape::new(false);
+    let xv = tape.constant(x.clone());
+    let mut cx = Fwd::new(&mut tape, &mut store, Mode::Eval);
+    cx.cim = Some(rt);
+    let y = net.forward(&mut cx, xv).unwrap();
+    (m, tape.value(y).data().to_vec())
+}
+
+/// Same integers (partial sums, ADC codes, draws); the float epilogues differ in order
+/// only (a folded batchnorm), which on rare inputs moves a value across an E-PACT
+/// rounding edge in a later layer.
+fn assert_close(got: &[f32], want: &[f32], what: &str) {
+    let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+    for (j, (g, w)) in got.iter().zip(want).enumerate() {
+        assert!(
+            (g - w).abs() <= 1e-3 * (1.0 + scale),
+            "{what} logit {j}: runtime {g} vs network {w}"
+        );
+    }
+}
+
+fn runtime_of(spec: &MacroSpec, model: Arc<dyn Readout>, mode: ReadoutMode) -> CimRuntime {
+    CimRuntime::new(spec.clone(), model, mode, Estimator::Ste).unwrap()
+}
+
+#[test]
+fn ideal_backend_is_the_network_on_the_ideal_macro() {
+    let spec = MacroSpec::default();
+    let ideal = Arc::new(crate::cim::ErrorModel::ideal(spec.adc.kmin, spec.adc.kmax));
+    let x = random(&[3, 3, 32, 32], 9);
+    let (m, want) =
+        network_logits(Arch::ResNet20, &runtime_of(&spec, ideal, ReadoutMode::Ideal), &x);
+    let mut rt = Runtime::new(&m).unwrap();
+    let got = rt.run(&mut IdealMacro::new(&m.macro_spec), x.data(), 0).unwrap();
+    assert_close(&got, &want, "ResNet20, ideal");
+    // ResNet20's 18 CIM layers: 3 × 3 tiles of 16 channels, 3 × (5 + 5) of 32 (the first
+    // layer of a stage reads 16 channels), 3 × (5 + 9) of 64 … one programming per tile,
+    // the same for every batch.
+    let s = rt.stats;
+    assert_eq!(s.images, 3);
+    // An image's logits do not depend on the batch it runs in, nor on the thread count.
+    let one = rt.run(&mut IdealMacro::new(&m.macro_spec), &x.data()[3072..6144], 0).unwrap();
+    assert_eq!(one, got[10..20]);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+    let serial = pool.install(|| rt.run(&mut IdealMacro::new(&m.macro_spec), x.data(), 0).unwrap());
+    assert_eq!(serial, got);
+    assert_eq!(rt.stats.programmings, 3 * s.programmings);
+    assert_eq!(rt.stats.macro_ops, s.macro_ops * 7 / 3);
+}
+
+/// A simulated chip draws what the CIM layers draw for the same operation: the same
+/// chip's columns, the same keys (noise seed, layer, pass, operation).
+#[test]
+fn em_backend_draws_what_the_cim_layers_draw() {
+    let spec = MacroSpec::default();
+    let model: Arc<dyn Readout> =
+        Arc::new(presets::preset("current-domain", (spec.adc.kmin, spec.adc.kmax)).unwrap());
+    let (chip, noise, pass) = (2, 1000, 5);
+    let cim = CimRuntime {
+        seed: noise,
+        step: pass,
+        ..runtime_of(&spec, model.clone(), ReadoutMode::Sampled).on_chip(chip)
+    };
+    let x = random(&[2, 3, 32, 32], 4);
+    let (m, want) = network_logits(Arch::ResNet20, &cim, &x);
+    let mut rt = Runtime::new(&m).unwrap();
+    let got = rt
+        .run(&mut EmMacro::new(&m.macro_spec, model.clone(), chip, noise), x.data(), pass)
+        .unwrap();
+    assert_close(&got, &want, "ResNet20, current-domain chip 2");
+    // Another pass, noise seed or chip draws otherwise: the comparison can fail.
+    for (c, s, p) in [(chip, noise, pass + 1), (chip, noise + 1, pass), (chip + 1, noise, pass)] {
+        let other =
+            rt.run(&mut EmMacro::new(&m.macro_spec, model.clone(), c, s), x.data(), p).unwrap();
+        assert_ne!(other, got, "chip {c}, noise {s}, pass {p}");
+    }
+}
+
+/// A backend that answers with a code outside the ADC's range is named, with the layer
+/// and the operation.
+#[test]
+fn a_backend_that_lies_is_named() {
+    struct Liar(IdealMacro);
+    impl MacroBackend for Liar {
+        fn name(&self) -> String {
+            "liar".into()
+        }
+        fn program(&mut self, array: usize, weights: &[i8]) -> Result<()> {
+            self.0.program(array, weights)
+        }
+        fn compute(&mut self, a: usize, op: &Operation, x: &[u16], out: &mut [i32]) -> Result<()> {
+            self.0.compute(a, op, x, out)?;
+            out[0] = 100_000;
+            Ok(())
+        }
+    }
+    let (net, mut store) = trained_like(Arch::ResNet20);
+    let m = export(net.as_ref(), &mut store);
+    let mut rt = Runtime::new(&m).unwrap();
+    let e = rt.run(&mut Liar(IdealMacro::new(&m.macro_spec)), &vec![0.0; 3072], 0).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "backend 'liar', layer 'layer1.0.conv1', tile 0, cycle 0: ADC code 100000 is outside the ADC's -256..=255"
+    );
+}
