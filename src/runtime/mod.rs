@@ -88,7 +88,7 @@ impl<'m> Runtime<'m> {
         let per: usize = self.shapes[0].iter().product();
         if per == 0 || !images.len().is_multiple_of(per) || images.is_empty() {
             return Err(Error::invalid(format!(
-                "deployable model '{}': {} values are not whole images of {:?}",
+                "deployable model '{}': {} values are not whole images of {:?} = {per} values",
                 self.model.arch,
                 images.len(),
                 self.shapes[0]

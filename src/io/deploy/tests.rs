@@ -155,7 +155,12 @@ fn the_file_alone_computes_the_network() {
             tape.value(y).data().to_vec()
         };
         let got = m.run(x.data()).unwrap();
-        assert!(m.run(&x.data()[1..]).unwrap_err().to_string().contains("an image of 3071 values"));
+        assert!(
+            m.run(&x.data()[1..])
+                .unwrap_err()
+                .to_string()
+                .contains("3071 values are not whole images of [3, 32, 32] = 3072 values")
+        );
         // The two compute the same integers (partial sums, ADC codes); the float
         // epilogues differ in summation order only, which on rare inputs moves a
         // value across an E-PACT rounding edge in a later layer (one code).
