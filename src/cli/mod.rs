@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod calibrate;
+pub mod deploy;
 pub mod em;
 pub mod eval;
 pub mod export;
@@ -84,6 +85,7 @@ enum Cmd {
     Weights(weights::WeightsArgs),
     Pipeline(pipeline::PipelineArgs),
     Export(export::ExportArgs),
+    Deploy(deploy::DeployArgs),
 }
 
 /// Signal set-up at start-up: restores the default SIGPIPE action, so `dnat … | head`
@@ -136,6 +138,7 @@ pub fn main() -> ExitCode {
         Cmd::Weights(a) => weights::run(a),
         Cmd::Pipeline(a) => pipeline::run(a),
         Cmd::Export(a) => export::run(a),
+        Cmd::Deploy(a) => deploy::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,7 +3,9 @@
 
 use crate::cim::conv::adc_codes;
 use crate::cim::{Chip, DrawKey, DrawRun, MacroSpec, Readout};
+use crate::engine::gemm::{MatRef, gemm};
 use crate::{Error, Result};
+use rayon::prelude::*;
 use std::sync::Arc;
 
 /// What the runtime says about one batch of macro operations. A real chip may ignore
@@ -62,7 +64,8 @@ pub trait MacroBackend: Send {
 /// The arrays' weights as a simulated macro keeps them, and their exact partial sums.
 struct Arrays {
     spec: MacroSpec,
-    weights: Vec<Option<Vec<i8>>>,
+    /// Each array's codes as f32, `[rows][columns]` (`None`: never programmed).
+    weights: Vec<Option<Vec<f32>>>,
 }
 
 impl Arrays {
@@ -78,10 +81,12 @@ impl Arrays {
                 self.spec.arrays
             )));
         }
-        self.weights[array] = Some(weights.to_vec());
+        self.weights[array] = Some(weights.iter().map(|&w| w as f32).collect());
         Ok(())
     }
-    /// The exact partial sums `P[i · columns + c]` of `inputs` on `array`.
+    /// The exact partial sums `P[i · columns + c]` of `inputs` on `array`: one product of
+    /// the inputs (n × rows) and the array (rows × columns) on the engine's GEMM, exact
+    /// in f32 (integer products and sums far below 2^24).
     fn partial_sums(&self, array: usize, inputs: &[u16]) -> Result<Vec<i32>> {
         let (rows, cols) = (self.spec.rows, self.spec.columns);
         let w = self.weights.get(array).and_then(|w| w.as_ref()).ok_or_else(|| {
@@ -93,16 +98,18 @@ impl Arrays {
                 inputs.len()
             )));
         }
-        let mut p = vec![0i32; inputs.len() / rows * cols];
-        for (x, out) in inputs.chunks_exact(rows).zip(p.chunks_exact_mut(cols)) {
-            for (r, &q) in x.iter().enumerate() {
-                if q != 0 {
-                    let wr = &w[r * cols..(r + 1) * cols];
-                    out.iter_mut().zip(wr).for_each(|(o, &wc)| *o += q as i32 * wc as i32);
-                }
-            }
-        }
-        Ok(p)
+        let n = inputs.len() / rows;
+        let x: Vec<f32> = inputs.par_iter().map(|&q| q as f32).collect();
+        let mut p = vec![0.0f32; n * cols];
+        gemm(
+            1.0,
+            MatRef::rowmajor(&x, n, rows),
+            MatRef::rowmajor(w, rows, cols),
+            0.0,
+            &mut p,
+            cols,
+        );
+        Ok(p.par_iter().map(|&v| v as i32).collect())
     }
 }
 
@@ -177,29 +184,39 @@ impl MacroBackend for EmMacro {
         check_len(out, p.len())?;
         let spec = &self.arrays.spec;
         let (cols, adc) = (spec.columns, spec.adc);
-        let n = p.len() / cols;
         let key = DrawKey::new(self.noise, op.layer as u64, op.pass);
-        let (mut sums, mut codes, mut read) = (vec![0i32; n], vec![0i32; n], vec![0.0f32; n]);
         let inv_step = 1.0 / adc.step;
-        for c in 0..cols.min(op.channels.saturating_sub(op.first_channel) as usize) {
-            let co = op.first_channel as usize + c;
-            // The ADC column's fixed pattern acts on the analog sum, before rounding, and
-            // the conversion is the CIM layers' own.
-            let (gain, offset) = self
-                .chip
-                .as_ref()
-                .map_or((1.0, 0.0), |ch| ch.column(spec.adc_of(op.tile as usize, co)));
-            sums.iter_mut().enumerate().for_each(|(i, s)| *s = p[i * cols + c]);
-            adc_codes(&sums, inv_step * gain, offset, adc, &mut codes, None);
-            let row = (op.tile as u64 * spec.cycles() as u64 + op.cycle as u64)
-                * op.channels as u64
-                + co as u64;
-            let run = DrawRun { key, op0: row * op.elements + op.first_element, stride: 1 };
-            self.readout.sample_run(&codes, run, &mut read);
-            for (i, &r) in read.iter().enumerate() {
-                out[i * cols + c] = r as i32;
-            }
-        }
+        let used = cols.min(op.channels.saturating_sub(op.first_channel) as usize);
+        // Operations are independent (each draw is keyed by its own number): blocks of
+        // rows in parallel, small enough that a block's partial sums stay in cache while
+        // each column of it is read.
+        const BLOCK: usize = 1024;
+        out.par_chunks_mut(BLOCK * cols).zip(p.par_chunks(BLOCK * cols)).enumerate().for_each(
+            |(blk, (o, pb))| {
+                let m = pb.len() / cols;
+                let (mut sums, mut codes, mut read) = (vec![0i32; m], vec![0i32; m], vec![0.0; m]);
+                o.fill(0);
+                for c in 0..used {
+                    let co = op.first_channel as usize + c;
+                    // The ADC column's fixed pattern acts on the analog sum, before
+                    // rounding, and the conversion is the CIM layers' own.
+                    let (gain, offset) = self
+                        .chip
+                        .as_ref()
+                        .map_or((1.0, 0.0), |ch| ch.column(spec.adc_of(op.tile as usize, co)));
+                    sums.iter_mut().enumerate().for_each(|(i, s)| *s = pb[i * cols + c]);
+                    adc_codes(&sums, inv_step * gain, offset, adc, &mut codes, None);
+                    let row = (op.tile as u64 * spec.cycles() as u64 + op.cycle as u64)
+                        * op.channels as u64
+                        + co as u64;
+                    let op0 = row * op.elements + op.first_element + (blk * BLOCK) as u64;
+                    self.readout.sample_run(&codes, DrawRun { key, op0, stride: 1 }, &mut read);
+                    for (i, &r) in read.iter().enumerate() {
+                        o[i * cols + c] = r as i32;
+                    }
+                }
+            },
+        );
         Ok(())
     }
 }
@@ -212,4 +229,48 @@ fn check_len(out: &[i32], want: usize) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// The backend a description names, for a macro of geometry `spec`: `ideal`, or
+/// `em:MODEL[,chip=S][,noise=N]` — a simulated chip `S` (default 0) of the error model
+/// `MODEL` (a preset, a preset with overrides, or a D-MAC-EM file), read with noise seed
+/// `N` (default 1000, as `dnat eval`'s first noise seed).
+pub fn parse(description: &str, spec: &MacroSpec) -> Result<Box<dyn MacroBackend>> {
+    if description == "ideal" {
+        return Ok(Box::new(IdealMacro::new(spec)));
+    }
+    let Some(rest) = description.strip_prefix("em:") else {
+        return Err(Error::invalid(format!(
+            "backend '{description}': expected 'ideal' or 'em:MODEL[,chip=S][,noise=N]'"
+        )));
+    };
+    let (mut chip, mut noise, mut model) = (0u64, 1000u64, Vec::new());
+    for part in rest.split(',') {
+        let number = |v: &str, what: &str| {
+            v.parse::<u64>().map_err(|_| {
+                Error::invalid(format!(
+                    "backend '{description}': {what} '{v}' is not a whole number"
+                ))
+            })
+        };
+        if let Some(v) = part.strip_prefix("chip=") {
+            chip = number(v, "chip")?;
+        } else if let Some(v) = part.strip_prefix("noise=") {
+            noise = number(v, "noise")?;
+        } else {
+            model.push(part);
+        }
+    }
+    if model.is_empty() || model[0].is_empty() {
+        return Err(Error::invalid(format!("backend '{description}' names no error model")));
+    }
+    let readout = Arc::new(crate::cim::em::resolve(&model.join(","), spec)?);
+    // The model must fit the macro's ADC, as for training.
+    crate::cim::CimRuntime::new(
+        spec.clone(),
+        readout.clone(),
+        crate::cim::ReadoutMode::Sampled,
+        crate::cim::Estimator::Ste,
+    )?;
+    Ok(Box::new(EmMacro::new(spec, readout, chip, noise)))
 }

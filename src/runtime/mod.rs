@@ -19,7 +19,7 @@
 
 mod backend;
 
-pub use backend::{EmMacro, IdealMacro, MacroBackend, Operation};
+pub use backend::{EmMacro, IdealMacro, MacroBackend, Operation, parse as parse_backend};
 
 use crate::data::{Batcher, Split};
 use crate::engine::ops::{self, Conv2dCfg};
@@ -201,6 +201,16 @@ impl<'m> Runtime<'m> {
             .collect();
         let (b, cycles) = (spec.input_bits_per_cycle, spec.cycles() as usize);
         let mask = (1u32 << b) - 1;
+        // Where each tile's patch rows read an image: `index[(t·pixels + pix)·rows + r]`,
+        // the input's position in the image, or NONE (padding, or a row past K).
+        const NONE: u32 = u32::MAX;
+        let index: Vec<u32> = (0..tiles * pixels * rows)
+            .into_par_iter()
+            .map(|i| {
+                let (t, pix, r) = (i / (pixels * rows), i / rows % pixels, i % rows);
+                at(t * rows + r, pix).map_or(NONE, |j| j as u32)
+            })
+            .collect();
         let mut readouts = vec![0.0f32; cout * elements];
         let (mut inputs, mut out) = (vec![0u16; elements * rows], vec![0i32; elements * cols]);
         let mut block = vec![0i8; rows * cols];
@@ -221,13 +231,15 @@ impl<'m> Runtime<'m> {
                 self.stats.programmings += 1;
                 for c in 0..cycles {
                     let shift_bits = c as u32 * b;
+                    let index = &index[t * pixels * rows..(t + 1) * pixels * rows];
                     inputs.par_chunks_mut(pixels * rows).enumerate().for_each(|(img, chunk)| {
                         let qi = &q[img * image_len..(img + 1) * image_len];
-                        for (pix, v) in chunk.chunks_exact_mut(rows).enumerate() {
-                            for (r, slot) in v.iter_mut().enumerate() {
-                                *slot = at(t * rows + r, pix)
-                                    .map_or(0, |i| ((qi[i] as u32 >> shift_bits) & mask) as u16);
-                            }
+                        for (slot, &i) in chunk.iter_mut().zip(index) {
+                            *slot = if i == NONE {
+                                0
+                            } else {
+                                ((qi[i as usize] as u32 >> shift_bits) & mask) as u16
+                            };
                         }
                     });
                     let op = Operation {
@@ -260,14 +272,12 @@ impl<'m> Runtime<'m> {
                     // In the CIM layers' order: tiles, then cycles, each readout weighted by
                     // its cycle's place value in partial-sum units.
                     let weight = 2f32.powi(shift_bits as i32) * spec.adc.step;
-                    readouts[g * cols * elements..(g * cols + used) * elements]
-                        .par_chunks_mut(elements)
-                        .enumerate()
-                        .for_each(|(c, acc)| {
-                            for (e, a) in acc.iter_mut().enumerate() {
-                                *a += weight * out[e * cols + c] as f32;
-                            }
-                        });
+                    // `readouts[e][co]`: one element's channels side by side, as `out` holds them.
+                    readouts.par_chunks_mut(cout).zip(out.par_chunks(cols)).for_each(|(acc, o)| {
+                        for (a, &j) in acc[g * cols..g * cols + used].iter_mut().zip(o) {
+                            *a += weight * j as f32;
+                        }
+                    });
                 }
             }
         }
@@ -280,7 +290,7 @@ impl<'m> Runtime<'m> {
                 let mut z = 0.0f32;
                 for t in 0..tiles {
                     for r in 0..rows {
-                        if at(t * rows + r, pix).is_some() {
+                        if index[(t * pixels + pix) * rows + r] != NONE {
                             z += codes[(co * tiles + t) * rows + r] as f32;
                         }
                     }
@@ -292,7 +302,7 @@ impl<'m> Runtime<'m> {
         y.par_chunks_mut(cout * pixels).enumerate().for_each(|(img, yi)| {
             for (i, v) in yi.iter_mut().enumerate() {
                 let (co, pix) = (i / pixels, i % pixels);
-                let r = readouts[co * elements + img * pixels + pix];
+                let r = readouts[(img * pixels + pix) * cout + co];
                 *v = scale[co] * (s_x * r + lo * zero_point[i]) + shift[co];
             }
         });
