@@ -403,3 +403,52 @@ fn hostile_input_is_refused_by_name() {
     );
     assert!(!dep.exists());
 }
+
+/// `dnat deploy eval` runs an export with a backend doing the macro operations: on the
+/// ideal macro and on a simulated chip, with what it did reported; a backend it does
+/// not know is refused by name.
+#[test]
+fn deploy_eval_runs_an_export_through_a_backend() {
+    let Some(data) = stand_in() else { return };
+    let d = tmpdir("deploy");
+    let (model, data) = (d.join("qat.dnatdeploy"), data.to_str().unwrap().to_string());
+    let qat = format!("{}/models/resnet20-w4a8-qat-e2-s0.ckpt", env!("CARGO_MANIFEST_DIR"));
+    let o = dnat(&["export", "--checkpoint", &qat, "--out", model.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m = model.to_str().unwrap();
+    let eval = |backend: &str| {
+        let o = dnat(&[
+            "deploy",
+            "eval",
+            "--model",
+            m,
+            "--backend",
+            backend,
+            "--data",
+            &data,
+            "--test-subset",
+            "50",
+            "--json",
+            "--quiet",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        stdout(&o).lines().last().unwrap().to_string()
+    };
+    let ideal = eval("ideal");
+    // 50 images: 36,454,400 operations; 18 layers placed in 96 blocks, once per batch.
+    assert_eq!(
+        (json_number(&ideal, "macro_ops"), json_number(&ideal, "programmings")),
+        (36454400.0, 96.0)
+    );
+    assert!(json_number(&ideal, "accuracy") > 70.0, "{ideal}");
+    let chip = eval("em:current-domain,chip=1");
+    assert!(json_number(&chip, "accuracy") < json_number(&ideal, "accuracy"), "{chip}");
+    fails_with(
+        &["deploy", "eval", "--model", m, "--backend", "fpga"],
+        "backend 'fpga': expected 'ideal' or 'em:MODEL",
+    );
+    fails_with(
+        &["deploy", "eval", "--model", m, "--backend", "em:nonesuch"],
+        "error model 'nonesuch'",
+    );
+}
