@@ -286,11 +286,16 @@ fn deployable_exports() {
     )
     .unwrap()
     .to_bytes();
+    // And a version-2 file, which has its own layout.
+    let v2 = std::fs::read(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/deploy-v2-resnet20.dnatd"),
+    )
+    .unwrap();
     fuzz(
         "deploy",
-        vec![seed],
+        vec![seed, v2],
         true,
-        |r, s| reframe(r, s, 2),
+        |r, s| reframe(r, s, 3),
         |b| DeployModel::from_bytes(b).is_ok(),
     );
 }

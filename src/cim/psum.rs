@@ -71,6 +71,17 @@ impl PackedWeights {
     pub fn quads(&self) -> usize {
         self.quads
     }
+
+    /// The first `channels` output channels of a one-tile pack (an array whose other
+    /// columns a layer does not use: their products need not be computed).
+    pub fn first_channels(&self, channels: usize) -> PackedWeights {
+        assert!(channels <= self.cout && self.words.len() == self.cout * self.quads);
+        let words = self.words[..channels * self.quads].to_vec();
+        let max_abs = words.iter().fold(0u32, |m, &w| {
+            (0..4).fold(m, |m, b| m.max(((w >> (8 * b)) as i8).unsigned_abs() as u32))
+        });
+        PackedWeights { words, cout: channels, quads: self.quads, max_abs }
+    }
 }
 
 /// One cycle's byte plane of a group's input codes, with the convolution's zero border:

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 #[derive(argh::FromArgs)]
 #[argh(subcommand, name = "export")]
 /// Write the deployable integer model of a CIM checkpoint: 4-bit weight codes per macro
-/// tile, E-PACT bounds, scales, folded batchnorm (format: src/io/deploy/mod.rs).
+/// tile, E-PACT bounds, scales, batchnorms with their fold (format: src/io/deploy/mod.rs).
 pub struct ExportArgs {
     /// checkpoint of a QAT or D-NAT run (trained with --cim)
     #[argh(option)]

@@ -279,6 +279,14 @@ pub struct LayerStats {
     pub running_mean: BufferId,
     /// The layer's running-variance buffer.
     pub running_var: BufferId,
+    /// The statistics of its input.
+    pub moments: Moments,
+}
+
+/// Exact per-channel count, mean and sum of squared deviations of many NCHW batches,
+/// merged batch by batch in f64 (Chan et al.'s pairwise update) in the order they arrive.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Moments {
     /// Values seen per channel (images · H · W).
     pub count: f64,
     /// Mean per channel.
@@ -287,8 +295,10 @@ pub struct LayerStats {
     pub m2: Vec<f64>,
 }
 
-impl BnStats {
-    fn add(&mut self, mean_id: BufferId, var_id: BufferId, x: &Tensor) -> Result<()> {
+impl Moments {
+    /// Merges the batch `x` (NCHW) in; returns its own per-channel mean and biased
+    /// variance (what a batchnorm in train mode normalises it with).
+    pub fn add(&mut self, x: &Tensor) -> Result<Vec<(f64, f64)>> {
         if x.shape().len() != 4 {
             return Err(crate::Error::invalid(format!(
                 "batchnorm2d needs NCHW input, got {:?}",
@@ -297,39 +307,51 @@ impl BnStats {
         }
         let (n, c, h, w) = x.nchw();
         let stats = ops::batchnorm::channel_stats(x.data(), n, c, h * w);
-        let nb = (n * h * w) as f64;
+        if self.mean.is_empty() {
+            (self.mean, self.m2) = (vec![0.0; c], vec![0.0; c]);
+        }
+        let (na, nb) = (self.count, (n * h * w) as f64);
+        for (ch, &(mb, vb)) in stats.iter().enumerate() {
+            let delta = mb - self.mean[ch];
+            self.mean[ch] += delta * nb / (na + nb);
+            self.m2[ch] += vb * nb + delta * delta * na * nb / (na + nb);
+        }
+        self.count = na + nb;
+        Ok(stats)
+    }
+
+    /// The mean and the unbiased variance per channel (PyTorch's convention for running
+    /// statistics), as f32.
+    pub fn mean_var(&self) -> (Vec<f32>, Vec<f32>) {
+        let var = self.m2.iter().map(|&q| (q / (self.count - 1.0).max(1.0)) as f32).collect();
+        (self.mean.iter().map(|&m| m as f32).collect(), var)
+    }
+}
+
+impl BnStats {
+    fn add(&mut self, mean_id: BufferId, var_id: BufferId, x: &Tensor) -> Result<()> {
         let slot = match self.layers.iter().position(|l| l.running_mean == mean_id) {
             Some(i) => &mut self.layers[i],
             None => {
                 self.layers.push(LayerStats {
                     running_mean: mean_id,
                     running_var: var_id,
-                    count: 0.0,
-                    mean: vec![0.0; c],
-                    m2: vec![0.0; c],
+                    moments: Moments::default(),
                 });
                 self.layers.last_mut().unwrap()
             }
         };
-        let na = slot.count;
-        for (ch, &(mb, vb)) in stats.iter().enumerate() {
-            let delta = mb - slot.mean[ch];
-            slot.mean[ch] += delta * nb / (na + nb);
-            slot.m2[ch] += vb * nb + delta * delta * na * nb / (na + nb);
-        }
-        slot.count = na + nb;
-        Ok(())
+        slot.moments.add(x).map(|_| ())
     }
 
     /// Writes the accumulated statistics into the running buffers: the mean, and the
     /// unbiased variance (PyTorch's convention for running statistics).
     pub fn write(&self, store: &mut ParamStore) {
         for l in &self.layers {
+            let (mean, var) = l.moments.mean_var();
             let (rm, rv) = store.buffer_pair_mut(l.running_mean, l.running_var);
-            for (ch, (&m, &q)) in l.mean.iter().zip(&l.m2).enumerate() {
-                rm.data_mut()[ch] = m as f32;
-                rv.data_mut()[ch] = (q / (l.count - 1.0).max(1.0)) as f32;
-            }
+            rm.data_mut().copy_from_slice(&mean);
+            rv.data_mut().copy_from_slice(&var);
         }
     }
 }

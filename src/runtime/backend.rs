@@ -1,9 +1,10 @@
 //! The interface a macro implements, shaped like the hardware: arrays programmed with
-//! weight codes once, then read with batches of input vectors.
+//! weight codes once, then read with batches of input vectors; and the macros that ship
+//! in-process (an ideal one and a simulated chip).
 
 use crate::cim::conv::adc_codes;
+use crate::cim::psum::{self, PackedWeights, Path};
 use crate::cim::{Chip, DrawKey, DrawRun, MacroSpec, Readout};
-use crate::engine::gemm::{MatRef, gemm};
 use crate::{Error, Result};
 use rayon::prelude::*;
 use std::sync::Arc;
@@ -21,6 +22,9 @@ pub struct Operation {
     pub cycle: u32,
     /// The output channel of the array's first column.
     pub first_channel: u32,
+    /// Columns read: the array's first `columns` (the ones the layer's channels occupy;
+    /// the others hold zero weights and their ADCs need not convert).
+    pub columns: u32,
     /// The layer's output channels.
     pub channels: u32,
     /// Operations per column in the layer's whole pass (images × output pixels): with
@@ -49,9 +53,12 @@ pub trait MacroBackend: Send {
     /// Loads array `array` with weight codes `weights[row · columns + column]` (signed
     /// codes of the macro's `weight_bits`; rows or columns a layer does not use hold 0).
     fn program(&mut self, array: usize, weights: &[i8]) -> Result<()>;
-    /// Reads `n = inputs.len() / rows` operations on array `array`: `inputs[i · rows + r]`
+    /// Reads `n = inputs.len() / rows` operations on array `array`: `inputs[r · n + i]`
     /// is row `r`'s input code of operation `i` (below `2^input_bits_per_cycle`), and
-    /// `out[i · columns + c]` receives column `c`'s ADC code (within the ADC's range).
+    /// `out[c · n + i]` receives column `c`'s ADC code (within the ADC's range) for the
+    /// first `op.columns` columns. Both are laid out row by row (column by column): each
+    /// row's codes for the `n` operations side by side, as a wordline driver takes them
+    /// and an ADC produces them.
     fn compute(
         &mut self,
         array: usize,
@@ -61,17 +68,58 @@ pub trait MacroBackend: Send {
     ) -> Result<()>;
 }
 
-/// The arrays' weights as a simulated macro keeps them, and their exact partial sums.
-struct Arrays {
-    spec: MacroSpec,
-    /// Each array's codes as f32, `[rows][columns]` (`None`: never programmed).
-    weights: Vec<Option<Vec<f32>>>,
+/// What a simulated chip adds to the exact partial sums: its fixed pattern and its
+/// read noise.
+struct ChipModel {
+    readout: Arc<dyn Readout>,
+    chip: Option<Chip>,
+    noise: u64,
 }
 
-impl Arrays {
-    fn new(spec: &MacroSpec) -> Self {
-        Arrays { spec: spec.clone(), weights: vec![None; spec.arrays] }
+/// A macro simulated in-process: the exact integer partial sums of the programmed
+/// codes (the CIM layers' own kernels, [`crate::cim::psum`]), converted by each column's
+/// ADC as the CIM layers convert them, and read ideally or as a simulated chip.
+pub struct SimulatedMacro {
+    spec: MacroSpec,
+    /// Each array's codes, packed as the partial-sum kernels take them (`None`: never
+    /// programmed), and the fastest exact kernel for them.
+    arrays: Vec<Option<(PackedWeights, Path)>>,
+    chip: Option<ChipModel>,
+    label: String,
+}
+
+/// Operations a thread reads at a time: small enough that a block's input words and
+/// partial sums stay in cache while each column of it is converted and read.
+const BLOCK: usize = 256;
+
+impl SimulatedMacro {
+    /// The ideal macro: every ADC code is the exact partial sum's, `round(P / step)`
+    /// clamped to the ADC's range (what the CIM layers read on the ideal macro).
+    pub fn ideal(spec: &MacroSpec) -> Self {
+        Self::with(spec, None, "ideal".into())
     }
+
+    /// Chip `chip` of `readout`'s fixed pattern (the ADC column's gain and offset act on
+    /// the analog sum before rounding), each readout drawn from the model at the key the
+    /// training side's CIM layers use for the same operation (noise seed `noise`, the
+    /// layer, the pass, the operation's number).
+    pub fn chip(spec: &MacroSpec, readout: Arc<dyn Readout>, chip: u64, noise: u64) -> Self {
+        let label = format!("em:{},chip={chip},noise={noise}", readout.label());
+        let fixed = readout.chip(spec.adcs(), chip);
+        Self::with(spec, Some(ChipModel { readout, chip: fixed, noise }), label)
+    }
+
+    fn with(spec: &MacroSpec, chip: Option<ChipModel>, label: String) -> Self {
+        let arrays = (0..spec.arrays).map(|_| None).collect();
+        SimulatedMacro { spec: spec.clone(), arrays, chip, label }
+    }
+}
+
+impl MacroBackend for SimulatedMacro {
+    fn name(&self) -> String {
+        self.label.clone()
+    }
+
     fn program(&mut self, array: usize, weights: &[i8]) -> Result<()> {
         let (rows, cols) = (self.spec.rows, self.spec.columns);
         if array >= self.spec.arrays || weights.len() != rows * cols {
@@ -81,98 +129,21 @@ impl Arrays {
                 self.spec.arrays
             )));
         }
-        self.weights[array] = Some(weights.iter().map(|&w| w as f32).collect());
-        Ok(())
-    }
-    /// The exact partial sums `P[i · columns + c]` of `inputs` on `array`: one product of
-    /// the inputs (n × rows) and the array (rows × columns) on the engine's GEMM, exact
-    /// in f32 (integer products and sums far below 2^24).
-    fn partial_sums(&self, array: usize, inputs: &[u16]) -> Result<Vec<i32>> {
-        let (rows, cols) = (self.spec.rows, self.spec.columns);
-        let w = self.weights.get(array).and_then(|w| w.as_ref()).ok_or_else(|| {
-            Error::invalid(format!("compute: array {array} was never programmed"))
-        })?;
-        if !inputs.len().is_multiple_of(rows) {
+        let (lo, hi) = (self.spec.weight_min(), self.spec.weight_max());
+        if let Some(bad) = weights.iter().find(|&&w| (w as i32) < lo || (w as i32) > hi) {
             return Err(Error::invalid(format!(
-                "compute: {} input codes are not whole operations of {rows} rows",
-                inputs.len()
+                "program: array {array}: weight code {bad} is outside the macro's {lo}..={hi}"
             )));
         }
-        let n = inputs.len() / rows;
-        let x: Vec<f32> = inputs.par_iter().map(|&q| q as f32).collect();
-        let mut p = vec![0.0f32; n * cols];
-        gemm(
-            1.0,
-            MatRef::rowmajor(&x, n, rows),
-            MatRef::rowmajor(w, rows, cols),
-            0.0,
-            &mut p,
-            cols,
-        );
-        Ok(p.par_iter().map(|&v| v as i32).collect())
-    }
-}
-
-/// The ideal macro: every ADC code is the exact partial sum's, `clamp(round(P / step))`.
-pub struct IdealMacro(Arrays);
-
-impl IdealMacro {
-    /// An ideal macro of geometry `spec`.
-    pub fn new(spec: &MacroSpec) -> Self {
-        IdealMacro(Arrays::new(spec))
-    }
-}
-
-impl MacroBackend for IdealMacro {
-    fn name(&self) -> String {
-        "ideal".into()
-    }
-    fn program(&mut self, array: usize, weights: &[i8]) -> Result<()> {
-        self.0.program(array, weights)
-    }
-    fn compute(
-        &mut self,
-        array: usize,
-        _: &Operation,
-        inputs: &[u16],
-        out: &mut [i32],
-    ) -> Result<()> {
-        let p = self.0.partial_sums(array, inputs)?;
-        check_len(out, p.len())?;
-        let adc = self.0.spec.adc;
-        out.iter_mut().zip(&p).for_each(|(o, &s)| *o = adc.code(s as f32));
+        // The kernels take one channel's rows together: the array's columns.
+        let by_column: Vec<f32> =
+            (0..cols * rows).map(|i| weights[(i % rows) * cols + i / rows] as f32).collect();
+        let packed = PackedWeights::new(&by_column, cols, rows, rows);
+        let path = Path::best_for(&packed);
+        self.arrays[array] = Some((packed, path));
         Ok(())
     }
-}
 
-/// A simulated chip: chip instance `chip` of an error model's fixed pattern (the ADC
-/// column's gain and offset act on the analog sum before rounding), each readout drawn
-/// from the model at the key the training side's CIM layers use for the same operation
-/// (noise seed `noise`, the layer, the pass, the operation's number).
-pub struct EmMacro {
-    arrays: Arrays,
-    readout: Arc<dyn Readout>,
-    chip: Option<Chip>,
-    noise: u64,
-    label: String,
-}
-
-impl EmMacro {
-    /// Chip `chip` of `readout` on a macro of geometry `spec`, read with noise seed `noise`.
-    pub fn new(spec: &MacroSpec, readout: Arc<dyn Readout>, chip: u64, noise: u64) -> Self {
-        let label = format!("em:{},chip={chip},noise={noise}", readout.label());
-        let chip = readout.chip(spec.adcs(), chip);
-        EmMacro { arrays: Arrays::new(spec), readout, chip, noise, label }
-    }
-}
-
-impl MacroBackend for EmMacro {
-    fn name(&self) -> String {
-        self.label.clone()
-    }
-    fn program(&mut self, array: usize, weights: &[i8]) -> Result<()> {
-        self.arrays.program(array, weights)
-    }
     fn compute(
         &mut self,
         array: usize,
@@ -180,55 +151,102 @@ impl MacroBackend for EmMacro {
         inputs: &[u16],
         out: &mut [i32],
     ) -> Result<()> {
-        let p = self.arrays.partial_sums(array, inputs)?;
-        check_len(out, p.len())?;
-        let spec = &self.arrays.spec;
-        let (cols, adc) = (spec.columns, spec.adc);
-        let key = DrawKey::new(self.noise, op.layer as u64, op.pass);
+        let spec = &self.spec;
+        let (rows, cols, adc) = (spec.rows, spec.columns, spec.adc);
+        let Some((all, path)) = self.arrays.get(array).and_then(Option::as_ref) else {
+            return Err(Error::invalid(format!("compute: array {array} was never programmed")));
+        };
+        let (n, used) = (inputs.len() / rows, op.columns as usize);
+        if used == 0 || used > cols {
+            return Err(Error::invalid(format!(
+                "compute: {used} columns asked for; the arrays have 1 to {cols}"
+            )));
+        }
+        if !inputs.len().is_multiple_of(rows) || out.len() != n * used {
+            return Err(Error::invalid(format!(
+                "compute: {} input codes and {} output slots are not {rows} and {used} per operation",
+                inputs.len(),
+                out.len()
+            )));
+        }
+        let max = (1u32 << spec.input_bits_per_cycle) - 1;
+        // One pass that vectorises (a parallel search item by item costs more than the
+        // partial sums).
+        let largest = inputs.par_chunks(1 << 14).map(|c| c.iter().fold(0, |a, &q| a.max(q))).max();
+        if let Some(bad) = largest.filter(|&q| q as u32 > max) {
+            return Err(Error::invalid(format!(
+                "compute: input code {bad} is beyond the {}-bit cycle's {max}",
+                spec.input_bits_per_cycle
+            )));
+        }
+        let (planes, quads) = (spec.input_bits_per_cycle.div_ceil(8) as usize, rows.div_ceil(4));
         let inv_step = 1.0 / adc.step;
-        let used = cols.min(op.channels.saturating_sub(op.first_channel) as usize);
+        let fewer = (used < cols).then(|| all.first_channels(used));
+        let weights = fewer.as_ref().unwrap_or(all);
+        let row = |c: usize| {
+            (op.tile as u64 * spec.cycles() as u64 + op.cycle as u64) * op.channels as u64
+                + op.first_channel as u64
+                + c as u64
+        };
+        let key = self.chip.as_ref().map(|m| DrawKey::new(m.noise, op.layer as u64, op.pass));
         // Operations are independent (each draw is keyed by its own number): blocks of
-        // rows in parallel, small enough that a block's partial sums stay in cache while
-        // each column of it is read.
-        const BLOCK: usize = 1024;
-        out.par_chunks_mut(BLOCK * cols).zip(p.par_chunks(BLOCK * cols)).enumerate().for_each(
-            |(blk, (o, pb))| {
-                let m = pb.len() / cols;
-                let (mut sums, mut codes, mut read) = (vec![0i32; m], vec![0i32; m], vec![0.0; m]);
-                o.fill(0);
-                for c in 0..used {
-                    let co = op.first_channel as usize + c;
-                    // The ADC column's fixed pattern acts on the analog sum, before
-                    // rounding, and the conversion is the CIM layers' own.
-                    let (gain, offset) = self
-                        .chip
-                        .as_ref()
-                        .map_or((1.0, 0.0), |ch| ch.column(spec.adc_of(op.tile as usize, co)));
-                    sums.iter_mut().enumerate().for_each(|(i, s)| *s = pb[i * cols + c]);
-                    adc_codes(&sums, inv_step * gain, offset, adc, &mut codes, None);
-                    let row = (op.tile as u64 * spec.cycles() as u64 + op.cycle as u64)
-                        * op.channels as u64
-                        + co as u64;
-                    let op0 = row * op.elements + op.first_element + (blk * BLOCK) as u64;
-                    self.readout.sample_run(&codes, DrawRun { key, op0, stride: 1 }, &mut read);
-                    for (i, &r) in read.iter().enumerate() {
-                        o[i * cols + c] = r as i32;
-                    }
+        // them in parallel, each writing its piece of every column.
+        let mut pieces: Vec<Vec<&mut [i32]>> = (0..n.div_ceil(BLOCK)).map(|_| Vec::new()).collect();
+        for column in out.chunks_mut(n) {
+            for (blk, piece) in column.chunks_mut(BLOCK).enumerate() {
+                pieces[blk].push(piece);
+            }
+        }
+        pieces.into_par_iter().enumerate().for_each(|(blk, mut columns)| {
+            let (i0, m) = (blk * BLOCK, columns[0].len());
+            // P[c][i] = Σ_r w[r][c]·x[r][i], one byte plane at a time, the high first.
+            let (mut words, mut sums) = (vec![0u32; quads * m], vec![0i32; used * m]);
+            for plane in (0..planes).rev() {
+                pack(inputs, n, i0, m, plane as u32, &mut words);
+                if plane + 1 < planes {
+                    sums.iter_mut().for_each(|v| *v <<= 8);
                 }
-            },
-        );
+                let accumulate = plane + 1 < planes;
+                psum::plane_product(*path, weights, 0, &words, quads, m, &mut sums, accumulate);
+            }
+            let mut read = vec![0.0f32; m];
+            for (c, (sums, codes)) in sums.chunks_exact(m).zip(columns.iter_mut()).enumerate() {
+                let co = op.first_channel as usize + c;
+                // The ADC column's fixed pattern acts on the analog sum, before rounding;
+                // the conversion is the CIM layers' own.
+                let (gain, offset) = self
+                    .chip
+                    .as_ref()
+                    .and_then(|m| m.chip.as_ref())
+                    .map_or((1.0, 0.0), |ch| ch.column(spec.adc_of(op.tile as usize, co)));
+                adc_codes(sums, inv_step * gain, offset, adc, codes, None);
+                if let (Some(model), Some(key)) = (&self.chip, key) {
+                    let op0 = row(c) * op.elements + op.first_element + i0 as u64;
+                    model.readout.sample_run(codes, DrawRun { key, op0, stride: 1 }, &mut read);
+                    codes.iter_mut().zip(&read).for_each(|(k, &r)| *k = r as i32);
+                }
+            }
+        });
         Ok(())
     }
 }
 
-fn check_len(out: &[i32], want: usize) -> Result<()> {
-    if out.len() != want {
-        return Err(Error::invalid(format!(
-            "compute: {} output slots for {want} column readouts",
-            out.len()
-        )));
+/// Four rows of one byte plane of operations `i0..i0 + m` of `x` (`rows` runs of `n`
+/// codes) to a word, laid out as the partial-sum kernels read them: `words[q·m + i]`
+/// holds rows `4q..4q + 4` of operation `i0 + i`, the first in the low byte, zero past
+/// the last row.
+fn pack(x: &[u16], n: usize, i0: usize, m: usize, plane: u32, words: &mut [u32]) {
+    let rows = x.len() / n;
+    let shift = 8 * plane;
+    let run = |r: usize| &x[r * n + i0..r * n + i0 + m];
+    for (q, dst) in words.chunks_exact_mut(m).enumerate() {
+        dst.fill(0);
+        for b in 0..4.min(rows - 4 * q) {
+            for (d, &v) in dst.iter_mut().zip(run(4 * q + b)) {
+                *d |= ((v as u32 >> shift) & 0xFF) << (8 * b);
+            }
+        }
     }
-    Ok(())
 }
 
 /// The backend a description names, for a macro of geometry `spec`: `ideal`, or
@@ -237,7 +255,7 @@ fn check_len(out: &[i32], want: usize) -> Result<()> {
 /// `N` (default 1000, as `dnat eval`'s first noise seed).
 pub fn parse(description: &str, spec: &MacroSpec) -> Result<Box<dyn MacroBackend>> {
     if description == "ideal" {
-        return Ok(Box::new(IdealMacro::new(spec)));
+        return Ok(Box::new(SimulatedMacro::ideal(spec)));
     }
     let Some(rest) = description.strip_prefix("em:") else {
         return Err(Error::invalid(format!(
@@ -272,5 +290,5 @@ pub fn parse(description: &str, spec: &MacroSpec) -> Result<Box<dyn MacroBackend
         crate::cim::ReadoutMode::Sampled,
         crate::cim::Estimator::Ste,
     )?;
-    Ok(Box::new(EmMacro::new(spec, readout, chip, noise)))
+    Ok(Box::new(SimulatedMacro::chip(spec, readout, chip, noise)))
 }

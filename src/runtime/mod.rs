@@ -1,31 +1,37 @@
 //! Running a deployable model ([`DeployModel`]) with a macro doing its macro operations.
 //!
 //! Each on-macro layer's weight codes are placed on the macro by the training side's
-//! placement ([`MacroSpec::adc_of`]): tile `t` of output channel `co` is column
-//! `co mod columns` of array `t mod arrays`, so column `c`'s fixed pattern is the same
-//! physical column in training and on the chip. For every tile and group of `columns`
-//! output channels the runtime programs that array with the block's codes (counted in
-//! [`RunStats::programmings`]: a layer larger than the macro's arrays reprograms them),
-//! streams the batch's input codes through it (one call per input-bit cycle) and
-//! accumulates the readouts as the format states:
+//! placement ([`crate::cim::MacroSpec::adc_of`]): tile `t` of output channel `co` is
+//! column `co mod columns` of array `t mod arrays`, so column `c`'s fixed pattern is the
+//! same physical column in training and on the chip. For every tile and group of
+//! `columns` output channels the runtime programs that array with the block's codes
+//! (counted in [`RunStats::programmings`]: a layer larger than the macro's arrays
+//! reprograms them), streams the batch's input codes through it ([`OPS_PER_CALL`]
+//! operations per call, one call per input-bit cycle) and accumulates the readouts as
+//! the CIM layers do:
 //!
-//! `y = scale · (s_x · Σ_t Σ_c 2^(c·b) · step · j_{t,c} + lo · Σ_valid w) + shift`
+//! `z = s_w · (s_x · Σ_t Σ_c 2^(c·b) · step · j_{t,c} + lo · Σ_valid w) + bias`,
+//! then the layer's batchnorm, if it has one.
 //!
-//! The digital layers and ops run on the engine's kernels. Batches are the training
-//! side's evaluation batches ([`EVAL_BATCH`] images, batch `b` is pass `b`), so that a
-//! simulated chip ([`EmMacro`]) draws what `dnat eval --cim` draws for the same
-//! operation. Deterministic: the same images, backend and pass give the same logits at
-//! any thread count.
+//! The digital layers and ops run on the engine's kernels, in the network's order of
+//! float operations: on the ideal macro the runtime computes the network's logits to the
+//! bit. Batches are the training side's evaluation batches ([`EVAL_BATCH`] images,
+//! batch `b` is pass `b`), so that a simulated chip ([`SimulatedMacro::chip`]) draws
+//! what `dnat eval --cim` draws for the same operation. Deterministic: the same images,
+//! backend and pass give the same logits at any thread count.
 
 mod backend;
 
-pub use backend::{EmMacro, IdealMacro, MacroBackend, Operation, parse as parse_backend};
+pub use backend::{MacroBackend, Operation, SimulatedMacro, parse as parse_backend};
 
+use crate::cim::quant::{ActGrid, MIN_RANGE};
 use crate::data::{Batcher, Split};
 use crate::engine::ops::{self, Conv2dCfg};
 use crate::engine::{Tape, Tensor, Var};
-use crate::io::deploy::{Body, DeployLayer, DeployModel, DeployOp};
+use crate::io::deploy::{BatchNorm, Body, DeployLayer, DeployModel, DeployOp};
+use crate::nn::layers::Moments;
 use crate::train::eval::{EVAL_BATCH, count_correct};
+use crate::train::recalibrate::{RecalImages, Recalibration};
 use crate::{Error, Result};
 use rayon::prelude::*;
 use std::time::Instant;
@@ -45,35 +51,94 @@ pub struct RunStats {
     pub total_s: f64,
 }
 
-/// A deployable model ready to run: its shapes checked and, per on-macro layer, its CIM
-/// layer id (the order of the graph's on-macro layers, which is the order they were
-/// mapped onto the macro).
+impl std::ops::Sub for RunStats {
+    type Output = RunStats;
+    fn sub(self, o: RunStats) -> RunStats {
+        RunStats {
+            images: self.images - o.images,
+            macro_ops: self.macro_ops - o.macro_ops,
+            programmings: self.programmings - o.programmings,
+            backend_s: self.backend_s - o.backend_s,
+            total_s: self.total_s - o.total_s,
+        }
+    }
+}
+
+/// Operations the runtime hands the backend per call: enough that a call's overhead (a
+/// pipe's round trip, for an external process) is small against its work, few enough
+/// that its input and output codes stay in cache.
+pub const OPS_PER_CALL: usize = 65536;
+
+/// An on-macro layer's placement, worked out once: where its patch rows read an image,
+/// its zero-point sums, its weight blocks and its input grid.
+struct Placed {
+    /// The CIM layer id (the order the graph's on-macro layers were mapped onto the macro).
+    id: u32,
+    /// `index[(t·rows + r)·pixels + pix]`: the input (within one image) that row `r` of
+    /// tile `t` reads at output pixel `pix`, or [`NONE`] (padding, or a row past K).
+    index: Vec<u32>,
+    /// Σ of weight codes over the valid rows, `[cout][pixels]`.
+    zero_point: Vec<f32>,
+    /// The codes of tile `t`, channels `g·columns ..`, `[rows][columns]`: `blocks[t·groups + g]`.
+    blocks: Vec<Vec<i8>>,
+    /// E-PACT's grid and clipping bound.
+    grid: ActGrid,
+    hi: f32,
+    pixels: usize,
+}
+
+const NONE: u32 = u32::MAX;
+
+/// Images of a pass run together (see [`Runtime::run`]).
+const IMAGES_PER_PART: usize = 100;
+
+/// Where a part of a pass is: the pass, its images, the part's first.
+#[derive(Clone, Copy)]
+struct Pass {
+    pass: u64,
+    images: usize,
+    first_image: usize,
+}
+
+/// How batchnorms normalise in a run: with their running statistics (inference), or with
+/// each batch's own while recording them (recalibration, as [`crate::train::recalibrate_bn`]).
+enum Norm<'a> {
+    Running,
+    Batch(&'a mut [Moments]),
+}
+
+/// A deployable model ready to run: its shapes checked and each on-macro layer placed.
 pub struct Runtime<'m> {
     model: &'m DeployModel,
     shapes: Vec<Vec<usize>>,
-    layer_ids: Vec<Option<u32>>,
+    placed: Vec<Option<Placed>>,
+    /// A macro layer's accumulated readouts, `[cout][elements]`.
+    readouts: Vec<f32>,
     /// What the runs so far did.
     pub stats: RunStats,
 }
 
 impl<'m> Runtime<'m> {
-    /// The runtime of `model` (its graph checked shape by shape).
+    /// The runtime of `model` (its graph checked shape by shape, its layers placed).
     pub fn new(model: &'m DeployModel) -> Result<Self> {
-        model.macro_spec.validate()?;
+        let spec = &model.macro_spec;
+        spec.validate()?;
         let shapes = model.shapes().map_err(Error::invalid)?;
         let mut next = 0u32;
-        let layer_ids = model
+        let placed = model
             .nodes
             .iter()
-            .map(|n| match &n.op {
+            .enumerate()
+            .map(|(i, n)| match &n.op {
                 DeployOp::Conv(l) | DeployOp::Linear(l) if matches!(l.body, Body::Macro { .. }) => {
                     next += 1;
-                    Some(next - 1)
+                    let (x, y) = (&shapes[n.inputs[0] as usize], &shapes[i + 1]);
+                    Some(place(l, spec, next - 1, x, y))
                 }
                 _ => None,
             })
             .collect();
-        Ok(Runtime { model, shapes, layer_ids, stats: RunStats::default() })
+        Ok(Runtime { model, shapes, placed, readouts: Vec::new(), stats: RunStats::default() })
     }
 
     /// The logits `[n][classes]` of `n` normalised images `[n][C·H·W]`, the macro
@@ -83,6 +148,16 @@ impl<'m> Runtime<'m> {
         backend: &mut dyn MacroBackend,
         images: &[f32],
         pass: u64,
+    ) -> Result<Vec<f32>> {
+        self.forward(backend, images, pass, Norm::Running)
+    }
+
+    fn forward(
+        &mut self,
+        backend: &mut dyn MacroBackend,
+        images: &[f32],
+        pass: u64,
+        mut norm: Norm,
     ) -> Result<Vec<f32>> {
         let t0 = Instant::now();
         let per: usize = self.shapes[0].iter().product();
@@ -95,52 +170,58 @@ impl<'m> Runtime<'m> {
             )));
         }
         let n = images.len() / per;
+        // Inference runs the pass in parts of IMAGES_PER_PART images (an image's logits do
+        // not depend on the others, and the operations keep the pass's numbering), so
+        // that each value fits the allocator's reused memory and the caches; batch
+        // statistics need the whole batch at once.
+        let part = match norm {
+            Norm::Running => IMAGES_PER_PART,
+            Norm::Batch(_) => n,
+        };
+        let mut logits = Vec::with_capacity(n * self.model.num_classes as usize);
+        for (k, x) in images.chunks(part * per).enumerate() {
+            let pass = Pass { pass, images: n, first_image: k * part };
+            logits.extend(self.forward_part(backend, x, pass, &mut norm)?);
+        }
+        self.stats.images += n as u64;
+        self.stats.total_s += t0.elapsed().as_secs_f64();
+        Ok(logits)
+    }
+
+    /// `images` (whole images, checked), part of the pass `pass`.
+    fn forward_part(
+        &mut self,
+        backend: &mut dyn MacroBackend,
+        images: &[f32],
+        pass: Pass,
+        norm: &mut Norm,
+    ) -> Result<Vec<f32>> {
+        let n = images.len() / self.shapes[0].iter().product::<usize>();
         let mut tape = Tape::new(false);
         let mut shape = vec![n];
         shape.extend(&self.shapes[0]);
         let mut values: Vec<Var> = vec![tape.constant(Tensor::new(&shape, images.to_vec()))];
-        for (i, node) in self.model.nodes.iter().enumerate() {
+        let model = self.model;
+        for (i, node) in model.nodes.iter().enumerate() {
             let x = values[node.inputs[0] as usize];
             let y = match &node.op {
-                DeployOp::Conv(l) | DeployOp::Linear(l) => match &l.body {
-                    Body::Macro { .. } => {
-                        let out_shape = self.shapes[i + 1].clone();
-                        let id = self.layer_ids[i].expect("numbered above");
-                        let y =
-                            self.macro_layer(backend, l, id, tape.value(x), &out_shape, pass)?;
-                        tape.constant(y)
-                    }
-                    Body::Digital { weight, bias } => {
-                        let (co, ci, k) = (l.cout as usize, l.cin as usize, l.kernel as usize);
-                        let b = tape.constant(Tensor::new(&[co], bias.clone()));
-                        if matches!(node.op, DeployOp::Linear(_)) {
-                            let w = tape.constant(Tensor::new(&[co, ci], weight.clone()));
-                            ops::linear(&mut tape, x, w, Some(b))?
-                        } else {
-                            let w = tape.constant(Tensor::new(&[co, ci, k, k], weight.clone()));
-                            let cfg = Conv2dCfg {
-                                stride: l.stride as usize,
-                                padding: l.padding as usize,
-                            };
-                            ops::conv2d(&mut tape, x, w, Some(b), cfg)?
+                DeployOp::Conv(l) | DeployOp::Linear(l) => {
+                    let (z, bn) = match &l.body {
+                        Body::Macro { batchnorm, .. } => {
+                            let z = self.macro_layer(backend, i, l, tape.value(x), pass)?;
+                            (tape.constant(z), batchnorm)
                         }
+                        Body::Digital { weight, bias, batchnorm } => (
+                            digital(&mut tape, node_is_linear(&node.op), l, weight, bias, x)?,
+                            batchnorm,
+                        ),
+                    };
+                    match bn {
+                        Some(bn) => batchnorm(&mut tape, z, bn, i, norm)?,
+                        None => z,
                     }
-                },
-                DeployOp::BatchNorm { scale, shift } => {
-                    let xv = tape.value(x);
-                    let per = xv.data().len() / (n * scale.len());
-                    let data = xv
-                        .data()
-                        .iter()
-                        .enumerate()
-                        .map(|(j, v)| {
-                            let c = j / per % scale.len();
-                            scale[c] * v + shift[c]
-                        })
-                        .collect();
-                    let t = Tensor::new(xv.shape(), data);
-                    tape.constant(t)
                 }
+                DeployOp::BatchNorm(bn) => batchnorm(&mut tape, x, bn, i, norm)?,
                 DeployOp::Relu => ops::relu(&mut tape, x),
                 DeployOp::Add => ops::add(&mut tape, x, values[node.inputs[1] as usize]),
                 DeployOp::MaxPool { kernel, stride } => {
@@ -154,166 +235,202 @@ impl<'m> Runtime<'m> {
             };
             values.push(y);
         }
-        let logits = tape.value(*values.last().expect("the input at least")).data().to_vec();
-        self.stats.images += n as u64;
-        self.stats.total_s += t0.elapsed().as_secs_f64();
-        Ok(logits)
+        Ok(tape.value(*values.last().expect("the input at least")).data().to_vec())
     }
 
-    /// One on-macro layer over the batch `x` (`[N, cin, H, W]` or `[N, cin]`).
+    /// Node `node`, an on-macro layer, over the batch `x` (`[N, cin, H, W]` or `[N, cin]`):
+    /// `z = s_w·(s_x·Σ_t Σ_c 2^(c·b)·step·j_{t,c} + lo·Σ_valid w) + bias`, in the CIM
+    /// layers' order of operations (so the ideal macro gives the network's values to the bit).
     fn macro_layer(
         &mut self,
         backend: &mut dyn MacroBackend,
+        node: usize,
         l: &DeployLayer,
-        layer: u32,
         x: &Tensor,
-        out_shape: &[usize],
-        pass: u64,
+        pass: Pass,
     ) -> Result<Tensor> {
-        let Body::Macro { lo, hi, tiles, codes, scale, shift, .. } = &l.body else {
+        let Body::Macro { weight_scale, bias, .. } = &l.body else {
             unreachable!("called for layers on the macro")
         };
+        let p = self.placed[node].as_ref().expect("placed in Runtime::new");
         let spec = &self.model.macro_spec;
         let (rows, cols, arrays) = (spec.rows, spec.columns, spec.arrays);
-        let (n, cin, cout) = (x.shape()[0], l.cin as usize, l.cout as usize);
-        let (h, w) = if x.shape().len() == 4 { (x.shape()[2], x.shape()[3]) } else { (1, 1) };
-        let (oh, ow) =
-            (out_shape.get(1).copied().unwrap_or(1), out_shape.get(2).copied().unwrap_or(1));
-        let (kern, s, p) = (l.kernel as usize, l.stride as usize, l.padding as isize);
-        let (k, pixels, tiles) = (l.k(), oh * ow, *tiles as usize);
+        let (n, cout, pixels) = (x.shape()[0], l.cout as usize, p.pixels);
+        let image_len = x.len() / n;
         let elements = n * pixels;
-        // Input index (within one image) of reduction row kk at output pixel `pix`.
-        let at = |kk: usize, pix: usize| {
-            let (ci, ky, kx) = (kk / (kern * kern), kk / kern % kern, kk % kern);
-            let (oy, ox) = (pix / ow, pix % ow);
-            let (iy, ix) =
-                ((oy * s) as isize + ky as isize - p, (ox * s) as isize + kx as isize - p);
-            (kk < k && iy >= 0 && ix >= 0 && iy < h as isize && ix < w as isize)
-                .then(|| (ci * h + iy as usize) * w + ix as usize)
-        };
-        // E-PACT: the input codes of every image.
-        let s_x = (hi - lo) / spec.input_max() as f32;
-        let image_len = cin * h * w;
+        let tiles = p.index.len() / (pixels * rows);
+        let groups = cout.div_ceil(cols);
+        // E-PACT's codes, as the network makes them: the clipped input rounded to the
+        // grid, and that value's code.
+        let (grid, hi) = (p.grid, p.hi);
         let q: Vec<u16> = x
             .data()
             .par_iter()
-            .map(|&v| ((v.clamp(*lo, *hi) - lo) / s_x).round_ties_even() as u16)
+            .map(|&v| grid.code(grid.value(grid.code(v.clamp(grid.lo, hi)))) as u16)
             .collect();
         let (b, cycles) = (spec.input_bits_per_cycle, spec.cycles() as usize);
         let mask = (1u32 << b) - 1;
-        // Where each tile's patch rows read an image: `index[(t·pixels + pix)·rows + r]`,
-        // the input's position in the image, or NONE (padding, or a row past K).
-        const NONE: u32 = u32::MAX;
-        let index: Vec<u32> = (0..tiles * pixels * rows)
-            .into_par_iter()
-            .map(|i| {
-                let (t, pix, r) = (i / (pixels * rows), i / rows % pixels, i % rows);
-                at(t * rows + r, pix).map_or(NONE, |j| j as u32)
-            })
-            .collect();
-        let mut readouts = vec![0.0f32; cout * elements];
-        let (mut inputs, mut out) = (vec![0u16; elements * rows], vec![0i32; elements * cols]);
-        let mut block = vec![0i8; rows * cols];
+        // `readouts[co][e]`: one channel's elements side by side. Reused from layer to
+        // layer and part to part (a fresh allocation this large is fresh pages from the
+        // kernel, each faulted in).
+        let mut readouts = std::mem::take(&mut self.readouts);
+        readouts.clear();
+        readouts.resize(elements * cout, 0.0);
+        let call = OPS_PER_CALL.min(elements);
+        let (mut inputs, mut out) = (vec![0u16; call * rows], vec![0i32; call * cols.min(cout)]);
         for t in 0..tiles {
             let array = t % arrays;
-            for g in 0..cout.div_ceil(cols) {
-                for (r, row) in block.chunks_exact_mut(cols).enumerate() {
-                    for (c, wc) in row.iter_mut().enumerate() {
-                        let co = g * cols + c;
-                        *wc = if co < cout { codes[(co * tiles + t) * rows + r] } else { 0 };
-                    }
-                }
+            let index = &p.index[t * rows * pixels..(t + 1) * rows * pixels];
+            for g in 0..groups {
                 let tb = Instant::now();
                 backend
-                    .program(array, &block)
-                    .map_err(|e| self.failed(backend, l, "program", e))?;
+                    .program(array, &p.blocks[t * groups + g])
+                    .map_err(|e| self.failed(backend, l, &format!("tile {t}, program"), e))?;
                 self.stats.backend_s += tb.elapsed().as_secs_f64();
                 self.stats.programmings += 1;
-                for c in 0..cycles {
-                    let shift_bits = c as u32 * b;
-                    let index = &index[t * pixels * rows..(t + 1) * pixels * rows];
-                    inputs.par_chunks_mut(pixels * rows).enumerate().for_each(|(img, chunk)| {
-                        let qi = &q[img * image_len..(img + 1) * image_len];
-                        for (slot, &i) in chunk.iter_mut().zip(index) {
-                            *slot = if i == NONE {
-                                0
-                            } else {
-                                ((qi[i as usize] as u32 >> shift_bits) & mask) as u16
-                            };
+                let used = cols.min(cout - g * cols);
+                for e0 in (0..elements).step_by(call) {
+                    let m = call.min(elements - e0);
+                    for c in 0..cycles {
+                        let shift_bits = c as u32 * b;
+                        // Row r's codes of operations e0..e0 + m: runs of an image's pixels.
+                        inputs[..rows * m].par_chunks_mut(m).enumerate().for_each(|(r, dst)| {
+                            let index = &index[r * pixels..(r + 1) * pixels];
+                            let mut e = e0;
+                            let mut dst = &mut dst[..];
+                            while !dst.is_empty() {
+                                let (img, pix) = (e / pixels, e % pixels);
+                                let run = (pixels - pix).min(dst.len());
+                                let qi = &q[img * image_len..(img + 1) * image_len];
+                                let (now, rest) = dst.split_at_mut(run);
+                                for (s, &j) in now.iter_mut().zip(&index[pix..pix + run]) {
+                                    *s = if j == NONE {
+                                        0
+                                    } else {
+                                        ((qi[j as usize] as u32 >> shift_bits) & mask) as u16
+                                    };
+                                }
+                                (dst, e) = (rest, e + run);
+                            }
+                        });
+                        let op = Operation {
+                            layer: p.id,
+                            tile: t as u32,
+                            cycle: c as u32,
+                            first_channel: (g * cols) as u32,
+                            columns: used as u32,
+                            channels: cout as u32,
+                            elements: (pass.images * pixels) as u64,
+                            first_element: (pass.first_image * pixels + e0) as u64,
+                            pass: pass.pass,
+                        };
+                        let tb = Instant::now();
+                        let what = || format!("tile {t}, cycle {c}, operations {e0}..{}", e0 + m);
+                        let out = &mut out[..used * m];
+                        backend.compute(array, &op, &inputs[..rows * m], out).map_err(|e| {
+                            self.failed(backend, l, &format!("{}, compute", what()), e)
+                        })?;
+                        self.stats.backend_s += tb.elapsed().as_secs_f64();
+                        self.stats.macro_ops += (m * used) as u64;
+                        let (kmin, kmax) = (spec.adc.kmin, spec.adc.kmax);
+                        // One pass that vectorises; the first bad code is looked for only if
+                        // there is one.
+                        let (lo, hi) = out
+                            .iter()
+                            .fold((i32::MAX, i32::MIN), |(a, b), &j| (a.min(j), b.max(j)));
+                        if lo < kmin || hi > kmax {
+                            let bad = out.iter().find(|&&j| j < kmin || j > kmax).expect("one is");
+                            return Err(Error::invalid(format!(
+                                "backend '{}', layer '{}', {}: ADC code {bad} is outside the ADC's {kmin}..={kmax}",
+                                backend.name(),
+                                l.name,
+                                what()
+                            )));
                         }
-                    });
-                    let op = Operation {
-                        layer,
-                        tile: t as u32,
-                        cycle: c as u32,
-                        first_channel: (g * cols) as u32,
-                        channels: cout as u32,
-                        elements: elements as u64,
-                        first_element: 0,
-                        pass,
-                    };
-                    let tb = Instant::now();
-                    backend
-                        .compute(array, &op, &inputs, &mut out)
-                        .map_err(|e| self.failed(backend, l, "compute", e))?;
-                    self.stats.backend_s += tb.elapsed().as_secs_f64();
-                    let used = cols.min(cout - g * cols);
-                    self.stats.macro_ops += (elements * used) as u64;
-                    if let Some(bad) = out.iter().find(|&&j| j < spec.adc.kmin || j > spec.adc.kmax)
-                    {
-                        return Err(Error::invalid(format!(
-                            "backend '{}', layer '{}', tile {t}, cycle {c}: ADC code {bad} is outside the ADC's {}..={}",
-                            backend.name(),
-                            l.name,
-                            spec.adc.kmin,
-                            spec.adc.kmax
-                        )));
+                        // In the CIM layers' order: tiles, then cycles, each readout weighted
+                        // by its cycle's place value in partial-sum units.
+                        let weight = 2f32.powi(shift_bits as i32) * spec.adc.step;
+                        readouts
+                            .par_chunks_mut(elements)
+                            .skip(g * cols)
+                            .zip(out.par_chunks(m))
+                            .for_each(|(acc, o)| {
+                                for (a, &j) in acc[e0..e0 + m].iter_mut().zip(o) {
+                                    *a += weight * j as f32;
+                                }
+                            });
                     }
-                    // In the CIM layers' order: tiles, then cycles, each readout weighted by
-                    // its cycle's place value in partial-sum units.
-                    let weight = 2f32.powi(shift_bits as i32) * spec.adc.step;
-                    // `readouts[e][co]`: one element's channels side by side, as `out` holds them.
-                    readouts.par_chunks_mut(cout).zip(out.par_chunks(cols)).for_each(|(acc, o)| {
-                        for (a, &j) in acc[g * cols..g * cols + used].iter_mut().zip(o) {
-                            *a += weight * j as f32;
-                        }
-                    });
                 }
             }
         }
-        // The zero-point sums Σ_valid w of each output channel and pixel, in the format's
-        // order (tiles, then rows).
-        let zero_point: Vec<f32> = (0..cout * pixels)
-            .into_par_iter()
-            .map(|i| {
-                let (co, pix) = (i / pixels, i % pixels);
-                let mut z = 0.0f32;
-                for t in 0..tiles {
-                    for r in 0..rows {
-                        if index[(t * pixels + pix) * rows + r] != NONE {
-                            z += codes[(co * tiles + t) * rows + r] as f32;
-                        }
-                    }
-                }
-                z
-            })
-            .collect();
         let mut y = vec![0.0f32; n * cout * pixels];
-        y.par_chunks_mut(cout * pixels).enumerate().for_each(|(img, yi)| {
-            for (i, v) in yi.iter_mut().enumerate() {
-                let (co, pix) = (i / pixels, i % pixels);
-                let r = readouts[(img * pixels + pix) * cout + co];
-                *v = scale[co] * (s_x * r + lo * zero_point[i]) + shift[co];
+        y.par_chunks_mut(pixels).enumerate().for_each(|(plane, yp)| {
+            let (img, co) = (plane / cout, plane % cout);
+            let (s_w, b, z) = (weight_scale[co], bias[co], &p.zero_point[co * pixels..][..pixels]);
+            let r = &readouts[co * elements + img * pixels..][..pixels];
+            for ((v, &r), &z) in yp.iter_mut().zip(r).zip(z) {
+                *v = s_w * (grid.step * r + grid.lo * z) + b;
             }
         });
+        self.readouts = readouts;
         let mut shape = vec![n];
-        shape.extend(out_shape);
+        shape.extend(&self.shapes[node + 1]);
         Ok(Tensor::new(&shape, y))
     }
 
     /// A backend's error, naming the backend, the layer and the operation.
     fn failed(&self, backend: &dyn MacroBackend, l: &DeployLayer, what: &str, e: Error) -> Error {
         Error::invalid(format!("backend '{}', layer '{}', {what}: {e}", backend.name(), l.name))
+    }
+
+    /// Re-estimates every batchnorm's running statistics from `images` read through
+    /// `backend`, as [`crate::train::recalibrate_bn`] does on the training side (batches
+    /// normalised with their own statistics on the way through; batch `b` is pass `b`):
+    /// the model with the new statistics, and what was done.
+    pub fn calibrate(
+        &mut self,
+        backend: &mut dyn MacroBackend,
+        images: &RecalImages,
+    ) -> Result<(DeployModel, Recalibration)> {
+        let RecalImages { split, norm, augment, count, seed } = *images;
+        if count < 2 || count > split.len() {
+            return Err(Error::invalid(format!(
+                "batchnorm recalibration needs 2..={} images, asked for {count}",
+                split.len()
+            )));
+        }
+        let mut moments = vec![Moments::default(); self.model.nodes.len()];
+        let batcher = Batcher::new(split, norm, augment, seed);
+        let order = batcher.epoch_order(0);
+        let per_batch = count.div_ceil(count.div_ceil(EVAL_BATCH));
+        for (b, chunk) in order[..count].chunks(per_batch).enumerate() {
+            let (x, _) = batcher.batch(chunk, 0);
+            self.forward(backend, x.data(), b as u64, Norm::Batch(&mut moments))?;
+        }
+        let mut model = self.model.clone();
+        let mut layers = 0;
+        for (node, m) in model.nodes.iter_mut().zip(&moments) {
+            let bn = match &mut node.op {
+                DeployOp::BatchNorm(bn) => Some(bn),
+                DeployOp::Conv(l) | DeployOp::Linear(l) => match &mut l.body {
+                    Body::Macro { batchnorm, .. } | Body::Digital { batchnorm, .. } => {
+                        batchnorm.as_mut()
+                    }
+                },
+                _ => None,
+            };
+            if let Some(bn) = bn {
+                (bn.mean, bn.var) = m.mean_var();
+                layers += 1;
+            }
+        }
+        if layers == 0 {
+            return Err(Error::invalid(format!(
+                "deployable model '{}' states no batchnorm to recalibrate (a version-2 file keeps them folded into its layers: export the checkpoint again)",
+                self.model.arch
+            )));
+        }
+        Ok((model, Recalibration { images: count, layers }))
     }
 
     /// Accuracy over a split, in the training side's evaluation batches (batch `b` is
@@ -333,16 +450,128 @@ impl<'m> Runtime<'m> {
             let logits = self.run(backend, x.data(), b as u64)?;
             correct += count_correct(&logits, classes, &labels);
         }
-        let s = self.stats;
-        let run = RunStats {
-            images: s.images - before.images,
-            macro_ops: s.macro_ops - before.macro_ops,
-            programmings: s.programmings - before.programmings,
-            backend_s: s.backend_s - before.backend_s,
-            total_s: s.total_s - before.total_s,
-        };
+        let run = self.stats - before;
         Ok((100.0 * correct as f64 / split.len().max(1) as f64, run))
     }
+}
+
+fn node_is_linear(op: &DeployOp) -> bool {
+    matches!(op, DeployOp::Linear(_))
+}
+
+/// A digital layer on the engine's kernels: `weight·x + bias`.
+fn digital(
+    tape: &mut Tape,
+    linear: bool,
+    l: &DeployLayer,
+    weight: &[f32],
+    bias: &[f32],
+    x: Var,
+) -> Result<Var> {
+    let (co, ci, k) = (l.cout as usize, l.cin as usize, l.kernel as usize);
+    let b = tape.constant(Tensor::new(&[co], bias.to_vec()));
+    if linear {
+        let w = tape.constant(Tensor::new(&[co, ci], weight.to_vec()));
+        ops::linear(tape, x, w, Some(b))
+    } else {
+        let w = tape.constant(Tensor::new(&[co, ci, k, k], weight.to_vec()));
+        let cfg = Conv2dCfg { stride: l.stride as usize, padding: l.padding as usize };
+        ops::conv2d(tape, x, w, Some(b), cfg)
+    }
+}
+
+/// A batchnorm (node `node`) on `x`: `x·a + b` per channel with the running statistics'
+/// `a`, `b` (the engine's eval-mode numbers), or with the batch's own while recording them.
+fn batchnorm(tape: &mut Tape, x: Var, bn: &BatchNorm, node: usize, norm: &mut Norm) -> Result<Var> {
+    let xv = tape.value(x);
+    let (n, c) = (xv.shape()[0], bn.channels());
+    let (a, b) = match norm {
+        Norm::Running => bn.affine(),
+        Norm::Batch(moments) => {
+            let hw = xv.len() / (n * c);
+            let as4 = Tensor::new(&[n, c, hw, 1], xv.data().to_vec());
+            let stats = moments[node].add(&as4)?;
+            let (mean, inv): (Vec<f32>, Vec<f32>) = stats
+                .iter()
+                .map(|&(mu, var)| (mu as f32, (1.0 / (var + bn.eps as f64).sqrt()) as f32))
+                .unzip();
+            ops::batchnorm::fold(&mean, &inv, &bn.gamma, &bn.beta)
+        }
+    };
+    let per = xv.len() / (n * c);
+    let mut y = vec![0.0f32; xv.len()];
+    y.par_chunks_mut(per).zip(xv.data().par_chunks(per)).enumerate().for_each(|(plane, (y, x))| {
+        let (a, b) = (a[plane % c], b[plane % c]);
+        y.iter_mut().zip(x).for_each(|(y, &v)| *y = v * a + b);
+    });
+    let t = Tensor::new(xv.shape(), y);
+    Ok(tape.constant(t))
+}
+
+/// Places an on-macro layer with input shape `x` and output shape `y` (one image's).
+fn place(
+    l: &DeployLayer,
+    spec: &crate::cim::MacroSpec,
+    id: u32,
+    x: &[usize],
+    y: &[usize],
+) -> Placed {
+    let Body::Macro { lo, hi, tiles, codes, .. } = &l.body else {
+        unreachable!("called for layers on the macro")
+    };
+    let (rows, cols) = (spec.rows, spec.columns);
+    let (cout, tiles, k) = (l.cout as usize, *tiles as usize, l.k());
+    let (h, w) = if x.len() == 3 { (x[1], x[2]) } else { (1, 1) };
+    let (oh, ow) = (y.get(1).copied().unwrap_or(1), y.get(2).copied().unwrap_or(1));
+    let (kern, s, pad) = (l.kernel as usize, l.stride as usize, l.padding as isize);
+    let pixels = oh * ow;
+    // Input index (within one image) of reduction row kk at output pixel `pix`.
+    let at = |kk: usize, pix: usize| {
+        let (ci, ky, kx) = (kk / (kern * kern), kk / kern % kern, kk % kern);
+        let (oy, ox) = (pix / ow, pix % ow);
+        let (iy, ix) =
+            ((oy * s) as isize + ky as isize - pad, (ox * s) as isize + kx as isize - pad);
+        (kk < k && iy >= 0 && ix >= 0 && iy < h as isize && ix < w as isize)
+            .then(|| (ci * h + iy as usize) * w + ix as usize)
+    };
+    let index: Vec<u32> = (0..tiles * rows * pixels)
+        .into_par_iter()
+        .map(|i| {
+            let (tr, pix) = (i / pixels, i % pixels);
+            at(tr, pix).map_or(NONE, |j| j as u32)
+        })
+        .collect();
+    // The zero-point sums (integers, exact in f32 in any order).
+    let zero_point = (0..cout * pixels)
+        .into_par_iter()
+        .map(|i| {
+            let (co, pix) = (i / pixels, i % pixels);
+            let mut z = 0.0f32;
+            for t in 0..tiles {
+                for r in 0..rows {
+                    if index[(t * rows + r) * pixels + pix] != NONE {
+                        z += codes[(co * tiles + t) * rows + r] as f32;
+                    }
+                }
+            }
+            z
+        })
+        .collect();
+    let groups = cout.div_ceil(cols);
+    let blocks = (0..tiles * groups)
+        .map(|tg| {
+            let (t, g) = (tg / groups, tg % groups);
+            (0..rows * cols)
+                .map(|i| {
+                    let (r, co) = (i / cols, g * cols + i % cols);
+                    if co < cout { codes[(co * tiles + t) * rows + r] } else { 0 }
+                })
+                .collect()
+        })
+        .collect();
+    let hi = hi.max(lo + MIN_RANGE);
+    let grid = ActGrid::new(*lo, hi, spec.input_bits);
+    Placed { id, index, zero_point, blocks, grid, hi, pixels }
 }
 
 #[cfg(test)]

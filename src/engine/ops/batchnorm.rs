@@ -339,6 +339,20 @@ mod lockstep {
     }
 }
 
+/// 1/√(var + ε) per channel, as eval mode computes it (in f64, rounded once).
+pub fn invstd(var: &[f32], eps: f32) -> Vec<f32> {
+    var.iter().map(|&v| (1.0 / (v as f64 + eps as f64).sqrt()) as f32).collect()
+}
+
+/// The per-channel `scale = invstd·γ` and `shift = β − mean·scale` that the op applies as
+/// `x·scale + shift` (a deployable model applies a batchnorm with the same two numbers,
+/// so that it computes what the network computes, bit for bit).
+pub fn fold(mean: &[f32], invstd: &[f32], gamma: &[f32], beta: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let scale: Vec<f32> = invstd.iter().zip(gamma).map(|(&s, &g)| s * g).collect();
+    let shift = beta.iter().zip(mean).zip(&scale).map(|((&b, &m), &s)| b - m * s).collect();
+    (scale, shift)
+}
+
 /// y = (x − mean)·invstd·γ + β. Saved for backward: mean and invstd (the affine
 /// parameters and x are read from the tape).
 pub fn batch_norm2d(
@@ -380,18 +394,12 @@ pub fn batch_norm2d(
                 .map(|&(mu, var)| (mu as f32, (1.0 / (var + state.eps as f64).sqrt()) as f32))
                 .unzip()
         }
-        Mode::Eval => state
-            .running_mean
-            .data()
-            .iter()
-            .zip(state.running_var.data())
-            .map(|(&mu, &var)| (mu, (1.0 / (var as f64 + state.eps as f64).sqrt()) as f32))
-            .unzip(),
+        Mode::Eval => {
+            (state.running_mean.data().to_vec(), invstd(state.running_var.data(), state.eps))
+        }
     };
     let (g, b) = (tape.value(gamma).data(), tape.value(beta).data());
-    // Fold into one scale and shift per channel.
-    let scale: Vec<f32> = (0..c).map(|ch| invstd[ch] * g[ch]).collect();
-    let shift: Vec<f32> = (0..c).map(|ch| b[ch] - mean[ch] * scale[ch]).collect();
+    let (scale, shift) = fold(&mean, &invstd, g, b);
     // One channel plane per chunk; the fused ReLU in the same pass.
     let relu = state.relu;
     let xd = xv.data();

@@ -1,8 +1,8 @@
 //! Building the graph: a traced forward pass of a network becomes [`DeployModel`]'s
 //! nodes, each conv / linear layer with its weight codes (or f32 weights) and the
-//! batchnorm that follows it folded in.
+//! batchnorm that follows it.
 
-use super::{Body, DeployLayer, DeployModel, DeployNode, DeployOp, INPUT};
+use super::{BatchNorm, Body, DeployLayer, DeployModel, DeployNode, DeployOp, INPUT};
 use crate::cim::{MacroSpec, quant::weight_codes};
 use crate::data::{DatasetKind, Normalize};
 use crate::engine::MacroSlot;
@@ -11,20 +11,20 @@ use crate::io::checkpoint::Checkpoint;
 use crate::nn::{BatchNorm2d, Fwd, Network, Node, Trace};
 use crate::{Error, Result};
 
-/// Batchnorm as `g·z + h` per channel (identity without one).
-fn bn_affine(bn: Option<&BatchNorm2d>, store: &ParamStore, c: usize) -> (Vec<f32>, Vec<f32>) {
-    let Some(bn) = bn else {
-        return (vec![1.0; c], vec![0.0; c]);
-    };
-    let (gamma, beta) = (store.param(bn.weight).value.data(), store.param(bn.bias).value.data());
-    let (mean, var) =
-        (store.buffer(bn.running_mean).value.data(), store.buffer(bn.running_var).value.data());
-    let g: Vec<f32> = (0..c).map(|i| gamma[i] / (var[i] + bn.eps).sqrt()).collect();
-    let h = (0..c).map(|i| beta[i] - g[i] * mean[i]).collect();
-    (g, h)
+/// A batchnorm's parameters and running statistics, as the store holds them.
+fn batchnorm(bn: &BatchNorm2d, store: &ParamStore) -> BatchNorm {
+    let value = |id| store.param(id).value.data().to_vec();
+    let buffer = |id| store.buffer(id).value.data().to_vec();
+    BatchNorm {
+        gamma: value(bn.weight),
+        beta: value(bn.bias),
+        mean: buffer(bn.running_mean),
+        var: buffer(bn.running_var),
+        eps: bn.eps,
+    }
 }
 
-/// A conv or linear layer with the batchnorm folded into it (`bn`, when there is one).
+/// A conv or linear layer with the batchnorm that follows it (`bn`, when there is one).
 fn layer(
     store: &ParamStore,
     spec: &MacroSpec,
@@ -39,8 +39,8 @@ fn layer(
     let (cout, cin) = (shape[0], shape[1]);
     let kernel = if shape.len() == 4 { shape[2] } else { 1 };
     let k = w.len() / cout;
-    let (g, h) = bn_affine(bn, store, cout);
-    let b: Vec<f32> = bias.map_or(vec![0.0; cout], |b| store.param(b).value.data().to_vec());
+    let bias: Vec<f32> = bias.map_or(vec![0.0; cout], |b| store.param(b).value.data().to_vec());
+    let batchnorm = bn.map(|bn| batchnorm(bn, store));
     let body = match cim {
         Some(q) => {
             let (codes_f, s_w) = weight_codes(w, spec);
@@ -57,23 +57,12 @@ fn layer(
                 hi: store.param(q.hi).value.data()[0],
                 tiles: tiles as u32,
                 codes,
-                scale: (0..cout).map(|c| g[c] * s_w[c]).collect(),
-                shift: (0..cout).map(|c| g[c] * b[c] + h[c]).collect(),
                 weight_scale: s_w,
+                bias,
+                batchnorm,
             }
         }
-        None => Body::Digital {
-            weight: w
-                .data()
-                .chunks(k)
-                .enumerate()
-                .flat_map(|(c, row)| {
-                    let gc = g[c];
-                    row.iter().map(move |v| v * gc)
-                })
-                .collect(),
-            bias: (0..cout).map(|c| g[c] * b[c] + h[c]).collect(),
-        },
+        None => Body::Digital { weight: w.data().to_vec(), bias, batchnorm },
     };
     (name, cout, cin, kernel, body)
 }
@@ -111,7 +100,7 @@ impl DeployModel {
             return Err(cannot("its output is not the result of the pass's last traced op".into()));
         }
         let ops = &trace.ops;
-        // Readers of each value, to fold a batchnorm into the layer it alone follows.
+        // Readers of each value, to state a batchnorm with the layer it alone follows.
         let mut readers = vec![Vec::new(); ops.len() + 1];
         for (i, op) in ops.iter().enumerate() {
             op.inputs.iter().for_each(|&v| readers[v].push(i));
@@ -168,11 +157,7 @@ impl DeployModel {
                         bn.is_some(),
                     )
                 }
-                Node::BatchNorm(bn) => {
-                    let c = store.param(bn.weight).value.len();
-                    let (scale, shift) = bn_affine(Some(bn), store, c);
-                    (DeployOp::BatchNorm { scale, shift }, false)
-                }
+                Node::BatchNorm(bn) => (DeployOp::BatchNorm(batchnorm(bn, store)), false),
                 Node::Relu => (DeployOp::Relu, false),
                 Node::Add => (DeployOp::Add, false),
                 Node::MaxPool { kernel, stride } => {

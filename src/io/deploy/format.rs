@@ -1,7 +1,7 @@
 //! The file's payload: [`DeployModel::to_bytes`] writes the layout of the module docs,
 //! [`DeployModel::from_bytes`] reads it back and checks every field.
 
-use super::{Body, DeployLayer, DeployModel, DeployNode, DeployOp, MAGIC, VERSION};
+use super::{BatchNorm, Body, DeployLayer, DeployModel, DeployNode, DeployOp, MAGIC, VERSION};
 use crate::cim::MacroSpec;
 use crate::cim::macro_spec::Adc;
 use crate::data::Normalize;
@@ -12,7 +12,7 @@ use std::io::Cursor;
 
 impl DeployModel {
     /// The file's bytes: the payload of the module docs in the shared frame (magic
-    /// `DNATDEPL`, version 2, length, CRC-32, zlib).
+    /// `DNATDEPL`, version 3, length, CRC-32, zlib).
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut p = Vec::new();
         put_str(&mut p, &self.arch);
@@ -29,9 +29,19 @@ impl DeployModel {
         p.write_i32::<LE>(m.adc.kmin).unwrap();
         p.write_i32::<LE>(m.adc.kmax).unwrap();
         p.write_f32::<LE>(m.adc.step).unwrap();
+        p.write_u32::<LE>(m.arrays as u32).unwrap();
+        p.write_u32::<LE>(m.columns as u32).unwrap();
         p.write_u32::<LE>(self.nodes.len() as u32).unwrap();
         let f32s =
             |p: &mut Vec<u8>, v: &[f32]| v.iter().for_each(|x| p.write_f32::<LE>(*x).unwrap());
+        let batchnorm = |p: &mut Vec<u8>, bn: &BatchNorm| {
+            p.write_f32::<LE>(bn.eps).unwrap();
+            [&bn.gamma, &bn.beta, &bn.mean, &bn.var].iter().for_each(|v| f32s(p, v));
+        };
+        let optional = |p: &mut Vec<u8>, bn: &Option<BatchNorm>| {
+            p.write_u8(bn.is_some() as u8).unwrap();
+            bn.iter().for_each(|bn| batchnorm(p, bn));
+        };
         for n in &self.nodes {
             p.write_u8(n.op.kind()).unwrap();
             p.write_u8(n.inputs.len() as u8).unwrap();
@@ -47,26 +57,29 @@ impl DeployModel {
                         u32s(&mut p, &[l.cout, l.cin]);
                     }
                     match &l.body {
-                        Body::Macro { lo, hi, tiles, codes, weight_scale, scale, shift } => {
+                        Body::Macro { lo, hi, tiles, codes, weight_scale, bias, batchnorm: bn } => {
                             p.write_u8(1).unwrap();
                             f32s(&mut p, &[*lo, *hi]);
                             p.write_u32::<LE>(*tiles).unwrap();
                             p.extend(codes.iter().map(|&c| c as u8));
                             f32s(&mut p, weight_scale);
-                            f32s(&mut p, scale);
-                            f32s(&mut p, shift);
+                            f32s(&mut p, bias);
+                            optional(&mut p, bn);
+                            let (scale, shift) = l.folded().expect("on the macro");
+                            f32s(&mut p, &scale);
+                            f32s(&mut p, &shift);
                         }
-                        Body::Digital { weight, bias } => {
+                        Body::Digital { weight, bias, batchnorm: bn } => {
                             p.write_u8(0).unwrap();
                             f32s(&mut p, weight);
                             f32s(&mut p, bias);
+                            optional(&mut p, bn);
                         }
                     }
                 }
-                DeployOp::BatchNorm { scale, shift } => {
-                    p.write_u32::<LE>(scale.len() as u32).unwrap();
-                    f32s(&mut p, scale);
-                    f32s(&mut p, shift);
+                DeployOp::BatchNorm(bn) => {
+                    p.write_u32::<LE>(bn.channels() as u32).unwrap();
+                    batchnorm(&mut p, bn);
                 }
                 DeployOp::MaxPool { kernel, stride } => u32s(&mut p, &[*kernel, *stride]),
                 DeployOp::SubsamplePad { stride, cout } => u32s(&mut p, &[*stride, *cout]),
@@ -79,8 +92,8 @@ impl DeployModel {
     /// Reads a model from a file's bytes, checking the frame, every field and every shape;
     /// the error message says what is wrong (magic, version, corruption, a node that does not fit).
     pub fn from_bytes(bytes: &[u8]) -> std::result::Result<Self, String> {
-        let (_, payload) = framed::decode(bytes, MAGIC, "deployable model", VERSION)?;
-        parse(&payload).map_err(|e| format!("corrupt deployable model: {e}"))
+        let (version, payload) = framed::decode(bytes, MAGIC, "deployable model", VERSION)?;
+        parse(&payload, version).map_err(|e| format!("corrupt deployable model: {e}"))
     }
 }
 
@@ -101,7 +114,9 @@ pub(super) fn kind_name(kind: u8) -> &'static str {
     .unwrap_or("unknown")
 }
 
-fn parse(p: &[u8]) -> std::result::Result<DeployModel, String> {
+/// The payload of a file of format `version` (1 and 2 share a layout: the fold alone).
+fn parse(p: &[u8], version: u32) -> std::result::Result<DeployModel, String> {
+    let folds_only = version < 3;
     const END: &str = "unexpected end of payload";
     let mut c = Cursor::new(p);
     let arch = get_str(&mut c)?;
@@ -122,9 +137,15 @@ fn parse(p: &[u8]) -> std::result::Result<DeployModel, String> {
         kmax: c.read_i32::<LE>().map_err(|_| END)?,
         step: c.read_f32::<LE>().map_err(|_| END)?,
     };
-    // The array organisation (which ADC reads which tile) is not part of a deployable
-    // model: the integer arithmetic does not depend on it. The default's stands in.
+    // Version 2 did not state the array organisation (which ADC reads which tile): the
+    // default's stands in.
     let d = MacroSpec::default();
+    let (arrays, columns) = if folds_only {
+        (d.arrays, d.columns)
+    } else {
+        let a = c.read_u32::<LE>().map_err(|_| END)? as usize;
+        (a, c.read_u32::<LE>().map_err(|_| END)? as usize)
+    };
     let macro_spec = MacroSpec {
         name,
         rows: u[0] as usize,
@@ -132,8 +153,8 @@ fn parse(p: &[u8]) -> std::result::Result<DeployModel, String> {
         weight_bits: u[2],
         input_bits_per_cycle: u[3],
         adc,
-        arrays: d.arrays,
-        columns: d.columns,
+        arrays,
+        columns,
     };
     macro_spec.validate().map_err(|e| e.to_string())?;
     let n = count(&mut c)?;
@@ -148,6 +169,23 @@ fn parse(p: &[u8]) -> std::result::Result<DeployModel, String> {
         Ok(v)
     };
     let u32 = |c: &mut Cursor<&[u8]>| c.read_u32::<LE>().map_err(|_| END.to_string());
+    let batchnorm = |c: &mut Cursor<&[u8]>, ch: usize| -> std::result::Result<BatchNorm, String> {
+        let eps = c.read_f32::<LE>().map_err(|_| END)?;
+        let (gamma, beta) = (f32s(c, ch)?, f32s(c, ch)?);
+        let (mean, var) = (f32s(c, ch)?, f32s(c, ch)?);
+        // Written so that a NaN fails too.
+        let sound = eps >= 0.0 && var.iter().all(|&v| v + eps > 0.0);
+        if !sound {
+            return Err(format!("batchnorm with eps {eps} and a variance ≤ −eps (or NaN)"));
+        }
+        Ok(BatchNorm { gamma, beta, mean, var, eps })
+    };
+    let optional =
+        |c: &mut Cursor<&[u8]>, ch: usize, layer: &str| match c.read_u8().map_err(|_| END)? {
+            0 => Ok(None),
+            1 => batchnorm(c, ch).map(Some).map_err(|e| format!("layer {layer}: {e}")),
+            other => Err(format!("layer {layer}: has_batchnorm flag {other}")),
+        };
     for i in 0..n {
         let kind = c.read_u8().map_err(|_| END)?;
         let arity = c.read_u8().map_err(|_| END)? as usize;
@@ -199,20 +237,52 @@ fn parse(p: &[u8]) -> std::result::Result<DeployModel, String> {
                                 "layer {name}: weight code {bad} outside {wmin}..={wmax}"
                             ));
                         }
-                        Body::Macro {
-                            lo: b[0],
-                            hi: b[1],
-                            tiles,
-                            codes,
-                            weight_scale: f32s(&mut c, cout_u)?,
-                            scale: f32s(&mut c, cout_u)?,
-                            shift: f32s(&mut c, cout_u)?,
+                        let s_w = f32s(&mut c, cout_u)?;
+                        let (lo, hi) = (b[0], b[1]);
+                        if folds_only {
+                            // The fold alone (scale = a·s_w, shift = a·bias + b) stands in
+                            // for the weight scale and the bias.
+                            let (weight_scale, bias) =
+                                (f32s(&mut c, cout_u)?, f32s(&mut c, cout_u)?);
+                            Body::Macro {
+                                lo,
+                                hi,
+                                tiles,
+                                codes,
+                                weight_scale,
+                                bias,
+                                batchnorm: None,
+                            }
+                        } else {
+                            let weight_scale = s_w;
+                            let bias = f32s(&mut c, cout_u)?;
+                            let batchnorm = optional(&mut c, cout_u, &name)?;
+                            let body =
+                                Body::Macro { lo, hi, tiles, codes, weight_scale, bias, batchnorm };
+                            let (scale, shift) = (f32s(&mut c, cout_u)?, f32s(&mut c, cout_u)?);
+                            let l = DeployLayer {
+                                name: name.clone(),
+                                cout,
+                                cin,
+                                kernel,
+                                stride,
+                                padding,
+                                body,
+                            };
+                            if l.folded() != Some((scale, shift)) {
+                                return Err(format!(
+                                    "layer {name}: the folded scale and shift are not the fold of its weight scale, bias and batchnorm"
+                                ));
+                            }
+                            l.body
                         }
                     }
-                    0 => Body::Digital {
-                        weight: f32s(&mut c, cout_u * k_u)?,
-                        bias: f32s(&mut c, cout_u)?,
-                    },
+                    0 => {
+                        let (weight, bias) = (f32s(&mut c, cout_u * k_u)?, f32s(&mut c, cout_u)?);
+                        let batchnorm =
+                            if folds_only { None } else { optional(&mut c, cout_u, &name)? };
+                        Body::Digital { weight, bias, batchnorm }
+                    }
                     other => return Err(format!("layer {name}: on_macro flag {other}")),
                 };
                 let l = DeployLayer { name, cout, cin, kernel, stride, padding, body };
@@ -220,7 +290,14 @@ fn parse(p: &[u8]) -> std::result::Result<DeployModel, String> {
             }
             2 => {
                 let ch = u32(&mut c)? as usize;
-                DeployOp::BatchNorm { scale: f32s(&mut c, ch)?, shift: f32s(&mut c, ch)? }
+                DeployOp::BatchNorm(if folds_only {
+                    // `y = scale·x + shift`: γ = scale, β = shift over mean 0, variance 1
+                    // and ε 0 (inv = 1 exactly) computes the same numbers.
+                    let (gamma, beta) = (f32s(&mut c, ch)?, f32s(&mut c, ch)?);
+                    BatchNorm { gamma, beta, mean: vec![0.0; ch], var: vec![1.0; ch], eps: 0.0 }
+                } else {
+                    batchnorm(&mut c, ch).map_err(|e| format!("node {i}: {e}"))?
+                })
             }
             3 => DeployOp::Relu,
             4 => DeployOp::Add,

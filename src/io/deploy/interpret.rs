@@ -5,15 +5,15 @@
 use super::format::kind_name;
 use super::{DeployModel, DeployOp, MAX_VALUE_LEN};
 use crate::Result;
-use crate::runtime::{IdealMacro, Runtime};
+use crate::runtime::{Runtime, SimulatedMacro};
 
 impl DeployModel {
     /// The logits of one image (C, H, W, normalised as `norm` says) on the ideal macro
-    /// (no read noise): the runtime with [`IdealMacro`] doing the macro operations. The
-    /// check that an export states the whole network (`tests`: within float-summation
-    /// order of the network itself); for a chip, see [`crate::runtime`].
+    /// (no read noise): the runtime with [`SimulatedMacro::ideal`] doing the macro
+    /// operations, which gives the network's own logits to the bit (`tests`); for a
+    /// chip, see [`crate::runtime`].
     pub fn run(&self, image: &[f32]) -> Result<Vec<f32>> {
-        Runtime::new(self)?.run(&mut IdealMacro::new(&self.macro_spec), image, 0)
+        Runtime::new(self)?.run(&mut SimulatedMacro::ideal(&self.macro_spec), image, 0)
     }
 
     /// The shape of every value (without the batch axis), checking each node against
@@ -53,11 +53,11 @@ impl DeployModel {
                         )));
                     }
                 },
-                DeployOp::BatchNorm { scale, .. } => {
-                    if x.first() != Some(&scale.len()) {
+                DeployOp::BatchNorm(bn) => {
+                    if x.first() != Some(&bn.channels()) {
                         return Err(bad(format!(
                             "{} channels do not fit input {x:?}",
-                            scale.len()
+                            bn.channels()
                         )));
                     }
                     x

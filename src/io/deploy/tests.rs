@@ -53,13 +53,24 @@ fn round_trips_and_rejects_damage() {
     let (net, mut store) = trained_like(Arch::ResNet20);
     let spec = MacroSpec::default();
     let m = export(net.as_ref(), &mut store);
-    // 19 convs (each with its batchnorm folded), 9 residual additions, 2 option-A
-    // shortcuts, the pooling and the classifier; every ReLU.
+    // 19 convs (each with its batchnorm), 9 residual additions, 2 option-A shortcuts,
+    // the pooling and the classifier; every ReLU.
     assert_eq!(count(&m, |o| matches!(o, DeployOp::Conv(_))), 19);
     assert_eq!(
-        count(&m, |o| matches!(o, DeployOp::BatchNorm { .. })),
+        count(&m, |o| matches!(o, DeployOp::BatchNorm(_))),
         0,
-        "every batchnorm folds into its conv"
+        "every batchnorm is stated with its conv"
+    );
+    assert_eq!(
+        count(&m, |o| matches!(
+            o,
+            DeployOp::Conv(DeployLayer {
+                body: Body::Macro { batchnorm: Some(_), .. }
+                    | Body::Digital { batchnorm: Some(_), .. },
+                ..
+            })
+        )),
+        19
     );
     assert_eq!(count(&m, |o| matches!(o, DeployOp::Add)), 9);
     assert_eq!(count(&m, |o| matches!(o, DeployOp::SubsamplePad { stride: 2, .. })), 2);
@@ -161,22 +172,80 @@ fn the_file_alone_computes_the_network() {
                 .to_string()
                 .contains("3071 values are not whole images of [3, 32, 32] = 3072 values")
         );
-        // The two compute the same integers (partial sums, ADC codes); the float
-        // epilogues differ in summation order only, which on rare inputs moves a
-        // value across an E-PACT rounding edge in a later layer (one code).
-        let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
-        let worst = got.iter().zip(&want).fold(0f32, |a, (g, w)| a.max((g - w).abs()));
-        eprintln!(
-            "{arch:?}: {} nodes, logits up to {scale:.4}, largest difference {worst:.2e}",
-            m.nodes.len()
-        );
+        // The same integers (partial sums, ADC codes) and the same float operations in
+        // the same order: the same bits.
+        eprintln!("{arch:?}: {} nodes", m.nodes.len());
         for (j, (g, w)) in got.iter().zip(&want).enumerate() {
-            assert!(
-                (g - w).abs() <= 1e-3 * (1.0 + scale),
-                "{arch:?} logit {j}: file {g} vs network {w}"
-            );
+            assert_eq!(g.to_bits(), w.to_bits(), "{arch:?} logit {j}: file {g} vs network {w}");
         }
     }
+}
+
+/// A version-2 file (written by `dnat export` before batchnorms were stated beside their
+/// fold; `tests/golden/deploy-v2-resnet20.dnatd` is `trained_like(ResNet20)`'s export)
+/// still loads and runs, within float rounding of the same network's version-3 export,
+/// and says that it has nothing to recalibrate.
+#[test]
+fn a_version_2_file_still_loads_and_runs() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden/deploy-v2-resnet20.dnatd");
+    let old = DeployModel::load(&path).unwrap();
+    let (net, mut store) = trained_like(Arch::ResNet20);
+    let new = export(net.as_ref(), &mut store);
+    assert_eq!(old.nodes.len(), new.nodes.len());
+    assert!(old.nodes.iter().all(|n| match &n.op {
+        DeployOp::Conv(l) | DeployOp::Linear(l) => matches!(
+            l.body,
+            Body::Macro { batchnorm: None, .. } | Body::Digital { batchnorm: None, .. }
+        ),
+        op => !matches!(op, DeployOp::BatchNorm(_)),
+    }));
+    // The fold is what the version-3 file states beside its batchnorms.
+    for (a, b) in old.nodes.iter().zip(&new.nodes) {
+        if let (DeployOp::Conv(la), DeployOp::Conv(lb)) = (&a.op, &b.op)
+            && let (Some((sa, ta)), Some((sb, tb))) = (la.folded(), lb.folded())
+        {
+            let close = |x: &[f32], y: &[f32]| {
+                x.iter().zip(y).all(|(p, q)| (p - q).abs() <= 1e-6 * (1.0 + q.abs()))
+            };
+            assert!(close(&sa, &sb) && close(&ta, &tb), "{}", la.name);
+        }
+    }
+    let x = random(&[2, 3, 32, 32], 9);
+    let (got, want) = (old.run(x.data()).unwrap(), new.run(x.data()).unwrap());
+    let scale = want.iter().fold(0f32, |a, v| a.max(v.abs()));
+    for (g, w) in got.iter().zip(&want) {
+        assert!((g - w).abs() <= 1e-3 * (1.0 + scale), "version 2 {g} vs version 3 {w}");
+    }
+}
+
+/// A version-3 file whose folded epilogue is not the fold of the fields beside it is
+/// refused by layer: a host reading the fold and one reading the batchnorm would
+/// compute different networks.
+#[test]
+fn a_fold_that_disagrees_with_its_batchnorm_is_refused() {
+    let (net, mut store) = trained_like(Arch::ResNet20);
+    let m = export(net.as_ref(), &mut store);
+    let (_, mut payload) =
+        crate::io::framed::decode(&m.to_bytes(), MAGIC, "deployable model", VERSION).unwrap();
+    let first = m
+        .nodes
+        .iter()
+        .find_map(|n| match &n.op {
+            DeployOp::Conv(l) => l.folded().map(|f| (l.name.clone(), f)),
+            _ => None,
+        })
+        .unwrap();
+    let (name, (scale, _)) = first;
+    let pattern: Vec<u8> = scale[..4].iter().flat_map(|v| v.to_le_bytes()).collect();
+    let at = payload.windows(16).position(|w| w == pattern).unwrap();
+    payload[at..at + 4].copy_from_slice(&(2.0 * scale[0]).to_le_bytes());
+    let bytes = crate::io::framed::encode(MAGIC, VERSION, &payload);
+    let e = DeployModel::from_bytes(&bytes).unwrap_err();
+    assert!(
+        e.contains(&format!("layer {name}: the folded scale and shift are not the fold")),
+        "{e}"
+    );
 }
 
 /// A network that calls a tape op directly (outside the layer API) is refused by
