@@ -1,11 +1,14 @@
 //! `dnat deploy`: a deployable model run with a macro backend doing its macro operations.
 
-use crate::data::DatasetKind;
+use crate::data::{Augment, Batcher, DatasetKind};
 use crate::io::deploy::{Body, DeployModel, DeployOp};
-use crate::runtime::{Runtime, parse_backend};
+use crate::runtime::{MacroBackend, Runtime, parse_backend};
+use crate::train::eval::EVAL_BATCH;
 use crate::train::json;
+use crate::train::recalibrate::RecalImages;
 use crate::{Error, Result};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 #[derive(argh::FromArgs)]
 #[argh(subcommand, name = "deploy")]
@@ -19,7 +22,9 @@ pub struct DeployArgs {
 #[argh(subcommand)]
 enum Action {
     Info(InfoArgs),
+    Run(RunArgs),
     Eval(EvalArgs),
+    Calibrate(CalibrateArgs),
 }
 
 #[derive(argh::FromArgs)]
@@ -32,15 +37,45 @@ struct InfoArgs {
 }
 
 #[derive(argh::FromArgs)]
+#[argh(subcommand, name = "run")]
+/// The logits of test images with the backend computing every macro operation, as CSV.
+struct RunArgs {
+    /// deployable model file (dnat export)
+    #[argh(option)]
+    model: PathBuf,
+    /// backend: ideal, em:MODEL[,chip=S][,noise=N] (a simulated chip S of error model MODEL, noise seed N; defaults 0 and 1000) or exec:CMD (a macro host process: docs/protocol.md)
+    #[argh(option, default = "String::from(\"ideal\")")]
+    backend: String,
+    /// seconds to wait for each reply of an exec: backend (default 60)
+    #[argh(option, default = "60.0")]
+    backend_timeout: f64,
+    /// data set archive or folder (default: $DNAT_DATA, ../shared/datasets, datasets/)
+    #[argh(option)]
+    data: Option<PathBuf>,
+    /// run the first N test images (default 10)
+    #[argh(option, default = "10")]
+    images: usize,
+    /// CSV file to write (atomically): image, label, predicted class, logits (default: stdout)
+    #[argh(option)]
+    out: Option<PathBuf>,
+    /// no progress output
+    #[argh(switch)]
+    quiet: bool,
+}
+
+#[derive(argh::FromArgs)]
 #[argh(subcommand, name = "eval")]
 /// Accuracy on the test split with the backend computing every macro operation.
 struct EvalArgs {
     /// deployable model file (dnat export)
     #[argh(option)]
     model: PathBuf,
-    /// backend: ideal, or em:MODEL[,chip=S][,noise=N] (a simulated chip S of error model MODEL, noise seed N; defaults 0 and 1000)
+    /// backend: ideal, em:MODEL[,chip=S][,noise=N] (a simulated chip S of error model MODEL, noise seed N; defaults 0 and 1000) or exec:CMD (a macro host process: docs/protocol.md)
     #[argh(option, default = "String::from(\"ideal\")")]
     backend: String,
+    /// seconds to wait for each reply of an exec: backend (default 60)
+    #[argh(option, default = "60.0")]
+    backend_timeout: f64,
     /// data set archive or folder (default: $DNAT_DATA, ../shared/datasets, datasets/)
     #[argh(option)]
     data: Option<PathBuf>,
@@ -55,11 +90,71 @@ struct EvalArgs {
     quiet: bool,
 }
 
-/// Runs `dnat deploy info|eval`.
+#[derive(argh::FromArgs)]
+#[argh(subcommand, name = "calibrate")]
+/// Re-estimate every batchnorm from training images read through the backend, as dnat calibrate does on the training side, and write the recalibrated deployable model.
+struct CalibrateArgs {
+    /// deployable model file (dnat export)
+    #[argh(option)]
+    model: PathBuf,
+    /// backend: ideal, em:MODEL[,chip=S][,noise=N] (noise=0 reads what dnat calibrate --seed 0 reads) or exec:CMD (a macro host process: docs/protocol.md)
+    #[argh(option)]
+    backend: String,
+    /// seconds to wait for each reply of an exec: backend (default 60)
+    #[argh(option, default = "60.0")]
+    backend_timeout: f64,
+    /// where to write the recalibrated deployable model (atomically)
+    #[argh(option)]
+    out: PathBuf,
+    /// data set archive or folder (default: $DNAT_DATA, ../shared/datasets, datasets/)
+    #[argh(option)]
+    data: Option<PathBuf>,
+    /// training images to read (default 4096)
+    #[argh(option, default = "4096")]
+    images: usize,
+    /// seed of the images' order and augmentation (default 0, as dnat calibrate's)
+    #[argh(option, default = "0")]
+    seed: u64,
+    /// read the images without the training augmentation (crop, flip)
+    #[argh(switch)]
+    no_augment: bool,
+    /// print one JSON object as the last line of stdout
+    #[argh(switch)]
+    json: bool,
+    /// no progress output
+    #[argh(switch)]
+    quiet: bool,
+}
+
+/// The model at `path`, the data set it classifies, and the backend `description`.
+fn open(
+    path: &Path,
+    description: &str,
+    timeout: f64,
+) -> Result<(DeployModel, DatasetKind, Box<dyn MacroBackend>)> {
+    let m = DeployModel::load(path)?;
+    let kind = DatasetKind::for_classes(m.num_classes as usize).ok_or_else(|| {
+        Error::format(
+            path,
+            format!("has {} classes: dnat's data sets have 10 or 100", m.num_classes),
+        )
+    })?;
+    if !(timeout > 0.0 && timeout <= 1e6) {
+        return Err(Error::invalid(format!(
+            "--backend-timeout {timeout}: must be a number of seconds in (0, 10^6]"
+        )));
+    }
+    let backend = parse_backend(description, &m.macro_spec, Duration::from_secs_f64(timeout))?;
+    Ok((m, kind, backend))
+}
+
+/// Runs `dnat deploy info|run|eval|calibrate`.
 pub fn run(a: DeployArgs) -> Result<()> {
     match a.action {
         Action::Info(i) => info(i),
+        Action::Run(r) => run_images(r),
         Action::Eval(e) => eval(e),
+        Action::Calibrate(c) => calibrate(c),
     }
 }
 
@@ -93,15 +188,97 @@ fn info(a: InfoArgs) -> Result<()> {
     Ok(())
 }
 
+fn run_images(a: RunArgs) -> Result<()> {
+    if let Some(out) = &a.out {
+        crate::io::atomic::check_writable(out)?;
+    }
+    let (m, kind, mut backend) = open(&a.model, &a.backend, a.backend_timeout)?;
+    let mut rt = Runtime::new(&m).map_err(|e| Error::format(&a.model, e.to_string()))?;
+    let data = super::load_data(a.data.as_deref(), kind, a.quiet)?;
+    if a.images == 0 || a.images > data.test.len() {
+        return Err(Error::invalid(format!(
+            "--images {}: must be 1 to the test split's {} images",
+            a.images,
+            data.test.len()
+        )));
+    }
+    let batcher = Batcher::new(&data.test, m.norm, None, 0);
+    let classes = m.num_classes as usize;
+    let mut csv = String::from("image,label,predicted");
+    (0..classes).for_each(|c| csv.push_str(&format!(",logit{c}")));
+    csv.push('\n');
+    let idx: Vec<usize> = (0..a.images).collect();
+    for (b, chunk) in idx.chunks(EVAL_BATCH).enumerate() {
+        let (x, labels) = batcher.batch(chunk, 0);
+        let logits = rt.run(backend.as_mut(), x.data(), b as u64)?;
+        for ((i, label), l) in chunk.iter().zip(&labels).zip(logits.chunks(classes)) {
+            let best = (0..classes).fold(0, |a, c| if l[c] > l[a] { c } else { a });
+            csv.push_str(&format!("{i},{label},{best}"));
+            l.iter().for_each(|v| csv.push_str(&format!(",{v}")));
+            csv.push('\n');
+        }
+    }
+    match &a.out {
+        Some(out) => {
+            crate::io::atomic::write(out, csv.as_bytes())?;
+            let s = rt.stats;
+            println!(
+                "{} images through backend {} -> {} ({} macro operations, {} array programmings, {:.1} s)",
+                s.images,
+                backend.name(),
+                out.display(),
+                s.macro_ops,
+                s.programmings,
+                s.total_s
+            );
+        }
+        None => print!("{csv}"),
+    }
+    Ok(())
+}
+
+fn calibrate(a: CalibrateArgs) -> Result<()> {
+    crate::io::atomic::check_writable(&a.out)?;
+    let (m, kind, mut backend) = open(&a.model, &a.backend, a.backend_timeout)?;
+    let mut rt = Runtime::new(&m).map_err(|e| Error::format(&a.model, e.to_string()))?;
+    let data = super::load_data(a.data.as_deref(), kind, a.quiet)?;
+    let set = RecalImages {
+        split: &data.train,
+        norm: m.norm,
+        augment: (!a.no_augment).then(Augment::standard),
+        count: a.images,
+        seed: a.seed,
+    };
+    let (new, r) = rt.calibrate(backend.as_mut(), &set)?;
+    new.save(&a.out)?;
+    let s = rt.stats;
+    println!(
+        "recalibrated {} batchnorm layers on {} training images through backend {} in {:.1} s ({} macro operations, {} array programmings) -> {}",
+        r.layers,
+        r.images,
+        backend.name(),
+        s.total_s,
+        s.macro_ops,
+        s.programmings,
+        a.out.display()
+    );
+    if a.json {
+        println!(
+            "{}",
+            json::object(vec![
+                ("layers", r.layers.into()),
+                ("images", r.images.into()),
+                ("seconds", s.total_s.into()),
+                ("backend", backend.name().into()),
+                ("model", a.out.display().to_string().into()),
+            ])
+        );
+    }
+    Ok(())
+}
+
 fn eval(a: EvalArgs) -> Result<()> {
-    let m = DeployModel::load(&a.model)?;
-    let kind = DatasetKind::for_classes(m.num_classes as usize).ok_or_else(|| {
-        Error::format(
-            &a.model,
-            format!("has {} classes: dnat's data sets have 10 or 100", m.num_classes),
-        )
-    })?;
-    let mut backend = parse_backend(&a.backend, &m.macro_spec)?;
+    let (m, kind, mut backend) = open(&a.model, &a.backend, a.backend_timeout)?;
     let mut rt = Runtime::new(&m).map_err(|e| Error::format(&a.model, e.to_string()))?;
     let mut data = super::load_data(a.data.as_deref(), kind, a.quiet)?;
     if let Some(n) = a.test_subset {

@@ -249,17 +249,31 @@ fn pack(x: &[u16], n: usize, i0: usize, m: usize, plane: u32, words: &mut [u32])
     }
 }
 
-/// The backend a description names, for a macro of geometry `spec`: `ideal`, or
+/// The backend a description names, for a macro of geometry `spec`: `ideal`;
 /// `em:MODEL[,chip=S][,noise=N]` — a simulated chip `S` (default 0) of the error model
 /// `MODEL` (a preset, a preset with overrides, or a D-MAC-EM file), read with noise seed
-/// `N` (default 1000, as `dnat eval`'s first noise seed).
-pub fn parse(description: &str, spec: &MacroSpec) -> Result<Box<dyn MacroBackend>> {
+/// `N` (default 1000, as `dnat eval`'s first noise seed); or `exec:CMD` — a macro host
+/// process (`docs/protocol.md`), each reply awaited at most `timeout`.
+pub fn parse(
+    description: &str,
+    spec: &MacroSpec,
+    timeout: std::time::Duration,
+) -> Result<Box<dyn MacroBackend>> {
     if description == "ideal" {
         return Ok(Box::new(SimulatedMacro::ideal(spec)));
     }
+    #[cfg(unix)]
+    if let Some(command) = description.strip_prefix("exec:") {
+        if command.trim().is_empty() {
+            return Err(Error::invalid("backend 'exec:' names no command".to_string()));
+        }
+        return Ok(Box::new(super::ExecMacro::start(command, spec, timeout)?));
+    }
+    #[cfg(not(unix))]
+    let _ = timeout;
     let Some(rest) = description.strip_prefix("em:") else {
         return Err(Error::invalid(format!(
-            "backend '{description}': expected 'ideal' or 'em:MODEL[,chip=S][,noise=N]'"
+            "backend '{description}': expected 'ideal', 'em:MODEL[,chip=S][,noise=N]' or 'exec:CMD'"
         )));
     };
     let (mut chip, mut noise, mut model) = (0u64, 1000u64, Vec::new());

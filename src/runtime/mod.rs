@@ -21,8 +21,12 @@
 //! backend and pass give the same logits at any thread count.
 
 mod backend;
+#[cfg(unix)]
+mod exec;
 
 pub use backend::{MacroBackend, Operation, SimulatedMacro, parse as parse_backend};
+#[cfg(unix)]
+pub use exec::{ExecMacro, PROTOCOL_VERSION};
 
 use crate::cim::quant::{ActGrid, MIN_RANGE};
 use crate::data::{Batcher, Split};

@@ -117,3 +117,52 @@ fn a_backend_that_lies_is_named() {
         "backend 'liar', layer 'layer1.0.conv1', tile 0, cycle 0, operations 0..1024: ADC code 100000 is outside the ADC's -256..=255"
     );
 }
+
+/// Recalibration through a backend is the training side's recalibration: the same
+/// images, batches, draws and statistics give the same running means and variances,
+/// to the bit, through the ideal macro and through a simulated chip.
+#[test]
+fn calibrate_is_the_training_sides_recalibration() {
+    use crate::data::{Augment, Normalize, Split};
+    use crate::train::recalibrate::{RecalImages, recalibrate_bn};
+    let spec = MacroSpec::default();
+    let n = 24;
+    let split = Split {
+        images: (0..n * crate::data::cifar::IMAGE_BYTES).map(|i| (i * 37 % 251) as u8).collect(),
+        labels: (0..n).map(|i| (i % 10) as u8).collect(),
+    };
+    let set = RecalImages {
+        split: &split,
+        norm: Normalize::for_dataset(crate::data::DatasetKind::Cifar10),
+        augment: Some(Augment::standard()),
+        count: 20,
+        seed: 3,
+    };
+    let model: Arc<dyn Readout> =
+        Arc::new(presets::preset("current-domain", (spec.adc.kmin, spec.adc.kmax)).unwrap());
+    let (chip, noise) = (1, 7);
+    let ideal = Arc::new(crate::cim::ErrorModel::ideal(spec.adc.kmin, spec.adc.kmax));
+    for sampled in [false, true] {
+        let cim = if sampled {
+            CimRuntime {
+                seed: noise,
+                ..runtime_of(&spec, model.clone(), ReadoutMode::Sampled).on_chip(chip)
+            }
+        } else {
+            runtime_of(&spec, ideal.clone(), ReadoutMode::Ideal)
+        };
+        let (net, mut store) = trained_like(Arch::ResNet20);
+        let m = export(net.as_ref(), &mut store);
+        recalibrate_bn(net.as_ref(), &mut store, &set, Some(&cim)).unwrap();
+        let want = export(net.as_ref(), &mut store);
+        let mut backend = if sampled {
+            SimulatedMacro::chip(&m.macro_spec, model.clone(), chip, noise)
+        } else {
+            SimulatedMacro::ideal(&m.macro_spec)
+        };
+        let (got, r) = Runtime::new(&m).unwrap().calibrate(&mut backend, &set).unwrap();
+        assert_eq!((r.images, r.layers), (20, 19));
+        assert_eq!(got, want, "sampled: {sampled}");
+        assert_ne!(got, m, "the statistics moved");
+    }
+}
