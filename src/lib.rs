@@ -119,6 +119,7 @@
 
 #![warn(missing_docs)]
 
+pub mod capi;
 pub mod cim;
 pub mod cli;
 pub mod data;

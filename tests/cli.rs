@@ -445,7 +445,7 @@ fn deploy_eval_runs_an_export_through_a_backend() {
     assert!(json_number(&chip, "accuracy") < json_number(&ideal, "accuracy"), "{chip}");
     fails_with(
         &["deploy", "eval", "--model", m, "--backend", "fpga"],
-        "backend 'fpga': expected 'ideal' or 'em:MODEL",
+        "backend 'fpga': expected 'ideal', 'em:MODEL[,chip=S][,noise=N]' or 'exec:CMD'",
     );
     fails_with(
         &["deploy", "eval", "--model", m, "--backend", "em:nonesuch"],

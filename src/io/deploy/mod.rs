@@ -273,6 +273,15 @@ impl DeployLayer {
 }
 
 impl DeployModel {
+    /// Conv and linear layers on the macro.
+    pub fn macro_layers(&self) -> usize {
+        let on_macro = |n: &&DeployNode| match &n.op {
+            DeployOp::Conv(l) | DeployOp::Linear(l) => matches!(l.body, Body::Macro { .. }),
+            _ => false,
+        };
+        self.nodes.iter().filter(on_macro).count()
+    }
+
     /// Writes the file to `path` atomically (a temporary file renamed over it).
     pub fn save(&self, path: &Path) -> Result<()> {
         atomic::write(path, &self.to_bytes())
