@@ -51,6 +51,11 @@ impl ExecMacro {
     /// Starts `sh -c command`, says HELLO with the geometry `spec` and checks the host's
     /// answer; every reply is awaited at most `timeout`.
     pub fn start(command: &str, spec: &MacroSpec, timeout: Duration) -> Result<Self> {
+        Self::hello(command, spec, timeout)
+            .map_err(|e| Error::invalid(format!("backend 'exec:{command}', hello: {e}")))
+    }
+
+    fn hello(command: &str, spec: &MacroSpec, timeout: Duration) -> Result<Self> {
         // `exec`: the host is the child itself, not a grandchild under a shell; its own
         // process group: what it starts in turn is killed with it.
         let mut child = Command::new("sh")
@@ -61,9 +66,7 @@ impl ExecMacro {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|e| {
-                Error::invalid(format!("backend 'exec:{command}': cannot start 'sh -c': {e}"))
-            })?;
+            .map_err(|e| Error::invalid(format!("cannot start 'sh -c': {e}")))?;
         let (stdin, stdout, err) = (
             child.stdin.take().expect("piped"),
             child.stdout.take().expect("piped"),
@@ -108,26 +111,25 @@ impl ExecMacro {
         hello.write_i32::<LE>(spec.adc.kmax).unwrap();
         hello.write_f32::<LE>(spec.adc.step).unwrap();
         put_str(&mut hello, &spec.name);
-        let body = m.request(HELLO, hello, "hello")?;
+        let body = m.request(HELLO, hello)?;
         let mut c = std::io::Cursor::new(&body[..]);
         let mut magic = [0u8; 8];
-        let short = |m: &mut Self| m.fault("hello", "reply too short".into());
+        let short = |m: &mut Self| m.fault("reply too short".into());
         if c.read_exact(&mut magic).is_err() {
             return Err(short(&mut m));
         }
         if &magic != MAGIC {
-            return Err(m.fault("hello", format!("reply magic {magic:?} is not 'DNATHOST'")));
+            return Err(m.fault(format!("reply magic {magic:?} is not 'DNATHOST'")));
         }
         let Ok(version) = c.read_u32::<LE>() else { return Err(short(&mut m)) };
         if version != PROTOCOL_VERSION {
-            return Err(m.fault(
-                "hello",
-                format!("the host speaks protocol version {version}, this dnat speaks {PROTOCOL_VERSION}"),
-            ));
+            return Err(m.fault(format!(
+                "the host speaks protocol version {version}, this dnat speaks {PROTOCOL_VERSION}"
+            )));
         }
         match get_str(&mut c) {
             Some(name) if c.position() as usize == body.len() => m.host = name,
-            _ => return Err(m.fault("hello", "reply is not magic, version and a name".into())),
+            _ => return Err(m.fault("reply is not magic, version and a name".into())),
         }
         Ok(m)
     }
@@ -137,13 +139,10 @@ impl ExecMacro {
         &self.host
     }
 
-    /// Sends one request and waits for its reply's body; the fault, if any, names `what`.
-    fn request(&mut self, tag: u32, body: Vec<u8>, what: &str) -> Result<Vec<u8>> {
+    /// Sends one request and waits for its reply's body.
+    fn request(&mut self, tag: u32, body: Vec<u8>) -> Result<Vec<u8>> {
         if self.broken {
-            return Err(Error::invalid(format!(
-                "backend 'exec:{}': the host failed before",
-                self.command
-            )));
+            return Err(Error::invalid("the host failed before".to_string()));
         }
         let mut msg = Vec::with_capacity(8 + body.len());
         msg.write_u32::<LE>(tag).unwrap();
@@ -151,36 +150,33 @@ impl ExecMacro {
         msg.extend(body);
         let sent = self.requests.as_ref().is_some_and(|r| r.send(msg).is_ok());
         if !sent {
-            return Err(self.fault(what, "the host's stdin is closed".into()));
+            return Err(self.fault("the host's stdin is closed".into()));
         }
         match self.replies.recv_timeout(self.timeout) {
             Ok(Ok((t, body))) if t == tag => Ok(body),
             Ok(Ok((ERROR, body))) => {
                 let msg = String::from_utf8_lossy(&body).into_owned();
-                Err(self.fault(what, format!("the host reports: {msg}")))
+                Err(self.fault(format!("the host reports: {msg}")))
             }
-            Ok(Ok((t, _))) => Err(self.fault(what, format!("reply tag {t} to request {tag}"))),
-            Ok(Err(e)) => Err(self.fault(what, e)),
-            Err(RecvTimeoutError::Timeout) => Err(self.fault(
-                what,
-                format!(
-                    "no reply within {} s (--backend-timeout): the host is killed",
-                    self.timeout.as_secs_f64()
-                ),
-            )),
+            Ok(Ok((t, _))) => Err(self.fault(format!("reply tag {t} to request {tag}"))),
+            Ok(Err(e)) => Err(self.fault(e)),
+            Err(RecvTimeoutError::Timeout) => Err(self.fault(format!(
+                "no reply within {} s (--backend-timeout): the host is killed",
+                self.timeout.as_secs_f64()
+            ))),
             Err(RecvTimeoutError::Disconnected) => {
-                Err(self.fault(what, "the host's stdout is closed".into()))
+                Err(self.fault("the host's stdout is closed".into()))
             }
         }
     }
 
     /// Ends the session on a fault: the host is killed and reaped, and the error says
     /// what happened, with its exit status and the last lines it wrote to stderr.
-    fn fault(&mut self, what: &str, why: String) -> Error {
+    fn fault(&mut self, why: String) -> Error {
         self.broken = true;
         let status = self.stop(Duration::from_millis(200));
         let tail = String::from_utf8_lossy(&self.stderr.lock().unwrap()).trim().to_string();
-        let mut msg = format!("backend 'exec:{}', {what}: {why}", self.command);
+        let mut msg = why;
         if let Some(s) = status {
             msg.push_str(&format!(" (host {s})"));
         }
@@ -224,7 +220,7 @@ impl Drop for ExecMacro {
     fn drop(&mut self) {
         if !self.broken && self.requests.is_some() {
             // A polite end; whatever the host answers, it is stopped below.
-            let _ = self.request(BYE, Vec::new(), "bye");
+            let _ = self.request(BYE, Vec::new());
         }
         if !self.threads.is_empty() {
             self.stop(Duration::from_millis(500));
@@ -241,11 +237,9 @@ impl MacroBackend for ExecMacro {
         let mut body = Vec::with_capacity(4 + weights.len());
         body.write_u32::<LE>(array as u32).unwrap();
         body.extend(weights.iter().map(|&w| w as u8));
-        let reply = self.request(PROGRAM, body, &format!("program array {array}"))?;
+        let reply = self.request(PROGRAM, body)?;
         if !reply.is_empty() {
-            return Err(
-                self.fault("program", format!("a {}-byte reply, not an empty one", reply.len()))
-            );
+            return Err(self.fault(format!("a {}-byte reply, not an empty one", reply.len())));
         }
         Ok(())
     }
@@ -259,6 +253,7 @@ impl MacroBackend for ExecMacro {
     ) -> Result<()> {
         let n = inputs.len() / self.spec.rows;
         let mut body = Vec::with_capacity(72 + 2 * inputs.len());
+        debug_assert_eq!(inputs.len(), n * self.spec.rows);
         for v in [
             array as u32,
             n as u32,
@@ -274,25 +269,38 @@ impl MacroBackend for ExecMacro {
         for v in [op.elements, op.first_element, op.pass] {
             body.write_u64::<LE>(v).unwrap();
         }
-        inputs.iter().for_each(|&q| body.extend(q.to_le_bytes()));
-        let reply = self.request(COMPUTE, body, "compute")?;
+        // As narrow as the geometry allows (docs/protocol.md).
+        if self.spec.input_bits_per_cycle <= 8 {
+            body.extend(inputs.iter().map(|&q| q as u8));
+        } else {
+            inputs.iter().for_each(|&q| body.extend(q.to_le_bytes()));
+        }
+        let reply = self.request(COMPUTE, body)?;
         let cols = op.columns as usize;
-        let want = 8 + 4 * cols * n;
+        let adc = self.spec.adc;
+        let width = if adc.kmin >= i16::MIN as i32 && adc.kmax <= i16::MAX as i32 { 2 } else { 4 };
+        let want = 8 + width * cols * n;
         let head = |i: usize| {
             reply.get(4 * i..4 * i + 4).map(|b| u32::from_le_bytes(b.try_into().unwrap()))
         };
         if reply.len() != want || head(0) != Some(n as u32) || head(1) != Some(cols as u32) {
-            let said = format!("{:?} operations × {:?} columns", head(0), head(1));
-            return Err(self.fault(
-                "compute",
-                format!(
-                    "a {}-byte reply ({said}) to {n} operations × {cols} columns ({want} bytes)",
-                    reply.len()
-                ),
-            ));
+            let said = match (head(0), head(1)) {
+                (Some(a), Some(b)) => format!("{a} operations × {b} columns"),
+                _ => "no header".into(),
+            };
+            return Err(self.fault(format!(
+                "a {}-byte reply ({said}) to {n} operations × {cols} columns ({want} bytes)",
+                reply.len()
+            )));
         }
-        for (o, b) in out.iter_mut().zip(reply[8..].chunks_exact(4)) {
-            *o = i32::from_le_bytes(b.try_into().unwrap());
+        if width == 2 {
+            for (o, b) in out.iter_mut().zip(reply[8..].chunks_exact(2)) {
+                *o = i16::from_le_bytes(b.try_into().unwrap()) as i32;
+            }
+        } else {
+            for (o, b) in out.iter_mut().zip(reply[8..].chunks_exact(4)) {
+                *o = i32::from_le_bytes(b.try_into().unwrap());
+            }
         }
         Ok(())
     }
