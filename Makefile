@@ -18,6 +18,7 @@ build: ## Build the dnat binary (release)
 	cargo build --release
 
 test: ## Run the default test suite (what CI runs)
+	cargo build --release --lib  # libdnat.so, which tests/capi.rs links C against
 	cargo test --release
 
 test-long: ## Run the long, ignored tests too

@@ -20,7 +20,11 @@ fn root() -> &'static Path {
 /// The folder holding the `libdnat.so` built with this test (beside the `dnat` binary).
 fn lib_dir() -> PathBuf {
     let dir = Path::new(env!("CARGO_BIN_EXE_dnat")).parent().unwrap().to_path_buf();
-    assert!(dir.join("libdnat.so").is_file(), "no libdnat.so in {}", dir.display());
+    assert!(
+        dir.join("libdnat.so").is_file(),
+        "no libdnat.so in {} (`make test` builds it: cargo build --release --lib)",
+        dir.display()
+    );
     dir
 }
 
