@@ -56,6 +56,7 @@ impl ExecMacro {
     }
 
     fn hello(command: &str, spec: &MacroSpec, timeout: Duration) -> Result<Self> {
+        ignore_sigpipe();
         // `exec`: the host is the child itself, not a grandchild under a shell; its own
         // process group: what it starts in turn is killed with it.
         let mut child = Command::new("sh")
@@ -303,6 +304,24 @@ impl MacroBackend for ExecMacro {
             }
         }
         Ok(())
+    }
+}
+
+/// A host that exits early closes the pipe dnat writes its requests into: that must be
+/// an error on the write (reported with the host's exit status), not SIGPIPE killing
+/// dnat, which `dnat`'s start-up restores to the default action for `dnat … | head`.
+fn ignore_sigpipe() {
+    #[cfg(target_os = "linux")]
+    {
+        unsafe extern "C" {
+            fn signal(signum: i32, handler: usize) -> usize;
+        }
+        const SIGPIPE: i32 = 13;
+        const SIG_IGN: usize = 1;
+        // SAFETY: sets one signal's action; no handler runs Rust code.
+        unsafe {
+            signal(SIGPIPE, SIG_IGN);
+        }
     }
 }
 
