@@ -155,30 +155,6 @@ pub struct Geometry {
     pub macro_layers: u32,
 }
 
-/// [`Operation`] as C sees it.
-#[repr(C)]
-#[derive(Clone, Copy, Debug)]
-pub struct COperation {
-    /// The CIM layer.
-    pub layer: u32,
-    /// The tile of its reduction axis.
-    pub tile: u32,
-    /// The input-bit cycle.
-    pub cycle: u32,
-    /// The output channel of column 0.
-    pub first_channel: u32,
-    /// Columns read.
-    pub columns: u32,
-    /// The layer's output channels.
-    pub channels: u32,
-    /// Operations per column in the whole pass.
-    pub elements: u64,
-    /// The first operation's element.
-    pub first_element: u64,
-    /// The pass.
-    pub pass: u64,
-}
-
 /// Loads array `array` with `weights[row·columns + column]`; 0 on success.
 pub type ProgramFn = unsafe extern "C" fn(ctx: *mut c_void, array: u32, weights: *const i8) -> i32;
 /// Reads `n` operations: `inputs[r·n + i]` in, `codes[c·n + i]` out for `op.columns`
@@ -186,7 +162,7 @@ pub type ProgramFn = unsafe extern "C" fn(ctx: *mut c_void, array: u32, weights:
 pub type ComputeFn = unsafe extern "C" fn(
     ctx: *mut c_void,
     array: u32,
-    op: *const COperation,
+    op: *const Operation,
     n: u32,
     inputs: *const u16,
     codes: *mut i32,
@@ -225,21 +201,10 @@ impl MacroBackend for Callbacks {
         out: &mut [i32],
     ) -> Result<()> {
         let n = out.len() / op.columns as usize;
-        let c = COperation {
-            layer: op.layer,
-            tile: op.tile,
-            cycle: op.cycle,
-            first_channel: op.first_channel,
-            columns: op.columns,
-            channels: op.channels,
-            elements: op.elements,
-            first_element: op.first_element,
-            pass: op.pass,
-        };
         // SAFETY: the callback's contract (header): it reads rows·n inputs and writes
         // columns·n codes, the lengths of these slices.
         let s = unsafe {
-            (self.compute)(self.ctx, array as u32, &c, n as u32, inputs.as_ptr(), out.as_mut_ptr())
+            (self.compute)(self.ctx, array as u32, op, n as u32, inputs.as_ptr(), out.as_mut_ptr())
         };
         if s != 0 {
             return Err(Error::invalid(format!("the compute callback returned {s}")));

@@ -90,8 +90,9 @@ fn the_header_is_the_rust_abi() {
             })
             .collect()
     };
-    let rust_fields = |name: &str| -> Vec<String> {
-        let body = &rust[rust.find(&format!("pub struct {name} {{")).unwrap()..];
+    let backend = std::fs::read_to_string(root().join("src/runtime/backend.rs")).unwrap();
+    let rust_fields = |text: &str, name: &str| -> Vec<String> {
+        let body = &text[text.find(&format!("pub struct {name} {{")).unwrap()..];
         let body = &body[..body.find("\n}").unwrap()];
         body.lines()
             .skip(1)
@@ -99,11 +100,11 @@ fn the_header_is_the_rust_abi() {
             .collect()
     };
     assert_eq!(
-        rust_fields("Geometry"),
+        rust_fields(&rust, "Geometry"),
         fields(&header, "typedef struct dnat_geometry {", "} dnat_geometry;")
     );
     assert_eq!(
-        rust_fields("COperation"),
+        rust_fields(&backend, "Operation"),
         fields(&header, "typedef struct dnat_operation {", "} dnat_operation;")
     );
     let rust_status: Vec<(String, String)> = rust[rust.find("pub enum Status").unwrap()..]

@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 /// What the runtime says about one batch of macro operations. A real chip may ignore
 /// it; a simulated one keys its draws on it, so that it draws what the training-side
-/// CIM layers draw for the same operation.
+/// CIM layers draw for the same operation. C callbacks get it as it is
+/// (`dnat_operation` in `include/dnat.h`).
+#[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Operation {
     /// The CIM layer (the order the layers were mapped onto the macro).

@@ -9,6 +9,7 @@
 
 use super::backend::{MacroBackend, Operation};
 use crate::cim::MacroSpec;
+use crate::io::checkpoint::{get_str, put_str};
 use crate::{Error, Result};
 use byteorder::{LittleEndian as LE, ReadBytesExt, WriteBytesExt};
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -129,7 +130,7 @@ impl ExecMacro {
             )));
         }
         match get_str(&mut c) {
-            Some(name) if c.position() as usize == body.len() => m.host = name,
+            Ok(name) if c.position() as usize == body.len() => m.host = name,
             _ => return Err(m.fault("reply is not magic, version and a name".into())),
         }
         Ok(m)
@@ -323,19 +324,6 @@ fn ignore_sigpipe() {
             signal(SIGPIPE, SIG_IGN);
         }
     }
-}
-
-fn put_str(p: &mut Vec<u8>, s: &str) {
-    p.write_u32::<LE>(s.len() as u32).unwrap();
-    p.extend(s.as_bytes());
-}
-
-fn get_str(c: &mut std::io::Cursor<&[u8]>) -> Option<String> {
-    let n = c.read_u32::<LE>().ok()? as usize;
-    let start = c.position() as usize;
-    let bytes = c.get_ref().get(start..start.checked_add(n)?)?;
-    c.set_position((start + n) as u64);
-    String::from_utf8(bytes.to_vec()).ok()
 }
 
 fn write_requests(stdin: ChildStdin, requests: Receiver<Vec<u8>>) {
