@@ -90,3 +90,53 @@ fn short_cli_run_is_thread_count_independent() {
     }
     assert_eq!(outs[0], outs[1], "checkpoints differ between RAYON_NUM_THREADS=1 and 2");
 }
+
+/// The committed D-NAT model through the deploy runtime on a simulated chip scores what
+/// the training side scores on that chip, both pinned: the runtime draws what the CIM
+/// layers draw for every operation of the 10,000 test images.
+#[test]
+fn dnat_resnet20_through_the_deploy_runtime() {
+    let Some(data) = stand_in() else { return };
+    let data = data.to_str().unwrap();
+    let ckpt =
+        format!("{}/models/resnet20-dnat-current-domain-e2-s0.ckpt", env!("CARGO_MANIFEST_DIR"));
+    let want: f64 =
+        golden("deploy.txt", "resnet20_dnat_current_domain_chip1_accuracy").parse().unwrap();
+    let accuracy = |args: &[&str]| {
+        let o = dnat(args);
+        assert!(o.status.success(), "{}", stderr(&o));
+        json_number(stdout(&o).lines().last().unwrap(), "accuracy")
+    };
+    let trained = accuracy(&[
+        "eval",
+        "--checkpoint",
+        &ckpt,
+        "--cim",
+        "--error-model",
+        "current-domain",
+        "--chip-seed",
+        "1",
+        "--data",
+        data,
+        "--json",
+        "--quiet",
+    ]);
+    assert_eq!(trained, want, "dnat eval --cim of {ckpt} on chip 1 changed");
+    let d = tmpdir("deploy-dnat");
+    let model = d.join("dnat.dnatd");
+    let o = dnat(&["export", "--checkpoint", &ckpt, "--out", model.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let deployed = accuracy(&[
+        "deploy",
+        "eval",
+        "--model",
+        model.to_str().unwrap(),
+        "--backend",
+        "em:current-domain,chip=1",
+        "--data",
+        data,
+        "--json",
+        "--quiet",
+    ]);
+    assert_eq!(deployed, want, "the deploy runtime on chip 1 disagrees with the training side");
+}
