@@ -14,10 +14,9 @@ use crate::runtime::{MacroBackend, Operation, Runtime, parse_backend};
 use crate::{Error, Result};
 use std::cell::RefCell;
 use std::ffi::{CStr, CString, c_char, c_void};
-use std::mem::ManuallyDrop;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// What a call did: `Ok`, or why not ([`dnat_last_error`] has the message).
@@ -93,25 +92,8 @@ unsafe fn text<'a>(p: *const c_char, what: &str) -> std::result::Result<&'a str,
 
 /// An open deployable model and its runtime (the placement worked out once).
 pub struct DnatModel {
-    /// Borrows `model`: dropped by hand, before it.
-    runtime: ManuallyDrop<Mutex<Runtime<'static>>>,
-    model: *mut DeployModel,
-}
-
-// SAFETY: the raw model is only read (through the runtime, under its mutex) and freed
-// once, in `dnat_model_free`.
-unsafe impl Send for DnatModel {}
-unsafe impl Sync for DnatModel {}
-
-impl Drop for DnatModel {
-    fn drop(&mut self) {
-        // SAFETY: the runtime is dropped once, here, before the model it borrows;
-        // `model` came from `Box::into_raw` in `dnat_model_open` and nothing else frees it.
-        unsafe {
-            ManuallyDrop::drop(&mut self.runtime);
-            drop(Box::from_raw(self.model));
-        }
-    }
+    runtime: Mutex<Runtime>,
+    model: Arc<DeployModel>,
 }
 
 /// A backend: built in (`ideal`, `em:…`, `exec:…`) or C callbacks.
@@ -239,17 +221,10 @@ pub unsafe extern "C" fn dnat_model_open(path: *const c_char, out: *mut *mut Dna
         // SAFETY: as documented.
         let path = unsafe { text(path, "path")? };
         let model = DeployModel::load(Path::new(path)).map_err(status_of)?;
-        let model = Box::into_raw(Box::new(model));
-        // SAFETY: `model` stays alive until the handle is freed, after its runtime.
-        let runtime = match Runtime::new(unsafe { &*model }) {
-            Ok(r) => r,
-            Err(e) => {
-                // SAFETY: just made, not shared.
-                drop(unsafe { Box::from_raw(model) });
-                return Err(status_of(Error::format(Path::new(path), e.to_string())));
-            }
-        };
-        let handle = Box::new(DnatModel { runtime: ManuallyDrop::new(Mutex::new(runtime)), model });
+        let model = Arc::new(model);
+        let runtime = Runtime::new(model.clone())
+            .map_err(|e| status_of(Error::format(Path::new(path), e.to_string())))?;
+        let handle = Box::new(DnatModel { runtime: Mutex::new(runtime), model });
         // SAFETY: `out` is writable (checked non-null above).
         unsafe { *out = Box::into_raw(handle) };
         Ok(())
@@ -282,7 +257,7 @@ pub unsafe extern "C" fn dnat_model_geometry(
             return Err(argument("model or out is NULL"));
         }
         // SAFETY: as documented.
-        let m = unsafe { &*(*model).model };
+        let m = unsafe { &(*model).model };
         let s = &m.macro_spec;
         let g = Geometry {
             classes: m.num_classes,
@@ -328,7 +303,7 @@ pub unsafe extern "C" fn dnat_backend_builtin(
             return Err(argument("timeout_s must be in (0, 10^6] seconds"));
         }
         // SAFETY: as documented.
-        let (m, d) = unsafe { (&*(*model).model, text(description, "description")?) };
+        let (m, d) = unsafe { (&(*model).model, text(description, "description")?) };
         let b = parse_backend(d, &m.macro_spec, Duration::from_secs_f64(timeout_s))
             .map_err(status_of)?;
         // SAFETY: as documented.
@@ -360,7 +335,7 @@ pub unsafe extern "C" fn dnat_backend_callbacks(
             return Err(argument("model or out is NULL"));
         }
         // SAFETY: as documented.
-        let (m, name) = unsafe { (&*(*model).model, text(name, "name")?) };
+        let (m, name) = unsafe { (&(*model).model, text(name, "name")?) };
         let weights_len = m.macro_spec.rows * m.macro_spec.columns;
         let cb = Callbacks { name: name.into(), program, compute, ctx, weights_len };
         // SAFETY: as documented.
@@ -404,7 +379,7 @@ pub unsafe extern "C" fn dnat_run(
         // SAFETY: as documented.
         let (h, b) = unsafe { (&*model, &mut *backend) };
         // SAFETY: as documented.
-        let m = unsafe { &*h.model };
+        let m = &h.model;
         let per = m.input.iter().map(|&v| v as usize).product::<usize>();
         let classes = m.num_classes as usize;
         if n == 0 || n.checked_mul(per).is_none_or(|v| v > isize::MAX as usize / 4) {

@@ -144,7 +144,7 @@ fn rust_accuracy(model: &Path, ds: &Dataset, n: usize) -> f64 {
     let m = DeployModel::load(model).unwrap();
     let batcher = Batcher::new(&ds.test, m.norm, None, 0);
     let (x, labels) = batcher.batch(&(0..n).collect::<Vec<_>>(), 0);
-    let logits = Runtime::new(&m)
+    let logits = Runtime::new(m.clone())
         .unwrap()
         .run(&mut SimulatedMacro::ideal(&m.macro_spec), x.data(), 0)
         .unwrap();

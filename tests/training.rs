@@ -282,3 +282,70 @@ fn vgg8_fp32_then_dnat_golden() {
         &got,
     );
 }
+
+/// The parameters and buffers of a checkpoint, bit for bit.
+fn store_bits(ck: &Checkpoint) -> Vec<(String, Vec<u32>)> {
+    let bits = |t: &dnat::engine::Tensor| t.data().iter().map(|v| v.to_bits()).collect();
+    let params = ck.store.params().iter().map(|p| (p.name.clone(), bits(&p.value)));
+    params.chain(ck.store.buffers().iter().map(|b| (b.name.clone(), bits(&b.value)))).collect()
+}
+
+/// Fine-tuning with a macro in the loop is training: through a simulated chip that draws
+/// what the CIM layers draw (chip 1, noise seed = the run's seed), every step's forward
+/// values and so its parameters are D-NAT training's, bit for bit; through the ideal
+/// macro with STE, QAT's. Only the evaluations (through the backend, with the backend's
+/// noise seed) and the recorded backend differ.
+#[test]
+fn training_through_a_backend_is_training_on_its_macro() {
+    use dnat::cim::{MacroSpec, em::presets};
+    use dnat::runtime::SimulatedMacro;
+    use dnat::train::{MACRO_BACKEND, train_through};
+    use std::sync::Arc;
+    let dir = tmpdir("train-through");
+    let data = synthetic::dataset(96, 40, 12);
+    let spec = MacroSpec::default();
+    let model: Arc<dyn dnat::cim::Readout> =
+        Arc::new(presets::preset("current-domain", (spec.adc.kmin, spec.adc.kmax)).unwrap());
+    for (readout, estimator, em) in [
+        (ReadoutMode::Sampled, Estimator::Statistical { draws: 0 }, "current-domain"),
+        (ReadoutMode::Ideal, Estimator::Ste, "ideal"),
+    ] {
+        let mut cfg = config(1);
+        cfg.cim = Some(CimTraining { chip: ChipChoice::One(1), ..cim(readout, estimator, em) });
+        let (on_macro, through) =
+            (dir.join(format!("{em}.ckpt")), dir.join(format!("{em}-b.ckpt")));
+        let a = train(&cfg, &data, &on_macro, &quiet()).unwrap();
+        let mut backend = match readout {
+            ReadoutMode::Ideal => SimulatedMacro::ideal(&spec),
+            _ => SimulatedMacro::chip(&spec, model.clone(), 1, cfg.seed),
+        };
+        let b = train_through(&cfg, &data, &through, &quiet(), &mut backend).unwrap();
+        let (ca, cb) = (Checkpoint::load(&on_macro).unwrap(), Checkpoint::load(&through).unwrap());
+        assert_eq!(ca.steps_done, 3);
+        assert!(store_bits(&ca) == store_bits(&cb), "{em}: parameters differ through the backend");
+        let (ha, hb) = (&ca.history[0], &cb.history[0]);
+        assert_eq!(ha.train_loss.to_bits(), hb.train_loss.to_bits(), "{em}: training loss");
+        assert_eq!(
+            cb.meta(MACRO_BACKEND),
+            Some(dnat::runtime::MacroBackend::name(&backend).as_str())
+        );
+        assert!(ca.meta(MACRO_BACKEND).is_none());
+        if readout == ReadoutMode::Ideal {
+            // The ideal macro has no noise: the evaluation through it is the network's.
+            assert_eq!(a.test_accuracy, b.test_accuracy);
+        }
+        // A run resumes through the backend it trained through only.
+        let e = train(&cfg, &data, &through, &RunOptions { resume: true, ..quiet() })
+            .err()
+            .expect("resuming without the backend is refused");
+        assert!(e.to_string().contains("cannot resume: trained through backend"), "{e}");
+        if readout == ReadoutMode::Sampled {
+            // The forward values are the backend's: other reads, other parameters.
+            let mut other = SimulatedMacro::chip(&spec, model.clone(), 1, cfg.seed + 1);
+            let c = dir.join("other-reads.ckpt");
+            train_through(&cfg, &data, &c, &quiet(), &mut other).unwrap();
+            let cc = Checkpoint::load(&c).unwrap();
+            assert!(store_bits(&ca) != store_bits(&cc), "the backend's reads were not used");
+        }
+    }
+}

@@ -193,7 +193,7 @@ fn run_images(a: RunArgs) -> Result<()> {
         crate::io::atomic::check_writable(out)?;
     }
     let (m, kind, mut backend) = open(&a.model, &a.backend, a.backend_timeout)?;
-    let mut rt = Runtime::new(&m).map_err(|e| Error::format(&a.model, e.to_string()))?;
+    let mut rt = Runtime::new(m.clone()).map_err(|e| Error::format(&a.model, e.to_string()))?;
     let data = super::load_data(a.data.as_deref(), kind, a.quiet)?;
     if a.images == 0 || a.images > data.test.len() {
         return Err(Error::invalid(format!(
@@ -240,7 +240,7 @@ fn run_images(a: RunArgs) -> Result<()> {
 fn calibrate(a: CalibrateArgs) -> Result<()> {
     crate::io::atomic::check_writable(&a.out)?;
     let (m, kind, mut backend) = open(&a.model, &a.backend, a.backend_timeout)?;
-    let mut rt = Runtime::new(&m).map_err(|e| Error::format(&a.model, e.to_string()))?;
+    let mut rt = Runtime::new(m.clone()).map_err(|e| Error::format(&a.model, e.to_string()))?;
     let data = super::load_data(a.data.as_deref(), kind, a.quiet)?;
     let set = RecalImages {
         split: &data.train,
@@ -279,7 +279,7 @@ fn calibrate(a: CalibrateArgs) -> Result<()> {
 
 fn eval(a: EvalArgs) -> Result<()> {
     let (m, kind, mut backend) = open(&a.model, &a.backend, a.backend_timeout)?;
-    let mut rt = Runtime::new(&m).map_err(|e| Error::format(&a.model, e.to_string()))?;
+    let mut rt = Runtime::new(m.clone()).map_err(|e| Error::format(&a.model, e.to_string()))?;
     let mut data = super::load_data(a.data.as_deref(), kind, a.quiet)?;
     if let Some(n) = a.test_subset {
         if n == 0 || n > data.test.len() {
@@ -292,7 +292,8 @@ fn eval(a: EvalArgs) -> Result<()> {
         data.test.images.truncate(bytes);
         data.test.labels.truncate(n);
     }
-    let (accuracy, s) = rt.evaluate(backend.as_mut(), &data.test)?;
+    let (ev, s) = rt.evaluate(backend.as_mut(), &data.test)?;
+    let accuracy = ev.accuracy;
     println!(
         "{} through backend {}: test accuracy {accuracy:.2}% ({} images, {:.1} images/s; {} macro operations, {} array programmings; backend {:.0} % of {:.1} s)",
         m.arch,

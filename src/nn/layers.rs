@@ -33,12 +33,34 @@ pub struct Fwd<'a> {
     pub bn_stats: Option<&'a mut BnStats>,
     /// When set, every layer and op of the pass adds its node (`dnat export`).
     pub trace: Option<&'a mut Trace>,
+    /// When set (with `cim`), each layer on the macro takes its output from this device
+    /// (a chip doing the layer's macro operations) and its gradient from its own CIM op
+    /// ([`crate::engine::ops::straight_through`]): fine-tuning with the chip in the loop.
+    pub macro_forward: Option<&'a mut dyn MacroForward>,
+}
+
+/// A device that computes the layers on the macro (a chip behind a backend, see
+/// [`crate::runtime::InTheLoop`]): the output of macro layer `layer` (its
+/// [`MacroSlot::id`]) for the layer's input `x` as the network gives it (before E-PACT),
+/// the layer's bias added, in the shape its CIM op returns.
+pub trait MacroForward {
+    /// The device's output of macro layer `layer` for input `x`.
+    fn layer(&mut self, layer: u64, x: &Tensor) -> Result<Tensor>;
 }
 
 impl<'a> Fwd<'a> {
     /// An FP32 forward pass.
     pub fn new(tape: &'a mut Tape, store: &'a mut ParamStore, mode: Mode) -> Self {
-        Fwd { tape, store, mode, cim: None, calibration: None, bn_stats: None, trace: None }
+        Fwd {
+            tape,
+            store,
+            mode,
+            cim: None,
+            calibration: None,
+            bn_stats: None,
+            trace: None,
+            macro_forward: None,
+        }
     }
 
     /// Adds `nodes` to the trace, if the pass keeps one (see [`Trace::record`]).
@@ -148,7 +170,14 @@ fn run_layer(
             let (xq, grid) = quantize(slot, cx, rt, x)?;
             let w = cx.tape.param(cx.store, weight);
             let b = bias.map(|b| cx.tape.param(cx.store, b));
-            on_macro(cx.tape, xq, w, b, grid, &CimCall { rt, layer: slot.id })
+            let y = on_macro(cx.tape, xq, w, b, grid, &CimCall { rt, layer: slot.id });
+            match (y, cx.macro_forward.as_mut()) {
+                (Ok(y), Some(device)) => {
+                    let measured = device.layer(slot.id, cx.tape.value(x))?;
+                    crate::engine::ops::straight_through(cx.tape, y, measured)
+                }
+                (y, _) => y,
+            }
         }
         _ => {
             if let (Some(slot), Some(c)) = (slot, cx.calibration.as_mut()) {

@@ -9,7 +9,9 @@ pub mod mapping;
 pub mod models;
 pub mod trace;
 
-pub use layers::{ActQuantKind, BatchNorm2d, Calibration, Conv2d, Conv2dConfig, Fwd, Linear};
+pub use layers::{
+    ActQuantKind, BatchNorm2d, Calibration, Conv2d, Conv2dConfig, Fwd, Linear, MacroForward,
+};
 pub use mapping::{CimPlan, map_to_macro};
 pub use models::{Arch, Builder, ModelSpec, Network, build, register};
 pub use trace::{Node, Trace};

@@ -34,10 +34,11 @@ use crate::engine::ops::{self, Conv2dCfg};
 use crate::engine::{Tape, Tensor, Var};
 use crate::io::deploy::{BatchNorm, Body, DeployLayer, DeployModel, DeployOp};
 use crate::nn::layers::Moments;
-use crate::train::eval::{EVAL_BATCH, count_correct};
+use crate::train::eval::{EVAL_BATCH, EvalResult, count_correct};
 use crate::train::recalibrate::{RecalImages, Recalibration};
 use crate::{Error, Result};
 use rayon::prelude::*;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// What a run did: images, macro operations, array programmings, and where the time went.
@@ -112,8 +113,8 @@ enum Norm<'a> {
 }
 
 /// A deployable model ready to run: its shapes checked and each on-macro layer placed.
-pub struct Runtime<'m> {
-    model: &'m DeployModel,
+pub struct Runtime {
+    model: Arc<DeployModel>,
     shapes: Vec<Vec<usize>>,
     placed: Vec<Option<Placed>>,
     /// A macro layer's accumulated readouts, `[cout][elements]`.
@@ -122,9 +123,10 @@ pub struct Runtime<'m> {
     pub stats: RunStats,
 }
 
-impl<'m> Runtime<'m> {
+impl Runtime {
     /// The runtime of `model` (its graph checked shape by shape, its layers placed).
-    pub fn new(model: &'m DeployModel) -> Result<Self> {
+    pub fn new(model: impl Into<Arc<DeployModel>>) -> Result<Self> {
+        let model: Arc<DeployModel> = model.into();
         let spec = &model.macro_spec;
         spec.validate()?;
         let shapes = model.shapes().map_err(Error::invalid)?;
@@ -143,6 +145,11 @@ impl<'m> Runtime<'m> {
             })
             .collect();
         Ok(Runtime { model, shapes, placed, readouts: Vec::new(), stats: RunStats::default() })
+    }
+
+    /// The model it runs.
+    pub fn model(&self) -> &DeployModel {
+        &self.model
     }
 
     /// The logits `[n][classes]` of `n` normalised images `[n][C·H·W]`, the macro
@@ -205,7 +212,7 @@ impl<'m> Runtime<'m> {
         let mut shape = vec![n];
         shape.extend(&self.shapes[0]);
         let mut values: Vec<Var> = vec![tape.constant(Tensor::new(&shape, images.to_vec()))];
-        let model = self.model;
+        let model = self.model.clone();
         for (i, node) in model.nodes.iter().enumerate() {
             let x = values[node.inputs[0] as usize];
             let y = match &node.op {
@@ -382,6 +389,45 @@ impl<'m> Runtime<'m> {
         Ok(Tensor::new(&shape, y))
     }
 
+    /// The output of macro layer `layer` (its CIM layer id, as the network's
+    /// [`crate::engine::MacroSlot::id`]) for a batch `x` of its inputs (`[N, cin, H, W]`
+    /// or `[N, cin]`, before E-PACT), as pass `pass`, its bias added: what the network's
+    /// CIM op of the layer returns (bit for bit on the ideal macro).
+    pub fn layer(
+        &mut self,
+        backend: &mut dyn MacroBackend,
+        layer: u64,
+        x: &Tensor,
+        pass: u64,
+    ) -> Result<Tensor> {
+        let node = self
+            .placed
+            .iter()
+            .position(|p| p.as_ref().is_some_and(|p| u64::from(p.id) == layer))
+            .ok_or_else(|| {
+                Error::invalid(format!(
+                    "deployable model '{}' has no macro layer {layer}",
+                    self.model.arch
+                ))
+            })?;
+        let model = self.model.clone();
+        let n = &model.nodes[node];
+        let (DeployOp::Conv(l) | DeployOp::Linear(l)) = &n.op else {
+            unreachable!("placed layers are conv or linear")
+        };
+        let want = &self.shapes[n.inputs[0] as usize];
+        if x.shape().len() != want.len() + 1 || x.shape()[1..] != want[..] || x.shape()[0] == 0 {
+            return Err(Error::invalid(format!(
+                "layer '{}' takes inputs [N, {}], given {:?}",
+                l.name,
+                want.iter().map(|v| v.to_string()).collect::<Vec<_>>().join(", "),
+                x.shape()
+            )));
+        }
+        let images = x.shape()[0];
+        self.macro_layer(backend, node, l, x, Pass { pass, images, first_image: 0 })
+    }
+
     /// A backend's error, naming the backend, the layer and the operation.
     fn failed(&self, backend: &dyn MacroBackend, l: &DeployLayer, what: &str, e: Error) -> Error {
         Error::invalid(format!("backend '{}', layer '{}', {what}: {e}", backend.name(), l.name))
@@ -411,7 +457,7 @@ impl<'m> Runtime<'m> {
             let (x, _) = batcher.batch(chunk, 0);
             self.forward(backend, x.data(), b as u64, Norm::Batch(&mut moments))?;
         }
-        let mut model = self.model.clone();
+        let mut model = DeployModel::clone(&self.model);
         let mut layers = 0;
         for (node, m) in model.nodes.iter_mut().zip(&moments) {
             let bn = match &mut node.op {
@@ -437,25 +483,61 @@ impl<'m> Runtime<'m> {
         Ok((model, Recalibration { images: count, layers }))
     }
 
-    /// Accuracy over a split, in the training side's evaluation batches (batch `b` is
-    /// pass `b`): percent correct and the run's statistics.
+    /// Accuracy and mean loss over a split, in the training side's evaluation batches
+    /// (batch `b` is pass `b`), and the run's statistics.
     pub fn evaluate(
         &mut self,
         backend: &mut dyn MacroBackend,
         split: &Split,
-    ) -> Result<(f64, RunStats)> {
+    ) -> Result<(EvalResult, RunStats)> {
         let before = self.stats;
         let batcher = Batcher::new(split, self.model.norm, None, 0);
         let classes = self.model.num_classes as usize;
         let idx: Vec<usize> = (0..split.len()).collect();
-        let mut correct = 0;
+        let (mut correct, mut loss_sum) = (0, 0.0f64);
         for (b, chunk) in idx.chunks(EVAL_BATCH).enumerate() {
             let (x, labels) = batcher.batch(chunk, 0);
             let logits = self.run(backend, x.data(), b as u64)?;
             correct += count_correct(&logits, classes, &labels);
+            let mut tape = Tape::new(false);
+            let y = tape.constant(Tensor::new(&[chunk.len(), classes], logits));
+            let l = ops::softmax_cross_entropy(&mut tape, y, &labels, 0.0)?;
+            loss_sum += tape.value(l).data()[0] as f64 * chunk.len() as f64;
         }
-        let run = self.stats - before;
-        Ok((100.0 * correct as f64 / split.len().max(1) as f64, run))
+        let n = split.len().max(1) as f64;
+        let result = EvalResult {
+            accuracy: 100.0 * correct as f64 / n,
+            loss: loss_sum / n,
+            images: split.len(),
+        };
+        Ok((result, self.stats - before))
+    }
+}
+
+/// Fine-tuning with a macro in the loop: one training step's device
+/// ([`crate::nn::MacroForward`]) that runs each layer on the macro through `backend`,
+/// its weight codes those of the network at this step (a [`DeployModel`] made from it),
+/// the operations numbered as pass `pass`.
+pub struct InTheLoop<'b> {
+    runtime: Runtime,
+    backend: &'b mut dyn MacroBackend,
+    pass: u64,
+}
+
+impl<'b> InTheLoop<'b> {
+    /// The device of one step: `model` (the network as it is now) on `backend`.
+    pub fn new(model: DeployModel, backend: &'b mut dyn MacroBackend, pass: u64) -> Result<Self> {
+        Ok(InTheLoop { runtime: Runtime::new(model)?, backend, pass })
+    }
+    /// What the step's layers did on the macro.
+    pub fn stats(&self) -> RunStats {
+        self.runtime.stats
+    }
+}
+
+impl crate::nn::MacroForward for InTheLoop<'_> {
+    fn layer(&mut self, layer: u64, x: &Tensor) -> Result<Tensor> {
+        self.runtime.layer(self.backend, layer, x, self.pass)
     }
 }
 

@@ -41,7 +41,7 @@ fn ideal_backend_is_the_network_on_the_ideal_macro() {
     let x = random(&[3, 3, 32, 32], 9);
     let (m, want) =
         network_logits(Arch::ResNet20, &runtime_of(&spec, ideal, ReadoutMode::Ideal), &x);
-    let mut rt = Runtime::new(&m).unwrap();
+    let mut rt = Runtime::new(m.clone()).unwrap();
     let got = rt.run(&mut SimulatedMacro::ideal(&m.macro_spec), x.data(), 0).unwrap();
     assert_same(&got, &want, "ResNet20, ideal");
     // ResNet20's 18 CIM layers: 3 × 3 tiles of 16 channels, 3 × (5 + 5) of 32 (the first
@@ -75,7 +75,7 @@ fn em_backend_draws_what_the_cim_layers_draw() {
     };
     let x = random(&[2, 3, 32, 32], 4);
     let (m, want) = network_logits(Arch::ResNet20, &cim, &x);
-    let mut rt = Runtime::new(&m).unwrap();
+    let mut rt = Runtime::new(m.clone()).unwrap();
     let got = rt
         .run(&mut SimulatedMacro::chip(&m.macro_spec, model.clone(), chip, noise), x.data(), pass)
         .unwrap();
@@ -109,7 +109,7 @@ fn a_backend_that_lies_is_named() {
     }
     let (net, mut store) = trained_like(Arch::ResNet20);
     let m = export(net.as_ref(), &mut store);
-    let mut rt = Runtime::new(&m).unwrap();
+    let mut rt = Runtime::new(m.clone()).unwrap();
     let e =
         rt.run(&mut Liar(SimulatedMacro::ideal(&m.macro_spec)), &vec![0.0; 3072], 0).unwrap_err();
     assert_eq!(
@@ -160,7 +160,7 @@ fn calibrate_is_the_training_sides_recalibration() {
         } else {
             SimulatedMacro::ideal(&m.macro_spec)
         };
-        let (got, r) = Runtime::new(&m).unwrap().calibrate(&mut backend, &set).unwrap();
+        let (got, r) = Runtime::new(m.clone()).unwrap().calibrate(&mut backend, &set).unwrap();
         assert_eq!((r.images, r.layers), (20, 19));
         assert_eq!(got, want, "sampled: {sampled}");
         assert_ne!(got, m, "the statistics moved");

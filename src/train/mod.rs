@@ -12,4 +12,4 @@ pub use config::TrainConfig;
 pub use config::{ChipChoice, CimTraining, ErrorModelSource, ReadoutSource};
 pub use eval::{EvalResult, McAccuracy, McPlan, evaluate, evaluate_mc, noise_seed};
 pub use recalibrate::{BN_RECALIBRATED, RecalImages, Recalibration, recalibrate_bn};
-pub use trainer::{RunOptions, TrainOutcome, train};
+pub use trainer::{MACRO_BACKEND, RunOptions, TrainOutcome, train, train_through};

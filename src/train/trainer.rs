@@ -17,6 +17,7 @@ use crate::io::checkpoint::{Checkpoint, OptimizerState, restore_into, restore_we
 use crate::nn::{ActQuantKind, Calibration, Fwd, Network, build};
 use crate::optim::Optimizer;
 use crate::rng;
+use crate::runtime::MacroBackend;
 use crate::{Error, Result};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -48,6 +49,9 @@ impl RunOptions {
 /// How often the pipeline's training stages and `dnat train` (by default) checkpoint
 /// within an epoch.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(600);
+
+/// The meta key of the macro backend a run trained through ([`train_through`]).
+pub const MACRO_BACKEND: &str = "macro_backend";
 
 /// The meta key of a checkpoint written mid-epoch: the epoch's running sums.
 const EPOCH_IN_PROGRESS: &str = "epoch_in_progress";
@@ -168,13 +172,45 @@ pub fn train(
     out: &Path,
     opts: &RunOptions,
 ) -> Result<TrainOutcome> {
+    train_on(cfg, data, out, opts, None)
+}
+
+/// [`train`] with a macro in the loop (`dnat deploy finetune`): every training step runs
+/// the layers on the macro through `backend` — the network's weight codes at that step
+/// programmed, the step's inputs read through it, pass `step` — and takes their gradient
+/// from the CIM layers of `cfg.cim` (the statistical estimator through its error model,
+/// or STE: [`crate::engine::ops::straight_through`]); evaluations read the test split
+/// through `backend` too. The checkpoint records the backend's name, and a run resumes
+/// only through the same one.
+pub fn train_through(
+    cfg: &TrainConfig,
+    data: &Dataset,
+    out: &Path,
+    opts: &RunOptions,
+    backend: &mut dyn MacroBackend,
+) -> Result<TrainOutcome> {
+    if cfg.cim.is_none() {
+        return Err(Error::invalid(
+            "training through a macro backend needs CIM layers (a configuration with cim)",
+        ));
+    }
+    train_on(cfg, data, out, opts, Some(backend))
+}
+
+fn train_on<'a>(
+    cfg: &'a TrainConfig,
+    data: &'a Dataset,
+    out: &'a Path,
+    opts: &'a RunOptions,
+    backend: Option<&'a mut dyn MacroBackend>,
+) -> Result<TrainOutcome> {
     check_run(cfg, out, opts)?;
     crate::engine::alloc::tune_allocator();
     if data.kind != cfg.dataset {
         return Err(Error::invalid("the data set read does not match the configuration"));
     }
     let t_start = Instant::now();
-    let (mut run, mut bounds_known) = Run::start(cfg, data, out, opts)?;
+    let (mut run, mut bounds_known) = Run::start(cfg, data, out, opts, backend)?;
     let mut resumed_sums: Option<EpochSums> = None;
     if opts.resume && out.exists() {
         resumed_sums = run.resume()?;
@@ -256,6 +292,8 @@ struct Run<'a> {
     rt_eval: Option<CimRuntime>,
     /// The error model's sha256, recorded in the checkpoint's meta.
     em_sha: Option<String>,
+    /// The macro in the loop ([`train_through`]), if any.
+    backend: Option<&'a mut dyn MacroBackend>,
 }
 
 /// The epoch loop's batches and schedule, and what it carries from one epoch to the next.
@@ -287,6 +325,7 @@ impl<'a> Run<'a> {
         data: &'a Dataset,
         out: &'a Path,
         opts: &'a RunOptions,
+        backend: Option<&'a mut dyn MacroBackend>,
     ) -> Result<(Self, bool)> {
         let (net, mut store) = build(&cfg.spec(), cfg.seed)?;
         // Start from another checkpoint's weights (the FP32 model before QAT, say).
@@ -311,6 +350,9 @@ impl<'a> Run<'a> {
         if let Some(h) = &em_sha {
             meta.push(("error_model_sha256".into(), h.clone()));
         }
+        if let Some(b) = &backend {
+            meta.push((MACRO_BACKEND.into(), b.name()));
+        }
         let ck = Checkpoint {
             spec: cfg.spec(),
             meta,
@@ -320,7 +362,8 @@ impl<'a> Run<'a> {
             optimizer: None,
             history: vec![],
         };
-        let run = Run { cfg, data, out, opts, net, store, opt, ck, rt_base, rt_eval, em_sha };
+        let run =
+            Run { cfg, data, out, opts, net, store, opt, ck, rt_base, rt_eval, em_sha, backend };
         Ok((run, bounds_known))
     }
 
@@ -356,6 +399,19 @@ impl<'a> Run<'a> {
                 out,
                 format!(
                     "cannot resume: trained through an error model with sha256 {have}, this run's has {want} (the file changed?)"
+                ),
+            ));
+        }
+        let want = self.backend.as_ref().map(|b| b.name());
+        if prev.meta(MACRO_BACKEND) != want.as_deref() {
+            let name =
+                |b: Option<&str>| b.map_or("no macro backend".into(), |b| format!("backend '{b}'"));
+            return Err(Error::format(
+                out,
+                format!(
+                    "cannot resume: trained through {}, this run through {}",
+                    name(prev.meta(MACRO_BACKEND)),
+                    name(want.as_deref())
                 ),
             ));
         }

@@ -20,4 +20,4 @@ pub use linear::linear;
 pub use loss::softmax_cross_entropy;
 pub use pool::{global_avg_pool, max_pool2d};
 pub use relu::relu;
-pub use shape::{flatten, subsample_pad_channels};
+pub use shape::{flatten, straight_through, subsample_pad_channels};

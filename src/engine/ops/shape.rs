@@ -1,4 +1,5 @@
-//! Shape ops: flatten, and the parameter-free "option A" ResNet shortcut.
+//! Shape ops: flatten, the parameter-free "option A" ResNet shortcut, and the
+//! straight-through substitution of a value measured elsewhere.
 
 use crate::engine::{Tape, Tensor, Var, par};
 use crate::{Error, Result};
@@ -71,6 +72,21 @@ pub fn subsample_pad_channels(tape: &mut Tape, x: Var, stride: usize, cout: usiz
     }))
 }
 
+/// `value` in place of `y`'s value, `y`'s gradient passed through unchanged: the
+/// forward reads what another device computed (a macro doing a layer's operations),
+/// the backward is `y`'s own (an estimator of that device). The value is taken as it
+/// is, bit for bit (`y + (value − y)` in floats would not be).
+pub fn straight_through(tape: &mut Tape, y: Var, value: Tensor) -> Result<Var> {
+    let shape = tape.value(y).shape();
+    if value.shape() != shape {
+        return Err(Error::invalid(format!(
+            "straight-through: a value of shape {:?} cannot stand in for one of shape {shape:?}",
+            value.shape()
+        )));
+    }
+    Ok(tape.push(value, &[y], move |g, _vals, sink| sink.add(y, g.clone())))
+}
+
 #[cfg(test)]
 mod tests {
     use crate::engine::gradcheck::{check, random};
@@ -84,5 +100,31 @@ mod tests {
             1e-2,
             1e-3,
         );
+    }
+
+    /// The forward value is the one given, bit for bit; the gradient is `y`'s, so the
+    /// finite differences of `y`'s op check the composition (the value given is `y`'s
+    /// own, computed apart: a measurement of the same function).
+    #[test]
+    fn straight_through_takes_the_value_and_passes_the_gradient() {
+        use crate::engine::{Tape, Tensor};
+        check(
+            &[random(&[2, 3, 2, 2], 3)],
+            |t, v| {
+                let y = super::flatten(t, v[0]).unwrap();
+                let measured = t.value(y).clone();
+                super::straight_through(t, y, measured).unwrap()
+            },
+            1e-2,
+            1e-3,
+        );
+        let mut t = Tape::new(true);
+        let x = t.leaf(random(&[2, 3], 4));
+        let y = crate::engine::ops::relu(&mut t, x);
+        let other = Tensor::new(&[2, 3], vec![0.5, -1.0, f32::MIN_POSITIVE, 3.0, 0.0, -0.0]);
+        let z = super::straight_through(&mut t, y, other.clone()).unwrap();
+        assert_eq!(t.value(z).data(), other.data());
+        let err = super::straight_through(&mut t, y, Tensor::zeros(&[3, 2])).unwrap_err();
+        assert!(err.to_string().contains("shape [3, 2] cannot stand in for one of shape [2, 3]"));
     }
 }

@@ -13,7 +13,7 @@ impl DeployModel {
     /// operations, which gives the network's own logits to the bit (`tests`); for a
     /// chip, see [`crate::runtime`].
     pub fn run(&self, image: &[f32]) -> Result<Vec<f32>> {
-        Runtime::new(self)?.run(&mut SimulatedMacro::ideal(&self.macro_spec), image, 0)
+        Runtime::new(self.clone())?.run(&mut SimulatedMacro::ideal(&self.macro_spec), image, 0)
     }
 
     /// The shape of every value (without the batch axis), checking each node against

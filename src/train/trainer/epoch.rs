@@ -3,10 +3,17 @@
 
 use super::{EPOCH_IN_PROGRESS, EpochSums, Epochs, Run, optimizer_to_keep};
 use crate::cim::{CimRuntime, ClipCounts};
+use crate::data::Normalize;
+use crate::engine::ParamStore;
 use crate::engine::ops::softmax_cross_entropy;
 use crate::engine::{Mode, Tape};
 use crate::io::checkpoint::{Checkpoint, EpochRecord};
+use crate::io::deploy::DeployModel;
 use crate::nn::Fwd;
+use crate::nn::MacroForward;
+use crate::nn::Network;
+use crate::runtime::{InTheLoop, Runtime};
+use crate::train::TrainConfig;
 use crate::train::eval::{count_correct, evaluate};
 use crate::train::progress::fmt_duration;
 use crate::{Error, Result};
@@ -86,13 +93,19 @@ impl Run<'_> {
         let clips = self.rt_eval.as_ref().map(|_| Arc::new(ClipCounts::default()));
         let rt_eval =
             self.rt_eval.as_ref().map(|rt| CimRuntime { clips: clips.clone(), ..rt.clone() });
-        let ev = evaluate(
-            self.net.as_ref(),
-            &mut self.store,
-            &self.data.test,
-            e.norm,
-            rt_eval.as_ref(),
-        )?;
+        let ev = match (self.backend.as_deref_mut(), rt_eval.as_ref()) {
+            (Some(backend), Some(rt)) => {
+                let model = deployable(self.cfg, self.net.as_ref(), &mut self.store, rt, e.norm)?;
+                Runtime::new(model)?.evaluate(backend, &self.data.test)?.0
+            }
+            _ => evaluate(
+                self.net.as_ref(),
+                &mut self.store,
+                &self.data.test,
+                e.norm,
+                rt_eval.as_ref(),
+            )?,
+        };
         if let Some(c) = clips {
             e.clipped = c.per_layer(&self.store.cim_layers());
         }
@@ -148,8 +161,17 @@ impl Run<'_> {
             .as_ref()
             .zip(cfg.cim.as_ref())
             .map(|(rt, c)| c.runtime_at(rt, step as u64));
+        // With a macro in the loop, the network as it is now, on the macro.
+        let mut device = match (self.backend.as_deref_mut(), rt.as_ref()) {
+            (Some(backend), Some(rt)) => {
+                let model = deployable(cfg, self.net.as_ref(), &mut self.store, rt, e.norm)?;
+                Some(InTheLoop::new(model, backend, step as u64)?)
+            }
+            _ => None,
+        };
         let mut cx = Fwd::new(&mut tape, &mut self.store, Mode::Train);
         cx.cim = rt.as_ref();
+        cx.macro_forward = device.as_mut().map(|d| d as &mut dyn MacroForward);
         let logits = self.net.forward(&mut cx, xv)?;
         let classes = tape.value(logits).shape()[1];
         sums.correct += count_correct(tape.value(logits).data(), classes, &labels);
@@ -191,4 +213,16 @@ impl Run<'_> {
         part.save(self.out)?;
         Ok(part)
     }
+}
+
+/// The network as it is now, as a deployable model on `rt`'s macro (what a macro in the
+/// loop is programmed with).
+fn deployable(
+    cfg: &TrainConfig,
+    net: &dyn Network,
+    store: &mut ParamStore,
+    rt: &CimRuntime,
+    norm: Normalize,
+) -> Result<DeployModel> {
+    DeployModel::from_network(net, cfg.arch.name(), store, &rt.spec, norm)
 }
