@@ -452,3 +452,82 @@ fn deploy_eval_runs_an_export_through_a_backend() {
         "error model 'nonesuch'",
     );
 }
+
+/// `dnat deploy finetune` trains the committed QAT model with a simulated chip in the
+/// forward pass and writes the checkpoint and a deployable model that scores, through the
+/// same backend, what the run reported; what it cannot do is refused by name.
+#[test]
+fn deploy_finetune_trains_through_a_backend() {
+    let Some(data) = stand_in() else { return };
+    let d = tmpdir("finetune");
+    let data = data.to_str().unwrap().to_string();
+    let qat = format!("{}/models/resnet20-w4a8-qat-e2-s0.ckpt", env!("CARGO_MANIFEST_DIR"));
+    let fp32 = format!("{}/models/resnet20-fp32-s0.ckpt", env!("CARGO_MANIFEST_DIR"));
+    let (ck, model) = (d.join("ft.ckpt"), d.join("ft.dnatd"));
+    let (ck, model) = (ck.to_str().unwrap(), model.to_str().unwrap());
+    let with = |backend: &str, checkpoint: &str, extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = [
+            "deploy",
+            "finetune",
+            "--checkpoint",
+            checkpoint,
+            "--backend",
+            backend,
+            "--epochs",
+            "1",
+            "--train-subset",
+            "256",
+            "--out",
+            ck,
+            "--deploy-out",
+            model,
+            "--data",
+            &data,
+            "--quiet",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    let args =
+        |checkpoint: &str, extra: &[&str]| with("em:current-domain,chip=1", checkpoint, extra);
+    let run = |v: Vec<String>| dnat(&v.iter().map(String::as_str).collect::<Vec<_>>());
+    let fails = |v: Vec<String>, needle: &str| {
+        fails_with(&v.iter().map(String::as_str).collect::<Vec<_>>(), needle)
+    };
+    fails(args(&fp32, &[]), "has no CIM layers (an FP32 model)");
+    fails(
+        args(&qat, &["--estimator", "stat"]),
+        "the statistical estimator needs the macro's error model (--error-model)",
+    );
+    fails(args(&qat, &["--backend-timeout", "0"]), "--backend-timeout 0");
+    assert!(!std::path::Path::new(ck).exists() && !std::path::Path::new(model).exists());
+    let o = run(args(&qat, &["--error-model", "current-domain", "--chip", "1", "--json"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let line = stdout(&o).lines().last().unwrap().to_string();
+    let reported = json_number(&line, "accuracy");
+    // Deterministic, so pinned (the QAT model reads 20.57 % on this chip).
+    let want: f64 = golden("deploy.txt", "finetune_qat_two_steps_chip1_accuracy").parse().unwrap();
+    assert_eq!(reported, want, "{line}");
+    let o = dnat(&[
+        "deploy",
+        "eval",
+        "--model",
+        model,
+        "--backend",
+        "em:current-domain,chip=1",
+        "--data",
+        &data,
+        "--json",
+        "--quiet",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(json_number(stdout(&o).lines().last().unwrap(), "accuracy"), reported);
+    // It resumes through the same backend only.
+    fails(
+        with("ideal", &qat, &["--error-model", "current-domain", "--chip", "1", "--resume"]),
+        "cannot resume: trained through backend 'em:current-domain (synthetic),chip=1,noise=1000', this run through backend 'ideal'",
+    );
+}

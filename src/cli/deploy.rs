@@ -1,11 +1,18 @@
 //! `dnat deploy`: a deployable model run with a macro backend doing its macro operations.
 
+use crate::cim::{Estimator, ReadoutMode};
 use crate::data::{Augment, Batcher, DatasetKind};
+use crate::io::checkpoint::Checkpoint;
 use crate::io::deploy::{Body, DeployModel, DeployOp};
+use crate::nn::ActQuantKind;
+use crate::optim::Schedule;
 use crate::runtime::{MacroBackend, Runtime, parse_backend};
 use crate::train::eval::EVAL_BATCH;
 use crate::train::json;
 use crate::train::recalibrate::RecalImages;
+use crate::train::{
+    ChipChoice, CimTraining, ReadoutSource, RunOptions, TrainConfig, train_through,
+};
 use crate::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -25,6 +32,7 @@ enum Action {
     Run(RunArgs),
     Eval(EvalArgs),
     Calibrate(CalibrateArgs),
+    Finetune(FinetuneArgs),
 }
 
 #[derive(argh::FromArgs)]
@@ -126,6 +134,63 @@ struct CalibrateArgs {
     quiet: bool,
 }
 
+#[derive(argh::FromArgs)]
+#[argh(subcommand, name = "finetune")]
+/// Fine-tune a CIM checkpoint with the backend in the forward pass (the network's weight codes programmed every step) and the gradient from the error model's statistical estimator, or STE without one; write the checkpoint and its deployable model.
+struct FinetuneArgs {
+    /// the CIM checkpoint to fine-tune (the float weights the deployable model's codes are made from)
+    #[argh(option)]
+    checkpoint: PathBuf,
+    /// backend: ideal, em:MODEL[,chip=S][,noise=N] or exec:CMD (a macro host process: docs/protocol.md)
+    #[argh(option)]
+    backend: String,
+    /// seconds to wait for each reply of an exec: backend (default 60)
+    #[argh(option, default = "60.0")]
+    backend_timeout: f64,
+    /// the macro's D-MAC-EM (a preset or a file, as dnat train --error-model) for the backward pass; without one, STE (physics-aware training)
+    #[argh(option)]
+    error_model: Option<String>,
+    /// the chip of --error-model whose columns' gains the backward pass uses (default 0: a measured model's own chip)
+    #[argh(option, default = "0")]
+    chip: u64,
+    /// backward estimator: stat (default with --error-model), stat:S or ste (default without)
+    #[argh(option)]
+    estimator: Option<String>,
+    /// number of epochs
+    #[argh(option)]
+    epochs: usize,
+    /// learning rate, decayed by a cosine (default 0.01)
+    #[argh(option, default = "0.01")]
+    lr: f32,
+    /// batch size (default 128)
+    #[argh(option, default = "128")]
+    batch: usize,
+    /// seed of the run (image order, augmentation; default 0)
+    #[argh(option, default = "0")]
+    seed: u64,
+    /// train on the first N training images only
+    #[argh(option)]
+    train_subset: Option<usize>,
+    /// the fine-tuned checkpoint to write (atomically, after every epoch)
+    #[argh(option)]
+    out: PathBuf,
+    /// the fine-tuned deployable model to write (atomically, at the end)
+    #[argh(option)]
+    deploy_out: PathBuf,
+    /// data set archive or folder (default: $DNAT_DATA, ../shared/datasets, datasets/)
+    #[argh(option)]
+    data: Option<PathBuf>,
+    /// continue from --out if it holds a checkpoint of this run
+    #[argh(switch)]
+    resume: bool,
+    /// print one JSON object as the last line of stdout
+    #[argh(switch)]
+    json: bool,
+    /// no progress output
+    #[argh(switch)]
+    quiet: bool,
+}
+
 /// The model at `path`, the data set it classifies, and the backend `description`.
 fn open(
     path: &Path,
@@ -148,13 +213,14 @@ fn open(
     Ok((m, kind, backend))
 }
 
-/// Runs `dnat deploy info|run|eval|calibrate`.
+/// Runs `dnat deploy info|run|eval|calibrate|finetune`.
 pub fn run(a: DeployArgs) -> Result<()> {
     match a.action {
         Action::Info(i) => info(i),
         Action::Run(r) => run_images(r),
         Action::Eval(e) => eval(e),
         Action::Calibrate(c) => calibrate(c),
+        Action::Finetune(f) => finetune(f),
     }
 }
 
@@ -271,6 +337,113 @@ fn calibrate(a: CalibrateArgs) -> Result<()> {
                 ("seconds", s.total_s.into()),
                 ("backend", backend.name().into()),
                 ("model", a.out.display().to_string().into()),
+            ])
+        );
+    }
+    Ok(())
+}
+
+/// The fine-tuning run of `a`: the checkpoint's network, macro, activation quantizer
+/// and mapping, trained from its weights with the backward pass of `a`.
+fn finetune_config(a: &FinetuneArgs, ck: &Checkpoint) -> Result<TrainConfig> {
+    let at = |e: Error| Error::format(&a.checkpoint, e.to_string());
+    let plan = ck.spec.cim.clone().ok_or_else(|| {
+        Error::format(&a.checkpoint, "has no CIM layers (an FP32 model): train it with --cim first")
+    })?;
+    let kind = DatasetKind::for_classes(ck.spec.num_classes).ok_or_else(|| {
+        Error::format(&a.checkpoint, format!("has {} classes", ck.spec.num_classes))
+    })?;
+    let recorded = |key: &str| {
+        ck.meta("cim")
+            .and_then(|c| c.split_whitespace().find_map(|kv| kv.strip_prefix(key)))
+            .map(str::to_string)
+    };
+    let act_quant = match recorded("act_quant=") {
+        Some(q) => ActQuantKind::parse(&q.to_lowercase()).map_err(at)?,
+        None => ActQuantKind::EPact,
+    };
+    let (error_model, readout) = match &a.error_model {
+        // The forward values are the backend's; the training side's readout only serves
+        // the backward pass (the expected readout: no draws, the table's slopes).
+        Some(m) => (m.clone(), ReadoutMode::Expected),
+        None => ("ideal".to_string(), ReadoutMode::Ideal),
+    };
+    let estimator = match (&a.estimator, &a.error_model) {
+        (Some(e), _) => Estimator::parse(e)?,
+        (None, Some(_)) => Estimator::Statistical { draws: 0 },
+        (None, None) => Estimator::Ste,
+    };
+    if a.error_model.is_none() && estimator != Estimator::Ste {
+        return Err(Error::invalid(format!(
+            "--estimator {}: the statistical estimator needs the macro's error model (--error-model)",
+            estimator.describe()
+        )));
+    }
+    let mut cfg = TrainConfig::new(ck.spec.arch, kind, a.epochs, a.seed);
+    cfg.batch = a.batch;
+    cfg.lr = a.lr;
+    cfg.schedule = Schedule::Cosine { warmup_epochs: 0.0 };
+    cfg.train_subset = a.train_subset;
+    cfg.init = Some(a.checkpoint.display().to_string());
+    cfg.cim = Some(CimTraining {
+        macro_name: recorded("macro=").unwrap_or_else(|| "default".into()),
+        error_model: error_model.into(),
+        readout,
+        estimator,
+        act_quant,
+        plan,
+        chip: ChipChoice::One(a.chip),
+        source: ReadoutSource::Table,
+    });
+    Ok(cfg)
+}
+
+fn finetune(a: FinetuneArgs) -> Result<()> {
+    crate::io::atomic::check_writable(&a.deploy_out)?;
+    let ck = Checkpoint::load(&a.checkpoint)?;
+    let cfg = finetune_config(&a, &ck)?;
+    let opts = RunOptions {
+        resume: a.resume,
+        checkpoint_every: Some(crate::train::trainer::CHECKPOINT_EVERY),
+        quiet: a.quiet,
+        ..Default::default()
+    };
+    crate::train::trainer::check_run(&cfg, &a.out, &opts)?;
+    let spec = ck.trained_macro()?;
+    let (backend_timeout, kind) = (a.backend_timeout, cfg.dataset);
+    if !(backend_timeout > 0.0 && backend_timeout <= 1e6) {
+        return Err(Error::invalid(format!(
+            "--backend-timeout {backend_timeout}: must be a number of seconds in (0, 10^6]"
+        )));
+    }
+    let mut backend = parse_backend(&a.backend, &spec, Duration::from_secs_f64(backend_timeout))?;
+    let data = super::load_data(a.data.as_deref(), kind, a.quiet)?;
+    let o = train_through(&cfg, &data, &a.out, &opts, backend.as_mut())?;
+    let model = DeployModel::from_checkpoint(&o.checkpoint, None)?;
+    model.save(&a.deploy_out)?;
+    println!(
+        "{}: fine-tuned {} epochs through backend {}: test accuracy {:.2}% through it, {:.1} train images/s, wall {:.1}s -> {}, {}",
+        cfg.arch.name(),
+        o.checkpoint.epochs_done,
+        backend.name(),
+        o.test_accuracy,
+        o.train_images_per_s,
+        o.wall_s,
+        a.out.display(),
+        a.deploy_out.display()
+    );
+    if a.json {
+        println!(
+            "{}",
+            json::object(vec![
+                ("model", cfg.arch.name().into()),
+                ("backend", backend.name().into()),
+                ("epochs", (o.checkpoint.epochs_done as usize).into()),
+                ("accuracy", o.test_accuracy.into()),
+                ("train_images_per_s", o.train_images_per_s.into()),
+                ("wall_s", o.wall_s.into()),
+                ("checkpoint", a.out.display().to_string().into()),
+                ("deploy_model", a.deploy_out.display().to_string().into()),
             ])
         );
     }
