@@ -149,6 +149,39 @@ fn a_faulty_host_is_named_within_the_timeout() {
     fails("code:1", &[at, "is outside the ADC's -256..=255"]);
     fails("error:1", &[at, "the host reports: injected fault"]);
     fails("version", &["hello: the host speaks protocol version 2, this dnat speaks 1"]);
+    // Fine-tuning through a host that dies in its first step: the step's layer named,
+    // no deployable model written, no host left.
+    let qat = concat!(env!("CARGO_MANIFEST_DIR"), "/models/resnet20-w4a8-qat-e2-s0.ckpt");
+    let (ck, deployed) = (d.join("ft.ckpt"), d.join("ft.dnatd"));
+    let o = dnat_env(
+        &[
+            "deploy",
+            "finetune",
+            "--checkpoint",
+            qat,
+            "--backend",
+            &exec,
+            "--backend-timeout",
+            "3",
+            "--epochs",
+            "1",
+            "--train-subset",
+            "256",
+            "--out",
+            ck.to_str().unwrap(),
+            "--deploy-out",
+            deployed.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--quiet",
+        ],
+        &[("DNAT_HOST_FAULT", "exit:5")],
+    );
+    let err = stderr(&o);
+    assert!(!o.status.success(), "finetune through a dying host succeeded");
+    assert!(err.contains("layer 'layer1.") && err.contains("exit status: 7"), "{err}");
+    assert!(!deployed.exists() && !ck.exists(), "finetune left a file behind");
+    assert!(processes_with(d.to_str().unwrap()).is_empty(), "a host outlived dnat deploy finetune");
     // A host that cannot start at all.
     let o = dnat(&[
         "deploy",
