@@ -1,6 +1,6 @@
 //! `dnat deploy`: a deployable model run with a macro backend doing its macro operations.
 
-use crate::cim::{Estimator, ReadoutMode};
+use crate::cim::{Estimator, MacroSpec, ReadoutMode};
 use crate::data::{Augment, Batcher, DatasetKind};
 use crate::io::checkpoint::Checkpoint;
 use crate::io::deploy::{Body, DeployModel, DeployOp};
@@ -204,13 +204,19 @@ fn open(
             format!("has {} classes: dnat's data sets have 10 or 100", m.num_classes),
         )
     })?;
+    let backend = backend(description, &m.macro_spec, timeout)?;
+    Ok((m, kind, backend))
+}
+
+/// The backend `description` for macro `spec`, each exec: reply awaited at most
+/// `timeout` seconds (`--backend-timeout`, checked).
+fn backend(description: &str, spec: &MacroSpec, timeout: f64) -> Result<Box<dyn MacroBackend>> {
     if !(timeout > 0.0 && timeout <= 1e6) {
         return Err(Error::invalid(format!(
             "--backend-timeout {timeout}: must be a number of seconds in (0, 10^6]"
         )));
     }
-    let backend = parse_backend(description, &m.macro_spec, Duration::from_secs_f64(timeout))?;
-    Ok((m, kind, backend))
+    parse_backend(description, spec, Duration::from_secs_f64(timeout))
 }
 
 /// Runs `dnat deploy info|run|eval|calibrate|finetune`.
@@ -353,12 +359,7 @@ fn finetune_config(a: &FinetuneArgs, ck: &Checkpoint) -> Result<TrainConfig> {
     let kind = DatasetKind::for_classes(ck.spec.num_classes).ok_or_else(|| {
         Error::format(&a.checkpoint, format!("has {} classes", ck.spec.num_classes))
     })?;
-    let recorded = |key: &str| {
-        ck.meta("cim")
-            .and_then(|c| c.split_whitespace().find_map(|kv| kv.strip_prefix(key)))
-            .map(str::to_string)
-    };
-    let act_quant = match recorded("act_quant=") {
+    let act_quant = match ck.cim_setting("act_quant") {
         Some(q) => ActQuantKind::parse(&q.to_lowercase()).map_err(at)?,
         None => ActQuantKind::EPact,
     };
@@ -386,7 +387,7 @@ fn finetune_config(a: &FinetuneArgs, ck: &Checkpoint) -> Result<TrainConfig> {
     cfg.train_subset = a.train_subset;
     cfg.init = Some(a.checkpoint.display().to_string());
     cfg.cim = Some(CimTraining {
-        macro_name: recorded("macro=").unwrap_or_else(|| "default".into()),
+        macro_name: ck.cim_setting("macro").unwrap_or("default").into(),
         error_model: error_model.into(),
         readout,
         estimator,
@@ -409,15 +410,8 @@ fn finetune(a: FinetuneArgs) -> Result<()> {
         ..Default::default()
     };
     crate::train::trainer::check_run(&cfg, &a.out, &opts)?;
-    let spec = ck.trained_macro()?;
-    let (backend_timeout, kind) = (a.backend_timeout, cfg.dataset);
-    if !(backend_timeout > 0.0 && backend_timeout <= 1e6) {
-        return Err(Error::invalid(format!(
-            "--backend-timeout {backend_timeout}: must be a number of seconds in (0, 10^6]"
-        )));
-    }
-    let mut backend = parse_backend(&a.backend, &spec, Duration::from_secs_f64(backend_timeout))?;
-    let data = super::load_data(a.data.as_deref(), kind, a.quiet)?;
+    let mut backend = backend(&a.backend, &ck.trained_macro()?, a.backend_timeout)?;
+    let data = super::load_data(a.data.as_deref(), cfg.dataset, a.quiet)?;
     let o = train_through(&cfg, &data, &a.out, &opts, backend.as_mut())?;
     let model = DeployModel::from_checkpoint(&o.checkpoint, None)?;
     model.save(&a.deploy_out)?;

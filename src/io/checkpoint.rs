@@ -98,11 +98,13 @@ impl Checkpoint {
     /// records it (`cim = macro=… error_model=…`); the default macro for a record
     /// that names none.
     pub fn trained_macro(&self) -> Result<crate::cim::MacroSpec> {
-        let name = self
-            .meta("cim")
-            .and_then(|c| c.split_whitespace().find_map(|kv| kv.strip_prefix("macro=")))
-            .unwrap_or("default");
-        crate::cim::MacroSpec::parse(name)
+        crate::cim::MacroSpec::parse(self.cim_setting("macro").unwrap_or("default"))
+    }
+
+    /// One setting of the CIM training configuration the checkpoint records
+    /// (`cim = macro=… error_model=… act_quant=…`): `cim_setting("macro")`.
+    pub fn cim_setting(&self, key: &str) -> Option<&str> {
+        self.meta("cim")?.split_whitespace().find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
     }
 
     /// The value recorded under `key` in `meta`, if any.

@@ -147,11 +147,6 @@ impl Runtime {
         Ok(Runtime { model, shapes, placed, readouts: Vec::new(), stats: RunStats::default() })
     }
 
-    /// The model it runs.
-    pub fn model(&self) -> &DeployModel {
-        &self.model
-    }
-
     /// The logits `[n][classes]` of `n` normalised images `[n][C·H·W]`, the macro
     /// operations done by `backend` as pass `pass`.
     pub fn run(
@@ -528,10 +523,6 @@ impl<'b> InTheLoop<'b> {
     /// The device of one step: `model` (the network as it is now) on `backend`.
     pub fn new(model: DeployModel, backend: &'b mut dyn MacroBackend, pass: u64) -> Result<Self> {
         Ok(InTheLoop { runtime: Runtime::new(model)?, backend, pass })
-    }
-    /// What the step's layers did on the macro.
-    pub fn stats(&self) -> RunStats {
-        self.runtime.stats
     }
 }
 

@@ -4,14 +4,11 @@
 use super::{EPOCH_IN_PROGRESS, EpochSums, Epochs, Run, optimizer_to_keep};
 use crate::cim::{CimRuntime, ClipCounts};
 use crate::data::Normalize;
-use crate::engine::ParamStore;
 use crate::engine::ops::softmax_cross_entropy;
-use crate::engine::{Mode, Tape};
+use crate::engine::{Mode, ParamStore, Tape};
 use crate::io::checkpoint::{Checkpoint, EpochRecord};
 use crate::io::deploy::DeployModel;
-use crate::nn::Fwd;
-use crate::nn::MacroForward;
-use crate::nn::Network;
+use crate::nn::{Fwd, MacroForward, Network};
 use crate::runtime::{InTheLoop, Runtime};
 use crate::train::TrainConfig;
 use crate::train::eval::{count_correct, evaluate};
