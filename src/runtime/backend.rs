@@ -225,7 +225,15 @@ impl MacroBackend for SimulatedMacro {
                 if let (Some(model), Some(key)) = (&self.chip, key) {
                     let op0 = row(c) * op.elements + op.first_element + i0 as u64;
                     model.readout.sample_run(codes, DrawRun { key, op0, stride: 1 }, &mut read);
-                    codes.iter_mut().zip(&read).for_each(|(k, &r)| *k = r as i32);
+                    // A readout is a code of the ADC's range (clamped again so that the
+                    // conversion is sound whatever the model gives, and vectorises).
+                    let (lo, hi) = (adc.kmin as f32, adc.kmax as f32);
+                    #[allow(clippy::manual_clamp)]
+                    codes.iter_mut().zip(&read).for_each(|(k, &r)| {
+                        // SAFETY: max/min make any value (NaN too) one within the ADC's
+                        // range, below 2^24 in magnitude (`MacroSpec::validate`).
+                        *k = unsafe { r.max(lo).min(hi).to_int_unchecked::<i32>() }
+                    });
                 }
             }
         });
@@ -240,13 +248,13 @@ impl MacroBackend for SimulatedMacro {
 fn pack(x: &[u16], n: usize, i0: usize, m: usize, plane: u32, words: &mut [u32]) {
     let rows = x.len() / n;
     let shift = 8 * plane;
-    let run = |r: usize| &x[r * n + i0..r * n + i0 + m];
+    let zeros = [0u16; BLOCK];
+    let run = |r: usize| if r < rows { &x[r * n + i0..r * n + i0 + m] } else { &zeros[..m] };
+    let byte = |v: u16| (v as u32 >> shift) & 0xFF;
     for (q, dst) in words.chunks_exact_mut(m).enumerate() {
-        dst.fill(0);
-        for b in 0..4.min(rows - 4 * q) {
-            for (d, &v) in dst.iter_mut().zip(run(4 * q + b)) {
-                *d |= ((v as u32 >> shift) & 0xFF) << (8 * b);
-            }
+        let (a, b, c, d) = (run(4 * q), run(4 * q + 1), run(4 * q + 2), run(4 * q + 3));
+        for (i, w) in dst.iter_mut().enumerate() {
+            *w = byte(a[i]) | byte(b[i]) << 8 | byte(c[i]) << 16 | byte(d[i]) << 24;
         }
     }
 }

@@ -74,14 +74,15 @@ impl std::ops::Sub for RunStats {
 /// that its input and output codes stay in cache.
 pub const OPS_PER_CALL: usize = 65536;
 
-/// An on-macro layer's placement, worked out once: where its patch rows read an image,
+/// An on-macro layer's placement, worked out once: how its patch rows read an image,
 /// its zero-point sums, its weight blocks and its input grid.
 struct Placed {
     /// The CIM layer id (the order the graph's on-macro layers were mapped onto the macro).
     id: u32,
-    /// `index[(t·rows + r)·pixels + pix]`: the input (within one image) that row `r` of
-    /// tile `t` reads at output pixel `pix`, or [`NONE`] (padding, or a row past K).
-    index: Vec<u32>,
+    /// The window: where its patch rows read an image's zero-bordered codes.
+    window: Window,
+    /// Tiles along the reduction axis.
+    tiles: usize,
     /// Σ of weight codes over the valid rows, `[cout][pixels]`.
     zero_point: Vec<f32>,
     /// The codes of tile `t`, channels `g·columns ..`, `[rows][columns]`: `blocks[t·groups + g]`.
@@ -92,7 +93,40 @@ struct Placed {
     pixels: usize,
 }
 
-const NONE: u32 = u32::MAX;
+/// A layer's window over one image's input codes laid out with the convolution's zero
+/// border, `[cin][h + 2·pad][w + 2·pad]` (a linear layer: a 1 × 1 image, no border).
+#[derive(Clone, Copy)]
+struct Window {
+    cin: usize,
+    h: usize,
+    w: usize,
+    pad: usize,
+    kernel: usize,
+    stride: usize,
+    ow: usize,
+    /// The reduction axis' length, `cin·kernel²`.
+    k: usize,
+}
+
+impl Window {
+    fn hp(&self) -> usize {
+        self.h + 2 * self.pad
+    }
+    fn wp(&self) -> usize {
+        self.w + 2 * self.pad
+    }
+    /// Codes per bordered image.
+    fn image(&self) -> usize {
+        self.cin * self.hp() * self.wp()
+    }
+    /// Where reduction row `kk` (`ci, ky, kx`) reads a bordered image at output pixel
+    /// (0, 0), or `None` past the reduction axis (a row the layer does not activate).
+    fn start(&self, kk: usize) -> Option<usize> {
+        let kern = self.kernel;
+        (kk < self.k)
+            .then(|| ((kk / (kern * kern)) * self.hp() + kk / kern % kern) * self.wp() + kk % kern)
+    }
+}
 
 /// Images of a pass run together (see [`Runtime::run`]).
 const IMAGES_PER_PART: usize = 100;
@@ -119,6 +153,11 @@ pub struct Runtime {
     placed: Vec<Option<Placed>>,
     /// A macro layer's accumulated readouts, `[cout][elements]`.
     readouts: Vec<f32>,
+    /// A macro layer's input codes with their border, and one call's input and ADC codes.
+    bordered: Vec<u16>,
+    codes: Vec<u16>,
+    inputs: Vec<u16>,
+    out: Vec<i32>,
     /// What the runs so far did.
     pub stats: RunStats,
 }
@@ -144,7 +183,17 @@ impl Runtime {
                 _ => None,
             })
             .collect();
-        Ok(Runtime { model, shapes, placed, readouts: Vec::new(), stats: RunStats::default() })
+        Ok(Runtime {
+            model,
+            shapes,
+            placed,
+            readouts: Vec::new(),
+            bordered: Vec::new(),
+            codes: Vec::new(),
+            inputs: Vec::new(),
+            out: Vec::new(),
+            stats: RunStats::default(),
+        })
     }
 
     /// The logits `[n][classes]` of `n` normalised images `[n][C·H·W]`, the macro
@@ -262,31 +311,59 @@ impl Runtime {
         let spec = &self.model.macro_spec;
         let (rows, cols, arrays) = (spec.rows, spec.columns, spec.arrays);
         let (n, cout, pixels) = (x.shape()[0], l.cout as usize, p.pixels);
-        let image_len = x.len() / n;
         let elements = n * pixels;
-        let tiles = p.index.len() / (pixels * rows);
+        let (tiles, win) = (p.tiles, p.window);
         let groups = cout.div_ceil(cols);
-        // E-PACT's codes, as the network makes them: the clipped input rounded to the
-        // grid, and that value's code.
+        // E-PACT's codes, as the network makes them (the clipped input rounded to the
+        // grid, and that value's code), laid out with the convolution's zero border: a
+        // patch row's run of output pixels is then a run (stride 1) of one image row.
         let (grid, hi) = (p.grid, p.hi);
-        let q: Vec<u16> = x
-            .data()
-            .par_iter()
-            .map(|&v| grid.code(grid.value(grid.code(v.clamp(grid.lo, hi)))) as u16)
-            .collect();
+        let mut bordered = std::mem::take(&mut self.bordered);
+        bordered.clear();
+        bordered.resize(n * win.image(), 0);
+        let (wp, hp) = (win.wp(), win.hp());
+        // Computed on the contiguous input first (it vectorises), then laid out.
+        let mut flat = std::mem::take(&mut self.codes);
+        flat.resize(x.len(), 0);
+        flat.par_chunks_mut(1 << 14).zip(x.data().par_chunks(1 << 14)).for_each(|(d, s)| {
+            // The grid in registers, not read through the closure's reference at every
+            // value: that keeps the loop scalar.
+            let (grid, hi) = (grid, hi);
+            for (d, &v) in d.iter_mut().zip(s) {
+                let code = grid.code(grid.value(grid.code(v.clamp(grid.lo, hi))));
+                // SAFETY: clamped to 0..=65535 (NaN to 0), so it fits an i32.
+                #[allow(clippy::manual_clamp)]
+                let code = unsafe { code.max(0.0).min(65535.0).to_int_unchecked::<i32>() };
+                *d = code as u16;
+            }
+        });
+        bordered.par_chunks_mut(win.image()).zip(flat.par_chunks(x.len() / n)).for_each(
+            |(dst, src)| {
+                for (ci, src) in src.chunks_exact(win.h * win.w).enumerate() {
+                    for (y, s) in src.chunks_exact(win.w).enumerate() {
+                        dst[(ci * hp + win.pad + y) * wp + win.pad..][..win.w].copy_from_slice(s);
+                    }
+                }
+            },
+        );
+        self.codes = flat;
         let (b, cycles) = (spec.input_bits_per_cycle, spec.cycles() as usize);
         let mask = (1u32 << b) - 1;
         // `readouts[co][e]`: one channel's elements side by side. Reused from layer to
-        // layer and part to part (a fresh allocation this large is fresh pages from the
-        // kernel, each faulted in).
+        // layer and part to part, as the call buffers are (a fresh allocation this large
+        // is fresh pages from the kernel, each faulted in).
         let mut readouts = std::mem::take(&mut self.readouts);
-        readouts.clear();
-        readouts.resize(elements * cout, 0.0);
+        // Every value is written by the first tile's first cycle: no zeroing first.
+        readouts.resize(readouts.len().max(elements * cout), 0.0);
         let call = OPS_PER_CALL.min(elements);
-        let (mut inputs, mut out) = (vec![0u16; call * rows], vec![0i32; call * cols.min(cout)]);
+        let (mut inputs, mut out) =
+            (std::mem::take(&mut self.inputs), std::mem::take(&mut self.out));
+        inputs.resize(call * rows, 0);
+        out.resize(call * cols.min(cout), 0);
+        let (ow, stride) = (win.ow, win.stride);
         for t in 0..tiles {
             let array = t % arrays;
-            let index = &p.index[t * rows * pixels..(t + 1) * rows * pixels];
+            let starts: Vec<Option<usize>> = (0..rows).map(|r| win.start(t * rows + r)).collect();
             for g in 0..groups {
                 let tb = Instant::now();
                 backend
@@ -299,26 +376,44 @@ impl Runtime {
                     let m = call.min(elements - e0);
                     for c in 0..cycles {
                         let shift_bits = c as u32 * b;
-                        // Row r's codes of operations e0..e0 + m: runs of an image's pixels.
-                        inputs[..rows * m].par_chunks_mut(m).enumerate().for_each(|(r, dst)| {
-                            let index = &index[r * pixels..(r + 1) * pixels];
-                            let mut e = e0;
-                            let mut dst = &mut dst[..];
-                            while !dst.is_empty() {
-                                let (img, pix) = (e / pixels, e % pixels);
-                                let run = (pixels - pix).min(dst.len());
-                                let qi = &q[img * image_len..(img + 1) * image_len];
-                                let (now, rest) = dst.split_at_mut(run);
-                                for (s, &j) in now.iter_mut().zip(&index[pix..pix + run]) {
-                                    *s = if j == NONE {
-                                        0
+                        // Row r's codes of operations e0..e0 + m: runs of an output row's
+                        // pixels, each read from one row of an image's bordered codes.
+                        inputs[..rows * m].par_chunks_mut(m).zip(&starts).for_each(
+                            |(dst, start)| {
+                                let Some(start) = *start else {
+                                    dst.fill(0);
+                                    return;
+                                };
+                                // In registers, not read through the closure's references.
+                                let (image, wp, ow, oh) = (win.image(), wp, ow, pixels / ow);
+                                let (stride, shift_bits, mask, whole) =
+                                    (stride, shift_bits, mask, cycles == 1);
+                                let code = |v: u16| ((v as u32 >> shift_bits) & mask) as u16;
+                                let (mut img, pix) = (e0 / pixels, e0 % pixels);
+                                let (mut oy, mut ox) = (pix / ow, pix % ow);
+                                let mut dst = &mut dst[..];
+                                while !dst.is_empty() {
+                                    let run = (ow - ox).min(dst.len());
+                                    let at = img * image + start + oy * stride * wp + ox * stride;
+                                    let (now, rest) = dst.split_at_mut(run);
+                                    if stride == 1 && whole {
+                                        // One cycle takes the whole code.
+                                        now.copy_from_slice(&bordered[at..at + run]);
+                                    } else if stride == 1 {
+                                        let src = &bordered[at..at + run];
+                                        now.iter_mut().zip(src).for_each(|(d, &v)| *d = code(v));
                                     } else {
-                                        ((qi[j as usize] as u32 >> shift_bits) & mask) as u16
-                                    };
+                                        let src = bordered[at..].iter().step_by(stride);
+                                        now.iter_mut().zip(src).for_each(|(d, &v)| *d = code(v));
+                                    }
+                                    dst = rest;
+                                    (ox, oy) = (0, oy + 1);
+                                    if oy == oh {
+                                        (oy, img) = (0, img + 1);
+                                    }
                                 }
-                                (dst, e) = (rest, e + run);
-                            }
-                        });
+                            },
+                        );
                         let op = Operation {
                             layer: p.id,
                             tile: t as u32,
@@ -361,8 +456,16 @@ impl Runtime {
                             .skip(g * cols)
                             .zip(out.par_chunks(m))
                             .for_each(|(acc, o)| {
-                                for (a, &j) in acc[e0..e0 + m].iter_mut().zip(o) {
-                                    *a += weight * j as f32;
+                                let (weight, acc) = (weight, &mut acc[e0..e0 + m]);
+                                if t == 0 && c == 0 {
+                                    // The first readout: 0 + w·j is w·j, bit for bit.
+                                    acc.iter_mut()
+                                        .zip(o)
+                                        .for_each(|(a, &j)| *a = weight * j as f32);
+                                } else {
+                                    acc.iter_mut()
+                                        .zip(o)
+                                        .for_each(|(a, &j)| *a += weight * j as f32);
                                 }
                             });
                     }
@@ -374,11 +477,12 @@ impl Runtime {
             let (img, co) = (plane / cout, plane % cout);
             let (s_w, b, z) = (weight_scale[co], bias[co], &p.zero_point[co * pixels..][..pixels]);
             let r = &readouts[co * elements + img * pixels..][..pixels];
+            let (step, lo) = (grid.step, grid.lo);
             for ((v, &r), &z) in yp.iter_mut().zip(r).zip(z) {
-                *v = s_w * (grid.step * r + grid.lo * z) + b;
+                *v = s_w * (step * r + lo * z) + b;
             }
         });
-        self.readouts = readouts;
+        (self.readouts, self.inputs, self.out, self.bordered) = (readouts, inputs, out, bordered);
         let mut shape = vec![n];
         shape.extend(&self.shapes[node + 1]);
         Ok(Tensor::new(&shape, y))
@@ -602,22 +706,14 @@ fn place(
     let (oh, ow) = (y.get(1).copied().unwrap_or(1), y.get(2).copied().unwrap_or(1));
     let (kern, s, pad) = (l.kernel as usize, l.stride as usize, l.padding as isize);
     let pixels = oh * ow;
-    // Input index (within one image) of reduction row kk at output pixel `pix`.
-    let at = |kk: usize, pix: usize| {
-        let (ci, ky, kx) = (kk / (kern * kern), kk / kern % kern, kk % kern);
+    // Whether reduction row kk reads the image (not the border) at output pixel `pix`.
+    let valid = |kk: usize, pix: usize| {
+        let (ky, kx) = (kk / kern % kern, kk % kern);
         let (oy, ox) = (pix / ow, pix % ow);
         let (iy, ix) =
             ((oy * s) as isize + ky as isize - pad, (ox * s) as isize + kx as isize - pad);
-        (kk < k && iy >= 0 && ix >= 0 && iy < h as isize && ix < w as isize)
-            .then(|| (ci * h + iy as usize) * w + ix as usize)
+        kk < k && iy >= 0 && ix >= 0 && iy < h as isize && ix < w as isize
     };
-    let index: Vec<u32> = (0..tiles * rows * pixels)
-        .into_par_iter()
-        .map(|i| {
-            let (tr, pix) = (i / pixels, i % pixels);
-            at(tr, pix).map_or(NONE, |j| j as u32)
-        })
-        .collect();
     // The zero-point sums (integers, exact in f32 in any order).
     let zero_point = (0..cout * pixels)
         .into_par_iter()
@@ -626,7 +722,7 @@ fn place(
             let mut z = 0.0f32;
             for t in 0..tiles {
                 for r in 0..rows {
-                    if index[(t * rows + r) * pixels + pix] != NONE {
+                    if valid(t * rows + r, pix) {
                         z += codes[(co * tiles + t) * rows + r] as f32;
                     }
                 }
@@ -648,7 +744,10 @@ fn place(
         .collect();
     let hi = hi.max(lo + MIN_RANGE);
     let grid = ActGrid::new(*lo, hi, spec.input_bits);
-    Placed { id, index, zero_point, blocks, grid, hi, pixels }
+    // A linear layer reads its input as one pixel of `cin` channels.
+    let (cin, stride) = if x.len() == 3 { (x[0], s) } else { (x.iter().product(), 1) };
+    let window = Window { cin, h, w, pad: pad as usize, kernel: kern, stride, ow, k };
+    Placed { id, window, tiles, zero_point, blocks, grid, hi, pixels }
 }
 
 #[cfg(test)]
