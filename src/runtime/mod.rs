@@ -337,15 +337,17 @@ impl Runtime {
                 *d = code as u16;
             }
         });
-        bordered.par_chunks_mut(win.image()).zip(flat.par_chunks(x.len() / n)).for_each(
-            |(dst, src)| {
-                for (ci, src) in src.chunks_exact(win.h * win.w).enumerate() {
+        bordered
+            .par_chunks_mut(win.image().max(1))
+            .zip(flat.par_chunks((x.len() / n).max(1)))
+            .for_each(|(dst, src)| {
+                // An image of no pixels is all border.
+                for (ci, src) in src.chunks_exact((win.h * win.w).max(1)).enumerate() {
                     for (y, s) in src.chunks_exact(win.w).enumerate() {
                         dst[(ci * hp + win.pad + y) * wp + win.pad..][..win.w].copy_from_slice(s);
                     }
                 }
-            },
-        );
+            });
         self.codes = flat;
         let (b, cycles) = (spec.input_bits_per_cycle, spec.cycles() as usize);
         let mask = (1u32 << b) - 1;
