@@ -326,8 +326,8 @@ impl Runtime {
         let mut flat = std::mem::take(&mut self.codes);
         flat.resize(x.len(), 0);
         flat.par_chunks_mut(1 << 14).zip(x.data().par_chunks(1 << 14)).for_each(|(d, s)| {
-            // The grid in registers, not read through the closure's reference at every
-            // value: that keeps the loop scalar.
+            // The grid copied into locals: read through the closure's reference at every
+            // value, the loop stayed scalar.
             let (grid, hi) = (grid, hi);
             for (d, &v) in d.iter_mut().zip(s) {
                 let code = grid.code(grid.value(grid.code(v.clamp(grid.lo, hi))));
