@@ -68,10 +68,20 @@ pub trait MacroBackend: Send {
         inputs: &[u16],
         out: &mut [i32],
     ) -> Result<()>;
+
+    /// Another macro that reads what this one reads — the same chip, the same code for
+    /// the same operation — its arrays not yet programmed: the runtime then runs several
+    /// parts of a pass at once, each on its own copy, each thread's work in its cache.
+    /// `None` (the default) for a macro that is one device: the runtime then reads it a
+    /// batch of [`OPS_PER_CALL`](super::OPS_PER_CALL) operations at a time.
+    fn replicate(&self) -> Option<Box<dyn MacroBackend>> {
+        None
+    }
 }
 
 /// What a simulated chip adds to the exact partial sums: its fixed pattern and its
 /// read noise.
+#[derive(Clone)]
 struct ChipModel {
     readout: Arc<dyn Readout>,
     chip: Option<Chip>,
@@ -92,7 +102,7 @@ pub struct SimulatedMacro {
 
 /// Operations a thread reads at a time: small enough that a block's input words and
 /// partial sums stay in cache while each column of it is converted and read.
-const BLOCK: usize = 256;
+const BLOCK: usize = 1024;
 
 impl SimulatedMacro {
     /// The ideal macro: every ADC code is the exact partial sum's, `round(P / step)`
@@ -144,6 +154,10 @@ impl MacroBackend for SimulatedMacro {
         let path = Path::best_for(&packed);
         self.arrays[array] = Some((packed, path));
         Ok(())
+    }
+
+    fn replicate(&self) -> Option<Box<dyn MacroBackend>> {
+        Some(Box::new(Self::with(&self.spec, self.chip.clone(), self.label.clone())))
     }
 
     fn compute(
@@ -199,19 +213,26 @@ impl MacroBackend for SimulatedMacro {
                 pieces[blk].push(piece);
             }
         }
-        pieces.into_par_iter().enumerate().for_each(|(blk, mut columns)| {
+        // Each thread's words, partial sums and readouts, allocated once (every value is
+        // written before it is read).
+        let buffers = || (Vec::new(), Vec::new(), Vec::new());
+        pieces.into_par_iter().enumerate().for_each_init(buffers, |bufs, (blk, mut columns)| {
             let (i0, m) = (blk * BLOCK, columns[0].len());
+            let (words, sums, read): &mut (Vec<u32>, Vec<i32>, Vec<f32>) = bufs;
+            words.resize(quads * m, 0);
+            sums.resize(used * m, 0);
+            read.resize(m, 0.0);
+            let (words, sums, read) =
+                (&mut words[..quads * m], &mut sums[..used * m], &mut read[..m]);
             // P[c][i] = Σ_r w[r][c]·x[r][i], one byte plane at a time, the high first.
-            let (mut words, mut sums) = (vec![0u32; quads * m], vec![0i32; used * m]);
             for plane in (0..planes).rev() {
-                pack(inputs, n, i0, m, plane as u32, &mut words);
+                pack(inputs, n, i0, m, plane as u32, words);
                 if plane + 1 < planes {
                     sums.iter_mut().for_each(|v| *v <<= 8);
                 }
                 let accumulate = plane + 1 < planes;
-                psum::plane_product(*path, weights, 0, &words, quads, m, &mut sums, accumulate);
+                psum::plane_product(*path, weights, 0, words, quads, m, sums, accumulate);
             }
-            let mut read = vec![0.0f32; m];
             for (c, (sums, codes)) in sums.chunks_exact(m).zip(columns.iter_mut()).enumerate() {
                 let co = op.first_channel as usize + c;
                 // The ADC column's fixed pattern acts on the analog sum, before rounding;
@@ -224,12 +245,12 @@ impl MacroBackend for SimulatedMacro {
                 adc_codes(sums, inv_step * gain, offset, adc, codes, None);
                 if let (Some(model), Some(key)) = (&self.chip, key) {
                     let op0 = row(c) * op.elements + op.first_element + i0 as u64;
-                    model.readout.sample_run(codes, DrawRun { key, op0, stride: 1 }, &mut read);
+                    model.readout.sample_run(codes, DrawRun { key, op0, stride: 1 }, read);
                     // A readout is a code of the ADC's range (clamped again so that the
                     // conversion is sound whatever the model gives, and vectorises).
                     let (lo, hi) = (adc.kmin as f32, adc.kmax as f32);
                     #[allow(clippy::manual_clamp)]
-                    codes.iter_mut().zip(&read).for_each(|(k, &r)| {
+                    codes.iter_mut().zip(&*read).for_each(|(k, &r)| {
                         // SAFETY: max/min make any value (NaN too) one within the ADC's
                         // range, below 2^24 in magnitude (`MacroSpec::validate`).
                         *k = unsafe { r.max(lo).min(hi).to_int_unchecked::<i32>() }

@@ -128,8 +128,121 @@ impl Window {
     }
 }
 
-/// Images of a pass run together (see [`Runtime::run`]).
+/// The reads of one programmed array in a layer's pass: which codes each row takes and
+/// how the operations are numbered.
+struct ArrayReads<'a> {
+    win: Window,
+    /// The pass part's input codes, each image laid out with its border.
+    bordered: &'a [u16],
+    /// Where each row of the array reads (`None`: a row past the layer's reduction axis).
+    starts: &'a [Option<usize>],
+    pixels: usize,
+    /// Input bits per cycle, and whether one cycle takes all of them.
+    bits: u32,
+    whole: bool,
+    /// The operations' descriptor at cycle 0, the part's first element.
+    template: Operation,
+}
+
+impl ArrayReads<'_> {
+    /// Row `r`'s input codes of cycle `cycle` for operations `e0..e0 + dst.len()`: runs of
+    /// an output row's pixels, each read from one row of an image's bordered codes.
+    fn gather(&self, r: usize, cycle: usize, e0: usize, dst: &mut [u16]) {
+        let Some(start) = self.starts[r] else {
+            dst.fill(0);
+            return;
+        };
+        let win = &self.win;
+        let (image, wp, ow, oh, stride) =
+            (win.image(), win.wp(), win.ow, self.pixels / win.ow, win.stride);
+        let (shift, mask) = (cycle as u32 * self.bits, (1u32 << self.bits) - 1);
+        let code = |v: u16| ((v as u32 >> shift) & mask) as u16;
+        let (mut img, pix) = (e0 / self.pixels, e0 % self.pixels);
+        let (mut oy, mut ox) = (pix / ow, pix % ow);
+        let mut dst = dst;
+        while !dst.is_empty() {
+            let run = (ow - ox).min(dst.len());
+            let at = img * image + start + oy * stride * wp + ox * stride;
+            let (now, rest) = dst.split_at_mut(run);
+            if stride == 1 && self.whole {
+                // One cycle takes the whole code.
+                now.copy_from_slice(&self.bordered[at..at + run]);
+            } else if stride == 1 {
+                let src = &self.bordered[at..at + run];
+                now.iter_mut().zip(src).for_each(|(d, &v)| *d = code(v));
+            } else {
+                let src = self.bordered[at..].iter().step_by(stride);
+                now.iter_mut().zip(src).for_each(|(d, &v)| *d = code(v));
+            }
+            dst = rest;
+            (ox, oy) = (0, oy + 1);
+            if oy == oh {
+                (oy, img) = (0, img + 1);
+            }
+        }
+    }
+
+    /// The descriptor of cycle `cycle`'s operations from the part's element `e0` on.
+    fn operation(&self, cycle: usize, e0: usize) -> Operation {
+        let t = &self.template;
+        Operation { cycle: cycle as u32, first_element: t.first_element + e0 as u64, ..*t }
+    }
+}
+
+/// Adds one column's readouts `j`, weighted by their cycle's place value, to its
+/// accumulated readouts (assigns them for the layer's first readout).
+fn accumulate(acc: &mut [f32], j: &[i32], weight: f32, first: bool) {
+    if first {
+        acc.iter_mut().zip(j).for_each(|(a, &j)| *a = weight * j as f32);
+    } else {
+        acc.iter_mut().zip(j).for_each(|(a, &j)| *a += weight * j as f32);
+    }
+}
+
+/// What went wrong in a batch of reads: the cycle and operations, and the backend's
+/// error or the ADC code it gave outside the ADC's range.
+struct Fault {
+    cycle: usize,
+    ops: std::ops::Range<usize>,
+    what: FaultKind,
+}
+
+enum FaultKind {
+    Compute(Error),
+    Code(i32),
+}
+
+impl Fault {
+    fn compute(cycle: usize, e0: usize, m: usize, e: Error) -> Self {
+        Fault { cycle, ops: e0..e0 + m, what: FaultKind::Compute(e) }
+    }
+}
+
+/// Every ADC code within `kmin..=kmax`, or the fault of the first that is not (one pass
+/// that vectorises; the bad code is looked for only if there is one).
+fn check_codes(
+    out: &[i32],
+    kmin: i32,
+    kmax: i32,
+    cycle: usize,
+    ops: std::ops::Range<usize>,
+) -> std::result::Result<(), Fault> {
+    let (lo, hi) = out.iter().fold((i32::MAX, i32::MIN), |(a, b), &j| (a.min(j), b.max(j)));
+    if lo >= kmin && hi <= kmax {
+        return Ok(());
+    }
+    let bad = *out.iter().find(|&&j| j < kmin || j > kmax).expect("one is");
+    Err(Fault { cycle, ops, what: FaultKind::Code(bad) })
+}
+
+/// Images of a pass run together on a macro that is one device (see [`Runtime::run`]).
 const IMAGES_PER_PART: usize = 100;
+
+/// Images of a pass each copy of a replicable macro runs at a time
+/// ([`MacroBackend::replicate`]), and the operations per call it is read with: a part's
+/// codes and readouts stay in its thread's cache.
+const IMAGES_PER_REPLICA: usize = 10;
+const REPLICA_OPS_PER_CALL: usize = 4096;
 
 /// Where a part of a pass is: the pass, its images, the part's first.
 #[derive(Clone, Copy)]
@@ -151,15 +264,30 @@ pub struct Runtime {
     model: Arc<DeployModel>,
     shapes: Vec<Vec<usize>>,
     placed: Vec<Option<Placed>>,
-    /// A macro layer's accumulated readouts, `[cout][elements]`.
-    readouts: Vec<f32>,
-    /// A macro layer's input codes with their border, and one call's input and ADC codes.
-    bordered: Vec<u16>,
-    codes: Vec<u16>,
-    inputs: Vec<u16>,
-    out: Vec<i32>,
+    /// The buffers of a part run on the calling thread.
+    scratch: Scratch,
     /// What the runs so far did.
     pub stats: RunStats,
+}
+
+/// The buffers a part of a pass is run with, reused from layer to layer and part to
+/// part (a fresh allocation this large is fresh pages from the kernel, each faulted in).
+#[derive(Default)]
+struct Scratch {
+    /// A macro layer's accumulated readouts, `[cout][elements]`.
+    readouts: Vec<f32>,
+    /// A macro layer's input codes, and the same laid out with their border.
+    codes: Vec<u16>,
+    bordered: Vec<u16>,
+    /// One call's input and ADC codes.
+    inputs: Vec<u16>,
+    out: Vec<i32>,
+}
+
+/// How a part is read: its backend, and the operations per call.
+struct Reader<'a> {
+    backend: &'a mut dyn MacroBackend,
+    per_call: usize,
 }
 
 impl Runtime {
@@ -187,11 +315,7 @@ impl Runtime {
             model,
             shapes,
             placed,
-            readouts: Vec::new(),
-            bordered: Vec::new(),
-            codes: Vec::new(),
-            inputs: Vec::new(),
-            out: Vec::new(),
+            scratch: Scratch::default(),
             stats: RunStats::default(),
         })
     }
@@ -225,18 +349,75 @@ impl Runtime {
             )));
         }
         let n = images.len() / per;
-        // Inference runs the pass in parts of IMAGES_PER_PART images (an image's logits do
-        // not depend on the others, and the operations keep the pass's numbering), so
-        // that each value fits the allocator's reused memory and the caches; batch
-        // statistics need the whole batch at once.
+        // Inference runs the pass in parts (an image's logits do not depend on the others,
+        // and the operations keep the pass's numbering), so that each value fits the
+        // allocator's reused memory and the caches; batch statistics need the whole batch
+        // at once.
+        let replicas = matches!(norm, Norm::Running) && backend.replicate().is_some();
         let part = match norm {
+            Norm::Running if replicas => IMAGES_PER_REPLICA,
             Norm::Running => IMAGES_PER_PART,
             Norm::Batch(_) => n,
         };
+        let parts = images.chunks(part * per).enumerate();
         let mut logits = Vec::with_capacity(n * self.model.num_classes as usize);
-        for (k, x) in images.chunks(part * per).enumerate() {
-            let pass = Pass { pass, images: n, first_image: k * part };
-            logits.extend(self.forward_part(backend, x, pass, &mut norm)?);
+        if replicas {
+            // Parts side by side, each on its own copy of the macro, read in calls that
+            // stay in its thread's cache; the copies read what the macro reads, so the
+            // logits are the same bits.
+            let copies: Vec<_> = parts
+                .map(|p| (p, backend.replicate().expect("replicable, as asked above")))
+                .collect();
+            let pool = std::sync::Mutex::new(Vec::<Scratch>::new());
+            let outcomes: Vec<Result<(Vec<f32>, RunStats)>> = copies
+                .into_par_iter()
+                .map(|((k, x), mut copy)| {
+                    let mut scratch = pool.lock().expect("no panics").pop().unwrap_or_default();
+                    let mut stats = RunStats::default();
+                    let mut reader =
+                        Reader { backend: copy.as_mut(), per_call: REPLICA_OPS_PER_CALL };
+                    let pass = Pass { pass, images: n, first_image: k * part };
+                    let y = self.forward_part(
+                        &mut scratch,
+                        &mut stats,
+                        &mut reader,
+                        x,
+                        pass,
+                        &mut Norm::Running,
+                    );
+                    pool.lock().expect("no panics").push(scratch);
+                    Ok((y?, stats))
+                })
+                .collect();
+            let mut busy = 0.0;
+            for outcome in outcomes {
+                let (y, stats) = outcome?;
+                logits.extend(y);
+                (self.stats.macro_ops, self.stats.programmings) = (
+                    self.stats.macro_ops + stats.macro_ops,
+                    self.stats.programmings + stats.programmings,
+                );
+                busy += stats.backend_s;
+            }
+            // The copies' time in all, per thread.
+            self.stats.backend_s += busy / rayon::current_num_threads() as f64;
+        } else {
+            let mut scratch = std::mem::take(&mut self.scratch);
+            let mut stats = self.stats;
+            let mut reader = Reader { backend, per_call: OPS_PER_CALL };
+            for (k, x) in parts {
+                let pass = Pass { pass, images: n, first_image: k * part };
+                let y =
+                    self.forward_part(&mut scratch, &mut stats, &mut reader, x, pass, &mut norm);
+                match y {
+                    Ok(y) => logits.extend(y),
+                    Err(e) => {
+                        self.scratch = scratch;
+                        return Err(e);
+                    }
+                }
+            }
+            (self.scratch, self.stats) = (scratch, stats);
         }
         self.stats.images += n as u64;
         self.stats.total_s += t0.elapsed().as_secs_f64();
@@ -245,8 +426,10 @@ impl Runtime {
 
     /// `images` (whole images, checked), part of the pass `pass`.
     fn forward_part(
-        &mut self,
-        backend: &mut dyn MacroBackend,
+        &self,
+        scratch: &mut Scratch,
+        stats: &mut RunStats,
+        reader: &mut Reader,
         images: &[f32],
         pass: Pass,
         norm: &mut Norm,
@@ -262,13 +445,29 @@ impl Runtime {
             let y = match &node.op {
                 DeployOp::Conv(l) | DeployOp::Linear(l) => {
                     let (z, bn) = match &l.body {
-                        Body::Macro { batchnorm, .. } => {
-                            let z = self.macro_layer(backend, i, l, tape.value(x), pass)?;
-                            (tape.constant(z), batchnorm)
+                        Body::Macro { batchnorm: bn, .. } => {
+                            // With its running statistics, the layer's batchnorm is applied
+                            // as the layer's values are written (the same two operations
+                            // on each value).
+                            let affine = match (bn, &norm) {
+                                (Some(bn), Norm::Running) => Some(bn.affine()),
+                                _ => None,
+                            };
+                            let fused = affine.as_ref().map(|(a, b)| (&a[..], &b[..]));
+                            let z = self.macro_layer(
+                                scratch,
+                                stats,
+                                reader,
+                                (i, l),
+                                tape.value(x),
+                                pass,
+                                fused,
+                            )?;
+                            (tape.constant(z), bn.as_ref().filter(|_| affine.is_none()))
                         }
                         Body::Digital { weight, bias, batchnorm } => (
                             digital(&mut tape, node_is_linear(&node.op), l, weight, bias, x)?,
-                            batchnorm,
+                            batchnorm.as_ref(),
                         ),
                     };
                     match bn {
@@ -296,13 +495,16 @@ impl Runtime {
     /// Node `node`, an on-macro layer, over the batch `x` (`[N, cin, H, W]` or `[N, cin]`):
     /// `z = s_w·(s_x·Σ_t Σ_c 2^(c·b)·step·j_{t,c} + lo·Σ_valid w) + bias`, in the CIM
     /// layers' order of operations (so the ideal macro gives the network's values to the bit).
+    #[allow(clippy::too_many_arguments)]
     fn macro_layer(
-        &mut self,
-        backend: &mut dyn MacroBackend,
-        node: usize,
-        l: &DeployLayer,
+        &self,
+        scratch: &mut Scratch,
+        stats: &mut RunStats,
+        reader: &mut Reader,
+        (node, l): (usize, &DeployLayer),
         x: &Tensor,
         pass: Pass,
+        batchnorm: Option<(&[f32], &[f32])>,
     ) -> Result<Tensor> {
         let Body::Macro { weight_scale, bias, .. } = &l.body else {
             unreachable!("called for layers on the macro")
@@ -318,14 +520,13 @@ impl Runtime {
         // grid, and that value's code), laid out with the convolution's zero border: a
         // patch row's run of output pixels is then a run (stride 1) of one image row.
         let (grid, hi) = (p.grid, p.hi);
-        let mut bordered = std::mem::take(&mut self.bordered);
+        let Scratch { readouts, codes, bordered, inputs, out } = scratch;
         bordered.clear();
         bordered.resize(n * win.image(), 0);
         let (wp, hp) = (win.wp(), win.hp());
         // Computed on the contiguous input first (it vectorises), then laid out.
-        let mut flat = std::mem::take(&mut self.codes);
-        flat.resize(x.len(), 0);
-        flat.par_chunks_mut(1 << 14).zip(x.data().par_chunks(1 << 14)).for_each(|(d, s)| {
+        codes.resize(x.len(), 0);
+        codes.par_chunks_mut(1 << 14).zip(x.data().par_chunks(1 << 14)).for_each(|(d, s)| {
             // The grid copied into locals: read through the closure's reference at every
             // value, the loop stayed scalar.
             let (grid, hi) = (grid, hi);
@@ -339,7 +540,7 @@ impl Runtime {
         });
         bordered
             .par_chunks_mut(win.image().max(1))
-            .zip(flat.par_chunks((x.len() / n).max(1)))
+            .zip(codes.par_chunks((x.len() / n).max(1)))
             .for_each(|(dst, src)| {
                 // An image of no pixels is all border.
                 for (ci, src) in src.chunks_exact((win.h * win.w).max(1)).enumerate() {
@@ -348,21 +549,15 @@ impl Runtime {
                     }
                 }
             });
-        self.codes = flat;
         let (b, cycles) = (spec.input_bits_per_cycle, spec.cycles() as usize);
-        let mask = (1u32 << b) - 1;
-        // `readouts[co][e]`: one channel's elements side by side. Reused from layer to
-        // layer and part to part, as the call buffers are (a fresh allocation this large
-        // is fresh pages from the kernel, each faulted in).
-        let mut readouts = std::mem::take(&mut self.readouts);
-        // Every value is written by the first tile's first cycle: no zeroing first.
+        // `readouts[co][e]`: one channel's elements side by side. Every value is written
+        // by the first tile's first cycle: no zeroing first.
         readouts.resize(readouts.len().max(elements * cout), 0.0);
-        let call = OPS_PER_CALL.min(elements);
-        let (mut inputs, mut out) =
-            (std::mem::take(&mut self.inputs), std::mem::take(&mut self.out));
+        let (kmin, kmax) = (spec.adc.kmin, spec.adc.kmax);
+        let backend = &mut *reader.backend;
+        let call = reader.per_call.min(elements);
         inputs.resize(call * rows, 0);
         out.resize(call * cols.min(cout), 0);
-        let (ow, stride) = (win.ow, win.stride);
         for t in 0..tiles {
             let array = t % arrays;
             let starts: Vec<Option<usize>> = (0..rows).map(|r| win.start(t * rows + r)).collect();
@@ -371,120 +566,86 @@ impl Runtime {
                 backend
                     .program(array, &p.blocks[t * groups + g])
                     .map_err(|e| self.failed(backend, l, &format!("tile {t}, program"), e))?;
-                self.stats.backend_s += tb.elapsed().as_secs_f64();
-                self.stats.programmings += 1;
+                stats.backend_s += tb.elapsed().as_secs_f64();
+                stats.programmings += 1;
                 let used = cols.min(cout - g * cols);
-                for e0 in (0..elements).step_by(call) {
-                    let m = call.min(elements - e0);
-                    for c in 0..cycles {
-                        let shift_bits = c as u32 * b;
-                        // Row r's codes of operations e0..e0 + m: runs of an output row's
-                        // pixels, each read from one row of an image's bordered codes.
-                        inputs[..rows * m].par_chunks_mut(m).zip(&starts).for_each(
-                            |(dst, start)| {
-                                let Some(start) = *start else {
-                                    dst.fill(0);
-                                    return;
-                                };
-                                // In registers, not read through the closure's references.
-                                let (image, wp, ow, oh) = (win.image(), wp, ow, pixels / ow);
-                                let (stride, shift_bits, mask, whole) =
-                                    (stride, shift_bits, mask, cycles == 1);
-                                let code = |v: u16| ((v as u32 >> shift_bits) & mask) as u16;
-                                let (mut img, pix) = (e0 / pixels, e0 % pixels);
-                                let (mut oy, mut ox) = (pix / ow, pix % ow);
-                                let mut dst = &mut dst[..];
-                                while !dst.is_empty() {
-                                    let run = (ow - ox).min(dst.len());
-                                    let at = img * image + start + oy * stride * wp + ox * stride;
-                                    let (now, rest) = dst.split_at_mut(run);
-                                    if stride == 1 && whole {
-                                        // One cycle takes the whole code.
-                                        now.copy_from_slice(&bordered[at..at + run]);
-                                    } else if stride == 1 {
-                                        let src = &bordered[at..at + run];
-                                        now.iter_mut().zip(src).for_each(|(d, &v)| *d = code(v));
-                                    } else {
-                                        let src = bordered[at..].iter().step_by(stride);
-                                        now.iter_mut().zip(src).for_each(|(d, &v)| *d = code(v));
-                                    }
-                                    dst = rest;
-                                    (ox, oy) = (0, oy + 1);
-                                    if oy == oh {
-                                        (oy, img) = (0, img + 1);
-                                    }
-                                }
-                            },
-                        );
-                        let op = Operation {
-                            layer: p.id,
-                            tile: t as u32,
-                            cycle: c as u32,
-                            first_channel: (g * cols) as u32,
-                            columns: used as u32,
-                            channels: cout as u32,
-                            elements: (pass.images * pixels) as u64,
-                            first_element: (pass.first_image * pixels + e0) as u64,
-                            pass: pass.pass,
-                        };
-                        let tb = Instant::now();
-                        let what = || format!("tile {t}, cycle {c}, operations {e0}..{}", e0 + m);
-                        let out = &mut out[..used * m];
-                        backend.compute(array, &op, &inputs[..rows * m], out).map_err(|e| {
-                            self.failed(backend, l, &format!("{}, compute", what()), e)
-                        })?;
-                        self.stats.backend_s += tb.elapsed().as_secs_f64();
-                        self.stats.macro_ops += (m * used) as u64;
-                        let (kmin, kmax) = (spec.adc.kmin, spec.adc.kmax);
-                        // One pass that vectorises; the first bad code is looked for only if
-                        // there is one.
-                        let (lo, hi) = out
-                            .iter()
-                            .fold((i32::MAX, i32::MIN), |(a, b), &j| (a.min(j), b.max(j)));
-                        if lo < kmin || hi > kmax {
-                            let bad = out.iter().find(|&&j| j < kmin || j > kmax).expect("one is");
-                            return Err(Error::invalid(format!(
-                                "backend '{}', layer '{}', {}: ADC code {bad} is outside the ADC's {kmin}..={kmax}",
-                                backend.name(),
-                                l.name,
-                                what()
-                            )));
-                        }
-                        // In the CIM layers' order: tiles, then cycles, each readout weighted
-                        // by its cycle's place value in partial-sum units.
-                        let weight = 2f32.powi(shift_bits as i32) * spec.adc.step;
-                        readouts
-                            .par_chunks_mut(elements)
-                            .skip(g * cols)
-                            .zip(out.par_chunks(m))
-                            .for_each(|(acc, o)| {
-                                let (weight, acc) = (weight, &mut acc[e0..e0 + m]);
-                                if t == 0 && c == 0 {
-                                    // The first readout: 0 + w·j is w·j, bit for bit.
-                                    acc.iter_mut()
-                                        .zip(o)
-                                        .for_each(|(a, &j)| *a = weight * j as f32);
-                                } else {
-                                    acc.iter_mut()
-                                        .zip(o)
-                                        .for_each(|(a, &j)| *a += weight * j as f32);
-                                }
+                let reads = ArrayReads {
+                    win,
+                    bordered,
+                    starts: &starts,
+                    pixels,
+                    bits: b,
+                    whole: cycles == 1,
+                    template: Operation {
+                        layer: p.id,
+                        tile: t as u32,
+                        cycle: 0,
+                        first_channel: (g * cols) as u32,
+                        columns: used as u32,
+                        channels: cout as u32,
+                        elements: (pass.images * pixels) as u64,
+                        first_element: (pass.first_image * pixels) as u64,
+                        pass: pass.pass,
+                    },
+                };
+                // This array's channels' rows of the accumulated readouts.
+                let mut channels: Vec<&mut [f32]> = readouts[..cout * elements]
+                    .chunks_mut(elements)
+                    .skip(g * cols)
+                    .take(used)
+                    .collect();
+                let mut read = || -> std::result::Result<(), Fault> {
+                    for e0 in (0..elements).step_by(call) {
+                        let m = call.min(elements - e0);
+                        for c in 0..cycles {
+                            let inputs = &mut inputs[..rows * m];
+                            inputs
+                                .par_chunks_mut(m)
+                                .enumerate()
+                                .for_each(|(r, dst)| reads.gather(r, c, e0, dst));
+                            let tb = Instant::now();
+                            let out = &mut out[..used * m];
+                            let op = reads.operation(c, e0);
+                            let done = backend.compute(array, &op, inputs, out);
+                            stats.backend_s += tb.elapsed().as_secs_f64();
+                            done.map_err(|e| Fault::compute(c, e0, m, e))?;
+                            check_codes(out, kmin, kmax, c, e0..e0 + m)?;
+                            // In the CIM layers' order: tiles, then cycles, each readout
+                            // weighted by its cycle's place value in partial-sum units.
+                            let weight = 2f32.powi((c as u32 * b) as i32) * spec.adc.step;
+                            let first = t == 0 && c == 0;
+                            channels.par_iter_mut().zip(out.par_chunks(m)).for_each(|(a, o)| {
+                                accumulate(&mut a[e0..e0 + m], o, weight, first)
                             });
+                        }
                     }
-                }
+                    Ok(())
+                };
+                read().map_err(|f| self.fault(backend, l, t, f))?;
+                stats.macro_ops += (elements * used * cycles) as u64;
             }
         }
-        let mut y = vec![0.0f32; n * cout * pixels];
-        y.par_chunks_mut(pixels).enumerate().for_each(|(plane, yp)| {
+        // Written once, straight into fresh memory (no zero fill first), the batchnorm's
+        // `z·a + b` applied in the same pass when it is given.
+        let len = n * cout * pixels;
+        let mut y = Vec::with_capacity(len);
+        y.spare_capacity_mut().par_chunks_mut(pixels.max(1)).enumerate().for_each(|(plane, yp)| {
             let (img, co) = (plane / cout, plane % cout);
             let (s_w, b, z) = (weight_scale[co], bias[co], &p.zero_point[co * pixels..][..pixels]);
             let r = &readouts[co * elements + img * pixels..][..pixels];
             let (step, lo) = (grid.step, grid.lo);
-            for ((v, &r), &z) in yp.iter_mut().zip(r).zip(z) {
-                *v = s_w * (step * r + lo * z) + b;
+            let (a, shift) = batchnorm.map_or((1.0, 0.0), |(a, b)| (a[co], b[co]));
+            let values = yp.iter_mut().zip(r).zip(z);
+            if batchnorm.is_some() {
+                values.for_each(|((v, &r), &z)| {
+                    _ = v.write((s_w * (step * r + lo * z) + b) * a + shift)
+                });
+            } else {
+                values.for_each(|((v, &r), &z)| _ = v.write(s_w * (step * r + lo * z) + b));
             }
         });
-        (self.readouts, self.inputs, self.out, self.bordered) = (readouts, inputs, out, bordered);
+        // SAFETY: the planes above wrote all `len` values.
+        unsafe { y.set_len(len) };
         let mut shape = vec![n];
         shape.extend(&self.shapes[node + 1]);
         Ok(Tensor::new(&shape, y))
@@ -526,7 +687,30 @@ impl Runtime {
             )));
         }
         let images = x.shape()[0];
-        self.macro_layer(backend, node, l, x, Pass { pass, images, first_image: 0 })
+        let (mut scratch, mut stats) = (std::mem::take(&mut self.scratch), self.stats);
+        let mut reader = Reader { backend, per_call: OPS_PER_CALL };
+        let pass = Pass { pass, images, first_image: 0 };
+        let y = self.macro_layer(&mut scratch, &mut stats, &mut reader, (node, l), x, pass, None);
+        (self.scratch, self.stats) = (scratch, stats);
+        y
+    }
+
+    /// A fault in tile `tile`'s reads, naming the backend, the layer and the operations.
+    fn fault(&self, backend: &dyn MacroBackend, l: &DeployLayer, tile: usize, f: Fault) -> Error {
+        let what = format!("tile {tile}, cycle {}, operations {:?}", f.cycle, f.ops);
+        match f.what {
+            FaultKind::Compute(e) => self.failed(backend, l, &format!("{what}, compute"), e),
+            FaultKind::Code(bad) => {
+                let adc = self.model.macro_spec.adc;
+                Error::invalid(format!(
+                    "backend '{}', layer '{}', {what}: ADC code {bad} is outside the ADC's {}..={}",
+                    backend.name(),
+                    l.name,
+                    adc.kmin,
+                    adc.kmax
+                ))
+            }
+        }
     }
 
     /// A backend's error, naming the backend, the layer and the operation.
@@ -681,12 +865,17 @@ fn batchnorm(tape: &mut Tape, x: Var, bn: &BatchNorm, node: usize, norm: &mut No
             ops::batchnorm::fold(&mean, &inv, &bn.gamma, &bn.beta)
         }
     };
-    let per = xv.len() / (n * c);
-    let mut y = vec![0.0f32; xv.len()];
-    y.par_chunks_mut(per).zip(xv.data().par_chunks(per)).enumerate().for_each(|(plane, (y, x))| {
+    let (per, len) = (xv.len() / (n * c), xv.len());
+    // Written once, straight into fresh memory (no zero fill first).
+    let mut y = Vec::with_capacity(len);
+    let planes =
+        y.spare_capacity_mut().par_chunks_mut(per.max(1)).zip(xv.data().par_chunks(per.max(1)));
+    planes.enumerate().for_each(|(plane, (y, x))| {
         let (a, b) = (a[plane % c], b[plane % c]);
-        y.iter_mut().zip(x).for_each(|(y, &v)| *y = v * a + b);
+        y.iter_mut().zip(x).for_each(|(y, &v)| _ = y.write(v * a + b));
     });
+    // SAFETY: the planes above wrote all `len` values.
+    unsafe { y.set_len(len) };
     let t = Tensor::new(xv.shape(), y);
     Ok(tape.constant(t))
 }
