@@ -62,6 +62,24 @@ impl PackedWeights {
         PackedWeights { words, cout, quads, max_abs }
     }
 
+    /// One array's codes as a macro holds them, `weights[row · columns + column]`: one
+    /// tile of `rows` rows, a channel per column (what [`Self::new`] makes of the
+    /// transposed codes, without the float round trip).
+    pub fn of_array(weights: &[i8], rows: usize, columns: usize) -> Self {
+        assert!(weights.len() == rows * columns && rows > 0);
+        let quads = rows.div_ceil(4);
+        let mut words = vec![0u32; columns * quads];
+        for (r, row) in weights.chunks_exact(columns).enumerate() {
+            let (q, shift) = (r / 4, 8 * (r % 4));
+            for (co, &w) in row.iter().enumerate() {
+                words[co * quads + q] |= (w as u8 as u32) << shift;
+            }
+        }
+        let max_abs = weights.iter().fold(0u32, |m, &w| m.max(w.unsigned_abs() as u32));
+        let words = words.into_iter().map(|w| w as i32).collect();
+        PackedWeights { words, cout: columns, quads, max_abs }
+    }
+
     /// Tile `t`: `cout` rows of [`Self::quads`] words.
     pub fn tile(&self, t: usize) -> &[i32] {
         &self.words[t * self.cout * self.quads..][..self.cout * self.quads]

@@ -148,9 +148,7 @@ impl MacroBackend for SimulatedMacro {
             )));
         }
         // The kernels take one channel's rows together: the array's columns.
-        let by_column: Vec<f32> =
-            (0..cols * rows).map(|i| weights[(i % rows) * cols + i / rows] as f32).collect();
-        let packed = PackedWeights::new(&by_column, cols, rows, rows);
+        let packed = PackedWeights::of_array(weights, rows, cols);
         let path = Path::best_for(&packed);
         self.arrays[array] = Some((packed, path));
         Ok(())

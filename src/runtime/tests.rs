@@ -89,6 +89,43 @@ fn em_backend_draws_what_the_cim_layers_draw() {
     }
 }
 
+/// The simulated macro as a macro that is one device: no copies.
+struct OneDevice(SimulatedMacro);
+
+impl MacroBackend for OneDevice {
+    fn name(&self) -> String {
+        self.0.name()
+    }
+    fn program(&mut self, array: usize, weights: &[i8]) -> Result<()> {
+        self.0.program(array, weights)
+    }
+    fn compute(&mut self, a: usize, op: &Operation, x: &[u16], out: &mut [i32]) -> Result<()> {
+        self.0.compute(a, op, x, out)
+    }
+}
+
+/// Copies of a macro, each running its parts of the pass, read what the macro read as
+/// one device does (large batches, one at a time): the same logits to the bit, the same
+/// operations; each copy programs the arrays for its own part.
+#[test]
+fn copies_of_a_macro_read_what_the_one_device_reads() {
+    let spec = MacroSpec::default();
+    let model: Arc<dyn Readout> =
+        Arc::new(presets::preset("current-domain", (spec.adc.kmin, spec.adc.kmax)).unwrap());
+    let (net, mut store) = trained_like(Arch::ResNet20);
+    let m = export(net.as_ref(), &mut store);
+    let chip = || SimulatedMacro::chip(&m.macro_spec, model.clone(), 1, 3);
+    // Three parts of a replicable macro's pass (10, 10 and 3 images); one for the device.
+    let x = random(&[23, 3, 32, 32], 5);
+    let (mut copied, mut one) =
+        (Runtime::new(m.clone()).unwrap(), Runtime::new(m.clone()).unwrap());
+    let got = copied.run(&mut chip(), x.data(), 2).unwrap();
+    let want = one.run(&mut OneDevice(chip()), x.data(), 2).unwrap();
+    assert_same(&got, &want, "ResNet20, current-domain chip 1, copies");
+    assert_eq!(copied.stats.macro_ops, one.stats.macro_ops);
+    assert_eq!(copied.stats.programmings, 3 * one.stats.programmings);
+}
+
 /// A backend that answers with a code outside the ADC's range is named, with the layer
 /// and the operation.
 #[test]

@@ -250,3 +250,24 @@ fn tiles_are_the_patch_rows_of_the_definition() {
         }
     }
 }
+
+/// An array's codes as a macro holds them pack to the words of the same codes given
+/// channel by channel, for rows that fill their last word and rows that do not.
+#[test]
+fn an_array_packs_as_its_columns_do() {
+    let mut next = xorshift(11);
+    for (rows, cols) in [(64, 64), (7, 3), (1, 5)] {
+        let w: Vec<i8> = (0..rows * cols).map(|_| (next() % 16) as i8 - 8).collect();
+        assert!(w.iter().any(|&x| x < 0), "negative codes, whose sign bits must not spill");
+        let by_column: Vec<f32> =
+            (0..cols * rows).map(|i| w[(i % rows) * cols + i / rows] as f32).collect();
+        let (a, b) = (
+            PackedWeights::of_array(&w, rows, cols),
+            PackedWeights::new(&by_column, cols, rows, rows),
+        );
+        assert_eq!(
+            (a.words.clone(), a.cout, a.quads, a.max_abs),
+            (b.words, b.cout, b.quads, b.max_abs)
+        );
+    }
+}
