@@ -211,53 +211,59 @@ impl MacroBackend for SimulatedMacro {
                 pieces[blk].push(piece);
             }
         }
-        // Each thread's words, partial sums and readouts, allocated once (every value is
-        // written before it is read).
-        let buffers = || (Vec::new(), Vec::new(), Vec::new());
-        pieces.into_par_iter().enumerate().for_each_init(buffers, |bufs, (blk, mut columns)| {
+        pieces.into_par_iter().enumerate().for_each(|(blk, mut columns)| {
             let (i0, m) = (blk * BLOCK, columns[0].len());
-            let (words, sums, read): &mut (Vec<u32>, Vec<i32>, Vec<f32>) = bufs;
-            words.resize(quads * m, 0);
-            sums.resize(used * m, 0);
-            read.resize(m, 0.0);
-            let (words, sums, read) =
-                (&mut words[..quads * m], &mut sums[..used * m], &mut read[..m]);
-            // P[c][i] = Σ_r w[r][c]·x[r][i], one byte plane at a time, the high first.
-            for plane in (0..planes).rev() {
-                pack(inputs, n, i0, m, plane as u32, words);
-                if plane + 1 < planes {
-                    sums.iter_mut().for_each(|v| *v <<= 8);
+            // The thread's words, partial sums and readouts, allocated once (a block runs
+            // no parallel work inside, so no other block takes them meanwhile; every
+            // value is written before it is read).
+            BUFFERS.with_borrow_mut(|(words, sums, read)| {
+                words.resize(quads * m, 0);
+                sums.resize(used * m, 0);
+                read.resize(m, 0.0);
+                let (words, sums, read) =
+                    (&mut words[..quads * m], &mut sums[..used * m], &mut read[..m]);
+                // P[c][i] = Σ_r w[r][c]·x[r][i], one byte plane at a time, the high first.
+                for plane in (0..planes).rev() {
+                    pack(inputs, n, i0, m, plane as u32, words);
+                    if plane + 1 < planes {
+                        sums.iter_mut().for_each(|v| *v <<= 8);
+                    }
+                    let accumulate = plane + 1 < planes;
+                    psum::plane_product(*path, weights, 0, words, quads, m, sums, accumulate);
                 }
-                let accumulate = plane + 1 < planes;
-                psum::plane_product(*path, weights, 0, words, quads, m, sums, accumulate);
-            }
-            for (c, (sums, codes)) in sums.chunks_exact(m).zip(columns.iter_mut()).enumerate() {
-                let co = op.first_channel as usize + c;
-                // The ADC column's fixed pattern acts on the analog sum, before rounding;
-                // the conversion is the CIM layers' own.
-                let (gain, offset) = self
-                    .chip
-                    .as_ref()
-                    .and_then(|m| m.chip.as_ref())
-                    .map_or((1.0, 0.0), |ch| ch.column(spec.adc_of(op.tile as usize, co)));
-                adc_codes(sums, inv_step * gain, offset, adc, codes, None);
-                if let (Some(model), Some(key)) = (&self.chip, key) {
-                    let op0 = row(c) * op.elements + op.first_element + i0 as u64;
-                    model.readout.sample_run(codes, DrawRun { key, op0, stride: 1 }, read);
-                    // A readout is a code of the ADC's range (clamped again so that the
-                    // conversion is sound whatever the model gives, and vectorises).
-                    let (lo, hi) = (adc.kmin as f32, adc.kmax as f32);
-                    #[allow(clippy::manual_clamp)]
-                    codes.iter_mut().zip(&*read).for_each(|(k, &r)| {
-                        // SAFETY: max/min make any value (NaN too) one within the ADC's
-                        // range, below 2^24 in magnitude (`MacroSpec::validate`).
-                        *k = unsafe { r.max(lo).min(hi).to_int_unchecked::<i32>() }
-                    });
+                for (c, (sums, codes)) in sums.chunks_exact(m).zip(columns.iter_mut()).enumerate() {
+                    let co = op.first_channel as usize + c;
+                    // The ADC column's fixed pattern acts on the analog sum, before rounding;
+                    // the conversion is the CIM layers' own.
+                    let (gain, offset) = self
+                        .chip
+                        .as_ref()
+                        .and_then(|m| m.chip.as_ref())
+                        .map_or((1.0, 0.0), |ch| ch.column(spec.adc_of(op.tile as usize, co)));
+                    adc_codes(sums, inv_step * gain, offset, adc, codes, None);
+                    if let (Some(model), Some(key)) = (&self.chip, key) {
+                        let op0 = row(c) * op.elements + op.first_element + i0 as u64;
+                        model.readout.sample_run(codes, DrawRun { key, op0, stride: 1 }, read);
+                        // A readout is a code of the ADC's range (clamped again so that the
+                        // conversion is sound whatever the model gives, and vectorises).
+                        let (lo, hi) = (adc.kmin as f32, adc.kmax as f32);
+                        #[allow(clippy::manual_clamp)]
+                        codes.iter_mut().zip(&*read).for_each(|(k, &r)| {
+                            // SAFETY: max/min make any value (NaN too) one within the ADC's
+                            // range, below 2^24 in magnitude (`MacroSpec::validate`).
+                            *k = unsafe { r.max(lo).min(hi).to_int_unchecked::<i32>() }
+                        });
+                    }
                 }
-            }
+            })
         });
         Ok(())
     }
+}
+
+thread_local! {
+    /// A thread's buffers for [`SimulatedMacro`]'s blocks: words, partial sums, readouts.
+    static BUFFERS: std::cell::RefCell<(Vec<u32>, Vec<i32>, Vec<f32>)> = Default::default();
 }
 
 /// Four rows of one byte plane of operations `i0..i0 + m` of `x` (`rows` runs of `n`

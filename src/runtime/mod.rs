@@ -521,7 +521,6 @@ impl Runtime {
         // patch row's run of output pixels is then a run (stride 1) of one image row.
         let (grid, hi) = (p.grid, p.hi);
         let Scratch { readouts, codes, bordered, inputs, out } = scratch;
-        bordered.clear();
         bordered.resize(n * win.image(), 0);
         let (wp, hp) = (win.wp(), win.hp());
         // Computed on the contiguous input first (it vectorises), then laid out.
@@ -542,10 +541,21 @@ impl Runtime {
             .par_chunks_mut(win.image().max(1))
             .zip(codes.par_chunks((x.len() / n).max(1)))
             .for_each(|(dst, src)| {
-                // An image of no pixels is all border.
-                for (ci, src) in src.chunks_exact((win.h * win.w).max(1)).enumerate() {
-                    for (y, s) in src.chunks_exact(win.w).enumerate() {
-                        dst[(ci * hp + win.pad + y) * wp + win.pad..][..win.w].copy_from_slice(s);
+                // Every value written (the buffer holds another layer's codes): the
+                // border's zeros, the image's codes. An image of no pixels is all border.
+                let (h, w, pad) = (win.h, win.w, win.pad);
+                if h * w == 0 {
+                    dst.fill(0);
+                    return;
+                }
+                for (plane, src) in dst.chunks_exact_mut(hp * wp).zip(src.chunks_exact(h * w)) {
+                    plane[..pad * wp].fill(0);
+                    plane[(pad + h) * wp..].fill(0);
+                    for (row, s) in plane[pad * wp..].chunks_exact_mut(wp).zip(src.chunks_exact(w))
+                    {
+                        row[..pad].fill(0);
+                        row[pad..pad + w].copy_from_slice(s);
+                        row[pad + w..].fill(0);
                     }
                 }
             });
