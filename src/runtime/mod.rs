@@ -13,6 +13,11 @@
 //! `z = s_w · (s_x · Σ_t Σ_c 2^(c·b) · step · j_{t,c} + lo · Σ_valid w) + bias`,
 //! then the layer's batchnorm, if it has one.
 //!
+//! A macro that can be copied ([`MacroBackend::replicate`]: the simulated one, not a
+//! board) runs a pass in parts of a few images side by side instead, each part on its
+//! own copy and its own thread, read in small calls whose codes stay in that thread's
+//! cache; the copies read what the macro reads, so the logits are the same.
+//!
 //! The digital layers and ops run on the engine's kernels, in the network's order of
 //! float operations: on the ideal macro the runtime computes the network's logits to the
 //! bit. Batches are the training side's evaluation batches ([`EVAL_BATCH`] images,
