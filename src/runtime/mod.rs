@@ -35,6 +35,7 @@ pub use exec::{ExecMacro, PROTOCOL_VERSION};
 
 use crate::cim::quant::{ActGrid, MIN_RANGE};
 use crate::data::{Batcher, Split};
+use crate::engine::ops::conv2d::ConvGeom;
 use crate::engine::ops::{self, Conv2dCfg};
 use crate::engine::{Tape, Tensor, Var};
 use crate::io::deploy::{BatchNorm, Body, DeployLayer, DeployModel, DeployOp};
@@ -84,8 +85,9 @@ pub const OPS_PER_CALL: usize = 65536;
 struct Placed {
     /// The CIM layer id (the order the graph's on-macro layers were mapped onto the macro).
     id: u32,
-    /// The window: where its patch rows read an image's zero-bordered codes.
-    window: Window,
+    /// The layer as a convolution of one image (a linear layer: 1 × 1, its features
+    /// the channels): where its patch rows read the image's zero-bordered codes.
+    geom: ConvGeom,
     /// Tiles along the reduction axis.
     tiles: usize,
     /// Σ of weight codes over the valid rows, `[cout][pixels]`.
@@ -98,45 +100,24 @@ struct Placed {
     pixels: usize,
 }
 
-/// A layer's window over one image's input codes laid out with the convolution's zero
-/// border, `[cin][h + 2·pad][w + 2·pad]` (a linear layer: a 1 × 1 image, no border).
-#[derive(Clone, Copy)]
-struct Window {
-    cin: usize,
-    h: usize,
-    w: usize,
-    pad: usize,
-    kernel: usize,
-    stride: usize,
-    ow: usize,
-    /// The reduction axis' length, `cin·kernel²`.
-    k: usize,
+/// Codes per image laid out with convolution `g`'s zero border, `[cin][h + 2·pad][w +
+/// 2·pad]` (a linear layer's: a 1 × 1 image, no border).
+fn bordered_size(g: &ConvGeom) -> usize {
+    g.cin * (g.h + 2 * g.pad) * (g.w + 2 * g.pad)
 }
 
-impl Window {
-    fn hp(&self) -> usize {
-        self.h + 2 * self.pad
-    }
-    fn wp(&self) -> usize {
-        self.w + 2 * self.pad
-    }
-    /// Codes per bordered image.
-    fn image(&self) -> usize {
-        self.cin * self.hp() * self.wp()
-    }
-    /// Where reduction row `kk` (`ci, ky, kx`) reads a bordered image at output pixel
-    /// (0, 0), or `None` past the reduction axis (a row the layer does not activate).
-    fn start(&self, kk: usize) -> Option<usize> {
-        let kern = self.kernel;
-        (kk < self.k)
-            .then(|| ((kk / (kern * kern)) * self.hp() + kk / kern % kern) * self.wp() + kk % kern)
-    }
+/// Where reduction row `kk` (`ci, ky, kx`) of convolution `g` reads a bordered image at
+/// output pixel (0, 0), or `None` past the reduction axis (a row the layer does not
+/// activate).
+fn bordered_start(g: &ConvGeom, kk: usize) -> Option<usize> {
+    let (hp, wp, kern) = (g.h + 2 * g.pad, g.w + 2 * g.pad, g.kw);
+    (kk < g.k()).then(|| ((kk / (g.kh * kern)) * hp + kk / kern % g.kh) * wp + kk % kern)
 }
 
 /// The reads of one programmed array in a layer's pass: which codes each row takes and
 /// how the operations are numbered.
 struct ArrayReads<'a> {
-    win: Window,
+    geom: ConvGeom,
     /// The pass part's input codes, each image laid out with its border.
     bordered: &'a [u16],
     /// Where each row of the array reads (`None`: a row past the layer's reduction axis).
@@ -157,9 +138,8 @@ impl ArrayReads<'_> {
             dst.fill(0);
             return;
         };
-        let win = &self.win;
-        let (image, wp, ow, oh, stride) =
-            (win.image(), win.wp(), win.ow, self.pixels / win.ow, win.stride);
+        let g = &self.geom;
+        let (image, wp, ow, oh, stride) = (bordered_size(g), g.w + 2 * g.pad, g.ow, g.oh, g.stride);
         let (shift, mask) = (cycle as u32 * self.bits, (1u32 << self.bits) - 1);
         let code = |v: u16| ((v as u32 >> shift) & mask) as u16;
         let (mut img, pix) = (e0 / self.pixels, e0 % self.pixels);
@@ -519,15 +499,16 @@ impl Runtime {
         let (rows, cols, arrays) = (spec.rows, spec.columns, spec.arrays);
         let (n, cout, pixels) = (x.shape()[0], l.cout as usize, p.pixels);
         let elements = n * pixels;
-        let (tiles, win) = (p.tiles, p.window);
+        let (tiles, geom) = (p.tiles, p.geom);
         let groups = cout.div_ceil(cols);
         // E-PACT's codes, as the network makes them (the clipped input rounded to the
         // grid, and that value's code), laid out with the convolution's zero border: a
         // patch row's run of output pixels is then a run (stride 1) of one image row.
         let (grid, hi) = (p.grid, p.hi);
         let Scratch { readouts, codes, bordered, inputs, out } = scratch;
-        bordered.resize(n * win.image(), 0);
-        let (wp, hp) = (win.wp(), win.hp());
+        let image = bordered_size(&geom);
+        bordered.resize(n * image, 0);
+        let (wp, hp) = (geom.w + 2 * geom.pad, geom.h + 2 * geom.pad);
         // Computed on the contiguous input first (it vectorises), then laid out.
         codes.resize(x.len(), 0);
         codes.par_chunks_mut(1 << 14).zip(x.data().par_chunks(1 << 14)).for_each(|(d, s)| {
@@ -542,13 +523,11 @@ impl Runtime {
                 *d = code as u16;
             }
         });
-        bordered
-            .par_chunks_mut(win.image().max(1))
-            .zip(codes.par_chunks((x.len() / n).max(1)))
-            .for_each(|(dst, src)| {
+        bordered.par_chunks_mut(image.max(1)).zip(codes.par_chunks((x.len() / n).max(1))).for_each(
+            |(dst, src)| {
                 // Every value written (the buffer holds another layer's codes): the
                 // border's zeros, the image's codes. An image of no pixels is all border.
-                let (h, w, pad) = (win.h, win.w, win.pad);
+                let (h, w, pad) = (geom.h, geom.w, geom.pad);
                 if h * w == 0 {
                     dst.fill(0);
                     return;
@@ -563,7 +542,8 @@ impl Runtime {
                         row[pad + w..].fill(0);
                     }
                 }
-            });
+            },
+        );
         let (b, cycles) = (spec.input_bits_per_cycle, spec.cycles() as usize);
         // `readouts[co][e]`: one channel's elements side by side. Every value is written
         // by the first tile's first cycle: no zeroing first.
@@ -575,7 +555,8 @@ impl Runtime {
         out.resize(call * cols.min(cout), 0);
         for t in 0..tiles {
             let array = t % arrays;
-            let starts: Vec<Option<usize>> = (0..rows).map(|r| win.start(t * rows + r)).collect();
+            let starts: Vec<Option<usize>> =
+                (0..rows).map(|r| bordered_start(&geom, t * rows + r)).collect();
             for g in 0..groups {
                 let tb = Instant::now();
                 backend
@@ -585,7 +566,7 @@ impl Runtime {
                 stats.programmings += 1;
                 let used = cols.min(cout - g * cols);
                 let reads = ArrayReads {
-                    win,
+                    geom,
                     bordered,
                     starts: &starts,
                     pixels,
@@ -908,34 +889,23 @@ fn place(
     };
     let (rows, cols) = (spec.rows, spec.columns);
     let (cout, tiles, k) = (l.cout as usize, *tiles as usize, l.k());
-    let (h, w) = if x.len() == 3 { (x[1], x[2]) } else { (1, 1) };
+    // A linear layer reads its input as one pixel of `cin` channels.
+    let (cin, h, w) = if x.len() == 3 { (x[0], x[1], x[2]) } else { (x.iter().product(), 1, 1) };
     let (oh, ow) = (y.get(1).copied().unwrap_or(1), y.get(2).copied().unwrap_or(1));
-    let (kern, s, pad) = (l.kernel as usize, l.stride as usize, l.padding as isize);
-    let pixels = oh * ow;
-    // Whether reduction row kk reads the image (not the border) at output pixel `pix`.
-    let valid = |kk: usize, pix: usize| {
-        let (ky, kx) = (kk / kern % kern, kk % kern);
-        let (oy, ox) = (pix / ow, pix % ow);
-        let (iy, ix) =
-            ((oy * s) as isize + ky as isize - pad, (ox * s) as isize + kx as isize - pad);
-        kk < k && iy >= 0 && ix >= 0 && iy < h as isize && ix < w as isize
-    };
-    // The zero-point sums (integers, exact in f32 in any order).
-    let zero_point = (0..cout * pixels)
-        .into_par_iter()
-        .map(|i| {
-            let (co, pix) = (i / pixels, i % pixels);
-            let mut z = 0.0f32;
-            for t in 0..tiles {
-                for r in 0..rows {
-                    if valid(t * rows + r, pix) {
-                        z += codes[(co * tiles + t) * rows + r] as f32;
-                    }
-                }
-            }
-            z
-        })
-        .collect();
+    let kern = l.kernel as usize;
+    let (stride, pad) = if x.len() == 3 { (l.stride as usize, l.padding as usize) } else { (1, 0) };
+    let geom = ConvGeom { n: 1, cin, h, w, cout, kh: kern, kw: kern, stride, pad, oh, ow };
+    let pixels = geom.pixels();
+    // The zero-point sums over the rows inside the image (the CIM layers' own mask;
+    // integers, exact in f32 in any order).
+    let mask = crate::cim::conv::valid_mask(&geom);
+    let mut zero_point = vec![0.0f32; cout * pixels];
+    zero_point.par_chunks_mut(pixels.max(1)).enumerate().for_each(|(co, z)| {
+        for (kk, valid) in mask.chunks_exact(pixels.max(1)).enumerate() {
+            let code = codes[(co * tiles + kk / rows) * rows + kk % rows] as f32;
+            z.iter_mut().zip(valid).for_each(|(z, &v)| *z += v * code);
+        }
+    });
     let groups = cout.div_ceil(cols);
     let blocks = (0..tiles * groups)
         .map(|tg| {
@@ -950,10 +920,8 @@ fn place(
         .collect();
     let hi = hi.max(lo + MIN_RANGE);
     let grid = ActGrid::new(*lo, hi, spec.input_bits);
-    // A linear layer reads its input as one pixel of `cin` channels.
-    let (cin, stride) = if x.len() == 3 { (x[0], s) } else { (x.iter().product(), 1) };
-    let window = Window { cin, h, w, pad: pad as usize, kernel: kern, stride, ow, k };
-    Placed { id, window, tiles, zero_point, blocks, grid, hi, pixels }
+    debug_assert_eq!(geom.k(), k);
+    Placed { id, geom, tiles, zero_point, blocks, grid, hi, pixels }
 }
 
 #[cfg(test)]

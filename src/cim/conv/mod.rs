@@ -75,7 +75,7 @@ struct Saved {
 }
 
 /// 1 where the window position is inside the image, 0 on padding: `[K][pixels]`.
-fn valid_mask(g: &ConvGeom) -> Vec<f32> {
+pub(crate) fn valid_mask(g: &ConvGeom) -> Vec<f32> {
     let ones = vec![1.0f32; g.in_size()];
     let one = ConvGeom { n: 1, ..*g };
     let mut m = vec![0.0f32; g.k() * g.pixels()];
