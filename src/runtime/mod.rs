@@ -62,6 +62,17 @@ pub struct RunStats {
     pub total_s: f64,
 }
 
+impl RunStats {
+    /// Adds what a piece of a run did (its operations, programmings and times).
+    fn add(&mut self, o: RunStats) {
+        self.images += o.images;
+        self.macro_ops += o.macro_ops;
+        self.programmings += o.programmings;
+        self.backend_s += o.backend_s;
+        self.total_s += o.total_s;
+    }
+}
+
 impl std::ops::Sub for RunStats {
     type Output = RunStats;
     fn sub(self, o: RunStats) -> RunStats {
@@ -347,45 +358,15 @@ impl Runtime {
         let parts = images.chunks(part * per).enumerate();
         let mut logits = Vec::with_capacity(n * self.model.num_classes as usize);
         if replicas {
-            // Parts side by side, each on its own copy of the macro, read in calls that
-            // stay in its thread's cache; the copies read what the macro reads, so the
-            // logits are the same bits.
-            let copies: Vec<_> = parts
-                .map(|p| (p, backend.replicate().expect("replicable, as asked above")))
-                .collect();
-            let pool = std::sync::Mutex::new(Vec::<Scratch>::new());
-            let outcomes: Vec<Result<(Vec<f32>, RunStats)>> = copies
-                .into_par_iter()
-                .map(|((k, x), mut copy)| {
-                    let mut scratch = pool.lock().expect("no panics").pop().unwrap_or_default();
-                    let mut stats = RunStats::default();
-                    let mut reader =
-                        Reader { backend: copy.as_mut(), per_call: REPLICA_OPS_PER_CALL };
+            let chunks: Vec<&[f32]> = images.chunks(part * per).collect();
+            let run =
+                |k: usize, scratch: &mut Scratch, stats: &mut RunStats, reader: &mut Reader| {
                     let pass = Pass { pass, images: n, first_image: k * part };
-                    let y = self.forward_part(
-                        &mut scratch,
-                        &mut stats,
-                        &mut reader,
-                        x,
-                        pass,
-                        &mut Norm::Running,
-                    );
-                    pool.lock().expect("no panics").push(scratch);
-                    Ok((y?, stats))
-                })
-                .collect();
-            let mut busy = 0.0;
-            for outcome in outcomes {
-                let (y, stats) = outcome?;
-                logits.extend(y);
-                (self.stats.macro_ops, self.stats.programmings) = (
-                    self.stats.macro_ops + stats.macro_ops,
-                    self.stats.programmings + stats.programmings,
-                );
-                busy += stats.backend_s;
-            }
-            // The copies' time in all, per thread.
-            self.stats.backend_s += busy / rayon::current_num_threads() as f64;
+                    self.forward_part(scratch, stats, reader, chunks[k], pass, &mut Norm::Running)
+                };
+            let (ys, done) = on_copies(backend, chunks.len(), run)?;
+            ys.into_iter().for_each(|y| logits.extend(y));
+            self.stats.add(done);
         } else {
             let mut scratch = std::mem::take(&mut self.scratch);
             let mut stats = self.stats;
@@ -683,6 +664,28 @@ impl Runtime {
             )));
         }
         let images = x.shape()[0];
+        if backend.replicate().is_some() {
+            // Parts of the batch side by side on copies of the macro, as in `run`.
+            let per = x.len() / images;
+            let chunks: Vec<&[f32]> = x.data().chunks(IMAGES_PER_REPLICA * per).collect();
+            let run =
+                |k: usize, scratch: &mut Scratch, stats: &mut RunStats, reader: &mut Reader| {
+                    let mut shape = x.shape().to_vec();
+                    shape[0] = chunks[k].len() / per;
+                    let part = Tensor::new(&shape, chunks[k].to_vec());
+                    let first_image = k * IMAGES_PER_REPLICA;
+                    let pass = Pass { pass, images, first_image };
+                    let y =
+                        self.macro_layer(scratch, stats, reader, (node, l), &part, pass, None)?;
+                    Ok(y.data().to_vec())
+                };
+            let (ys, done) = on_copies(backend, chunks.len(), run)?;
+            self.stats.add(done);
+            let y: Vec<f32> = ys.concat();
+            let mut shape = vec![images];
+            shape.extend(&self.shapes[node + 1]);
+            return Ok(Tensor::new(&shape, y));
+        }
         let (mut scratch, mut stats) = (std::mem::take(&mut self.scratch), self.stats);
         let mut reader = Reader { backend, per_call: OPS_PER_CALL };
         let pass = Pass { pass, images, first_image: 0 };
@@ -793,6 +796,45 @@ impl Runtime {
         };
         Ok((result, self.stats - before))
     }
+}
+
+/// `parts` runs of `run` side by side, each on its own copy of `backend` (which must
+/// replicate) read in calls that stay in its thread's cache: their results in part
+/// order (the first error in part order) and what they did (the backend's time per
+/// thread). The
+/// copies read what the macro reads, so the results are the macro's to the bit.
+fn on_copies<T: Send>(
+    backend: &dyn MacroBackend,
+    parts: usize,
+    run: impl Fn(usize, &mut Scratch, &mut RunStats, &mut Reader) -> Result<T> + Sync,
+) -> Result<(Vec<T>, RunStats)> {
+    let copies: Vec<Box<dyn MacroBackend>> = (0..parts)
+        .map(|_| backend.replicate().expect("called for a macro that replicates"))
+        .collect();
+    let pool = std::sync::Mutex::new(Vec::<Scratch>::new());
+    let outcomes: Vec<Result<(T, RunStats)>> = copies
+        .into_par_iter()
+        .enumerate()
+        .map(|(k, mut copy)| {
+            let mut scratch = pool.lock().expect("no panics").pop().unwrap_or_default();
+            let mut stats = RunStats::default();
+            let mut reader = Reader { backend: copy.as_mut(), per_call: REPLICA_OPS_PER_CALL };
+            let y = run(k, &mut scratch, &mut stats, &mut reader);
+            pool.lock().expect("no panics").push(scratch);
+            Ok((y?, stats))
+        })
+        .collect();
+    let (mut results, mut done) = (Vec::with_capacity(parts), RunStats::default());
+    for outcome in outcomes {
+        let (y, stats) = outcome?;
+        results.push(y);
+        done.macro_ops += stats.macro_ops;
+        done.programmings += stats.programmings;
+        done.backend_s += stats.backend_s;
+    }
+    // The copies' time in all, per thread.
+    done.backend_s /= rayon::current_num_threads() as f64;
+    Ok((results, done))
 }
 
 /// Fine-tuning with a macro in the loop: one training step's device

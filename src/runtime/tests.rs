@@ -124,6 +124,12 @@ fn copies_of_a_macro_read_what_the_one_device_reads() {
     assert_same(&got, &want, "ResNet20, current-domain chip 1, copies");
     assert_eq!(copied.stats.macro_ops, one.stats.macro_ops);
     assert_eq!(copied.stats.programmings, 3 * one.stats.programmings);
+    // One layer, as fine-tuning runs it: the same bits.
+    let x = random(&[23, 16, 32, 32], 6);
+    let got = copied.layer(&mut chip(), 0, &x, 4).unwrap();
+    let want = one.layer(&mut OneDevice(chip()), 0, &x, 4).unwrap();
+    assert_eq!(got.shape(), want.shape());
+    assert_same(got.data(), want.data(), "layer 0 on copies");
 }
 
 /// A backend that answers with a code outside the ADC's range is named, with the layer
