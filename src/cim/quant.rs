@@ -91,14 +91,27 @@ pub fn epact(tape: &mut Tape, x: Var, lo: Var, hi: Var, bits: Option<u32>) -> Re
             .zip(xv.par_chunks(CHUNK))
             .map(|(g, x)| {
                 // Eight independent f32 lanes per bound (a fixed order, so deterministic),
-                // added in f64 at the end of the chunk.
+                // added in f64 at the end of the chunk: element `8j + i` goes to lane `i`.
+                // The bounds copied into locals and whole groups of eight apart from the
+                // tail: read through the closure's references, in groups of any length
+                // and with a short-circuit `&&`, the loop stayed scalar and branched.
+                let (l, h) = (l, h);
                 let (mut dl, mut dh) = ([0.0f32; 8], [0.0f32; 8]);
-                for (gs, xs) in g.chunks(8).zip(x.chunks(8)) {
-                    for (i, (&gv, &v)) in gs.iter().zip(xs).enumerate() {
-                        dl[i] += if v <= l { gv } else { 0.0 };
-                        dh[i] += if v >= h && v > l { gv } else { 0.0 };
+                // Each lane's two sums as selects (`&`, not `&&`): no branch.
+                let mut add = |gs: &[f32], xs: &[f32]| {
+                    for ((d, &gv), &v) in dl.iter_mut().zip(gs).zip(xs) {
+                        *d += if v <= l { gv } else { 0.0 };
                     }
+                    for ((d, &gv), &v) in dh.iter_mut().zip(gs).zip(xs) {
+                        *d += if (v >= h) & (v > l) { gv } else { 0.0 };
+                    }
+                };
+                let (gs, xs) = (g.chunks_exact(8), x.chunks_exact(8));
+                let (g_tail, x_tail) = (gs.remainder(), xs.remainder());
+                for (gs, xs) in gs.zip(xs) {
+                    add(gs, xs);
                 }
+                add(g_tail, x_tail);
                 (
                     dl.iter().map(|&v| v as f64).sum::<f64>(),
                     dh.iter().map(|&v| v as f64).sum::<f64>(),
