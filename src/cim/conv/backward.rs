@@ -291,8 +291,10 @@ fn statistical_backward(
         }
     };
     // The patches are the activation codes; dW comes out in steps of the grid.
+    let grid = s.grid;
+    // The grid in a local: read through `s` at every value, the loop stays scalar.
     let codes_of =
-        |x: &[f32], q: &mut [f32]| q.iter_mut().zip(x).for_each(|(q, &v)| *q = s.grid.code(v));
+        move |x: &[f32], q: &mut [f32]| q.iter_mut().zip(x).for_each(|(q, &v)| *q = grid.code(v));
     let bands = conv2d::Bands {
         rows: s.rows,
         write: &tile_gradient,

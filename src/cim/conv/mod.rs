@@ -253,7 +253,8 @@ pub fn cim_conv2d(
         &mut zw,
         g.pixels(),
     );
-    let qx: Vec<f32> = tape.value(x).data().par_iter().map(|&v| grid.code(v)).collect();
+    // The grid moved into the closure: read through a reference, the loop stays scalar.
+    let qx: Vec<f32> = tape.value(x).data().par_iter().map(move |&v| grid.code(v)).collect();
     let w_packed = PackedWeights::new(&w_codes, g.cout, k, spec.rows);
     let want_codes = matches!(call.rt.estimator, Estimator::Statistical { .. })
         && tape.recording()
