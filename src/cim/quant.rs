@@ -92,12 +92,11 @@ pub fn epact(tape: &mut Tape, x: Var, lo: Var, hi: Var, bits: Option<u32>) -> Re
             .map(|(g, x)| {
                 // Eight independent f32 lanes per bound (a fixed order, so deterministic),
                 // added in f64 at the end of the chunk: element `8j + i` goes to lane `i`.
-                // The bounds copied into locals and whole groups of eight apart from the
-                // tail: read through the closure's references, in groups of any length
-                // and with a short-circuit `&&`, the loop stayed scalar and branched.
+                // The bounds in locals, whole groups of eight apart from the tail, and
+                // selects (`&`, not `&&`): read through the closure's references, in
+                // groups of any length, with a branch, the loop stayed scalar.
                 let (l, h) = (l, h);
                 let (mut dl, mut dh) = ([0.0f32; 8], [0.0f32; 8]);
-                // Each lane's two sums as selects (`&`, not `&&`): no branch.
                 let mut add = |gs: &[f32], xs: &[f32]| {
                     for ((d, &gv), &v) in dl.iter_mut().zip(gs).zip(xs) {
                         *d += if v <= l { gv } else { 0.0 };

@@ -108,7 +108,6 @@ struct Placed {
     /// E-PACT's grid and clipping bound.
     grid: ActGrid,
     hi: f32,
-    pixels: usize,
 }
 
 /// Codes per image laid out with convolution `g`'s zero border, `[cin][h + 2·pad][w +
@@ -133,7 +132,6 @@ struct ArrayReads<'a> {
     bordered: &'a [u16],
     /// Where each row of the array reads (`None`: a row past the layer's reduction axis).
     starts: &'a [Option<usize>],
-    pixels: usize,
     /// Input bits per cycle, and whether one cycle takes all of them.
     bits: u32,
     whole: bool,
@@ -153,7 +151,7 @@ impl ArrayReads<'_> {
         let (image, wp, ow, oh, stride) = (bordered_size(g), g.w + 2 * g.pad, g.ow, g.oh, g.stride);
         let (shift, mask) = (cycle as u32 * self.bits, (1u32 << self.bits) - 1);
         let code = |v: u16| ((v as u32 >> shift) & mask) as u16;
-        let (mut img, pix) = (e0 / self.pixels, e0 % self.pixels);
+        let (mut img, pix) = (e0 / g.pixels(), e0 % g.pixels());
         let (mut oy, mut ox) = (pix / ow, pix % ow);
         let mut dst = dst;
         while !dst.is_empty() {
@@ -355,10 +353,9 @@ impl Runtime {
             Norm::Running => IMAGES_PER_PART,
             Norm::Batch(_) => n,
         };
-        let parts = images.chunks(part * per).enumerate();
+        let chunks: Vec<&[f32]> = images.chunks(part * per).collect();
         let mut logits = Vec::with_capacity(n * self.model.num_classes as usize);
         if replicas {
-            let chunks: Vec<&[f32]> = images.chunks(part * per).collect();
             let run =
                 |k: usize, scratch: &mut Scratch, stats: &mut RunStats, reader: &mut Reader| {
                     let pass = Pass { pass, images: n, first_image: k * part };
@@ -371,19 +368,25 @@ impl Runtime {
             let mut scratch = std::mem::take(&mut self.scratch);
             let mut stats = self.stats;
             let mut reader = Reader { backend, per_call: OPS_PER_CALL };
-            for (k, x) in parts {
-                let pass = Pass { pass, images: n, first_image: k * part };
-                let y =
-                    self.forward_part(&mut scratch, &mut stats, &mut reader, x, pass, &mut norm);
-                match y {
-                    Ok(y) => logits.extend(y),
-                    Err(e) => {
-                        self.scratch = scratch;
-                        return Err(e);
-                    }
+            let mut parts = || -> Result<()> {
+                for (k, x) in chunks.iter().enumerate() {
+                    let pass = Pass { pass, images: n, first_image: k * part };
+                    let norm = &mut norm;
+                    logits.extend(self.forward_part(
+                        &mut scratch,
+                        &mut stats,
+                        &mut reader,
+                        x,
+                        pass,
+                        norm,
+                    )?);
                 }
-            }
+                Ok(())
+            };
+            let done = parts();
+            // What was done up to a fault counts too, and the buffers are kept.
             (self.scratch, self.stats) = (scratch, stats);
+            done?;
         }
         self.stats.images += n as u64;
         self.stats.total_s += t0.elapsed().as_secs_f64();
@@ -478,7 +481,7 @@ impl Runtime {
         let p = self.placed[node].as_ref().expect("placed in Runtime::new");
         let spec = &self.model.macro_spec;
         let (rows, cols, arrays) = (spec.rows, spec.columns, spec.arrays);
-        let (n, cout, pixels) = (x.shape()[0], l.cout as usize, p.pixels);
+        let (n, cout, pixels) = (x.shape()[0], l.cout as usize, p.geom.pixels());
         let elements = n * pixels;
         let (tiles, geom) = (p.tiles, p.geom);
         let groups = cout.div_ceil(cols);
@@ -550,7 +553,6 @@ impl Runtime {
                     geom,
                     bordered,
                     starts: &starts,
-                    pixels,
                     bits: b,
                     whole: cycles == 1,
                     template: Operation {
@@ -801,8 +803,8 @@ impl Runtime {
 /// `parts` runs of `run` side by side, each on its own copy of `backend` (which must
 /// replicate) read in calls that stay in its thread's cache: their results in part
 /// order (the first error in part order) and what they did (the backend's time per
-/// thread). The
-/// copies read what the macro reads, so the results are the macro's to the bit.
+/// thread). The copies read what the macro reads, so the results are the macro's to the
+/// bit.
 fn on_copies<T: Send>(
     backend: &dyn MacroBackend,
     parts: usize,
@@ -828,9 +830,7 @@ fn on_copies<T: Send>(
     for outcome in outcomes {
         let (y, stats) = outcome?;
         results.push(y);
-        done.macro_ops += stats.macro_ops;
-        done.programmings += stats.programmings;
-        done.backend_s += stats.backend_s;
+        done.add(stats);
     }
     // The copies' time in all, per thread.
     done.backend_s /= rayon::current_num_threads() as f64;
@@ -963,7 +963,7 @@ fn place(
     let hi = hi.max(lo + MIN_RANGE);
     let grid = ActGrid::new(*lo, hi, spec.input_bits);
     debug_assert_eq!(geom.k(), k);
-    Placed { id, geom, tiles, zero_point, blocks, grid, hi, pixels }
+    Placed { id, geom, tiles, zero_point, blocks, grid, hi }
 }
 
 #[cfg(test)]
