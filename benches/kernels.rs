@@ -121,7 +121,7 @@ fn main() {
         // sums, ADC codes, sampled readouts from the current-domain model), on ResNet20's
         // stride-1 shapes past the stem; throughput in macro operations (readouts).
         use dnat::cim::conv::{CimCall, cim_conv2d};
-        use dnat::cim::quant::ActGrid;
+        use dnat::cim::quant::{ActGrid, InputQuant};
         use dnat::engine::{Tape, Tensor};
         let rt = dnat_runtime();
         let spec = &rt.spec;
@@ -130,7 +130,7 @@ fn main() {
         for k in
             cases.iter().filter(|k| !k.name.starts_with("vgg8") && k.g.cin > 3 && k.g.stride == 1)
         {
-            // Inputs on the activation grid, as E-PACT hands them over.
+            // Inputs on the activation grid (the op's E-PACT keeps them as they are).
             let x = Tensor::from_vec(
                 &[k.g.n, k.g.cin, k.g.h, k.g.w],
                 k.x.iter().map(|&v| grid.value(grid.code(2.0 * v.abs()))).collect(),
@@ -144,6 +144,10 @@ fn main() {
                 b.iter(|| {
                     let mut tape = Tape::new(false);
                     let (xv, wv) = (tape.constant(x.clone()), tape.constant(w.clone()));
+                    let quant = InputQuant {
+                        lo: tape.constant(Tensor::full(&[1], grid.lo)),
+                        hi: tape.constant(Tensor::full(&[1], grid.hi)),
+                    };
                     let cfg = Conv2dCfg { stride: 1, padding: 1 };
                     black_box(
                         cim_conv2d(
@@ -152,7 +156,7 @@ fn main() {
                             wv,
                             None,
                             cfg,
-                            grid,
+                            quant,
                             &CimCall { rt: &rt, layer: 0 },
                         )
                         .unwrap(),

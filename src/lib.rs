@@ -74,7 +74,7 @@
 //! # One CIM op with your own chip's error model, in a loop of your own
 //!
 //! ```
-//! use dnat::cim::{cim_conv2d, epact, ActGrid, CimCall, CimRuntime, Estimator, MacroSpec, ReadoutMode};
+//! use dnat::cim::{cim_conv2d, CimCall, CimRuntime, Estimator, InputQuant, MacroSpec, ReadoutMode};
 //! use dnat::cim::em::{ErrorModel, FillPolicy, ModelInfo};
 //! use dnat::engine::ops::{conv2d::Conv2dCfg, softmax_cross_entropy, global_avg_pool};
 //! use dnat::engine::{gradcheck::random, ParamGroup, ParamStore, Tape, Tensor};
@@ -100,10 +100,9 @@
 //!     rt.step = step; // every macro operation's draw is keyed by (seed, layer, step, tile, element)
 //!     let mut tape = Tape::new(true);
 //!     let (xv, wv) = (tape.constant(x.clone()), tape.param(&store, w));
-//!     let (lov, hiv) = (tape.param(&store, lo), tape.param(&store, hi));
-//!     let grid = ActGrid::new(tape.value(lov).data()[0], tape.value(hiv).data()[0], rt.spec.input_bits);
-//!     let xq = epact(&mut tape, xv, lov, hiv, Some(rt.spec.input_bits))?;
-//!     let y = cim_conv2d(&mut tape, xq, wv, None, Conv2dCfg { stride: 1, padding: 1 }, grid, &CimCall { rt: &rt, layer: 0 })?;
+//!     // The op quantizes its input with the E-PACT bounds, as the macro's input DAC does.
+//!     let quant = InputQuant { lo: tape.param(&store, lo), hi: tape.param(&store, hi) };
+//!     let y = cim_conv2d(&mut tape, xv, wv, None, Conv2dCfg { stride: 1, padding: 1 }, quant, &CimCall { rt: &rt, layer: 0 })?;
 //!     let logits = global_avg_pool(&mut tape, y)?;
 //!     let loss = softmax_cross_entropy(&mut tape, logits, &labels, 0.0)?;
 //!     store.zero_grads();

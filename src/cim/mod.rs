@@ -27,7 +27,7 @@ pub use conv::{CimCall, cim_conv2d, cim_linear};
 pub use em::{ErrorModel, FillPolicy};
 pub use macro_spec::{Adc, MacroSpec};
 pub use profile::CimProfile;
-pub use quant::{ActGrid, epact};
+pub use quant::{ActGrid, InputQuant, epact};
 pub use readout::{
     CimRuntime, DrawKey, DrawRun, Estimator, Readout, ReadoutMode, ReadoutTable, SampleOnly,
 };

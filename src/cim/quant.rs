@@ -15,6 +15,7 @@
 //! Gradient: straight-through (identity); the scale is treated as a constant.
 
 use crate::cim::MacroSpec;
+use crate::engine::tape::GradSink;
 use crate::engine::{Tape, Tensor, Var};
 use crate::{Error, Result};
 use rayon::prelude::*;
@@ -28,6 +29,8 @@ const CHUNK: usize = 1 << 14;
 pub struct ActGrid {
     /// The value of code 0 (the lower clipping bound).
     pub lo: f32,
+    /// The value of the largest code (the upper clipping bound, at least `lo + MIN_RANGE`).
+    pub hi: f32,
     /// The value between neighbouring codes, `(hi − lo) / max_code`.
     pub step: f32,
     /// The largest code, `2^bits − 1`.
@@ -42,7 +45,7 @@ impl ActGrid {
         let hi = hi.max(lo + MIN_RANGE);
         let max_code = (1u32 << bits) - 1;
         let step = (hi - lo) / max_code as f32;
-        ActGrid { lo, step, max_code, inv_step: 1.0 / step }
+        ActGrid { lo, hi, step, max_code, inv_step: 1.0 / step }
     }
     /// The code of `x`: `(x − lo) / step` rounded (ties to even) and clamped to
     /// `0..=max_code`, as an integer-valued f32.
@@ -68,10 +71,36 @@ fn scalar(tape: &Tape, v: Var, what: &str) -> Result<f32> {
     Ok(t.data()[0])
 }
 
+/// A CIM layer's input quantizer, the macro's input DAC: E-PACT's bounds `lo` and `hi`,
+/// one-element tensors on the tape (learned parameters; for PACT `lo` is a constant 0).
+/// The CIM ops ([`crate::cim::cim_conv2d`]) clip and round their input with it and take
+/// its gradient to the input and the bounds, as [`epact`] followed by the op on `x̂`
+/// would, without keeping `x̂`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InputQuant {
+    /// The lower bound (the value of code 0).
+    pub lo: Var,
+    /// The upper bound (the value of the largest code).
+    pub hi: Var,
+}
+
+impl InputQuant {
+    /// The bounds' values, `hi` raised to `lo + MIN_RANGE` if below it (errors naming a
+    /// bound that is not one finite number).
+    pub fn bounds(&self, tape: &Tape) -> Result<(f32, f32)> {
+        let l = scalar(tape, self.lo, "the lower bound")?;
+        let h = scalar(tape, self.hi, "the upper bound")?;
+        Ok((l, h.max(l + MIN_RANGE)))
+    }
+    /// Whether either bound needs a gradient.
+    pub(crate) fn needs_grad(&self, tape: &Tape) -> bool {
+        tape.needs_grad(self.lo) || tape.needs_grad(self.hi)
+    }
+}
+
 /// E-PACT (or PACT, with `lo` a constant 0) fake quantization.
 pub fn epact(tape: &mut Tape, x: Var, lo: Var, hi: Var, bits: Option<u32>) -> Result<Var> {
-    let (l, h) = (scalar(tape, lo, "the lower bound")?, scalar(tape, hi, "the upper bound")?);
-    let h = h.max(l + MIN_RANGE);
+    let (l, h) = InputQuant { lo, hi }.bounds(tape)?;
     let xv = tape.value(x);
     let grid = bits.map(|b| ActGrid::new(l, h, b));
     let xd = xv.data();
@@ -83,54 +112,62 @@ pub fn epact(tape: &mut Tape, x: Var, lo: Var, hi: Var, bits: Option<u32>) -> Re
     });
     let y = Tensor::new(xv.shape(), y);
     Ok(tape.push(y, &[x, lo, hi], move |g, vals, sink| {
-        let xv = vals.get(x).data();
-        let gd = g.data();
-        // Per-chunk partial sums for the bounds, added in chunk order (deterministic).
-        let parts: Vec<(f64, f64)> = gd
-            .par_chunks(CHUNK)
-            .zip(xv.par_chunks(CHUNK))
-            .map(|(g, x)| {
-                // Eight independent f32 lanes per bound (a fixed order, so deterministic),
-                // added in f64 at the end of the chunk: element `8j + i` goes to lane `i`.
-                // The bounds in locals, whole groups of eight apart from the tail, and
-                // selects (`&`, not `&&`): read through the closure's references, in
-                // groups of any length, with a branch, the loop stayed scalar.
-                let (l, h) = (l, h);
-                let (mut dl, mut dh) = ([0.0f32; 8], [0.0f32; 8]);
-                let mut add = |gs: &[f32], xs: &[f32]| {
-                    for ((d, &gv), &v) in dl.iter_mut().zip(gs).zip(xs) {
-                        *d += if v <= l { gv } else { 0.0 };
-                    }
-                    for ((d, &gv), &v) in dh.iter_mut().zip(gs).zip(xs) {
-                        *d += if (v >= h) & (v > l) { gv } else { 0.0 };
-                    }
-                };
-                let (gs, xs) = (g.chunks_exact(8), x.chunks_exact(8));
-                let (g_tail, x_tail) = (gs.remainder(), xs.remainder());
-                for (gs, xs) in gs.zip(xs) {
-                    add(gs, xs);
-                }
-                add(g_tail, x_tail);
-                (
-                    dl.iter().map(|&v| v as f64).sum::<f64>(),
-                    dh.iter().map(|&v| v as f64).sum::<f64>(),
-                )
-            })
-            .collect();
-        sink.accumulate(x, CHUNK, |i, len| {
-            gd[i * CHUNK..][..len]
-                .iter()
-                .zip(&xv[i * CHUNK..][..len])
-                .map(move |(&gv, &v)| if v > l && v < h { gv } else { 0.0 })
-        });
-        let (dl, dh) = parts.iter().fold((0.0, 0.0), |a, p| (a.0 + p.0, a.1 + p.1));
-        if sink.wants(lo) {
-            sink.get(lo).data_mut()[0] += dl as f32;
-        }
-        if sink.wants(hi) {
-            sink.get(hi).data_mut()[0] += dh as f32;
-        }
+        epact_backward(g.data(), vals.get(x).data(), (l, h), sink, (x, lo, hi))
     }))
+}
+
+/// E-PACT's backward: `gd` the gradient of `x̂`, `xv` the input `x`, `(l, h)` the bounds'
+/// values ([`InputQuant::bounds`]); adds the gradients of `x`, `lo` and `hi`.
+pub(crate) fn epact_backward(
+    gd: &[f32],
+    xv: &[f32],
+    (l, h): (f32, f32),
+    sink: &mut GradSink,
+    (x, lo, hi): (Var, Var, Var),
+) {
+    assert_eq!(gd.len(), xv.len(), "E-PACT backward: gradient and input lengths differ");
+    // Per-chunk partial sums for the bounds, added in chunk order (deterministic).
+    let parts: Vec<(f64, f64)> = gd
+        .par_chunks(CHUNK)
+        .zip(xv.par_chunks(CHUNK))
+        .map(|(g, x)| {
+            // Eight independent f32 lanes per bound (a fixed order, so deterministic),
+            // added in f64 at the end of the chunk: element `8j + i` goes to lane `i`.
+            // The bounds in locals, whole groups of eight apart from the tail, and
+            // selects (`&`, not `&&`): read through the closure's references, in
+            // groups of any length, with a branch, the loop stayed scalar.
+            let (l, h) = (l, h);
+            let (mut dl, mut dh) = ([0.0f32; 8], [0.0f32; 8]);
+            let mut add = |gs: &[f32], xs: &[f32]| {
+                for ((d, &gv), &v) in dl.iter_mut().zip(gs).zip(xs) {
+                    *d += if v <= l { gv } else { 0.0 };
+                }
+                for ((d, &gv), &v) in dh.iter_mut().zip(gs).zip(xs) {
+                    *d += if (v >= h) & (v > l) { gv } else { 0.0 };
+                }
+            };
+            let (gs, xs) = (g.chunks_exact(8), x.chunks_exact(8));
+            let (g_tail, x_tail) = (gs.remainder(), xs.remainder());
+            for (gs, xs) in gs.zip(xs) {
+                add(gs, xs);
+            }
+            add(g_tail, x_tail);
+            (dl.iter().map(|&v| v as f64).sum::<f64>(), dh.iter().map(|&v| v as f64).sum::<f64>())
+        })
+        .collect();
+    sink.accumulate(x, CHUNK, |i, len| {
+        gd[i * CHUNK..][..len]
+            .iter()
+            .zip(&xv[i * CHUNK..][..len])
+            .map(move |(&gv, &v)| if v > l && v < h { gv } else { 0.0 })
+    });
+    let (dl, dh) = parts.iter().fold((0.0, 0.0), |a, p| (a.0 + p.0, a.1 + p.1));
+    if sink.wants(lo) {
+        sink.get(lo).data_mut()[0] += dl as f32;
+    }
+    if sink.wants(hi) {
+        sink.get(hi).data_mut()[0] += dh as f32;
+    }
 }
 
 /// Initial E-PACT bounds from activation statistics: the 0.1 % and 99.9 % quantiles of

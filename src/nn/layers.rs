@@ -3,7 +3,7 @@
 
 use super::trace::{Node, Trace};
 use crate::Result;
-use crate::cim::{self, CimCall, CimRuntime, quant::ActGrid};
+use crate::cim::{self, CimCall, CimRuntime, InputQuant};
 use crate::engine::ops::{self, BatchNormState, Conv2dCfg};
 use crate::engine::{
     BufferId, LayerId, LayerKind, MacroSlot, Mode, ParamGroup, ParamId, ParamStore, Tape, Tensor,
@@ -137,22 +137,21 @@ impl ActQuantKind {
     }
 }
 
-/// E-PACT (or PACT) on a macro layer's input; returns the quantized input and its grid.
-fn quantize(slot: MacroSlot, cx: &mut Fwd, rt: &CimRuntime, x: Var) -> Result<(Var, ActGrid)> {
+/// A macro layer's input quantizer: E-PACT's bounds (PACT's: `lo` a constant 0).
+fn input_quant(slot: MacroSlot, cx: &mut Fwd, rt: &CimRuntime) -> InputQuant {
     let hi = cx.tape.param(cx.store, slot.hi);
     let lo = match rt.act_quant {
         ActQuantKind::EPact => cx.tape.param(cx.store, slot.lo),
         ActQuantKind::Pact => cx.tape.constant(Tensor::zeros(&[1])),
     };
-    let (l, h) = (cx.tape.value(lo).data()[0], cx.tape.value(hi).data()[0]);
-    let grid = ActGrid::new(l, h, rt.spec.input_bits);
-    Ok((cim::epact(cx.tape, x, lo, hi, Some(rt.spec.input_bits))?, grid))
+    InputQuant { lo, hi }
 }
 
-/// The two ways a weight layer runs: `on_macro` (E-PACT input, macro op) when the
-/// store has mapped it onto the macro and the pass has a CIM runtime, else `digital`
-/// (recording a mapped layer's input for calibration when asked).
-type MacroOp<'o> = &'o dyn Fn(&mut Tape, Var, Var, Option<Var>, ActGrid, &CimCall) -> Result<Var>;
+/// The two ways a weight layer runs: `on_macro` (the macro op, which quantizes its
+/// input) when the store has mapped it onto the macro and the pass has a CIM runtime,
+/// else `digital` (recording a mapped layer's input for calibration when asked).
+type MacroOp<'o> =
+    &'o dyn Fn(&mut Tape, Var, Var, Option<Var>, InputQuant, &CimCall) -> Result<Var>;
 type DigitalOp<'o> = &'o dyn Fn(&mut Tape, Var, Var, Option<Var>) -> Result<Var>;
 
 fn run_layer(
@@ -167,10 +166,10 @@ fn run_layer(
     let (slot, rt) = (cx.store.layer(layer).on_macro, cx.cim);
     let y = match (slot, rt) {
         (Some(slot), Some(rt)) => {
-            let (xq, grid) = quantize(slot, cx, rt, x)?;
+            let quant = input_quant(slot, cx, rt);
             let w = cx.tape.param(cx.store, weight);
             let b = bias.map(|b| cx.tape.param(cx.store, b));
-            let y = on_macro(cx.tape, xq, w, b, grid, &CimCall { rt, layer: slot.id });
+            let y = on_macro(cx.tape, x, w, b, quant, &CimCall { rt, layer: slot.id });
             match (y, cx.macro_forward.as_mut()) {
                 (Ok(y), Some(device)) => {
                     let measured = device.layer(slot.id, cx.tape.value(x))?;
@@ -283,7 +282,7 @@ impl Conv2d {
             self.weight,
             self.bias,
             self.layer,
-            &|t, xq, w, b, grid, call| cim::cim_conv2d(t, xq, w, b, cfg, grid, call),
+            &|t, x, w, b, quant, call| cim::cim_conv2d(t, x, w, b, cfg, quant, call),
             &|t, x, w, b| ops::conv2d(t, x, w, b, cfg),
         )?;
         let cim = cx.store.layer(self.layer).on_macro;

@@ -4,6 +4,7 @@
 
 use super::Saved;
 use crate::cim::profile::Timer;
+use crate::cim::quant::{InputQuant, epact_backward};
 use crate::cim::readout::{CimRuntime, DrawKey, DrawRun, Estimator, ReadoutMode};
 use crate::engine::gemm::{Kernel, MatRef, gemm};
 use crate::engine::ops::conv2d;
@@ -187,9 +188,8 @@ unsafe fn dy_times_slope_avx2(
 
 pub(super) fn backward(
     s: Saved,
-    x: Var,
-    w: Var,
-    bias: Option<Var>,
+    (x, w, bias): (Var, Var, Option<Var>),
+    quant: InputQuant,
     gout: &Tensor,
     vals: &crate::engine::tape::Values,
     sink: &mut crate::engine::tape::GradSink,
@@ -197,23 +197,33 @@ pub(super) fn backward(
     let g = s.g;
     let xv = vals.get(x).data();
     let dy = gout.data();
+    // The gradient of x̂, which E-PACT's backward takes to the input and the bounds.
+    let want_dx = sink.wants(x) || sink.wants(quant.lo) || sink.wants(quant.hi);
     // Either way the plain convolution backward runs on all threads, so its wall time
     // counts once per thread, as the per-thread parts do (less the slopes, timed apart).
     let t = std::time::Instant::now();
     let slopes_before = s.profile.as_ref().map_or(0, |p| p.slopes.load(Ordering::Relaxed));
     let grads = match (&s.codes, &s.slopes) {
-        (Some(codes), Some(slopes)) => {
-            statistical_backward(&s, codes, slopes, xv, dy, sink.wants(x))
+        (Some(codes), Some(slopes)) => statistical_backward(&s, codes, slopes, xv, dy, want_dx),
+        // STE: the plain convolution backward on (x̂, ŵ), x̂ made again from x as E-PACT
+        // makes it.
+        _ => {
+            let (grid, (l, h)) = (s.grid, s.bounds);
+            let x_hat: Vec<f32> =
+                xv.par_iter().map(move |&v| grid.value(grid.code(v.clamp(l, h)))).collect();
+            conv2d::backward(&g, &x_hat, &s.w_hat, dy, want_dx)
         }
-        // STE: the plain convolution backward on (x̂, ŵ).
-        _ => conv2d::backward(&g, xv, &s.w_hat, dy, sink.wants(x)),
     };
     if let Some(p) = &s.profile {
         let slopes = p.slopes.load(Ordering::Relaxed).wrapping_sub(slopes_before);
         let ns = t.elapsed().as_nanos() as u64 * rayon::current_num_threads() as u64;
         p.backward_gemm.fetch_add(ns.saturating_sub(slopes), Ordering::Relaxed);
     }
-    conv2d::add_grads(sink, vals, (x, w, bias), grads);
+    let (dx_hat, dw, db) = grads;
+    conv2d::add_grads(sink, vals, (x, w, bias), (None, dw, db));
+    if let Some(dx_hat) = dx_hat {
+        epact_backward(&dx_hat, xv, s.bounds, sink, (x, quant.lo, quant.hi));
+    }
 }
 
 /// The statistical estimator's backward: the convolution backward on the activation
@@ -290,7 +300,8 @@ fn statistical_backward(
             }
         }
     };
-    // The patches are the activation codes; dW comes out in steps of the grid.
+    // The patches are the activation codes (E-PACT's, made again from the input x);
+    // dW comes out in steps of the grid.
     let grid = s.grid;
     // The grid in a local: read through `s` at every value, the loop stays scalar.
     let codes_of =

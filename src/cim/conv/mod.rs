@@ -1,9 +1,9 @@
 //! `CimConv2d` / `CimLinear`: a convolution (or linear layer) computed the way the macro
 //! computes it (DESIGN.md §2).
 //!
-//! Inputs arrive fake-quantized by E-PACT (values on the grid `lo + s_x·q`) and are
-//! turned back into their codes `q`; latent weights are quantized here to codes `w`
-//! with per-output-channel scales `s_w`. For every tile of `rows` along the reduction
+//! Inputs are quantized here, as the macro's input DAC does: E-PACT's learned bounds
+//! ([`InputQuant`]) clip them and round them to codes `q` on the grid `lo + s_x·q`;
+//! latent weights are quantized to codes `w` with per-output-channel scales `s_w`. For every tile of `rows` along the reduction
 //! axis (and every input-bit cycle), the integer partial sum `P = Σ q·w` — computed on
 //! integers by [`super::psum`] (8-bit multiply-accumulates), the tile's patch rows
 //! packed from the group's input codes, made bytes once ([`psum::CodePlane`]) —
@@ -18,8 +18,9 @@
 //! Backward, with `g` the estimator's slope per macro operation (cycles of one tile
 //! averaged with the weight `(2^b − 1)·2^(c·b)/(2^B − 1)` of their bits):
 //! `∂y/∂x̂_k = g·ŵ_k` and `∂y/∂ŵ_k = g·(x̂_k − lo) + lo` over valid positions; the
-//! weight gradient passes straight through to the latent weights; E-PACT takes it from
-//! there to the input and the bounds. With STE (`g = 1`) this is the plain
+//! weight gradient passes straight through to the latent weights, and E-PACT's
+//! backward takes `∂/∂x̂` on to the input and the bounds (the op keeps the input `x`,
+//! not `x̂`: the codes are made again from it). With STE (`g = 1`) this is the plain
 //! convolution backward on (x̂, ŵ).
 //!
 //! On a chip with fixed-pattern variation ([`super::chip`]), the ADC column reading
@@ -38,7 +39,7 @@ mod backward;
 use super::clip;
 use super::profile::Timer;
 use super::psum::{self, CodePlane, PackedWeights};
-use super::quant::{ActGrid, weight_codes};
+use super::quant::{ActGrid, InputQuant, weight_codes};
 use super::readout::{CimRuntime, DrawKey, DrawRun, Estimator, ReadoutMode};
 use crate::engine::gemm::{MatRef, gemm};
 use crate::engine::ops::conv2d::{self, Conv2dCfg, ConvGeom};
@@ -59,6 +60,8 @@ pub struct CimCall<'a> {
 struct Saved {
     g: ConvGeom,
     grid: ActGrid,
+    /// The input quantizer's bounds as the forward read them (E-PACT's backward).
+    bounds: (f32, f32),
     w_hat: Vec<f32>,
     /// The valid-position mask `[K][pixels]` (the zero-point term needs it both ways).
     mask: Vec<f32>,
@@ -209,26 +212,22 @@ fn group_forward(
     (acc, saved)
 }
 
-/// CIM convolution. `x` must be E-PACT output on `grid`; `w` are latent weights.
+/// CIM convolution of `x` (NCHW, not yet quantized: `quant` clips and rounds it to the
+/// macro's input codes) by the latent weights `w`.
 pub fn cim_conv2d(
     tape: &mut Tape,
     x: Var,
     w: Var,
     bias: Option<Var>,
     cfg: Conv2dCfg,
-    grid: ActGrid,
+    quant: InputQuant,
     call: &CimCall,
 ) -> Result<Var> {
     let spec = &call.rt.spec;
     spec.validate()?;
     call.rt.check_source()?;
-    if grid.max_code != spec.input_max() {
-        return Err(Error::invalid(format!(
-            "CIM layer: activations have {} levels, the macro takes {}-bit inputs",
-            grid.max_code + 1,
-            spec.input_bits
-        )));
-    }
+    let bounds = quant.bounds(tape)?;
+    let grid = ActGrid::new(bounds.0, bounds.1, spec.input_bits);
     let g = ConvGeom::new(tape.value(x).shape(), tape.value(w).shape(), cfg)?;
     if let Some(b) = bias
         && tape.value(b).shape() != [g.cout]
@@ -253,12 +252,13 @@ pub fn cim_conv2d(
         &mut zw,
         g.pixels(),
     );
-    // The grid moved into the closure: read through a reference, the loop stays scalar.
+    // E-PACT's codes (`code` clamps: the clip to the bounds is in it). The grid moved
+    // into the closure: read through a reference, the loop stays scalar.
     let qx: Vec<f32> = tape.value(x).data().par_iter().map(move |&v| grid.code(v)).collect();
     let w_packed = PackedWeights::new(&w_codes, g.cout, k, spec.rows);
     let want_codes = matches!(call.rt.estimator, Estimator::Statistical { .. })
         && tape.recording()
-        && (tape.needs_grad(x) || tape.needs_grad(w));
+        && (tape.needs_grad(x) || tape.needs_grad(w) || quant.needs_grad(tape));
     if want_codes && spec.adc.levels() >= u16::MAX as usize {
         return Err(Error::invalid(format!(
             "the statistical estimator saves codes in two bytes: an ADC of {} levels is too fine (at most 65,534)",
@@ -298,6 +298,7 @@ pub fn cim_conv2d(
     let saved = Saved {
         g,
         grid,
+        bounds,
         w_hat,
         mask,
         codes: if want_codes {
@@ -311,16 +312,20 @@ pub fn cim_conv2d(
     };
     let mut inputs = vec![x, w];
     inputs.extend(bias);
-    Ok(tape.push(y, &inputs, move |gout, vals, sink| backward(saved, x, w, bias, gout, vals, sink)))
+    inputs.extend([quant.lo, quant.hi]);
+    Ok(tape.push(y, &inputs, move |gout, vals, sink| {
+        backward(saved, (x, w, bias), quant, gout, vals, sink)
+    }))
 }
 
-/// CIM linear layer: a 1×1 convolution over a 1×1 image (`x` is (N, in), `w` (out, in)).
+/// CIM linear layer: a 1×1 convolution over a 1×1 image (`x` is (N, in), not yet
+/// quantized; `w` (out, in)).
 pub fn cim_linear(
     tape: &mut Tape,
     x: Var,
     w: Var,
     bias: Option<Var>,
-    grid: ActGrid,
+    quant: InputQuant,
     call: &CimCall,
 ) -> Result<Var> {
     let (xs, ws) = (tape.value(x).shape().to_vec(), tape.value(w).shape().to_vec());
@@ -329,7 +334,7 @@ pub fn cim_linear(
     }
     let x4 = reshape(tape, x, &[xs[0], xs[1], 1, 1]);
     let w4 = reshape(tape, w, &[ws[0], ws[1], 1, 1]);
-    let y = cim_conv2d(tape, x4, w4, bias, Conv2dCfg::default(), grid, call)?;
+    let y = cim_conv2d(tape, x4, w4, bias, Conv2dCfg::default(), quant, call)?;
     Ok(reshape(tape, y, &[xs[0], ws[0]]))
 }
 

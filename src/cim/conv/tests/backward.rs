@@ -103,25 +103,42 @@ fn sampled_slopes_are_unbiased_estimates_of_the_exact_slope() {
     }
 }
 
+/// With STE the op's gradients are those of the plain ops it stands for: E-PACT, then
+/// the convolution by the straight-through quantized weights (`epact` →
+/// `quantize_weights` → `conv2d`), to the input, the weights and both bounds, bit for
+/// bit. Some inputs sit on and beyond the bounds, where E-PACT passes no gradient to
+/// the input and gives it to a bound.
 #[test]
-fn ste_backward_is_the_plain_conv_backward() {
-    let grid = ActGrid::new(0.0, 1.0, 8);
+fn ste_backward_is_epact_then_the_plain_conv_backward() {
     let sp = MacroSpec::default();
     let rt = runtime(sp.clone(), presets_moderate(&sp), ReadoutMode::Sampled, Estimator::Ste);
-    let (x, w) = (on_grid(&[2, 3, 5, 5], grid, 19), random(&[4, 3, 3, 3], 20));
+    let mut x = random(&[2, 3, 5, 5], 19);
+    x.data_mut().iter_mut().step_by(7).for_each(|v| *v *= 3.0);
+    let w = random(&[4, 3, 3, 3], 20);
+    let (lo, hi) = (Tensor::full(&[1], -0.4), Tensor::full(&[1], 0.7));
     let cfg = Conv2dCfg { stride: 1, padding: 1 };
-    let mut t = Tape::new(true);
-    let (xv, wv) = (t.leaf(x.clone()), t.leaf(w.clone()));
-    let y = cim_conv2d(&mut t, xv, wv, None, cfg, grid, &CimCall { rt: &rt, layer: 0 }).unwrap();
-    let dy = random(t.value(y).shape(), 21);
-    let l = project(&mut t, y, dy.clone());
-    let g = t.backward(l);
-    let (codes, scales) = quant::weight_codes(&w, &sp);
-    let w_hat: Vec<f32> = codes.iter().enumerate().map(|(i, c)| c * scales[i / 27]).collect();
-    let geom = ConvGeom::new(x.shape(), w.shape(), cfg).unwrap();
-    let (dx, dw, _) = conv2d::backward(&geom, x.data(), &w_hat, dy.data(), true);
-    assert_eq!(g.get(xv).unwrap().data(), &dx.unwrap()[..]);
-    assert_eq!(g.get(wv).unwrap().data(), &dw[..]);
+    let dy = random(&[2, 4, 5, 5], 21);
+    let grads = |fused: bool| {
+        let mut t = Tape::new(true);
+        let (xv, wv) = (t.leaf(x.clone()), t.leaf(w.clone()));
+        let quant = InputQuant { lo: t.leaf(lo.clone()), hi: t.leaf(hi.clone()) };
+        let y = if fused {
+            cim_conv2d(&mut t, xv, wv, None, cfg, quant, &CimCall { rt: &rt, layer: 0 }).unwrap()
+        } else {
+            let xq = epact(&mut t, xv, quant.lo, quant.hi, Some(sp.input_bits)).unwrap();
+            let wq = quant::quantize_weights(&mut t, wv, &sp);
+            conv2d::conv2d(&mut t, xq, wq, None, cfg).unwrap()
+        };
+        let l = project(&mut t, y, dy.clone());
+        let g = t.backward(l);
+        [xv, wv, quant.lo, quant.hi].map(|v| g.get(v).unwrap().data().to_vec())
+    };
+    let (fused, plain) = (grads(true), grads(false));
+    for (name, (a, b)) in ["x", "w", "lo", "hi"].iter().zip(fused.iter().zip(&plain)) {
+        assert_eq!(a, b, "gradient of {name}");
+    }
+    assert!(fused[0].iter().filter(|&&v| v == 0.0).count() > 5, "inputs beyond the bounds");
+    assert!(fused[2][0] != 0.0 && fused[3][0] != 0.0, "both bounds get a gradient");
 }
 
 /// The statistical gradient against finite differences of the expected loss through a
@@ -158,7 +175,8 @@ fn statistical_gradient_through_a_bit_serial_padded_conv() {
         let loss = |x: &Tensor, w: &Tensor| -> (f64, Tensor, Tensor) {
             let mut t = Tape::new(true);
             let (xv, wv): (Var, Var) = (t.leaf(x.clone()), t.leaf(w.clone()));
-            let y = cim_conv2d(&mut t, xv, wv, None, cfg, grid, &CimCall { rt: &rt, layer: 2 })
+            let quant = quant_of(&mut t, grid);
+            let y = cim_conv2d(&mut t, xv, wv, None, cfg, quant, &CimCall { rt: &rt, layer: 2 })
                 .unwrap();
             let l = project(&mut t, y, r.clone());
             let val: f64 =

@@ -38,6 +38,14 @@ fn runtime(
     CimRuntime { seed: 9, ..CimRuntime::new(spec, Arc::new(model), mode, estimator).unwrap() }
 }
 
+/// The input quantizer whose grid is `grid`: its bounds as constants on the tape.
+fn quant_of(t: &mut Tape, grid: ActGrid) -> InputQuant {
+    InputQuant {
+        lo: t.constant(Tensor::full(&[1], grid.lo)),
+        hi: t.constant(Tensor::full(&[1], grid.hi)),
+    }
+}
+
 /// Activations exactly on the E-PACT grid (codes spread over the range).
 fn on_grid(shape: &[usize], grid: ActGrid, seed: u64) -> Tensor {
     let r = random(shape, seed);
@@ -154,7 +162,8 @@ fn forward(
 ) -> Tensor {
     let mut t = Tape::new(false);
     let (xv, wv, bv) = (t.constant(x.clone()), t.constant(w.clone()), t.constant(b.clone()));
-    let y = cim_conv2d(&mut t, xv, wv, Some(bv), cfg, grid, &CimCall { rt, layer: 3 }).unwrap();
+    let quant = quant_of(&mut t, grid);
+    let y = cim_conv2d(&mut t, xv, wv, Some(bv), cfg, quant, &CimCall { rt, layer: 3 }).unwrap();
     t.value(y).clone()
 }
 
@@ -191,7 +200,8 @@ fn linear_loss(
 ) -> (f64, Tensor, Tensor) {
     let mut t = Tape::new(true);
     let (xv, wv): (Var, Var) = (t.leaf(x.clone()), t.leaf(w.clone()));
-    let y = cim_linear(&mut t, xv, wv, None, grid, &CimCall { rt, layer: 1 }).unwrap();
+    let quant = quant_of(&mut t, grid);
+    let y = cim_linear(&mut t, xv, wv, None, quant, &CimCall { rt, layer: 1 }).unwrap();
     let l = project(&mut t, y, r.clone());
     let val: f64 = t.value(y).data().iter().zip(r.data()).map(|(a, b)| *a as f64 * *b as f64).sum();
     let g = t.backward(l);
@@ -289,11 +299,16 @@ fn chip_columns_act_before_the_adc_exactly() {
     }
 }
 
+/// Through an ADC fine enough to read every partial sum, the op is E-PACT's
+/// fake-quantized input (inputs off the grid, some beyond either bound) convolved with
+/// the quantized weights in f32.
 #[test]
 fn fine_adc_equals_the_digital_quantized_conv() {
     let grid = ActGrid::new(0.0, 2.0, 8);
     let sp = spec(64, 1.0, -(1 << 20), 1 << 20, 8);
-    let (x, w, b) = (on_grid(&[3, 4, 5, 5], grid, 4), random(&[6, 4, 3, 3], 5), random(&[6], 6));
+    let mut x = random(&[3, 4, 5, 5], 4);
+    x.data_mut().iter_mut().for_each(|v| *v = 1.0 + 1.3 * *v);
+    let (w, b) = (random(&[6, 4, 3, 3], 5), random(&[6], 6));
     // An ADC of 2^21 codes has no table; an identity source without one stands in.
     struct Identity;
     impl Readout for Identity {
@@ -311,7 +326,10 @@ fn fine_adc_equals_the_digital_quantized_conv() {
     let (codes, scales) = quant::weight_codes(&w, &sp);
     let w_hat: Vec<f32> = codes.iter().enumerate().map(|(i, c)| c * scales[i / 36]).collect();
     let g = ConvGeom::new(x.shape(), w.shape(), cfg).unwrap();
-    let plain = conv2d::forward(&g, x.data(), &w_hat, Some(b.data()));
+    let x_hat: Vec<f32> =
+        x.data().iter().map(|&v| grid.value(grid.code(v.clamp(grid.lo, grid.hi)))).collect();
+    assert!(x.data().iter().any(|&v| v < grid.lo) && x.data().iter().any(|&v| v > grid.hi));
+    let plain = conv2d::forward(&g, &x_hat, &w_hat, Some(b.data()));
     for (a, r) in y.data().iter().zip(&plain) {
         assert!((a - r).abs() < 1e-4 * (1.0 + r.abs()), "{a} vs {r}");
     }
@@ -331,13 +349,14 @@ fn bit_identical_at_one_and_two_threads() {
     let run = || {
         let mut t = Tape::new(true);
         let (xv, wv) = (t.leaf(x.clone()), t.leaf(w.clone()));
+        let quant = quant_of(&mut t, grid);
         let y = cim_conv2d(
             &mut t,
             xv,
             wv,
             None,
             Conv2dCfg { stride: 1, padding: 1 },
-            grid,
+            quant,
             &CimCall { rt: &rt, layer: 4 },
         )
         .unwrap();
@@ -383,7 +402,8 @@ fn images_of_no_pixels_are_all_padding() {
     );
     let mut t = Tape::new(true);
     let (xv, wv) = (t.leaf(x.clone()), t.leaf(w.clone()));
-    let y = cim_conv2d(&mut t, xv, wv, None, cfg, grid, &CimCall { rt: &rt, layer: 0 }).unwrap();
+    let quant = quant_of(&mut t, grid);
+    let y = cim_conv2d(&mut t, xv, wv, None, cfg, quant, &CimCall { rt: &rt, layer: 0 }).unwrap();
     let dy = random(t.value(y).shape(), 4);
     let l = project(&mut t, y, dy);
     let g = t.backward(l);

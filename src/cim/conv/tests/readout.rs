@@ -139,7 +139,8 @@ fn sample_only_source_reads_the_same_and_refuses_what_needs_a_table() {
     let mut t = Tape::new(true);
     let (xv, wv) = (t.leaf(x.clone()), t.leaf(w.clone()));
     let bad = CimRuntime { estimator: Estimator::Statistical { draws: 0 }, ..sampled };
-    let e = cim_linear(&mut t, xv, wv, None, grid, &CimCall { rt: &bad, layer: 1 })
+    let quant = quant_of(&mut t, grid);
+    let e = cim_linear(&mut t, xv, wv, None, quant, &CimCall { rt: &bad, layer: 1 })
         .err()
         .unwrap()
         .to_string();
