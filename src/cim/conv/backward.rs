@@ -3,6 +3,7 @@
 //! (the slope from the operation's saved ideal code).
 
 use super::Saved;
+use super::saved::SavedCodes;
 use crate::cim::profile::Timer;
 use crate::cim::quant::{InputQuant, epact_backward};
 use crate::cim::readout::{CimRuntime, DrawKey, DrawRun, Estimator, ReadoutMode};
@@ -14,8 +15,9 @@ use std::sync::atomic::Ordering;
 
 /// The statistical estimator's slope per macro operation, derived in backward from the
 /// operation's saved ideal code. Codes are saved as `k − kmin`, or `levels` for a
-/// saturated partial sum (beyond the ADC range), whose slope is 0; two bytes per
-/// operation instead of a four-byte slope, and no slope work in forward.
+/// saturated partial sum (beyond the ADC range), whose slope is 0; in as few bits as
+/// the ADC needs ([`SavedCodes`]: 1.25 bytes for a 9-bit ADC) instead of a four-byte
+/// slope, and no slope work in forward.
 pub(super) struct SlopeSource {
     rt: CimRuntime,
     key: DrawKey,
@@ -232,7 +234,7 @@ pub(super) fn backward(
 /// codes), then the zero-point part of the weight gradient.
 fn statistical_backward(
     s: &Saved,
-    codes: &[Vec<u16>],
+    codes: &[SavedCodes],
     slopes: &SlopeSource,
     x: &[f32],
     dy: &[f32],
@@ -257,6 +259,7 @@ fn statistical_backward(
         debug_assert_eq!(i0 % gs, 0);
         let (sc, cols) = (&codes[i0 / gs], gi * pix);
         let (mut srow, mut scratch) = (Vec::new(), (Vec::new(), Vec::new()));
+        let mut row = Vec::with_capacity(cols);
         for co in 0..cout {
             // d code / d P carries the ADC column's gain.
             let gain = slopes.rt.column(t, co).0;
@@ -265,13 +268,13 @@ fn statistical_backward(
                 // as the product with dY (`0.0 +` keeps the bits of the accumulating path
                 // below).
                 let (sh, table) = (share[0] * gain, &slopes.table[..]);
-                let codes = &sc[(t * cout + co) * cols..][..cols];
+                sc.row_into(t * cout + co, &mut row);
                 for j in 0..gi {
                     let at = j * pix..(j + 1) * pix;
                     dy_times_slope(
                         &mut e[co * cols..][at.clone()],
                         dy_row(i0 + j, co),
-                        &codes[at],
+                        &row[at],
                         table,
                         sh,
                     );
@@ -281,12 +284,13 @@ fn statistical_backward(
             srow.clear();
             srow.resize(cols, 0.0f32);
             for (c, &sh) in share.iter().enumerate() {
-                let row = (t * cycles + c) * cout + co;
+                let r = (t * cycles + c) * cout + co;
+                sc.row_into(r, &mut row);
                 slopes.accumulate(
                     &mut srow,
-                    &sc[row * cols..][..cols],
+                    &row,
                     sh * gain,
-                    (row * g.n + i0) as u64 * pix as u64,
+                    (r * g.n + i0) as u64 * pix as u64,
                     &mut scratch,
                 );
             }

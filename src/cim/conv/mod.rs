@@ -35,6 +35,7 @@
 mod adc;
 pub(crate) use adc::adc_codes;
 mod backward;
+mod saved;
 
 use super::clip;
 use super::profile::Timer;
@@ -47,6 +48,7 @@ use crate::engine::{Tape, Tensor, Var, par};
 use crate::{Error, Result};
 use backward::{SlopeSource, backward};
 use rayon::prelude::*;
+use saved::SavedCodes;
 
 /// One CIM layer's call: the shared runtime and this layer's id (part of the draw key).
 pub struct CimCall<'a> {
@@ -66,9 +68,9 @@ struct Saved {
     /// The valid-position mask `[K][pixels]` (the zero-point term needs it both ways).
     mask: Vec<f32>,
     /// Per image group (`ConvGeom::group`, as the convolution backward groups images):
-    /// every macro operation's ideal code, `[tiles·cycles][Cout][cols]` (statistical
-    /// estimator only; see [`SlopeSource`]).
-    codes: Option<Vec<Vec<u16>>>,
+    /// every macro operation's ideal code, rows `(t·cycles + c)·Cout + co` of the group's
+    /// `cols` operations (statistical estimator only; see [`SlopeSource`]).
+    codes: Option<Vec<SavedCodes>>,
     /// Where backward takes the slope of each saved code from.
     slopes: Option<SlopeSource>,
     /// The runtime's profile (the STE backward keeps no runtime).
@@ -87,7 +89,8 @@ pub(crate) fn valid_mask(g: &ConvGeom) -> Vec<f32> {
 }
 
 /// Forward of one group: returns the readout accumulator `[Cout][cols]` (in partial-sum
-/// units) and, for the statistical estimator, the saved codes `[tiles·cycles][Cout][cols]`.
+/// units) and, for the statistical estimator, the saved codes (rows `[tiles·cycles][Cout]`
+/// of `cols`).
 ///
 /// Per tile and cycle: the integer partial sums ([`psum`]), then per output channel's
 /// row of the group: ideal codes (vectorised), readouts (one `sample_run` call), and the
@@ -101,7 +104,7 @@ fn group_forward(
     first_image: usize,
     gi: usize,
     want_codes: bool,
-) -> (Vec<f32>, Option<Vec<u16>>) {
+) -> (Vec<f32>, Option<SavedCodes>) {
     let rt = call.rt;
     let spec = &rt.spec;
     let adc = spec.adc;
@@ -111,8 +114,10 @@ fn group_forward(
     let b = spec.input_bits_per_cycle;
     let key = DrawKey::new(rt.seed, call.layer, rt.step);
     let mut acc = vec![0.0f32; cout * cols];
-    // Appended in the loops' order, which is its layout's: no zero fill first.
-    let mut saved = want_codes.then(|| Vec::<u16>::with_capacity(tiles * cycles * cout * cols));
+    // Rows appended in the loops' order, which is their layout's; a row's codes are
+    // written into `row` first.
+    let mut saved = want_codes.then(|| SavedCodes::new(adc.levels(), tiles * cycles * cout, cols));
+    let mut row = Vec::<u16>::with_capacity(cols);
     let mut psum = vec![0i32; cout * cols];
     // Byte planes of a cycle's input codes (see `psum`), `[cycle][plane]`, made once for
     // every tile; and a tile's packed words.
@@ -164,21 +169,22 @@ fn group_forward(
                 let sums = &psum[e0..e0 + cols];
                 match saved.as_mut() {
                     // The saved codes in the same pass. This operation row,
-                    // `((t·cycles + c)·cout + co)·cols`, is the next one.
+                    // `(t·cycles + c)·cout + co`, is the next one.
                     Some(s) => {
-                        debug_assert_eq!(s.len(), ((t * cycles + c) * cout + co) * cols);
-                        let at = s.len();
+                        debug_assert_eq!(s.rows(), (t * cycles + c) * cout + co);
+                        row.clear();
                         adc_codes(
                             sums,
                             scale,
                             offset,
                             adc,
                             &mut codes,
-                            Some(&mut s.spare_capacity_mut()[..cols]),
+                            Some(&mut row.spare_capacity_mut()[..cols]),
                         );
-                        // SAFETY: `adc_codes` wrote all `cols` values after `at` (the
-                        // capacity was reserved for every operation of the group).
-                        unsafe { s.set_len(at + cols) };
+                        // SAFETY: `adc_codes` wrote all `cols` values (the capacity is
+                        // `cols`).
+                        unsafe { row.set_len(cols) };
+                        s.push_row(&row);
                     }
                     None => adc_codes(sums, scale, offset, adc, &mut codes, None),
                 }
@@ -261,7 +267,7 @@ pub fn cim_conv2d(
         && (tape.needs_grad(x) || tape.needs_grad(w) || quant.needs_grad(tape));
     if want_codes && spec.adc.levels() >= u16::MAX as usize {
         return Err(Error::invalid(format!(
-            "the statistical estimator saves codes in two bytes: an ADC of {} levels is too fine (at most 65,534)",
+            "the statistical estimator saves codes in at most 16 bits: an ADC of {} levels is too fine (at most 65,534)",
             spec.adc.levels()
         )));
     }
@@ -270,7 +276,7 @@ pub fn cim_conv2d(
     let gs = g.group();
     let pix = g.pixels();
     let mut y = par::zeros(g.n * g.out_size());
-    let codes: Vec<Option<Vec<u16>>> = y
+    let codes: Vec<Option<SavedCodes>> = y
         .par_chunks_mut(gs * g.out_size())
         .enumerate()
         .map(|(gidx, yg)| {
