@@ -117,17 +117,20 @@ pub struct CodePlane<'g> {
 }
 
 impl<'g> CodePlane<'g> {
-    /// `codes` holds `images` NCHW images of input codes, integers in 0..2^16 stored as
-    /// f32. `bits = Some((shift, width))` keeps those bits of each code (one cycle of a
-    /// bit-serial macro); `plane` picks byte 0 or 1 of what is kept.
+    /// `values` holds `images` NCHW images whose input codes are `code(value)`, integers
+    /// in 0..2^16 as f32 (a CIM layer's E-PACT codes, made here rather than in a pass of
+    /// their own; the identity for values that are codes). `bits = Some((shift, width))`
+    /// keeps those bits of each code (one cycle of a bit-serial macro); `plane` picks
+    /// byte 0 or 1 of what is kept.
     pub fn new(
         g: &'g ConvGeom,
-        codes: &[f32],
+        values: &[f32],
+        code: impl Fn(f32) -> f32,
         images: usize,
         bits: Option<(u32, u32)>,
         plane: u32,
     ) -> Self {
-        assert!(codes.len() == images * g.in_size() && plane < 2);
+        assert!(values.len() == images * g.in_size() && plane < 2);
         let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
         let (shift, mask) = bits.map_or((0, u32::MAX), |(s, w)| (s, (1u32 << w) - 1));
         // Exact on the integer codes, which are below 2^16; anything else is first clamped
@@ -137,13 +140,13 @@ impl<'g> CodePlane<'g> {
         #[allow(clippy::manual_clamp)]
         let byte = |v: f32| {
             // SAFETY: the clamped value is finite and within 0..=65535, so it fits an i32.
-            let code = unsafe { v.max(0.0).min(65535.0).to_int_unchecked::<i32>() } as u32;
+            let code = unsafe { code(v).max(0.0).min(65535.0).to_int_unchecked::<i32>() } as u32;
             (((code >> shift) & mask) >> (8 * plane)) as u8
         };
         let mut bytes = vec![0u8; images * g.cin * hp * wp];
         // An image of no pixels is all border (zeros).
         for (plane_img, src) in
-            bytes.chunks_exact_mut(hp * wp).zip(codes.chunks_exact((g.h * g.w).max(1)))
+            bytes.chunks_exact_mut(hp * wp).zip(values.chunks_exact((g.h * g.w).max(1)))
         {
             for (dst, row) in
                 plane_img[g.pad * wp..].chunks_exact_mut(wp).zip(src.chunks_exact(g.w))

@@ -44,7 +44,7 @@ use super::quant::{ActGrid, InputQuant, weight_codes};
 use super::readout::{CimRuntime, DrawKey, DrawRun, Estimator, ReadoutMode};
 use crate::engine::gemm::{MatRef, gemm};
 use crate::engine::ops::conv2d::{self, Conv2dCfg, ConvGeom};
-use crate::engine::{Tape, Tensor, Var, par};
+use crate::engine::{Tape, Tensor, Var};
 use crate::{Error, Result};
 use backward::{SlopeSource, backward};
 use rayon::prelude::*;
@@ -88,7 +88,8 @@ pub(crate) fn valid_mask(g: &ConvGeom) -> Vec<f32> {
     m
 }
 
-/// Forward of one group: returns the readout accumulator `[Cout][cols]` (in partial-sum
+/// Forward of one group of `gi` images `x` (not yet quantized: `grid` gives their
+/// codes): returns the readout accumulator `[Cout][cols]` (in partial-sum
 /// units) and, for the statistical estimator, the saved codes (rows `[tiles·cycles][Cout]`
 /// of `cols`).
 ///
@@ -99,7 +100,8 @@ pub(crate) fn valid_mask(g: &ConvGeom) -> Vec<f32> {
 fn group_forward(
     g: &ConvGeom,
     call: &CimCall,
-    qx: &[f32],
+    x: &[f32],
+    grid: ActGrid,
     w_packed: &PackedWeights,
     first_image: usize,
     gi: usize,
@@ -127,7 +129,13 @@ fn group_forward(
         let _t = Timer::start(profile.map(|p| &p.partial_sums));
         let bits = |c: usize| (cycles > 1).then_some((c as u32 * b, b));
         (0..cycles * planes)
-            .map(|i| CodePlane::new(g, qx, gi, bits(i / planes), (i % planes) as u32))
+            .map(|i| {
+                // E-PACT's codes (`code` clamps: the clip to the bounds is in it). The
+                // grid moved into the closure: read through a reference, the loop stays
+                // scalar.
+                let code = move |v| grid.code(v);
+                CodePlane::new(g, x, code, gi, bits(i / planes), (i % planes) as u32)
+            })
             .collect()
     };
     let (mut words, path) = (Vec::new(), psum::Path::best_for(w_packed));
@@ -258,9 +266,7 @@ pub fn cim_conv2d(
         &mut zw,
         g.pixels(),
     );
-    // E-PACT's codes (`code` clamps: the clip to the bounds is in it). The grid moved
-    // into the closure: read through a reference, the loop stays scalar.
-    let qx: Vec<f32> = tape.value(x).data().par_iter().map(move |&v| grid.code(v)).collect();
+    let xv = tape.value(x).data();
     let w_packed = PackedWeights::new(&w_codes, g.cout, k, spec.rows);
     let want_codes = matches!(call.rt.estimator, Estimator::Statistical { .. })
         && tape.recording()
@@ -275,15 +281,18 @@ pub fn cim_conv2d(
     // The convolution backward's groups (`statistical_backward` reads the codes by them).
     let gs = g.group();
     let pix = g.pixels();
-    let mut y = par::zeros(g.n * g.out_size());
-    let codes: Vec<Option<SavedCodes>> = y
+    // Every output is written once below: no zero fill first.
+    let n_out = g.n * g.out_size();
+    let mut y: Vec<f32> = Vec::with_capacity(n_out);
+    let codes: Vec<Option<SavedCodes>> = y.spare_capacity_mut()[..n_out]
         .par_chunks_mut(gs * g.out_size())
         .enumerate()
         .map(|(gidx, yg)| {
             // Cut from the output, as the plain convolution does (an image may be all padding).
             let gi = yg.len() / g.out_size();
-            let qg = &qx[gidx * gs * g.in_size()..][..gi * g.in_size()];
-            let (acc, codes) = group_forward(&g, call, qg, &w_packed, gidx * gs, gi, want_codes);
+            let xg = &xv[gidx * gs * g.in_size()..][..gi * g.in_size()];
+            let (acc, codes) =
+                group_forward(&g, call, xg, grid, &w_packed, gidx * gs, gi, want_codes);
             let cols = gi * pix;
             for j in 0..gi {
                 for co in 0..g.cout {
@@ -291,13 +300,16 @@ pub fn cim_conv2d(
                     let out = &mut yg[(j * g.cout + co) * pix..][..pix];
                     let (a, z) = (&acc[co * cols + j * pix..][..pix], &zw[co * pix..][..pix]);
                     for ((o, &a), &z) in out.iter_mut().zip(a).zip(z) {
-                        *o = s_w * (grid.step * a + grid.lo * z) + b;
+                        o.write(s_w * (grid.step * a + grid.lo * z) + b);
                     }
                 }
             }
             codes
         })
         .collect();
+    // SAFETY: the groups cover the output, and each wrote every value of its images
+    // (all `gi · Cout · pixels`; a panic above leaves the length at 0).
+    unsafe { y.set_len(n_out) };
     let ops = (g.n * g.cout * g.pixels() * spec.tiles(k)) as u64 * spec.cycles() as u64;
     call.rt.readouts.fetch_add(ops, std::sync::atomic::Ordering::Relaxed);
     let y = Tensor::new(&[g.n, g.cout, g.oh, g.ow], y);

@@ -112,12 +112,8 @@ fn every_path_gives_the_exact_partial_sums() {
                 let mut words = Vec::new();
                 let mut total = vec![0i32; cout * cols];
                 for plane in 0..planes {
-                    CodePlane::new(&geom, &x[r0 * cols..r1 * cols], 1, None, plane).pack_tile(
-                        0,
-                        r1 - r0,
-                        quads,
-                        &mut words,
-                    );
+                    CodePlane::new(&geom, &x[r0 * cols..r1 * cols], |v| v, 1, None, plane)
+                        .pack_tile(0, r1 - r0, quads, &mut words);
                     let mut part = vec![7i32; cout * cols];
                     plane_product(path, &packed, t, &words, quads, cols, &mut part, false);
                     total.iter_mut().zip(&part).for_each(|(s, &p)| *s += p << (8 * plane));
@@ -132,7 +128,7 @@ fn every_path_gives_the_exact_partial_sums() {
                     );
                 }
                 // Accumulating adds onto what is there.
-                CodePlane::new(&geom, &x[r0 * cols..r1 * cols], 1, None, 0).pack_tile(
+                CodePlane::new(&geom, &x[r0 * cols..r1 * cols], |v| v, 1, None, 0).pack_tile(
                     0,
                     r1 - r0,
                     quads,
@@ -161,7 +157,7 @@ fn byte_planes_saturate_what_is_not_a_code() {
     for (plane, want) in
         [(0, [0u32, 0, 255, 255, 255, 255, 255, 2]), (1, [0, 0, 255, 255, 255, 0, 255, 1])]
     {
-        CodePlane::new(&geom, &codes, 1, None, plane).pack_tile(0, 1, 1, &mut words);
+        CodePlane::new(&geom, &codes, |v| v, 1, None, plane).pack_tile(0, 1, 1, &mut words);
         assert_eq!(words, want, "plane {plane}");
     }
 }
@@ -224,7 +220,7 @@ fn tiles_are_the_patch_rows_of_the_definition() {
         };
         for bits in [None, Some((0, 8)), Some((3, 5)), Some((12, 4))] {
             for plane in 0..2 {
-                let cp = CodePlane::new(&geom, &codes, images, bits, plane);
+                let cp = CodePlane::new(&geom, &codes, |v| v, images, bits, plane);
                 for (r0, r1) in [(0, k), (0, k.min(5)), (k / 3, k), (k - 1, k)] {
                     let quads = (r1 - r0).div_ceil(4);
                     let mut words = vec![0xDEAD_BEEF; 3];
