@@ -82,8 +82,10 @@ train-resnet20: build ensure-data ## Train the FP32 ResNet20 baseline (resumable
 eval-resnet20: build ## Evaluate the committed FP32 ResNet20 checkpoint (the pipeline's start)
 	$(DNAT) eval --checkpoint models/resnet20-fp32-e60-s0.ckpt $(DATA_FLAG) --json
 
-train-vgg8: build ## Train the FP32 VGG8 baseline, models/vgg8-fp32-e6-s0.ckpt (resumable; ~2 h on 2 cores)
-	$(DNAT) train --model vgg8 --epochs 6 --seed 0 --lr 0.05 $(DATA_FLAG) --out runs/vgg8-fp32-e6-s0.ckpt --resume --json
+# The committed VGG8 (models/vgg8-fp32-e6-s0.ckpt, 81.78 %) had 6 epochs (its command is in
+# models/README.md); this is the 30-epoch schedule meant to bring it to the paper's footing.
+train-vgg8: build ensure-data ## Train the FP32 VGG8 baseline for 30 epochs, runs/vgg8-fp32-e30-s0.ckpt (resumable; ~7 h on 2 cores undisturbed)
+	$(DNAT) train --model vgg8 --epochs 30 --seed 0 --lr 0.05 $(DATA_FLAG) --out runs/vgg8-fp32-e30-s0.ckpt --resume --json
 
 interop-pytorch: build ## Round-trip ResNet20 weights with PyTorch (needs torch, safetensors)
 	$(DNAT) weights export --checkpoint models/resnet20-fp32-s0.ckpt --out runs/resnet20-fp32.safetensors
