@@ -7,7 +7,8 @@
 //! **PACT** is the same op with `lo` a constant 0 (no gradient), the ablation baseline.
 //! With `bits = None` the op is the clip alone (the surrogate the gradient is exact for;
 //! used by the gradient test). If training pushes `hi` below `lo + MIN_RANGE`, the op
-//! uses `hi = lo + MIN_RANGE`.
+//! uses `hi = lo + MIN_RANGE`. The CIM ops quantize their own input this way
+//! ([`InputQuant`], sharing [`epact`]'s backward); the op [`epact`] is E-PACT on its own.
 //!
 //! **Weights** are quantized per output channel (each macro column's scale is applied
 //! digitally after readout): `s_w[c] = max|w[c,:]| / wmax`, codes

@@ -3,12 +3,13 @@
 //!
 //! Inputs are quantized here, as the macro's input DAC does: E-PACT's learned bounds
 //! ([`InputQuant`]) clip them and round them to codes `q` on the grid `lo + s_x·q`;
-//! latent weights are quantized to codes `w` with per-output-channel scales `s_w`. For every tile of `rows` along the reduction
-//! axis (and every input-bit cycle), the integer partial sum `P = Σ q·w` — computed on
-//! integers by [`super::psum`] (8-bit multiply-accumulates), the tile's patch rows
-//! packed from the group's input codes, made bytes once ([`psum::CodePlane`]) —
-//! becomes an ADC code and is read out (ideal, sampled, expected). The readouts are
-//! shift-added and accumulated digitally, then rescaled:
+//! latent weights are quantized to codes `w` with per-output-channel scales `s_w`. For
+//! every tile of `rows` along the reduction axis (and every input-bit cycle), the
+//! integer partial sum `P = Σ q·w` — computed on integers by [`super::psum`] (8-bit
+//! multiply-accumulates), the tile's patch rows packed from the group's input codes,
+//! made bytes once ([`psum::CodePlane`]) — becomes an ADC code and is read out (ideal,
+//! sampled, expected). The readouts are shift-added and accumulated digitally, then
+//! rescaled:
 //!
 //! `y = s_w · (s_x · Σ_t Σ_c 2^(c·b) · step · j_{t,c} + lo · Σ_{valid k} w_k) + bias`
 //!
