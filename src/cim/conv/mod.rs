@@ -204,9 +204,12 @@ fn group_forward(
                 // row of the group is one run of consecutive operations.
                 let op0 = (((t * cycles + c) * cout + co) * g.n + first_image) as u64 * pix as u64;
                 let run = DrawRun { key, op0, stride: 1 };
+                let acc = &mut acc[e0..e0 + cols];
                 match rt.mode {
+                    // The code is the readout: accumulated as it is converted, in one pass.
                     ReadoutMode::Ideal => {
-                        read.iter_mut().zip(&codes).for_each(|(r, &kc)| *r = kc as f32)
+                        acc.iter_mut().zip(&codes).for_each(|(a, &kc)| *a += weight * kc as f32);
+                        continue;
                     }
                     ReadoutMode::Sampled => rt.readout.sample_run(&codes, run, &mut read),
                     ReadoutMode::Expected => rt
@@ -215,9 +218,7 @@ fn group_forward(
                         .expect("CimRuntime::check_source: the expected mode has a table")
                         .mean_run(&codes, &mut read),
                 }
-                for (a, &r) in acc[e0..e0 + cols].iter_mut().zip(&read) {
-                    *a += weight * r;
-                }
+                acc.iter_mut().zip(&read).for_each(|(a, &r)| *a += weight * r);
             }
         }
     }
