@@ -112,8 +112,6 @@ pub struct CodePlane<'g> {
     bytes: Vec<u8>,
     /// Zero bytes standing for the rows past a short tile's last (one output row's reach).
     zeros: Vec<u8>,
-    hp: usize,
-    wp: usize,
 }
 
 impl<'g> CodePlane<'g> {
@@ -131,7 +129,7 @@ impl<'g> CodePlane<'g> {
         plane: u32,
     ) -> Self {
         assert!(values.len() == images * g.in_size() && plane < 2);
-        let (hp, wp) = (g.h + 2 * g.pad, g.w + 2 * g.pad);
+        let (hp, wp) = g.padded();
         let (shift, mask) = bits.map_or((0, u32::MAX), |(s, w)| (s, (1u32 << w) - 1));
         // Exact on the integer codes, which are below 2^16; anything else is first clamped
         // to 0..=65535 (NaN to 0: `f32::max` ignores it). In range, the conversion needs no
@@ -143,7 +141,7 @@ impl<'g> CodePlane<'g> {
             let code = unsafe { code(v).max(0.0).min(65535.0).to_int_unchecked::<i32>() } as u32;
             (((code >> shift) & mask) >> (8 * plane)) as u8
         };
-        let mut bytes = vec![0u8; images * g.cin * hp * wp];
+        let mut bytes = vec![0u8; images * g.padded_size()];
         // An image of no pixels is all border (zeros).
         for (plane_img, src) in
             bytes.chunks_exact_mut(hp * wp).zip(values.chunks_exact((g.h * g.w).max(1)))
@@ -155,7 +153,7 @@ impl<'g> CodePlane<'g> {
             }
         }
         let reach = (g.ow - 1) * g.stride + 1;
-        CodePlane { g, images, bytes, zeros: vec![0u8; reach], hp, wp }
+        CodePlane { g, images, bytes, zeros: vec![0u8; reach] }
     }
 
     /// Rows `r0..r1` of the group's patch matrix (`images · pixels` columns), four rows
@@ -164,7 +162,7 @@ impl<'g> CodePlane<'g> {
     pub fn pack_tile(&self, r0: usize, r1: usize, quads: usize, dst: &mut Vec<u32>) {
         let g = self.g;
         assert!(r0 <= r1 && r1 <= g.k() && quads * 4 >= r1 - r0);
-        let (pix, image) = (g.pixels(), g.cin * self.hp * self.wp);
+        let (pix, image, wp) = (g.pixels(), g.padded_size(), g.padded().1);
         let cols = self.images * pix;
         let reach = self.zeros.len();
         dst.resize(quads * cols, 0);
@@ -172,13 +170,11 @@ impl<'g> CodePlane<'g> {
             // Where each of the word's four rows starts in an image: (ci, ky, kx) at output (0, 0).
             let start: [Option<usize>; 4] = std::array::from_fn(|b| {
                 let r = r0 + 4 * q + b;
-                (r < r1).then(|| {
-                    ((r / (g.kh * g.kw) * self.hp + (r / g.kw) % g.kh) * self.wp) + r % g.kw
-                })
+                (r < r1).then(|| g.padded_offset(r))
             });
             for (j, out_img) in out.chunks_exact_mut(pix).enumerate() {
                 for (oy, o) in out_img.chunks_exact_mut(g.ow).enumerate() {
-                    let at = j * image + oy * g.stride * self.wp;
+                    let at = j * image + oy * g.stride * wp;
                     let row = |b: usize| {
                         start[b].map_or(&self.zeros[..], |s| &self.bytes[at + s..][..reach])
                     };

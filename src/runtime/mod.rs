@@ -110,20 +110,6 @@ struct Placed {
     hi: f32,
 }
 
-/// Codes per image laid out with convolution `g`'s zero border, `[cin][h + 2·pad][w +
-/// 2·pad]` (a linear layer's: a 1 × 1 image, no border).
-fn bordered_size(g: &ConvGeom) -> usize {
-    g.cin * (g.h + 2 * g.pad) * (g.w + 2 * g.pad)
-}
-
-/// Where reduction row `kk` (`ci, ky, kx`) of convolution `g` reads a bordered image at
-/// output pixel (0, 0), or `None` past the reduction axis (a row the layer does not
-/// activate).
-fn bordered_start(g: &ConvGeom, kk: usize) -> Option<usize> {
-    let (hp, wp, kern) = (g.h + 2 * g.pad, g.w + 2 * g.pad, g.kw);
-    (kk < g.k()).then(|| ((kk / (g.kh * kern)) * hp + kk / kern % g.kh) * wp + kk % kern)
-}
-
 /// The reads of one programmed array in a layer's pass: which codes each row takes and
 /// how the operations are numbered.
 struct ArrayReads<'a> {
@@ -148,7 +134,7 @@ impl ArrayReads<'_> {
             return;
         };
         let g = &self.geom;
-        let (image, wp, ow, oh, stride) = (bordered_size(g), g.w + 2 * g.pad, g.ow, g.oh, g.stride);
+        let (image, wp, ow, oh, stride) = (g.padded_size(), g.padded().1, g.ow, g.oh, g.stride);
         let (shift, mask) = (cycle as u32 * self.bits, (1u32 << self.bits) - 1);
         let code = |v: u16| ((v as u32 >> shift) & mask) as u16;
         let (mut img, pix) = (e0 / g.pixels(), e0 % g.pixels());
@@ -490,9 +476,9 @@ impl Runtime {
         // patch row's run of output pixels is then a run (stride 1) of one image row.
         let (grid, hi) = (p.grid, p.hi);
         let Scratch { readouts, codes, bordered, inputs, out } = scratch;
-        let image = bordered_size(&geom);
+        let image = geom.padded_size();
         bordered.resize(n * image, 0);
-        let (wp, hp) = (geom.w + 2 * geom.pad, geom.h + 2 * geom.pad);
+        let (hp, wp) = geom.padded();
         // Computed on the contiguous input first (it vectorises), then laid out.
         codes.resize(x.len(), 0);
         codes.par_chunks_mut(1 << 14).zip(x.data().par_chunks(1 << 14)).for_each(|(d, s)| {
@@ -539,8 +525,11 @@ impl Runtime {
         out.resize(call * cols.min(cout), 0);
         for t in 0..tiles {
             let array = t % arrays;
-            let starts: Vec<Option<usize>> =
-                (0..rows).map(|r| bordered_start(&geom, t * rows + r)).collect();
+            // Where each row reads a bordered image; `None` past the reduction axis (a
+            // row the layer does not activate).
+            let starts: Vec<Option<usize>> = (t * rows..(t + 1) * rows)
+                .map(|kk| (kk < geom.k()).then(|| geom.padded_offset(kk)))
+                .collect();
             for g in 0..groups {
                 let tb = Instant::now();
                 backend

@@ -273,10 +273,7 @@ fn tiles(oh: usize, ow: usize, wp: usize) -> Vec<Tile> {
 /// Where patch row (ci, ky, kx) of convolution `g` starts in an image padded for it
 /// ([`Plan::forward`]): `ci·Hp·Wp + ky·Wp + kx`, in the patch rows' order.
 fn patch_row_offsets(g: &ConvGeom) -> Vec<usize> {
-    let (hp, wp) = Plan::forward(g).padded();
-    (0..g.k())
-        .map(|r| (r / (g.kh * g.kw)) * hp * wp + ((r / g.kw) % g.kh) * wp + r % g.kw)
-        .collect()
+    (0..g.k()).map(|r| g.padded_offset(r)).collect()
 }
 
 /// Every `h × w` plane of `src` into `dst` with `pad_y` zero rows above and below and

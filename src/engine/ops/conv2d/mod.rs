@@ -137,6 +137,21 @@ impl ConvGeom {
     pub fn out_size(&self) -> usize {
         self.cout * self.pixels()
     }
+    /// Height and width of an input plane with its zero border, `(h + 2·pad, w + 2·pad)`.
+    pub fn padded(&self) -> (usize, usize) {
+        (self.h + 2 * self.pad, self.w + 2 * self.pad)
+    }
+    /// Values per image laid out with its zero border, `[cin][h + 2·pad][w + 2·pad]`.
+    pub fn padded_size(&self) -> usize {
+        let (hp, wp) = self.padded();
+        self.cin * hp * wp
+    }
+    /// Where patch row `r` (`ci, ky, kx`) reads an image laid out with its zero border,
+    /// at output pixel (0, 0): `ci·Hp·Wp + ky·Wp + kx`.
+    pub fn padded_offset(&self, r: usize) -> usize {
+        let (hp, wp) = self.padded();
+        (r / (self.kh * self.kw)) * hp * wp + ((r / self.kw) % self.kh) * wp + r % self.kw
+    }
     /// Images per group, so a group's GEMM has about [`TARGET_COLUMNS`] columns.
     pub fn group(&self) -> usize {
         par::image_group(self.n, self.pixels(), TARGET_COLUMNS)
