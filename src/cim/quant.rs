@@ -59,6 +59,11 @@ impl ActGrid {
     pub fn value(&self, q: f32) -> f32 {
         self.lo + self.step * q
     }
+    /// E-PACT's output for `x`: `x` clipped to `[lo, hi]`, rounded to the grid.
+    #[inline]
+    pub fn quantize(&self, x: f32) -> f32 {
+        self.value(self.code(x.clamp(self.lo, self.hi)))
+    }
 }
 
 fn scalar(tape: &Tape, v: Var, what: &str) -> Result<f32> {
@@ -107,7 +112,7 @@ pub fn epact(tape: &mut Tape, x: Var, lo: Var, hi: Var, bits: Option<u32>) -> Re
     let xd = xv.data();
     let y = crate::engine::par::from_chunks(xd.len(), CHUNK, |i, len| {
         xd[i * CHUNK..][..len].iter().map(move |&v| match grid {
-            Some(g) => g.value(g.code(v.clamp(l, h))),
+            Some(g) => g.quantize(v),
             None => v.clamp(l, h),
         })
     });

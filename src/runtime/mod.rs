@@ -33,7 +33,7 @@ pub use backend::{MacroBackend, Operation, SimulatedMacro, parse as parse_backen
 #[cfg(unix)]
 pub use exec::{ExecMacro, PROTOCOL_VERSION};
 
-use crate::cim::quant::{ActGrid, MIN_RANGE};
+use crate::cim::quant::ActGrid;
 use crate::data::{Batcher, Split};
 use crate::engine::ops::conv2d::ConvGeom;
 use crate::engine::ops::{self, Conv2dCfg};
@@ -105,9 +105,8 @@ struct Placed {
     zero_point: Vec<f32>,
     /// The codes of tile `t`, channels `g·columns ..`, `[rows][columns]`: `blocks[t·groups + g]`.
     blocks: Vec<Vec<i8>>,
-    /// E-PACT's grid and clipping bound.
+    /// E-PACT's grid (with its clipping bounds).
     grid: ActGrid,
-    hi: f32,
 }
 
 /// The reads of one programmed array in a layer's pass: which codes each row takes and
@@ -474,19 +473,18 @@ impl Runtime {
         // E-PACT's codes, as the network makes them (the clipped input rounded to the
         // grid, and that value's code), laid out with the convolution's zero border: a
         // patch row's run of output pixels is then a run (stride 1) of one image row.
-        let (grid, hi) = (p.grid, p.hi);
+        let grid = p.grid;
         let Scratch { readouts, codes, bordered, inputs, out } = scratch;
         let image = geom.padded_size();
         bordered.resize(n * image, 0);
         let (hp, wp) = geom.padded();
         // Computed on the contiguous input first (it vectorises), then laid out.
         codes.resize(x.len(), 0);
-        codes.par_chunks_mut(1 << 14).zip(x.data().par_chunks(1 << 14)).for_each(|(d, s)| {
-            // The grid copied into locals: read through the closure's reference at every
-            // value, the loop stayed scalar.
-            let (grid, hi) = (grid, hi);
+        // The grid moved into the closure: read through a reference at every value, the
+        // loop stayed scalar.
+        codes.par_chunks_mut(1 << 14).zip(x.data().par_chunks(1 << 14)).for_each(move |(d, s)| {
             for (d, &v) in d.iter_mut().zip(s) {
-                let code = grid.code(grid.value(grid.code(v.clamp(grid.lo, hi))));
+                let code = grid.code(grid.quantize(v));
                 // SAFETY: clamped to 0..=65535 (NaN to 0), so it fits an i32.
                 #[allow(clippy::manual_clamp)]
                 let code = unsafe { code.max(0.0).min(65535.0).to_int_unchecked::<i32>() };
@@ -949,10 +947,10 @@ fn place(
                 .collect()
         })
         .collect();
-    let hi = hi.max(lo + MIN_RANGE);
-    let grid = ActGrid::new(*lo, hi, spec.input_bits);
+    // (`ActGrid::new` raises `hi` to `lo + MIN_RANGE`, as E-PACT does.)
+    let grid = ActGrid::new(*lo, *hi, spec.input_bits);
     debug_assert_eq!(geom.k(), k);
-    Placed { id, geom, tiles, zero_point, blocks, grid, hi }
+    Placed { id, geom, tiles, zero_point, blocks, grid }
 }
 
 #[cfg(test)]

@@ -210,9 +210,8 @@ pub(super) fn backward(
         // STE: the plain convolution backward on (x̂, ŵ), x̂ made again from x as E-PACT
         // makes it.
         _ => {
-            let (grid, (l, h)) = (s.grid, s.bounds);
-            let x_hat: Vec<f32> =
-                xv.par_iter().map(move |&v| grid.value(grid.code(v.clamp(l, h)))).collect();
+            let grid = s.grid;
+            let x_hat: Vec<f32> = xv.par_iter().map(move |&v| grid.quantize(v)).collect();
             conv2d::backward(&g, &x_hat, &s.w_hat, dy, want_dx)
         }
     };
@@ -224,7 +223,8 @@ pub(super) fn backward(
     let (dx_hat, dw, db) = grads;
     conv2d::add_grads(sink, vals, (x, w, bias), (None, dw, db));
     if let Some(dx_hat) = dx_hat {
-        epact_backward(&dx_hat, xv, s.bounds, sink, (x, quant.lo, quant.hi));
+        let bounds = (s.grid.lo, s.grid.hi);
+        epact_backward(&dx_hat, xv, bounds, sink, (x, quant.lo, quant.hi));
     }
 }
 

@@ -62,9 +62,8 @@ pub struct CimCall<'a> {
 /// What backward needs beyond the tape values.
 struct Saved {
     g: ConvGeom,
+    /// The input's grid, its bounds those the forward read (E-PACT's backward's too).
     grid: ActGrid,
-    /// The input quantizer's bounds as the forward read them (E-PACT's backward).
-    bounds: (f32, f32),
     w_hat: Vec<f32>,
     /// The valid-position mask `[K][pixels]` (the zero-point term needs it both ways).
     mask: Vec<f32>,
@@ -242,8 +241,8 @@ pub fn cim_conv2d(
     let spec = &call.rt.spec;
     spec.validate()?;
     call.rt.check_source()?;
-    let bounds = quant.bounds(tape)?;
-    let grid = ActGrid::new(bounds.0, bounds.1, spec.input_bits);
+    let (lo, hi) = quant.bounds(tape)?;
+    let grid = ActGrid::new(lo, hi, spec.input_bits);
     let g = ConvGeom::new(tape.value(x).shape(), tape.value(w).shape(), cfg)?;
     if let Some(b) = bias
         && tape.value(b).shape() != [g.cout]
@@ -318,7 +317,6 @@ pub fn cim_conv2d(
     let saved = Saved {
         g,
         grid,
-        bounds,
         w_hat,
         mask,
         codes: if want_codes {
